@@ -1,0 +1,14 @@
+"""descore-plugin: the DeScore video reward model ("Think, then Score", arXiv 2605.05922) for post-training
+text-to-video models.
+
+    from descore_plugin import DeScoreReward
+    rm = DeScoreReward.from_pretrained("path/or/hub-id")
+    out = rm.score(videos, prompts)          # think, then score
+    out.rewards, out.cots, out.dimensional_scores
+"""
+
+from .model import DeScoreConfig, DeScoreReward, RewardOutput
+from .prompt import ParsedAnswer, parse_answer
+
+__all__ = ["DeScoreConfig", "DeScoreReward", "RewardOutput", "ParsedAnswer", "parse_answer"]
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""The `descore` command.
+
+    descore score VIDEO... --prompt TEXT [--model DIR_OR_ID] [--no-think] [--json]
+    descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution]
+    descore init-tiny-wan OUT_DIR
+    descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="descore", description="DeScore: think, then score (video reward model)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score videos against a prompt: CoT, dimension scores, reward")
+    score.add_argument("videos", nargs="+", help="video files (mp4 or any container decord/PyAV reads)")
+    score.add_argument("--prompt", required=True, help="the text prompt the videos were generated from")
+    score.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
+                       help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL)")
+    score.add_argument("--no-think", action="store_true", help="skip the CoT: the masked-CoT fast path")
+    score.add_argument("--json", action="store_true", help="print one JSON object per video")
+    score.add_argument("--max-new-tokens", type=int, default=None, help="CoT length limit (default: the model's)")
+    score.add_argument("--batch-size", type=int, default=4)
+    score.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    score.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+
+    tiny = commands.add_parser("init-tiny", help="write a tiny random DeScore model (tests, demo)")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
+    tiny.add_argument("--head", choices=["scalar", "distribution"], default="scalar")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    wan = commands.add_parser("init-tiny-wan", help="write a tiny random Wan-2.1 pipeline (tests, demo)")
+    wan.add_argument("out_dir")
+    wan.add_argument("--seed", type=int, default=0)
+
+    synth = commands.add_parser("make-synthetic", help="write a synthetic preference dataset (videos + pairs.jsonl)")
+    synth.add_argument("out_dir")
+    synth.add_argument("--num-pairs", type=int, default=200)
+    synth.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "score":
+            return _score(args)
+        if args.command == "init-tiny":
+            from .tiny import init_tiny
+
+            init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed)
+            print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
+        elif args.command == "init-tiny-wan":
+            from .integrations.wan import write_tiny_wan
+
+            write_tiny_wan(args.out_dir, seed=args.seed)
+            print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")
+        elif args.command == "make-synthetic":
+            from .synthetic import write_dataset
+
+            path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
+            print(f"wrote {args.num_pairs} synthetic pairs to {path}")
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"descore {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _score(args):
+    import torch
+
+    from .model import DeScoreReward
+
+    if not args.model:
+        raise ValueError("no model: pass --model DIR_OR_ID or set DESCORE_MODEL (try `descore init-tiny tiny/` first)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
+    model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
+    out = model.score(args.videos, [args.prompt] * len(args.videos), think=not args.no_think,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    for i, path in enumerate(args.videos):
+        record = {"video": path, "prompt": args.prompt, "reward": float(out.rewards[i])}
+        if out.cots is not None:
+            record.update(cot=out.cots[i], dimensional_scores=out.dimensional_scores[i],
+                          overall_score=out.overall_scores[i], parse_error=out.parse_errors[i])
+        if out.uncertainty is not None:
+            record["uncertainty"] = float(out.uncertainty[i])
+        if args.json:
+            print(json.dumps(record))
+            continue
+        print(f"== {path}")
+        if out.cots is not None:
+            print(f"CoT: {out.cots[i].strip()}")
+            scores = out.dimensional_scores[i]
+            print("dimension scores: " + (", ".join(f"{k}={v}" for k, v in scores.items()) if scores else
+                                          f"unparsed ({out.parse_errors[i]})"))
+        print(f"reward: {record['reward']:.4f}" + (f" ± {record['uncertainty']:.3f}" if "uncertainty" in record else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

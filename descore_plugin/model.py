@@ -1,0 +1,592 @@
+"""DeScore: think, then score (arXiv 2605.05922). The whole reward model, in the order it runs.
+
+    video + judge instruction --(Qwen-VL generates)--> chain of thought (CoT)
+    ... + CoT + <Reward> --(last hidden state at <Reward>)--> head --> reward
+
+1. `DeScoreConfig`: every setting, with the official default and where it comes from.
+2. `DeScoreReward`: a Qwen2.5-VL or Qwen3-VL backbone, the learnable `<Reward>` query token, and a bias-free head.
+   - `score(videos, prompts, think=True)`: batched greedy CoT generation, then `<Reward>` appended by continuing the
+     generation's KV cache (one token step, no re-encoding of video, instruction and CoT).
+   - `score(..., think=False)`: the masked-CoT fast path (instruction then `<Reward>`): one prefill.
+   - `score(..., cots=[...])`: teacher forcing with CoTs supplied by the caller.
+   - `reward(videos, prompts, metadata)`: the Flow-GRPO reward-function signature.
+   - `save_pretrained` / `from_pretrained`: our directory format, and the official release layout.
+
+Sequence layout. Every path builds the same tokens for a row:
+    <|im_start|>user\n [video tokens] instruction <|im_end|>\n<|im_start|>assistant\n  CoT  <Reward>
+i.e. the CoT sits in the assistant turn and `<Reward>` follows its last token, as in the official stage-2 rollouts
+("the <Reward> id is inserted before the final token of the generated answer", so the end-of-turn token is not
+part of the CoT). The official stage-1 code instead puts the CoT inside the user turn; we use one layout for
+training and inference so that the cached path scores exactly what training taught.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import atomic_directory
+from .prompt import build_instruction, load_template, parse_answer
+from .video import Video, load_videos
+
+SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
+CONFIG_NAME = "descore_config.json"
+HEAD_NAME = "reward_head.safetensors"
+ADAPTER_DIR = "adapter"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass
+class DeScoreConfig:
+    """Everything that defines a DeScore reward model. Saved as `descore_config.json` next to the weights."""
+
+    # --- architecture ---
+    backbone: str = "Qwen/Qwen3-VL-8B-Instruct"
+    """Hub id or path of the Qwen-VL backbone (paper: Qwen3-VL-8B-Instruct). A relative path is resolved against
+    the checkpoint directory (`backbone/` holds the weights of fully fine-tuned or tiny models)."""
+    reward_token: str = "<Reward>"
+    """The learnable query token appended after the CoT (official: literally `<Reward>`)."""
+    head: str = "scalar"
+    """"scalar": Linear(hidden, 1, bias=False) (the paper). "distribution": Linear(hidden, num_bins, bias=False),
+    softmax over score bins, reward = expectation, uncertainty = std (Z-Reward, arXiv 2606.09076; our option)."""
+    score_bins: tuple = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+    """Bin centres of the distribution head: the 1-5 rubric in half points (Z-Reward's 9-level scale)."""
+    head_dtype: str = "float32"
+    """The head runs in float32 on the (possibly bf16) hidden state; our choice, for stable small reward gaps."""
+
+    # --- LoRA (official stage 1: r 64 / alpha 128 / dropout 0.05 on all LLM linears) ---
+    lora_rank: int = 0
+    """0 = no adapter (full model or frozen backbone); > 0 adds a peft LoRA on the language model."""
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    """Regex over module names: every linear layer of the LLM, not lm_head, head, embeddings or vision tower."""
+
+    # --- prompt ---
+    prompt_template: str | None = None
+    """Judge instruction: None = the built-in one, else the template text ({prompt} field). Saved with the model,
+    because a checkpoint trained with one prompt wants that prompt back."""
+
+    # --- video (official: sampling at fps 2, max 448x448 = 200,704 pixels per frame) ---
+    fps: float | None = 2.0
+    """SAMPLING rate in frames per second of video time, not the file's own frame rate (VideoAlign users confuse
+    the two). Ignored when `num_frames` is set."""
+    num_frames: int | None = None
+    """Fixed number of frames per video instead of `fps` sampling."""
+    max_pixels: int = 448 * 448
+    """Largest frame area after resizing (per frame, for both backbone families)."""
+    min_pixels: int = 3136
+    """Smallest frame area after resizing (official RL stage: 3,136)."""
+
+    # --- generation of the CoT (official: greedy, repetition penalty 1.05, up to 4096 tokens) ---
+    max_new_tokens: int = 4096
+    repetition_penalty: float = 1.05
+
+    def __post_init__(self):
+        if self.head not in ("scalar", "distribution"):
+            raise ValueError(f"DeScoreConfig.head = {self.head!r}: expected 'scalar' or 'distribution'")
+        self.score_bins = tuple(float(b) for b in self.score_bins)
+        if self.fps is not None and self.num_frames is not None:
+            self.fps = None  # num_frames wins, as documented
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "DeScoreConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown DeScoreConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class RewardOutput:
+    """What `DeScoreReward.score` returns, one entry per video."""
+
+    rewards: torch.Tensor
+    """float32 [B]: the head's reward (expectation over bins for the distribution head). Only differences between
+    rewards mean something for a Bradley-Terry-trained head."""
+    cots: list | None = None
+    """The CoT text per video (generated or supplied), None for think=False."""
+    dimensional_scores: list | None = None
+    """Parsed per-dimension scores from each CoT's <answer> block (dict, or None where it did not parse)."""
+    overall_scores: list | None = None
+    """Parsed overall score (float or None) per CoT."""
+    parse_errors: list | None = None
+    """None where the CoT's <answer> block parsed, else the reason."""
+    uncertainty: torch.Tensor | None = None
+    """float32 [B] standard deviation of the score distribution (distribution head only)."""
+    bin_probs: torch.Tensor | None = None
+    """float32 [B, num_bins] score distribution (distribution head only)."""
+
+
+class DeScoreReward(nn.Module):
+    """The DeScore reward model: Qwen-VL backbone + `<Reward>` query token + regression head."""
+
+    def __init__(self, config: DeScoreConfig, backbone: nn.Module, processor, checkpoint_dir: Path | None = None):
+        super().__init__()
+        self.config = config
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        family = backbone.config.model_type
+        if family not in SUPPORTED_BACKBONES:
+            raise ValueError(
+                f"backbone {config.backbone!r} is a {family!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}"
+            )
+        self.family = family
+        self.reward_token_id = _reward_token_id(self.tokenizer, config.reward_token, source=str(checkpoint_dir or "tokenizer"))
+        if backbone.get_input_embeddings().num_embeddings <= self.reward_token_id:
+            backbone.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        self.backbone = backbone
+        hidden = backbone.config.get_text_config().hidden_size
+        out_features = 1 if config.head == "scalar" else len(config.score_bins)
+        self.head = nn.Linear(hidden, out_features, bias=False, dtype=getattr(torch, config.head_dtype))
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden))
+        self.register_buffer("score_bins", torch.tensor(config.score_bins, dtype=torch.float32), persistent=False)
+        self.template = load_template(config.prompt_template)
+        # Tokens the CoT must never contain: vision placeholders and the reward token break the next forward.
+        special = [processor.video_token, "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", config.reward_token]
+        self.suppressed_token_ids = sorted(
+            {i for i in self.tokenizer.convert_tokens_to_ids(special) if i is not None and i != self.tokenizer.unk_token_id}
+        )
+        if self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id not in self._eos_ids():
+            self.suppressed_token_ids.append(self.tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ parts of the backbone
+    @property
+    def vlm(self):
+        """The Qwen*VLForConditionalGeneration module (inside the peft wrapper when there is one)."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+
+    @property
+    def device(self):
+        return self.head.weight.device
+
+    def _eos_ids(self) -> list:
+        eos = self.vlm.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        return [i for i in eos if i is not None] or [self.tokenizer.eos_token_id]
+
+    # ------------------------------------------------------------------ inputs
+    def encode_prompts(self, videos: list[Video], prompts: list[str]) -> dict:
+        """Chat-template the instruction around each video and run the real processor. Left padding, so that the
+        batch can go straight into `generate`."""
+        if len(videos) != len(prompts):
+            raise ValueError(f"got {len(videos)} videos but {len(prompts)} prompts: pass one prompt per video")
+        texts = []
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompts[{i}] is empty: DeScore judges a video against its text prompt")
+            content = [{"type": "video"}, {"type": "text", "text": build_instruction(self.template, prompt)}]
+            messages = [{"role": "user", "content": content}]
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        from transformers.video_utils import VideoMetadata
+
+        metadata = [
+            VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))))
+            for v in videos
+        ]
+        # Qwen3-VL's pixel budget covers all frames of a video together (pitfalls.md 9): scale it per frame.
+        frames_factor = max(len(v.frames) for v in videos) if self.family == "qwen3_vl" else 1
+        size = {"shortest_edge": self.config.min_pixels * frames_factor, "longest_edge": self.config.max_pixels * frames_factor}
+        batch = self.processor(
+            text=texts,
+            videos=[v.frames for v in videos],
+            video_metadata=metadata,
+            do_sample_frames=False,
+            size=size,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        return dict(batch)
+
+    def append_cots(self, batch: dict, cots: list) -> dict:
+        """Teacher forcing: each row becomes [its prompt tokens, its CoT tokens, <Reward>], re-collated with left
+        padding so that `<Reward>` is the last column of every row. A CoT is text or a 1-D tensor of token ids;
+        `None` or "" = no CoT (the masked-CoT layout)."""
+        rows, types = [], []
+        for i, cot in enumerate(cots):
+            keep = batch["attention_mask"][i].bool()
+            prompt_ids = batch["input_ids"][i][keep]
+            if isinstance(cot, torch.Tensor):  # token ids (e.g. a generated CoT), used as they are
+                cot_ids = cot.to(prompt_ids.device)
+            else:
+                cot_ids = self.tokenizer(cot or "", add_special_tokens=False, return_tensors="pt").input_ids[0]
+            cot_ids = cot_ids.to(prompt_ids.device)
+            if (cot_ids == self.reward_token_id).any():
+                raise ValueError(f"cots[{i}] contains the reward token {self.config.reward_token!r}; remove it")
+            reward = torch.tensor([self.reward_token_id], device=prompt_ids.device)
+            rows.append(torch.cat([prompt_ids, cot_ids, reward]))
+            text_types = torch.zeros(len(cot_ids) + 1, dtype=batch["mm_token_type_ids"].dtype, device=prompt_ids.device)
+            types.append(torch.cat([batch["mm_token_type_ids"][i][keep], text_types]))
+        out = dict(batch)
+        out["input_ids"], out["attention_mask"] = left_pad(rows, self.tokenizer.pad_token_id)
+        out["mm_token_type_ids"], _ = left_pad(types, 0)
+        return out
+
+    # ------------------------------------------------------------------ the head
+    def head_outputs(self, hidden: torch.Tensor) -> dict:
+        """hidden: (B, H) state at `<Reward>` -> {"rewards": (B,)} (+ distribution for the distribution head)."""
+        logits = self.head(hidden.to(self.head.weight.dtype))  # (B, 1) or (B, K)
+        if self.config.head == "scalar":
+            return {"rewards": logits[:, 0].float(), "logits": logits}
+        probs = logits.float().softmax(-1)  # (B, K)
+        mean = probs @ self.score_bins
+        var = probs @ self.score_bins.square() - mean.square()
+        return {"rewards": mean, "logits": logits, "probs": probs, "uncertainty": var.clamp_min(0).sqrt()}
+
+    def forward(self, input_ids, attention_mask, mm_token_type_ids, pixel_values_videos=None, video_grid_thw=None,
+                second_per_grid_ts=None, return_hidden=False, **_) -> dict:
+        """Full (uncached) forward over rows that contain `<Reward>`. The head reads the last hidden state at the
+        reward token; if a row holds it more than once the positions are averaged (official inference).
+        Returns {"rewards": (B,), ...} and, with `return_hidden`, the final hidden states (B, L, H)."""
+        hidden = self.vlm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            **({"second_per_grid_ts": second_per_grid_ts} if second_per_grid_ts is not None else {}),
+            use_cache=False,
+        ).last_hidden_state  # (B, L, H)
+        is_reward = (input_ids == self.reward_token_id) & attention_mask.bool()  # (B, L)
+        counts = is_reward.sum(-1)
+        if (counts == 0).any():
+            row = int((counts == 0).nonzero()[0])
+            raise ValueError(f"row {row} of the batch holds no {self.config.reward_token!r} token; the head has nothing to read")
+        pooled = (hidden * is_reward.unsqueeze(-1)).sum(1) / counts.unsqueeze(-1).to(hidden.dtype)  # (B, H)
+        out = self.head_outputs(pooled)
+        if return_hidden:
+            out["hidden"] = hidden
+        return out
+
+    # ------------------------------------------------------------------ think, then score
+    @torch.no_grad()
+    def generate_and_score(self, batch: dict, max_new_tokens: int, do_sample=False, **generation) -> dict:
+        """Generate the CoT, then append `<Reward>` by continuing the generation's KV cache.
+
+        The cache from `generate` holds len(sequences) - 1 tokens (the last sampled token was never fed). Rows of a
+        left-padded batch end at different steps: a finished row has its end-of-turn token and padding in the
+        cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
+        row, everything after its own CoT, and explicit 3-D rope positions (pitfalls.md 2-5)."""
+        prompt_len = batch["input_ids"].shape[1]
+        generation.setdefault("repetition_penalty", self.config.repetition_penalty)
+        out = self.backbone.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            suppress_tokens=self.suppressed_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self._eos_ids(),
+            return_dict_in_generate=True,
+            use_cache=True,
+            **generation,
+        )
+        rope_deltas = self.vlm.model.rope_deltas.clone()  # set by generate; hidden mutable state (pitfalls.md 3)
+        cache = out.past_key_values
+        generated = out.sequences[:, prompt_len:]  # (B, G)
+        batch_size, num_generated = generated.shape
+        eos = torch.tensor(self._eos_ids(), device=generated.device)
+        is_end = torch.isin(generated, eos)
+        # CoT length per row: up to (excluding) its first end token, or everything when it ran out of tokens.
+        cot_lengths = torch.where(is_end.any(-1), is_end.float().argmax(-1), torch.full_like(is_end[:, 0], num_generated, dtype=torch.long))
+        steps = torch.arange(num_generated, device=generated.device)
+        in_cot = steps.unsqueeze(0) < cot_lengths.unsqueeze(1)  # (B, G)
+
+        # Continuation columns: [last generated token, <Reward>]. The last token is fed only where it belongs to
+        # the CoT (rows that hit max_new_tokens); elsewhere it is end/padding and masked out.
+        last = generated[:, -1:]
+        reward = torch.full_like(last, self.reward_token_id)
+        new_tokens = torch.cat([last, reward], dim=1)  # (B, 2)
+        attention_mask = torch.cat(
+            [batch["attention_mask"], in_cot[:, :-1].long(), in_cot[:, -1:].long(), torch.ones_like(last)], dim=1
+        )  # (B, prompt + G - 1 cached + 2 new)
+        positions = (attention_mask.cumsum(-1) - 1)[:, -2:] + rope_deltas  # (B, 2)
+        position_ids = positions.unsqueeze(0).expand(3, -1, -1)  # (3, B, 2): temporal, height, width
+        hidden = self.vlm.model(
+            input_ids=new_tokens,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]  # (B, H) at <Reward>
+        result = self.head_outputs(hidden)
+        result["cot_ids"] = [generated[i, : cot_lengths[i]] for i in range(batch_size)]
+        return result
+
+    # ------------------------------------------------------------------ public scoring API
+    @torch.no_grad()
+    def score(self, videos, prompts, think: bool = True, cots: list | None = None, batch_size: int = 8,
+              max_new_tokens: int | None = None, seed: int | None = None, **generation) -> RewardOutput:
+        """Score videos against their prompts.
+
+        videos: a list of paths, lists of PIL frames or (F, C, H, W) / (F, H, W, C) arrays, or the (B, F, C, H, W)
+            float tensor in [0, 1] that `WanPipeline(..., output_type="pt")` returns. Frames are sampled at
+            `config.fps` (the SAMPLING rate, not the file's) or `config.num_frames`.
+        think: generate a CoT first (greedy by default, as officially), then score; False = masked-CoT fast path.
+        cots: score with these CoTs instead of generating (teacher forcing); `think` is then irrelevant.
+        generation: passed to `generate` (do_sample=True, temperature, top_p, ...). `seed` makes sampling repeatable.
+        """
+        video_list = load_videos(videos, fps=self.config.fps, num_frames=self.config.num_frames)
+        prompts = [prompts] * len(video_list) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(video_list):
+            raise ValueError(f"got {len(video_list)} videos but {len(prompts)} prompts: pass one prompt per video")
+        if cots is not None and len(cots) != len(video_list):
+            raise ValueError(f"got {len(video_list)} videos but {len(cots)} cots: pass one CoT (or None) per video")
+        if seed is not None:
+            torch.manual_seed(seed)
+        max_new_tokens = max_new_tokens or self.config.max_new_tokens
+        parts, texts = [], []
+        for start in range(0, len(video_list), batch_size):
+            chunk = slice(start, start + batch_size)
+            batch = _to_device(self.encode_prompts(video_list[chunk], prompts[chunk]), self.device)
+            if cots is None and think:
+                result = self.generate_and_score(batch, max_new_tokens, **generation)
+                texts += self.tokenizer.batch_decode(result.pop("cot_ids"), skip_special_tokens=True)
+            else:
+                chunk_cots = cots[chunk] if cots is not None else [None] * len(video_list[chunk])
+                result = self(**self.append_cots(batch, chunk_cots))
+                if cots is not None:
+                    texts += [c or "" for c in chunk_cots]
+            parts.append(result)
+        rewards = torch.cat([p["rewards"] for p in parts]).float().cpu()
+        output = RewardOutput(rewards=rewards)
+        if self.config.head == "distribution":
+            output.uncertainty = torch.cat([p["uncertainty"] for p in parts]).float().cpu()
+            output.bin_probs = torch.cat([p["probs"] for p in parts]).float().cpu()
+        if texts:
+            parsed = [parse_answer(t) for t in texts]
+            output.cots = texts
+            output.dimensional_scores = [p.dimensional_scores for p in parsed]
+            output.overall_scores = [p.overall_score for p in parsed]
+            output.parse_errors = [p.error for p in parsed]
+        return output
+
+    def reward(self, videos, prompts, metadata=None, think: bool = True, **kwargs):
+        """The reward-function signature of Flow-GRPO: `fn(images, prompts, metadata) -> (scores, info)`.
+        `scores` is a list of floats; `info` holds the CoTs, the parsed dimension scores and overall scores."""
+        out = self.score(videos, prompts, think=think, **kwargs)
+        info = {
+            "cots": out.cots,
+            "dimensional_scores": out.dimensional_scores,
+            "overall_scores": out.overall_scores,
+            "parse_errors": out.parse_errors,
+        }
+        if out.uncertainty is not None:
+            info["uncertainty"] = out.uncertainty.tolist()
+        return out.rewards.tolist(), info
+
+    # ------------------------------------------------------------------ save / load
+    def reward_token_embedding(self) -> torch.Tensor:
+        ids = torch.tensor([self.reward_token_id], device=self.device)
+        return self.backbone.get_input_embeddings()(ids).detach()  # (1, H), the adapter's row if peft trains it
+
+    def save_pretrained(self, save_directory, save_backbone: bool | None = None):
+        """Write `descore_config.json`, `reward_head.safetensors` (head weight + `<Reward>` embedding row), the peft
+        adapter (`adapter/`), the processor, and `backbone/` when the backbone's weights are not elsewhere (full
+        fine-tuning or a tiny random model). Atomic: the directory appears complete or not at all."""
+        config = copy.deepcopy(self.config)
+        config.prompt_template = self.template
+        if save_backbone is None:
+            save_backbone = config.lora_rank == 0 and any(p.requires_grad for p in self.vlm.parameters()) or config.backbone == BACKBONE_DIR
+        with atomic_directory(save_directory) as tmp:
+            tensors = {
+                "head.weight": self.head.weight.detach().float().cpu().contiguous(),
+                "reward_token_embedding": self.reward_token_embedding().float().cpu().contiguous(),
+            }
+            save_file(tensors, tmp / HEAD_NAME, metadata={"format": "pt", "reward_token": config.reward_token})
+            if hasattr(self.backbone, "peft_config"):
+                self.backbone.save_pretrained(tmp / ADAPTER_DIR)
+            if save_backbone:
+                self.vlm.save_pretrained(tmp / BACKBONE_DIR, state_dict=self._backbone_state_dict())
+                config.backbone = BACKBONE_DIR
+            self.processor.save_pretrained(tmp)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+
+    def _backbone_state_dict(self) -> dict:
+        """The backbone's own weights, without peft's adapter tensors and wrapper prefixes."""
+        state = {}
+        for key, value in self.vlm.state_dict().items():
+            if "lora_" in key or "trainable_tokens_" in key:
+                continue
+            state[key.replace(".token_adapter.base_layer", "").replace(".base_layer", "")] = value
+        return state
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, device=None, dtype=None, **overrides) -> "DeScoreReward":
+        """Load a DeScore model from a directory or hub id: our format (`descore_config.json`) or the official
+        release layout (LoRA adapter folder + `rm_head.pth`). `overrides` replace DeScoreConfig fields
+        (e.g. `num_frames=8`, `max_pixels=...`, `backbone=` to point an official adapter at a local base model)."""
+        directory = _resolve(path_or_id)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if (directory / CONFIG_NAME).is_file():
+            model = cls._load_ours(directory, dtype, overrides)
+        elif (directory / "rm_head.pth").is_file():
+            model = cls._load_official(directory, dtype, overrides)
+        else:
+            raise FileNotFoundError(
+                f"{directory}: not a DeScore checkpoint (no {CONFIG_NAME}, and no rm_head.pth of the official release)"
+            )
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    @classmethod
+    def _load_ours(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
+        values = json.loads((directory / CONFIG_NAME).read_text())
+        config = DeScoreConfig.from_dict({**values, **overrides}, source=str(directory / CONFIG_NAME))
+        processor = _load_processor(directory)
+        backbone = _load_backbone(_relative(directory, config.backbone), dtype)
+        model = cls(config, backbone, processor, checkpoint_dir=directory)
+        head_file = directory / HEAD_NAME
+        if not head_file.is_file():
+            raise FileNotFoundError(f"{directory}: no {HEAD_NAME}; a DeScore checkpoint needs the head weights")
+        tensors = load_file(head_file)
+        for key in ("head.weight", "reward_token_embedding"):
+            if key not in tensors:
+                raise KeyError(f"{head_file}: missing tensor {key!r}")
+        model._set_reward_row(tensors["reward_token_embedding"])
+        model._load_head(tensors["head.weight"], head_file)
+        if (directory / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            model.backbone = PeftModel.from_pretrained(model.backbone, directory / ADAPTER_DIR)
+        return model
+
+    @classmethod
+    def _load_official(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
+        """Official DeScore release: a peft LoRA adapter folder + `rm_head.pth` (key `rm_head.weight` or
+        `base_model.model.rm_head.weight`), special token `<Reward>`. Read with weights_only=True (no unpickling of
+        arbitrary objects)."""
+        adapter_dir = directory if (directory / "adapter_config.json").is_file() else next(
+            (p.parent for p in sorted(directory.glob("*/adapter_config.json"))), None
+        )
+        if adapter_dir is None and "backbone" not in overrides:
+            raise FileNotFoundError(f"{directory}: has rm_head.pth but no LoRA adapter (adapter_config.json) and no backbone= override")
+        base = overrides.pop("backbone", None)
+        if base is None:
+            base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        config = DeScoreConfig.from_dict({"backbone": base, "reward_token": "<Reward>", **overrides}, source=str(directory))
+        has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        processor = _load_processor(directory if has_tokenizer else _relative(directory, base))
+        if config.reward_token not in processor.tokenizer.get_vocab():
+            processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]})
+        backbone = _load_backbone(_relative(directory, base), dtype)
+        model = cls(config, backbone, processor, checkpoint_dir=directory)
+        state = torch.load(directory / "rm_head.pth", map_location="cpu", weights_only=True)
+        key = next((k for k in ("rm_head.weight", "base_model.model.rm_head.weight") if k in state), None)
+        if key is None:
+            raise KeyError(f"{directory / 'rm_head.pth'}: expected key 'rm_head.weight' or 'base_model.model.rm_head.weight', found {sorted(state)}")
+        model._load_head(state[key], directory / "rm_head.pth")
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model.backbone = PeftModel.from_pretrained(model.backbone, adapter_dir)
+        return model
+
+    def _load_head(self, weight: torch.Tensor, source):
+        if tuple(weight.shape) != tuple(self.head.weight.shape):
+            raise ValueError(f"{source}: head weight has shape {tuple(weight.shape)}, the model expects {tuple(self.head.weight.shape)} "
+                             f"(head={self.config.head!r}, hidden size {self.head.in_features})")
+        with torch.no_grad():
+            self.head.weight.copy_(weight.to(self.head.weight.dtype))
+
+    def _set_reward_row(self, row: torch.Tensor):
+        with torch.no_grad():
+            embeddings = self.vlm.get_input_embeddings().weight
+            embeddings[self.reward_token_id] = row.reshape(-1).to(embeddings.dtype)
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, rank: int, alpha: int | None = None, dropout: float | None = None, target_modules: str | None = None,
+                 train_reward_token: bool = True):
+        """Wrap the backbone in a peft LoRA on the language model's linears (official: r 64, alpha 128, dropout 0.05).
+        `train_reward_token` makes only the `<Reward>` embedding row trainable (peft `trainable_token_indices`)."""
+        from peft import LoraConfig, get_peft_model
+
+        self.config.lora_rank = rank
+        self.config.lora_alpha = alpha if alpha is not None else self.config.lora_alpha
+        self.config.lora_dropout = dropout if dropout is not None else self.config.lora_dropout
+        self.config.lora_target_modules = target_modules or self.config.lora_target_modules
+        lora = LoraConfig(
+            r=rank,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=self.config.lora_target_modules,
+            trainable_token_indices={"embed_tokens": [self.reward_token_id]} if train_reward_token else None,
+        )
+        self.backbone = get_peft_model(self.backbone, lora)
+        self.train(self.training)  # new dropout modules start in training mode; keep the model's mode
+        return self
+
+
+# ---------------------------------------------------------------------- helpers
+def left_pad(rows: list, pad_value: int):
+    """Left-pad 1-D tensors to a (B, L) batch; returns (padded, attention_mask)."""
+    length = max(len(r) for r in rows)
+    padded = torch.full((len(rows), length), pad_value, dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
+    for i, row in enumerate(rows):
+        padded[i, length - len(row):] = row
+        mask[i, length - len(row):] = 1
+    return padded, mask
+
+
+def _reward_token_id(tokenizer, token: str, source: str) -> int:
+    matches = [tid for text, tid in tokenizer.get_vocab().items() if text == token]
+    if not matches:
+        raise ValueError(f"{source}: the tokenizer has no {token!r} token; add it as a special token "
+                         f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})) before training")
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"{source}: {token!r} tokenizes into {len(ids)} pieces {ids}; it must be one special token")
+    if tokenizer.get_added_vocab().get(token) is not None:
+        duplicates = [t for t in tokenizer.get_added_vocab() if t.strip() == token and t != token]
+        if duplicates:
+            raise ValueError(f"{source}: the tokenizer holds {token!r} more than once ({duplicates}); keep one")
+    return matches[0]
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _resolve(path_or_id) -> Path:
+    path = Path(path_or_id)
+    if path.exists():
+        return path
+    if str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1:
+        raise FileNotFoundError(f"{path_or_id}: no such directory (and not a hub id of the form owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path_or_id)))
+    except Exception as error:  # offline, missing repo, no access: say which
+        raise FileNotFoundError(f"{path_or_id}: not a local directory, and downloading it from the hub failed: {error}") from None
+
+
+def _relative(directory: Path, path: str) -> str:
+    candidate = directory / path
+    return str(candidate) if candidate.exists() else path
+
+
+def _load_processor(path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path)
+
+
+def _load_backbone(path, dtype):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED_BACKBONES:
+        raise ValueError(f"backbone {path!r} is a {config.model_type!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}")
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)

@@ -1,0 +1,220 @@
+"""The reward-model core on tiny real Qwen2.5-VL and Qwen3-VL models."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from conftest import BACKBONES, PROMPTS
+from descore_plugin import DeScoreReward
+from descore_plugin.model import HEAD_NAME
+from descore_plugin.tiny import init_tiny
+from descore_plugin.video import load_videos
+
+
+class ForceEnd(LogitsProcessor):
+    """Row i emits the end-of-turn token at generation step ends[i] (None: never), so rows end at different lengths."""
+
+    def __init__(self, ends, eos_id, prompt_len):
+        self.ends, self.eos_id, self.prompt_len = ends, eos_id, prompt_len
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        for row, end in enumerate(self.ends):
+            if end == step:
+                scores[row] = -float("inf")
+                scores[row, self.eos_id] = 0.0
+        return scores
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def model(request, tiny_dirs):
+    return DeScoreReward.from_pretrained(tiny_dirs[request.param])
+
+
+def test_cached_think_equals_uncached_forward_when_rows_end_at_different_lengths(model, sample_videos):
+    videos = load_videos(sample_videos, num_frames=8)
+    batch = model.encode_prompts(videos, PROMPTS)
+    ends = [3, None, 0]  # row 0 stops after 3 tokens, row 1 runs to max_new_tokens, row 2 writes an empty CoT
+    forced = LogitsProcessorList([ForceEnd(ends, model._eos_ids()[0], batch["input_ids"].shape[1])])
+    cached = model.generate_and_score(batch, max_new_tokens=9, logits_processor=forced)
+    assert [len(ids) for ids in cached["cot_ids"]] == [3, 9, 0]
+    for row in range(3):
+        single = model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1])
+        full = model(**model.append_cots(single, [cached["cot_ids"][row]]))  # video, instruction, CoT, <Reward>: no cache
+        torch.testing.assert_close(cached["rewards"][row], full["rewards"][0], atol=1e-4, rtol=0)
+
+
+def test_batch_equals_one_by_one(model, sample_videos):
+    batched = model.score(sample_videos, PROMPTS, max_new_tokens=8)
+    for row in range(3):
+        single = model.score(sample_videos[row : row + 1], PROMPTS[row : row + 1], max_new_tokens=8)
+        assert single.cots[0] == batched.cots[row]
+        torch.testing.assert_close(single.rewards[0], batched.rewards[row], atol=1e-4, rtol=0)
+
+
+def test_think_false_equals_empty_cot(model, sample_videos):
+    fast = model.score(sample_videos, PROMPTS, think=False)
+    empty = model.score(sample_videos, PROMPTS, cots=["", "", ""])
+    assert fast.cots is None and empty.cots == ["", "", ""]
+    torch.testing.assert_close(fast.rewards, empty.rewards, atol=1e-5, rtol=0)
+
+
+def test_supplied_cot_changes_the_reward_and_is_parsed(model, sample_videos):
+    cot = 'The square is red. <answer>{"dimensional_scores": {"subject": 2, "dynamics": 1, "camera": "N/A", ' \
+          '"environment": 2, "style": 2}, "overall_score": 3.5}</answer>'
+    out = model.score(sample_videos[:2], PROMPTS[:2], cots=[cot, "garbage"])
+    assert out.dimensional_scores[0]["dynamics"] == 1 and out.overall_scores[0] == 3.5 and out.parse_errors[0] is None
+    assert out.dimensional_scores[1] is None and out.parse_errors[1] == "no <answer> block"
+    assert not torch.allclose(out.rewards, model.score(sample_videos[:2], PROMPTS[:2], think=False).rewards)
+
+
+def test_outputs_and_flow_grpo_signature(model, sample_videos):
+    out = model.score(sample_videos, PROMPTS, max_new_tokens=6)
+    assert out.rewards.dtype == torch.float32 and out.rewards.shape == (3,)
+    assert len(out.cots) == 3 and len(out.parse_errors) == 3 and out.uncertainty is None
+    scores, info = model.reward(sample_videos, PROMPTS, metadata=[{}] * 3, max_new_tokens=6)
+    assert scores == pytest.approx(out.rewards.tolist(), abs=1e-5)
+    assert info["cots"] == out.cots and len(info["dimensional_scores"]) == 3
+
+
+def test_seeded_sampling_is_repeatable_and_greedy_is_default(model, sample_videos):
+    a = model.score(sample_videos, PROMPTS, max_new_tokens=8, do_sample=True, temperature=1.0, seed=3)
+    b = model.score(sample_videos, PROMPTS, max_new_tokens=8, do_sample=True, temperature=1.0, seed=3)
+    assert a.cots == b.cots and torch.equal(a.rewards, b.rewards)
+    greedy = [model.score(sample_videos, PROMPTS, max_new_tokens=8, seed=s).cots for s in (1, 2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_save_load_round_trip_gives_identical_rewards(model, sample_videos, tmp_path):
+    before = model.score(sample_videos, PROMPTS, max_new_tokens=6)
+    model.save_pretrained(tmp_path / "copy")
+    reloaded = DeScoreReward.from_pretrained(tmp_path / "copy")
+    after = reloaded.score(sample_videos, PROMPTS, max_new_tokens=6)
+    assert after.cots == before.cots
+    assert torch.equal(after.rewards, before.rewards)
+    assert sorted(load_file(tmp_path / "copy" / HEAD_NAME)) == ["head.weight", "reward_token_embedding"]
+
+
+def test_lora_adapter_round_trip(tiny_dirs, sample_videos, tmp_path):
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    model.add_lora(rank=4, alpha=8)
+    with torch.no_grad():  # move the adapter and the reward row away from their initial values
+        for name, param in model.backbone.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                param.add_(0.05 * torch.randn_like(param))
+        model.head.weight.mul_(-2)
+    before = model.score(sample_videos, PROMPTS, think=False).rewards
+    model.save_pretrained(tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    reloaded = DeScoreReward.from_pretrained(tmp_path / "lora")
+    torch.testing.assert_close(reloaded.score(sample_videos, PROMPTS, think=False).rewards, before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("key", ["rm_head.weight", "base_model.model.rm_head.weight"])
+def test_official_release_layout_loads(tiny_dirs, sample_videos, tmp_path, key):
+    """Official DeScore release: LoRA adapter folder + rm_head.pth, tokenizer with <Reward>, loaded weights_only."""
+    ours = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    ours.add_lora(rank=4, alpha=8)
+    with torch.no_grad():
+        for name, param in ours.backbone.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    official = tmp_path / "official"
+    ours.backbone.peft_config["default"].base_model_name_or_path = str(tiny_dirs["qwen2_5_vl"] / "backbone")
+    ours.backbone.save_pretrained(official)  # adapter_config.json + adapter weights at the top level
+    ours.processor.save_pretrained(official)
+    torch.save({key: ours.head.weight.detach().clone()}, official / "rm_head.pth")
+    loaded = DeScoreReward.from_pretrained(official, num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28,
+                                           prompt_template=ours.template)
+    expected = ours.score(sample_videos, PROMPTS, think=False).rewards
+    torch.testing.assert_close(loaded.score(sample_videos, PROMPTS, think=False).rewards, expected, atol=1e-5, rtol=0)
+
+
+def test_distribution_head_returns_expectation_and_uncertainty(tmp_path, sample_videos):
+    model = init_tiny(tmp_path / "dist", head="distribution")
+    out = model.score(sample_videos, PROMPTS, think=False)
+    assert out.uncertainty.shape == (3,) and (out.uncertainty > 0).all()
+    torch.testing.assert_close(out.rewards, out.bin_probs @ torch.tensor(model.config.score_bins), atol=1e-5, rtol=0)
+    assert ((out.rewards >= 1) & (out.rewards <= 5)).all()
+    reloaded = DeScoreReward.from_pretrained(tmp_path / "dist")
+    torch.testing.assert_close(reloaded.score(sample_videos, PROMPTS, think=False).rewards, out.rewards)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_errors_name_the_bad_input(model, sample_videos):
+    with pytest.raises(ValueError, match="3 videos but 2 prompts"):
+        model.score(sample_videos, PROMPTS[:2], think=False)
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        model.score(sample_videos, ["a", " ", "b"], think=False)
+    bad = [sample_videos[0], sample_videos[1].clone().fill_(float("nan")), sample_videos[2]]
+    with pytest.raises(ValueError, match=r"videos\[1\].*NaN"):
+        model.score(bad, PROMPTS, think=False)
+    with pytest.raises(ValueError, match="3 videos but 1 cots"):
+        model.score(sample_videos, PROMPTS, cots=["x"])
+
+
+def test_checkpoint_errors(tiny_dirs, tmp_path):
+    import shutil
+
+    broken = tmp_path / "nohead"
+    shutil.copytree(tiny_dirs["qwen2_5_vl"], broken)
+    (broken / HEAD_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="no reward_head.safetensors"):
+        DeScoreReward.from_pretrained(broken)
+    with pytest.raises(FileNotFoundError, match="not a DeScore checkpoint"):
+        DeScoreReward.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        DeScoreReward.from_pretrained("./does/not/exist")
+
+    no_token = tmp_path / "notoken"
+    shutil.copytree(tiny_dirs["qwen2_5_vl"], no_token)
+    config = json.loads((no_token / "descore_config.json").read_text())
+    config["reward_token"] = "<Score>"
+    (no_token / "descore_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no '<Score>' token"):
+        DeScoreReward.from_pretrained(no_token)
+
+    twice = tmp_path / "twice"
+    shutil.copytree(tiny_dirs["qwen2_5_vl"], twice)
+    tok = json.loads((twice / "tokenizer.json").read_text())
+    tok["added_tokens"].append({**next(t for t in tok["added_tokens"] if t["content"] == "<Reward>"),
+                                "id": max(t["id"] for t in tok["added_tokens"]) + 1, "content": "<Reward> "})
+    (twice / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match="more than once"):
+        DeScoreReward.from_pretrained(twice)
+
+
+def test_unsupported_backbone_family(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "text_only")
+    from descore_plugin.model import _load_backbone
+
+    with pytest.raises(ValueError, match="is a 'qwen2' model; DeScore supports qwen2_5_vl, qwen3_vl"):
+        _load_backbone(str(tmp_path / "text_only"), None)
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_init_tiny_and_score_json(tmp_path):
+    from descore_plugin.video import write_video
+
+    clip = (torch.rand(8, 3, 56, 56) * 255).to(torch.uint8)
+    write_video(tmp_path / "a.mp4", clip, fps=8)
+    write_video(tmp_path / "b.mp4", clip.flip(0), fps=8)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
+    made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl")
+    assert made.returncode == 0, made.stderr
+    scored = run("score", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "--prompt", "a red square",
+                 "--model", str(tmp_path / "m"), "--json", "--max-new-tokens", "5")
+    assert scored.returncode == 0, scored.stderr
+    records = [json.loads(line) for line in scored.stdout.splitlines() if line.startswith("{")]
+    assert [r["video"] for r in records] == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    assert all(isinstance(r["reward"], float) and "cot" in r for r in records)
+    missing = run("score", str(tmp_path / "nope.mp4"), "--prompt", "x", "--model", str(tmp_path / "m"))
+    assert missing.returncode == 2 and "nope.mp4" in missing.stderr
