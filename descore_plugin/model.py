@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -209,11 +210,16 @@ class DeScoreReward(nn.Module):
         )
         return dict(batch)
 
-    def append_cots(self, batch: dict, cots: list) -> dict:
+    def append_cots(self, batch: dict, cots: list, with_labels: bool = False, ended: list | None = None) -> dict:
         """Teacher forcing: each row becomes [its prompt tokens, its CoT tokens, <Reward>], re-collated with left
         padding so that `<Reward>` is the last column of every row. A CoT is text or a 1-D tensor of token ids;
-        `None` or "" = no CoT (the masked-CoT layout)."""
-        rows, types = [], []
+        `None` or "" = no CoT (the masked-CoT layout).
+
+        with_labels: also return `labels` aligned with `input_ids` (-100 = not supervised): the CoT tokens, and at
+        the `<Reward>` column the end-of-turn token, because that is what the policy wrote (or must learn to write)
+        after the CoT. `ended[i]` False (a rollout cut at max_new_tokens) leaves that end token unsupervised."""
+        rows, types, labels = [], [], []
+        end_id = self._eos_ids()[0]
         for i, cot in enumerate(cots):
             keep = batch["attention_mask"][i].bool()
             prompt_ids = batch["input_ids"][i][keep]
@@ -228,7 +234,13 @@ class DeScoreReward(nn.Module):
             rows.append(torch.cat([prompt_ids, cot_ids, reward]))
             text_types = torch.zeros(len(cot_ids) + 1, dtype=batch["mm_token_type_ids"].dtype, device=prompt_ids.device)
             types.append(torch.cat([batch["mm_token_type_ids"][i][keep], text_types]))
+            has_cot = len(cot_ids) > 0
+            end_label = end_id if has_cot and (ended is None or ended[i]) else -100
+            ignore = torch.full_like(prompt_ids, -100)
+            labels.append(torch.cat([ignore, cot_ids, torch.tensor([end_label], device=prompt_ids.device)]))
         out = dict(batch)
+        if with_labels:
+            out["labels"], _ = left_pad(labels, -100)
         out["input_ids"], out["attention_mask"] = left_pad(rows, self.tokenizer.pad_token_id)
         out["mm_token_type_ids"], _ = left_pad(types, 0)
         return out
@@ -245,9 +257,14 @@ class DeScoreReward(nn.Module):
         return {"rewards": mean, "logits": logits, "probs": probs, "uncertainty": var.clamp_min(0).sqrt()}
 
     def forward(self, input_ids, attention_mask, mm_token_type_ids, pixel_values_videos=None, video_grid_thw=None,
-                second_per_grid_ts=None, return_hidden=False, **_) -> dict:
+                second_per_grid_ts=None, labels=None, return_hidden=False, **_) -> dict:
         """Full (uncached) forward over rows that contain `<Reward>`. The head reads the last hidden state at the
         reward token; if a row holds it more than once the positions are averaged (official inference).
+
+        labels (B, L), from `append_cots(..., with_labels=True)`: also returns `token_logprobs` (B, L) = log p of
+        labels[:, j] given the tokens before j (0 where unsupervised), `label_mask` and the mean NLL `lm_loss`.
+        Because attention is causal, the log-probs of the CoT are those of the sequence WITHOUT `<Reward>`: one
+        forward serves both the policy term and the head (the official stage 2 runs two).
         Returns {"rewards": (B,), ...} and, with `return_hidden`, the final hidden states (B, L, H)."""
         hidden = self.vlm.model(
             input_ids=input_ids,
@@ -265,20 +282,24 @@ class DeScoreReward(nn.Module):
             raise ValueError(f"row {row} of the batch holds no {self.config.reward_token!r} token; the head has nothing to read")
         pooled = (hidden * is_reward.unsqueeze(-1)).sum(1) / counts.unsqueeze(-1).to(hidden.dtype)  # (B, H)
         out = self.head_outputs(pooled)
+        if labels is not None:
+            targets = labels[:, 1:]  # (B, L-1): the token each position predicts
+            mask = targets != -100
+            logits = self.vlm.lm_head(hidden[:, :-1][mask])  # (N, V), supervised positions only
+            picked = logits.float().log_softmax(-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
+            token_logprobs = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+            token_logprobs[mask] = picked
+            out["token_logprobs"] = F.pad(token_logprobs, (1, 0))  # (B, L), aligned with labels
+            out["label_mask"] = F.pad(mask, (1, 0))
+            out["lm_loss"] = -picked.mean() if picked.numel() else hidden.sum() * 0
         if return_hidden:
             out["hidden"] = hidden
         return out
 
     # ------------------------------------------------------------------ think, then score
-    @torch.no_grad()
-    def generate_and_score(self, batch: dict, max_new_tokens: int, do_sample=False, **generation) -> dict:
-        """Generate the CoT, then append `<Reward>` by continuing the generation's KV cache.
-
-        The cache from `generate` holds len(sequences) - 1 tokens (the last sampled token was never fed). Rows of a
-        left-padded batch end at different steps: a finished row has its end-of-turn token and padding in the
-        cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
-        row, everything after its own CoT, and explicit 3-D rope positions (pitfalls.md 2-5)."""
-        prompt_len = batch["input_ids"].shape[1]
+    def _generate(self, batch: dict, max_new_tokens: int, do_sample=False, **generation):
+        """Run `generate` on a left-padded prompt batch. Returns the output (with its KV cache), the generated ids
+        (B, G), each row's CoT length (up to, excluding, its first end token) and whether the row ended."""
         generation.setdefault("repetition_penalty", self.config.repetition_penalty)
         out = self.backbone.generate(
             **batch,
@@ -291,14 +312,31 @@ class DeScoreReward(nn.Module):
             use_cache=True,
             **generation,
         )
+        generated = out.sequences[:, batch["input_ids"].shape[1]:]  # (B, G)
+        is_end = torch.isin(generated, torch.tensor(self._eos_ids(), device=generated.device))
+        ended = is_end.any(-1)
+        cot_lengths = torch.where(ended, is_end.float().argmax(-1).long(), torch.full_like(ended, generated.shape[1], dtype=torch.long))
+        return out, generated, cot_lengths, ended
+
+    @torch.no_grad()
+    def sample_cots(self, batch: dict, max_new_tokens: int, temperature: float = 1.0, **generation) -> dict:
+        """Sampled rollouts (stage 2): {"cot_ids": list of 1-D tensors, "ended": list of bool}."""
+        _, generated, lengths, ended = self._generate(batch, max_new_tokens, do_sample=True, temperature=temperature,
+                                                       top_k=0, top_p=1.0, **generation)
+        return {"cot_ids": [generated[i, : lengths[i]] for i in range(len(lengths))], "ended": ended.tolist()}
+
+    @torch.no_grad()
+    def generate_and_score(self, batch: dict, max_new_tokens: int, do_sample=False, **generation) -> dict:
+        """Generate the CoT, then append `<Reward>` by continuing the generation's KV cache.
+
+        The cache from `generate` holds len(sequences) - 1 tokens (the last sampled token was never fed). Rows of a
+        left-padded batch end at different steps: a finished row has its end-of-turn token and padding in the
+        cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
+        row, everything after its own CoT, and explicit 3-D rope positions (pitfalls.md 2-5)."""
+        out, generated, cot_lengths, _ = self._generate(batch, max_new_tokens, do_sample=do_sample, **generation)
         rope_deltas = self.vlm.model.rope_deltas.clone()  # set by generate; hidden mutable state (pitfalls.md 3)
         cache = out.past_key_values
-        generated = out.sequences[:, prompt_len:]  # (B, G)
         batch_size, num_generated = generated.shape
-        eos = torch.tensor(self._eos_ids(), device=generated.device)
-        is_end = torch.isin(generated, eos)
-        # CoT length per row: up to (excluding) its first end token, or everything when it ran out of tokens.
-        cot_lengths = torch.where(is_end.any(-1), is_end.float().argmax(-1), torch.full_like(is_end[:, 0], num_generated, dtype=torch.long))
         steps = torch.arange(num_generated, device=generated.device)
         in_cot = steps.unsqueeze(0) < cot_lengths.unsqueeze(1)  # (B, G)
 

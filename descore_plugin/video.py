@@ -161,6 +161,8 @@ def load_video(
     Returns:
         `Video` with `frames` of shape (T, 3, H, W), uint8 RGB, T even.
     """
+    if isinstance(source, Video):  # already decoded and sampled (e.g. a training-time cache): used as it is
+        return source
     if isinstance(source, (str, Path)):
         if video_fps is not None:
             raise VideoInputError(

@@ -1,0 +1,605 @@
+"""A synthetic video world whose truth is known: short clips of a coloured shape moving on a background.
+
+A `Scene` is what the text prompt asks for ("a red square moving right on a dark background"). A `Clip` is what
+one video actually shows; each departure from the scene is a defect on one of the five DeScore dimensions:
+
+| dimension   | 2 (no defect)            | 1 (mild, `mild_rate`)             | 0 (failure)                               |
+|-------------|--------------------------|-----------------------------------|-------------------------------------------|
+| subject     | prompt's colour + shape  | right colour, other shape         | other colour                              |
+| dynamics    | smooth, prompt direction | right direction, in stutters      | jumps around, or moves the opposite way   |
+| camera      | steady                   | slight shake (1-2 px per frame)   | shake (3-6 px per frame)                  |
+| environment | prompt's background      | right half shows another one      | another background                        |
+| style       | steady light             | grainy noise                      | flicker (brightness jumps every frame)    |
+
+The overall score follows the interval rules of the judge answer (see `overall_score`). Pairs share a prompt and
+differ in one dimension (their `slice`), so accuracy can be sliced per defect: calibration.md shows that overall
+accuracy alone hides a reward model that is blind to the prompt (colour). The CoT writer produces a short
+annotator-style chain of thought in the three DeScore stages, whose evidence stage states what is SEEN (the
+observed colour, motion, ...), then the exact `<answer>` block.
+
+Everything is seeded: pair i of `sample_pairs(seed=s)` depends only on (s, i). Rendering is vectorised numpy
+(about 0.6 ms per clip at the default size on one core: over a thousand clips per second).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from descore_plugin.data import Pair, save_pairs
+from descore_plugin.prompt import DIMENSIONS, PRIMARY_DIMENSIONS, format_answer
+from descore_plugin.video import write_video
+
+__all__ = [
+    "COLOURS",
+    "BACKGROUNDS",
+    "SHAPES",
+    "DIRECTIONS",
+    "WorldConfig",
+    "Scene",
+    "Clip",
+    "PairSpec",
+    "SyntheticPairs",
+    "overall_score",
+    "make_clip",
+    "render_clip",
+    "render_clips",
+    "write_cot",
+    "sample_pairs",
+    "generate_pairs",
+    "write_dataset",
+    "vocabulary_texts",
+]
+
+# RGB of each shape colour, and of each background (a gradient runs top to bottom between two colours).
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (235, 210, 40)}
+BACKGROUNDS = {
+    "dark": ((25, 25, 35), (25, 25, 35)),
+    "light": ((225, 225, 215), (225, 225, 215)),
+    "grey": ((125, 125, 125), (125, 125, 125)),
+    "gradient": ((30, 40, 90), (230, 200, 150)),
+}
+SHAPES = ("square", "circle")
+DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx) per step
+OPPOSITE = {"right": "left", "left": "right", "down": "up", "up": "down"}
+
+_CAMERA_PAD = 6  # world margin around the frame that a shaking camera can reveal; equals the strongest shake
+_EDGE_MARGIN = 2  # pixels kept between the shape and the frame edge
+_NOISE_STD = 18.0  # grainy-noise standard deviation (style 1), in uint8 levels
+_FLICKER = (45.0, 80.0)  # range of the per-frame brightness offset (style 0), in uint8 levels, sign alternating
+
+_MOTION_SCORE = {"smooth": 2, "stutter": 1, "jump": 0, "reverse": 0}
+_CAMERA_SCORE = {"steady": 2, "slight shake": 1, "shake": 0}
+_LIGHT_SCORE = {"steady": 2, "noise": 1, "flicker": 0}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What the clips look like. Every default is this project's choice (sized for tiny CPU models, calibration.md)."""
+
+    num_frames: int = 8  # frames per clip
+    height: int = 56  # frame height in pixels (even: H.264 yuv420p)
+    width: int = 56  # frame width in pixels (even)
+    object_size: int = 14  # side of the square / diameter of the circle, pixels
+    speed: int = 4  # pixels per frame of smooth motion
+    fps: float = 8.0  # frame rate written into mp4 files (one second per default clip)
+    colours: tuple = tuple(COLOURS)  # shape colours prompts may ask for (at least 2 for the subject defect)
+    shapes: tuple = SHAPES  # shapes prompts may ask for (at least 2 for the mild subject defect)
+    directions: tuple = tuple(DIRECTIONS)  # motion directions prompts may ask for
+    backgrounds: tuple = tuple(BACKGROUNDS)  # backgrounds prompts may ask for (at least 2 for environment)
+
+    def __post_init__(self):
+        for name, chosen, known in (
+            ("colours", self.colours, COLOURS),
+            ("shapes", self.shapes, SHAPES),
+            ("directions", self.directions, DIRECTIONS),
+            ("backgrounds", self.backgrounds, BACKGROUNDS),
+        ):
+            unknown = [value for value in chosen if value not in known]
+            if not chosen or unknown:
+                raise ValueError(f"WorldConfig.{name}: {list(chosen)} must be a non-empty subset of {list(known)}")
+        if self.num_frames < 2:
+            raise ValueError(f"WorldConfig.num_frames = {self.num_frames}: motion needs at least 2 frames")
+        travel = self.speed * (self.num_frames - 1)
+        room = min(self.height, self.width) - self.object_size - 2 * _EDGE_MARGIN
+        if self.speed < 1 or travel > room:
+            raise ValueError(
+                f"WorldConfig: a {self.object_size} px shape moving {self.speed} px/frame for {self.num_frames} frames "
+                f"travels {travel} px but only {room} px fit in {self.height}x{self.width}; lower speed or object_size"
+            )
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the prompt asks for."""
+
+    colour: str
+    shape: str
+    direction: str
+    background: str
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction} on a {self.background} background"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What one video shows, next to the scene its prompt asks for; `seed` draws the nuisances (start position,
+    shake offsets, noise) so that `render_clip` is a pure function of the clip."""
+
+    scene: Scene
+    colour: str  # colour shown
+    shape: str  # shape shown
+    motion: str  # "smooth", "stutter", "jump" or "reverse"
+    camera: str  # "steady", "slight shake" or "shake"
+    background: str  # background shown (the left half, when `second_background` is set)
+    second_background: str | None  # mild environment defect: the right half shows this background
+    light: str  # "steady", "noise" or "flicker"
+    seed: int
+
+    @property
+    def prompt(self) -> str:
+        return self.scene.prompt
+
+    @property
+    def scores(self) -> dict:
+        """Ground-truth dimension scores (2 / 1 / 0), in DIMENSIONS order."""
+        if self.colour != self.scene.colour:
+            subject = 0
+        elif self.shape != self.scene.shape:
+            subject = 1
+        else:
+            subject = 2
+        if self.background != self.scene.background:
+            environment = 0
+        elif self.second_background is not None:
+            environment = 1
+        else:
+            environment = 2
+        return {
+            "subject": subject,
+            "dynamics": _MOTION_SCORE[self.motion],
+            "camera": _CAMERA_SCORE[self.camera],
+            "environment": environment,
+            "style": _LIGHT_SCORE[self.light],
+        }
+
+    @property
+    def overall(self) -> float:
+        return overall_score(self.scores)
+
+
+def overall_score(scores: dict) -> float:
+    """Overall score in [1, 5] from dimension scores, following the DeScore interval rules (arXiv 2605.05922,
+    judge prompt): 5 = both primaries 2 and no flaws; 4.x = flaws only in secondary dimensions; 3.x = a primary
+    is 1; 2.x = a primary is 0; 1.x = both primaries 0.
+
+    The decimals are this project's rule (the paper leaves them to the judge): + 0.1 per secondary point (camera,
+    environment, style; "N/A" counts as 2), + 0.3 when the other primary is perfect in the 3.x and 2.x bands. So
+    every single-dimension defect lowers the score strictly, and a video that is better or equal in every
+    dimension never scores lower.
+    """
+    first, second = (scores[name] for name in PRIMARY_DIMENSIONS)
+    first, second = (2 if value == "N/A" else value for value in (first, second))
+    secondary_names = [name for name in DIMENSIONS if name not in PRIMARY_DIMENSIONS]
+    secondary = sum(2 if scores[name] == "N/A" else scores[name] for name in secondary_names)
+    worst, best = min(first, second), max(first, second)
+    if worst == 2:
+        return 5.0 if secondary == 6 else round(4.0 + 0.1 * secondary, 2)
+    if worst == 1:
+        return round(3.0 + 0.3 * (best == 2) + 0.1 * secondary, 2)
+    if best > 0:
+        return round(2.0 + 0.3 * (best == 2) + 0.1 * secondary, 2)
+    return round(1.0 + 0.1 * secondary, 2)
+
+
+def make_clip(scene: Scene, scores: dict, rng: np.random.Generator, world: WorldConfig = WorldConfig()) -> Clip:
+    """A clip of `scene` whose ground truth is `scores` (dimension -> 2 / 1 / 0); `rng` picks the failure kinds
+    (which wrong colour, jump or reverse, ...) and the clip's nuisance seed."""
+    for name in DIMENSIONS:
+        if scores.get(name) not in (0, 1, 2):
+            raise ValueError(f"scores['{name}'] = {scores.get(name)!r}: synthetic clips take 2, 1 or 0 per dimension")
+
+    def other(options, value, what):
+        choices = [option for option in options if option != value]
+        if not choices:
+            raise ValueError(f"WorldConfig has only one {what} ({value!r}), so the defect needs another one")
+        return choices[int(rng.integers(len(choices)))]
+
+    colour, shape = scene.colour, scene.shape
+    if scores["subject"] == 0:
+        colour = other(world.colours, scene.colour, "colour")
+    elif scores["subject"] == 1:
+        shape = other(world.shapes, scene.shape, "shape")
+    motion = {2: "smooth", 1: "stutter", 0: ("jump", "reverse")[int(rng.integers(2))]}[scores["dynamics"]]
+    camera = {2: "steady", 1: "slight shake", 0: "shake"}[scores["camera"]]
+    background, second_background = scene.background, None
+    if scores["environment"] == 0:
+        background = other(world.backgrounds, scene.background, "background")
+    elif scores["environment"] == 1:
+        second_background = other(world.backgrounds, scene.background, "background")
+    light = {2: "steady", 1: "noise", 0: "flicker"}[scores["style"]]
+    return Clip(scene, colour, shape, motion, camera, background, second_background, light, int(rng.integers(2**31)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _background_image(name: str, height: int, width: int) -> np.ndarray:
+    top, bottom = (np.asarray(colour, dtype=np.float32) for colour in BACKGROUNDS[name])
+    ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]  # (H, 1, 1)
+    return np.broadcast_to(top + ramp * (bottom - top), (height, width, 3))  # (H, W, 3)
+
+
+def _trajectory(clip: Clip, rng: np.random.Generator, world: WorldConfig) -> np.ndarray:
+    """Top-left corner of the shape per frame, (T, 2) as (y, x) in frame coordinates."""
+    frames, size = world.num_frames, world.object_size
+    low = _EDGE_MARGIN
+    high = np.array([world.height, world.width]) - size - _EDGE_MARGIN  # largest top-left (y, x)
+    if clip.motion == "jump":
+        return rng.integers(low, high + 1, size=(frames, 2))
+    direction = clip.scene.direction if clip.motion != "reverse" else OPPOSITE[clip.scene.direction]
+    step = np.array(DIRECTIONS[direction])  # (dy, dx)
+    travel = world.speed * (frames - 1)
+    if clip.motion == "stutter" and frames == 2:
+        progress = np.array([0, 0])  # two frames cannot stutter: the shape freezes
+    elif clip.motion == "stutter":
+        # Progress in whole steps: starts at 0, ends at T - 1, never goes back, freezes at least once.
+        while True:
+            inner = np.sort(rng.integers(1, frames - 1, size=frames - 2))
+            progress = np.concatenate([[0], inner, [frames - 1]])
+            if len(np.unique(progress)) < frames:
+                break
+    else:
+        progress = np.arange(frames)
+    start = np.empty(2, dtype=np.int64)
+    for axis in range(2):
+        if step[axis] > 0:
+            start[axis] = rng.integers(low, high[axis] - travel + 1)
+        elif step[axis] < 0:
+            start[axis] = rng.integers(low + travel, high[axis] + 1)
+        else:
+            start[axis] = rng.integers(low, high[axis] + 1)
+    return start + progress[:, None] * world.speed * step  # (T, 2)
+
+
+def _camera_offsets(camera: str, rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Per-frame (dy, dx) shift of the camera window, (T, 2) integers in [-_CAMERA_PAD, _CAMERA_PAD]."""
+    if camera == "steady":
+        return np.zeros((frames, 2), dtype=np.int64)
+    low, high = (1, 2) if camera == "slight shake" else (3, _CAMERA_PAD)
+    magnitude = rng.integers(low, high + 1, size=(frames, 2))
+    return magnitude * rng.choice([-1, 1], size=(frames, 2))
+
+
+def render_clip(clip: Clip, world: WorldConfig = WorldConfig()) -> np.ndarray:
+    """Render one clip as uint8 frames of shape (T, 3, H, W). Deterministic given the clip."""
+    rng = np.random.default_rng(clip.seed)
+    frames, height, width, size, pad = world.num_frames, world.height, world.width, world.object_size, _CAMERA_PAD
+    canvas_h, canvas_w = height + 2 * pad, width + 2 * pad
+    background = np.array(_background_image(clip.background, canvas_h, canvas_w))  # (Hc, Wc, 3)
+    if clip.second_background is not None:
+        second = _background_image(clip.second_background, canvas_h, canvas_w)
+        background[:, canvas_w // 2 :] = second[:, canvas_w // 2 :]
+
+    top_left = _trajectory(clip, rng, world) + pad  # (T, 2) in canvas coordinates
+    ys = np.arange(canvas_h, dtype=np.float32)[None, :, None]  # (1, Hc, 1)
+    xs = np.arange(canvas_w, dtype=np.float32)[None, None, :]  # (1, 1, Wc)
+    top = top_left[:, 0, None, None].astype(np.float32)  # (T, 1, 1)
+    left = top_left[:, 1, None, None].astype(np.float32)
+    if clip.shape == "square":
+        mask = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)  # (T, Hc, Wc)
+    else:
+        centre_y, centre_x, radius = top + (size - 1) / 2, left + (size - 1) / 2, size / 2
+        mask = (ys - centre_y) ** 2 + (xs - centre_x) ** 2 <= radius**2
+    colour = np.asarray(COLOURS[clip.colour], dtype=np.float32)
+    canvas = np.where(mask[..., None], colour, background[None])  # (T, Hc, Wc, 3)
+
+    # The camera sees a (H, W) window of the canvas, shifted per frame when it shakes.
+    offsets = _camera_offsets(clip.camera, rng, frames) + pad  # (T, 2)
+    rows = offsets[:, 0, None] + np.arange(height)  # (T, H)
+    cols = offsets[:, 1, None] + np.arange(width)  # (T, W)
+    video = canvas[np.arange(frames)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (T, H, W, 3)
+
+    if clip.light == "noise":
+        video = video + rng.normal(0.0, _NOISE_STD, size=video.shape).astype(np.float32)
+    elif clip.light == "flicker":
+        signs = np.where(np.arange(frames) % 2 == rng.integers(2), 1.0, -1.0)
+        offsets_light = signs * rng.uniform(*_FLICKER, size=frames)
+        video = video + offsets_light[:, None, None, None].astype(np.float32)
+    video = np.clip(np.rint(video), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(video.transpose(0, 3, 1, 2))  # (T, 3, H, W)
+
+
+def render_clips(clips: list[Clip], world: WorldConfig = WorldConfig()) -> np.ndarray:
+    """Render clips into one uint8 array of shape (N, T, 3, H, W)."""
+    out = np.empty((len(clips), world.num_frames, 3, world.height, world.width), dtype=np.uint8)
+    for index, clip in enumerate(clips):
+        out[index] = render_clip(clip, world)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chain of thought
+
+
+_MOTION_SEEN = {
+    "smooth": "moving {d}",
+    "stutter": "moving {d} in stutters",
+    "jump": "jumping around",
+    "reverse": "moving {o}",
+}
+_REASON = {
+    ("subject", 1): "wrong shape",
+    ("subject", 0): "wrong colour",
+    ("dynamics", 1): "stutters",
+    ("camera", 1): "slight shake",
+    ("camera", 0): "strong shake",
+    ("environment", 1): "partly wrong background",
+    ("environment", 0): "wrong background",
+    ("style", 1): "noise",
+    ("style", 0): "flicker",
+}
+
+
+def write_cot(clip: Clip) -> str:
+    """A short three-stage CoT (expectations, visual evidence, dimensional analysis) ending in the answer block.
+
+    Example (the prompt asks for red, the video shows green):
+        Expect: a red square moving right on a dark background, steady camera, steady light.
+        Seen: a green square moving right, steady camera, dark background, steady light.
+        Analysis: subject 0 wrong colour; dynamics 2; camera 2; environment 2; style 2.
+        <answer>{"dimensional_scores": {"subject": 0, ...}, "overall_score": 2.9}</answer>
+    """
+    scene = clip.scene
+    motion = _MOTION_SEEN[clip.motion].format(d=scene.direction, o=OPPOSITE[scene.direction])
+    if clip.second_background is None:
+        background = f"{clip.background} background"
+    else:
+        background = f"{clip.background} and {clip.second_background} background"
+    light = {"steady": "steady light", "noise": "grainy noise", "flicker": "flickering light"}[clip.light]
+    camera = {"steady": "steady camera", "slight shake": "slightly shaky camera", "shake": "shaky camera"}[clip.camera]
+    scores = clip.scores
+    analysis = []
+    for name in DIMENSIONS:
+        if name == "dynamics" and scores[name] == 0:
+            reason = "erratic jumps" if clip.motion == "jump" else "wrong direction"
+        else:
+            reason = _REASON.get((name, scores[name]))
+        analysis.append(f"{name} {scores[name]}" + (f" {reason}" if reason else ""))
+    return (
+        f"Expect: {scene.prompt}, steady camera, steady light.\n"
+        f"Seen: a {clip.colour} {clip.shape} {motion}, {camera}, {background}, {light}.\n"
+        f"Analysis: {'; '.join(analysis)}.\n"
+        f"{format_answer(scores, clip.overall)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairs
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Two clips of the same prompt, the label their overall scores imply, and the dimension they differ in."""
+
+    clip_a: Clip
+    clip_b: Clip
+    label: str  # "A", "B" or "tie" (from the overall scores)
+    slice: str  # the one dimension whose defect differs, or "none" for a tie pair with equal truth
+
+    @property
+    def prompt(self) -> str:
+        return self.clip_a.prompt
+
+
+def sample_pairs(
+    num_pairs: int,
+    *,
+    seed: int = 0,
+    defects: tuple = DIMENSIONS,
+    tie_rate: float = 0.0,
+    mild_rate: float = 0.0,
+    shared_defect_rate: float = 0.0,
+    world: WorldConfig = WorldConfig(),
+) -> list[PairSpec]:
+    """Draw pair descriptions (no rendering). Pair i depends only on (seed, i).
+
+    defects: the dimensions a pair may differ in; each non-tie pair picks one uniformly (its `slice`).
+    tie_rate: fraction of pairs with equal truth (two renderings of the same defects): label "tie", slice "none".
+    mild_rate: probability that the differing defect is the mild one (score 1) instead of the failure (0).
+    shared_defect_rate: per other dimension in `defects`, probability that BOTH clips carry that defect (mild with
+        probability mild_rate; the failure itself, e.g. which wrong colour, is drawn per clip), so that "has a
+        defect" is not a shortcut for "is worse".
+    """
+    unknown = [name for name in defects if name not in DIMENSIONS]
+    if not defects or unknown:
+        raise ValueError(f"defects = {list(defects)} must be a non-empty subset of {list(DIMENSIONS)}")
+    for name, rate in (("tie_rate", tie_rate), ("mild_rate", mild_rate), ("shared_defect_rate", shared_defect_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} = {rate} must be in [0, 1]")
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs = {num_pairs} must be at least 1")
+    pairs = []
+    for index in range(num_pairs):
+        rng = np.random.default_rng([seed, index])
+        scene = Scene(
+            colour=world.colours[int(rng.integers(len(world.colours)))],
+            shape=world.shapes[int(rng.integers(len(world.shapes)))],
+            direction=world.directions[int(rng.integers(len(world.directions)))],
+            background=world.backgrounds[int(rng.integers(len(world.backgrounds)))],
+        )
+        is_tie = rng.random() < tie_rate
+        differing = None if is_tie else defects[int(rng.integers(len(defects)))]
+        shared = {name: 2 for name in DIMENSIONS}
+        for name in defects:
+            if name != differing and rng.random() < shared_defect_rate:
+                shared[name] = 1 if rng.random() < mild_rate else 0
+        better, worse = dict(shared), dict(shared)
+        if differing is not None:
+            worse[differing] = 1 if rng.random() < mild_rate else 0
+        first, second = make_clip(scene, better, rng, world), make_clip(scene, worse, rng, world)
+        if rng.random() < 0.5:
+            first, second = second, first
+        if first.overall > second.overall:
+            label = "A"
+        elif first.overall < second.overall:
+            label = "B"
+        else:
+            label = "tie"
+        pairs.append(PairSpec(first, second, label, differing or "none"))
+    return pairs
+
+
+@dataclass
+class SyntheticPairs:
+    """Rendered pairs in memory (training and tests use these to skip video decoding)."""
+
+    frames_a: np.ndarray  # (N, T, 3, H, W) uint8
+    frames_b: np.ndarray  # (N, T, 3, H, W) uint8
+    prompts: list[str]
+    cots_a: list[str]
+    cots_b: list[str]
+    labels: list[str]  # "A", "B" or "tie"
+    slices: list[str]  # the dimension that differs, or "none"
+    scores_a: list[dict]  # ground-truth dimension scores of video A
+    scores_b: list[dict]
+    overall_a: np.ndarray  # (N,) float32 ground-truth overall scores
+    overall_b: np.ndarray
+    specs: list[PairSpec] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def generate_pairs(
+    num_pairs: int,
+    *,
+    seed: int = 0,
+    defects: tuple = DIMENSIONS,
+    tie_rate: float = 0.0,
+    mild_rate: float = 0.0,
+    shared_defect_rate: float = 0.0,
+    world: WorldConfig = WorldConfig(),
+) -> SyntheticPairs:
+    """Sample and render pairs in memory; the arguments are those of `sample_pairs`."""
+    specs = sample_pairs(
+        num_pairs,
+        seed=seed,
+        defects=defects,
+        tie_rate=tie_rate,
+        mild_rate=mild_rate,
+        shared_defect_rate=shared_defect_rate,
+        world=world,
+    )
+    return SyntheticPairs(
+        frames_a=render_clips([spec.clip_a for spec in specs], world),
+        frames_b=render_clips([spec.clip_b for spec in specs], world),
+        prompts=[spec.prompt for spec in specs],
+        cots_a=[write_cot(spec.clip_a) for spec in specs],
+        cots_b=[write_cot(spec.clip_b) for spec in specs],
+        labels=[spec.label for spec in specs],
+        slices=[spec.slice for spec in specs],
+        scores_a=[spec.clip_a.scores for spec in specs],
+        scores_b=[spec.clip_b.scores for spec in specs],
+        overall_a=np.array([spec.clip_a.overall for spec in specs], dtype=np.float32),
+        overall_b=np.array([spec.clip_b.overall for spec in specs], dtype=np.float32),
+        specs=specs,
+    )
+
+
+def write_dataset(
+    out_dir,
+    num_pairs: int,
+    *,
+    seed: int = 0,
+    defects: tuple = DIMENSIONS,
+    tie_rate: float = 0.0,
+    mild_rate: float = 0.0,
+    shared_defect_rate: float = 0.0,
+    world: WorldConfig = WorldConfig(),
+    crf: int = 10,
+    write_csv: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic pair dataset: `videos/NNNNN_a.mp4`, `videos/NNNNN_b.mp4` and `pairs.jsonl` (plus
+    `pairs.csv` when write_csv) in the descore-plugin pair format, with CoTs, per-dimension truth (scores_a /
+    scores_b, for stage 2) and the slice tag. Returns the path of pairs.jsonl.
+
+    crf: x264 quality of the mp4s; 10 (near-lossless, about 3 KB per default clip) is this project's choice.
+    The other arguments are those of `sample_pairs`.
+    """
+    out_dir = Path(out_dir)
+    specs = sample_pairs(
+        num_pairs,
+        seed=seed,
+        defects=defects,
+        tie_rate=tie_rate,
+        mild_rate=mild_rate,
+        shared_defect_rate=shared_defect_rate,
+        world=world,
+    )
+    width = max(5, len(str(num_pairs - 1)))
+    pairs = []
+    for index, spec in enumerate(tqdm(specs, desc="writing synthetic pairs", disable=not progress)):
+        paths = []
+        for side, clip in (("a", spec.clip_a), ("b", spec.clip_b)):
+            path = out_dir / "videos" / f"{index:0{width}d}_{side}.mp4"
+            write_video(path, render_clip(clip, world), world.fps, crf=crf)
+            paths.append(str(path))
+        pairs.append(
+            Pair(
+                video_a=paths[0],
+                video_b=paths[1],
+                prompt=spec.prompt,
+                label=spec.label,
+                cot_a=write_cot(spec.clip_a),
+                cot_b=write_cot(spec.clip_b),
+                scores_a=spec.clip_a.scores,
+                scores_b=spec.clip_b.scores,
+                slice=spec.slice,
+            )
+        )
+    jsonl = save_pairs(out_dir / "pairs.jsonl", pairs)
+    if write_csv:
+        save_pairs(out_dir / "pairs.csv", pairs)
+    return jsonl
+
+
+def vocabulary_texts(world: WorldConfig = WorldConfig()) -> list[str]:
+    """Representative texts covering every word the world writes, for training an in-process tokenizer:
+    every prompt, a CoT for every defect kind and severity, and the answer block of every truth combination."""
+    texts = []
+    scenes = [
+        Scene(colour, shape, direction, background)
+        for colour in world.colours
+        for shape in world.shapes
+        for direction in world.directions
+        for background in world.backgrounds
+    ]
+    texts.extend(scene.prompt for scene in scenes)
+    rng = np.random.default_rng(0)
+    clean = {name: 2 for name in DIMENSIONS}
+    index = 0
+    for name in DIMENSIONS:
+        for severity in (2, 1, 0):
+            scene = scenes[index % len(scenes)]
+            index += 7
+            try:
+                texts.append(write_cot(make_clip(scene, {**clean, name: severity}, rng, world)))
+            except ValueError:  # this world has a single option for the defect (e.g. one shape)
+                continue
+    for motion in ("jump", "reverse"):  # both dynamics failures, whichever make_clip drew above
+        scene = scenes[0]
+        clip = Clip(scene, scene.colour, scene.shape, motion, "steady", scene.background, None, "steady", seed=0)
+        texts.append(write_cot(clip))
+    for combination in range(3**len(DIMENSIONS)):
+        digits = [(combination // 3**position) % 3 for position in range(len(DIMENSIONS))]
+        scores = dict(zip(DIMENSIONS, digits))
+        texts.append(format_answer(scores, overall_score(scores)))
+    na_scores = {**clean, "camera": "N/A"}
+    texts.append(format_answer(na_scores, overall_score(na_scores)))
+    return texts
