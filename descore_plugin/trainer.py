@@ -172,6 +172,7 @@ class Trainer:
         self.train_pairs = self._load(config.train_data, stage2=config.stage == 2)
         self.eval_pairs = self._load(config.eval_data, stage2=False) if config.eval_data else None
 
+        torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
         model = DeScoreReward.from_pretrained(config.model)
         self.videos = VideoCache(model.config.fps, model.config.num_frames)
         self._set_trainable(model)

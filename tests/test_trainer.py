@@ -1,0 +1,175 @@
+"""Reward-model training: losses (exact values), both stages end to end, checkpoints, exact resume, faults."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from descore_plugin import DeScoreReward
+from descore_plugin.data import DataError, load_pairs, save_pairs
+from descore_plugin.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages, kl_low_variance,
+                                   rollout_reward)
+from descore_plugin.prompt import format_answer
+from descore_plugin.synthetic import write_dataset
+from descore_plugin.trainer import TrainConfig, Trainer
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py"
+
+
+# ---------------------------------------------------------------------- losses
+def test_bradley_terry_values():
+    zero = torch.zeros(3)
+    assert bradley_terry_loss(zero, zero).item() == pytest.approx(math.log(2))
+    signs = torch.tensor([1, -1, 0])
+    per_row = [bradley_terry_ties_loss(zero[:1], zero[:1], signs[i : i + 1]).item() for i in range(3)]
+    assert per_row[0] == pytest.approx(math.log(6)) and per_row[1] == pytest.approx(math.log(6))  # -log sigmoid(-ln 5)
+    assert per_row[2] == pytest.approx(math.log(1.5))  # 2 ln 6 - ln 24
+    d = torch.tensor([0.7])
+    tie = lambda a, b: bradley_terry_ties_loss(a, b, torch.tensor([0])).item()
+    assert tie(d, -d) == pytest.approx(tie(-d, d))  # symmetric in d for ties
+
+
+def test_rollout_reward_terms():
+    truth = {"subject": 2, "dynamics": 0, "camera": 2, "environment": 2, "style": "N/A"}
+    answer = format_answer({**truth, "dynamics": 1}, 3.0)
+    short = rollout_reward("Seen: a red square. " + answer, truth)
+    assert short == pytest.approx({"reward": 0.7 * 0.8 + 0.1, "accuracy": 0.8, "format": 1.0, "length": 0.0})
+    long = rollout_reward("x" * 1200 + format_answer(truth, 3.0), truth)
+    assert long["reward"] == pytest.approx(0.7 + 0.1 + 0.2 * 0.4)
+    broken = rollout_reward("no answer at all", truth)
+    assert broken["reward"] == 0.0 and broken["format"] == 0.0
+
+
+def test_group_advantages_and_kl():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    adv = group_advantages(rewards)
+    torch.testing.assert_close(adv.mean(-1), torch.zeros(2))
+    assert torch.equal(adv[1], torch.zeros(3))
+    logp = torch.tensor([-1.0, -2.0])
+    assert torch.equal(kl_low_variance(logp, logp), torch.zeros(2))
+    assert (kl_low_variance(logp, logp + 0.3) > 0).all()
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dirs):
+    root = tmp_path_factory.mktemp("world")
+    train = write_dataset(root / "train", 12, seed=1, progress=False)
+    held_out = write_dataset(root / "eval", 6, seed=2, progress=False)
+    return {"train": train, "eval": held_out, "model": tiny_dirs["qwen2_5_vl"]}
+
+
+def make_config(world, out, **overrides):
+    values = dict(model=str(world["model"]), train_data=str(world["train"]), eval_data=str(world["eval"]),
+                  output_dir=str(out), max_steps=4, batch_size=2, gradient_accumulation_steps=1,
+                  learning_rate=1e-3, lora_rank=4, lora_alpha=8, save_steps=2, lm_loss_weight=0.5,
+                  eval_think=False, log_with=None, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def trainable_state(trainer):
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path):
+    straight = Trainer(make_config(world, tmp_path / "straight"))
+    straight.train()
+    expected = trainable_state(straight)
+
+    killed = Trainer(make_config(world, tmp_path / "killed"))
+    killed.train(stop_after=3)  # dies after step 3: the checkpoint of step 2 is the last one on disk
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = Trainer(make_config(world, tmp_path / "killed"))
+    assert resumed.resume() and resumed.step == 2
+    resumed.train()
+    got = trainable_state(resumed)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:4] == [1, 2, 3, 4]  # the log has no duplicate of the lost step 3
+
+    # Every checkpoint and the final model load with DeScoreReward.from_pretrained and score like the trainer.
+    final = DeScoreReward.from_pretrained(tmp_path / "straight")
+    checkpoint = DeScoreReward.from_pretrained(tmp_path / "straight" / "checkpoint-4" / "model")
+    model = straight.accelerator.unwrap_model(straight.model).eval()
+    pairs = load_pairs(world["eval"])
+    videos, prompts = [p.video_a for p in pairs], [p.prompt for p in pairs]
+    reference = model.score(videos, prompts, think=False).rewards
+    torch.testing.assert_close(final.score(videos, prompts, think=False).rewards, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(checkpoint.score(videos, prompts, think=False).rewards, reference, atol=1e-5, rtol=0)
+    assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
+
+
+def test_stage1_trains_every_trainable_group(world, tmp_path):
+    trainer = Trainer(make_config(world, tmp_path / "s1", max_steps=2, save_steps=0, train_vision=True,
+                                  cot_mask_prob=0.0))
+    before = trainable_state(trainer)
+    groups = {g["name"] for g in trainer.optimizer.param_groups}
+    assert groups == {"head", "vision", "embeddings", "other"}
+    logs = trainer.train()
+    after = trainable_state(trainer)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert unchanged == [], unchanged
+    assert 0.0 <= logs["eval_accuracy_without_ties"] <= 1.0 and logs["masked_fraction"] == 0.0
+
+
+def test_stage2_first_step_is_on_policy(world, tmp_path):
+    """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step."""
+    trainer = Trainer(make_config(world, tmp_path / "s2", stage=2, max_steps=1, batch_size=1, num_rollouts=2,
+                                  max_new_tokens=6, kl_coef=0.1, save_steps=0, eval_data=None))
+    assert trainer.config.train_vision is False and trainer.config.weight_decay == 1e-2
+    logs = trainer.train()
+    assert logs["ratio"] == 1.0 and logs["kl"] == 0.0
+    assert 0.0 <= logs["rollout_reward"] <= 1.0 and math.isfinite(logs["bt_loss"])
+    assert DeScoreReward.from_pretrained(tmp_path / "s2").config.lora_rank == 4
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(world, tmp_path, monkeypatch):
+    trainer = Trainer(make_config(world, tmp_path / "nan", max_steps=6))
+    real = trainer.stage1_loss
+
+    def poisoned(pairs, rng):
+        result = real(pairs, rng)
+        if trainer.step == 3:
+            result["loss"] = result["loss"] * float("nan")
+        return result
+
+    monkeypatch.setattr(trainer, "stage1_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="step 4: the loss is not finite.*checkpoint-2"):
+        trainer.train()
+    assert DeScoreReward.from_pretrained(tmp_path / "nan" / "checkpoint-2" / "model") is not None
+
+
+def test_data_errors_before_training(world, tmp_path):
+    pairs = load_pairs(world["train"])
+    for p in pairs:
+        p.scores_b = None
+    save_pairs(tmp_path / "no_truth.jsonl", pairs)
+    with pytest.raises(DataError, match=r"no_truth.jsonl.*(line|row) 1.*scores"):
+        Trainer(make_config(world, tmp_path / "o", stage=2, train_data=str(tmp_path / "no_truth.jsonl")))
+    for p in pairs:
+        p.label = "invalid"
+    save_pairs(tmp_path / "invalid.jsonl", pairs)
+    with pytest.raises(DataError, match="no usable pairs"):
+        Trainer(make_config(world, tmp_path / "o", train_data=str(tmp_path / "invalid.jsonl")))
+
+
+def test_recipe_command_line(world, tmp_path):
+    out = tmp_path / "cli"
+    args = [sys.executable, str(RECIPE), "--stage", "1", "--model", str(world["model"]), "--train-data",
+            str(world["train"]), "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2",
+            "--gradient-accumulation-steps", "1", "--lora-rank", "0", "--learning-rate", "1e-4", "--save-steps", "1",
+            "--no-eval-think", "--log-with", "tensorboard"]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "descore_config.json").is_file() and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+    again = subprocess.run(args + ["--resume", "--max-steps", "3"], capture_output=True, text=True)
+    assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-2000:]
