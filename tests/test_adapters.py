@@ -1,0 +1,54 @@
+"""Each adapter called exactly as its framework calls it, on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PROMPTS
+from descore_plugin import DeScoreReward
+from descore_plugin.integrations.flow_grpo import DanceGRPOReward, descore_reward, trl_descore_reward
+from descore_plugin.video import write_video
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    return DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+
+
+def test_flow_grpo_factory_on_pipeline_tensors(tiny_dirs, sample_videos, monkeypatch):
+    monkeypatch.setenv("DESCORE_MODEL", str(tiny_dirs["qwen2_5_vl"]))
+    fn = descore_reward("cpu", think=True, max_new_tokens=6)  # model from $DESCORE_MODEL, as Flow-GRPO configs do
+    scores, info = fn(sample_videos, PROMPTS, [{} for _ in PROMPTS])
+    direct = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"]).score(sample_videos, PROMPTS, max_new_tokens=6)
+    assert isinstance(scores, np.ndarray) and scores.shape == (3,)
+    np.testing.assert_allclose(scores, direct.rewards.numpy(), atol=1e-5)
+    assert info["cots"] == direct.cots and len(info["dimensional_scores"]) == 3
+
+
+def test_flow_grpo_dimension_reward_needs_parsed_answers(model, sample_videos):
+    fn = descore_reward("cpu", model=model, think=True, max_new_tokens=4, dimension="subject")
+    with pytest.raises(ValueError, match=r"videos\[0\]: the CoT's answer did not parse"):
+        fn(sample_videos, PROMPTS)  # a random tiny model writes no <answer> block
+    with pytest.raises(ValueError, match="DESCORE_MODEL"):
+        descore_reward("cpu", model=None)
+
+
+def test_dance_grpo_path_scorer(model, tmp_path):
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"{i}.mp4"
+        write_video(path, (torch.rand(8, 3, 56, 56) * 255).to(torch.uint8), fps=8)
+        paths.append(str(path))
+    scorer = DanceGRPOReward(model=model, think=False)
+    scores = scorer(paths, PROMPTS[:2])
+    assert scores == pytest.approx(model.score(paths, PROMPTS[:2], think=False).rewards.tolist(), abs=1e-6)
+
+
+def test_trl_reward_function_scores_completions_as_cots(model, sample_videos):
+    fn = trl_descore_reward(model=model)
+    completions = ["The square is red.", [{"role": "assistant", "content": "It moves left."}], ""]
+    rewards = fn(prompts=PROMPTS, completions=completions, video=list(sample_videos))
+    expected = model.score(sample_videos, PROMPTS, cots=["The square is red.", "It moves left.", ""]).rewards
+    assert rewards == pytest.approx(expected.tolist(), abs=1e-6) and all(isinstance(r, float) for r in rewards)
+    with pytest.raises(ValueError, match="no 'video' column"):
+        fn(prompts=PROMPTS, completions=completions)
