@@ -82,7 +82,7 @@ def build_processor(backbone: str, tokenizer, patch_size: int = 14):
 
 def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, vision_hidden: int = 64,
                    vision_depth: int = 2, patch_size: int = 14, seed: int = 0):
-    """A randomly initialised Qwen-VL model of the real architecture (head_dim 16: mrope sections sum to 8)."""
+    """A randomly initialised Qwen-VL model of the real architecture (4 heads; mrope sections sum to head_dim / 2)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     token_ids = dict(
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -97,7 +97,10 @@ def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, 
     if backbone == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-        text["rope_parameters"] = dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)
+        half = hidden // 8  # head_dim / 2; split like the real [16, 24, 24]: a quarter temporal, the rest spatial
+        temporal = max(1, half // 4)
+        section = [temporal, (half - temporal + 1) // 2, (half - temporal) // 2]
+        text["rope_parameters"] = dict(rope_type="default", mrope_section=section, rope_theta=10000.0)
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=4,
                       out_hidden_size=hidden, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
                       window_size=4 * patch_size, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
@@ -106,7 +109,8 @@ def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, 
     elif backbone == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-        text.update(head_dim=hidden // 4, rope_parameters=dict(rope_type="default", mrope_section=[4, 2, 2],
+        half = hidden // 8  # interleaved sections like the real [24, 20, 20]: half temporal
+        text.update(head_dim=hidden // 4, rope_parameters=dict(rope_type="default", mrope_section=[half // 2, half // 4, half - half // 2 - half // 4],
                                                                mrope_interleaved=True, rope_theta=10000.0))
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=4,
                       out_hidden_size=hidden, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,

@@ -12,11 +12,13 @@ config); there is no hand-written distributed code. Resuming is exact: the data 
 functions of (seed, step), and checkpoints hold the trainable weights, optimizer and scheduler.
 """
 
+import argparse
 import dataclasses
 import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_directory
 from .data import DataError, load_pairs
-from .losses import bradley_terry_loss, bradley_terry_ties_loss, group_advantages, grpo_token_loss, rollout_reward
+from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages, grpo_token_loss,
+                     pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from .metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
 from .model import DeScoreReward
+from .prompt import parse_answer
 from .video import load_video
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
@@ -50,6 +54,7 @@ class TrainConfig:
     eval_data: str | None = None
     """Held-out pair file for accuracy during and after training."""
     stage: int = 1
+    """1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil `teacher` into a no-CoT student."""
 
     # --- optimisation ---
     max_steps: int = 1000
@@ -93,6 +98,26 @@ class TrainConfig:
     lm_loss_weight: float = 0.0
     """Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT)."""
 
+    # --- distribution head (config.head == "distribution"; Z-Reward, arXiv 2606.09076, our reading) ---
+    distribution_loss_weight: float = 1.0
+    """Pointwise supervision of the score distribution: cross-entropy to a Gaussian-smoothed one-hot at the
+    overall score of the pair's CoT answer (where it parses). Our default."""
+    score_gap_loss_weight: float = 0.1
+    """Pairwise supervision of score gaps: (E[s_A] - E[s_B] - (s_A - s_B))^2. Our default."""
+    distribution_sigma: float = 0.25
+    """Width (score units) of the smoothed target distribution. Our default."""
+
+    # --- stage 3: distillation of a CoT teacher into a no-CoT student (Z-Reward RISD, our reading) ---
+    teacher: str | None = None
+    """Teacher checkpoint (scores WITH CoT). The student is `model` and learns to score with think=False."""
+    num_cot_samples: int = 4
+    """Sampled teacher CoTs per video; the teacher's CoT-conditioned score distributions are averaged over them."""
+    teacher_temperature: float = 0.7
+    """Sampling temperature of the teacher's CoTs (our default: 1.0 gives tiny teachers off-distribution CoTs)."""
+    teacher_max_new_tokens: int | None = None
+    distill_bt_weight: float = 0.0
+    """Optional Bradley-Terry on the pair labels added to the distillation loss (0: pure distillation)."""
+
     # --- stage 2 ---
     num_rollouts: int = 8
     rollout_temperature: float = 1.0
@@ -120,9 +145,11 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """Fill the stage-dependent defaults and check the values."""
-        stage1 = self.stage == 1
-        if self.stage not in (1, 2):
-            raise ValueError(f"--stage {self.stage}: expected 1 or 2")
+        stage1 = self.stage != 2  # the cold start's defaults also serve distillation
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"--stage {self.stage}: expected 1 (cold start), 2 (RL) or 3 (distillation)")
+        if self.stage == 3 and not self.teacher:
+            raise ValueError("--stage 3 (distillation) needs --teacher DIR_OR_ID")
         if self.learning_rate is None:
             self.learning_rate = 2e-6 if stage1 else 1e-6
         if self.weight_decay is None:
@@ -190,6 +217,7 @@ class Trainer:
             self.reference.to(self.accelerator.device)
         self.step = 0
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.teacher_targets = self._teacher_targets() if config.stage == 3 else None
 
     # ------------------------------------------------------------------ set-up
     def _load(self, path, stage2: bool):
@@ -278,8 +306,90 @@ class Trainer:
         if config.lm_loss_weight > 0:
             loss = loss + config.lm_loss_weight * out["lm_loss"]
             logs["lm_loss"] = out["lm_loss"].item()
+        if model.config.head == "distribution":
+            loss = loss + self._distribution_losses(model, out, pairs, logs)
         logs["loss"] = loss.item()
         return {"loss": loss, "logs": logs}
+
+    def _distribution_losses(self, model, out, pairs, logs) -> torch.Tensor:
+        """Z-Reward-style direct supervision of the score distribution, where the pair's CoTs give overall scores
+        (annotator CoTs end in an <answer> with overall_score): pointwise on each video, score gap on each pair."""
+        config, n = self.config, len(pairs)
+        device = out["rewards"].device
+        targets = torch.tensor([_overall(p.cot_a) for p in pairs] + [_overall(p.cot_b) for p in pairs],
+                               dtype=torch.float32, device=device)  # (2n,), NaN where unknown
+        known = ~targets.isnan()
+        total = torch.zeros((), device=device)
+        if known.any():
+            pointwise = pointwise_distribution_loss(out["logits"][known], targets[known], model.score_bins,
+                                                    config.distribution_sigma)
+            total = total + config.distribution_loss_weight * pointwise
+            logs["distribution_loss"] = pointwise.item()
+        both = known[:n] & known[n:]
+        if both.any():
+            gap = score_gap_loss(out["rewards"][:n][both], out["rewards"][n:][both], (targets[:n] - targets[n:])[both])
+            total = total + config.score_gap_loss_weight * gap
+            logs["score_gap_loss"] = gap.item()
+        return total
+
+    def distill_loss(self, pairs: list, rng: np.random.Generator) -> dict:
+        """Stage 3: the student scores WITHOUT a CoT and matches the teacher's CoT-conditioned score distribution
+        (KL(teacher || student), averaged over sampled CoTs); a scalar teacher or student falls back to a squared
+        error on the teacher's expected reward."""
+        config, model = self.config, self.accelerator.unwrap_model(self.model)
+        videos = [self.videos(p.video_a) for p in pairs] + [self.videos(p.video_b) for p in pairs]
+        keys = [(p.video_a, p.prompt) for p in pairs] + [(p.video_b, p.prompt) for p in pairs]
+        prompts = [p.prompt for p in pairs] * 2
+        batch = model.append_cots(model.encode_prompts(videos, prompts), [None] * len(videos))
+        out = self.model(**_to(batch, self.accelerator.device))
+        device = out["rewards"].device
+        target = torch.stack([self.teacher_targets[key] for key in keys]).to(device)  # (2n, K) or (2n, 1)
+        if "probs" in out and target.shape[-1] > 1:
+            loss = distillation_loss(out["logits"], target)
+        else:
+            expected = target @ model.score_bins if target.shape[-1] > 1 else target[:, 0]
+            loss = (out["rewards"] - expected).square().mean()
+        logs = {"distill_loss": loss.item()}
+        if config.distill_bt_weight > 0:
+            n = len(pairs)
+            signs = torch.tensor([LABEL_SIGN.get(p.label, 0) for p in pairs], device=device)
+            decided = signs != 0
+            if decided.any():
+                r_a, r_b = out["rewards"][:n][decided], out["rewards"][n:][decided]
+                s = signs[decided]
+                bt = bradley_terry_loss(torch.where(s > 0, r_a, r_b), torch.where(s > 0, r_b, r_a))
+                loss = loss + config.distill_bt_weight * bt
+                logs["bt_loss"] = bt.item()
+        logs["loss"] = loss.item()
+        return {"loss": loss, "logs": logs}
+
+    @torch.no_grad()
+    def _teacher_targets(self) -> dict:
+        """The teacher's score distribution for every (video, prompt) of the training pairs, averaged over
+        `num_cot_samples` sampled CoTs. Computed once and stored in output_dir (a resumed run reuses the file)."""
+        config = self.config
+        keys = sorted({(v, p.prompt) for p in self.train_pairs for v in (p.video_a, p.video_b)})
+        path = self.output_dir / "teacher_targets.safetensors"
+        if path.is_file():
+            stored = load_file(path)
+            if stored["targets"].shape[0] == len(keys):
+                return dict(zip(keys, stored["targets"]))
+        teacher = DeScoreReward.from_pretrained(config.teacher, device=self.accelerator.device).eval()
+        samples, targets = config.num_cot_samples, []
+        for start in tqdm(range(0, len(keys), 8), desc="teacher CoTs", disable=not self.accelerator.is_main_process):
+            chunk = keys[start : start + 8]
+            videos = [self.videos(path) for path, _ in chunk for _ in range(samples)]
+            prompts = [prompt for _, prompt in chunk for _ in range(samples)]
+            out = teacher.score(videos, prompts, think=True, batch_size=len(videos), do_sample=True,
+                                temperature=config.teacher_temperature, top_k=0, top_p=1.0,
+                                seed=_mix(config.seed, start), max_new_tokens=config.teacher_max_new_tokens)
+            per_sample = out.bin_probs if out.bin_probs is not None else out.rewards.unsqueeze(-1)  # (c*S, K)
+            targets.append(per_sample.view(len(chunk), samples, -1).mean(1))
+        targets = torch.cat(targets)
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_file({"targets": targets.contiguous()}, path)
+        return dict(zip(keys, targets))
 
     def stage2_loss(self, pairs: list, rng: np.random.Generator) -> dict:
         config, model = self.config, self.accelerator.unwrap_model(self.model)
@@ -336,7 +446,7 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         accelerator.init_trackers("descore", config={k: v for k, v in dataclasses.asdict(config).items()
                                                      if isinstance(v, (int, float, str, bool))})
-        loss_fn = self.stage1_loss if config.stage == 1 else self.stage2_loss
+        loss_fn = {1: self.stage1_loss, 2: self.stage2_loss, 3: self.distill_loss}[config.stage]
         bar = tqdm(total=config.max_steps, initial=self.step, desc=f"stage {config.stage}",
                    disable=not accelerator.is_main_process)
         last_logs = {}
@@ -488,6 +598,12 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _overall(cot) -> float:
+    """The overall score of a CoT's <answer> block, NaN when there is none."""
+    score = parse_answer(cot).overall_score if cot else None
+    return float("nan") if score is None else score
+
+
 def _mix(*values) -> int:
     return int(np.random.default_rng(list(values)).integers(2**62))
 
@@ -534,3 +650,50 @@ def plot_curves(metrics_path: Path, png_path: Path):
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
     plt.close(fig)
+
+
+def parse_train_args(argv=None, description: str = "", defaults: dict | None = None, aliases: dict | None = None):
+    """Command-line flags for every TrainConfig field (`--max-steps` for max_steps, ...), plus `--resume`.
+    `defaults` override field defaults (a recipe's own); `aliases` add flag names (`{"--student": "model"}`)."""
+    defaults, aliases = defaults or {}, aliases or {}
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(TrainConfig):
+        flags = ["--" + field.name.replace("_", "-")] + [a for a, name in aliases.items() if name == field.name]
+        default = defaults.get(field.name, field.default)
+        kind = str(field.type)
+        if "bool" in kind:
+            parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default)
+        elif "tuple" in kind:
+            parser.add_argument(*flags, dest=field.name, type=float, nargs="+", default=default)
+        else:
+            convert = float if "float" in kind else int if "int" in kind else _text_or_none
+            parser.add_argument(*flags, dest=field.name, type=convert, default=default)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["reward_weights"] = tuple(values["reward_weights"])
+    values["length_thresholds"] = tuple(int(v) for v in values["length_thresholds"])
+    return TrainConfig(**values), args
+
+
+def _text_or_none(value: str):
+    return None if value.lower() == "none" else value
+
+
+def run_training(config: TrainConfig, resume: bool, name: str) -> int:
+    """What the recipes run: errors in the input are short messages (exit 2), a diverged run exits 1."""
+    try:
+        trainer = Trainer(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+    if resume and trainer.resume():
+        print(f"resumed from step {trainer.step}")
+    try:
+        result = trainer.train()
+    except FloatingPointError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+    print(f"done: {summary}\nmodel: {config.output_dir}")
+    return 0
