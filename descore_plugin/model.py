@@ -79,7 +79,8 @@ class DeScoreConfig:
     """SAMPLING rate in frames per second of video time, not the file's own frame rate (VideoAlign users confuse
     the two). Ignored when `num_frames` is set."""
     num_frames: int | None = None
-    """Fixed number of frames per video instead of `fps` sampling."""
+    """Fixed number of frames per video instead of `fps` sampling (set one of the two; overriding one at load time
+    clears the other)."""
     max_pixels: int = 448 * 448
     """Largest frame area after resizing (per frame, for both backbone families)."""
     min_pixels: int = 3136
@@ -94,13 +95,20 @@ class DeScoreConfig:
             raise ValueError(f"DeScoreConfig.head = {self.head!r}: expected 'scalar' or 'distribution'")
         self.score_bins = tuple(float(b) for b in self.score_bins)
         if self.fps is not None and self.num_frames is not None:
-            self.fps = None  # num_frames wins, as documented
+            raise ValueError(f"DeScoreConfig: fps={self.fps} and num_frames={self.num_frames} are both set; "
+                             "sample by rate (fps) or by count (num_frames), not both")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "DeScoreConfig":
+    def from_dict(cls, values: dict, source: str = "config", overrides: dict | None = None) -> "DeScoreConfig":
+        overrides = overrides or {}
+        values = {**values, **overrides}
+        if "fps" in overrides and "num_frames" not in overrides:
+            values["num_frames"] = None  # sampling by rate now: the checkpoint's frame count no longer applies
+        if "num_frames" in overrides and "fps" not in overrides:
+            values["fps"] = None
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -380,9 +388,13 @@ class DeScoreReward(nn.Module):
             raise ValueError(f"got {len(video_list)} videos but {len(prompts)} prompts: pass one prompt per video")
         if cots is not None and len(cots) != len(video_list):
             raise ValueError(f"got {len(video_list)} videos but {len(cots)} cots: pass one CoT (or None) per video")
-        if seed is not None:
-            torch.manual_seed(seed)
-        max_new_tokens = max_new_tokens or self.config.max_new_tokens
+        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:  # repeatable sampling without touching the caller's random state
+                torch.manual_seed(seed)
+            return self._score(video_list, prompts, think, cots, batch_size, max_new_tokens, generation)
+
+    def _score(self, video_list, prompts, think, cots, batch_size, max_new_tokens, generation) -> RewardOutput:
         parts, texts = [], []
         for start in range(0, len(video_list), batch_size):
             chunk = slice(start, start + batch_size)
@@ -480,7 +492,7 @@ class DeScoreReward(nn.Module):
     @classmethod
     def _load_ours(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
         values = json.loads((directory / CONFIG_NAME).read_text())
-        config = DeScoreConfig.from_dict({**values, **overrides}, source=str(directory / CONFIG_NAME))
+        config = DeScoreConfig.from_dict(values, source=str(directory / CONFIG_NAME), overrides=overrides)
         processor = _load_processor(directory)
         backbone = _load_backbone(_relative(directory, config.backbone), dtype)
         model = cls(config, backbone, processor, checkpoint_dir=directory)
@@ -512,7 +524,7 @@ class DeScoreReward(nn.Module):
         base = overrides.pop("backbone", None)
         if base is None:
             base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        config = DeScoreConfig.from_dict({"backbone": base, "reward_token": "<Reward>", **overrides}, source=str(directory))
+        config = DeScoreConfig.from_dict({"backbone": base, "reward_token": "<Reward>"}, source=str(directory), overrides=overrides)
         has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         processor = _load_processor(directory if has_tokenizer else _relative(directory, base))
         if config.reward_token not in processor.tokenizer.get_vocab():

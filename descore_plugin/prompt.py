@@ -29,11 +29,14 @@ def load_template(template: str | None) -> str:
     """
     if template is None:
         return default_template()
-    if "\n" not in template and len(template) < 4096 and Path(template).is_file():
-        template = Path(template).read_text()
+    if isinstance(template, Path) or ("\n" not in template and "{" not in template):  # a file path
+        path = Path(template)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt template: {template} is neither a file nor template text with a {{prompt}} field")
+        template = path.read_text()
     try:
         template.format(prompt="x")
-    except (KeyError, IndexError, ValueError) as error:
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
         raise ValueError(
             f"prompt template: must be a str.format string whose only field is {{prompt}} (double literal braces); "
             f"formatting it failed with {error!r}"
@@ -75,6 +78,8 @@ def parse_answer(text: str) -> ParsedAnswer:
         answer = json.loads(body[start : end + 1])
     except json.JSONDecodeError as error:
         return ParsedAnswer(None, None, f"invalid JSON after <answer>: {error.msg} at char {error.pos}")
+    except (ValueError, RecursionError) as error:  # absurd numbers or nesting: still model output, not a bug
+        return ParsedAnswer(None, None, f"invalid JSON after <answer>: {type(error).__name__}")
     if not isinstance(answer, dict):
         return ParsedAnswer(None, None, "the <answer> JSON is not an object")
     scores = answer.get("dimensional_scores")
@@ -105,8 +110,8 @@ def _overall(answer: dict) -> float | None:
     if isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        return float(value)  # NaN / inf come back and fail the [1, 5] range check
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -1,0 +1,123 @@
+"""Preference accuracy of a DeScore model on labelled pairs: what `recipes/eval_rm.py` reports and what the trainer
+calls for held-out accuracy.
+
+    from descore_plugin.data import load_pairs
+    from descore_plugin.evaluation import evaluate_pairs, write_evaluation
+    result = evaluate_pairs(model, load_pairs("pairs.jsonl"), think=True)
+    result["accuracy_without_ties"], result["accuracy_with_ties"]
+    write_evaluation(result, "eval/")   # eval/accuracy.json + eval/pairs_scored.csv
+
+Each unique video is scored once, however many pairs it appears in. A video is its file AND the prompt it is judged
+against (the same file under another prompt is another judgement, with another CoT). The margin of a pair is
+m = reward(A) - reward(B); the accuracies are those of `descore_plugin.metrics` (without ties: sign agreement on the
+pairs humans did not tie; with ties: the "Ties Matter" threshold sweep, arXiv 2305.14324). Pairs labelled
+"invalid" are left out (counted in `num_pairs_invalid`), as the benchmarks do.
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from descore_plugin.data import Pair
+from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+
+__all__ = ["evaluate_pairs", "write_evaluation", "SUMMARY_KEYS", "CSV_COLUMNS"]
+
+SUMMARY_KEYS = ("accuracy_with_ties", "accuracy_without_ties", "num_pairs", "num_pairs_without_ties",
+                "num_pairs_invalid", "num_videos_scored", "think", "accuracy_without_ties_by_slice")
+"""What goes into accuracy.json (the by-slice entry only when some pair carries a slice tag)."""
+CSV_COLUMNS = ("video_a", "video_b", "prompt", "label", "slice", "reward_a", "reward_b", "margin", "cot_a", "cot_b")
+
+
+def _video_key(path: str, prompt: str) -> tuple[str, str]:
+    return os.path.realpath(path), prompt
+
+
+def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool) -> dict:
+    """{(real path, prompt): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
+    scored = {}
+    with tqdm(total=len(keys), desc="scoring videos", unit="video", disable=not progress) as bar:
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            out = model.score([path for path, _ in chunk], [prompt for _, prompt in chunk], think=think,
+                              batch_size=batch_size, max_new_tokens=max_new_tokens)
+            cots = out.cots if out.cots is not None else [None] * len(chunk)
+            for key, reward, cot in zip(chunk, out.rewards.tolist(), cots):
+                scored[key] = (reward, cot)
+            bar.update(len(chunk))
+    return scored
+
+
+def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
+                   progress: bool = True) -> dict:
+    """Score every unique video of `pairs` once with `model` (a DeScoreReward) and compute preference accuracy.
+
+    think: score with the model's own generated CoT (think, then score); False = the masked-CoT fast path.
+    max_new_tokens: CoT length limit (None: the model's `config.max_new_tokens`).
+
+    Returns a dict with:
+        accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), num_pairs (pairs scored,
+        ties included), num_pairs_without_ties, num_pairs_invalid (left out), num_videos_scored, think;
+        accuracy_without_ties_by_slice ({"all": ..., slice tag: ...}, untagged pairs as "untagged"; only when some
+        pair carries a slice tag and some pair is not a tie);
+        margins (float64 array, reward_a - reward_b per scored pair); rows (one dict per scored pair, CSV_COLUMNS).
+    """
+    kept = [pair for pair in pairs if pair.label != "invalid"]
+    if not kept:
+        raise ValueError(f"all {len(pairs)} pairs are labelled 'invalid': there is nothing to evaluate")
+    keys = list(dict.fromkeys(  # unique, in order of first appearance
+        _video_key(path, pair.prompt) for pair in kept for path in (pair.video_a, pair.video_b)
+    ))
+    was_training = model.training
+    model.eval()
+    try:
+        scored = _score_unique_videos(model, keys, think, batch_size, max_new_tokens, progress)
+    finally:
+        model.train(was_training)
+
+    rows = []
+    for pair in kept:
+        reward_a, cot_a = scored[_video_key(pair.video_a, pair.prompt)]
+        reward_b, cot_b = scored[_video_key(pair.video_b, pair.prompt)]
+        rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
+                     "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
+                     "cot_a": cot_a, "cot_b": cot_b})
+    margins = np.array([row["margin"] for row in rows], dtype=np.float64)
+    labels = [row["label"] for row in rows]
+    num_without_ties = sum(label != "tie" for label in labels)
+    result = {
+        "accuracy_with_ties": accuracy_with_ties(margins, labels),
+        "accuracy_without_ties": accuracy_without_ties(margins, labels) if num_without_ties else None,
+        "num_pairs": len(rows),
+        "num_pairs_without_ties": num_without_ties,
+        "num_pairs_invalid": len(pairs) - len(kept),
+        "num_videos_scored": len(keys),
+        "think": think,
+    }
+    if num_without_ties and any(pair.slice is not None for pair in kept):
+        slices = [pair.slice if pair.slice is not None else "untagged" for pair in kept]
+        result["accuracy_without_ties_by_slice"] = accuracy_by_slice(margins, labels, slices)
+    result["margins"] = margins
+    result["rows"] = rows
+    return result
+
+
+def write_evaluation(result: dict, output_dir) -> tuple[Path, Path]:
+    """Write `accuracy.json` (the SUMMARY_KEYS of `result`) and `pairs_scored.csv` (one row per scored pair, with
+    rewards, margin and CoTs; an empty cell where there is no CoT) into `output_dir`. Returns both paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accuracy_path = output_dir / "accuracy.json"
+    summary = {key: result[key] for key in SUMMARY_KEYS if key in result}
+    accuracy_path.write_text(json.dumps(summary, indent=2) + "\n")
+    csv_path = output_dir / "pairs_scored.csv"
+    with open(csv_path, "w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in result["rows"]:
+            writer.writerow({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
+    return accuracy_path, csv_path

@@ -1,0 +1,99 @@
+"""Teacher vs distilled no-CoT student on the synthetic world, in one run.
+
+    python recipes/bench_distill.py --json outputs/bench_distill.json [--teacher-steps 1500 --distill-steps 600]
+
+1. writes a synthetic train / held-out pair set;
+2. trains a tiny DeScore TEACHER with the distribution head: stage 1 with the CoT next-token loss and CoT masking, so
+   it writes its own CoTs and scores with them;
+3. distils it into a STUDENT (same tiny architecture by default, or `--student-hidden 32` for a smaller one) that
+   scores with think=False (recipes/distill_student.py's stage 3);
+4. evaluates both on the held-out pairs (accuracy with and without ties; the teacher with its own greedy CoT, the
+   student without CoT) and times the scoring of the same videos: `student_speedup` = teacher time / student time.
+Goal (issue 5): the student within 2 points of the teacher at 5x or more speed.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from descore_plugin import DeScoreReward
+from descore_plugin.data import load_pairs
+from descore_plugin.metrics import accuracy_with_ties, accuracy_without_ties
+from descore_plugin.synthetic import write_dataset
+from descore_plugin.tiny import init_tiny
+from descore_plugin.trainer import TrainConfig, Trainer
+
+
+def evaluate(model, pairs, think: bool, batch_size: int) -> dict:
+    keys = sorted({(v, p.prompt) for p in pairs for v in (p.video_a, p.video_b)})
+    videos = [path for path, _ in keys]
+    prompts = [prompt for _, prompt in keys]
+    model.score(videos[:batch_size], prompts[:batch_size], think=think, batch_size=batch_size)  # warm-up
+    start = time.perf_counter()
+    out = model.score(videos, prompts, think=think, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    reward = dict(zip(keys, out.rewards.tolist()))
+    margins = [reward[(p.video_a, p.prompt)] - reward[(p.video_b, p.prompt)] for p in pairs]
+    labels = [p.label for p in pairs]
+    return {"accuracy_with_ties": accuracy_with_ties(margins, labels),
+            "accuracy_without_ties": accuracy_without_ties(margins, labels), "seconds": seconds}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default="outputs/bench_distill.json")
+    parser.add_argument("--work-dir", default="outputs/bench_distill")
+    parser.add_argument("--train-pairs", type=int, default=800)
+    parser.add_argument("--eval-pairs", type=int, default=100)
+    parser.add_argument("--defects", nargs="+", default=["subject", "dynamics", "style"])
+    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--distill-steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--num-cot-samples", type=int, default=4)
+    parser.add_argument("--student-hidden", type=int, default=64, help="64: same size as the teacher; 32: smaller")
+    parser.add_argument("--score-batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    work = Path(args.work_dir)
+    train = write_dataset(work / "train", args.train_pairs, seed=args.seed + 1, defects=tuple(args.defects))
+    held_out = write_dataset(work / "eval", args.eval_pairs, seed=args.seed + 2, defects=tuple(args.defects))
+    init_tiny(work / "teacher_init", head="distribution", seed=args.seed)
+    common = dict(batch_size=args.batch_size, gradient_accumulation_steps=1, learning_rate=args.learning_rate,
+                  lora_rank=0, train_embeddings="all", save_steps=0, log_with=None, seed=args.seed)
+    Trainer(TrainConfig(model=str(work / "teacher_init"), train_data=str(train), output_dir=str(work / "teacher"),
+                        max_steps=args.teacher_steps, lm_loss_weight=1.0, cot_mask_prob=0.5, **common)).train()
+    small = {} if args.student_hidden == 64 else dict(hidden=args.student_hidden, vision_hidden=args.student_hidden)
+    init_tiny(work / "student_init", head="distribution", seed=args.seed + 1, **small)
+    Trainer(TrainConfig(stage=3, model=str(work / "student_init"), teacher=str(work / "teacher"), train_data=str(train),
+                        output_dir=str(work / "student"), max_steps=args.distill_steps,
+                        num_cot_samples=args.num_cot_samples, **common)).train()
+
+    pairs = load_pairs(held_out)
+    teacher = evaluate(DeScoreReward.from_pretrained(work / "teacher"), pairs, True, args.score_batch_size)
+    student = evaluate(DeScoreReward.from_pretrained(work / "student"), pairs, False, args.score_batch_size)
+    result = {
+        "teacher_accuracy_with_ties": teacher["accuracy_with_ties"],
+        "teacher_accuracy_without_ties": teacher["accuracy_without_ties"],
+        "student_accuracy_with_ties": student["accuracy_with_ties"],
+        "student_accuracy_without_ties": student["accuracy_without_ties"],
+        "student_speedup": teacher["seconds"] / student["seconds"],
+        "teacher_scoring_seconds": teacher["seconds"], "student_scoring_seconds": student["seconds"],
+        "settings": vars(args),
+    }
+    print(f"{'':10s} {'acc w/o ties':>13s} {'acc w/ ties':>12s} {'scoring s':>10s}")
+    for name, row in (("teacher", teacher), ("student", student)):
+        print(f"{name:10s} {row['accuracy_without_ties']:13.3f} {row['accuracy_with_ties']:12.3f} {row['seconds']:10.2f}")
+    print(f"student_speedup = {result['student_speedup']:.1f}x")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
