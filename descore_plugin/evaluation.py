@@ -37,13 +37,13 @@ def _video_key(path: str, prompt: str) -> tuple[str, str]:
     return os.path.realpath(path), prompt
 
 
-def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool) -> dict:
+def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load) -> dict:
     """{(real path, prompt): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
     scored = {}
     with tqdm(total=len(keys), desc="scoring videos", unit="video", disable=not progress) as bar:
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
-            out = model.score([path for path, _ in chunk], [prompt for _, prompt in chunk], think=think,
+            out = model.score([load(path) for path, _ in chunk], [prompt for _, prompt in chunk], think=think,
                               batch_size=batch_size, max_new_tokens=max_new_tokens)
             cots = out.cots if out.cots is not None else [None] * len(chunk)
             for key, reward, cot in zip(chunk, out.rewards.tolist(), cots):
@@ -53,11 +53,12 @@ def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_ne
 
 
 def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, load=None) -> dict:
     """Score every unique video of `pairs` once with `model` (a DeScoreReward) and compute preference accuracy.
 
     think: score with the model's own generated CoT (think, then score); False = the masked-CoT fast path.
     max_new_tokens: CoT length limit (None: the model's `config.max_new_tokens`).
+    load: maps a video path to what `model.score` takes (the trainer passes its cache of decoded videos).
 
     Returns a dict with:
         accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), num_pairs (pairs scored,
@@ -75,7 +76,7 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        scored = _score_unique_videos(model, keys, think, batch_size, max_new_tokens, progress)
+        scored = _score_unique_videos(model, keys, think, batch_size, max_new_tokens, progress, load or (lambda path: path))
     finally:
         model.train(was_training)
 

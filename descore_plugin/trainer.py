@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_directory
 from .data import DataError, load_pairs
+from .evaluation import evaluate_pairs
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages, grpo_token_loss,
                      pointwise_distribution_loss, rollout_reward, score_gap_loss)
-from .metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
 from .model import DeScoreReward
 from .prompt import parse_answer
 from .video import load_video
@@ -509,28 +509,18 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out preference accuracy (with and without ties, and per slice) of the current model."""
         model = self.accelerator.unwrap_model(self.model)
-        model.eval()
-        pairs = self.eval_pairs
-        paths = sorted({v for p in pairs for v in (p.video_a, p.video_b)})
-        prompt_of = {}
-        for p in pairs:
-            prompt_of[(p.video_a, p.prompt)] = prompt_of[(p.video_b, p.prompt)] = None
-        keys = sorted(prompt_of)
-        videos = [self.videos(path) for path, _ in keys]
-        out = model.score(videos, [prompt for _, prompt in keys], think=self.config.eval_think, batch_size=16,
-                          max_new_tokens=self.config.eval_max_new_tokens)
-        reward = dict(zip(keys, out.rewards.tolist()))
-        margins = [reward[(p.video_a, p.prompt)] - reward[(p.video_b, p.prompt)] for p in pairs]
-        labels = [p.label for p in pairs]
-        model.train()
-        logs = {"eval_accuracy_with_ties": accuracy_with_ties(margins, labels)}
-        if any(label != "tie" for label in labels):
-            logs["eval_accuracy_without_ties"] = accuracy_without_ties(margins, labels)
-            if any(p.slice for p in pairs):
-                by_slice = accuracy_by_slice(margins, labels, [p.slice or "none" for p in pairs])
-                logs.update({f"eval_accuracy_{name}": value for name, value in by_slice.items() if name != "all"})
-        if out.parse_errors is not None:
-            logs["eval_cot_parse_rate"] = float(np.mean([e is None for e in out.parse_errors]))
+        result = evaluate_pairs(model, self.eval_pairs, think=self.config.eval_think, batch_size=16,
+                                max_new_tokens=self.config.eval_max_new_tokens, progress=False,
+                                load=lambda path: self.videos(os.path.realpath(path)))
+        logs = {"eval_accuracy_with_ties": result["accuracy_with_ties"]}
+        if result["accuracy_without_ties"] is not None:
+            logs["eval_accuracy_without_ties"] = result["accuracy_without_ties"]
+        for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
+            if name != "all":
+                logs[f"eval_accuracy_{name}"] = value
+        if self.config.eval_think:
+            cots = [cot for row in result["rows"] for cot in (row["cot_a"], row["cot_b"])]
+            logs["eval_cot_parse_rate"] = float(np.mean([parse_answer(c).error is None for c in cots]))
         return logs
 
     # ------------------------------------------------------------------ checkpoints
