@@ -1,0 +1,361 @@
+"""Flow-DPO for Wan-2.1 (Liu et al., "Improving Video Generation with Human Feedback", arXiv 2501.13918).
+
+Two halves, used in this order by recipes/wan_flow_dpo.py:
+
+(a) Pair building. For each prompt, K videos are sampled (base model offline; the current policy when pairs are
+    regenerated online), scored by a reward callable `fn(videos (B, F, C, H, W) in [0, 1], prompts)` returning floats
+    (or `(floats, info)` as Flow-GRPO rewards and `DeScoreReward.reward` do; `info["cots"]` is stored when present),
+    and turned into (winner, loser) pairs: best vs worst (default) or every pair whose score gap exceeds a margin.
+    The final latents, the scores, the pairs and the CoTs are written per prompt under a store directory, so an
+    interrupted run resumes by skipping the prompts already on disk.
+
+(b) The loss. With x_t = (1 - t) x0 + t eps and the velocity target v = eps - x0 (one eps and one t shared by the
+    winner and the loser of a pair), and the per-sample MEAN squared error over all latent elements
+
+        mse(x0) = mean_{c,f,h,w} (v_theta(x_t, t) - v)^2          (ref: the same with the LoRA adapter disabled)
+        delta   = (mse_theta(x0_w) - mse_ref(x0_w)) - (mse_theta(x0_l) - mse_ref(x0_l))
+        loss    = -log sigmoid(-beta / 2 * delta)                    (arXiv 2501.13918, Flow-DPO, constant beta)
+
+    The derivation gives beta_t = beta (1 - t)^2; the paper keeps beta CONSTANT because the time-dependent weight
+    reward-hacks, and so do we. Meaning of the default beta = 500 with the MEAN reduction: the loss is ln 2 at the
+    start (policy = reference), and falls to -log sigmoid(1) = 0.31 once the policy has lowered the winner's error
+    relative to the loser's by delta = -2 / beta = -0.004, i.e. by about 0.2 % of the per-element error itself
+    (E v^2 = 2 for v = eps - x0 with unit-variance latents; 2.3 on the tiny pipeline). A SUM over the N latent
+    elements would need beta / N for the same behaviour; flow_grpo's image DPO uses the mean with beta 100.
+    The paper's beta 500 is used with its own (unpublished) normalisation: treat it as a starting point.
+    Timesteps t ~ logit-normal(0, 1) (SD3's default for flow matching; not stated in the paper).
+    The reference model is the trained transformer itself inside `disable_adapter`: no second copy of the weights.
+    Implicit accuracy = fraction of pairs with -beta/2 * delta > 0 (the policy ranks the winner above the loser
+    relative to the reference); exactly 0 at the start, where every delta is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from descore_plugin.integrations.wan import (
+    GenerationConfig,
+    PromptCache,
+    disable_adapter,
+    generate,
+    initial_noise,
+    predict_velocity,
+)
+
+
+class PairStoreError(ValueError):
+    """A pair store on disk (or a reward's output) that cannot be used; the message names the file or the reward."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairConfig:
+    """How preference pairs are built from sampled videos."""
+
+    videos_per_prompt: int = 4  # K videos sampled per prompt (paper: "several"; 4 is our default)
+    selection: str = "best_worst"  # "best_worst": one pair (highest, lowest score); "margin": every pair over margin
+    margin: float = 0.0  # a pair needs score_w - score_l > margin (ties never make a pair)
+    batch_size: int = 4  # videos per generation batch (memory knob; results do not depend on it)
+
+    def check(self) -> None:
+        if self.selection not in ("best_worst", "margin"):
+            raise PairStoreError(f"pair selection must be 'best_worst' or 'margin', got {self.selection!r}")
+        if self.videos_per_prompt < 2:
+            raise PairStoreError(f"videos_per_prompt must be >= 2 to make a pair, got {self.videos_per_prompt}")
+
+
+@dataclass
+class FlowDPOConfig:
+    """The Flow-DPO loss (see the module docstring for the exact formula and the meaning of beta)."""
+
+    beta: float = 500.0  # constant KL weight (the paper's value; used here with the per-element MEAN squared error)
+    logit_mean: float = 0.0  # t = sigmoid(logit_mean + logit_std * N(0, 1)): logit-normal timesteps (SD3 default)
+    logit_std: float = 1.0
+    num_train_timesteps: int = 1000  # transformer timestep = t * num_train_timesteps (the Wan schedulers' scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (a) Pair building
+# ----------------------------------------------------------------------------------------------------------------
+
+RewardFn = Callable[[torch.Tensor, Sequence[str]], object]
+
+
+def call_reward(reward_fn: RewardFn, videos: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """Call a reward on (B, F, C, H, W) videos; return ((B,) float32 scores on CPU, info dict).
+
+    Accepts rewards returning a list / array / tensor of B floats, or a tuple (scores, info) (Flow-GRPO,
+    `DeScoreReward.reward`).
+    """
+    result = reward_fn(videos, list(prompts))
+    scores, info = result if isinstance(result, tuple) else (result, {})
+    name = getattr(reward_fn, "__name__", type(reward_fn).__name__)
+    scores = torch.as_tensor(np.asarray(scores, dtype=np.float32) if not torch.is_tensor(scores) else scores)
+    scores = scores.detach().float().cpu().reshape(-1)
+    if scores.numel() != len(prompts):
+        raise PairStoreError(f"reward {name} returned {scores.numel()} scores for {len(prompts)} videos")
+    if not torch.isfinite(scores).all():
+        raise PairStoreError(f"reward {name} returned non-finite scores {scores.tolist()}")
+    return scores, dict(info or {})
+
+
+def select_pairs(scores: Sequence[float], selection: str = "best_worst", margin: float = 0.0) -> list[tuple[int, int]]:
+    """(winner, loser) index pairs from the K scores of one prompt; see PairConfig."""
+    scores = [float(s) for s in scores]
+    if selection == "best_worst":
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        worst = min(range(len(scores)), key=lambda i: scores[i])
+        return [(best, worst)] if scores[best] - scores[worst] > margin else []
+    if selection == "margin":
+        return [(i, j) for i in range(len(scores)) for j in range(len(scores)) if scores[i] - scores[j] > margin]
+    raise PairStoreError(f"pair selection must be 'best_worst' or 'margin', got {selection!r}")
+
+
+def prompt_seed(seed: int, round_index: int, prompt_id: int) -> int:
+    """The generation seed of one prompt's K videos: independent of the number of processes and of resumption."""
+    return int(np.random.SeedSequence([seed, round_index, prompt_id]).generate_state(1)[0])
+
+
+@dataclass
+class PairRecord:
+    """One (winner, loser) pair whose latents lie in `latents_file` at rows index_w / index_l."""
+
+    prompt_id: int  # line of the prompt in the prompt file (0-based)
+    prompt: str
+    latents_file: Path  # safetensors with "latents" (K, C, F', h, w) float32 normalised latents
+    index_w: int
+    index_l: int
+    score_w: float
+    score_l: float
+
+
+def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def build_pairs(
+    pipe,
+    transformer,
+    prompt_cache: PromptCache,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[int],
+    reward_fn: RewardFn,
+    generation: GenerationConfig,
+    config: PairConfig,
+    store_dir: str | Path,
+    seed: int = 0,
+    round_index: int = 0,
+    solver: str = "scheduler",
+    progress: bool = True,
+) -> list[PairRecord]:
+    """Sample K videos per prompt with `transformer` (as it is: wrap the call in `disable_adapter` for the base
+    model), score them, select pairs, and store `{prompt_id:06d}.safetensors` (latents) + `.json` (prompt, scores,
+    pairs, CoTs) in `store_dir`. Prompts whose JSON exists are skipped (resumable). Returns the records of `prompts`.
+    The K initial noises of a prompt come from `prompt_seed(seed, round_index, prompt_id)`; solver: see `wan.sample`.
+    """
+    config.check()
+    store_dir = Path(store_dir)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    device = next(transformer.parameters()).device
+    todo = [(pid, p) for pid, p in zip(prompt_ids, prompts) if not (store_dir / f"{pid:06d}.json").is_file()]
+    for prompt_id, prompt in tqdm(todo, desc=f"pairs (round {round_index})", disable=not progress):
+        generator = torch.Generator().manual_seed(prompt_seed(seed, round_index, prompt_id))
+        # all K initial noises drawn up front, so that the videos do not depend on config.batch_size
+        noise = initial_noise(pipe, config.videos_per_prompt, generation, generator=generator)
+        videos, latents = [], []
+        for start in range(0, config.videos_per_prompt, config.batch_size):
+            chunk = noise[start : start + config.batch_size].to(device)
+            chunk_videos, chunk_latents = generate(
+                pipe, prompt_cache, [prompt] * len(chunk), generation, transformer=transformer, latents=chunk,
+                solver=solver,
+            )
+            videos.append(chunk_videos)
+            latents.append(chunk_latents.float().cpu())
+        videos, latents = torch.cat(videos), torch.cat(latents)
+        scores, info = call_reward(reward_fn, videos, [prompt] * len(videos))
+        pairs = select_pairs(scores.tolist(), config.selection, config.margin)
+        record = {
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "round": round_index,
+            "seed": prompt_seed(seed, round_index, prompt_id),
+            "scores": scores.tolist(),
+            "pairs": pairs,
+            "cots": info.get("cots"),
+        }
+        latents_path = store_dir / f"{prompt_id:06d}.safetensors"
+        _atomic_save(lambda p: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
+        _atomic_save(lambda p: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json")
+    return load_pairs(store_dir, prompt_ids)
+
+
+def load_pairs(store_dir: str | Path, prompt_ids: Sequence[int] | None = None) -> list[PairRecord]:
+    """The pairs stored in `store_dir` (for `prompt_ids`, or all), in prompt order."""
+    store_dir = Path(store_dir)
+    if prompt_ids is None:
+        prompt_ids = sorted(int(p.stem) for p in store_dir.glob("[0-9]*.json"))
+    records = []
+    for prompt_id in prompt_ids:
+        path = store_dir / f"{prompt_id:06d}.json"
+        if not path.is_file():
+            raise PairStoreError(f"{path}: missing; rebuild the pairs of prompt {prompt_id} (run build_pairs)")
+        entry = json.loads(path.read_text())
+        for field_name in ("prompt", "scores", "pairs"):
+            if field_name not in entry:
+                raise PairStoreError(f"{path}: field {field_name!r} missing")
+        for index_w, index_l in entry["pairs"]:
+            records.append(
+                PairRecord(
+                    prompt_id=prompt_id,
+                    prompt=entry["prompt"],
+                    latents_file=store_dir / f"{prompt_id:06d}.safetensors",
+                    index_w=index_w,
+                    index_l=index_l,
+                    score_w=entry["scores"][index_w],
+                    score_l=entry["scores"][index_l],
+                )
+            )
+    return records
+
+
+def pair_latents(records: Sequence[PairRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(winners, losers) latents, each (B, C, F', h, w) float32, read from the store."""
+    cache: dict[Path, torch.Tensor] = {}
+    winners, losers = [], []
+    for record in records:
+        if record.latents_file not in cache:
+            cache[record.latents_file] = load_file(str(record.latents_file))["latents"]
+        latents = cache[record.latents_file]
+        winners.append(latents[record.index_w])
+        losers.append(latents[record.index_l])
+    return torch.stack(winners), torch.stack(losers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (b) The loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sample_timesteps(batch_size: int, config: FlowDPOConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ logit-normal: sigmoid(mean + std * N(0, 1)), (B,) float32 in (0, 1)."""
+    return torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(batch_size, generator=generator))
+
+
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) mean over every non-batch element of (prediction - target)^2, in float32."""
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+@dataclass
+class DPOOutput:
+    loss: torch.Tensor  # scalar, mean over pairs of -log sigmoid(inside)
+    inside: torch.Tensor  # (B,) -beta/2 * delta, detached
+    implicit_accuracy: float  # fraction of pairs with inside > 0
+    mse_w: float  # mean policy error on winners (and the reference's below)
+    mse_l: float
+    ref_mse_w: float
+    ref_mse_l: float
+    timesteps: torch.Tensor = field(repr=False, default=None)  # (B,) the t used
+
+
+def flow_dpo_loss(
+    policy_w: torch.Tensor,
+    policy_l: torch.Tensor,
+    reference_w: torch.Tensor,
+    reference_l: torch.Tensor,
+    target_w: torch.Tensor,
+    target_l: torch.Tensor,
+    beta: float,
+) -> DPOOutput:
+    """-log sigmoid(-beta/2 [(mse_w - mse_w_ref) - (mse_l - mse_l_ref)]) with per-sample mean MSE (arXiv 2501.13918,
+    Flow-DPO with constant beta). Inputs: velocity predictions and targets, each (B, C, F', h, w)."""
+    mse_w, mse_l = per_sample_mse(policy_w, target_w), per_sample_mse(policy_l, target_l)
+    ref_mse_w, ref_mse_l = per_sample_mse(reference_w, target_w), per_sample_mse(reference_l, target_l)
+    inside = -0.5 * beta * ((mse_w - ref_mse_w) - (mse_l - ref_mse_l))
+    loss = -F.logsigmoid(inside).mean()
+    return DPOOutput(
+        loss=loss,
+        inside=inside.detach(),
+        implicit_accuracy=(inside > 0).float().mean().item(),
+        mse_w=mse_w.mean().item(),
+        mse_l=mse_l.mean().item(),
+        ref_mse_w=ref_mse_w.mean().item(),
+        ref_mse_l=ref_mse_l.mean().item(),
+    )
+
+
+def _noised(latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, v) with x_t = (1 - t) x0 + t eps and v = eps - x0 (rectified flow)."""
+    t = t.view(-1, *([1] * (latents.ndim - 1)))
+    return (1.0 - t) * latents + t * noise, noise - latents
+
+
+def flow_dpo_step(
+    model,
+    transformer,
+    winners: torch.Tensor,
+    losers: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    config: FlowDPOConfig,
+    generator: torch.Generator | None = None,
+) -> DPOOutput:
+    """The Flow-DPO loss of a batch of pairs (call `.loss.backward()` / `accelerator.backward` on it).
+
+    model: the trained transformer as called for gradients (the accelerate/DDP wrapper, or the module itself);
+    transformer: the unwrapped module, whose adapter is disabled for the reference forward.
+    winners, losers: (B, C, F', h, w) clean latents x0; prompt_embeds: (B, L, D).
+    Noise and t are drawn on the CPU from `generator` (identical on every device) and shared by winner and loser.
+    The reference runs first, without gradients, so its activations are freed before the policy forward.
+    """
+    device = winners.device
+    batch_size = winners.shape[0]
+    noise = torch.randn(winners.shape, generator=generator).to(device)
+    t = sample_timesteps(batch_size, config, generator).to(device)
+    x_w, target_w = _noised(winners.float(), noise, t)
+    x_l, target_l = _noised(losers.float(), noise, t)
+    hidden_states = torch.cat([x_w, x_l])  # (2B, C, F', h, w): winner and loser in one forward
+    timesteps = torch.cat([t, t]) * config.num_train_timesteps
+    embeds = torch.cat([prompt_embeds, prompt_embeds])
+    with torch.no_grad(), disable_adapter(transformer):
+        reference = predict_velocity(transformer, hidden_states, timesteps, embeds)
+    policy = predict_velocity(model, hidden_states, timesteps, embeds)
+    output = flow_dpo_loss(
+        policy[:batch_size], policy[batch_size:], reference[:batch_size], reference[batch_size:], target_w, target_l,
+        config.beta,
+    )
+    output.timesteps = t.detach().cpu()
+    return output
+
+
+def flow_matching_step(
+    model,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    config: FlowDPOConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Plain flow-matching (SFT) loss mean ||v_theta(x_t) - (eps - x0)||^2 on a batch of clean latents: the baseline
+    that recipes/bench_post_training.py compares a DPO step's memory with (same batch, same shapes)."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    t = sample_timesteps(latents.shape[0], config, generator).to(latents.device)
+    x_t, target = _noised(latents.float(), noise, t)
+    prediction = predict_velocity(model, x_t, t * config.num_train_timesteps, prompt_embeds)
+    return per_sample_mse(prediction, target).mean()
+

@@ -1,0 +1,301 @@
+"""Benchmarks of the post-training recipes, one function per measurement, all written to one JSON file.
+
+    python recipes/bench_post_training.py --json OUT.json                 # every measurement, tiny Wan on the CPU
+    python recipes/bench_post_training.py --json OUT.json --only dpo_ref_memory_ratio --pipeline DIR_OR_ID --device cuda
+
+Measurements (keys of the JSON; each function below documents its own):
+- dpo_ref_memory_ratio: peak memory of a Flow-DPO step / of a plain flow-matching step on the same batch
+  (goal <= 1.15; a separate reference copy of the transformer would give about 2 at scale).
+- longcat_over_flowgrpo_step_cost: training time per rollout of LongCat-GRPO (one critical SDE step per video) / of
+  Flow-GRPO with SDE on all steps, on the same rollout batch.
+- reward_share_think, reward_share_nothink: fraction of a Flow-GRPO step (sampling + reward + training) spent in the
+  DeScore reward, with and without the CoT (--reward-model, default: a tiny random DeScore written now).
+
+Memory: on CUDA, torch.cuda.max_memory_allocated (everything resident: weights, optimiser state, activations).
+On the CPU, the same quantity is rebuilt as resident bytes (parameters, buffers, optimiser state, batch) plus the
+peak of the bytes allocated during the step, read from the torch profiler's memory events ("Total Allocated").
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from descore_plugin.integrations import flow_dpo
+from descore_plugin.integrations import wan
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, help="output JSON file")
+    parser.add_argument("--only", nargs="*", default=None, help=f"measurements to run (default: all of "
+                                                                 f"{sorted(MEASUREMENTS)})")
+    parser.add_argument("--pipeline", default=None, help="WanPipeline dir or hub id (default: a tiny one, written now)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's generation defaults")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=2, help="pairs per DPO step (2x videos per FM step)")
+    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--lora-alpha", type=float, default=128.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reward-model", default=None,
+                        help="DeScore dir or hub id for reward_share_* (default: a tiny random one, written now)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_pipeline(args, workdir: Path) -> str:
+    """--pipeline, or a tiny Wan pipeline written into `workdir`."""
+    if args.pipeline:
+        return args.pipeline
+    return str(wan.write_tiny_wan(workdir / "tiny_wan", seed=args.seed))
+
+
+def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return device, dtype
+
+
+def generation_for(args, pipeline: str) -> wan.GenerationConfig:
+    generation = wan.generation_defaults(pipeline)
+    for name in ("num_frames", "height", "width"):
+        if getattr(args, name) is not None:
+            setattr(generation, name, getattr(args, name))
+    generation.check()
+    return generation
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def resident_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer, *tensors: torch.Tensor) -> int:
+    """Bytes held before a step: parameters, buffers, optimiser state and the batch (what CUDA would count)."""
+    states = [value for state in optimizer.state.values() for value in state.values()]
+    return _tensor_bytes(list(module.parameters()) + list(module.buffers()) + states + list(tensors))
+
+
+def cpu_step_peak_bytes(step) -> int:
+    """Peak of the bytes allocated while `step()` runs on the CPU (torch profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace_path))
+        events = json.loads(trace_path.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max([0] + totals)
+
+
+def peak_memory_bytes(step, device: torch.device, resident: int) -> int:
+    """Peak memory of `step()` including what is resident (`resident` is only used on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return resident + cpu_step_peak_bytes(step)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
+    """Peak memory of one Flow-DPO training step (policy forward + backward on winners and losers, reference =
+    the same transformer with its LoRA disabled, no gradient) over one plain flow-matching step (forward + backward)
+    on the same 2B latents, both followed by the AdamW update; LoRA r/alpha on q/k/v/o as in the paper.
+    Each step runs once untimed first so that the optimiser state exists in both measurements."""
+    pipeline = resolve_pipeline(args, workdir)
+    device, dtype = device_and_dtype(args)
+    generation = generation_for(args, pipeline)
+    pipe = wan.load_wan_pipeline(pipeline, device=device, dtype=dtype)
+    transformer = pipe.transformer
+    cache = wan.PromptCache(pipe, generation.max_sequence_length, device=device)
+    prompts = [wan.TINY_CORPUS[i % len(wan.TINY_CORPUS)] for i in range(args.batch_size)]
+    prompt_embeds = cache.embed(prompts)
+    pipe.text_encoder.to("cpu")
+    torch.manual_seed(args.seed)
+    lora = wan.add_lora(transformer, rank=args.lora_rank, alpha=args.lora_alpha,
+                        target_modules=wan.WAN_ATTENTION_TARGETS)
+    optimizer = torch.optim.AdamW(lora, lr=1e-4)
+    config = flow_dpo.FlowDPOConfig()
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = wan.latent_shape(pipe, args.batch_size, generation.num_frames, generation.height, generation.width)
+    winners = torch.randn(shape, generator=generator).to(device)
+    losers = torch.randn(shape, generator=generator).to(device)
+    both, both_embeds = torch.cat([winners, losers]), torch.cat([prompt_embeds, prompt_embeds])
+
+    def dpo_step():
+        output = flow_dpo.flow_dpo_step(transformer, transformer, winners, losers, prompt_embeds, config,
+                                        torch.Generator().manual_seed(1))
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def flow_matching_step():
+        loss = flow_dpo.flow_matching_step(transformer, both, both_embeds, config, torch.Generator().manual_seed(1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    dpo_step()
+    flow_matching_step()
+    resident = resident_bytes(transformer, optimizer, winners, losers, prompt_embeds)
+    fm_peak = peak_memory_bytes(flow_matching_step, device, resident)
+    dpo_peak = peak_memory_bytes(dpo_step, device, resident)
+    return {
+        "dpo_ref_memory_ratio": dpo_peak / fm_peak,
+        "dpo_ref_memory": {
+            "dpo_step_peak_bytes": dpo_peak,
+            "flow_matching_step_peak_bytes": fm_peak,
+            "resident_bytes": resident,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "pipeline": args.pipeline or "tiny (descore init-tiny-wan)",
+            "latent_shape": list(shape),
+            "pairs_per_step": args.batch_size,
+            "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": "q/k/v/o self+cross"},
+            "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
+        },
+    }
+
+
+def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int = 3) -> dict:
+    """Median seconds of the phases of `grpo.grpo_iteration` (time/sample, time/reward, time/train) over
+    `iterations` steps after one warm-up step: 2 prompts x config.group_size videos, the pipeline's generation
+    defaults (tiny: 9 x 64 x 64, 6 steps, CFG 5), LoRA --lora-rank/--lora-alpha on every linear, one process.
+    rewards_for(device, dtype) returns the grpo reward list."""
+    import statistics
+
+    from accelerate import Accelerator
+
+    from descore_plugin.integrations import grpo
+
+    pipeline = resolve_pipeline(args, workdir)
+    device, dtype = device_and_dtype(args)
+    generation = generation_for(args, pipeline)
+    pipe = wan.load_wan_pipeline(pipeline, device=device, dtype=dtype)
+    cache = wan.PromptCache(pipe, generation.max_sequence_length, device="cpu")
+    prompts = wan.TINY_CORPUS[:2]
+    cache.precompute(prompts + [generation.negative_prompt])
+    transformer = pipe.transformer
+    torch.manual_seed(args.seed)
+    lora = wan.add_lora(transformer, rank=args.lora_rank, alpha=args.lora_alpha)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    optimizer = torch.optim.AdamW(lora, lr=1e-4)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    rewards = rewards_for(device, dtype)
+    generator = torch.Generator().manual_seed(args.seed)
+    runs = [grpo.grpo_iteration(accelerator, pipe, model, transformer, optimizer, lora, cache, prompts, rewards,
+                                generation, config, generator) for _ in range(iterations + 1)][1:]
+    phases = {key: statistics.median(run[f"time/{key}"] for run in runs) for key in ("sample", "reward", "train")}
+    phases["videos_per_step"] = len(prompts) * config.group_size
+    phases["num_inference_steps"] = generation.num_inference_steps
+    phases["latent_shape"] = list(wan.latent_shape(pipe, 1, generation.num_frames, generation.height,
+                                                   generation.width))[1:]
+    phases["device"] = str(device)
+    return phases
+
+
+def measure_longcat_over_flowgrpo_step_cost(args, workdir: Path) -> dict:
+    """Training seconds per rollout (the loss, backward and optimiser part of a GRPO step, divided by the videos)
+    of LongCat-GRPO over Flow-GRPO with SDE on ALL steps, each with its published defaults (flow_grpo: one term per
+    SDE step, 2 updates; longcat: one critical-step term, 1 update; both with the reference forward for the KL),
+    same rollout batch and grid. Sampling is the same T-step loop for both and is reported apart (not in the ratio).
+    Expected near 1 / T: LongCat trains one step of the T that Flow-GRPO trains."""
+    from descore_plugin.integrations import grpo
+
+    def analytic(device, dtype):
+        return [("analytic:redness", 1.0, wan.analytic_reward("analytic:redness"))]
+
+    flow = _grpo_step_seconds(args, workdir, grpo.FlowGRPOConfig(), analytic)
+    longcat = _grpo_step_seconds(args, workdir, grpo.LongCatGRPOConfig(), analytic)
+    per_rollout = lambda phases: phases["train"] / phases["videos_per_step"]  # noqa: E731
+    return {
+        "longcat_over_flowgrpo_step_cost": per_rollout(longcat) / per_rollout(flow),
+        "longcat_over_flowgrpo": {
+            "flow_grpo_seconds": flow,
+            "longcat_seconds": longcat,
+            "whole_step_ratio": sum(longcat[k] for k in ("sample", "reward", "train"))
+            / sum(flow[k] for k in ("sample", "reward", "train")),
+            "pipeline": args.pipeline or "tiny (descore init-tiny-wan)",
+        },
+    }
+
+
+def _reward_share(args, workdir: Path, think: bool) -> dict:
+    from descore_plugin import DeScoreReward
+    from descore_plugin.integrations import grpo
+    from descore_plugin.tiny import init_tiny
+
+    model_dir = args.reward_model
+    if model_dir is None:
+        model_dir = workdir / "tiny_descore"
+        if not model_dir.is_dir():
+            init_tiny(model_dir, seed=args.seed)
+
+    def descore(device, dtype):
+        model = DeScoreReward.from_pretrained(model_dir, device=device, dtype=dtype)
+        return grpo.descore_rewards(model, [("descore", 1.0)], think=think)
+
+    phases = _grpo_step_seconds(args, workdir, grpo.FlowGRPOConfig(), descore, iterations=2)
+    share = phases["reward"] / (phases["sample"] + phases["reward"] + phases["train"])
+    key = "reward_share_think" if think else "reward_share_nothink"
+    return {key: share, key.replace("reward_share", "reward_share_detail"): {
+        **phases, "reward_model": str(args.reward_model or "tiny random DeScore (descore init-tiny)")}}
+
+
+def measure_reward_share_think(args, workdir: Path) -> dict:
+    """Fraction of one Flow-GRPO step (sampling + DeScore reward + training) spent in the reward, DeScore WITH the CoT
+    (generation of up to the model's max_new_tokens, then the <Reward> head), on the decoded tensors."""
+    return _reward_share(args, workdir, think=True)
+
+
+def measure_reward_share_nothink(args, workdir: Path) -> dict:
+    """Same as reward_share_think with DeScore's no-CoT fast path (one forward per video batch)."""
+    return _reward_share(args, workdir, think=False)
+
+
+MEASUREMENTS = {
+    "dpo_ref_memory_ratio": measure_dpo_ref_memory_ratio,
+    "longcat_over_flowgrpo_step_cost": measure_longcat_over_flowgrpo_step_cost,
+    "reward_share_think": measure_reward_share_think,
+    "reward_share_nothink": measure_reward_share_nothink,
+}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    names = args.only if args.only else list(MEASUREMENTS)
+    unknown = [name for name in names if name not in MEASUREMENTS]
+    if unknown:
+        raise SystemExit(f"--only: unknown measurement(s) {unknown}; choose from {sorted(MEASUREMENTS)}")
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            results.update(MEASUREMENTS[name](args, Path(workdir)))
+            print(f"{name}: {results[name]:.4f}" if isinstance(results.get(name), float) else name, flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Wan-2.1 through diffusers (integrations/wan.py) on the tiny real-architecture pipeline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+
+from descore_plugin.integrations import wan
+
+PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at night"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    return wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
+
+
+@pytest.fixture()
+def pipe(tiny_dir):
+    return wan.load_wan_pipeline(tiny_dir)
+
+
+def _noise(pipe, generation, batch_size=2, seed=0):
+    return wan.initial_noise(pipe, batch_size, generation, generator=torch.Generator().manual_seed(seed))
+
+
+def test_tiny_wan_loads_with_from_pretrained(tiny_dir):
+    pipe = WanPipeline.from_pretrained(tiny_dir)
+    assert type(pipe.scheduler) is UniPCMultistepScheduler  # the scheduler type Wan-AI ships
+    assert pipe.scheduler.config.prediction_type == "flow_prediction" and pipe.scheduler.config.flow_shift == 3.0
+    assert pipe.transformer.config.num_attention_heads == 2 and pipe.transformer.config.attention_head_dim == 12
+    assert pipe.transformer.config.text_dim == pipe.text_encoder.config.d_model == 32
+    assert pipe.vae.config.z_dim == 16 and pipe.vae.config.base_dim == 3
+    ids = pipe.tokenizer("a red ball").input_ids
+    assert ids[-1] == pipe.tokenizer.eos_token_id == 1 and pipe.tokenizer.pad_token_id == 0
+    assert wan.generation_defaults(tiny_dir) == wan.TINY_GENERATION
+    assert wan.generation_defaults(tiny_dir / "missing") == wan.GenerationConfig()  # Wan-2.1 model-card values
+
+
+@pytest.mark.parametrize("solver", ["scheduler", "euler"])
+def test_sampler_reproduces_pipeline_call(pipe, solver):
+    generation = wan.TINY_GENERATION
+    if solver == "euler":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    noise = _noise(pipe, generation)
+    expected = pipe(
+        PROMPTS,
+        num_frames=generation.num_frames,
+        height=generation.height,
+        width=generation.width,
+        num_inference_steps=generation.num_inference_steps,
+        guidance_scale=generation.guidance_scale,
+        latents=noise.clone(),
+        max_sequence_length=generation.max_sequence_length,
+        output_type="pt",
+    ).frames
+    cache = wan.PromptCache(pipe, generation.max_sequence_length)
+    videos, latents = wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), solver=solver)
+    assert videos.shape == (2, 9, 3, 64, 64) == expected.shape
+    assert videos.min() >= 0 and videos.max() <= 1 and videos.std() > 0.01
+    torch.testing.assert_close(videos, expected, rtol=0, atol=1e-6)
+
+
+def test_flow_grids_come_from_the_scheduler(pipe):
+    steps = 6
+    euler = wan.flow_grid(FlowMatchEulerDiscreteScheduler(shift=3.0), steps)
+    shift = lambda s: 3.0 * s / (1 + 2.0 * s)  # noqa: E731  (flow shift, shift 3)
+    # FlowMatchEuler: the smallest training sigma shift(1/1000) is shifted AGAIN on the inference grid.
+    assert euler.sigmas[-2].item() == pytest.approx(shift(shift(1 / 1000)), rel=1e-5)
+    assert euler.sigmas[-2].item() == pytest.approx(0.0089286, rel=1e-4)
+    assert euler.sigmas[0].item() == 1.0 and euler.sigmas[-1].item() == 0.0 and len(euler) == steps
+    torch.testing.assert_close(euler.timesteps, euler.sigmas[:-1] * 1000)
+    unipc = wan.flow_grid(pipe.scheduler, steps)
+    expected = shift(torch.linspace(1, 1 / 1000, steps + 1, dtype=torch.float64)[:-1])
+    expected[0] -= 1e-6  # UniPC keeps sigma_0 below 1 (log of alpha)
+    torch.testing.assert_close(unipc.sigmas[:-1].double(), expected, rtol=1e-6, atol=1e-7)
+    assert unipc.sigmas[-1].item() == 0.0
+    assert unipc.timesteps.dtype == torch.int64 and unipc.timesteps[1].item() == int(expected[1].item() * 1000)
+
+
+def test_hook_sees_every_step_and_can_replace_it(pipe):
+    generation = wan.TINY_GENERATION
+    cache = wan.PromptCache(pipe, generation.max_sequence_length)
+    noise = _noise(pipe, generation)
+    _, plain = wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), decode=False)
+    seen = []
+
+    def hook(step):
+        seen.append((step.index, step.sigma.item(), step.sigma_next.item()))
+        return wan.euler_step(step.latents, step.velocity, step.sigma, step.sigma_next) if step.index == 2 else None
+
+    _, hooked = wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), hook=hook, decode=False)
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+    grid = wan.flow_grid(pipe.scheduler, generation.num_inference_steps)
+    assert seen == [(i, grid.sigmas[i].item(), grid.sigmas[i + 1].item()) for i in range(len(grid))]
+    with pytest.raises(wan.WanInputError, match="solver='euler'"):
+        wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), hook=hook, solver="scheduler")
+
+
+def test_latent_normalisation_matches_the_pipeline(pipe):
+    torch.manual_seed(0)
+    videos = torch.rand(2, 9, 3, 64, 64)
+    latents = wan.encode_videos(pipe, videos)
+    assert latents.shape == wan.latent_shape(pipe, 2, 9, 64, 64) == (2, 16, 3, 8, 8)
+    raw = pipe.vae.encode(videos.permute(0, 2, 1, 3, 4) * 2 - 1).latent_dist.mode()
+    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(pipe.vae.config.latents_std).view(1, 16, 1, 1, 1)
+    torch.testing.assert_close(latents, (raw - mean) / std, rtol=1e-5, atol=1e-6)
+    decoded = wan.decode_latents(pipe, latents)
+    expected = pipe.vae.decode(latents * std + mean).sample.permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(decoded, (expected * 0.5 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_cache_encodes_each_prompt_once(pipe):
+    calls = []
+    pipe.text_encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    cache = wan.PromptCache(pipe, max_sequence_length=32)
+    first = cache.embed(PROMPTS)
+    second = cache.embed(list(reversed(PROMPTS)))
+    negative = cache.negative(3)
+    assert calls == [2, 1]  # the two prompts once, then the negative prompt once
+    expected, expected_negative = pipe.encode_prompt(PROMPTS, max_sequence_length=32)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second, expected.flip(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(negative, expected_negative[:1].expand(3, -1, -1), rtol=1e-5, atol=1e-6)
+    length = len(pipe.tokenizer(PROMPTS[0]).input_ids)
+    assert first.shape == (2, 32, 32) and length < 32
+    assert (first[0, length:] == 0).all() and (first[0, :length] != 0).any(dim=-1).all()  # padding zeroed
+
+
+def test_lora_reference_and_diffusers_round_trip(pipe, tiny_dir, tmp_path):
+    transformer = pipe.transformer
+    torch.manual_seed(0)
+    latents, embeds = torch.randn(2, 16, 3, 8, 8), torch.randn(2, 32, 32)
+    base = wan.predict_velocity(transformer, latents, 500, embeds).detach()
+    lora = wan.add_lora(transformer, rank=4, alpha=8, target_modules=wan.WAN_ATTENTION_TARGETS)
+    # 2 blocks x 8 attention linears x (A, B); nothing else trainable.
+    assert len(lora) == 32 and all(p.dtype == torch.float32 for p in lora)
+    assert sum(p.requires_grad for p in transformer.parameters()) == 32
+    torch.testing.assert_close(wan.predict_velocity(transformer, latents, 500, embeds), base, rtol=0, atol=0)
+    with torch.no_grad():
+        for name, parameter in transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    adapted = wan.predict_velocity(transformer, latents, 500, embeds).detach()
+    assert (adapted - base).abs().max() > 1e-3
+    with wan.disable_adapter(transformer):
+        torch.testing.assert_close(wan.predict_velocity(transformer, latents, 500, embeds), base, rtol=0, atol=0)
+    torch.testing.assert_close(wan.predict_velocity(transformer, latents, 500, embeds), adapted, rtol=0, atol=0)
+
+    wan.save_lora_weights(transformer, tmp_path / "lora")
+    fresh = wan.load_wan_pipeline(tiny_dir)
+    fresh.load_lora_weights(tmp_path / "lora")  # alpha/rank = 2 must survive (metadata), or outputs differ
+    torch.testing.assert_close(wan.predict_velocity(fresh.transformer, latents, 500, embeds), adapted)
+
+    state = wan.lora_state_dict(transformer)
+    other = wan.load_wan_pipeline(tiny_dir).transformer
+    wan.add_lora(other, rank=4, alpha=8, target_modules=wan.WAN_ATTENTION_TARGETS)
+    wan.load_lora_state_dict(other, state)
+    torch.testing.assert_close(wan.predict_velocity(other, latents, 500, embeds), adapted, rtol=0, atol=0)
+
+
+def test_default_lora_targets_cover_attention_and_ffn(pipe):
+    wan.add_lora(pipe.transformer, rank=2, alpha=2)
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in pipe.transformer.named_parameters() if ".lora_A" in name}
+    expected = {f"blocks.{b}.{t}" for b in range(2) for t in wan.WAN_ALL_LINEAR_TARGETS}
+    assert adapted == expected
+
+
+def test_teaching_errors(tmp_path):
+    with pytest.raises(wan.WanInputError, match="num_frames=10"):
+        wan.check_video_size(10, 64, 64)
+    with pytest.raises(wan.WanInputError, match="height=60"):
+        wan.check_video_size(9, 60, 64)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(wan.WanInputError, match="init-tiny-wan"):
+        wan.load_wan_pipeline(tmp_path / "empty")
