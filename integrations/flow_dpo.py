@@ -32,6 +32,7 @@ Two halves, used in this order by recipes/wan_flow_dpo.py:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,9 @@ class PairConfig:
     selection: str = "best_worst"  # "best_worst": one pair (highest, lowest score); "margin": every pair over margin
     margin: float = 0.0  # a pair needs score_w - score_l > margin (ties never make a pair)
     batch_size: int = 4  # videos per generation batch (memory knob; results do not depend on it)
+    uncertainty_scale: float = 0.0  # with a distribution-head reward (info["uncertainty"] = score std per video), a
+    # pair also needs score_w - score_l > uncertainty_scale * sqrt(std_w^2 + std_l^2): gaps the reward model is
+    # unsure of make no pair (Z-Reward's motivation; our option, 0 = off)
 
     def check(self) -> None:
         if self.selection not in ("best_worst", "margin"):
@@ -113,15 +117,21 @@ def call_reward(reward_fn: RewardFn, videos: torch.Tensor, prompts: Sequence[str
     return scores, dict(info or {})
 
 
-def select_pairs(scores: Sequence[float], selection: str = "best_worst", margin: float = 0.0) -> list[tuple[int, int]]:
+def select_pairs(scores: Sequence[float], selection: str = "best_worst", margin: float = 0.0,
+                 uncertainty: Sequence[float] | None = None, uncertainty_scale: float = 0.0) -> list[tuple[int, int]]:
     """(winner, loser) index pairs from the K scores of one prompt; see PairConfig."""
     scores = [float(s) for s in scores]
+    std = [float(u) for u in uncertainty] if uncertainty is not None and uncertainty_scale > 0 else [0.0] * len(scores)
+
+    def clear(i: int, j: int) -> bool:
+        return scores[i] - scores[j] > margin + uncertainty_scale * math.sqrt(std[i] ** 2 + std[j] ** 2)
+
     if selection == "best_worst":
         best = max(range(len(scores)), key=lambda i: scores[i])
         worst = min(range(len(scores)), key=lambda i: scores[i])
-        return [(best, worst)] if scores[best] - scores[worst] > margin else []
+        return [(best, worst)] if clear(best, worst) else []
     if selection == "margin":
-        return [(i, j) for i in range(len(scores)) for j in range(len(scores)) if scores[i] - scores[j] > margin]
+        return [(i, j) for i in range(len(scores)) for j in range(len(scores)) if clear(i, j)]
     raise PairStoreError(f"pair selection must be 'best_worst' or 'margin', got {selection!r}")
 
 
@@ -190,7 +200,11 @@ def build_pairs(
             latents.append(chunk_latents.float().cpu())
         videos, latents = torch.cat(videos), torch.cat(latents)
         scores, info = call_reward(reward_fn, videos, [prompt] * len(videos))
-        pairs = select_pairs(scores.tolist(), config.selection, config.margin)
+        if config.uncertainty_scale > 0 and info.get("uncertainty") is None:
+            raise PairStoreError("uncertainty_scale > 0 needs a reward that reports uncertainty "
+                                 "(a DeScore model with the distribution head)")
+        pairs = select_pairs(scores.tolist(), config.selection, config.margin, info.get("uncertainty"),
+                             config.uncertainty_scale)
         record = {
             "prompt_id": prompt_id,
             "prompt": prompt,
@@ -199,6 +213,7 @@ def build_pairs(
             "scores": scores.tolist(),
             "pairs": pairs,
             "cots": info.get("cots"),
+            "uncertainty": info.get("uncertainty"),
         }
         latents_path = store_dir / f"{prompt_id:06d}.safetensors"
         _atomic_save(lambda p: save_file({"latents": latents.contiguous()}, str(p)), latents_path)

@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     pairs.add_argument("--pair-selection", choices=["best_worst", "margin"], default="best_worst")
     pairs.add_argument("--pair-margin", type=float, default=0.0, help="minimum score gap of a pair")
     pairs.add_argument("--generation-batch-size", type=int, default=4, help="videos per sampling batch")
+    pairs.add_argument("--uncertainty-scale", type=float, default=0.0,
+                       help="distribution-head rewards: drop pairs whose gap is within this many combined score stds")
     pairs.add_argument("--online-every", type=int, default=0,
                        help="regenerate the pairs with the current policy every N steps (0: offline, base-model pairs)")
 
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
     reward_fn = make_reward(args.reward_model, think=not args.no_think, device=device, dtype=dtype)
     pair_config = flow_dpo.PairConfig(
         videos_per_prompt=args.videos_per_prompt, selection=args.pair_selection, margin=args.pair_margin,
-        batch_size=args.generation_batch_size,
+        batch_size=args.generation_batch_size, uncertainty_scale=args.uncertainty_scale,
     )
     pair_config.check()
     dpo_config = flow_dpo.FlowDPOConfig(beta=args.beta, logit_mean=args.logit_mean, logit_std=args.logit_std)

@@ -342,3 +342,34 @@ def test_bench_dpo_reference_memory_ratio(tmp_path):
     assert result["dpo_ref_memory_ratio"] == details["dpo_step_peak_bytes"] / details["flow_matching_step_peak_bytes"]
     assert 1.0 <= result["dpo_ref_memory_ratio"] <= 1.15  # the reference costs no second copy of the weights
     assert details["flow_matching_step_peak_bytes"] > details["resident_bytes"] > 0
+
+
+def test_uncertainty_drops_pairs_the_reward_model_is_unsure_of():
+    scores, std = [0.2, 0.9, 0.1, 0.5], [0.1, 0.3, 0.4, 0.1]
+    # best (1) vs worst (2): gap 0.8 against 1.0 * sqrt(0.3^2 + 0.4^2) = 0.5 -> kept; with scale 2 (1.0) -> dropped
+    assert flow_dpo.select_pairs(scores, uncertainty=std, uncertainty_scale=1.0) == [(1, 2)]
+    assert flow_dpo.select_pairs(scores, uncertainty=std, uncertainty_scale=2.0) == []
+    kept = flow_dpo.select_pairs(scores, "margin", uncertainty=std, uncertainty_scale=1.0)
+    assert kept == [(1, 0), (1, 2), (1, 3), (3, 0)]  # (3, 2): gap 0.4 < sqrt(0.1^2 + 0.4^2) = 0.41 is dropped
+    assert flow_dpo.select_pairs(scores, uncertainty=std, uncertainty_scale=0.0) == [(1, 2)]  # off
+
+
+def test_distilled_student_with_uncertainty_builds_dpo_pairs(tiny_dir, tmp_path):
+    """A distribution-head DeScore (a no-CoT student) as the DPO reward: its uncertainty is stored with the pairs."""
+    from descore_plugin import DeScoreReward
+    from descore_plugin.tiny import init_tiny
+
+    init_tiny(tmp_path / "student", head="distribution")
+    student = DeScoreReward.from_pretrained(tmp_path / "student")
+    reward_fn = lambda videos, prompts: student.reward(videos, prompts, think=False)
+    pipe = wan.load_wan_pipeline(tiny_dir)
+    generation = wan.generation_defaults(tiny_dir)
+    cache = wan.PromptCache(pipe, max_sequence_length=generation.max_sequence_length)
+    config = flow_dpo.PairConfig(videos_per_prompt=3, uncertainty_scale=1e6)  # an absurd scale drops every pair
+    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["red cat"], [0], reward_fn, generation, config,
+                                   tmp_path / "pairs", progress=False)
+    stored = json.loads((tmp_path / "pairs" / "000000.json").read_text())
+    assert records == [] and len(stored["uncertainty"]) == 3 and all(u > 0 for u in stored["uncertainty"])
+    with pytest.raises(flow_dpo.PairStoreError, match="needs a reward that reports uncertainty"):
+        flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["blue cat"], [1], wan.analytic_reward("analytic:redness"),
+                             generation, config, tmp_path / "pairs2", progress=False)
