@@ -476,7 +476,10 @@ def predict_velocity(
     transformer: the model or its accelerate/DDP wrapper (gradients flow when called outside no_grad).
     timestep: scalar or (B,) transformer timesteps (FlowGrid.timesteps[i], or sigma * num_train_timesteps).
     """
-    dtype = next(transformer.parameters()).dtype
+    # The compute dtype of the patch embedding: the first parameter (scale_shift_table) stays float32 in bf16 runs.
+    base = transformer.module if hasattr(transformer, "module") else transformer  # DDP wrapper
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    dtype = base.patch_embedding.weight.dtype
     hidden_states = latents.to(dtype)
     batch_size = latents.shape[0]
     timestep = torch.as_tensor(timestep, device=latents.device).expand(batch_size)
