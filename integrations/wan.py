@@ -660,3 +660,79 @@ def analytic_reward(spec: str):
     if name not in ANALYTIC_REWARDS:
         raise WanInputError(f"reward {spec!r}: unknown analytic reward; choose one of {sorted(ANALYTIC_REWARDS)}")
     return ANALYTIC_REWARDS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training state shared by recipes/wan_flow_dpo.py and recipes/wan_flow_grpo.py
+
+LORA_FILE = "lora.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "trainer_state.json"
+
+
+def read_prompts(path) -> list[str]:
+    """A prompt file: one prompt per line; trailing blank lines are ignored, a blank line inside is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise WanInputError(f"{path}: prompt file not found (one prompt per line)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise WanInputError(f"{path}, line {number}: empty prompt")
+    if not lines:
+        raise WanInputError(f"{path}: no prompts")
+    return [line.strip() for line in lines]
+
+
+def lora_checksum(transformer) -> str:
+    """SHA-256 of the LoRA weights (the multi-process tests compare it across ranks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(lora_state_dict(transformer).items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(output_dir: Path, step: int, transformer, optimizer, args) -> Path:
+    """checkpoint-N/: LoRA weights, optimizer state and the step, written atomically."""
+    from safetensors.torch import save_file
+
+    from descore_plugin.checkpoint import atomic_directory
+
+    path = Path(output_dir) / f"checkpoint-{step}"
+    with atomic_directory(path) as tmp:
+        state = {k: v.contiguous() for k, v in lora_state_dict(transformer).items()}
+        save_file(state, str(tmp / LORA_FILE))
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "args": vars(args)}, indent=2, default=str))
+    return path
+
+
+def load_checkpoint(path: Path, transformer, optimizer) -> int:
+    """Restore LoRA weights and optimizer state from checkpoint-N/; returns N."""
+    from safetensors.torch import load_file
+
+    for name in (LORA_FILE, OPTIMIZER_FILE, STATE_FILE):
+        if not (path / name).is_file():
+            raise WanInputError(f"{path}: incomplete checkpoint ({name} missing)")
+    load_lora_state_dict(transformer, load_file(str(path / LORA_FILE)))
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
+    return json.loads((path / STATE_FILE).read_text())["step"]
+
+
+def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The JSON lines of a metrics file (up to a step, for a resumed run)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
           f"think={result['think']}")
     without = result["accuracy_without_ties"]
     print(f"accuracy with ties:    {result['accuracy_with_ties']:.4f}")
-    print(f"accuracy without ties: " + ("n/a (every pair is a tie)" if without is None else f"{without:.4f}"))
+    print("accuracy without ties: " + ("n/a (every pair is a tie)" if without is None else f"{without:.4f}"))
     for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
         print(f"  slice {name:<14} {value:.4f}")
     print(f"wrote {accuracy_path} and {csv_path}")

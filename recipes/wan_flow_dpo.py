@@ -20,7 +20,6 @@ generation_defaults.json when it has one (tiny pipelines from `descore init-tiny
 
 import argparse
 import functools
-import hashlib
 import json
 import math
 import shutil
@@ -32,13 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.checkpoint import atomic_directory
 from descore_plugin.integrations import flow_dpo
 from descore_plugin.integrations import wan
 
-LORA_FILE = "lora.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,19 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_prompts(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise flow_dpo.PairStoreError(f"{path}: prompt file not found (one prompt per line)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise flow_dpo.PairStoreError(f"{path}, line {number}: empty prompt")
-    if not lines:
-        raise flow_dpo.PairStoreError(f"{path}: no prompts")
-    return [line.strip() for line in lines]
 
 
 def make_reward(spec: str, think: bool, device, dtype):
@@ -140,12 +122,6 @@ def generation_config(args) -> wan.GenerationConfig:
     return generation
 
 
-def lora_checksum(transformer) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(wan.lora_state_dict(transformer).items()):
-        digest.update(name.encode())
-        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -168,39 +144,12 @@ def batch_indices(num_pairs: int, batch_size: int, seed: int, rank: int, round_i
     return indices
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(output_dir: Path, step: int, transformer, optimizer, args) -> Path:
-    from safetensors.torch import save_file
-
-    path = output_dir / f"checkpoint-{step}"
-    with atomic_directory(path) as tmp:
-        state = {k: v.contiguous() for k, v in wan.lora_state_dict(transformer).items()}
-        save_file(state, str(tmp / LORA_FILE))
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "args": vars(args)}, indent=2))
-    return path
 
 
-def load_checkpoint(path: Path, transformer, optimizer) -> int:
-    from safetensors.torch import load_file
-
-    for name in (LORA_FILE, OPTIMIZER_FILE, STATE_FILE):
-        if not (path / name).is_file():
-            raise flow_dpo.PairStoreError(f"{path}: incomplete checkpoint ({name} missing)")
-    wan.load_lora_state_dict(transformer, load_file(str(path / LORA_FILE)))
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
-    return json.loads((path / STATE_FILE).read_text())["step"]
 
 
-def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -235,13 +184,13 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     accelerator = Accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     output_dir = Path(args.output_dir)
     metrics_path = output_dir / "metrics.jsonl"
     device = accelerator.device
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    prompts = read_prompts(args.prompts)
+    prompts = wan.read_prompts(args.prompts)
     generation = generation_config(args)
     pipe = wan.load_wan_pipeline(args.pipeline, device=device, dtype=dtype)
     reward_fn = make_reward(args.reward_model, think=not args.no_think, device=device, dtype=dtype)
@@ -271,20 +220,20 @@ def main(argv=None) -> int:
 
     start_step = 0
     if args.resume:
-        checkpoint = latest_checkpoint(output_dir)
+        checkpoint = wan.latest_checkpoint(output_dir)
         if checkpoint is None:
             raise flow_dpo.PairStoreError(f"--resume: no checkpoint-N directory in {output_dir}")
-        start_step = load_checkpoint(checkpoint, transformer, optimizer)
+        start_step = wan.load_checkpoint(checkpoint, transformer, optimizer)
         accelerator.print(f"resumed from {checkpoint} (step {start_step})")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        rows = read_metrics(metrics_path, start_step if args.resume else -1)
+        rows = wan.read_metrics(metrics_path, start_step if args.resume else -1)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
         if args.weight_checksums and not args.resume:
             shutil.rmtree(output_dir / "weight_checksums", ignore_errors=True)
     accelerator.wait_for_everyone()
-    logged_rounds = {r["round"] for r in read_metrics(metrics_path) if r["kind"] == "pairs"}
+    logged_rounds = {r["round"] for r in wan.read_metrics(metrics_path) if r["kind"] == "pairs"}
 
     def log(row: dict) -> None:
         if accelerator.is_main_process:
@@ -375,7 +324,7 @@ def main(argv=None) -> int:
             path = output_dir / "weight_checksums" / f"rank{rank}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
-                handle.write(json.dumps({"step": step + 1, "rank": rank, "sha256": lora_checksum(transformer)}) + "\n")
+                handle.write(json.dumps({"step": step + 1, "rank": rank, "sha256": wan.lora_checksum(transformer)}) + "\n")
         progress.update(1)
         progress.set_postfix(loss=f"{values[0]:.4f}", acc=f"{values[1]:.2f}")
         done = step + 1
@@ -385,13 +334,13 @@ def main(argv=None) -> int:
             if done == args.max_steps:
                 evaluate(done)
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, done, transformer, optimizer, args)
+                wan.save_checkpoint(output_dir, done, transformer, optimizer, args)
             accelerator.wait_for_everyone()
     progress.close()
 
     if accelerator.is_main_process:
         wan.save_lora_weights(transformer, output_dir)
-        rows = read_metrics(metrics_path)
+        rows = wan.read_metrics(metrics_path)
         plot_curves(rows, output_dir / "curves.png")
         evals = [r for r in rows if r["kind"] == "eval"]
         print(f"reward of fresh samples: {evals[0]['eval_reward']:.5f} (step {evals[0]['step']}) -> "

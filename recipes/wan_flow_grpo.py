@@ -28,7 +28,6 @@ longcat: 16 steps, time shift 12, CFG 4).
 """
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -40,12 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.checkpoint import atomic_directory
 from descore_plugin.integrations import grpo, wan
 
-LORA_FILE = "lora.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
 
 # Published presets used when the pipeline ships no generation_defaults.json (the real Wan-2.1 checkpoints).
 # flow_grpo: config/grpo.py::general_ocr_wan2_1 (240x416x33, 20 steps, CFG 4.5; flow shift: the pipeline's, 3.0).
@@ -133,19 +128,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_prompts(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: prompt file not found (one prompt per line)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise RecipeError(f"{path}, line {number}: empty prompt")
-    if not lines:
-        raise RecipeError(f"{path}: no prompts")
-    return [line.strip() for line in lines]
 
 
 def parse_reward_specs(args) -> list[tuple[str, float]]:
@@ -228,12 +210,6 @@ def grpo_config(args):
     return config_class(**{key: value for key, value in common.items() if value is not None})
 
 
-def lora_checksum(transformer) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(wan.lora_state_dict(transformer).items()):
-        digest.update(name.encode())
-        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def seed_of(*parts: int) -> int:
@@ -251,39 +227,12 @@ def step_prompts(prompts: list[str], count: int, seed: int, rank: int, step: int
     return chosen
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(output_dir: Path, step: int, transformer, optimizer, args) -> Path:
-    from safetensors.torch import save_file
-
-    path = output_dir / f"checkpoint-{step}"
-    with atomic_directory(path) as tmp:
-        state = {k: v.contiguous() for k, v in wan.lora_state_dict(transformer).items()}
-        save_file(state, str(tmp / LORA_FILE))
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "args": vars(args)}, indent=2))
-    return path
 
 
-def load_checkpoint(path: Path, transformer, optimizer) -> int:
-    from safetensors.torch import load_file
-
-    for name in (LORA_FILE, OPTIMIZER_FILE, STATE_FILE):
-        if not (path / name).is_file():
-            raise RecipeError(f"{path}: incomplete checkpoint ({name} missing)")
-    wan.load_lora_state_dict(transformer, load_file(str(path / LORA_FILE)))
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
-    return json.loads((path / STATE_FILE).read_text())["step"]
 
 
-def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
 def plot_curves(rows: list[dict], reward_names: list[str], path: Path) -> None:
@@ -325,7 +274,7 @@ def main(argv=None) -> int:
     device = accelerator.device
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    prompts = read_prompts(args.prompts)
+    prompts = wan.read_prompts(args.prompts)
     generation, shift = generation_config(args)
     config = grpo_config(args)
     preset = PRESETS[args.algorithm]
@@ -360,14 +309,14 @@ def main(argv=None) -> int:
 
     start_step = 0
     if args.resume:
-        checkpoint = latest_checkpoint(output_dir)
+        checkpoint = wan.latest_checkpoint(output_dir)
         if checkpoint is None:
             raise RecipeError(f"--resume: no checkpoint-N directory in {output_dir}")
-        start_step = load_checkpoint(checkpoint, transformer, optimizer)
+        start_step = wan.load_checkpoint(checkpoint, transformer, optimizer)
         accelerator.print(f"resumed from {checkpoint} (step {start_step})")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        rows = read_metrics(metrics_path, start_step if args.resume else -1)
+        rows = wan.read_metrics(metrics_path, start_step if args.resume else -1)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
         if args.weight_checksums and not args.resume:
@@ -431,7 +380,7 @@ def main(argv=None) -> int:
             path = output_dir / "weight_checksums" / f"rank{rank}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
-                handle.write(json.dumps({"step": step + 1, "rank": rank, "sha256": lora_checksum(transformer)}) + "\n")
+                handle.write(json.dumps({"step": step + 1, "rank": rank, "sha256": wan.lora_checksum(transformer)}) + "\n")
         progress.update(1)
         progress.set_postfix({name: f"{metrics[f'reward/{name}']:.4f}" for name in reward_names[:2]})
         done = step + 1
@@ -441,13 +390,13 @@ def main(argv=None) -> int:
             if done == args.max_steps:
                 evaluate(done)
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, done, transformer, optimizer, args)
+                wan.save_checkpoint(output_dir, done, transformer, optimizer, args)
             accelerator.wait_for_everyone()
     progress.close()
 
     if accelerator.is_main_process:
         wan.save_lora_weights(transformer, output_dir)
-        rows = read_metrics(metrics_path)
+        rows = wan.read_metrics(metrics_path)
         plot_curves(rows, reward_names, output_dir / "curves.png")
         evals = [r for r in rows if r["kind"] == "eval"]
         for name in reward_names:
