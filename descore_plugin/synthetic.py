@@ -346,13 +346,18 @@ _REASON = {
 
 
 def write_cot(clip: Clip) -> str:
-    """A short three-stage CoT (expectations, visual evidence, dimensional analysis) ending in the answer block.
+    """A short three-stage CoT (expectations, visual evidence with each dimension's verdict, answer block).
 
     Example (the prompt asks for red, the video shows green):
         Expect: a red square moving right on a dark background, steady camera, steady light.
-        Seen: a green square moving right, steady camera, dark background, steady light.
-        Analysis: subject 0 wrong colour; dynamics 2; camera 2; environment 2; style 2.
+        Seen: subject a green square, red square asked: 0 wrong colour; dynamics moving right: 2; camera steady
+        camera: 2; environment dark background: 2; style steady light: 2.
         <answer>{"dimensional_scores": {"subject": 0, ...}, "overall_score": 2.9}</answer>
+
+    Each verdict follows its evidence within a few tokens, and the subject's puts the colour seen next to the colour
+    asked: a 2-layer model learns to write the prompt-alignment verdict itself much sooner than when the verdicts
+    sit in a separate analysis line (measured on the tiny model: 0.72 against 0.49 on the wrong-colour pairs
+    after 1,500 steps, calibration in recipes/bench_learning.py).
     """
     scene = clip.scene
     motion = _MOTION_SEEN[clip.motion].format(d=scene.direction, o=OPPOSITE[scene.direction])
@@ -363,17 +368,24 @@ def write_cot(clip: Clip) -> str:
     light = {"steady": "steady light", "noise": "grainy noise", "flicker": "flickering light"}[clip.light]
     camera = {"steady": "steady camera", "slight shake": "slightly shaky camera", "shake": "shaky camera"}[clip.camera]
     scores = clip.scores
-    analysis = []
-    for name in DIMENSIONS:
+
+    def verdict(name: str) -> str:
         if name == "dynamics" and scores[name] == 0:
             reason = "erratic jumps" if clip.motion == "jump" else "wrong direction"
         else:
             reason = _REASON.get((name, scores[name]))
-        analysis.append(f"{name} {scores[name]}" + (f" {reason}" if reason else ""))
+        return f"{scores[name]}" + (f" {reason}" if reason else "")
+
+    evidence = [
+        f"subject a {clip.colour} {clip.shape}, {scene.colour} {scene.shape} asked: {verdict('subject')}",
+        f"dynamics {motion}: {verdict('dynamics')}",
+        f"camera {camera}: {verdict('camera')}",
+        f"environment {background}: {verdict('environment')}",
+        f"style {light}: {verdict('style')}",
+    ]
     return (
         f"Expect: {scene.prompt}, steady camera, steady light.\n"
-        f"Seen: a {clip.colour} {clip.shape} {motion}, {camera}, {background}, {light}.\n"
-        f"Analysis: {'; '.join(analysis)}.\n"
+        f"Seen: {'; '.join(evidence)}.\n"
         f"{format_answer(scores, clip.overall)}"
     )
 

@@ -125,15 +125,22 @@ def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, 
     return model.eval()
 
 
-def init_tiny(out_dir, backbone: str = "qwen2_5_vl", head: str = "scalar", seed: int = 0, **sizes):
+def init_tiny(
+    out_dir, backbone: str = "qwen2_5_vl", head: str = "scalar", seed: int = 0, prompt_template: str | None = None,
+    **sizes,
+):
     """Write a tiny DeScore model to `out_dir` and return it. Defaults fit the synthetic world: 8 frames of 56x56,
-    the compact judge prompt, CoTs of up to 256 new tokens."""
+    the compact judge prompt, CoTs of up to 256 new tokens.
+
+    prompt_template: the judge instruction (text with "{prompt}", or a path; None = templates/judge_compact.txt).
+        A model trained from random weights learns nothing from the instruction's words, and a shorter one makes the
+        prompt's own words a larger share of the context: tests/test_learning.py uses a one-line instruction."""
     from .model import BACKBONE_DIR, DeScoreConfig, DeScoreReward
 
     tokenizer = build_tokenizer()
     processor = build_processor(backbone, tokenizer)
     vlm = build_backbone(backbone, tokenizer, seed=seed, **sizes)
-    template = resources.files("descore_plugin").joinpath("templates/judge_compact.txt").read_text()
+    template = prompt_template or resources.files("descore_plugin").joinpath("templates/judge_compact.txt").read_text()
     config = DeScoreConfig(
         backbone=BACKBONE_DIR, head=head, prompt_template=template, fps=None, num_frames=8,
         max_pixels=56 * 56, min_pixels=28 * 28, max_new_tokens=256, repetition_penalty=1.0,

@@ -96,7 +96,8 @@ class TrainConfig:
     cot_mask_prob: float = 0.5
     """Probability that a PAIR loses both CoTs (official, hard-coded 0.5)."""
     lm_loss_weight: float = 0.0
-    """Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT)."""
+    """Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT; a tiny model
+    from random weights learnt to write the prompt-alignment verdict with 4 and not with 1, tests/test_learning.py)."""
 
     # --- distribution head (config.head == "distribution"; Z-Reward, arXiv 2606.09076, our reading) ---
     distribution_loss_weight: float = 1.0

@@ -1,28 +1,32 @@
 """Proof that DeScore training learns (issue 3, item 7): the tiny Qwen2.5-VL on the synthetic world, on this CPU.
 
 Full fine-tuning from random weights (--lora-rank 0 --train-embeddings all), AdamW lr 1e-3, 16 pairs a step, as the
-calibration probe (calibration.md). Three trainings, shared by the tests (module-scoped fixtures; ~4.2 min in all on
-an idle 2-core machine):
+calibration probe (calibration.md); the tiny model gets a one-line judge instruction (`init_tiny(prompt_template=)`)
+so that the prompt's words are a larger share of its context. Four trainings, shared by the tests:
 
-- `masked_cot`: stage 1, Bradley-Terry + next-token loss on the CoT, CoTs masked with p 0.5 (one coin a pair);
-- `baseline`: stage 1, every CoT masked (--cot-mask-prob 1.0): the discriminative reward model;
-- `stage2`: stage 2 from `masked_cot`, 30 steps of dual-objective RL.
+- `cot` (in this process): stage 1, Bradley-Terry + next-token loss on the annotator CoTs (weight 4), no masking;
+- `baseline` (a `recipes/train_rm.py` subprocess, at the same time): stage 1 with every CoT masked and no CoT loss,
+  the discriminative reward model, as many steps as `cot`;
+- `masked` (the same subprocess, after `baseline`): stage 1, CoTs masked with p 0.5 (one coin a pair) + CoT loss;
+- `stage2` (in this process): stage 2 from `cot`, 30 steps of dual-objective RL.
+
+A training step of this model is overhead-bound, so one thread runs it as fast as two (measured 4.3 and 4.5 steps a
+second): the two stage-1 trainings run side by side on one thread each, ~6 minutes in all on 2 cores.
 
 The world: one shape, direction and background, four colours, and pairs whose videos differ in exactly one
 dimension (the `slice`): subject (the wrong colour: prompt misalignment), dynamics, camera or style (visual defects).
-
-What this budget shows, and what it does not (each test's docstring gives the numbers measured over two seeds;
-`recipes/bench_learning.py` runs the long version):
-- the visual defects are learnt within a few hundred steps, by the head and in the model's own CoTs, which parse;
-- a CoT that states the misalignment (the annotator's) lets the head score the wrong-colour pairs, where the
-  discriminative baseline, trained as long, is at chance: the "score" half of think-then-score;
-- the model WRITING that CoT itself (copying the prompt's colour, seeing the shown one, comparing them) takes well
-  over a thousand steps with this trainer (measured: colour copied at ~600 steps, seen at ~1,000, the comparison
-  not yet at 1,500), more than this file can afford; so the wrong-colour slice of the model's own CoT is not
-  asserted, and the overall own-CoT accuracy is bounded by it (0.875 if that slice is at chance);
-- masked training keeps the no-CoT fast path: >= 0.80 held-out with think=False;
-- stage 2 raises the mean reward of sampled rollouts and keeps held-out accuracy.
+Its CoTs write each verdict right after its evidence (`synthetic.write_cot`). Measured on this world (seed 0, one
+thread, held-out 200 pairs): the CoT model scoring with its OWN CoT goes from 0.60 (wrong colour 0.47) at 400 steps
+to 0.99 (1.00) at 800 and 0.975 (0.94) at 1,200; the baseline is at 0.57 on the wrong colour at 800 steps, 0.63 at
+2,400. CoT loss weight 1 instead of 4 stayed below 0.6 up to 800 steps; masking p 0.5 with weight 4, 0.87 (0.47).
+`recipes/bench_learning.py` runs the long ablation.
 """
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,39 +40,57 @@ from descore_plugin.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.slow
 
+TRAIN_RM = Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py"
 WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
 DEFECTS = ("subject", "dynamics", "camera", "style")
 VISUAL = ("dynamics", "camera", "style")
-STAGE1_STEPS = 400  # the visual defects and parseable CoTs are in place by ~300 steps (two seeds)
+TEMPLATE = 'Judge the video against "{prompt}".\n'
+COT_STEPS = 1200  # the own-CoT colour verdict switches on at 400-800 steps for seed 0, 800-1200 for seed 1
+WARMUP_STEPS = 120  # learning-rate warm-up of every stage-1 run (the schedule is constant after it, as officially)
+MASKED_STEPS = 400  # the no-CoT path of the masked model has the visual defects by ~300 steps
+LM_LOSS_WEIGHT = 4.0
 STAGE2_STEPS = 30  # lr 1e-4, 4 pairs x 2 videos x 8 rollouts a step (lr >= 3e-4 drifts off; 4 rollouts: noise)
-MAX_NEW_TOKENS = 128  # the world's CoTs are ~110 tokens
+MAX_NEW_TOKENS = 160  # the world's CoTs are ~112 tokens
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
-    init_tiny(root / "init", seed=0)
+    init_tiny(root / "init", seed=0, prompt_template=TEMPLATE)
     train = write_dataset(root / "train", 600, seed=1, defects=DEFECTS, world=WORLD, progress=False)
     held_out = write_dataset(root / "eval", 200, seed=2, defects=DEFECTS, world=WORLD, progress=False)
     return {"root": root, "model": root / "init", "train": train, "eval": held_out}
 
 
-def stage1(world, name: str, cot_mask_prob: float, lm_loss_weight: float, eval_think: bool) -> tuple[Trainer, dict]:
-    """Train stage 1; returns the trainer and the held-out metrics of its final evaluation (`eval_think` picks
-    whether that evaluation scores with the model's own generated CoT or the no-CoT path)."""
-    config = TrainConfig(
+def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weight: float, eval_think: bool) -> dict:
+    return dict(
         model=str(world["model"]), train_data=str(world["train"]), eval_data=str(world["eval"]),
-        output_dir=str(world["root"] / name), stage=1, max_steps=STAGE1_STEPS, batch_size=16,
+        output_dir=str(world["root"] / name), stage=1, max_steps=steps, warmup_ratio=WARMUP_STEPS / steps, batch_size=16,
         gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, train_embeddings="all",
         cot_mask_prob=cot_mask_prob, lm_loss_weight=lm_loss_weight, eval_think=eval_think,
         eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
     )
-    trainer = Trainer(config)
-    return trainer, held_out(trainer.train())
 
 
-def held_out(logs: dict) -> dict:
-    return {key: value for key, value in logs.items() if key.startswith("eval_")}
+def command_line(args: dict) -> list:
+    """The train_rm.py command line of a TrainConfig's fields."""
+    argv = [sys.executable, str(TRAIN_RM)]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is None:
+            argv += [flag, "none"]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def final_eval(output_dir) -> dict:
+    """The held-out metrics of a finished run: the last record of its metrics.jsonl that has them."""
+    records = [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
+    last = [record for record in records if "eval_accuracy_with_ties" in record][-1]
+    return {key: value for key, value in last.items() if key.startswith("eval_")}
 
 
 def evaluate(trainer: Trainer, think: bool) -> dict:
@@ -112,33 +134,45 @@ def mean_rollout_reward(trainer: Trainer, rollouts: int = 4, seed: int = 0) -> f
 
 
 @pytest.fixture(scope="module")
-def masked_cot(world):
-    trainer, own_cot = stage1(world, "masked_cot", cot_mask_prob=0.5, lm_loss_weight=1.0, eval_think=True)
-    return {
-        "own_cot": own_cot,
-        "no_cot": evaluate(trainer, think=False),
-        "annotator_cot": annotator_cot_accuracy(trainer),
-        "rollout_reward": mean_rollout_reward(trainer),
-    }
+def trainings(world):
+    """`baseline` then `masked` in a train_rm.py subprocess, `cot` here meanwhile; one thread each."""
+    baseline_args = stage1_args(world, "baseline", COT_STEPS, cot_mask_prob=1.0, lm_loss_weight=0.0, eval_think=False)
+    masked_args = stage1_args(world, "masked", MASKED_STEPS, 0.5, LM_LOSS_WEIGHT, eval_think=False)
+    script = " && ".join(subprocess.list2cmdline(command_line(args)) for args in (baseline_args, masked_args))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    log = open(world["root"] / "subprocess.log", "w")
+    process = subprocess.Popen(script, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(TrainConfig(**stage1_args(world, "cot", COT_STEPS, 0.0, LM_LOSS_WEIGHT, eval_think=True)))
+        own_cot = {key: value for key, value in trainer.train().items() if key.startswith("eval_")}
+        cot = {
+            "trainer": trainer,
+            "own_cot": own_cot,
+            "annotator_cot": annotator_cot_accuracy(trainer),
+            "rollout_reward": mean_rollout_reward(trainer),
+        }
+    finally:
+        torch.set_num_threads(threads)
+        returncode = process.wait()
+        log.close()
+    assert returncode == 0, (world["root"] / "subprocess.log").read_text()[-3000:]
+    return {"cot": cot, "baseline": final_eval(baseline_args["output_dir"]), "masked": final_eval(masked_args["output_dir"])}
 
 
 @pytest.fixture(scope="module")
-def baseline(world):
-    _, no_cot = stage1(world, "no_cot", cot_mask_prob=1.0, lm_loss_weight=0.0, eval_think=False)
-    return {"no_cot": no_cot}
-
-
-@pytest.fixture(scope="module")
-def stage2(world, masked_cot):
+def stage2(world, trainings):
     config = TrainConfig(
-        model=str(world["root"] / "masked_cot"), train_data=str(world["train"]), eval_data=str(world["eval"]),
+        model=str(world["root"] / "cot"), train_data=str(world["train"]), eval_data=str(world["eval"]),
         output_dir=str(world["root"] / "stage2"), stage=2, max_steps=STAGE2_STEPS, batch_size=4,
         gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
         max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
     )
     trainer = Trainer(config)
     logs = trainer.train()  # ends with the held-out evaluation, scored with the model's own CoT
-    return {"own_cot": held_out(logs), "rollout_reward": mean_rollout_reward(trainer), "kl": logs["kl"]}
+    held_out = {key: value for key, value in logs.items() if key.startswith("eval_")}
+    return {"own_cot": held_out, "rollout_reward": mean_rollout_reward(trainer), "kl": logs["kl"]}
 
 
 def visual_accuracy(held_out: dict) -> float:
@@ -146,46 +180,42 @@ def visual_accuracy(held_out: dict) -> float:
     return min(held_out[f"eval_accuracy_{name}"] for name in VISUAL)
 
 
-def test_own_cot_parses_and_scores_the_visual_defects(masked_cot):
-    """(a), as far as this budget reaches: scoring with its OWN generated CoT, the model gets the visual-defect
-    pairs right and its CoTs parse. Measured at 400 steps over two seeds: parse rate 1.00 / 0.88, visual slices
-    >= 0.96, overall 0.85 / 0.86 (the wrong-colour slice, at chance, needs a longer run: module docstring)."""
-    own = masked_cot["own_cot"]
-    assert own["eval_cot_parse_rate"] >= 0.8, own
-    assert visual_accuracy(own) >= 0.9, own
-    assert own["eval_accuracy_without_ties"] >= 0.8, own
+def test_own_cot_reaches_095_and_parses(trainings):
+    """(a): stage 1 with the CoT next-token loss, scored with the model's OWN generated CoT: >= 0.95 held-out
+    accuracy without ties, every slice (the wrong colour included) >= 0.85, and its CoTs parse."""
+    own = trainings["cot"]["own_cot"]
+    assert own["eval_accuracy_without_ties"] >= 0.95, own
+    assert own["eval_accuracy_subject"] >= 0.85 and visual_accuracy(own) >= 0.85, own
+    assert own["eval_cot_parse_rate"] >= 0.9, own
 
 
-def test_annotator_cot_beats_the_discriminative_baseline_on_prompt_alignment(masked_cot, baseline):
-    """(b), the scoring half: with a CoT that states the wrong colour, the head ranks the misaligned video lower;
-    the discriminative baseline, trained as many steps (400) on the same pairs, cannot tell yet. Measured over two
-    seeds: 1.00 against 0.49 / 0.47 on the wrong-colour pairs. (In this simple world the baseline does learn the
-    colour binding later: 0.91 at 1,500 steps in recipes/bench_learning.py.)"""
-    with_cot = masked_cot["annotator_cot"]["subject"]
-    without = baseline["no_cot"]["eval_accuracy_subject"]
-    assert with_cot >= 0.95, masked_cot["annotator_cot"]
-    assert with_cot - without >= 0.20, (with_cot, baseline["no_cot"])
-    assert visual_accuracy(baseline["no_cot"]) >= 0.8, baseline["no_cot"]  # the baseline learnt what it can
+def test_think_then_score_beats_the_discriminative_baseline_on_prompt_alignment(trainings):
+    """(b): on the pairs whose only defect is the wrong colour, the model that writes its own CoT beats the
+    discriminative baseline, trained as many steps on the same pairs, by at least 20 points; the baseline did
+    learn the visual defects (so it is a fair baseline), and the head reads an annotator's CoT right too."""
+    own, baseline = trainings["cot"]["own_cot"], trainings["baseline"]
+    assert own["eval_accuracy_subject"] - baseline["eval_accuracy_subject"] >= 0.20, (own, baseline)
+    assert visual_accuracy(baseline) >= 0.9, baseline
+    assert trainings["cot"]["annotator_cot"]["subject"] >= 0.95, trainings["cot"]["annotator_cot"]
 
 
-def test_masked_training_keeps_the_no_cot_path(masked_cot):
-    """(c): trained with random CoT masking (p 0.5) and CoT supervision, the no-CoT fast path scores >= 0.80 held
-    out (measured 0.86 / 0.86 over two seeds, visual slices >= 0.98). NB a colour-blind model scores up to 0.875 on
-    this world (three of four slices are visual), which is why (b) asserts the wrong-colour slice on its own."""
-    no_cot = masked_cot["no_cot"]
-    assert no_cot["eval_accuracy_without_ties"] >= 0.80, no_cot
-    assert visual_accuracy(no_cot) >= 0.9, no_cot
+def test_masked_training_keeps_the_no_cot_path(trainings):
+    """(c): trained with random CoT masking (p 0.5) and the CoT loss, the no-CoT fast path (think=False) scores
+    >= 0.80 held out, with every visual slice >= 0.9. NB a colour-blind model scores up to 0.875 on this world
+    (three of four slices are visual), which is why (b) asserts the wrong-colour slice on its own."""
+    masked = trainings["masked"]
+    assert masked["eval_accuracy_without_ties"] >= 0.80, masked
+    assert visual_accuracy(masked) >= 0.9, masked
 
 
-def test_stage2_raises_rollout_reward_and_keeps_accuracy(masked_cot, stage2):
+def test_stage2_raises_rollout_reward_and_keeps_accuracy(trainings, stage2):
     """(d): 30 steps of stage 2 raise the mean rule-based reward of rollouts sampled at temperature 1 on held-out
     videos (same videos, same sampling seed, before and after) and keep held-out accuracy with the model's own CoT
-    within 2 points or above. Measured over two seeds: reward 0.415 -> 0.446 and 0.399 -> 0.464, accuracy +0.5 and
-    +1.5 points. With 4 rollouts a video instead of 8 the reward change was within the noise (+0.042 / -0.021)."""
+    within 2 points or above."""
+    cot = trainings["cot"]
     assert stage2["kl"] > 0, stage2  # the policy moved away from the reference
-    before, after = masked_cot["rollout_reward"], stage2["rollout_reward"]
-    assert after > before, (before, after)
-    accuracy_before = masked_cot["own_cot"]["eval_accuracy_without_ties"]
-    accuracy_after = stage2["own_cot"]["eval_accuracy_without_ties"]
-    assert accuracy_after >= accuracy_before - 0.02, (masked_cot["own_cot"], stage2["own_cot"])
+    assert stage2["rollout_reward"] > cot["rollout_reward"], (cot["rollout_reward"], stage2["rollout_reward"])
+    before = cot["own_cot"]["eval_accuracy_without_ties"]
+    after = stage2["own_cot"]["eval_accuracy_without_ties"]
+    assert after >= before - 0.02, (cot["own_cot"], stage2["own_cot"])
     assert stage2["own_cot"]["eval_cot_parse_rate"] >= 0.8, stage2["own_cot"]

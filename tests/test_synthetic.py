@@ -187,10 +187,12 @@ def test_subject_defects():
 def test_cot_states_what_is_seen_and_its_answer_parses_to_the_truth():
     clip = clip_with(8, subject=0)
     cot = write_cot(clip)
-    expectation, evidence, analysis, answer = cot.split("\n")
+    expectation, evidence, answer = cot.split("\n")
     assert expectation == "Expect: a red square moving right on a dark background, steady camera, steady light."
-    assert evidence == f"Seen: a {clip.colour} square moving right, steady camera, dark background, steady light."
-    assert analysis == "Analysis: subject 0 wrong colour; dynamics 2; camera 2; environment 2; style 2."
+    assert evidence == (
+        f"Seen: subject a {clip.colour} square, red square asked: 0 wrong colour; dynamics moving right: 2; "
+        "camera steady camera: 2; environment dark background: 2; style steady light: 2."
+    )
     assert answer == (
         '<answer>{"dimensional_scores": {"subject": 0, "dynamics": 2, "camera": 2, "environment": 2, "style": 2}, '
         '"overall_score": 2.9}</answer>'
