@@ -1,7 +1,7 @@
 """The `descore` command.
 
     descore score VIDEO... --prompt TEXT [--model DIR_OR_ID] [--no-think] [--json]
-    descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution]
+    descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
 """
@@ -33,6 +33,8 @@ def main(argv=None):
     tiny.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
     tiny.add_argument("--head", choices=["scalar", "distribution"], default="scalar")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--prompt-template", default=None,
+                      help="judge instruction, text with {prompt} or a file (default: the package's compact one)")
 
     wan = commands.add_parser("init-tiny-wan", help="write a tiny random Wan-2.1 pipeline (tests, demo)")
     wan.add_argument("out_dir")
@@ -50,7 +52,8 @@ def main(argv=None):
         if args.command == "init-tiny":
             from .tiny import init_tiny
 
-            init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed)
+            init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
+                      prompt_template=args.prompt_template)
             print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
         elif args.command == "init-tiny-wan":
             from .integrations.wan import write_tiny_wan

@@ -208,8 +208,9 @@ def test_cli_init_tiny_and_score_json(tmp_path):
     write_video(tmp_path / "a.mp4", clip, fps=8)
     write_video(tmp_path / "b.mp4", clip.flip(0), fps=8)
     run = lambda *args: subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
-    made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl")
+    made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl", "--prompt-template", 'Judge "{prompt}".')
     assert made.returncode == 0, made.stderr
+    assert json.loads((tmp_path / "m" / "descore_config.json").read_text())["prompt_template"] == 'Judge "{prompt}".'
     scored = run("score", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "--prompt", "a red square",
                  "--model", str(tmp_path / "m"), "--json", "--max-new-tokens", "5")
     assert scored.returncode == 0, scored.stderr
