@@ -35,6 +35,7 @@ on its training batches went 0.70 -> 0.74 (mean of the first and last 10 of 30 s
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +150,7 @@ def trainings(world):
     """`baseline` then `masked` in a train_rm.py subprocess, `cot` here meanwhile; one thread each."""
     baseline_args = stage1_args(world, "baseline", COT_STEPS, cot_mask_prob=1.0, lm_loss_weight=0.0, eval_think=False)
     masked_args = stage1_args(world, "masked", MASKED_STEPS, 0.5, LM_LOSS_WEIGHT, eval_think=False)
-    script = " && ".join(subprocess.list2cmdline(command_line(args)) for args in (baseline_args, masked_args))
+    script = " && ".join(shlex.join(command_line(args)) for args in (baseline_args, masked_args))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     log = open(world["root"] / "subprocess.log", "w")
     process = subprocess.Popen(script, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT)
