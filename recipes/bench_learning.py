@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descore_plugin.losses import rollout_reward
-from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties
+from descore_plugin.evaluation import annotator_cot_accuracy, mean_rollout_reward
 from descore_plugin.synthetic import WorldConfig, write_dataset
 from descore_plugin.tiny import init_tiny
 from descore_plugin.trainer import TrainConfig, Trainer
@@ -123,49 +122,13 @@ def stage2_config(args, paths: dict, start: Path, out: Path, seed: int) -> Train
     )
 
 
-@torch.no_grad()
-def mean_rollout_reward(trainer: Trainer, num_rollouts: int, max_new_tokens: int, seed: int = 0) -> float:
-    """Mean rule-based reward (losses.rollout_reward against the per-dimension truth) of `num_rollouts` CoTs
-    sampled at temperature 1 for every held-out video, as stage 2 samples them."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.eval()
-    items = {}
-    for pair in trainer.eval_pairs:
-        items[(pair.video_a, pair.prompt)] = pair.scores_a
-        items[(pair.video_b, pair.prompt)] = pair.scores_b
-    keys = sorted(items)
-    torch.manual_seed(seed)
-    rewards = []
-    for start in range(0, len(keys), 16):
-        chunk = keys[start:start + 16]
-        rows = [key for key in chunk for _ in range(num_rollouts)]
-        batch = model.encode_prompts([trainer.videos(path) for path, _ in rows], [prompt for _, prompt in rows])
-        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        cots = model.sample_cots(batch, max_new_tokens, temperature=1.0)["cot_ids"]
-        texts = model.tokenizer.batch_decode(cots, skip_special_tokens=True)
-        rewards += [rollout_reward(text, items[key])["reward"] for text, key in zip(texts, rows)]
-    model.train()
-    return float(np.mean(rewards))
+def unwrap(trainer: Trainer):
+    return trainer.accelerator.unwrap_model(trainer.model)
 
 
-@torch.no_grad()
-def annotator_cot_accuracy(trainer: Trainer) -> dict:
-    """Held-out accuracy (without and with ties, per slice) when the head reads the annotator's CoT (teacher
-    forcing): what the model would score if it wrote that CoT itself."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.eval()
-    pairs = trainer.eval_pairs
-    videos = [trainer.videos(p.video_a) for p in pairs] + [trainer.videos(p.video_b) for p in pairs]
-    cots = [p.cot_a for p in pairs] + [p.cot_b for p in pairs]
-    rewards = model.score(videos, [p.prompt for p in pairs] * 2, cots=cots, batch_size=16).rewards
-    model.train()
-    n = len(pairs)
-    margins, labels = (rewards[:n] - rewards[n:]).numpy(), [p.label for p in pairs]
-    out = {"accuracy_with_ties": accuracy_with_ties(margins, labels)}
-    slices = accuracy_by_slice(margins, labels, [p.slice or "none" for p in pairs])
-    out["accuracy_without_ties"] = slices.pop("all")
-    out.update({f"accuracy_{name}": value for name, value in slices.items()})
-    return out
+def rollout_reward_of(trainer: Trainer, args, seed: int) -> float:
+    return mean_rollout_reward(unwrap(trainer), trainer.eval_pairs, trainer.videos, rollouts=args.reward_rollouts,
+                               max_new_tokens=args.max_new_tokens, seed=seed)
 
 
 def evaluate(trainer: Trainer, think: bool) -> dict:
@@ -186,8 +149,8 @@ def run_seed(args, seed: int) -> dict:
         rows = {"no_cot": evaluate(trainer, think=False)}
         if run != "no_cot":
             rows["own_cot"] = evaluate(trainer, think=True)
-            rows["own_cot"]["rollout_reward"] = mean_rollout_reward(trainer, args.reward_rollouts, args.max_new_tokens, seed)
-            rows["annotator_cot"] = annotator_cot_accuracy(trainer)
+            rows["own_cot"]["rollout_reward"] = rollout_reward_of(trainer, args, seed)
+            rows["annotator_cot"] = annotator_cot_accuracy(unwrap(trainer), trainer.eval_pairs, trainer.videos)
         results[run] = {"seconds": seconds, "metrics": str(out / "metrics.jsonl"), "scored": rows}
         print(f"seed {seed} {run}: {seconds:.0f} s, " + json.dumps(rows), flush=True)
     if "stage2" in args.runs and "cot" in results:
@@ -197,7 +160,7 @@ def run_seed(args, seed: int) -> dict:
         trainer.train()
         seconds = time.perf_counter() - start
         rows = {"own_cot": evaluate(trainer, think=True)}
-        rows["own_cot"]["rollout_reward"] = mean_rollout_reward(trainer, args.reward_rollouts, args.max_new_tokens, seed)
+        rows["own_cot"]["rollout_reward"] = rollout_reward_of(trainer, args, seed)
         results["stage2"] = {"seconds": seconds, "metrics": str(out / "metrics.jsonl"), "scored": rows}
         print(f"seed {seed} stage2: {seconds:.0f} s, " + json.dumps(rows), flush=True)
     return results
