@@ -1,102 +1,80 @@
-"""DeScore as a reward function for the post-training loops people already run.
+"""DeScore in the post-training frameworks people already run: thin wrappers over `descore_plugin.rewards`.
 
-Flow-GRPO (yifan123/flow_grpo) builds rewards from factories `f(device)` and calls the result as
-`fn(images, prompts, metadata) -> (scores, info)`; for Wan, `images` is the (B, F, C, H, W) float tensor in [0, 1]
-that the pipeline decodes. Register DeScore in its reward dict and it is called on those tensors directly (no mp4
-round trip):
+Each adapter calls a reward of the contract `reward(videos, prompts) -> {name: (B,) scores}` (NaN = no score) and
+reshapes its answer into what its framework expects:
 
-    from descore_plugin.integrations.flow_grpo import descore_reward
-    reward_fn = descore_reward("cuda", model="path/or/hub-id", think=True)
-    scores, info = reward_fn(videos, prompts, metadata)   # info: CoTs, per-dimension scores, overall scores
+- Flow-GRPO (yifan123/flow_grpo): a factory `descore_reward(device, ...)` returns `fn(images, prompts, metadata)
+  -> (scores, info)`; for Wan `images` is the decoded (B, F, C, H, W) float tensor in [0, 1] (no mp4 round trip).
+- DanceGRPO-style loops write mp4 files and call `reward(video_paths, prompts) -> list[float]`.
+- TRL's GRPOTrainer calls `reward_func(prompts, completions, **dataset_columns) -> list[float | None]`.
 
-DanceGRPO-style loops write mp4 files and call a path-based scorer; TRL's GRPOTrainer calls reward functions with
-prompts, completions and dataset columns. Both adapters are below; all three are thin functions over
-`DeScoreReward.score`.
+`model` is a checkpoint directory, hub id or `http(s)://host:port` of a `descore serve` server (default:
+$DESCORE_MODEL), or a loaded DeScoreReward / RemoteReward.
 """
 
 import os
 
 import numpy as np
-import torch
 
-from descore_plugin.model import DeScoreReward
+from descore_plugin import rewards
 
 
-def _load(model, device, dtype) -> DeScoreReward:
-    if isinstance(model, DeScoreReward):
-        return model
-    model = model or os.environ.get("DESCORE_MODEL")
+def _reward(model, device, dtype, think: bool, batch_size: int, **score_kwargs) -> rewards.DeScoreRewardFunction:
+    model = model if model is not None else os.environ.get("DESCORE_MODEL")
     if not model:
-        raise ValueError("descore_reward: no model: pass model='DIR_OR_ID' or set the DESCORE_MODEL environment variable")
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DeScoreReward.from_pretrained(model, device=device, dtype=dtype)
+        raise ValueError("no DeScore model: pass model='DIR_OR_ID_OR_URL' or set the DESCORE_MODEL environment variable")
+    return rewards.descore_reward(model, think=think, batch_size=batch_size, device=device, dtype=dtype,
+                                  **score_kwargs)
 
 
-def descore_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, dimension: str | None = None,
+def descore_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore",
                    **score_kwargs):
-    """Flow-GRPO reward factory. Returns `fn(images, prompts, metadata) -> (scores, info)`.
+    """Flow-GRPO reward factory: `fn(images, prompts, metadata) -> (scores (B,) float32 numpy, info)`.
 
-    model: a checkpoint directory or hub id (default: $DESCORE_MODEL), or a loaded DeScoreReward.
-    think: generate the CoT first (True, the paper) or use the no-CoT fast path.
-    dimension: return one parsed CoT dimension ("subject", "dynamics", ...) as the score instead of the head's
-        reward (LongCat combines rewards per dimension); a CoT whose answer does not parse raises, naming the row.
+    name: which named score is the reward ("descore", "descore:overall", "descore:<dimension>"; see
+        `descore_plugin.rewards`); NaN where the judge's answer did not parse. info: every named score (numpy) and
+        the CoTs (`info["cots"]`) and parse errors.
     """
-    reward_model = _load(model, device, dtype)
+    if name not in rewards.DESCORE_NAMES:
+        raise ValueError(f"name={name!r}: choose one of {', '.join(rewards.DESCORE_NAMES)}")
+    reward = _reward(model, device, dtype, think, batch_size, **score_kwargs)
 
     def fn(images, prompts, metadata=None):
-        out = reward_model.score(images, list(prompts), think=think, batch_size=batch_size, **score_kwargs)
-        info = {"cots": out.cots, "dimensional_scores": out.dimensional_scores, "overall_scores": out.overall_scores,
-                "parse_errors": out.parse_errors, "descore": out.rewards.numpy()}
-        if out.uncertainty is not None:
-            info["uncertainty"] = out.uncertainty.numpy()
-        if dimension is None:
-            return out.rewards.numpy(), info
-        return np.array(dimension_scores(out, dimension), dtype=np.float32), info
+        scores = reward(images, list(prompts))
+        info = {key: value.numpy() for key, value in scores.items()}
+        info["cots"], info["parse_errors"] = reward.last_output.cots, reward.last_output.parse_errors
+        return scores[name].numpy(), info
 
     return fn
 
 
-def dimension_scores(out, dimension: str) -> list[float]:
-    """One parsed dimension per video from a RewardOutput ("N/A" counts as 2: nothing asked, nothing failed)."""
-    if out.dimensional_scores is None:
-        raise ValueError(f"dimension {dimension!r} needs CoTs: score with think=True")
-    values = []
-    for row, (scores, error) in enumerate(zip(out.dimensional_scores, out.parse_errors)):
-        if scores is None:
-            raise ValueError(f"videos[{row}]: the CoT's answer did not parse ({error}); no {dimension!r} score")
-        value = scores[dimension]
-        values.append(2.0 if value == "N/A" else float(value))
-    return values
-
-
 class DanceGRPOReward:
-    """Path-based scorer for DanceGRPO-style code, which writes mp4 files and calls `reward(video_paths, prompts)`."""
+    """Path-based scorer for DanceGRPO-style code: `reward(video_paths, prompts) -> list[float]` (NaN = no score)."""
 
-    def __init__(self, model=None, device="cpu", think: bool = True, batch_size: int = 8, dtype=None, **score_kwargs):
-        self.model = _load(model, device, dtype)
-        self.think, self.batch_size, self.score_kwargs = think, batch_size, score_kwargs
+    def __init__(self, model=None, device="cpu", think: bool = True, batch_size: int = 8, dtype=None,
+                 name: str = "descore", **score_kwargs):
+        self.reward = _reward(model, device, dtype, think, batch_size, **score_kwargs)
+        self.name = name
 
     def __call__(self, video_paths, prompts) -> list[float]:
-        out = self.model.score(list(video_paths), list(prompts), think=self.think, batch_size=self.batch_size,
-                               **self.score_kwargs)
-        return out.rewards.tolist()
+        return self.reward([str(p) for p in video_paths], list(prompts))[self.name].tolist()
 
 
-def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dtype=None):
-    """A TRL GRPOTrainer reward function: `fn(prompts, completions, **columns) -> list[float]`.
+def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dtype=None, name: str = "descore"):
+    """A TRL GRPOTrainer reward function: `fn(prompts, completions, **columns) -> list[float | None]`.
 
     TRL's GRPO trains a text policy; here the policy is the judge itself: each completion is a CoT about the video in
-    the dataset column `video_column`, and the reward is DeScore's head score with that CoT (teacher forcing).
-    Conversational completions ([{"role": "assistant", "content": ...}]) are accepted too."""
-    reward_model = _load(model, device, dtype)
+    the dataset column `video_column`, scored with that CoT (teacher forcing). Conversational prompts and
+    completions ([{"role": ..., "content": ...}]) are accepted. A NaN score becomes None (TRL's "no reward").
+    """
+    reward = _reward(model, device, dtype, True, 8)
 
-    def descore_cot_reward(prompts, completions, **columns) -> list[float]:
+    def descore_cot_reward(prompts, completions, **columns) -> list[float | None]:
         if video_column not in columns:
             raise ValueError(f"trl_descore_reward: the dataset has no {video_column!r} column (got {sorted(columns)})")
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         plain = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        return reward_model.score(list(columns[video_column]), plain, cots=texts).rewards.tolist()
+        scores = reward(list(columns[video_column]), plain, cots=texts)[name]
+        return [None if np.isnan(s) else float(s) for s in scores.tolist()]
 
     return descore_cot_reward
