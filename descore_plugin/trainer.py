@@ -13,6 +13,7 @@ functions of (seed, step), and checkpoints hold the trainable weights, optimizer
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -32,7 +33,7 @@ from .data import DataError, load_pairs
 from .evaluation import evaluate_pairs
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages, grpo_token_loss,
                      pointwise_distribution_loss, rollout_reward, score_gap_loss)
-from .model import DeScoreReward
+from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
 from .video import load_video
 
@@ -80,8 +81,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
 
     # --- what trains ---
-    lora_rank: int = 64
-    """0 = full fine-tuning of the language model (and of the vision tower if train_vision)."""
+    lora_rank: int | None = None
+    """None: the stage's official choice. Stage 1: 64 (a LoRA on every LLM linear). Stage 2: 0, i.e. every LLM
+    weight trains against a frozen reference copy (official; twice the model memory). > 0 in stage 2 is our
+    memory-saving option: the stage-1 model (its adapter merged) is the reference, reached by switching the new
+    adapter off. 0 in stage 1: full fine-tuning. A starting checkpoint's own adapter is always merged first."""
     lora_alpha: int = 128
     lora_dropout: float = 0.05
     train_vision: bool | None = None
@@ -155,6 +159,8 @@ class TrainConfig:
             self.learning_rate = 2e-6 if stage1 else 1e-6
         if self.weight_decay is None:
             self.weight_decay = 0.0 if stage1 else 1e-2
+        if self.lora_rank is None:
+            self.lora_rank = 64 if stage1 else 0
         if self.train_vision is None:
             self.train_vision = stage1
         if self.loss not in ("bt", "bt_ties"):
@@ -201,15 +207,15 @@ class Trainer:
         self.eval_pairs = self._load(config.eval_data, stage2=False) if config.eval_data else None
 
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
-        model = DeScoreReward.from_pretrained(config.model)
+        model = merge_adapter(DeScoreReward.from_pretrained(config.model))
         self.videos = VideoCache(model.config.fps, model.config.num_frames)
+        self.reference = None
+        if config.stage == 2 and config.lora_rank == 0 and config.kl_coef > 0:
+            # Full fine-tuning has no adapter to switch off: the KL reference is a frozen copy of the start model.
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self._set_trainable(model)
         if config.gradient_checkpointing:
             model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.reference = None
-        if config.stage == 2 and config.lora_rank == 0 and config.kl_coef > 0:
-            # Without an adapter to disable, the KL reference must be a frozen copy (documented memory cost).
-            self.reference = DeScoreReward.from_pretrained(config.model).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(self._param_groups(model), weight_decay=config.weight_decay)
         warmup = max(1, int(config.warmup_ratio * config.max_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -585,6 +591,20 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+def merge_adapter(model: DeScoreReward) -> DeScoreReward:
+    """Fold a loaded LoRA adapter (and its trained `<Reward>` row) into the backbone weights, so that training
+    starts from one plain model: a new adapter or full fine-tuning sits on top of it, and "adapter off" or a frozen
+    copy is exactly this model. The merged weights exist nowhere else, so the model's backbone now lives in its
+    own `backbone/` folder when saved."""
+    from peft import PeftModel
+
+    if isinstance(model.backbone, PeftModel):
+        model.backbone = model.backbone.merge_and_unload()
+        model.config.lora_rank = 0
+        model.config.backbone = BACKBONE_DIR
+    return model
+
+
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
