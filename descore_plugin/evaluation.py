@@ -38,13 +38,32 @@ def _video_key(path: str, prompt: str) -> tuple[str, str]:
     return os.path.realpath(path), prompt
 
 
-def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load) -> dict:
+def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
+    """Decoded videos of `keys`, `batch_size` at a time: through `load` when given, else streamed by the loader of
+    descore_plugin.dataset (decoding in `num_workers` processes ahead of the model; a failure names the file)."""
+    if load is not None:
+        for start in range(0, len(keys), batch_size):
+            yield [load(path) for path, _ in keys[start : start + batch_size]]
+        return
+    from descore_plugin.dataset import stream_videos
+
+    for items in stream_videos([path for path, _ in keys], fps=model.config.fps, num_frames=model.config.num_frames,
+                               chunk_size=batch_size, num_workers=num_workers):
+        failed = [item.error for item in items if item.error]
+        if failed:
+            raise ValueError(failed[0])
+        yield [item.video for item in items]
+
+
+def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load,
+                         num_workers: int = 0) -> dict:
     """{(real path, prompt): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
     scored = {}
     with tqdm(total=len(keys), desc="scoring videos", unit="video", disable=not progress) as bar:
-        for start in range(0, len(keys), batch_size):
+        chunks = _video_chunks(model, keys, batch_size, load, num_workers)
+        for start, videos in zip(range(0, len(keys), batch_size), chunks):
             chunk = keys[start : start + batch_size]
-            out = model.score([load(path) for path, _ in chunk], [prompt for _, prompt in chunk], think=think,
+            out = model.score(videos, [prompt for _, prompt in chunk], think=think,
                               batch_size=batch_size, max_new_tokens=max_new_tokens)
             cots = out.cots if out.cots is not None else [None] * len(chunk)
             for key, reward, cot in zip(chunk, out.rewards.tolist(), cots):
@@ -54,12 +73,13 @@ def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_ne
 
 
 def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                   progress: bool = True, load=None) -> dict:
+                   progress: bool = True, load=None, num_workers: int = 0) -> dict:
     """Score every unique video of `pairs` once with `model` (a DeScoreReward) and compute preference accuracy.
 
     think: score with the model's own generated CoT (think, then score); False = the masked-CoT fast path.
     max_new_tokens: CoT length limit (None: the model's `config.max_new_tokens`).
-    load: maps a video path to what `model.score` takes (the trainer passes its cache of decoded videos).
+    load: maps a video path to what `model.score` takes; None (default): videos stream through the loader of
+        descore_plugin.dataset, decoded in `num_workers` worker processes (0: in this process).
 
     Returns a dict with:
         accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), num_pairs (pairs scored,
@@ -77,7 +97,7 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        scored = _score_unique_videos(model, keys, think, batch_size, max_new_tokens, progress, load or (lambda path: path))
+        scored = _score_unique_videos(model, keys, think, batch_size, max_new_tokens, progress, load, num_workers)
     finally:
         model.train(was_training)
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from .checkpoint import atomic_directory
 from .prompt import build_instruction, load_template, parse_answer
-from .video import Video, load_videos
+from .video import Video, load_video, split_videos
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 CONFIG_NAME = "descore_config.json"
@@ -382,7 +382,7 @@ class DeScoreReward(nn.Module):
         cots: score with these CoTs instead of generating (teacher forcing); `think` is then irrelevant.
         generation: passed to `generate` (do_sample=True, temperature, top_p, ...). `seed` makes sampling repeatable.
         """
-        video_list = load_videos(videos, fps=self.config.fps, num_frames=self.config.num_frames)
+        video_list = split_videos(videos)  # decoded chunk by chunk in _score: memory holds one chunk of frames
         prompts = [prompts] * len(video_list) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(video_list):
             raise ValueError(f"got {len(video_list)} videos but {len(prompts)} prompts: pass one prompt per video")
@@ -398,7 +398,9 @@ class DeScoreReward(nn.Module):
         parts, texts = [], []
         for start in range(0, len(video_list), batch_size):
             chunk = slice(start, start + batch_size)
-            batch = _to_device(self.encode_prompts(video_list[chunk], prompts[chunk]), self.device)
+            decoded = [load_video(source, name=f"videos[{start + i}]", fps=self.config.fps, num_frames=self.config.num_frames)
+                       for i, source in enumerate(video_list[chunk])]
+            batch = _to_device(self.encode_prompts(decoded, prompts[chunk]), self.device)
             if cots is None and think:
                 result = self.generate_and_score(batch, max_new_tokens, **generation)
                 texts += self.tokenizer.batch_decode(result.pop("cot_ids"), skip_special_tokens=True)

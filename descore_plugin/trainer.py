@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_directory
 from .data import DataError, load_pairs
+from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
 from .evaluation import evaluate_pairs
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages, grpo_token_loss,
                      pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
-from .video import load_video
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
 
@@ -135,6 +135,16 @@ class TrainConfig:
     length_thresholds: tuple = (500, 1000, 1500, 2000)
     """Character counts of the length steps (official)."""
 
+    # --- input pipeline (descore_plugin/dataset.py) ---
+    num_workers: int = 2
+    """DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the training
+    step (0: all of it in the training process). Our default."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead of the step."""
+    video_cache_bytes: int = 0
+    """Keep up to this many bytes of decoded, sampled frames per process, least recently used dropped first
+    (0: decode every time; the default). Each worker holds its own cache."""
+
     # --- evaluation, checkpoints, logging ---
     eval_steps: int = 0
     """Evaluate every N steps (0: only at the end)."""
@@ -175,18 +185,6 @@ class TrainConfig:
         return self
 
 
-class VideoCache:
-    """Decodes each video file once (uint8 frames in memory); training revisits the same videos every epoch."""
-
-    def __init__(self, fps, num_frames):
-        self.fps, self.num_frames, self.frames = fps, num_frames, {}
-
-    def __call__(self, path: str):
-        if path not in self.frames:
-            self.frames[path] = load_video(path, fps=self.fps, num_frames=self.num_frames)
-        return self.frames[path]
-
-
 class Trainer:
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
@@ -208,7 +206,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
         model = merge_adapter(DeScoreReward.from_pretrained(config.model))
-        self.videos = VideoCache(model.config.fps, model.config.num_frames)
+        self.videos = VideoCache(model.config.fps, model.config.num_frames, config.video_cache_bytes)
+        self.encoder = InputEncoder(model)  # what the loader's workers need to build the model's inputs
         self.reference = None
         if config.stage == 2 and config.lora_rank == 0 and config.kl_coef > 0:
             # Full fine-tuning has no adapter to switch off: the KL reference is a frozen copy of the start model.
@@ -277,28 +276,40 @@ class Trainer:
                  "embeddings": config.embedding_learning_rate, "other": None}
         return [{"params": params, "lr": rates[name] or lr, "name": name} for name, params in groups.items() if params]
 
-    # ------------------------------------------------------------------ data order
-    def _pairs_for(self, micro_step: int) -> list:
-        """The pairs of one micro-step on this process: a deterministic function of (seed, micro_step, rank)."""
-        per_step = self.config.batch_size * self.accelerator.num_processes
-        start = micro_step * per_step + self.accelerator.process_index * self.config.batch_size
-        n = len(self.train_pairs)
-        out = []
-        for position in range(start, start + self.config.batch_size):
-            epoch, index = divmod(position, n)
-            order = np.random.default_rng([self.config.seed, epoch]).permutation(n)
-            out.append(self.train_pairs[order[index]])
-        return out
+    # ------------------------------------------------------------------ data
+    def _collator(self) -> PairCollator:
+        config = self.config
+        stage1 = config.stage == 1  # stage 1 gets its whole input from the workers; stages 2 and 3 decoded videos
+        return PairCollator(self.encoder if stage1 else None, self.accelerator.num_processes, config.seed,
+                            config.cot_mask_prob if stage1 else 0.0, with_labels=config.lm_loss_weight > 0)
+
+    def train_loader(self, start_micro_step: int):
+        """This process's batches from `start_micro_step` to the end of training, prepared by accelerate (each rank
+        its shard, tensors on the device). The order is a function of (seed, micro_step, rank) (dataset.py)."""
+        config, accelerator = self.config, self.accelerator
+        model = accelerator.unwrap_model(self.model)
+        loader = pair_loader(self.train_pairs, fps=model.config.fps, num_frames=model.config.num_frames,
+                             batch_size=config.batch_size, seed=config.seed, start_micro_step=start_micro_step,
+                             stop_micro_step=config.max_steps * config.gradient_accumulation_steps,
+                             num_processes=accelerator.num_processes, collate=self._collator(),
+                             num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
+                             cache_bytes=config.video_cache_bytes, pin_memory=accelerator.device.type == "cuda")
+        return accelerator.prepare(loader)
+
+    def batch_for(self, micro_step: int) -> dict:
+        """This process's batch of one micro-step, built in this process (what the loader yields at that step)."""
+        config, model = self.config, self.accelerator.unwrap_model(self.model)
+        dataset = PairDataset(self.train_pairs, model.config.fps, model.config.num_frames)
+        order = PairOrder(len(self.train_pairs), config.seed)
+        g = micro_step * self.accelerator.num_processes + self.accelerator.process_index
+        return self._collator()([dataset[(g, order[g * config.batch_size + slot])] for slot in range(config.batch_size)])
 
     # ------------------------------------------------------------------ losses
-    def stage1_loss(self, pairs: list, rng: np.random.Generator) -> dict:
+    def stage1_loss(self, batch: dict, rng: np.random.Generator) -> dict:
+        """batch: from the loader, inputs ready (CoTs appended unless the pair's masking coin fell, dataset.py)."""
         config, model = self.config, self.accelerator.unwrap_model(self.model)
-        masked = rng.random(len(pairs)) < config.cot_mask_prob  # one coin per pair: both videos lose their CoT
-        videos = [self.videos(p.video_a) for p in pairs] + [self.videos(p.video_b) for p in pairs]
-        prompts = [p.prompt for p in pairs] * 2
-        cots = [None if m else p.cot_a for p, m in zip(pairs, masked)] + [None if m else p.cot_b for p, m in zip(pairs, masked)]
-        batch = model.append_cots(model.encode_prompts(videos, prompts), cots, with_labels=config.lm_loss_weight > 0)
-        out = self.model(**_to(batch, self.accelerator.device))
+        pairs, masked = batch["pairs"], batch["masked"]
+        out = self.model(**_to(batch["inputs"], self.accelerator.device))
         n = len(pairs)
         r_a, r_b = out["rewards"][:n], out["rewards"][n:]
         signs = torch.tensor([LABEL_SIGN[p.label] for p in pairs], device=r_a.device)
@@ -339,12 +350,12 @@ class Trainer:
             logs["score_gap_loss"] = gap.item()
         return total
 
-    def distill_loss(self, pairs: list, rng: np.random.Generator) -> dict:
+    def distill_loss(self, batch: dict, rng: np.random.Generator) -> dict:
         """Stage 3: the student scores WITHOUT a CoT and matches the teacher's CoT-conditioned score distribution
         (KL(teacher || student), averaged over sampled CoTs); a scalar teacher or student falls back to a squared
         error on the teacher's expected reward."""
         config, model = self.config, self.accelerator.unwrap_model(self.model)
-        videos = [self.videos(p.video_a) for p in pairs] + [self.videos(p.video_b) for p in pairs]
+        pairs, videos = batch["pairs"], batch["videos"]
         keys = [(p.video_a, p.prompt) for p in pairs] + [(p.video_b, p.prompt) for p in pairs]
         prompts = [p.prompt for p in pairs] * 2
         batch = model.append_cots(model.encode_prompts(videos, prompts), [None] * len(videos))
@@ -383,25 +394,33 @@ class Trainer:
                 return dict(zip(keys, stored["targets"]))
         teacher = DeScoreReward.from_pretrained(config.teacher, device=self.accelerator.device).eval()
         samples, targets = config.num_cot_samples, []
-        for start in tqdm(range(0, len(keys), 8), desc="teacher CoTs", disable=not self.accelerator.is_main_process):
+        chunks = stream_videos([path for path, _ in keys], fps=teacher.config.fps, num_frames=teacher.config.num_frames,
+                               chunk_size=8, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor)
+        bar = tqdm(total=len(keys), desc="teacher CoTs", disable=not self.accelerator.is_main_process)
+        for start, items in zip(range(0, len(keys), 8), chunks):
             chunk = keys[start : start + 8]
-            videos = [self.videos(path) for path, _ in chunk for _ in range(samples)]
+            failed = [item.error for item in items if item.error]
+            if failed:
+                raise DataError(f"{config.train_data}: {failed[0]}")
+            videos = [item.video for item in items for _ in range(samples)]
             prompts = [prompt for _, prompt in chunk for _ in range(samples)]
             out = teacher.score(videos, prompts, think=True, batch_size=len(videos), do_sample=True,
                                 temperature=config.teacher_temperature, top_k=0, top_p=1.0,
                                 seed=_mix(config.seed, start), max_new_tokens=config.teacher_max_new_tokens)
             per_sample = out.bin_probs if out.bin_probs is not None else out.rewards.unsqueeze(-1)  # (c*S, K)
             targets.append(per_sample.view(len(chunk), samples, -1).mean(1))
+            bar.update(len(chunk))
+        bar.close()
         targets = torch.cat(targets)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_file({"targets": targets.contiguous()}, path)
         return dict(zip(keys, targets))
 
-    def stage2_loss(self, pairs: list, rng: np.random.Generator) -> dict:
+    def stage2_loss(self, batch: dict, rng: np.random.Generator) -> dict:
         config, model = self.config, self.accelerator.unwrap_model(self.model)
         k = config.num_rollouts
-        videos = [self.videos(p.video_a) for p in pairs] + [self.videos(p.video_b) for p in pairs]
+        pairs, videos = batch["pairs"], batch["videos"]
         truths = [p.scores_a for p in pairs] + [p.scores_b for p in pairs]
         prompts = [p.prompt for p in pairs] * 2
         rows = [i for i in range(len(videos)) for _ in range(k)]  # rollout j of video i is row i * k + j
@@ -457,14 +476,16 @@ class Trainer:
         bar = tqdm(total=config.max_steps, initial=self.step, desc=f"stage {config.stage}",
                    disable=not accelerator.is_main_process)
         last_logs = {}
+        batches = iter(self.train_loader(self.step * config.gradient_accumulation_steps))
         while self.step < config.max_steps:
             step_logs = []
             for micro in range(config.gradient_accumulation_steps):
                 micro_step = self.step * config.gradient_accumulation_steps + micro
+                batch = next(batches)  # first: starting the loader draws its workers' base seed from torch's RNG
                 torch.manual_seed(_mix(config.seed, micro_step, accelerator.process_index))  # dropout, sampling
                 rng = np.random.default_rng([config.seed, micro_step, accelerator.process_index])
                 with accelerator.accumulate(self.model):
-                    result = loss_fn(self._pairs_for(micro_step), rng)
+                    result = loss_fn(batch, rng)
                     if not torch.isfinite(result["loss"]):
                         self._diverged(result["logs"])
                     accelerator.backward(result["loss"])
@@ -518,7 +539,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         result = evaluate_pairs(model, self.eval_pairs, think=self.config.eval_think, batch_size=16,
                                 max_new_tokens=self.config.eval_max_new_tokens, progress=False,
-                                load=lambda path: self.videos(os.path.realpath(path)))
+                                num_workers=self.config.num_workers)
         logs = {"eval_accuracy_with_ties": result["accuracy_with_ties"]}
         if result["accuracy_without_ties"] is not None:
             logs["eval_accuracy_without_ties"] = result["accuracy_without_ties"]

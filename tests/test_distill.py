@@ -58,7 +58,7 @@ def test_student_learns_the_teacher_distribution_without_cot(setup, tmp_path):
     targets = load_file(tmp_path / "student" / "teacher_targets.safetensors")["targets"]
     assert targets.shape == (12, 9)  # 6 pairs x 2 videos, 9 score bins
     torch.testing.assert_close(targets.sum(-1), torch.ones(12))
-    first = trainer.distill_loss(trainer._pairs_for(0), None)["logs"]["distill_loss"]
+    first = trainer.distill_loss(trainer.batch_for(0), None)["logs"]["distill_loss"]
     logs = trainer.train()
     assert logs["distill_loss"] < 0.5 * first, (first, logs["distill_loss"])
     student = DeScoreReward.from_pretrained(tmp_path / "student")

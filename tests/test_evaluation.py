@@ -46,12 +46,13 @@ def pairs(dataset):
 
 
 def spy_on_score(model, monkeypatch) -> list:
-    """Record the (path, prompt) of every video `model.score` is asked to score."""
+    """Record the (path, prompt) of every video `model.score` is asked to score (decoded videos carry their path as
+    `name`: evaluation streams them through the loader)."""
     calls = []
     original = model.score
 
     def score(videos, prompts, **kwargs):
-        calls.extend(zip(videos, prompts))
+        calls.extend((getattr(video, "name", video), prompt) for video, prompt in zip(videos, prompts))
         return original(videos, prompts, **kwargs)
 
     monkeypatch.setattr(model, "score", score)

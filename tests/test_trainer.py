@@ -77,15 +77,17 @@ def trainable_state(trainer):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path):
-    straight = Trainer(make_config(world, tmp_path / "straight"))
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
+    """Bitwise equal, with the input built in the training process or in 2 loader workers."""
+    straight = Trainer(make_config(world, tmp_path / "straight", num_workers=num_workers))
     straight.train()
     expected = trainable_state(straight)
 
-    killed = Trainer(make_config(world, tmp_path / "killed"))
+    killed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers))
     killed.train(stop_after=3)  # dies after step 3: the checkpoint of step 2 is the last one on disk
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
-    resumed = Trainer(make_config(world, tmp_path / "killed"))
+    resumed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers))
     assert resumed.resume() and resumed.step == 2
     resumed.train()
     got = trainable_state(resumed)
