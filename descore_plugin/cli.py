@@ -4,6 +4,7 @@
     descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
+    descore report PATH --output-dir OUT [--reward NAME] [--check NAME ...]
 """
 
 import argparse
@@ -45,6 +46,16 @@ def main(argv=None):
     synth.add_argument("--num-pairs", type=int, default=200)
     synth.add_argument("--seed", type=int, default=0)
 
+    report = commands.add_parser(
+        "report", help="write OUT/index.html: an HTML page of a scored set, an evaluation or a post-training run")
+    report.add_argument("path", help="`descore score --json` / `--output` JSON lines, a recipes/eval_rm.py output "
+                                     "directory, or a wan_flow_dpo.py / wan_flow_grpo.py run directory")
+    report.add_argument("--output-dir", required=True, help="where index.html and media/ (the videos) go")
+    report.add_argument("--reward", default=None,
+                        help="run reports: the optimised reward's score name (default: descore, else the first)")
+    report.add_argument("--check", action="append", default=None,
+                        help="run reports: an independent check's score name (repeat; default: every other reward)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
@@ -65,6 +76,11 @@ def main(argv=None):
 
             path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
             print(f"wrote {args.num_pairs} synthetic pairs to {path}")
+        elif args.command == "report":
+            from .report import write_report
+
+            index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
+            print(f"wrote {index} (open it in a browser)")
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"descore {args.command}: error: {error}", file=sys.stderr)
         return 2

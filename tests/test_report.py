@@ -1,0 +1,214 @@
+"""`descore report`: the reward-hacking flags on runs whose answer is known, input detection and errors, and the
+three pages' content. (The pages in a real browser: tests/test_report_browser.py.)"""
+
+import json
+import math
+
+import pytest
+
+import report_builders
+from descore_plugin import report
+from descore_plugin.cli import main as cli
+
+STEPS = [0, 100, 200]
+
+
+# ------------------------------------------------------------------------------------------- flags on plain data
+def test_change_counts_only_beyond_the_standard_error():
+    # means: the threshold is min_change
+    assert report.change(1.0, 1.3, min_change=0.2).direction == 1
+    assert report.change(1.0, 1.1, min_change=0.2).direction == 0
+    # per-video values: the threshold is z standard errors of the difference of the means
+    same = report.change([0.0, 1.0, 0.0, 1.0], [0.1, 1.1, 0.1, 1.1])  # +0.1, SE = sqrt(2 * (1/3) / 4) = 0.408, z 3
+    assert same.delta == pytest.approx(0.1) and same.threshold == pytest.approx(3 * math.sqrt(2 / 12))
+    assert same.direction == 0
+    assert report.change([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]).direction == -1  # no spread: any change counts
+    assert report.change([1.0, math.nan, 1.0], [2.0, 2.0, math.nan]).delta == 1.0  # NaN = no score
+
+
+def test_dimension_drop_flags_the_hacked_dimension_only():
+    total = [0.0, 0.5, 1.0]
+    dims = {"descore:style": [2.0, 1.5, 1.0], "descore:subject": [1.5, 1.7, 1.9], "descore:camera": [2.0, 2.0, 2.0]}
+    flags = report.dimension_drop_flags(STEPS, total, dims)
+    assert [(f.kind, f.series, f.steps) for f in flags] == [("dimension_drop", "descore:style", [100, 200])]
+    # clean: every dimension rises with the total
+    assert report.dimension_drop_flags(STEPS, total, {"descore:style": [1.0, 1.5, 2.0]}) == []
+    # a falling dimension while the total falls too is not reward hacking
+    assert report.dimension_drop_flags(STEPS, [1.0, 0.5, 0.0], {"descore:style": [2.0, 1.0, 0.0]}) == []
+
+
+def test_independent_check_flags_a_flat_or_falling_check():
+    total = [0.0, 0.5, 1.0]
+    flags = report.independent_check_flags(STEPS, total, {"student": [0.5, 0.5, 0.5], "analytic": [0.5, 0.4, 0.2],
+                                                          "second": [0.1, 0.3, 0.6]})
+    assert [(f.series, f.steps) for f in flags] == [("student", [100, 200]), ("analytic", [100, 200])]
+    # flat reward: nothing to compare
+    assert report.independent_check_flags(STEPS, [0.5, 0.5, 0.5], {"student": [0.5, 0.5, 0.5]}) == []
+    # min_change: a check rising by less than it counts as flat
+    assert report.independent_check_flags(STEPS, total, {"s": [0.5, 0.52, 0.55]}, min_change=0.1)[0].steps == [100, 200]
+
+
+def test_uncertainty_flags_a_sustained_rise_only():
+    assert [f.steps for f in report.uncertainty_flags(STEPS, [0.1, 0.1, 0.4])] == [[200]]
+    # a rise the next checkpoint undoes is a blip, not a trend
+    assert report.uncertainty_flags([0, 1, 2, 3], [0.1, 0.4, 0.1, 0.1]) == []
+    assert [f.steps for f in report.uncertainty_flags([0, 1, 2, 3], [0.1, 0.4, 0.1, 0.5])] == [[3]]
+    assert report.uncertainty_flags(STEPS, [0.4, 0.3, 0.1]) == []
+    assert report.uncertainty_flags(STEPS, [[0.1, 0.2, 0.1, 0.2], [0.1, 0.2, 0.2, 0.1], [0.2, 0.1, 0.1, 0.2]]) == []
+
+
+def test_phrase_flags_find_the_new_failure_and_ignore_prompt_words():
+    def cot(light):
+        return f"Seen: subject fine: 2; style {light}: 1.\n<answer>{{\"overall_score\": 1}}</answer>"
+
+    base = [(0.1, cot("grainy noise"), "a red square"), (0.2, cot("grainy noise"), "a blue circle"),
+            (0.9, cot("steady light"), "a green square")]
+    hacked = [(0.3, cot("over-exposed washed-out frames"), "a green square"),
+              (0.4, cot("over-exposed washed-out frames"), "a yellow circle"), (1.2, cot("steady light"), "a red circle")]
+    flags, tables = report.phrase_flags({0: base, 50: hacked}, fraction=2 / 3)
+    # the new trigrams chain into one span (with the words next to it that the base never used there either)
+    assert [(f.kind, f.series, f.steps) for f in flags] == [("phrases", "fine style over-exposed washed-out frames",
+                                                             [50])]
+    top = tables[50][0]
+    assert (top["share"], top["base_share"], top["rise"]) == (1.0, 0.0, 1.0)
+    # the same complaints on other prompts: no flag (prompt words are masked out of the phrases)
+    clean = [(0.3, cot("grainy noise"), "a green square"), (0.4, cot("grainy noise"), "a yellow circle"),
+             (1.2, cot("steady light"), "a red circle")]
+    assert report.phrase_flags({0: base, 50: clean}, fraction=2 / 3)[0] == []
+    # the answer block's words never count
+    assert not any("overall" in row["phrase"] for row in tables[50])
+
+
+# ------------------------------------------------------------------------------------------- constructed run dirs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"hacked": report_builders.run(root, hacked=True, videos=False),
+            "clean": report_builders.run(root, hacked=False, videos=False)}
+
+
+def test_hacked_run_raises_every_flag_and_the_clean_run_none(runs):
+    hacked = report.hacking_flags(report.load_run(runs["hacked"]))
+    assert hacked["primary"] == "descore" and hacked["independent"] == ["student"]
+    assert hacked["steps"] == list(report_builders.RUN_STEPS)
+    fired = {(f.kind, f.series) for f in hacked["flags"]}
+    assert ("dimension_drop", "descore:style") in fired
+    assert {kind for kind, series in fired if kind == "dimension_drop"} == {"dimension_drop"}
+    assert [s for k, s in fired if k == "dimension_drop"] == ["descore:style"]  # the hacked dimension only
+    assert ("independent_check", "student") in fired
+    assert ("uncertainty", "descore:uncertainty") in fired
+    phrases = [s for k, s in fired if k == "phrases"]
+    assert phrases and all("over-exposed" in p or "washed-out" in p for p in phrases), phrases
+    clean = report.hacking_flags(report.load_run(runs["clean"]))
+    assert clean["flags"] == [], clean["flags"]
+
+
+def test_naming_the_checks_and_the_reward(runs):
+    run = report.load_run(runs["hacked"])
+    named = report.hacking_flags(run, checks := None)
+    assert named["independent"] == ["student"]
+    only_subject = report.hacking_flags(run, independent=["descore:subject"])
+    assert [f.series for f in only_subject["flags"] if f.kind == "independent_check"] == []  # subject rises
+    with pytest.raises(report.ReportInputError, match="--check nope: the run has no such score"):
+        report.hacking_flags(run, independent=["nope"])
+    with pytest.raises(report.ReportInputError, match="--reward 'nope'"):
+        report.hacking_flags(run, primary="nope")
+
+
+def test_metrics_only_run_uses_the_eval_means(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"kind": "eval", "step": s, "eval_reward": r, "eval_reward_std": 0.1} for s, r in ((0, 0.1), (50, 0.4))]
+    rows.insert(1, {"kind": "train", "step": 1, "loss": 0.6})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    analysis = report.hacking_flags(report.load_run(run_dir))
+    assert analysis["steps"] == [0, 50] and analysis["series"] == {"reward": [0.1, 0.4]} and analysis["flags"] == []
+    index = report.write_report(run_dir, tmp_path / "out")
+    assert "wrote no sample videos" in index.read_text()
+
+
+# ------------------------------------------------------------------------------------------- input kinds and errors
+def test_detect_kind_and_a_clear_error_otherwise(tmp_path, runs):
+    assert report.detect_kind(runs["clean"]) == "run"
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "accuracy.json").write_text("{}")
+    (tmp_path / "eval" / "pairs_scored.csv").write_text("video_a\n")
+    assert report.detect_kind(tmp_path / "eval") == "evaluation"
+    (tmp_path / "s.jsonl").write_text("{}\n")
+    assert report.detect_kind(tmp_path / "s.jsonl") == "scores"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(report.ReportInputError, match="not something `descore report` reads"):
+        report.detect_kind(tmp_path / "empty")
+    with pytest.raises(report.ReportInputError, match="no such file"):
+        report.detect_kind(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"video": "v.mp4", "prompt": "p"}', "line 1: a row needs 'reward'"),
+    ('{"video": "v.mp4", "prompt": "p", "reward": "high"}', "line 1, field 'reward': expected a number"),
+    ('{"prompt": "p", "reward": 1}', "line 1: field 'video' is missing"),
+    ('{"video": "v.mp4", "prompt": "p", "reward": 1, "dimensional_scores": {"style": "x"}}',
+     "field 'dimensional_scores.style'"),
+    ("not json", "line 1: not JSON"),
+])
+def test_bad_scored_rows_are_named(tmp_path, line, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(report.ReportInputError, match=message):
+        report.load_scored_set(path)
+
+
+def test_cli_writes_the_page_and_fails_in_one_line(tmp_path, runs, capsys):
+    assert cli(["report", str(runs["hacked"]), "--output-dir", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Reward-hacking flags" in page and "descore:style falls while the total reward rises" in page
+    assert "wrote " in capsys.readouterr().out
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x01")
+    assert cli(["report", str(tmp_path / "junk.bin"), "--output-dir", str(tmp_path / "out2")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("descore report: error:") and error.count("\n") == 1 and "junk.bin" in error
+
+
+# ------------------------------------------------------------------------------------------- page content
+def test_scored_set_page(tmp_path):
+    source = report_builders.scored_set(tmp_path, num_pairs=2)
+    index = report.write_report(source, tmp_path / "out")
+    page = index.read_text()
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    assert page.count('<div class="card" ') + page.count('<div class="card error" ') == len(rows)
+    assert page.count("<video ") == len(rows) - 1 and "video not found" in page  # the error row's file is gone
+    assert len(list((tmp_path / "out" / "media").glob("*.mp4"))) == len(rows) - 1
+    for row in rows[:-1]:
+        assert f'data-k-reward="{row["reward"]}"' in page and json.dumps(row["prompt"])[1:-1] in page
+    assert 'data-k-style="' in page and '<option value="kStyle">style</option>' in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+
+
+def test_evaluation_page_shows_the_wrong_pairs(tmp_path):
+    source = report_builders.evaluation(tmp_path, num_pairs=6, wrong=(1, 4))
+    page = report.write_report(source, tmp_path / "out").read_text()
+    summary = json.loads((source / "accuracy.json").read_text())
+    assert summary["accuracy_without_ties"] == pytest.approx(4 / 6)
+    assert "Pairs the model got wrong (2)" in page and page.count('<div class="pair">') == 2
+    assert page.count("<video ") == 4 and "Accuracy by slice" in page and "<svg" in page
+    evaluation = report.load_evaluation(source)
+    wrong = [row for row in evaluation["rows"] if row["correct"] is False]
+    for row in wrong:  # both CoTs of each wrong pair are on the page
+        assert row["cot_a"].split("\n")[1][:60] in page.replace("&#x27;", "'").replace("&quot;", '"')
+
+
+def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs):
+    """eval_rm.py's output (a real tiny model, its own CoTs) is an evaluation the report reads."""
+    import importlib.util
+    from pathlib import Path
+
+    pairs = report_builders.write_dataset(tmp_path / "data", 2, seed=5, progress=False)
+    spec = importlib.util.spec_from_file_location("eval_rm", Path(__file__).parents[1] / "recipes" / "eval_rm.py")
+    eval_rm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_rm)
+    assert eval_rm.main([str(pairs), "--model", str(tiny_dirs["qwen2_5_vl"]), "--output-dir", str(tmp_path / "eval"),
+                         "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    evaluation = report.load_evaluation(tmp_path / "eval")
+    assert len(evaluation["rows"]) == 2 and all(row["cot_a"] and row["cot_b"] for row in evaluation["rows"])
+    assert report.detect_kind(tmp_path / "eval") == "evaluation"
+    report.write_report(tmp_path / "eval", tmp_path / "out")
