@@ -1,6 +1,7 @@
 """The `descore` command.
 
     descore score VIDEO... --prompt TEXT [--model DIR_OR_ID] [--no-think] [--json]
+    descore score INPUT... [--prompt TEXT] --output OUT.jsonl   (folders, globs, CSV/JSONL tables; see scoring.py)
     descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
@@ -8,7 +9,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -17,9 +17,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="descore", description="DeScore: think, then score (video reward model)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="score videos against a prompt: CoT, dimension scores, reward")
-    score.add_argument("videos", nargs="+", help="video files (mp4 or any container decord/PyAV reads)")
-    score.add_argument("--prompt", required=True, help="the text prompt the videos were generated from")
+    score = commands.add_parser("score", help="score videos against a prompt: CoT, dimension scores, reward",
+                                description="Exit status: 0 every video scored, 1 some row failed, 2 usage error.")
+    score.add_argument("videos", nargs="+", metavar="INPUT",
+                       help="video files (mp4 or any container decord/PyAV reads), folders, glob patterns, or one "
+                            "CSV/JSONL table with `video` and `prompt` columns")
+    score.add_argument("--prompt", default=None, help="the text prompt the videos were generated from")
+    score.add_argument("--output", default=None,
+                       help="append one JSON row per video to this .jsonl as it goes; an existing file is resumed "
+                            "(videos already in it are skipped)")
+    score.add_argument("--num-workers", type=int, default=2,
+                       help="processes that decode videos ahead of the model (0: in this process)")
     score.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
                        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL)")
     score.add_argument("--no-think", action="store_true", help="skip the CoT: the masked-CoT fast path")
@@ -88,35 +96,9 @@ def main(argv=None):
 
 
 def _score(args):
-    import torch
+    from .scoring import score_command
 
-    from .model import DeScoreReward
-
-    if not args.model:
-        raise ValueError("no model: pass --model DIR_OR_ID or set DESCORE_MODEL (try `descore init-tiny tiny/` first)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
-    model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
-    out = model.score(args.videos, [args.prompt] * len(args.videos), think=not args.no_think,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    for i, path in enumerate(args.videos):
-        record = {"video": path, "prompt": args.prompt, "reward": float(out.rewards[i])}
-        if out.cots is not None:
-            record.update(cot=out.cots[i], dimensional_scores=out.dimensional_scores[i],
-                          overall_score=out.overall_scores[i], parse_error=out.parse_errors[i])
-        if out.uncertainty is not None:
-            record["uncertainty"] = float(out.uncertainty[i])
-        if args.json:
-            print(json.dumps(record))
-            continue
-        print(f"== {path}")
-        if out.cots is not None:
-            print(f"CoT: {out.cots[i].strip()}")
-            scores = out.dimensional_scores[i]
-            print("dimension scores: " + (", ".join(f"{k}={v}" for k, v in scores.items()) if scores else
-                                          f"unparsed ({out.parse_errors[i]})"))
-        print(f"reward: {record['reward']:.4f}" + (f" ± {record['uncertainty']:.3f}" if "uncertainty" in record else ""))
-    return 0
+    return score_command(args)
 
 
 if __name__ == "__main__":

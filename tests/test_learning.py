@@ -79,6 +79,7 @@ def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weig
         gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, train_embeddings="all",
         cot_mask_prob=cot_mask_prob, lm_loss_weight=lm_loss_weight, eval_think=eval_think,
         eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
+        video_cache_bytes=128 * 2**20,  # the 1,200 tiny videos (~90 MB decoded) are decoded once per loader worker
     )
 
 

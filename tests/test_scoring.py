@@ -1,0 +1,103 @@
+"""`descore score` over data sets (descore_plugin/scoring.py): folders, globs and tables, one flushed JSON row per
+video, error rows naming the file, resume without duplicates, exit statuses 0 / 1 / 2."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from descore_plugin import DeScoreReward
+from descore_plugin.cli import main
+from descore_plugin.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dirs):
+    root = tmp_path_factory.mktemp("score")
+    write_dataset(root / "data", 3, seed=5, progress=False)
+    videos = sorted((root / "data" / "videos").glob("*.mp4"))
+    (root / "data" / "videos" / "notes.txt").write_text("not a video; a folder input skips it")
+    return {"root": root, "videos": videos, "model": str(tiny_dirs["qwen2_5_vl"])}
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(world, *args):
+    return main(["score", *map(str, args), "--model", world["model"], "--num-workers", "1", "--batch-size", "2"])
+
+
+def test_table_with_bad_rows_scores_the_rest(world, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 64)
+    good = world["videos"][:3]
+    table = tmp_path / "table.csv"
+    lines = ["video,prompt,extra", f"{good[0]},a red square,x", f"{broken},a blue circle,y", "missing.mp4,a red square,",
+             f"{good[1]},,", f"{good[2]},a green square moving up,z"]
+    table.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    assert run(world, table, "--output", out, "--no-think") == 1  # some rows failed
+    rows = rows_of(out)
+    assert [r["video"] for r in rows] == [str(good[0]), str(broken), str(tmp_path / "missing.mp4"), str(good[1]),
+                                          str(good[2])]
+    assert "broken.mp4" in rows[1]["error"] and "cannot decode" in rows[1]["error"]
+    assert "missing.mp4" in rows[2]["error"] and "not found" in rows[2]["error"]
+    assert rows[3]["error"] == "table.csv, row 4: empty prompt in column 'prompt'"
+    scored = [rows[0], rows[4]]
+    assert all("error" not in r and "cot" not in r for r in scored)  # --no-think: no CoT
+    model = DeScoreReward.from_pretrained(world["model"])
+    expected = model.score([str(good[0]), str(good[2])], ["a red square", "a green square moving up"], think=False).rewards
+    torch.testing.assert_close(torch.tensor([r["reward"] for r in scored]), expected, atol=1e-5, rtol=0)
+    assert "5 rows, 3 failed" in capsys.readouterr().err
+
+
+def test_folder_resume_writes_no_row_twice(world, tmp_path):
+    folder = tmp_path / "videos"
+    shutil.copytree(world["root"] / "data" / "videos", folder)
+    out = tmp_path / "all.jsonl"
+    assert run(world, folder, "--prompt", "a red square", "--output", out, "--max-new-tokens", "4") == 0
+    full = rows_of(out)
+    assert [r["video"] for r in full] == sorted(str(p) for p in folder.glob("*.mp4"))  # notes.txt skipped
+    assert set(full[0]) == {"video", "prompt", "reward", "cot", "dimensional_scores", "overall_score", "parse_error",
+                            "uncertainty"}
+
+    killed = tmp_path / "killed.jsonl"  # a run killed while writing its third row
+    text = out.read_text().splitlines(keepends=True)
+    killed.write_text(text[0] + text[1] + text[2][:20])
+    assert run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed,
+               "--max-new-tokens", "4") == 0
+    resumed = rows_of(killed)
+    assert [r["video"] for r in resumed] == [r["video"] for r in full]
+    for got, want in zip(resumed, full):
+        assert got["cot"] == want["cot"] and got["reward"] == pytest.approx(want["reward"], abs=1e-5)
+    before = killed.read_text()
+    assert run(world, folder, "--prompt", "a red square", "--output", killed) == 0  # nothing left to score
+    assert killed.read_text() == before
+
+
+def test_positional_videos_print_as_before(world, capsys):
+    video = world["videos"][0]
+    assert run(world, video, "--prompt", "a red square", "--no-think", "--json") == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["video"] == str(video) and record["prompt"] == "a red square" and isinstance(record["reward"], float)
+    assert run(world, video, "--prompt", "a red square", "--no-think") == 0
+    printed = capsys.readouterr().out
+    assert f"== {video}" in printed and "reward: " in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{table}", "--prompt", "p"], "drop --prompt"),
+    (["{tmp}/none-*.mp4", "--prompt", "p"], "matches no file"),
+    (["{video}"], "--prompt is required"),
+    (["{bad_table}"], "no 'prompt' column"),
+])
+def test_usage_errors_exit_2(world, tmp_path, capsys, args, message):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"video": str(world["videos"][0]), "prompt": "p"}) + "\n")
+    (tmp_path / "bad.csv").write_text("video\nx.mp4\n")
+    fill = {"table": tmp_path / "t.jsonl", "tmp": tmp_path, "video": world["videos"][0], "bad_table": tmp_path / "bad.csv"}
+    args = [a.format(**fill) for a in args]
+    assert run(world, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("descore score: error:") and message in err[0]
