@@ -14,8 +14,8 @@ PATH is one of three kinds, told apart by what it holds (`detect_kind`):
   shows the accuracy with and without ties, the per-slice table, the histogram of reward margins and every pair the
   model got wrong with both videos and both CoTs side by side.
 - a post-training run: the output directory of `recipes/wan_flow_dpo.py` or `recipes/wan_flow_grpo.py`
-  (`metrics.jsonl`, and the fixed-prompt samples the run scored: `*.jsonl` files whose rows carry `step`, `video`,
-  `prompt` and named scores, see `load_run`). The page shows the samples of the base model (step 0) and of each
+  (`metrics.jsonl`, and the fixed-prompt samples the run scored at each evaluation: `samples/step-N/` with the mp4s
+  and a `scores.jsonl` of per-video named scores, see `load_run`). The page shows the samples of the base model (step 0) and of each
   checkpoint as a grid, the reward and per-dimension curves, and the reward-hacking flags (`hacking_flags`).
 
 The page is static: no server, no network, no CDN; the videos are copied next to it (H.264 yuv420p mp4, which every
@@ -228,14 +228,22 @@ def _sample_cot(row: dict) -> str | None:
     return None
 
 
+def _folder_step(folder: Path) -> int | None:
+    """N of a folder named step-N or step_N (the recipes' samples/step-000100/), else None."""
+    match = re.fullmatch(r"step[-_](\d+)", folder.name)
+    return int(match.group(1)) if match else None
+
+
 def load_run(path) -> dict:
     """A post-training run directory:
     - `evals`: the `kind: "eval"` rows of metrics.jsonl (mean reward(s) of fresh samples per step: `eval_reward`,
       or `eval/<name>` per named reward), sorted by step;
-    - `samples`: every row of the other JSON-lines files under the directory that carries `step`, `video` and
-      `prompt` (one fixed-prompt sample: its file, relative to its JSON-lines file; named scores in `scores` or as
-      numeric fields; `cot`; `index` = which fixed prompt/noise), with `path` resolved;
-    - `args`: args.json when present."""
+    - `samples`: every row of the other JSON-lines files under the directory (the recipes write
+      samples/step-N/scores.jsonl) that carries `video` and `prompt` and a `step` (or sits in a folder step-N):
+      one fixed-prompt sample: its file, relative to its JSON-lines file; named scores in `scores` ({name: number
+      or null}) or as numeric fields; `cot` (or `cots`: {reward name: text}) when the reward wrote one; `index` =
+      which fixed prompt and noise; with `path` resolved;
+    - `args`: run_args.json or args.json when present."""
     path = Path(path)
     evals = []
     for number, row in _read_json_lines(path / "metrics.jsonl"):
@@ -246,18 +254,24 @@ def load_run(path) -> dict:
     evals.sort(key=lambda row: row["step"])
     samples = []
     for jsonl in sorted(path.rglob("*.jsonl")):
-        if jsonl.name in _RUN_FILES_SKIPPED or "weight_checksums" in jsonl.parts:
+        if jsonl.name in _RUN_FILES_SKIPPED or "weight_checksums" in jsonl.parts or "cache" in jsonl.parts:
             continue
+        folder_step = _folder_step(jsonl.parent)
         rows = _read_json_lines(jsonl)
-        if not rows or not all(key in rows[0][1] for key in SAMPLE_KEYS):
+        if not rows or not all(key in rows[0][1] for key in ("video", "prompt")):
+            continue
+        if "step" not in rows[0][1] and folder_step is None:
             continue
         for number, row in rows:
             where = f"{jsonl}, line {number}"
-            for key in SAMPLE_KEYS:
+            for key in ("video", "prompt"):
                 if key not in row:
-                    raise ReportInputError(f"{where}: a sample row needs {', '.join(SAMPLE_KEYS)}; {key!r} is missing")
+                    raise ReportInputError(f"{where}: a sample row needs 'video' and 'prompt'; {key!r} is missing")
+            step = row.get("step", folder_step)
+            if step is None:
+                raise ReportInputError(f"{where}: no 'step' (and the folder is not named step-N)")
             samples.append({
-                "step": int(row["step"]), "video": row["video"], "prompt": row["prompt"],
+                "step": int(step), "video": row["video"], "prompt": row["prompt"],
                 "index": row.get("index"), "scores": _sample_scores(row, where), "cot": _sample_cot(row),
                 "path": _resolve_video(str(row["video"]), jsonl.parent),
             })

@@ -3,8 +3,9 @@
 - `scored_set`: real synthetic-world videos with their annotator CoTs and true dimension scores, one missing file;
 - `evaluation`: an eval_rm.py output directory (written by `evaluation.write_evaluation`) where the model gets known
   pairs wrong;
-- `run`: a post-training run directory: metrics.jsonl eval rows, and per step fixed-prompt sample mp4s with a
-  samples.jsonl of named scores and CoTs. `hacked=True` builds a run that buys its reward with the style dimension:
+- `run`: a post-training run directory as the Wan recipes write it: metrics.jsonl eval rows, and per evaluation
+  samples/step-N/ with the fixed-prompt mp4s and a scores.jsonl of named scores (and CoTs). `hacked=True` builds
+  a run that buys its reward with the style dimension:
   the frames wash out to white step by step, descore and descore:style move apart, the independent check
   (the no-CoT "student") stays flat, the uncertainty rises and the low-scoring CoTs start to say
   "over-exposed washed-out frames". `hacked=False` builds a clean run where every score rises together.
@@ -96,7 +97,7 @@ def run(root: Path, hacked: bool, videos: bool = True, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     run_dir = root / ("hacked_run" if hacked else "clean_run")
     run_dir.mkdir(parents=True)
-    metrics, samples = [], []
+    metrics, per_step = [], {}
     for position, step in enumerate(RUN_STEPS):
         progress = position / (len(RUN_STEPS) - 1)
         rewards = []
@@ -116,15 +117,19 @@ def run(root: Path, hacked: bool, videos: bool = True, seed: int = 0) -> Path:
                 "student": (0.5 + noise[1] * 0.5) if hacked else 0.5 + 0.5 * progress + noise[1],
             }
             cot = _cot(prompt, style, washed)
-            video = f"samples/step_{step:06d}/{index:03d}.mp4"
+            folder = run_dir / "samples" / f"step-{step:06d}"
             if videos:
-                write_video(run_dir / video, _frames(prompt, 0.8 * progress if washed else 0.0, index), fps=8)
-            samples.append({"step": step, "index": index, "prompt": prompt, "video": video, "scores": scores, "cot": cot})
+                write_video(folder / f"{index:03d}.mp4", _frames(prompt, 0.8 * progress if washed else 0.0, index), fps=8)
+            # the recipes' layout: samples/step-N/scores.jsonl, videos relative to it, the step from the folder
+            per_step.setdefault(folder, []).append({"index": index, "prompt": prompt, "video": f"{index:03d}.mp4",
+                                                    "scores": scores, "cot": cot})
             rewards.append(scores["descore"])
         metrics.append({"kind": "eval", "step": step, "eval/descore": float(np.mean(rewards)), "num_videos": len(rewards)})
         if step:
             metrics.append({"kind": "train", "step": step, "loss": 0.69 - 0.1 * progress})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    (run_dir / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in samples))
+    for folder, rows in per_step.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (run_dir / "run_args.json").write_text(json.dumps({"reward": ["descore"], "max_steps": RUN_STEPS[-1]}))
     return run_dir
