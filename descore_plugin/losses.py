@@ -17,7 +17,8 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 def bradley_terry_ties_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor, k: float = 5.0) -> torch.Tensor:
-    """Bradley-Terry with ties (Rao-Kupper, theta = k = 5), as VideoAlign trains (method.md, VideoAlign section).
+    """Bradley-Terry with ties (Rao-Kupper, theta = k = 5), as VideoAlign trains
+    (its reward-model trainer: Rao and Kupper 1967 with theta = 5).
 
     labels: +1 = A preferred, -1 = B preferred, 0 = tie. With d = r_chosen - r_rejected:
         non-tie: -log sigmoid(d - ln k)
@@ -38,17 +39,31 @@ def length_reward(text: str, thresholds=(500, 1000, 1500, 2000), values=(0.0, 0.
     return values[-1]
 
 
-def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thresholds=(500, 1000, 1500, 2000)) -> dict:
+def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thresholds=(500, 1000, 1500, 2000),
+                   parser: str = "lenient") -> dict:
     """Rule-based reward of one stage-2 rollout (DeScore Sec. 3.3, official defaults):
-        0.7 * sub-dimension accuracy (fraction of ground-truth dimensions whose predicted value matches exactly)
-      + 0.1 * format (1 if the <answer> block holds JSON with `dimensional_scores`)
+        0.7 * sub-dimension accuracy (fraction of ground-truth dimensions whose predicted value is == to the truth;
+              a missing one counts as wrong)
+      + 0.1 * format (1 if the <answer> JSON has `dimensional_scores`)
       + 0.2 * length step (<500 chars: 0, <1000: 0.2, <1500: 0.4, <2000: 0.6, else 1).
+    parser: "official" reads the answer as the official reward function does (`prompt.parse_answer_official`:
+    first closed <answer> block, strict JSON, "2" != 2); "lenient" uses our scoring parser (`prompt.parse_answer`).
     The head's score is not part of it. Returns the total and its three terms."""
-    parsed = parse_answer(text)
-    predicted = parsed.dimensional_scores or {}
+    if parser == "official":
+        from .prompt import parse_answer_official
+
+        answer = parse_answer_official(text)
+        well_formed = isinstance(answer, dict) and "dimensional_scores" in answer
+        predicted = answer["dimensional_scores"] if well_formed else None
+    elif parser == "lenient":
+        predicted = parse_answer(text).dimensional_scores
+        well_formed = predicted is not None
+    else:
+        raise ValueError(f"rule parser {parser!r}: expected 'official' or 'lenient'")
+    well_formed = float(well_formed)
+    predicted = predicted if isinstance(predicted, dict) else {}
     dims = [d for d in DIMENSIONS if d in truth]
-    accuracy = sum(predicted.get(d) == truth[d] for d in dims) / len(dims) if dims else 0.0
-    well_formed = 1.0 if parsed.dimensional_scores is not None else 0.0
+    accuracy = sum(d in predicted and predicted[d] == truth[d] for d in dims) / len(dims) if dims else 0.0
     length = length_reward(text, length_thresholds)
     w_acc, w_format, w_length = weights
     total = w_acc * accuracy + w_format * well_formed + w_length * length
@@ -56,33 +71,53 @@ def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thres
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO advantages: rewards (G, n) of n rollouts per group -> (r - group mean) / (group std + eps)."""
+    """GRPO advantages (DeScore Sec. 3.3 as the official verl code computes them): rewards (G, n) of n rollouts per
+    group -> (r - group mean) / (group std + eps), with torch's default UNBIASED std (divides by n - 1)."""
     mean = rewards.mean(-1, keepdim=True)
-    std = rewards.std(-1, keepdim=True, unbiased=False)
+    std = rewards.std(-1, keepdim=True)
     return (rewards - mean) / (std + eps)
 
 
 def kl_low_variance(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The "low-variance" KL estimator (k3, Schulman 2020), per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    """The "low-variance" KL estimator (k3, Schulman 2020) with verl's clamps, per token:
+    x = clamp(ref - logp, -20, 20); clamp(exp(x) - x - 1, -10, 10)."""
     delta = (ref_logp - logp).clamp(-20, 20)
-    return delta.exp() - delta - 1
+    return (delta.exp() - delta - 1).clamp(-10, 10)
 
 
-def grpo_token_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, ref_logp=None,
-                    kl_coef: float = 0.0, old_logp=None, clip: float = 0.2) -> dict:
-    """GRPO policy loss with token-level aggregation (DAPO style: every token of every rollout weighs the same).
-
-    logp, ref_logp, old_logp, mask: (N, T) per-token log-probs of the sampled tokens; advantages: (N,).
-    With a single update per batch old_logp = logp.detach() and the ratio is exactly 1 (the clip is inactive).
-    """
-    old_logp = logp.detach() if old_logp is None else old_logp
-    ratio = (logp - old_logp).exp()
+def ppo_dual_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2,
+                       clip_high: float = 0.3, clip_dual: float = 3.0) -> dict:
+    """Per-token PPO policy loss with an asymmetric clip and dual clip (verl's "default" policy loss, as the official
+    stage 2 runs it). logp, old_logp: (N, T); advantages: (N,). With log r = logp - old_logp:
+        ratio = exp(clamp(log r, -20, 20)),  clipped = exp(clamp(log r, ln(1 - clip_low), ln(1 + clip_high)))
+        L_hi = max(-A * ratio, -A * clipped)          (the usual pessimistic PPO bound)
+        L = min(L_hi, -A * clip_dual) where A < 0, else L_hi   (dual clip: a bad token's loss is bounded)
+    Returns {"loss": (N, T), "ratio": (N, T), "clipped": (N, T) bool where the clip or dual clip decided}."""
+    log_ratio = logp - old_logp
+    ratio = log_ratio.clamp(-20.0, 20.0).exp()
+    clipped = log_ratio.clamp(math.log(1 - clip_low), math.log(1 + clip_high)).exp()
     adv = advantages.unsqueeze(-1)
-    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    unclipped_loss, clipped_loss = -adv * ratio, -adv * clipped
+    upper = torch.maximum(unclipped_loss, clipped_loss)
+    dual = torch.minimum(upper, -adv * clip_dual)
+    loss = torch.where(adv < 0, dual, upper)
+    return {"loss": loss, "ratio": ratio, "clipped": loss != unclipped_loss}
+
+
+def grpo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                     ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, clip_low: float = 0.2,
+                     clip_high: float = 0.3, clip_dual: float = 3.0, num_tokens: float | None = None) -> dict:
+    """Stage-2 policy loss with token-level aggregation (DAPO style, as officially): the per-token dual-clip PPO loss
+    plus kl_coef x the low-variance KL to the reference, summed over the supervised tokens of `mask` (N, T) and
+    divided by `num_tokens` (the token count of the whole mini-batch when this is one of its micro-batches; default:
+    this batch's own). Also returns token means of the KL, the ratio and the clipped fraction (for logging)."""
+    ppo = ppo_dual_clip_loss(logp, old_logp, advantages, clip_low, clip_high, clip_dual)
     kl = kl_low_variance(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
-    per_token = per_token + kl_coef * kl
-    tokens = mask.sum().clamp_min(1)
-    return {"loss": (per_token * mask).sum() / tokens, "kl": (kl * mask).sum() / tokens, "ratio": (ratio * mask).sum() / tokens}
+    per_token = ppo["loss"] + kl_coef * kl
+    own = mask.sum().clamp_min(1)
+    num_tokens = own if num_tokens is None else num_tokens
+    return {"loss": (per_token * mask).sum() / num_tokens, "kl": (kl * mask).sum() / own,
+            "ratio": (ppo["ratio"] * mask).sum() / own, "clip_fraction": (ppo["clipped"].float() * mask).sum() / own}
 
 
 # ---------------------------------------------------------------------- score distributions (Z-Reward, our reading)

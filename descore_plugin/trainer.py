@@ -2,17 +2,19 @@
 
     stage 1: Bradley-Terry on the head, CoTs teacher-forced, random CoT masking (one coin per pair, p 0.5),
              optional next-token loss on the CoT (weight 0 officially).
-    stage 2: n sampled rollouts per video; GRPO on the CoT with the rule-based reward (0.7 sub-dimensions +
-             0.1 format + 0.2 length), group-normalised advantages, token-level aggregation, low-variance KL to
-             the reference (adapters disabled); plus the auxiliary Bradley-Terry loss on the head that pairs
-             rollout k of video A with rollout k of video B (weight 5e-3); one backward.
+    stage 2: n sampled rollouts per video (the rollout batch); GRPO on the CoT with the rule-based reward (0.7
+             sub-dimensions + 0.1 format + 0.2 length), group-normalised advantages, asymmetric dual-clip PPO
+             ratio, low-variance KL to the reference; plus the auxiliary Bradley-Terry loss on the head that pairs
+             rollout k of video A with rollout k of video B (weight 5e-3). The rollout batch is split into
+             mini-batches with one optimiser step each, so the later updates are off-policy and the clip acts.
+    stage 3: a no-CoT student learns the CoT-conditioned score distribution of a teacher.
 
 Runs single-process on a CPU and under `accelerate launch` on many GPUs (DDP, DeepSpeed or FSDP from accelerate's
 config); there is no hand-written distributed code. Resuming is exact: the data order and every random draw are
-functions of (seed, step), and checkpoints hold the trainable weights, optimizer and scheduler.
+functions of (seed, step), and checkpoints hold the trainable weights, optimizer, scheduler and the rollouts of the
+current rollout batch.
 """
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -20,143 +22,173 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_directory
 from .data import DataError, load_pairs
 from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
 from .evaluation import evaluate_pairs
-from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages, grpo_token_loss,
-                     pointwise_distribution_loss, rollout_reward, score_gap_loss)
+from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
+                     grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
+from .runs import Run, RunError
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
 
 
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the official ones (method.md) unless the comment says otherwise; a field
-    left None takes its stage's official default (see `resolve`)."""
+    """One training run: every field is a command-line flag of recipes/train_rm.py (`max_steps` is `--max-steps`).
+    Defaults are the official ones (DeScore's released training code) unless the help says "ours"; a field left
+    None takes its stage's default (see `resolve`)."""
 
     # --- what to train, on what ---
-    model: str = ""
-    """Checkpoint directory or hub id to start from (a DeScore checkpoint: `descore init-tiny` or a stage-1 run)."""
-    train_data: str = ""
-    """Pair file (CSV / JSONL, our format, the official DeScore CSV or VideoAlign columns); see data.py."""
-    output_dir: str = ""
-    """The final model is written here (loads with DeScoreReward.from_pretrained); checkpoints in checkpoint-N/."""
-    eval_data: str | None = None
-    """Held-out pair file for accuracy during and after training."""
-    stage: int = 1
-    """1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil `teacher` into a no-CoT student."""
+    model: str = field(default="", metadata=_help(
+        "Checkpoint directory or hub id to start from: `descore init-tiny`, a stage-1 run (LoRA or full), or any "
+        "DeScore checkpoint. An adapter it holds is merged into the backbone first.", required=True))
+    train_data: str = field(default="", metadata=_help(
+        "Pair file (CSV / JSONL: our format, the official DeScore CSV or VideoAlign columns; see data.py).",
+        required=True))
+    output_dir: str = field(default="", metadata=_help(
+        "Run directory: the final model (loads with DeScoreReward.from_pretrained), checkpoint-N/, metrics.jsonl, "
+        "curves.png. An existing run is refused unless --resume or --overwrite.", required=True))
+    eval_data: str | None = field(default=None, metadata=_help(
+        "Held-out pair file for accuracy during and after training; every pair counts (ties too)."))
+    stage: int = field(default=1, metadata=_help(
+        "1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil --teacher into a no-CoT student.",
+        choices=[1, 2, 3]))
 
     # --- optimisation ---
-    max_steps: int = 1000
-    """Optimizer steps (official stage 1: 4 epochs of ~22k pairs at an effective batch of 4)."""
-    batch_size: int = 1
-    """Pairs per process per micro-step (official: 1, with gradient accumulation 4)."""
-    gradient_accumulation_steps: int = 4
-    learning_rate: float | None = None
-    """Stage 1: 2e-6 (all groups); stage 2: 1e-6."""
-    head_learning_rate: float | None = None
-    """Learning rate of the head (None: learning_rate)."""
-    vision_learning_rate: float | None = None
-    """Learning rate of the vision tower when it trains (None: learning_rate)."""
-    embedding_learning_rate: float | None = None
-    """Learning rate of the trainable embedding rows (None: learning_rate)."""
-    weight_decay: float | None = None
-    """Stage 1: 0 (not set officially, so the AdamW default of transformers' Trainer); stage 2: 1e-2."""
-    warmup_ratio: float = 0.05
-    """Constant schedule after a linear warm-up over this fraction of max_steps (official)."""
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    """"bf16" on GPUs (official); "no" on CPUs."""
-    gradient_checkpointing: bool = False
+    max_steps: int = field(default=1000, metadata=_help(
+        "Optimiser steps (official stage 1: 4 epochs of ~22k pairs at an effective batch of 4)."))
+    batch_size: int = field(default=1, metadata=_help(
+        "Pairs per process per micro-batch (official: 1). In stage 2 each pair gives 2 x num_rollouts sequences."))
+    gradient_accumulation_steps: int = field(default=4, metadata=_help(
+        "Micro-batches per optimiser step (official stage 1: 4). In stage 2 one optimiser step = one mini-batch."))
+    learning_rate: float | None = field(default=None, metadata=_help(
+        "None: stage 1 2e-6 (all groups), stage 2 1e-6 (official)."))
+    head_learning_rate: float | None = field(default=None, metadata=_help(
+        "Learning rate of the head (None: --learning-rate)."))
+    vision_learning_rate: float | None = field(default=None, metadata=_help(
+        "Learning rate of the vision tower when it trains (None: --learning-rate)."))
+    embedding_learning_rate: float | None = field(default=None, metadata=_help(
+        "Learning rate of the trainable embedding rows (None: --learning-rate)."))
+    weight_decay: float | None = field(default=None, metadata=_help(
+        "AdamW weight decay. None: stage 1 0 (not set officially, so the AdamW default of transformers' Trainer), "
+        "stage 2 1e-2 (official)."))
+    warmup_ratio: float | None = field(default=None, metadata=_help(
+        "Linear warm-up over this fraction of max_steps, then constant. None: stage 1 0.05, stage 2 0 (official)."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (official 1.0; 0 = off)."))
+    mixed_precision: str = field(default="no", metadata=_help(
+        "accelerate mixed precision: bf16 on GPUs (official), no on CPUs.", choices=["no", "fp16", "bf16"]))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Recompute activations in backward (official on GPUs: on; saves memory, costs time)."))
 
     # --- what trains ---
-    lora_rank: int | None = None
-    """None: the stage's official choice. Stage 1: 64 (a LoRA on every LLM linear). Stage 2: 0, i.e. every LLM
-    weight trains against a frozen reference copy (official; twice the model memory). > 0 in stage 2 is our
-    memory-saving option: the stage-1 model (its adapter merged) is the reference, reached by switching the new
-    adapter off. 0 in stage 1: full fine-tuning. A starting checkpoint's own adapter is always merged first."""
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    train_vision: bool | None = None
-    """Vision tower trainable: stage 1 yes (official), stage 2 no."""
-    train_embeddings: str = "reward_token"
-    """"reward_token": only the <Reward> row trains (official); "all": every row (tiny models from scratch)."""
+    lora_rank: int | None = field(default=None, metadata=_help(
+        "None: the stage's official choice. Stage 1: 64 (LoRA on every LLM linear). Stage 2: 0 = every LLM weight "
+        "trains against a frozen reference copy (official; a second model copy in memory); > 0 in stage 2 is our "
+        "memory-saving option: a fresh adapter on the merged stage-1 model, reference = adapter off. 0 in stage "
+        "1: full fine-tuning."))
+    lora_alpha: int = field(default=128, metadata=_help("LoRA alpha (official 128)."))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (official 0.05)."))
+    train_vision: bool | None = field(default=None, metadata=_help(
+        "Vision tower trainable. None: stage 1 yes, stage 2 no (official).", nargs="?", const=True))
+    train_embeddings: Literal["reward_token", "all"] = field(default="reward_token", metadata=_help(
+        "reward_token: only the <Reward> row trains (official); all: every row (ours, tiny models from scratch)."))
 
     # --- stage 1 ---
-    loss: str = "bt"
-    """"bt": Bradley-Terry, ties dropped (official); "bt_ties": Rao-Kupper ties (VideoAlign), k = ties_k."""
-    ties_k: float = 5.0
-    cot_mask_prob: float = 0.5
-    """Probability that a PAIR loses both CoTs (official, hard-coded 0.5)."""
-    lm_loss_weight: float = 0.0
-    """Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT; a tiny model
-    from random weights learnt to write the prompt-alignment verdict with 4 and not with 1, tests/test_learning.py)."""
+    loss: Literal["bt", "bt_ties"] = field(default="bt", metadata=_help(
+        "bt: Bradley-Terry, ties dropped (official); bt_ties: Rao-Kupper ties with k = --ties-k (VideoAlign)."))
+    ties_k: float = field(default=5.0, metadata=_help("Rao-Kupper tie parameter of --loss bt_ties (VideoAlign 5)."))
+    cot_mask_prob: float = field(default=0.5, metadata=_help(
+        "Probability that a PAIR loses both CoTs (official, hard-coded 0.5)."))
+    lm_loss_weight: float = field(default=0.0, metadata=_help(
+        "Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT: a tiny "
+        "model from random weights learnt the prompt-alignment verdict with 4, not with 1, tests/test_learning.py)."))
 
-    # --- distribution head (config.head == "distribution"; Z-Reward, arXiv 2606.09076, our reading) ---
-    distribution_loss_weight: float = 1.0
-    """Pointwise supervision of the score distribution: cross-entropy to a Gaussian-smoothed one-hot at the
-    overall score of the pair's CoT answer (where it parses). Our default."""
-    score_gap_loss_weight: float = 0.1
-    """Pairwise supervision of score gaps: (E[s_A] - E[s_B] - (s_A - s_B))^2. Our default."""
-    distribution_sigma: float = 0.25
-    """Width (score units) of the smoothed target distribution. Our default."""
+    # --- distribution head (model head "distribution"; Z-Reward, arXiv 2606.09076, our reading) ---
+    distribution_loss_weight: float = field(default=1.0, metadata=_help(
+        "Weight of the cross-entropy to a Gaussian-smoothed one-hot at the overall score of the pair's CoT answer "
+        "(where it parses). Ours."))
+    score_gap_loss_weight: float = field(default=0.1, metadata=_help(
+        "Weight of (E[s_A] - E[s_B] - (s_A - s_B))^2 on each pair whose CoTs give both scores. Ours."))
+    distribution_sigma: float = field(default=0.25, metadata=_help(
+        "Width (score units) of the smoothed target distribution. Ours."))
 
     # --- stage 3: distillation of a CoT teacher into a no-CoT student (Z-Reward RISD, our reading) ---
-    teacher: str | None = None
-    """Teacher checkpoint (scores WITH CoT). The student is `model` and learns to score with think=False."""
-    num_cot_samples: int = 4
-    """Sampled teacher CoTs per video; the teacher's CoT-conditioned score distributions are averaged over them."""
-    teacher_temperature: float = 0.7
-    """Sampling temperature of the teacher's CoTs (our default: 1.0 gives tiny teachers off-distribution CoTs)."""
-    teacher_max_new_tokens: int | None = None
-    distill_bt_weight: float = 0.0
-    """Optional Bradley-Terry on the pair labels added to the distillation loss (0: pure distillation)."""
+    teacher: str | None = field(default=None, metadata=_help(
+        "Stage 3: teacher checkpoint (scores WITH CoT); the student is --model and learns to score without one."))
+    num_cot_samples: int = field(default=4, metadata=_help(
+        "Stage 3: sampled teacher CoTs per video; their CoT-conditioned score distributions are averaged. Ours."))
+    teacher_temperature: float = field(default=0.7, metadata=_help(
+        "Stage 3: sampling temperature of the teacher's CoTs (ours: 1.0 gives tiny teachers off-distribution CoTs)."))
+    teacher_max_new_tokens: int | None = field(default=None, metadata=_help(
+        "Stage 3: teacher CoT length limit (None: the teacher's max_new_tokens)."))
+    distill_bt_weight: float = field(default=0.0, metadata=_help(
+        "Stage 3: weight of a Bradley-Terry term on the pair labels added to the distillation loss (0: pure)."))
 
     # --- stage 2 ---
-    num_rollouts: int = 8
-    rollout_temperature: float = 1.0
-    max_new_tokens: int | None = None
-    """Rollout length limit (None: the model's max_new_tokens)."""
-    kl_coef: float = 1e-5
-    bt_weight: float = 5e-3
-    reward_weights: tuple = (0.7, 0.1, 0.2)
-    """Weights of sub-dimension accuracy, format and length in the rollout reward (official)."""
-    length_thresholds: tuple = (500, 1000, 1500, 2000)
-    """Character counts of the length steps (official)."""
+    num_rollouts: int = field(default=8, metadata=_help("Stage 2: sampled CoTs per video, one GRPO group (official 8)."))
+    rollout_temperature: float = field(default=1.0, metadata=_help("Stage 2: sampling temperature (official 1.0)."))
+    rollout_repetition_penalty: float = field(default=1.0, metadata=_help(
+        "Stage 2: repetition penalty while sampling rollouts (official 1.0: the log-probs the loss uses must be those "
+        "of the distribution that sampled; scoring keeps the model's own, 1.05 officially)."))
+    max_new_tokens: int | None = field(default=None, metadata=_help(
+        "Stage 2: rollout length limit (None: the model's max_new_tokens; official 4096)."))
+    mini_batches_per_rollout: int = field(default=16, metadata=_help(
+        "Stage 2: optimiser steps per rollout batch. Rollouts for that many mini-batches (each batch_size x "
+        "gradient_accumulation_steps pairs per process) are sampled at once with their old log-probs, then one step "
+        "per mini-batch follows, the later ones off-policy (official: rollout batch 128 / actor batch 8 = 16)."))
+    clip_ratio_low: float = field(default=0.2, metadata=_help(
+        "Stage 2: PPO ratio clipped below at 1 - this (official 0.2)."))
+    clip_ratio_high: float = field(default=0.3, metadata=_help(
+        "Stage 2: PPO ratio clipped above at 1 + this (official 0.3, asymmetric as in DAPO)."))
+    clip_ratio_dual: float = field(default=3.0, metadata=_help(
+        "Stage 2: dual-clip bound c: for negative advantages the loss is at most -A * c (official 3.0)."))
+    kl_coef: float = field(default=1e-5, metadata=_help(
+        "Stage 2: weight of the low-variance KL to the reference, per token (official 1e-5; 0 = no reference)."))
+    bt_weight: float = field(default=5e-3, metadata=_help(
+        "Stage 2: weight of the auxiliary Bradley-Terry loss on the head, added per micro-batch (official 5e-3)."))
+    rule_parser: Literal["official", "lenient"] = field(default="lenient", metadata=_help(
+        "Stage 2: how the rollout reward reads a CoT's <answer>. official: the first closed <answer> block, its JSON "
+        "compared by exact equality (\"2\" != 2); lenient: our scoring parser (tolerant of fences, string digits)."))
+    reward_weights: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2], metadata=_help(
+        "Stage 2: weights of sub-dimension accuracy, format and length in the rollout reward (official)."))
+    length_thresholds: list[int] = field(default_factory=lambda: [500, 1000, 1500, 2000], metadata=_help(
+        "Stage 2: character counts of the length reward's steps (official)."))
 
     # --- input pipeline (descore_plugin/dataset.py) ---
-    num_workers: int = 2
-    """DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the training
-    step (0: all of it in the training process). Our default."""
-    prefetch_factor: int = 2
-    """Batches each worker prepares ahead of the step."""
-    video_cache_bytes: int = 0
-    """Keep up to this many bytes of decoded, sampled frames per process, least recently used dropped first
-    (0: decode every time; the default). Each worker holds its own cache."""
+    num_workers: int = field(default=2, metadata=_help(
+        "DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the "
+        "training step (0: all of it in the training process). Ours."))
+    prefetch_factor: int = field(default=2, metadata=_help("Batches each worker prepares ahead of the step."))
+    video_cache_bytes: int = field(default=0, metadata=_help(
+        "Keep up to this many bytes of decoded, sampled frames per process, least recently used dropped first (0: "
+        "decode every time). Each worker holds its own cache."))
 
     # --- evaluation, checkpoints, logging ---
-    eval_steps: int = 0
-    """Evaluate every N steps (0: only at the end)."""
-    eval_think: bool = True
-    """Evaluate with generated CoTs (True) or the no-CoT fast path."""
-    eval_max_new_tokens: int | None = None
-    save_steps: int = 500
-    save_total_limit: int = 2
-    """Keep this many checkpoint-N folders (the oldest go first)."""
-    seed: int = 0
-    log_with: str | None = "tensorboard"
-    """accelerate tracker ("tensorboard", "wandb", ...) or None; metrics.jsonl and curves.png are always written."""
+    eval_steps: int = field(default=0, metadata=_help("Evaluate every N steps (0: only at the end)."))
+    eval_think: bool = field(default=True, metadata=_help(
+        "Evaluate with generated CoTs (--no-eval-think: the no-CoT fast path)."))
+    eval_max_new_tokens: int | None = field(default=None, metadata=_help(
+        "CoT length limit during evaluation (None: the model's)."))
+    save_steps: int = field(default=500, metadata=_help("Write checkpoint-N every N steps (0: only the final one)."))
+    save_total_limit: int = field(default=2, metadata=_help("Keep this many checkpoint-N folders (oldest go first)."))
+    seed: int = field(default=0, metadata=_help("Seed of the data order, LoRA initialisation, masking and sampling."))
+    log_with: str = field(default="tensorboard", metadata=_help(
+        "accelerate tracker (tensorboard, wandb, ...) or none; metrics.jsonl and curves.png are always written."))
 
     def resolve(self) -> "TrainConfig":
         """Fill the stage-dependent defaults and check the values."""
@@ -169,31 +201,53 @@ class TrainConfig:
             self.learning_rate = 2e-6 if stage1 else 1e-6
         if self.weight_decay is None:
             self.weight_decay = 0.0 if stage1 else 1e-2
+        if self.warmup_ratio is None:
+            self.warmup_ratio = 0.05 if stage1 else 0.0
         if self.lora_rank is None:
             self.lora_rank = 64 if stage1 else 0
         if self.train_vision is None:
             self.train_vision = stage1
+        if self.log_with is None or self.log_with.lower() == "none":
+            self.log_with = "none"
         if self.loss not in ("bt", "bt_ties"):
             raise ValueError(f"--loss {self.loss!r}: expected 'bt' or 'bt_ties'")
         if self.train_embeddings not in ("reward_token", "all"):
             raise ValueError(f"--train-embeddings {self.train_embeddings!r}: expected 'reward_token' or 'all'")
+        if self.rule_parser not in ("official", "lenient"):
+            raise ValueError(f"--rule-parser {self.rule_parser!r}: expected 'official' or 'lenient'")
         if not 0.0 <= self.cot_mask_prob <= 1.0:
             raise ValueError(f"--cot-mask-prob {self.cot_mask_prob}: must be in [0, 1]")
+        if self.stage == 2 and self.num_rollouts < 2:
+            raise ValueError(f"--num-rollouts {self.num_rollouts}: GRPO needs at least 2 rollouts per video "
+                             "(the advantage is relative to the group)")
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "mini_batches_per_rollout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if len(self.reward_weights) != 3:
+            raise ValueError(f"--reward-weights {self.reward_weights}: give 3 numbers (accuracy, format, length)")
         for name in ("model", "train_data", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required")
         return self
 
 
+MAY_CHANGE_ON_RESUME = ("max_steps", "eval_data", "eval_steps", "eval_think", "eval_max_new_tokens", "save_steps",
+                        "save_total_limit", "log_with", "num_workers", "prefetch_factor", "video_cache_bytes")
+"""Flags a resumed run may change: how long it runs and how it is watched, not what it trains."""
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+        """Open the run directory (`runs.Run`: an existing run needs `resume` or `overwrite`; `resume` refuses a
+        changed flag other than MAY_CHANGE_ON_RESUME), load data and model, and continue from the newest
+        checkpoint when `resume` is set (`self.step` is then its step)."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.config = config.resolve()
         self.output_dir = Path(config.output_dir)
         project = ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"))
-        log_with = config.log_with if config.log_with and _tracker_available(config.log_with) else None
+        log_with = config.log_with if config.log_with != "none" and _tracker_available(config.log_with) else None
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
@@ -201,9 +255,15 @@ class Trainer:
             project_config=project,
             step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, on any number of processes
         )
-        self.train_pairs = self._load(config.train_data, stage2=config.stage == 2)
-        self.eval_pairs = self._load(config.eval_data, stage2=False) if config.eval_data else None
+        self.train_pairs = self._load_train(config.train_data)
+        # Evaluation sees every pair of its file, ties included (even when it is the training file); evaluate_pairs
+        # leaves out only the pairs labelled "invalid", and counts them.
+        self.eval_pairs = load_pairs(config.eval_data) if config.eval_data else None
 
+        # Opened once the data checked out (a data error leaves no run behind), before the slow model load.
+        self.run = Run.open(self.output_dir, _jsonable(config), resume=resume, overwrite=overwrite,
+                            may_change=MAY_CHANGE_ON_RESUME, main_process=self.accelerator.is_main_process,
+                            wait_for_everyone=self.accelerator.wait_for_everyone)
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
         model = merge_adapter(DeScoreReward.from_pretrained(config.model))
         self.videos = VideoCache(model.config.fps, model.config.num_frames, config.video_cache_bytes)
@@ -222,17 +282,29 @@ class Trainer:
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
         self.step = 0
-        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.rollouts = None  # stage 2: the current rollout batch (see _rollout_batch)
+        self.resumed = resume and self._resume()
         self.teacher_targets = self._teacher_targets() if config.stage == 3 else None
 
     # ------------------------------------------------------------------ set-up
-    def _load(self, path, stage2: bool):
-        pairs = load_pairs(path, require_scores=stage2)
-        keep = [p for p in pairs if p.label != "invalid"]
-        if self.config.stage == 1 and self.config.loss == "bt" and path == self.config.train_data:
-            keep = [p for p in keep if p.label != "tie"]  # official cold start drops ties
+    def _load_train(self, path) -> list:
+        """The training pairs: those labelled "invalid" are dropped, and ties too in stage 1 with --loss bt (the
+        official cold start has no loss for them). What was dropped, and why, is printed."""
+        config = self.config
+        pairs = load_pairs(path, require_scores=config.stage == 2)
+        drop_ties = config.stage == 1 and config.loss == "bt"
+        keep = [p for p in pairs if p.label != "invalid" and not (drop_ties and p.label == "tie")]
+        invalid = sum(p.label == "invalid" for p in pairs)
+        ties = sum(p.label == "tie" for p in pairs) if drop_ties else 0
         if not keep:
-            raise DataError(f"{path}: no usable pairs (all {len(pairs)} are invalid or ties dropped by --loss bt)")
+            raise DataError(f"{path}: no usable pairs for training (of {len(pairs)}: {invalid} labelled 'invalid', "
+                            f"{ties} ties, which --loss bt drops; --loss bt_ties trains on ties)")
+        if (invalid or ties) and self.accelerator.is_main_process:
+            reasons = ([f"{invalid} labelled 'invalid' (no verdict)"] if invalid else []) + \
+                      ([f"{ties} ties (--loss bt has no term for a tie, as the official cold start; --loss bt_ties "
+                        f"keeps them)"] if ties else [])
+            print(f"training on {len(keep)} of {len(pairs)} pairs of {path}: dropped {' and '.join(reasons)}",
+                  file=sys.stderr)
         return keep
 
     def _set_trainable(self, model: DeScoreReward):
@@ -417,62 +489,109 @@ class Trainer:
             save_file({"targets": targets.contiguous()}, path)
         return dict(zip(keys, targets))
 
-    def stage2_loss(self, batch: dict, rng: np.random.Generator) -> dict:
-        config, model = self.config, self.accelerator.unwrap_model(self.model)
-        k = config.num_rollouts
-        pairs, videos = batch["pairs"], batch["videos"]
-        truths = [p.scores_a for p in pairs] + [p.scores_b for p in pairs]
+    # ------------------------------------------------------------------ stage 2
+    def _rollout_inputs(self, pairs: list, videos: list):
+        """Prompt batch of one micro-batch: video i's rollout j is row i * num_rollouts + j; videos A then B."""
+        model, k = self.accelerator.unwrap_model(self.model), self.config.num_rollouts
         prompts = [p.prompt for p in pairs] * 2
-        rows = [i for i in range(len(videos)) for _ in range(k)]  # rollout j of video i is row i * k + j
-        batch = _to(model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows]), self.accelerator.device)
+        rows = [i for i in range(len(videos)) for _ in range(k)]
+        batch = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows])
+        return _to(batch, self.accelerator.device), rows
 
+    @torch.no_grad()
+    def _rollout_batch(self, index: int) -> dict:
+        """Rollout batch `index` (mini_batches_per_rollout x gradient_accumulation_steps micro-batches): the CoTs the
+        current policy samples, their rule rewards and group advantages, and the per-token log-probs of the sampling
+        policy ("old") and of the reference, all computed once, before any update on them (as verl does)."""
+        config, model = self.config, self.accelerator.unwrap_model(self.model)
+        per_batch = config.mini_batches_per_rollout * config.gradient_accumulation_steps
+        micros = []
         model.eval()
-        with torch.no_grad():
+        for micro_step in range(index * per_batch, (index + 1) * per_batch):
+            torch.manual_seed(_mix(config.seed, micro_step, self.accelerator.process_index, 1))
+            inputs = self.batch_for(micro_step)  # decoded here: the loader serves the update steps
+            pairs = inputs["pairs"]
+            truths = [p.scores_a for p in pairs] + [p.scores_b for p in pairs]
+            batch, rows = self._rollout_inputs(pairs, inputs["videos"])
             rollouts = model.sample_cots(batch, config.max_new_tokens or model.config.max_new_tokens,
-                                         temperature=config.rollout_temperature)
-        model.train()
-        texts = model.tokenizer.batch_decode(rollouts["cot_ids"], skip_special_tokens=True)
-        scored = [rollout_reward(t, truths[i], config.reward_weights, config.length_thresholds) for t, i in zip(texts, rows)]
-        rewards = torch.tensor([s["reward"] for s in scored], device=self.accelerator.device).view(-1, k)  # (2n, k)
-        advantages = group_advantages(rewards).view(-1)
-
-        full = _to(model.append_cots(batch, rollouts["cot_ids"], with_labels=True, ended=rollouts["ended"]), self.accelerator.device)
-        out = self.model(**full)
-        ref_logp = None
-        if config.kl_coef > 0:
-            with torch.no_grad():
+                                         temperature=config.rollout_temperature,
+                                         repetition_penalty=config.rollout_repetition_penalty)
+            texts = model.tokenizer.batch_decode(rollouts["cot_ids"], skip_special_tokens=True)
+            scored = [rollout_reward(t, truths[i], config.reward_weights, config.length_thresholds, config.rule_parser)
+                      for t, i in zip(texts, rows)]
+            rewards = torch.tensor([s["reward"] for s in scored]).view(-1, config.num_rollouts)  # (2n, k)
+            full = model.append_cots(batch, rollouts["cot_ids"], with_labels=True, ended=rollouts["ended"])
+            old = model(**full)
+            ref = None
+            if config.kl_coef > 0:
                 if self.reference is not None:
-                    ref_logp = self.reference(**full)["token_logprobs"]
+                    ref = self.reference(**full)["token_logprobs"].cpu()
                 else:
                     with model.backbone.disable_adapter():
-                        ref_logp = model(**full)["token_logprobs"]
-        policy = grpo_token_loss(out["token_logprobs"], advantages, out["label_mask"].float(), ref_logp, config.kl_coef)
+                        ref = model(**full)["token_logprobs"].cpu()
+            micros.append({"cot_ids": [c.cpu() for c in rollouts["cot_ids"]], "ended": rollouts["ended"],
+                           "advantages": group_advantages(rewards).view(-1), "rewards": rewards.view(-1),
+                           "old_logp": old["token_logprobs"].cpu(), "ref_logp": ref,
+                           "tokens": int(old["label_mask"].sum()),
+                           "accuracy": torch.tensor([s["accuracy"] for s in scored]),
+                           "format": torch.tensor([s["format"] for s in scored])})
+        model.train()
+        # Token counts per mini-batch over all processes: each micro-batch's policy loss is a share of that mean.
+        accumulation = config.gradient_accumulation_steps
+        local = torch.tensor([sum(m["tokens"] for m in micros[j * accumulation:(j + 1) * accumulation])
+                              for j in range(config.mini_batches_per_rollout)], device=self.accelerator.device)
+        mini_tokens = self.accelerator.reduce(local, reduction="sum").cpu()
+        return {"index": index, "micro": micros, "mini_tokens": mini_tokens}
 
-        # Auxiliary BT on the head: rollout j of video A against rollout j of video B, ties skipped.
-        n = len(pairs)
+    def stage2_loss(self, micro_step: int, batch: dict) -> dict:
+        """One micro-batch of a stage-2 update: the dual-clip GRPO loss against the rollout-time log-probs, and the
+        auxiliary Bradley-Terry loss on the head pairing rollout j of video A with rollout j of video B."""
+        config, model = self.config, self.accelerator.unwrap_model(self.model)
+        accumulation = config.gradient_accumulation_steps
+        per_batch = config.mini_batches_per_rollout * accumulation
+        if self.rollouts is None or self.rollouts["index"] != micro_step // per_batch:
+            self.rollouts = self._rollout_batch(micro_step // per_batch)
+        position = micro_step % per_batch
+        micro = self.rollouts["micro"][position]
+        pairs = batch["pairs"]
+        prompt_batch, _ = self._rollout_inputs(pairs, batch["videos"])
+        full = _to(model.append_cots(prompt_batch, micro["cot_ids"], with_labels=True, ended=micro["ended"]),
+                   self.accelerator.device)
+        out = self.model(**full)
+        device = out["rewards"].device
+        ref = micro["ref_logp"].to(device) if micro["ref_logp"] is not None else None
+        # Token mean over the whole mini-batch on all processes; x num_processes undoes the gradient averaging of DDP.
+        num_tokens = self.rollouts["mini_tokens"][position // accumulation].clamp_min(1).item()
+        policy = grpo_policy_loss(out["token_logprobs"], micro["old_logp"].to(device), micro["advantages"].to(device),
+                                  out["label_mask"].float(), ref, config.kl_coef, config.clip_ratio_low,
+                                  config.clip_ratio_high, config.clip_ratio_dual,
+                                  num_tokens=num_tokens / self.accelerator.num_processes)
+
+        n, k = len(pairs), config.num_rollouts
         head = out["rewards"].view(2 * n, k)
-        signs = torch.tensor([LABEL_SIGN[p.label] for p in pairs], device=head.device)
+        signs = torch.tensor([LABEL_SIGN[p.label] for p in pairs], device=device)
         decided = signs != 0
-        bt = torch.zeros((), device=head.device)
+        bt = torch.zeros((), device=device)  # an all-tie micro-batch has no BT term
         if decided.any():
             r_a, r_b = head[:n][decided], head[n:][decided]  # (m, k)
             s = signs[decided].unsqueeze(-1)
             bt = bradley_terry_loss(torch.where(s > 0, r_a, r_b).reshape(-1), torch.where(s > 0, r_b, r_a).reshape(-1))
         loss = policy["loss"] + config.bt_weight * bt
         logs = {"loss": loss.item(), "policy_loss": policy["loss"].item(), "kl": policy["kl"].item(),
-                "ratio": policy["ratio"].item(), "bt_loss": bt.item(), "rollout_reward": rewards.mean().item(),
-                "rollout_accuracy": float(np.mean([s["accuracy"] for s in scored])),
-                "rollout_format": float(np.mean([s["format"] for s in scored]))}
-        return {"loss": loss, "logs": logs}
+                "ratio": policy["ratio"].item(), "clip_fraction": policy["clip_fraction"].item(),
+                "bt_loss": bt.item(), "rollout_reward": micro["rewards"].mean().item(),
+                "rollout_accuracy": micro["accuracy"].mean().item(), "rollout_format": micro["format"].mean().item()}
+        # accelerate divides each micro-batch's loss by the accumulation count; the official loss SUMS micro-batches
+        # (the policy term is already a share of the mini-batch mean, and the BT term counts once per micro-batch).
+        return {"loss": loss * accumulation, "logs": logs}
 
     # ------------------------------------------------------------------ loop
-    def train(self, stop_after: int | None = None) -> dict:
-        """Run to max_steps (resuming from the newest checkpoint if there is one and `resume` was asked).
-        `stop_after` ends the run after that many steps without a final save, as a kill would (tests)."""
+    def train(self) -> dict:
+        """Run from self.step to max_steps, evaluate, write the final checkpoint and publish the model."""
         config, accelerator = self.config, self.accelerator
         accelerator.init_trackers("descore", config={k: v for k, v in dataclasses.asdict(config).items()
                                                      if isinstance(v, (int, float, str, bool))})
-        loss_fn = {1: self.stage1_loss, 2: self.stage2_loss, 3: self.distill_loss}[config.stage]
+        loss_fn = {1: self.stage1_loss, 3: self.distill_loss}.get(config.stage)
         bar = tqdm(total=config.max_steps, initial=self.step, desc=f"stage {config.stage}",
                    disable=not accelerator.is_main_process)
         last_logs = {}
@@ -485,7 +604,10 @@ class Trainer:
                 torch.manual_seed(_mix(config.seed, micro_step, accelerator.process_index))  # dropout, sampling
                 rng = np.random.default_rng([config.seed, micro_step, accelerator.process_index])
                 with accelerator.accumulate(self.model):
-                    result = loss_fn(batch, rng)
+                    if config.stage == 2:
+                        result = self.stage2_loss(micro_step, batch)
+                    else:
+                        result = loss_fn(batch, rng)
                     if not torch.isfinite(result["loss"]):
                         self._diverged(result["logs"])
                     accelerator.backward(result["loss"])
@@ -504,9 +626,6 @@ class Trainer:
             self._log(last_logs)
             bar.update(1)
             bar.set_postfix(loss=f"{last_logs['loss']:.4f}")
-            if stop_after is not None and self.step >= stop_after:
-                bar.close()
-                return last_logs
             if config.save_steps and self.step % config.save_steps == 0 and self.step < config.max_steps:
                 self.save_checkpoint()
         bar.close()
@@ -516,22 +635,19 @@ class Trainer:
         self.save_checkpoint()
         self._publish_final()
         if accelerator.is_main_process:
-            plot_curves(self.metrics_path, self.output_dir / "curves.png")
+            plot_curves(self.run.metrics_path, self.output_dir / "curves.png")
         accelerator.end_training()
         return {**last_logs, **final}
 
     def _diverged(self, logs: dict):
-        last = sorted(self.output_dir.glob("checkpoint-*"), key=_checkpoint_step)
-        keep = f"; the last good checkpoint is {last[-1]}" if last else "; no checkpoint was written yet"
+        last = self.run.latest_checkpoint()
+        keep = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
         raise FloatingPointError(f"step {self.step + 1}: the loss is not finite ({logs}); training stopped{keep}. "
                                  f"Lower the learning rate or check the data, then --resume")
 
     def _log(self, logs: dict):
         self.accelerator.log(logs, step=self.step)
-        if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps({"step": self.step, **logs}) + "\n")
+        self.run.log({"step": self.step, **logs})
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -554,29 +670,33 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self):
         """checkpoint-N/: the model in the DeScore format (loads with from_pretrained), the trainable weights,
-        optimizer and scheduler state, and the step. Written atomically; older ones beyond the limit removed."""
+        optimizer and scheduler state, and in stage 2 the current rollout batch (one file per process, so that a
+        resumed run makes the same off-policy updates). Written atomically; older ones beyond the limit removed."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            model = accelerator.unwrap_model(self.model)
-            with atomic_directory(self.output_dir / f"checkpoint-{self.step}") as tmp:
-                model.save_pretrained(tmp / "model")
-                trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-                save_file(trainable, tmp / "trainable.safetensors")
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "config": _jsonable(self.config)}))
-            checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=_checkpoint_step)
-            for old in checkpoints[: max(0, len(checkpoints) - self.config.save_total_limit)]:
-                shutil.rmtree(old, ignore_errors=True)
+        model = accelerator.unwrap_model(self.model)
+
+        def write(tmp: Path):
+            model.save_pretrained(tmp / "model")
+            trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(trainable, tmp / "trainable.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.rollouts is not None:
+                torch.save(self.rollouts, tmp / "rollouts-0.pt")
+
+        path = self.run.save_checkpoint(self.step, write, keep_last=self.config.save_total_limit)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process and self.rollouts is not None:
+            torch.save(self.rollouts, path / f"rollouts-{accelerator.process_index}.pt")
         accelerator.wait_for_everyone()
 
-    def resume(self) -> bool:
-        """Continue from the newest complete checkpoint in output_dir. Returns False when there is none."""
-        checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=_checkpoint_step)
-        if not checkpoints:
+    def _resume(self) -> bool:
+        """Load the newest checkpoint of the run (metrics past it are dropped). False when there is none."""
+        self.step = self.run.resume_step()
+        latest = self.run.latest_checkpoint()
+        if latest is None:
             return False
-        latest = checkpoints[-1]
         model = self.accelerator.unwrap_model(self.model)
         saved = load_file(latest / "trainable.safetensors")
         params = dict(model.named_parameters())
@@ -585,10 +705,9 @@ class Trainer:
                 params[name].copy_(value)
         self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", map_location="cpu", weights_only=True))
-        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
-        if self.accelerator.is_main_process and self.metrics_path.exists():  # drop log lines past the checkpoint
-            lines = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.step]
-            self.metrics_path.write_text("".join(l + "\n" for l in lines))
+        rollouts = latest / f"rollouts-{self.accelerator.process_index}.pt"
+        if rollouts.is_file():
+            self.rollouts = torch.load(rollouts, map_location="cpu", weights_only=True)
         return True
 
     def _publish_final(self):
@@ -640,11 +759,6 @@ def _mix(*values) -> int:
     return int(np.random.default_rng(list(values)).integers(2**62))
 
 
-def _checkpoint_step(path: Path) -> int:
-    suffix = path.name.split("-")[-1]
-    return int(suffix) if suffix.isdigit() else -1
-
-
 def _jsonable(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
@@ -684,42 +798,55 @@ def plot_curves(metrics_path: Path, png_path: Path):
     plt.close(fig)
 
 
-def parse_train_args(argv=None, description: str = "", defaults: dict | None = None, aliases: dict | None = None):
-    """Command-line flags for every TrainConfig field (`--max-steps` for max_steps, ...), plus `--resume`.
-    `defaults` override field defaults (a recipe's own); `aliases` add flag names (`{"--student": "model"}`)."""
-    defaults, aliases = defaults or {}, aliases or {}
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(TrainConfig):
-        flags = ["--" + field.name.replace("_", "-")] + [a for a, name in aliases.items() if name == field.name]
-        default = defaults.get(field.name, field.default)
-        kind = str(field.type)
-        if "bool" in kind:
-            parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default)
-        elif "tuple" in kind:
-            parser.add_argument(*flags, dest=field.name, type=float, nargs="+", default=default)
-        else:
-            convert = float if "float" in kind else int if "int" in kind else _text_or_none
-            parser.add_argument(*flags, dest=field.name, type=convert, default=default)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    values["reward_weights"] = tuple(values["reward_weights"])
-    values["length_thresholds"] = tuple(int(v) for v in values["length_thresholds"])
-    return TrainConfig(**values), args
+@dataclass
+class RunArguments:
+    """How to open the run directory (not part of what the run is, so never compared on --resume)."""
+
+    resume: bool = field(default=False, metadata=_help(
+        "Continue the run in --output-dir from its newest checkpoint (exactly: same data order and random draws). "
+        f"Only {', '.join('--' + n.replace('_', '-') for n in MAY_CHANGE_ON_RESUME)} may differ from the saved run."))
+    overwrite: bool = field(default=False, metadata=_help("Delete the run in --output-dir and start again."))
 
 
-def _text_or_none(value: str):
-    return None if value.lower() == "none" else value
+def argument_parser(config_class=TrainConfig, description: str = "", prog: str | None = None):
+    """transformers' HfArgumentParser over a TrainConfig (sub)class and RunArguments: every field is a flag
+    (`--max-steps` and `--max_steps`) with its help text and default; a bool field also gets `--no-<flag>`.
+    A bad value is one line on stderr and exit status 2."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass  # the recipe's docstring as written, and "(default: ...)" after every flag's help
+
+    parser = Parser((config_class, RunArguments), prog=prog, description=description, formatter_class=Formatter)
+    existing = set(parser._option_string_actions)
+    for spec in dataclasses.fields(config_class):
+        negative = "--no-" + spec.name.replace("_", "-")
+        if "bool" in str(spec.type) and negative not in existing:
+            parser.add_argument(negative, dest=spec.name, action="store_false", help=argparse.SUPPRESS)
+    return parser
 
 
-def run_training(config: TrainConfig, resume: bool, name: str) -> int:
+def parse_train_args(argv=None, config_class=TrainConfig, description: str = "", prog: str | None = None):
+    """(config, run arguments) from the command line; see `argument_parser`."""
+    parser = argument_parser(config_class, description, prog)
+    config, run_args = parser.parse_args_into_dataclasses(args=argv)
+    return config, run_args
+
+
+def run_training(config: TrainConfig, run_args: RunArguments, name: str) -> int:
     """What the recipes run: errors in the input are short messages (exit 2), a diverged run exits 1."""
     try:
-        trainer = Trainer(config)
-    except (ValueError, FileNotFoundError) as error:
+        trainer = Trainer(config, resume=run_args.resume, overwrite=run_args.overwrite)
+    except (ValueError, FileNotFoundError, RunError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return 2
-    if resume and trainer.resume():
+    if trainer.resumed:
         print(f"resumed from step {trainer.step}")
     try:
         result = trainer.train()

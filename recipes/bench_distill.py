@@ -66,12 +66,12 @@ def main(argv=None):
     common = dict(batch_size=args.batch_size, gradient_accumulation_steps=1, learning_rate=args.learning_rate,
                   lora_rank=0, train_embeddings="all", save_steps=0, log_with=None, seed=args.seed)
     Trainer(TrainConfig(model=str(work / "teacher_init"), train_data=str(train), output_dir=str(work / "teacher"),
-                        max_steps=args.teacher_steps, lm_loss_weight=1.0, cot_mask_prob=0.5, **common)).train()
+                        max_steps=args.teacher_steps, lm_loss_weight=1.0, cot_mask_prob=0.5, **common), overwrite=True).train()
     small = {} if args.student_hidden == 64 else dict(hidden=args.student_hidden, vision_hidden=args.student_hidden)
     init_tiny(work / "student_init", head="distribution", seed=args.seed + 1, **small)
     Trainer(TrainConfig(stage=3, model=str(work / "student_init"), teacher=str(work / "teacher"), train_data=str(train),
                         output_dir=str(work / "student"), max_steps=args.distill_steps,
-                        num_cot_samples=args.num_cot_samples, **common)).train()
+                        num_cot_samples=args.num_cot_samples, **common), overwrite=True).train()
 
     pairs = load_pairs(held_out)
     teacher = evaluate(DeScoreReward.from_pretrained(work / "teacher"), pairs, True, args.score_batch_size)

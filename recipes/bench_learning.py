@@ -117,7 +117,8 @@ def stage2_config(args, paths: dict, start: Path, out: Path, seed: int) -> Train
         model=str(start), train_data=str(paths["train"]), eval_data=str(paths["eval"]), output_dir=str(out), stage=2,
         max_steps=args.stage2_steps, batch_size=args.stage2_batch_size, gradient_accumulation_steps=1,
         learning_rate=args.stage2_learning_rate, lora_rank=0, train_embeddings="all", num_rollouts=args.num_rollouts,
-        max_new_tokens=args.max_new_tokens, eval_steps=max(1, args.stage2_steps // 4), eval_think=True,
+        max_new_tokens=args.max_new_tokens, mini_batches_per_rollout=1, eval_steps=max(1, args.stage2_steps // 4),
+        eval_think=True,
         eval_max_new_tokens=args.max_new_tokens, save_steps=0, seed=seed, log_with=None,
     )
 
@@ -142,7 +143,7 @@ def run_seed(args, seed: int) -> dict:
     results = {}
     for run in [r for r in RUNS if r in args.runs and r != "stage2"]:
         out = root / run
-        trainer = Trainer(stage1_config(args, paths, out, seed, run))
+        trainer = Trainer(stage1_config(args, paths, out, seed, run), overwrite=True)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -155,7 +156,7 @@ def run_seed(args, seed: int) -> dict:
         print(f"seed {seed} {run}: {seconds:.0f} s, " + json.dumps(rows), flush=True)
     if "stage2" in args.runs and "cot" in results:
         out = root / "stage2"
-        trainer = Trainer(stage2_config(args, paths, root / "cot", out, seed))
+        trainer = Trainer(stage2_config(args, paths, root / "cot", out, seed), overwrite=True)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -103,7 +103,7 @@ def step_train(model_dir: Path, work_dir: Path, steps: int, num_pairs: int, seed
                          max_steps=steps, batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
                          lora_rank=0, train_embeddings="all", lm_loss_weight=1.0, cot_mask_prob=0.5,
                          save_steps=0, log_with=None, seed=seed)
-    Trainer(config).train()
+    Trainer(config, overwrite=True).train()  # the demo's scratch folder: a re-run starts again
     trained = DeScoreReward.from_pretrained(work_dir / "stage1")
     for think in (True, False):
         result = evaluate_pairs(trained, load_pairs(held_out), think=think, batch_size=16, progress=False)

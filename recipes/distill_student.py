@@ -1,4 +1,4 @@
-"""Distil a reasoning DeScore teacher into a student that scores WITHOUT a chain of thought (Z-Reward's RISD idea,
+r"""Distil a reasoning DeScore teacher into a student that scores WITHOUT a chain of thought (Z-Reward's RISD idea,
 arXiv 2606.09076, transferred to video).
 
     python recipes/distill_student.py --teacher TEACHER --student STUDENT --train-data pairs.jsonl \
@@ -9,18 +9,29 @@ distributions (distribution head; the expected reward for a scalar head) are ave
 --output-dir/teacher_targets.safetensors. The student (same backbone or a smaller one, e.g. `descore init-tiny
 --head distribution`) learns to match them with think=False: KL(teacher || student). The student lands in
 --output-dir and loads with DeScoreReward.from_pretrained; score with `think=False`. Flags are those of
-recipes/train_rm.py (TrainConfig) with --student as the name of --model.
+recipes/train_rm.py (TrainConfig), with --student as another name of --model and stage 3 as the default.
 """
 
 import sys
+from dataclasses import dataclass, field
 
-from descore_plugin.trainer import parse_train_args, run_training
+from descore_plugin.trainer import TrainConfig, parse_train_args, run_training
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """TrainConfig with the distillation defaults."""
+
+    model: str = field(default="", metadata={"help": "The student checkpoint to start from (also --student).",
+                                             "aliases": ["--student"], "required": True})
+    stage: int = field(default=3, metadata={"help": "3: distillation (the reason for this recipe).", "choices": [3]})
+    cot_mask_prob: float = field(default=1.0, metadata={
+        "help": "Unused in distillation (the student never sees a CoT); kept at 1 so that stage-1 tools agree."})
 
 
 def main(argv=None) -> int:
-    config, args = parse_train_args(argv, description=__doc__, defaults={"stage": 3, "cot_mask_prob": 1.0},
-                                    aliases={"--student": "model"})
-    return run_training(config, args.resume, "distill_student.py")
+    config, run_args = parse_train_args(argv, config_class=DistillConfig, description=__doc__, prog="distill_student.py")
+    return run_training(config, run_args, "distill_student.py")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,20 @@ from descore_plugin.data import load_pairs
 from descore_plugin.evaluation import evaluate_pairs, write_evaluation
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag or value is one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Preference accuracy of a DeScore model on a pair file.")
+    parser = Parser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data reads")
     parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id")
     parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go")
     parser.add_argument("--no-think", action="store_true", help="score without a CoT (the masked-CoT fast path)")
-    parser.add_argument("--batch-size", type=int, default=8, help="videos per forward / generate call")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per forward / generate call (default: 8)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="CoT length limit (default: the model's)")
     parser.add_argument("--num-frames", type=int, default=None, help="override the model's frames per video")
     parser.add_argument("--fps", type=float, default=None,

@@ -3,9 +3,9 @@
     python recipes/train_rm.py --stage 1 --model DIR_OR_ID --train-data pairs.jsonl --output-dir out/ --max-steps N
     accelerate launch recipes/train_rm.py ...            # many GPUs: DDP / DeepSpeed / FSDP from accelerate config
 
-Every flag is a field of `descore_plugin.trainer.TrainConfig` (its docstrings give the official defaults).
+Every flag is a field of `descore_plugin.trainer.TrainConfig` (--help lists each with its meaning and default).
 The final model is written to --output-dir itself (DeScoreReward.from_pretrained(DIR) loads it); checkpoints go to
---output-dir/checkpoint-N; --resume continues exactly from the newest one.
+--output-dir/checkpoint-N; --resume continues exactly from the newest one, --overwrite starts the run again.
 """
 
 import sys
@@ -14,8 +14,8 @@ from descore_plugin.trainer import parse_train_args, run_training
 
 
 def main(argv=None) -> int:
-    config, args = parse_train_args(argv, description=__doc__)
-    return run_training(config, args.resume, "train_rm.py")
+    config, run_args = parse_train_args(argv, description=__doc__, prog="train_rm.py")
+    return run_training(config, run_args, "train_rm.py")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def stage2(world, trainings):
         output_dir=str(world["root"] / "stage2"), stage=2, max_steps=STAGE2_STEPS, batch_size=4,
         gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
         max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
+        mini_batches_per_rollout=1,  # one update per rollout batch, the regime these numbers were measured with
     )
     trainer = Trainer(config)
     logs = trainer.train()  # ends with the held-out evaluation, scored with the model's own CoT

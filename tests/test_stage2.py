@@ -1,6 +1,7 @@
 """Stage 2 from real stage-1 checkpoints (LoRA and full), its reference model, and the whole pipeline in sequence."""
 
 import json
+import math
 import runpy
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import main as descore_main
 from descore_plugin.data import load_pairs
+from descore_plugin.losses import group_advantages, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
 from descore_plugin.synthetic import write_dataset
 from descore_plugin.tiny import init_tiny
 from descore_plugin.trainer import TrainConfig, Trainer
@@ -37,10 +39,52 @@ def stage1(tmp_path_factory, tiny_dirs):
     return {"data": data, **runs}
 
 
+# ---------------------------------------------------------------------- exact values of the stage-2 loss
+def test_ppo_dual_clip_exact():
+    """Asymmetric clip [0.8, 1.3] and dual clip 3 on hand-computed tokens (ratios 1, 1.5, 0.5, 5)."""
+    log_ratio = torch.log(torch.tensor([1.0, 1.5, 0.5, 5.0]))
+    old = torch.full((3, 4), -2.0)
+    logp = old + log_ratio
+    out = ppo_dual_clip_loss(logp, old, torch.tensor([1.0, -1.0, -2.0]), clip_low=0.2, clip_high=0.3, clip_dual=3.0)
+    expected = torch.tensor([
+        [-1.0, -1.3, -0.5, -1.3],  # A > 0: max(-A r, -A clip(r)): the gain stops at r = 1.3
+        [1.0, 1.5, 0.8, 3.0],      # A < 0: pessimistic bound, then at most -A * 3 (dual clip) at r = 5
+        [2.0, 3.0, 1.6, 6.0],
+    ])
+    torch.testing.assert_close(out["loss"], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["ratio"][0], torch.tensor([1.0, 1.5, 0.5, 5.0]), atol=1e-6, rtol=0)
+    assert out["clipped"].tolist() == [[False, True, False, True], [False, False, True, True], [False, False, True, True]]
+
+
+def test_kl_low_variance_exact_and_clamped():
+    logp = torch.tensor([-1.0, -1.0, 0.0, -30.0])
+    ref = torch.tensor([-1.5, -1.0, -30.0, 0.0])
+    expected = torch.tensor([math.exp(-0.5) + 0.5 - 1, 0.0, 10.0, 10.0])  # x clamped to +-20, the result to 10
+    torch.testing.assert_close(kl_low_variance(logp, ref), expected, atol=1e-7, rtol=0)
+
+
+def test_group_advantages_unbiased_std():
+    adv = group_advantages(torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]) / (1 + 1e-6), atol=1e-7, rtol=0)
+
+
+def test_grpo_policy_loss_token_mean_over_the_mini_batch():
+    """Per-token PPO + kl_coef * KL, summed over the mask, divided by the mini-batch's token count."""
+    logp = torch.full((2, 3), -1.0)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    advantages = torch.tensor([1.0, -1.0])
+    own = grpo_policy_loss(logp, logp, advantages, mask)
+    assert own["loss"].item() == pytest.approx(-1 / 3) and own["ratio"].item() == 1.0
+    shared = grpo_policy_loss(logp, logp, advantages, mask, ref_logp=logp - 0.5, kl_coef=0.1, num_tokens=6)
+    kl = math.exp(-0.5) + 0.5 - 1
+    assert shared["loss"].item() == pytest.approx((-1 + 3 * 0.1 * kl) / 6)
+    assert shared["kl"].item() == pytest.approx(kl)
+
+
 def stage2_config(stage1, start, out, **overrides):
     values = dict(stage=2, model=str(stage1[start]), train_data=str(stage1["data"]), output_dir=str(out), max_steps=1,
                   batch_size=1, gradient_accumulation_steps=1, num_rollouts=2, max_new_tokens=6, kl_coef=0.1,
-                  learning_rate=1e-3, save_steps=0, log_with=None)
+                  mini_batches_per_rollout=1, learning_rate=1e-3, save_steps=0, log_with=None)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -93,7 +137,8 @@ def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
     assert train(["--stage", "1", "--model", str(tmp_path / "M"), "--train-data", str(data), "--output-dir",
                   str(tmp_path / "s1"), "--max-steps", "2", "--lora-rank", "4", *small]) == 0
     assert train(["--stage", "2", "--model", str(tmp_path / "s1"), "--train-data", str(data), "--output-dir",
-                  str(tmp_path / "s2"), "--max-steps", "1", "--num-rollouts", "2", "--max-new-tokens", "8", *small]) == 0
+                  str(tmp_path / "s2"), "--max-steps", "1", "--num-rollouts", "2", "--max-new-tokens", "8", "--mini-batches-per-rollout", "1",
+                  *small]) == 0
     assert recipe("eval_rm.py")([str(data), "--model", str(tmp_path / "s2"), "--output-dir", str(tmp_path / "eval"),
                                  "--max-new-tokens", "8"]) == 0
     accuracy = json.loads((tmp_path / "eval" / "accuracy.json").read_text())
@@ -108,3 +153,28 @@ def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
                          "--no-think", "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert isinstance(record["reward"], float)
+
+
+def test_rollout_batch_gives_off_policy_updates_and_resumes_exactly(stage1, tmp_path):
+    """Two mini-batches per rollout batch: rollouts are sampled once (without the repetition penalty), the second
+    step is off-policy (ratio != 1); a run killed after step 1 resumes from the saved rollouts to the same weights."""
+    settings = dict(mini_batches_per_rollout=2, max_steps=2, save_steps=1, kl_coef=0.1, learning_rate=5e-2)
+    straight = Trainer(stage2_config(stage1, "full", tmp_path / "straight", **settings))
+    model = straight.accelerator.unwrap_model(straight.model)
+    model.config.repetition_penalty = 1.3  # the scoring setting; rollouts must not inherit it
+    calls = []
+    sample = model.sample_cots
+    model.sample_cots = lambda *args, **kwargs: calls.append(kwargs) or sample(*args, **kwargs)
+    straight.train()
+    assert len(calls) == 2 and all(c["repetition_penalty"] == 1.0 for c in calls)  # 2 micro-batches, one sampling
+    logs = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert logs[0]["ratio"] == 1.0 and logs[1]["ratio"] != 1.0
+
+    killed = Trainer(stage2_config(stage1, "full", tmp_path / "killed", **{**settings, "max_steps": 1}))
+    killed.train()
+    resumed = Trainer(stage2_config(stage1, "full", tmp_path / "killed", **settings), resume=True)
+    assert resumed.step == 1 and resumed.rollouts is not None and resumed.rollouts["index"] == 0
+    resumed.train()
+    expected = {n: p for n, p in straight.accelerator.unwrap_model(straight.model).named_parameters()}
+    for name, param in resumed.accelerator.unwrap_model(resumed.model).named_parameters():
+        torch.testing.assert_close(param, expected[name], atol=0, rtol=0, msg=name)

@@ -85,10 +85,19 @@ def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
     expected = trainable_state(straight)
 
     killed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers))
-    killed.train(stop_after=3)  # dies after step 3: the checkpoint of step 2 is the last one on disk
+    real = killed.stage1_loss
+
+    def killed_in_step_4(pairs, rng):  # the process dies inside step 4, after step 3 was logged, before any save
+        if killed.step == 3:
+            raise KeyboardInterrupt
+        return real(pairs, rng)
+
+    killed.stage1_loss = killed_in_step_4
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
-    resumed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers))
-    assert resumed.resume() and resumed.step == 2
+    resumed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers), resume=True)
+    assert resumed.resumed and resumed.step == 2
     resumed.train()
     got = trainable_state(resumed)
     assert got.keys() == expected.keys()
@@ -175,3 +184,101 @@ def test_recipe_command_line(world, tmp_path):
     assert list((out / "logs").rglob("events.out.tfevents*"))
     again = subprocess.run(args + ["--resume", "--max-steps", "3"], capture_output=True, text=True)
     assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- command lines: help, bad values
+RECIPES = RECIPE.parent
+
+
+def recipe_main(name):
+    import runpy
+
+    return runpy.run_path(str(RECIPES / name), run_name="recipe")["main"]
+
+
+@pytest.mark.parametrize("name", ["train_rm.py", "distill_student.py"])
+def test_training_recipe_help_describes_every_field(name, capsys):
+    import dataclasses
+    import runpy
+
+    main = runpy.run_path(str(RECIPES / name), run_name="recipe")["main"]
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        assert flag in text, flag
+        help_text = " ".join(spec.metadata["help"].split())
+        assert help_text[:40] in text or name == "distill_student.py", (flag, help_text[:40])
+    assert "(default: 1000)" in text and "--resume" in text and "--overwrite" in text
+
+
+def test_eval_recipe_help_describes_every_flag(capsys):
+    import runpy
+
+    main = runpy.run_path(str(RECIPES / "eval_rm.py"), run_name="recipe")["main"]
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--output-dir", "--no-think", "--batch-size", "--max-new-tokens", "--num-frames", "--fps",
+                 "--device", "--dtype"):
+        assert flag in text, flag
+    assert "(default: 8)" in text
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--loss", "foo"]),
+    ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--max-steps", "ten"]),
+    ("train_rm.py", ["--train-data", "d", "--output-dir", "o"]),
+    ("distill_student.py", ["--student", "m", "--train-data", "d", "--output-dir", "o", "--num-cot-samples", "x"]),
+    ("eval_rm.py", ["pairs.csv", "--model", "m", "--output-dir", "o", "--batch-size", "eight"]),
+])
+def test_bad_flag_value_is_one_line_exit_2(name, argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        recipe_main(name)(argv)
+    assert done.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{name}: error:"), lines
+
+
+def test_existing_run_refused_and_resume_checks_flags(world, tmp_path, capsys):
+    main = recipe_main("train_rm.py")
+    args = ["--model", str(world["model"]), "--train-data", str(world["train"]), "--output-dir", str(tmp_path / "run"),
+            "--max-steps", "1", "--batch-size", "1", "--gradient-accumulation-steps", "1", "--lora-rank", "2",
+            "--save-steps", "0", "--log-with", "none"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert main(args + ["--resume", "--learning-rate", "1e-3"]) == 2
+    assert "--learning-rate" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------------- which pairs train and evaluate
+def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path, tiny_dirs, capfd):
+    from descore_plugin.evaluation import evaluate_pairs
+
+    data = write_dataset(tmp_path / "data", 8, seed=7, tie_rate=0.5, progress=False)
+    pairs = load_pairs(data)
+    pairs[0].label = "invalid"
+    save_pairs(tmp_path / "pairs.jsonl", pairs)
+    path = str(tmp_path / "pairs.jsonl")
+    ties = sum(p.label == "tie" for p in pairs)
+    assert ties > 0
+    trainer = Trainer(TrainConfig(model=str(tiny_dirs["qwen2_5_vl"]), train_data=path, eval_data=path,
+                                  output_dir=str(tmp_path / "out"), max_steps=1, batch_size=1,
+                                  gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_think=False,
+                                  log_with=None))
+    message = capfd.readouterr().err
+    assert f"training on {len(pairs) - 1 - ties} of {len(pairs)} pairs" in message
+    assert "1 labelled 'invalid'" in message and f"{ties} ties (--loss bt" in message
+    assert len(trainer.eval_pairs) == len(pairs)  # evaluation keeps every pair; evaluate_pairs counts the invalid one
+    logs = trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    expected = evaluate_pairs(model, load_pairs(path), think=False, progress=False)
+    assert expected["num_pairs"] == len(pairs) - 1
+    assert logs["eval_accuracy_with_ties"] == pytest.approx(expected["accuracy_with_ties"])
