@@ -9,6 +9,7 @@ text-to-video models.
 
 from .model import DeScoreConfig, DeScoreReward, RewardOutput
 from .prompt import ParsedAnswer, parse_answer
+from .remote import RemoteReward
 
-__all__ = ["DeScoreConfig", "DeScoreReward", "RewardOutput", "ParsedAnswer", "parse_answer"]
+__all__ = ["DeScoreConfig", "DeScoreReward", "RewardOutput", "ParsedAnswer", "parse_answer", "RemoteReward"]
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
     descore report PATH --output-dir OUT [--reward NAME] [--check NAME ...]
+    descore serve [--model DIR_OR_ID] [--device D] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...
 """
 
 import argparse
@@ -64,10 +65,15 @@ def main(argv=None):
     report.add_argument("--check", action="append", default=None,
                         help="run reports: an independent check's score name (repeat; default: every other reward)")
 
+    serve = commands.add_parser("serve", help="serve the reward model over HTTP (micro-batched; see README 'Serving')")
+    _add_serve_arguments(serve)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
             return _score(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "init-tiny":
             from .tiny import init_tiny
 
@@ -99,6 +105,78 @@ def _score(args):
     from .scoring import score_command
 
     return score_command(args)
+
+
+def _add_serve_arguments(parser):
+    from .server import ServeConfig, default_api_key
+
+    defaults = ServeConfig()
+    parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
+                        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
+                             "random model, for trying the protocol)")
+    parser.add_argument("--device", default=None, help="one device per server, e.g. cuda:3 (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key")
+    parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port)")
+    parser.add_argument("--api-key", default=default_api_key(),
+                        help="Bearer key clients must send (default: $DESCORE_API_KEY); required off loopback")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                        help="most videos scored in one batch")
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                        help="longest wait of the oldest queued video for batch-mates")
+    parser.add_argument("--allow-paths", action="append", default=[], metavar="DIR",
+                        help="a folder whose files requests may name by server path (repeatable; default: none)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="serve yifan123/reward-server's pickle protocol on POST / (no globals unpickled)")
+    parser.add_argument("--max-request-mb", type=float, default=defaults.max_request_mb, help="largest request body, MiB")
+    parser.add_argument("--max-videos-per-request", type=int, default=defaults.max_videos_per_request,
+                        help="most videos in one request")
+    parser.add_argument("--max-frames", type=int, default=defaults.max_frames,
+                        help="most source frames per video, before sampling")
+    parser.add_argument("--max-frame-pixels", type=int, default=defaults.max_frame_pixels,
+                        help="largest uploaded frame area (height x width)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on CoT length (default: the model's)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _serve(args):
+    import tempfile
+
+    import torch
+
+    from .model import DeScoreReward
+    from .server import ServeConfig, check_bind, serve
+
+    for folder in args.allow_paths:
+        if not os.path.isdir(folder):
+            raise ValueError(f"--allow-paths {folder}: not a directory")
+    config = ServeConfig(
+        host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, allow_paths=tuple(args.allow_paths), allow_pickle=args.allow_pickle,
+        max_request_mb=args.max_request_mb, max_videos_per_request=args.max_videos_per_request,
+        max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels, max_new_tokens=args.max_new_tokens,
+    )
+    check_bind(config.host, config.api_key)
+    if config.max_batch_size < 1 or config.max_wait_ms < 0:
+        raise ValueError(f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
+                         "need a batch size >= 1 and a wait >= 0")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
+    if args.model:
+        model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
+        print(f"descore serve: serving {args.model} on {device}", file=sys.stderr)
+    else:
+        from .tiny import init_tiny
+
+        with tempfile.TemporaryDirectory(prefix="descore-tiny-") as folder:
+            init_tiny(folder)
+            model = DeScoreReward.from_pretrained(folder, device=device, dtype=dtype)
+        print("descore serve: no --model given: serving the built-in tiny model (random weights, for trying the "
+              "protocol; pass --model DIR_OR_ID for a real one)", file=sys.stderr)
+    print(f"descore serve: http://{config.host}:{config.port} (batches of up to {config.max_batch_size} videos, "
+          f"{config.max_wait_ms:g} ms wait)", file=sys.stderr, flush=True)
+    serve(model, config, log_level=args.log_level)
+    return 0
 
 
 if __name__ == "__main__":

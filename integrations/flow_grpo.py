@@ -78,3 +78,7 @@ def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dt
         return [None if np.isnan(s) else float(s) for s in scores.tolist()]
 
     return descore_cot_reward
+
+
+# A DeScore served by `descore serve`, with the same factory signature: fn(images, prompts, metadata) -> (scores, info).
+from descore_plugin.remote import descore_reward_remote  # noqa: E402,F401
