@@ -14,7 +14,8 @@ Endpoints (all POST bodies are read with a size limit before parsing):
 
 Micro-batching: every request's videos are decoded in worker threads, then queued. One scoring thread takes, per
 batch, up to `max_batch_size` queued videos of ONE kind (think / no-think / given CoTs, and the same CoT length
-limit), waiting at most `max_wait_ms` after the oldest queued video for company. A batch is scored with
+limit), waiting at most `max_wait_ms` for company (counted from the later of the oldest video's arrival and the
+moment the scorer became free). A batch is scored with
 `DeScoreReward.score`, so a served reward is the in-process reward; if a batch fails as a whole, its videos are
 re-scored one by one so that one bad video cannot take its batch-mates down.
 
@@ -65,7 +66,8 @@ class ServeConfig:
     max_batch_size: int = 8
     """Most videos scored in one forward batch."""
     max_wait_ms: float = 10.0
-    """Longest time the oldest queued video waits for batch-mates before its batch is scored anyway."""
+    """Longest time the oldest queued video waits for batch-mates, counted from when the scorer is free, before
+    its batch is scored anyway."""
     allow_paths: tuple = ()
     """Folders whose files requests may name by server-side path (after resolving symlinks and `..`). Empty: no
     server-side paths at all."""
@@ -123,6 +125,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._draining = False
+        self._free_since = 0.0  # when the scoring thread last became free
 
     def start(self):
         self._wakeup = asyncio.Event()
@@ -173,7 +176,9 @@ class MicroBatcher:
                 await self._wakeup.wait()
                 continue
             queue = self.queues[key]
-            deadline = queue[0].queued_at + self.max_wait
+            # Videos that queued while the previous batch ran get max_wait from the moment the scorer is free:
+            # otherwise they would always leave at once, in small batches, under steady load.
+            deadline = max(queue[0].queued_at, self._free_since) + self.max_wait
             while len(queue) < self.max_batch_size and not (self._closing or self._draining):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -191,6 +196,7 @@ class MicroBatcher:
                 results = await loop.run_in_executor(self._executor, self._score, key, batch)
             except BaseException as error:  # never leave a request waiting forever
                 results = [{"error": f"scoring failed: {type(error).__name__}: {error}"}] * len(batch)
+            self._free_since = time.monotonic()
             self.batch_sizes[len(batch)] += 1
             self.videos_scored += len(batch)
             for item, result in zip(batch, results):
