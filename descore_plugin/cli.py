@@ -116,27 +116,28 @@ def _add_serve_arguments(parser):
                              "random model, for trying the protocol)")
     parser.add_argument("--device", default=None, help="one device per server, e.g. cuda:3 (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
-    parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key")
-    parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port)")
+    parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
     parser.add_argument("--api-key", default=default_api_key(),
                         help="Bearer key clients must send (default: $DESCORE_API_KEY); required off loopback")
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                        help="most videos scored in one batch")
+                        help="most videos scored in one batch (default: %(default)s)")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                        help="longest wait of the oldest queued video for batch-mates")
+                        help="longest wait of the oldest queued video for batch-mates (default: %(default)s)")
     parser.add_argument("--allow-paths", action="append", default=[], metavar="DIR",
                         help="a folder whose files requests may name by server path (repeatable; default: none)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="serve yifan123/reward-server's pickle protocol on POST / (no globals unpickled)")
-    parser.add_argument("--max-request-mb", type=float, default=defaults.max_request_mb, help="largest request body, MiB")
+    parser.add_argument("--max-request-mb", type=float, default=defaults.max_request_mb, help="largest request body, MiB (default: %(default)s)")
     parser.add_argument("--max-videos-per-request", type=int, default=defaults.max_videos_per_request,
-                        help="most videos in one request")
+                        help="most videos in one request (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=defaults.max_frames,
-                        help="most source frames per video, before sampling")
+                        help="most source frames per video, before sampling (default: %(default)s)")
     parser.add_argument("--max-frame-pixels", type=int, default=defaults.max_frame_pixels,
-                        help="largest uploaded frame area (height x width)")
+                        help="largest uploaded frame area (height x width) (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on CoT length (default: the model's)")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level (default: %(default)s)")
 
 
 def _serve(args):
@@ -147,6 +148,11 @@ def _serve(args):
     from .model import DeScoreReward
     from .server import ServeConfig, check_bind, serve
 
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("descore serve needs fastapi and uvicorn: pip install 'descore-plugin[serve]'") from None
     for folder in args.allow_paths:
         if not os.path.isdir(folder):
             raise ValueError(f"--allow-paths {folder}: not a directory")

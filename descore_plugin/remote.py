@@ -74,7 +74,10 @@ class RemoteReward:
     """
 
     def __init__(self, url, api_key: str | None = None, timeout: float = 600.0, max_concurrency: int | None = None):
-        import httpx
+        try:
+            import httpx
+        except ImportError:
+            raise ImportError("RemoteReward needs httpx: pip install 'descore-plugin[serve]'") from None
 
         self.urls = _split_urls(url)
         api_key = api_key if api_key is not None else os.environ.get("DESCORE_API_KEY")
