@@ -178,3 +178,25 @@ def test_rollout_batch_gives_off_policy_updates_and_resumes_exactly(stage1, tmp_
     expected = {n: p for n, p in straight.accelerator.unwrap_model(straight.model).named_parameters()}
     for name, param in resumed.accelerator.unwrap_model(resumed.model).named_parameters():
         torch.testing.assert_close(param, expected[name], atol=0, rtol=0, msg=name)
+
+
+def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, tmp_path):
+    """Two micro-batches of one mini-batch, before any update (ratio 1, KL 0, so the per-token loss is -A): their
+    policy terms add up to the token mean over the MINI-batch, each micro-batch carries its own mean BT term, and
+    the loss handed to accelerate is scaled back up by the accumulation count (accelerate divides by it)."""
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / "r", gradient_accumulation_steps=2, bt_weight=0.5))
+    trainer.rollouts = trainer._rollout_batch(0)
+    micros = trainer.rollouts["micro"]
+    for i, m in enumerate(micros):  # known, unequal advantages (a random tiny model's rule rewards are all 0)
+        m["advantages"] = torch.linspace(-1.0, 1.5, len(m["cot_ids"])) * (i + 1)
+    results = [trainer.stage2_loss(step, trainer.batch_for(step)) for step in (0, 1)]
+    assert trainer.rollouts["micro"] is micros  # the same rollout batch served both micro-batches
+    tokens = [torch.tensor([len(c) + int(e) for c, e in zip(m["cot_ids"], m["ended"])]) for m in micros]
+    total = sum(int(t.sum()) for t in tokens)
+    assert int(trainer.rollouts["mini_tokens"][0]) == total == sum(m["tokens"] for m in micros)
+    for m, t, result in zip(micros, tokens, results):
+        logs = result["logs"]
+        expected = -float((m["advantages"] * t).sum()) / total
+        assert expected != 0 and logs["policy_loss"] == pytest.approx(expected, abs=1e-6)
+        assert logs["loss"] == pytest.approx(logs["policy_loss"] + 0.5 * logs["bt_loss"], abs=1e-6)
+        assert result["loss"].item() == pytest.approx(2 * logs["loss"], abs=1e-6)
