@@ -81,7 +81,7 @@ def main(argv=None):
                       prompt_template=args.prompt_template)
             print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
         elif args.command == "init-tiny-wan":
-            from .integrations.wan import write_tiny_wan
+            from .tiny_wan import write_tiny_wan
 
             write_tiny_wan(args.out_dir, seed=args.seed)
             print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")

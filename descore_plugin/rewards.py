@@ -218,22 +218,24 @@ class RewardSet:
             raise RewardError(f"rewards {missing}: no reward of the set returned them (got {sorted(scores)})")
         return scores
 
+    def last_cots(self) -> list | None:
+        """The CoTs of the latest DeScore call of the set (None without a DeScore reward or with think=False)."""
+        for reward in self.rewards:
+            output = getattr(reward, "last_output", None)
+            if output is not None:
+                return output.cots
+        return None
+
     def combined(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """sum_k w_k r_k per video; NaN where any weighted reward is NaN (no score, no signal)."""
         return sum(weight * scores[name] for name, weight in self.weights.items())
 
 
-def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, device="cpu", dtype=None,
-               batch_size: int = 8, max_new_tokens: int | None = None, extra: dict[str, Reward] | None = None
-               ) -> RewardSet:
-    """Build the rewards of `--reward NAME[=WEIGHT]` flags (repeatable).
-
-    reward_model: a `--reward-model` value or a loaded scorer; needed only when a `descore*` reward is asked for.
-    extra: your own rewards {name: callable returning {name: scores}}; their names may be used in `specs`.
-    """
-    extra = dict(extra or {})
+def check_rewards(specs: Sequence[str], reward_model=None, think: bool = True,
+                  extra: dict[str, Reward] | None = None) -> dict[str, float]:
+    """Validate `--reward NAME[=WEIGHT]` flags without loading anything: {name: weight}, in order."""
+    known = DESCORE_NAMES + tuple(ANALYTIC_REWARDS) + tuple(extra or {})
     weights = {}
-    known = DESCORE_NAMES + tuple(ANALYTIC_REWARDS) + tuple(extra)
     for spec in specs:
         name, value = parse_reward_spec(spec, known)
         if name in weights:
@@ -241,17 +243,31 @@ def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, devi
         weights[name] = value
     if not weights:
         raise RewardError("--reward: no reward given (e.g. --reward descore or --reward analytic:redness)")
+    judged = [name for name in weights if name.startswith("descore")]
+    if judged and reward_model is None:
+        raise RewardError(f"--reward {judged[0]}: needs a DeScore model: pass --reward-model DIR, hub id or "
+                          f"http://host:port")
+    answer = [name for name in judged if name not in ("descore", "descore:uncertainty")]
+    if answer and not think:
+        raise RewardError(f"--reward {answer[0]}: reads the judge's <answer> block, which exists only with "
+                          f"think=True (drop --no-think)")
+    return weights
+
+
+def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, device="cpu", dtype=None,
+               batch_size: int = 8, max_new_tokens: int | None = None, extra: dict[str, Reward] | None = None
+               ) -> RewardSet:
+    """Build the rewards of `--reward NAME[=WEIGHT]` flags (repeatable); see `check_rewards`.
+
+    reward_model: a `--reward-model` value or a loaded scorer; needed only when a `descore*` reward is asked for.
+    extra: your own rewards {name: callable returning {name: scores}}; their names may be used in `specs`.
+    """
+    extra = dict(extra or {})
+    weights = check_rewards(specs, reward_model, think, extra)
     rewards: list[Reward] = []
     if any(name.startswith("descore") for name in weights):
-        if reward_model is None:
-            raise RewardError(f"--reward {next(n for n in weights if n.startswith('descore'))}: needs a DeScore model: "
-                              f"pass --reward-model DIR, hub id or http://host:port")
         rewards.append(descore_reward(reward_model, think=think, device=device, dtype=dtype, batch_size=batch_size,
                                       max_new_tokens=max_new_tokens))
-        judged = [n for n in weights if n.startswith("descore:") and n != "descore:uncertainty"]
-        if judged and not think:
-            raise RewardError(f"--reward {judged[0]}: reads the judge's <answer> block, which exists only with "
-                              f"think=True (drop --no-think)")
     rewards += [ANALYTIC_REWARDS[name] for name in weights if name in ANALYTIC_REWARDS]
     rewards += [extra[name] for name in weights if name in extra]
     return RewardSet(weights=weights, rewards=rewards)

@@ -3,11 +3,11 @@
 Two halves, used in this order by recipes/wan_flow_dpo.py:
 
 (a) Pair building. For each prompt, K videos are sampled (base model offline; the current policy when pairs are
-    regenerated online), scored by a reward callable `fn(videos (B, F, C, H, W) in [0, 1], prompts)` returning floats
-    (or `(floats, info)` as Flow-GRPO rewards and `DeScoreReward.reward` do; `info["cots"]` is stored when present),
-    and turned into (winner, loser) pairs: best vs worst (default) or every pair whose score gap exceeds a margin.
-    The final latents, the scores, the pairs and the CoTs are written per prompt under a store directory, so an
-    interrupted run resumes by skipping the prompts already on disk.
+    regenerated online), scored by a `descore_plugin.rewards.RewardSet` (named rewards with weights; the pair score
+    is the weighted sum, and a video whose score is NaN, i.e. has no score, is never in a pair), and turned into
+    (winner, loser) pairs: best vs worst (default) or every pair whose score gap exceeds a margin. The final latents,
+    every named score, the pairs and the CoTs are written per prompt under a store directory, so an interrupted run
+    resumes by skipping the prompts already on disk.
 
 (b) The loss. With x_t = (1 - t) x0 + t eps and the velocity target v = eps - x0 (one eps and one t shared by the
     winner and the loser of a pair), and the per-sample MEAN squared error over all latent elements
@@ -23,7 +23,9 @@ Two halves, used in this order by recipes/wan_flow_dpo.py:
     (E v^2 = 2 for v = eps - x0 with unit-variance latents; 2.3 on the tiny pipeline). A SUM over the N latent
     elements would need beta / N for the same behaviour; flow_grpo's image DPO uses the mean with beta 100.
     The paper's beta 500 is used with its own (unpublished) normalisation: treat it as a starting point.
-    Timesteps t ~ logit-normal(0, 1) (SD3's default for flow matching; not stated in the paper).
+    Timesteps (FlowDPOConfig.timestep_schedule): "shifted" (default, as flow_grpo's DPO trainer): u ~ logit-normal,
+    t = the pipeline scheduler's 1000-step training sigma grid, shifted by its flow shift, at index floor(u * 1000);
+    "logit_normal": t = u itself (SD3's flow-matching default, no shift). The paper states neither.
     The reference model is the trained transformer itself inside `disable_adapter`: no second copy of the weights.
     Implicit accuracy = fraction of pairs with -beta/2 * delta > 0 (the policy ranks the winner above the loser
     relative to the reference); exactly 0 at the start, where every delta is 0.
@@ -36,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from descore_plugin.rewards import RewardSet
 from descore_plugin.integrations.wan import (
     GenerationConfig,
     PromptCache,
@@ -63,75 +66,80 @@ class PairStoreError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class PairConfig:
     """How preference pairs are built from sampled videos."""
 
-    videos_per_prompt: int = 4  # K videos sampled per prompt (paper: "several"; 4 is our default)
-    selection: str = "best_worst"  # "best_worst": one pair (highest, lowest score); "margin": every pair over margin
-    margin: float = 0.0  # a pair needs score_w - score_l > margin (ties never make a pair)
-    batch_size: int = 4  # videos per generation batch (memory knob; results do not depend on it)
-    uncertainty_scale: float = 0.0  # with a distribution-head reward (info["uncertainty"] = score std per video), a
-    # pair also needs score_w - score_l > uncertainty_scale * sqrt(std_w^2 + std_l^2): gaps the reward model is
-    # unsure of make no pair (Z-Reward's motivation; our option, 0 = off)
+    videos_per_prompt: int = _help("K videos sampled per prompt (the paper: several)", 4)
+    pair_selection: Literal["best_worst", "margin"] = _help("best_worst: one pair (highest, lowest score) per prompt; margin: every pair whose "
+                                "score gap exceeds --pair-margin", "best_worst")
+    pair_margin: float = _help("a pair needs score_w - score_l > margin (ties never make a pair)", 0.0)
+    generation_batch_size: int = _help("videos per sampling batch (memory; results do not depend on it)", 4)
+    uncertainty_scale: float = _help(
+        "with a distribution-head DeScore (descore:uncertainty), a pair also needs a gap > scale * "
+        "sqrt(std_w^2 + std_l^2): gaps the reward model is unsure of make no pair (our option; 0 = off)", 0.0)
 
     def check(self) -> None:
-        if self.selection not in ("best_worst", "margin"):
-            raise PairStoreError(f"pair selection must be 'best_worst' or 'margin', got {self.selection!r}")
+        if self.pair_selection not in ("best_worst", "margin"):
+            raise PairStoreError(f"--pair-selection must be best_worst or margin, got {self.pair_selection!r}")
         if self.videos_per_prompt < 2:
-            raise PairStoreError(f"videos_per_prompt must be >= 2 to make a pair, got {self.videos_per_prompt}")
+            raise PairStoreError(f"--videos-per-prompt must be >= 2 to make a pair, got {self.videos_per_prompt}")
 
 
 @dataclass
 class FlowDPOConfig:
-    """The Flow-DPO loss (see the module docstring for the exact formula and the meaning of beta)."""
+    """The Flow-DPO loss (the module docstring gives the formula and the meaning of beta)."""
 
-    beta: float = 500.0  # constant KL weight (the paper's value; used here with the per-element MEAN squared error)
-    logit_mean: float = 0.0  # t = sigmoid(logit_mean + logit_std * N(0, 1)): logit-normal timesteps (SD3 default)
-    logit_std: float = 1.0
-    num_train_timesteps: int = 1000  # transformer timestep = t * num_train_timesteps (the Wan schedulers' scale)
+    beta: float = _help("constant KL weight (the paper's 500; with the per-element MEAN squared error)", 500.0)
+    timestep_schedule: Literal["shifted", "logit_normal"] = _help(
+        "shifted: t from the pipeline scheduler's shifted 1000-step training grid at a logit-normal index (flow_grpo's "
+        "DPO); logit_normal: t = sigmoid(logit_mean + logit_std N(0, 1)) without shift (SD3's default)", "shifted")
+    timestep_shift: float | None = _help("flow shift of the 'shifted' schedule; unset: the pipeline scheduler's "
+                                         "(Wan-2.1 480p: 3.0)", None)
+    logit_mean: float = _help("mean of the logit-normal draw", 0.0)
+    logit_std: float = _help("std of the logit-normal draw", 1.0)
+    num_train_timesteps: int = _help("transformer timestep = t * num_train_timesteps (the Wan schedulers' scale)", 1000)
+
+    def check(self) -> None:
+        if self.timestep_schedule not in ("shifted", "logit_normal"):
+            raise PairStoreError(f"--timestep-schedule must be shifted or logit_normal, got {self.timestep_schedule!r}")
+        if self.timestep_schedule == "shifted" and not self.timestep_shift:
+            raise PairStoreError("timestep_schedule 'shifted' needs timestep_shift (the pipeline scheduler's flow shift)")
+
+
+def scheduler_shift(scheduler) -> float:
+    """The flow shift of a diffusers flow scheduler (UniPC: flow_shift; FlowMatchEuler: shift)."""
+    config = scheduler.config
+    return float(config["flow_shift"] if "flow_shift" in config else config.get("shift", 1.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # (a) Pair building
 # ----------------------------------------------------------------------------------------------------------------
 
-RewardFn = Callable[[torch.Tensor, Sequence[str]], object]
-
-
-def call_reward(reward_fn: RewardFn, videos: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, dict]:
-    """Call a reward on (B, F, C, H, W) videos; return ((B,) float32 scores on CPU, info dict).
-
-    Accepts rewards returning a list / array / tensor of B floats, or a tuple (scores, info) (Flow-GRPO,
-    `DeScoreReward.reward`).
-    """
-    result = reward_fn(videos, list(prompts))
-    scores, info = result if isinstance(result, tuple) else (result, {})
-    name = getattr(reward_fn, "__name__", type(reward_fn).__name__)
-    scores = torch.as_tensor(np.asarray(scores, dtype=np.float32) if not torch.is_tensor(scores) else scores)
-    scores = scores.detach().float().cpu().reshape(-1)
-    if scores.numel() != len(prompts):
-        raise PairStoreError(f"reward {name} returned {scores.numel()} scores for {len(prompts)} videos")
-    if not torch.isfinite(scores).all():
-        raise PairStoreError(f"reward {name} returned non-finite scores {scores.tolist()}")
-    return scores, dict(info or {})
-
-
 def select_pairs(scores: Sequence[float], selection: str = "best_worst", margin: float = 0.0,
                  uncertainty: Sequence[float] | None = None, uncertainty_scale: float = 0.0) -> list[tuple[int, int]]:
-    """(winner, loser) index pairs from the K scores of one prompt; see PairConfig."""
+    """(winner, loser) index pairs from the K scores of one prompt (see PairConfig). A NaN score (no score) is never
+    in a pair."""
     scores = [float(s) for s in scores]
     std = [float(u) for u in uncertainty] if uncertainty is not None and uncertainty_scale > 0 else [0.0] * len(scores)
+    scored = [i for i in range(len(scores)) if not math.isnan(scores[i])]
 
     def clear(i: int, j: int) -> bool:
         return scores[i] - scores[j] > margin + uncertainty_scale * math.sqrt(std[i] ** 2 + std[j] ** 2)
 
+    if not scored:
+        return []
     if selection == "best_worst":
-        best = max(range(len(scores)), key=lambda i: scores[i])
-        worst = min(range(len(scores)), key=lambda i: scores[i])
+        best = max(scored, key=lambda i: scores[i])
+        worst = min(scored, key=lambda i: scores[i])
         return [(best, worst)] if clear(best, worst) else []
     if selection == "margin":
-        return [(i, j) for i in range(len(scores)) for j in range(len(scores)) if clear(i, j)]
+        return [(i, j) for i in scored for j in scored if clear(i, j)]
     raise PairStoreError(f"pair selection must be 'best_worst' or 'margin', got {selection!r}")
 
 
@@ -160,25 +168,15 @@ def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
 
 
 @torch.no_grad()
-def build_pairs(
-    pipe,
-    transformer,
-    prompt_cache: PromptCache,
-    prompts: Sequence[str],
-    prompt_ids: Sequence[int],
-    reward_fn: RewardFn,
-    generation: GenerationConfig,
-    config: PairConfig,
-    store_dir: str | Path,
-    seed: int = 0,
-    round_index: int = 0,
-    solver: str = "scheduler",
-    progress: bool = True,
-) -> list[PairRecord]:
+def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[str], prompt_ids: Sequence[int],
+                rewards: RewardSet, generation: GenerationConfig, config: PairConfig, store_dir: str | Path,
+                seed: int = 0, round_index: int = 0, solver: str = "scheduler", progress: bool = True
+                ) -> list[PairRecord]:
     """Sample K videos per prompt with `transformer` (as it is: wrap the call in `disable_adapter` for the base
-    model), score them, select pairs, and store `{prompt_id:06d}.safetensors` (latents) + `.json` (prompt, scores,
-    pairs, CoTs) in `store_dir`. Prompts whose JSON exists are skipped (resumable). Returns the records of `prompts`.
-    The K initial noises of a prompt come from `prompt_seed(seed, round_index, prompt_id)`; solver: see `wan.sample`.
+    model), score them with `rewards`, select pairs, and store `{prompt_id:06d}.safetensors` (latents) + `.json`
+    (prompt, every named score, the weighted score, pairs, CoTs) in `store_dir`. Prompts whose JSON exists are
+    skipped (resumable). The K initial noises of a prompt come from `prompt_seed(seed, round_index, prompt_id)`;
+    solver: see `wan.sample`. Returns the records of `prompts`.
     """
     config.check()
     store_dir = Path(store_dir)
@@ -187,33 +185,34 @@ def build_pairs(
     todo = [(pid, p) for pid, p in zip(prompt_ids, prompts) if not (store_dir / f"{pid:06d}.json").is_file()]
     for prompt_id, prompt in tqdm(todo, desc=f"pairs (round {round_index})", disable=not progress):
         generator = torch.Generator().manual_seed(prompt_seed(seed, round_index, prompt_id))
-        # all K initial noises drawn up front, so that the videos do not depend on config.batch_size
+        # all K initial noises drawn up front, so that the videos do not depend on generation_batch_size
         noise = initial_noise(pipe, config.videos_per_prompt, generation, generator=generator)
         videos, latents = [], []
-        for start in range(0, config.videos_per_prompt, config.batch_size):
-            chunk = noise[start : start + config.batch_size].to(device)
-            chunk_videos, chunk_latents = generate(
-                pipe, prompt_cache, [prompt] * len(chunk), generation, transformer=transformer, latents=chunk,
-                solver=solver,
-            )
+        for start in range(0, config.videos_per_prompt, config.generation_batch_size):
+            chunk = noise[start : start + config.generation_batch_size].to(device)
+            chunk_videos, chunk_latents = generate(pipe, prompt_cache, [prompt] * len(chunk), generation,
+                                                   transformer=transformer, latents=chunk, solver=solver)
             videos.append(chunk_videos)
             latents.append(chunk_latents.float().cpu())
         videos, latents = torch.cat(videos), torch.cat(latents)
-        scores, info = call_reward(reward_fn, videos, [prompt] * len(videos))
-        if config.uncertainty_scale > 0 and info.get("uncertainty") is None:
-            raise PairStoreError("uncertainty_scale > 0 needs a reward that reports uncertainty "
+        named = rewards(videos, [prompt] * len(videos))
+        scores = rewards.combined(named)
+        uncertainty = named.get("descore:uncertainty")
+        if config.uncertainty_scale > 0 and uncertainty is None:
+            raise PairStoreError("--uncertainty-scale > 0 needs a reward that reports descore:uncertainty "
                                  "(a DeScore model with the distribution head)")
-        pairs = select_pairs(scores.tolist(), config.selection, config.margin, info.get("uncertainty"),
-                             config.uncertainty_scale)
+        pairs = select_pairs(scores.tolist(), config.pair_selection, config.pair_margin,
+                             None if uncertainty is None else uncertainty.tolist(), config.uncertainty_scale)
         record = {
             "prompt_id": prompt_id,
             "prompt": prompt,
             "round": round_index,
             "seed": prompt_seed(seed, round_index, prompt_id),
-            "scores": scores.tolist(),
+            "scores": [None if math.isnan(v) else v for v in scores.tolist()],
+            "named_scores": {name: [None if math.isnan(v) else v for v in value.tolist()]
+                             for name, value in named.items()},
             "pairs": pairs,
-            "cots": info.get("cots"),
-            "uncertainty": info.get("uncertainty"),
+            "cots": rewards.last_cots(),
         }
         latents_path = store_dir / f"{prompt_id:06d}.safetensors"
         _atomic_save(lambda p: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
@@ -269,8 +268,20 @@ def pair_latents(records: Sequence[PairRecord]) -> tuple[torch.Tensor, torch.Ten
 
 
 def sample_timesteps(batch_size: int, config: FlowDPOConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """t ~ logit-normal: sigmoid(mean + std * N(0, 1)), (B,) float32 in (0, 1)."""
-    return torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(batch_size, generator=generator))
+    """(B,) float32 t in (0, 1): u ~ logit-normal, then the schedule of `config.timestep_schedule`.
+
+    shifted: the training grid of a flow scheduler with N = num_train_timesteps steps runs s_i = (N - i) / N,
+    i = 0..N-1, shifted as shift s / (1 + (shift - 1) s); t = that sigma at index floor(u N) (flow_grpo's DPO trainer:
+    `noise_scheduler.timesteps[(u * N).long()]` and its sigma). logit_normal: t = u.
+    """
+    config.check()
+    u = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(batch_size, generator=generator))
+    if config.timestep_schedule == "logit_normal":
+        return u
+    n = config.num_train_timesteps
+    base = (n - (u * n).long().clamp(max=n - 1)).float() / n
+    shift = config.timestep_shift
+    return shift * base / (1 + (shift - 1) * base)
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

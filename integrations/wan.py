@@ -1,19 +1,19 @@
 """Wan-2.1 text-to-video through diffusers, for reward post-training.
 
-Everything a post-training loop needs around `diffusers.WanPipeline`, in the order a loop uses it:
+The diffusers glue a post-training loop needs around `diffusers.WanPipeline`, in the order a loop uses it:
 
-1. `write_tiny_wan` / `load_wan_pipeline`: a tiny real-architecture pipeline for tests and the demo, or the user's
-   checkpoint (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`), with the VAE kept in float32.
+1. `load_wan_pipeline`: the user's checkpoint (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`) or a tiny one
+   (`descore_plugin.tiny_wan`), with the VAE kept in float32.
 2. `add_lora` / `disable_adapter` / `save_lora_weights`: peft LoRA on the transformer's attention and FFN linears;
    the reference model of DPO / GRPO is the SAME transformer with its adapters disabled (no second weight copy).
 3. `PromptCache`: text-encoder outputs computed once per distinct prompt (the UMT5-XXL encoder is 5.7B parameters;
    it never runs inside the training loop).
 4. `encode_videos` / `decode_latents`: the VAE plus the latent normalisation that lives in the PIPELINE, not in the
    VAE: encode (z - latents_mean) / latents_std, decode z * latents_std + latents_mean.
-5. `flow_grid` / `predict_velocity` / `sample`: the scheduler's sigma grid, the CFG velocity, and a sampling loop
-   with a per-step hook (GRPO replaces chosen steps by SDE steps and records log-probs through it).
+5. `flow_grid` / `predict_velocity` / `sample` / `generate`: the scheduler's sigma grid, the CFG velocity, and the
+   ODE sampler (GRPO writes its own loop with SDE steps from these pieces).
 
-Conventions (see ../shared/reference/post_training.md): x_t = (1 - t) x0 + t eps, t = sigma in [0, 1] (1 = noise),
+Conventions (docs/design.md, "Post-training"): x_t = (1 - t) x0 + t eps, t = sigma in [0, 1] (1 = noise),
 the transformer predicts v = eps - x0, sampling runs from sigma = 1 to 0. Latents are (B, C=16, F', H/8, W/8) and
 normalised; videos are (B, F, C=3, H, W) floats in [0, 1], as `WanPipeline(..., output_type="pt")` returns them.
 """
@@ -21,18 +21,17 @@ normalised; videos are (B, F, C=3, H, W) floats in [0, 1], as `WanPipeline(..., 
 from __future__ import annotations
 
 import copy
-import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 WAN_1_3B_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
-# Linear layers of one WanTransformerBlock (diffusers 0.42 names; see post_training.md "Wan-2.1 in diffusers").
+# Linear layers of one WanTransformerBlock (diffusers 0.42 module names).
 WAN_SELF_ATTENTION_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 WAN_CROSS_ATTENTION_TARGETS = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 WAN_ATTENTION_TARGETS = WAN_SELF_ATTENTION_TARGETS + WAN_CROSS_ATTENTION_TARGETS
@@ -40,8 +39,6 @@ WAN_FFN_TARGETS = ("ffn.net.0.proj", "ffn.net.2")
 # LongCat-GRPO (arXiv 2510.22200, A.1) adapts self-attn, cross-attn and FFN linears: the default of `add_lora`.
 # Flow-DPO (arXiv 2501.13918) adapts q/k/v/o: recipes/wan_flow_dpo.py passes WAN_ATTENTION_TARGETS.
 WAN_ALL_LINEAR_TARGETS = WAN_ATTENTION_TARGETS + WAN_FFN_TARGETS
-
-GENERATION_DEFAULTS_FILE = "generation_defaults.json"
 
 
 class WanInputError(ValueError):
@@ -53,29 +50,28 @@ class WanInputError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class GenerationConfig:
-    """How videos are generated (pair building, rollouts, evaluation). Defaults: the Wan-2.1 1.3B model card."""
+    """How videos are generated (pair building, rollouts, evaluation). Defaults: the Wan-2.1 1.3B model card; a tiny
+    pipeline from `descore init-tiny-wan` carries its own (`descore_plugin.tiny_wan.generation_defaults`)."""
 
-    num_frames: int = 81  # frames of the decoded video; must be 4k + 1 (VAE temporal factor 4)
-    height: int = 480  # pixels; multiple of 16 (VAE factor 8 x patch 2)
-    width: int = 832  # pixels; multiple of 16
-    num_inference_steps: int = 50  # sampler steps on the scheduler's sigma grid
-    guidance_scale: float = 5.0  # classifier-free guidance w: v = v_uncond + w (v_cond - v_uncond); <= 1 disables it
-    max_sequence_length: int = 512  # text tokens given to UMT5 (prompts padded/truncated to this length)
-    negative_prompt: str = ""  # the unconditional prompt of CFG; "" is what WanPipeline uses when none is given
+    num_frames: int = _help("frames of each video; 4k + 1 (the VAE compresses time by 4)", 81)
+    height: int = _help("pixels; a multiple of 16 (VAE factor 8 x patch 2)", 480)
+    width: int = _help("pixels; a multiple of 16", 832)
+    num_inference_steps: int = _help("sampler steps T on the scheduler's sigma grid", 50)
+    guidance_scale: float = _help("classifier-free guidance w: v = v_uncond + w (v_cond - v_uncond); <= 1 disables it",
+                                  5.0)
+    max_sequence_length: int = _help("UMT5 text tokens per prompt (padded / truncated)", 512)
+    negative_prompt: str = _help("the unconditional prompt of CFG (WanPipeline's default is empty)", "")
 
     def check(self) -> None:
         check_video_size(self.num_frames, self.height, self.width)
         if self.num_inference_steps < 1:
             raise WanInputError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-
-
-# The tiny pipeline of `write_tiny_wan`: 9 frames of 64x64 in 6 steps, ~0.1 s per video with CFG on one CPU core.
-# Not from any paper: chosen so that tests and the demo run in seconds.
-TINY_GENERATION = GenerationConfig(
-    num_frames=9, height=64, width=64, num_inference_steps=6, guidance_scale=5.0, max_sequence_length=32
-)
 
 
 def check_video_size(num_frames: int, height: int, width: int) -> None:
@@ -90,141 +86,9 @@ def check_video_size(num_frames: int, height: int, width: int) -> None:
         )
 
 
-def generation_defaults(path_or_id: str | Path) -> GenerationConfig:
-    """Generation settings for a pipeline: those written next to a tiny pipeline by `write_tiny_wan`, else Wan's."""
-    path = Path(path_or_id) / GENERATION_DEFAULTS_FILE
-    if path.is_file():
-        return GenerationConfig(**json.loads(path.read_text()))
-    return GenerationConfig()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Pipelines: tiny and real
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TinyWanConfig:
-    """Sizes of the tiny real-architecture Wan pipeline (not from any paper: the smallest that run the real code)."""
-
-    num_attention_heads: int = 2  # transformer heads
-    attention_head_dim: int = 12  # >= 12 so the 3-D rotary split (t, h, w) gets non-empty parts
-    num_layers: int = 2  # transformer blocks
-    ffn_dim: int = 64  # transformer FFN width
-    vae_base_dim: int = 3  # AutoencoderKLWan channel base (real: 96)
-    z_dim: int = 16  # latent channels; must stay 16 because latents_mean/latents_std have 16 entries
-    text_d_model: int = 32  # UMT5 width = the transformer's text_dim
-    text_layers: int = 2  # UMT5 encoder layers
-    text_heads: int = 4  # UMT5 heads (d_kv = d_model / heads)
-    vocab_size: int = 400  # target size of the Unigram vocabulary trained on TINY_CORPUS
-    flow_shift: float = 3.0  # scheduler flow shift, as shipped for Wan-2.1 at 480p
-    generation: GenerationConfig = field(default_factory=lambda: copy.deepcopy(TINY_GENERATION))
-
-
-# Fixed corpus for the tiny tokenizer: words of typical text-to-video prompts (VBench-like subjects and scenes).
-TINY_CORPUS = [
-    "a red ball bouncing on a green field in the sun",
-    "a cat walking slowly in the snow at night",
-    "a dog running along the beach at sunset",
-    "a car driving through a busy city street in the rain",
-    "a person dancing in a bright room with white walls",
-    "a bird flying over the blue ocean, camera panning left",
-    "a horse galloping across a wide meadow, close-up shot",
-    "an astronaut riding a bicycle on the moon, cinematic lighting",
-    "a panda eating bamboo in a quiet forest",
-    "a boat sailing on a calm lake surrounded by mountains",
-    "fireworks exploding in the dark sky over a river",
-    "a chef cooking pasta in a small kitchen, zoom in",
-    "a train passing a yellow flower field in spring",
-    "waves crashing on black rocks, slow motion",
-    "a child flying a kite in the park on a windy day",
-    "a teddy bear playing the drums, high quality, 4k",
-    "an old man reading a book under a tree",
-    "a butterfly landing on a purple flower, macro shot",
-    "a robot walking down a neon street at night",
-    "clouds moving over a snowy mountain peak, time-lapse",
-]
-
-
-def _tiny_tokenizer(vocab_size: int):
-    """A T5Tokenizer over a Unigram model trained in-process on TINY_CORPUS (ids: <pad> 0, </s> 1, <unk> 2)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import T5Tokenizer
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
-    )
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    tokenizer.train_from_iterator(TINY_CORPUS, trainer=trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
-    if [piece for piece, _ in vocab[:3]] != ["<pad>", "</s>", "<unk>"]:
-        raise RuntimeError(f"the tiny Unigram vocabulary must start with <pad>, </s>, <unk>; got {vocab[:3]}")
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def build_tiny_wan(config: TinyWanConfig | None = None, seed: int = 0):
-    """A tiny WanPipeline with random weights (each component built after torch.manual_seed(seed))."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = config or TinyWanConfig()
-    tokenizer = _tiny_tokenizer(config.vocab_size)
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=config.text_d_model,
-            d_kv=config.text_d_model // config.text_heads,
-            d_ff=2 * config.text_d_model,
-            num_layers=config.text_layers,
-            num_heads=config.text_heads,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-    torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=config.num_attention_heads,
-        attention_head_dim=config.attention_head_dim,
-        in_channels=config.z_dim,
-        out_channels=config.z_dim,
-        text_dim=config.text_d_model,
-        ffn_dim=config.ffn_dim,
-        num_layers=config.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=config.z_dim)
-    # The scheduler type and settings Wan-AI ships for Wan-2.1 T2V (UniPC, flow prediction, flow sigmas).
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=config.flow_shift, num_train_timesteps=1000
-    )
-    return WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
-    )
-
-
-def write_tiny_wan(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny real-architecture Wan pipeline that `WanPipeline.from_pretrained(out_dir)` loads.
-
-    Also writes `generation_defaults.json` (TINY_GENERATION) read by `generation_defaults`, so that the recipes run at
-    the tiny size (9 frames, 64x64, 6 steps) without size flags.
-    """
-    out_dir = Path(out_dir)
-    config = TinyWanConfig()
-    pipe = build_tiny_wan(config, seed=seed)
-    pipe.save_pretrained(out_dir)
-    (out_dir / GENERATION_DEFAULTS_FILE).write_text(json.dumps(asdict(config.generation), indent=2) + "\n")
-    return out_dir
-
 
 def load_wan_pipeline(path_or_id: str | Path = WAN_1_3B_ID, device: str | torch.device = "cpu", dtype=None):
     """Load a WanPipeline from a hub id or a directory; transformer and text encoder in `dtype`, the VAE in float32.
@@ -481,25 +345,17 @@ def predict_velocity(
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     dtype = base.patch_embedding.weight.dtype
     hidden_states = latents.to(dtype)
-    batch_size = latents.shape[0]
-    timestep = torch.as_tensor(timestep, device=latents.device).expand(batch_size)
-    velocity = transformer(
-        hidden_states=hidden_states,
-        timestep=timestep,
-        encoder_hidden_states=prompt_embeds,
-        attention_kwargs=attention_kwargs,
-        return_dict=False,
-    )[0]
+    timestep = torch.as_tensor(timestep, device=latents.device).expand(latents.shape[0])
+
+    def forward(embeds):
+        return transformer(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=embeds,
+                           attention_kwargs=attention_kwargs, return_dict=False)[0]
+
+    velocity = forward(prompt_embeds)
     if guidance_scale > 1.0:
         if negative_prompt_embeds is None:
             raise WanInputError(f"guidance_scale={guidance_scale} > 1 needs negative_prompt_embeds")
-        velocity_uncond = transformer(
-            hidden_states=hidden_states,
-            timestep=timestep,
-            encoder_hidden_states=negative_prompt_embeds,
-            attention_kwargs=attention_kwargs,
-            return_dict=False,
-        )[0]
+        velocity_uncond = forward(negative_prompt_embeds)
         velocity = velocity_uncond + guidance_scale * (velocity - velocity_uncond)
     return velocity
 
@@ -507,23 +363,6 @@ def predict_velocity(
 def euler_step(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor):
     """Deterministic flow ODE step x_next = x + (sigma_next - sigma) v (FlowMatchEulerDiscreteScheduler.step)."""
     return latents + (sigma_next - sigma) * velocity
-
-
-@dataclass
-class FlowStep:
-    """What a sampling hook sees at step `index` (before the step is taken)."""
-
-    index: int  # 0 .. N-1
-    timestep: torch.Tensor  # transformer timestep of this step (FlowGrid.timesteps[index])
-    sigma: torch.Tensor  # 0-dim float32, current t
-    sigma_next: torch.Tensor  # 0-dim float32, t after the step (dt = sigma_next - sigma < 0)
-    latents: torch.Tensor  # (B, C, F', h, w) float32, x_t
-    velocity: torch.Tensor  # (B, C, F', h, w), CFG-combined v at x_t, transformer dtype
-    num_steps: int  # N
-
-
-# A hook returns the next latents (replacing the deterministic step, e.g. by an SDE step) or None (keep the step).
-StepHook = Callable[[FlowStep], "torch.Tensor | None"]
 
 
 @dataclass
@@ -543,7 +382,6 @@ def sample(
     num_inference_steps: int = 50,
     guidance_scale: float = 5.0,
     solver: str = "euler",
-    hook: StepHook | None = None,
     return_trajectory: bool = False,
     attention_kwargs: dict | None = None,
     progress: bool = False,
@@ -553,8 +391,7 @@ def sample(
     solver="euler": x_next = x + (sigma_next - sigma) v on `flow_grid(scheduler, N)`; equals `WanPipeline.__call__`
         when the pipeline's scheduler is FlowMatchEulerDiscreteScheduler, and is the ODE that GRPO's SDE generalises.
     solver="scheduler": each step is `scheduler.step` (e.g. the shipped UniPC multistep solver); equals
-        `WanPipeline.__call__` with that scheduler. A hook may observe but not replace steps (multistep history).
-    hook: called at every step with a FlowStep; a returned tensor replaces the step's result.
+        `WanPipeline.__call__` with that scheduler.
     """
     if solver not in ("euler", "scheduler"):
         raise WanInputError(f"solver must be 'euler' or 'scheduler', got {solver!r}")
@@ -570,16 +407,8 @@ def sample(
         velocity = predict_velocity(
             transformer, latents, timestep, prompt_embeds, negative_prompt_embeds, guidance_scale, attention_kwargs
         )
-        sigma, sigma_next = grid.sigmas[index], grid.sigmas[index + 1]
-        replaced = None
-        if hook is not None:
-            replaced = hook(FlowStep(index, timestep, sigma, sigma_next, latents, velocity, num_inference_steps))
-        if replaced is not None:
-            if solver == "scheduler":
-                raise WanInputError("a hook may replace steps only with solver='euler' (multistep solvers keep state)")
-            latents = replaced.float()
-        elif solver == "euler":
-            latents = euler_step(latents, velocity, sigma, sigma_next).float()
+        if solver == "euler":
+            latents = euler_step(latents, velocity, grid.sigmas[index], grid.sigmas[index + 1]).float()
         else:
             latents = stepper.step(velocity, timestep, latents, return_dict=False)[0].float()
         if return_trajectory:
@@ -605,10 +434,8 @@ def generate(
     generator=None,
     latents: torch.Tensor | None = None,
     solver: str = "euler",
-    hook: StepHook | None = None,
-    decode: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Generate one video per prompt: returns (videos (B, F, C, H, W) in [0, 1] or None, final latents).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate one video per prompt: returns (videos (B, F, C, H, W) in [0, 1], final latents).
 
     transformer: defaults to pipe.transformer (pass the unwrapped, possibly LoRA-adapted, model).
     latents: initial noise; drawn from `generator` when None.
@@ -629,110 +456,7 @@ def generate(
         num_inference_steps=generation.num_inference_steps,
         guidance_scale=generation.guidance_scale,
         solver=solver,
-        hook=hook,
     )
-    videos = decode_latents(pipe, output.latents) if decode else None
-    return videos, output.latents
+    return decode_latents(pipe, output.latents), output.latents
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# 6. Analytic video rewards with a known optimum (tests and the demo; the real reward is DeScore)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def brightness_reward(videos: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-    """Mean pixel value of each (F, C, H, W) video in [0, 1]: optimum 1 (a white video). Returns (B,) float32."""
-    return videos.float().mean(dim=(1, 2, 3, 4))
-
-
-def redness_reward(videos: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-    """Mean of R - (G + B) / 2 over all pixels and frames, in [-1, 1]: optimum 1 (pure red). Returns (B,) float32."""
-    videos = videos.float()
-    return (videos[:, :, 0] - 0.5 * (videos[:, :, 1] + videos[:, :, 2])).mean(dim=(1, 2, 3))
-
-
-ANALYTIC_REWARDS = {"brightness": brightness_reward, "redness": redness_reward}
-
-
-def analytic_reward(spec: str):
-    """`analytic:<name>` (or just `<name>`) -> the reward function, name in ANALYTIC_REWARDS."""
-    name = spec.split(":", 1)[1] if spec.startswith("analytic:") else spec
-    if name not in ANALYTIC_REWARDS:
-        raise WanInputError(f"reward {spec!r}: unknown analytic reward; choose one of {sorted(ANALYTIC_REWARDS)}")
-    return ANALYTIC_REWARDS[name]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training state shared by recipes/wan_flow_dpo.py and recipes/wan_flow_grpo.py
-
-LORA_FILE = "lora.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
-
-
-def read_prompts(path) -> list[str]:
-    """A prompt file: one prompt per line; trailing blank lines are ignored, a blank line inside is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise WanInputError(f"{path}: prompt file not found (one prompt per line)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise WanInputError(f"{path}, line {number}: empty prompt")
-    if not lines:
-        raise WanInputError(f"{path}: no prompts")
-    return [line.strip() for line in lines]
-
-
-def lora_checksum(transformer) -> str:
-    """SHA-256 of the LoRA weights (the multi-process tests compare it across ranks)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(lora_state_dict(transformer).items()):
-        digest.update(name.encode())
-        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
-def save_checkpoint(output_dir: Path, step: int, transformer, optimizer, args) -> Path:
-    """checkpoint-N/: LoRA weights, optimizer state and the step, written atomically."""
-    from safetensors.torch import save_file
-
-    from descore_plugin.checkpoint import atomic_directory
-
-    path = Path(output_dir) / f"checkpoint-{step}"
-    with atomic_directory(path) as tmp:
-        state = {k: v.contiguous() for k, v in lora_state_dict(transformer).items()}
-        save_file(state, str(tmp / LORA_FILE))
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "args": vars(args)}, indent=2, default=str))
-    return path
-
-
-def load_checkpoint(path: Path, transformer, optimizer) -> int:
-    """Restore LoRA weights and optimizer state from checkpoint-N/; returns N."""
-    from safetensors.torch import load_file
-
-    for name in (LORA_FILE, OPTIMIZER_FILE, STATE_FILE):
-        if not (path / name).is_file():
-            raise WanInputError(f"{path}: incomplete checkpoint ({name} missing)")
-    load_lora_state_dict(transformer, load_file(str(path / LORA_FILE)))
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
-    return json.loads((path / STATE_FILE).read_text())["step"]
-
-
-def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-    """The JSON lines of a metrics file (up to a step, for a resumed run)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]

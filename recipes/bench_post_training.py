@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from descore_plugin import tiny_wan
 from descore_plugin.integrations import flow_dpo
 from descore_plugin.integrations import wan
+from descore_plugin.rewards import reward_set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,7 +60,7 @@ def resolve_pipeline(args, workdir: Path) -> str:
     """--pipeline, or a tiny Wan pipeline written into `workdir`."""
     if args.pipeline:
         return args.pipeline
-    return str(wan.write_tiny_wan(workdir / "tiny_wan", seed=args.seed))
+    return str(tiny_wan.write_tiny_wan(workdir / "tiny_wan", seed=args.seed))
 
 
 def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
@@ -68,7 +70,7 @@ def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
 
 
 def generation_for(args, pipeline: str) -> wan.GenerationConfig:
-    generation = wan.generation_defaults(pipeline)
+    generation = tiny_wan.generation_defaults(pipeline)
     for name in ("num_frames", "height", "width"):
         if getattr(args, name) is not None:
             setattr(generation, name, getattr(args, name))
@@ -127,14 +129,14 @@ def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
     pipe = wan.load_wan_pipeline(pipeline, device=device, dtype=dtype)
     transformer = pipe.transformer
     cache = wan.PromptCache(pipe, generation.max_sequence_length, device=device)
-    prompts = [wan.TINY_CORPUS[i % len(wan.TINY_CORPUS)] for i in range(args.batch_size)]
+    prompts = [tiny_wan.TINY_CORPUS[i % len(tiny_wan.TINY_CORPUS)] for i in range(args.batch_size)]
     prompt_embeds = cache.embed(prompts)
     pipe.text_encoder.to("cpu")
     torch.manual_seed(args.seed)
     lora = wan.add_lora(transformer, rank=args.lora_rank, alpha=args.lora_alpha,
                         target_modules=wan.WAN_ATTENTION_TARGETS)
     optimizer = torch.optim.AdamW(lora, lr=1e-4)
-    config = flow_dpo.FlowDPOConfig()
+    config = flow_dpo.FlowDPOConfig(timestep_shift=flow_dpo.scheduler_shift(pipe.scheduler))
     generator = torch.Generator().manual_seed(args.seed)
     shape = wan.latent_shape(pipe, args.batch_size, generation.num_frames, generation.height, generation.width)
     winners = torch.randn(shape, generator=generator).to(device)
@@ -177,10 +179,10 @@ def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
 
 
 def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int = 3) -> dict:
-    """Median seconds of the phases of `grpo.grpo_iteration` (time/sample, time/reward, time/train) over
+    """Median seconds of the phases of `grpo.GRPOTrainer.step` (time/sample, time/reward, time/train) over
     `iterations` steps after one warm-up step: 2 prompts x config.group_size videos, the pipeline's generation
     defaults (tiny: 9 x 64 x 64, 6 steps, CFG 5), LoRA --lora-rank/--lora-alpha on every linear, one process.
-    rewards_for(device, dtype) returns the grpo reward list."""
+    rewards_for(device, dtype) returns the RewardSet."""
     import statistics
 
     from accelerate import Accelerator
@@ -192,7 +194,7 @@ def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int
     generation = generation_for(args, pipeline)
     pipe = wan.load_wan_pipeline(pipeline, device=device, dtype=dtype)
     cache = wan.PromptCache(pipe, generation.max_sequence_length, device="cpu")
-    prompts = wan.TINY_CORPUS[:2]
+    prompts = tiny_wan.TINY_CORPUS[:2]
     cache.precompute(prompts + [generation.negative_prompt])
     transformer = pipe.transformer
     torch.manual_seed(args.seed)
@@ -202,8 +204,8 @@ def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int
     model, optimizer = accelerator.prepare(transformer, optimizer)
     rewards = rewards_for(device, dtype)
     generator = torch.Generator().manual_seed(args.seed)
-    runs = [grpo.grpo_iteration(accelerator, pipe, model, transformer, optimizer, lora, cache, prompts, rewards,
-                                generation, config, generator) for _ in range(iterations + 1)][1:]
+    trainer = grpo.GRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
+    runs = [trainer.step(prompts, generator) for _ in range(iterations + 1)][1:]
     phases = {key: statistics.median(run[f"time/{key}"] for run in runs) for key in ("sample", "reward", "train")}
     phases["videos_per_step"] = len(prompts) * config.group_size
     phases["num_inference_steps"] = generation.num_inference_steps
@@ -222,10 +224,10 @@ def measure_longcat_over_flowgrpo_step_cost(args, workdir: Path) -> dict:
     from descore_plugin.integrations import grpo
 
     def analytic(device, dtype):
-        return [("analytic:redness", 1.0, wan.analytic_reward("analytic:redness"))]
+        return reward_set(["analytic:redness"])
 
-    flow = _grpo_step_seconds(args, workdir, grpo.FlowGRPOConfig(), analytic)
-    longcat = _grpo_step_seconds(args, workdir, grpo.LongCatGRPOConfig(), analytic)
+    flow = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("flow_grpo"), analytic)
+    longcat = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("longcat"), analytic)
     per_rollout = lambda phases: phases["train"] / phases["videos_per_step"]  # noqa: E731
     return {
         "longcat_over_flowgrpo_step_cost": per_rollout(longcat) / per_rollout(flow),
@@ -252,9 +254,9 @@ def _reward_share(args, workdir: Path, think: bool) -> dict:
 
     def descore(device, dtype):
         model = DeScoreReward.from_pretrained(model_dir, device=device, dtype=dtype)
-        return grpo.descore_rewards(model, [("descore", 1.0)], think=think)
+        return reward_set(["descore"], reward_model=model, think=think)
 
-    phases = _grpo_step_seconds(args, workdir, grpo.FlowGRPOConfig(), descore, iterations=2)
+    phases = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("flow_grpo"), descore, iterations=2)
     share = phases["reward"] / (phases["sample"] + phases["reward"] + phases["train"])
     key = "reward_share_think" if think else "reward_share_nothink"
     return {key: share, key.replace("reward_share", "reward_share_detail"): {

@@ -118,20 +118,20 @@ def step_dpo(work_dir: Path, steps: int, seed: int = 0):
     """A short Flow-DPO run of a tiny Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward."""
     import importlib.util
 
-    from descore_plugin.integrations import wan
+    from descore_plugin import tiny_wan
 
     pipeline = work_dir / "tiny_wan"
     if not (pipeline / "model_index.json").is_file():
-        wan.write_tiny_wan(pipeline, seed=seed)
-    prompts = [f"{a} {c}" for a in ("red", "blue", "small", "old") for c in wan.TINY_CORPUS][:24]
+        tiny_wan.write_tiny_wan(pipeline, seed=seed)
+    prompts = [f"{a} {c}" for a in ("red", "blue", "small", "old") for c in tiny_wan.TINY_CORPUS][:24]
     prompts_file = work_dir / "wan_prompts.txt"
     prompts_file.write_text("\n".join(prompts) + "\n")
     spec = importlib.util.spec_from_file_location("wan_flow_dpo", Path(__file__).with_name("wan_flow_dpo.py"))
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     print(f"\npost-training: Flow-DPO of a tiny Wan-2.1 for {steps} steps (reward: analytic:redness)")
-    recipe.main(["--pipeline", str(pipeline), "--reward-model", "analytic:redness", "--prompts", str(prompts_file),
-                 "--output-dir", str(work_dir / "dpo"), "--max-steps", str(steps), "--learning-rate", "1e-2",
+    recipe.main(["--pipeline", str(pipeline), "--reward", "analytic:redness", "--prompts", str(prompts_file),
+                 "--output-dir", str(work_dir / "dpo"), "--overwrite", "--max-steps", str(steps), "--learning-rate", "1e-2",
                  "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "all", "--videos-per-prompt", "8",
                  "--generation-batch-size", "8", "--seed", str(seed)])
 

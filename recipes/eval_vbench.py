@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from descore_plugin import tiny_wan
 from descore_plugin.integrations import wan
 from descore_plugin.video import write_video
 
@@ -136,7 +137,7 @@ def generate_videos(args, prompts: list[str], lora: str | None, videos_dir: Path
     """Write `{prompt}-{i}.mp4` for every prompt and i; returns the number of videos generated now."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    generation = wan.generation_defaults(args.pipeline)
+    generation = tiny_wan.generation_defaults(args.pipeline)
     for name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt"):
         if getattr(args, name) is not None:
             setattr(generation, name, getattr(args, name))

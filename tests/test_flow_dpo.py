@@ -15,7 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from descore_plugin import tiny_wan
 from descore_plugin.integrations import flow_dpo, wan
+from descore_plugin.rewards import ANALYTIC_REWARDS, RewardSet, reward_set
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "wan_flow_dpo.py"
@@ -31,14 +33,14 @@ def _load_recipe():
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     torch.set_num_threads(1)
-    return wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
+    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
 
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
     # 24 distinct prompts built from the tiny tokenizer's corpus.
     adjectives = ["red", "blue", "small", "old"]
-    prompts = [f"{a} {c}" for a in adjectives for c in wan.TINY_CORPUS][:24]
+    prompts = [f"{a} {c}" for a in adjectives for c in tiny_wan.TINY_CORPUS][:24]
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     path.write_text("\n".join(prompts) + "\n")
     return path
@@ -65,7 +67,7 @@ def test_first_loss_is_ln2_and_reference_is_the_base_model(tiny_dir):
     lora = wan.add_lora(transformer, rank=4, alpha=8, target_modules=wan.WAN_ATTENTION_TARGETS)
     winners, losers = _pairs_batch(pipe)
     embeds = wan.PromptCache(pipe, 32).embed(["a red ball", "a cat"])
-    config = flow_dpo.FlowDPOConfig()
+    config = flow_dpo.FlowDPOConfig(timestep_shift=flow_dpo.scheduler_shift(pipe.scheduler))
 
     output = flow_dpo.flow_dpo_step(transformer, transformer, winners, losers, embeds, config,
                                     torch.Generator().manual_seed(0))
@@ -110,11 +112,25 @@ def test_loss_formula_with_per_sample_mean_mse():
     assert output.mse_w == 1.0 and output.ref_mse_w == 4.0 and output.mse_l == 5.0
 
 
-def test_timesteps_are_logit_normal():
-    t = flow_dpo.sample_timesteps(20000, flow_dpo.FlowDPOConfig(), torch.Generator().manual_seed(0))
+def test_timesteps_logit_normal_and_shifted_like_flow_grpo_dpo():
+    t = flow_dpo.sample_timesteps(20000, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"),
+                                  torch.Generator().manual_seed(0))
     logits = torch.log(t / (1 - t))
     assert 0 < t.min() and t.max() < 1
     assert abs(logits.mean().item()) < 0.03 and abs(logits.std().item() - 1) < 0.03
+    # shifted: the same u, then the sigma of a FlowMatchEulerDiscreteScheduler(shift=3) training grid at floor(u N)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = flow_dpo.FlowDPOConfig(timestep_shift=3.0)
+    shifted = flow_dpo.sample_timesteps(5, config, torch.Generator().manual_seed(1))
+    u = flow_dpo.sample_timesteps(5, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"),
+                                  torch.Generator().manual_seed(1))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    expected = scheduler.sigmas[(u * 1000).long()]
+    torch.testing.assert_close(shifted, expected.float(), rtol=0, atol=1e-6)
+    assert shifted.mean() > u.mean()  # shift 3 moves t towards noise
+    with pytest.raises(flow_dpo.PairStoreError, match="needs timestep_shift"):
+        flow_dpo.sample_timesteps(1, flow_dpo.FlowDPOConfig())
 
 
 def test_select_pairs():
@@ -123,25 +139,31 @@ def test_select_pairs():
     assert flow_dpo.select_pairs(scores, "best_worst", margin=0.8) == []
     assert flow_dpo.select_pairs(scores, "margin", margin=0.35) == [(1, 0), (1, 2), (1, 3), (3, 2)]
     assert flow_dpo.select_pairs([0.5, 0.5]) == []  # ties never make a pair
+    assert flow_dpo.select_pairs([0.2, float("nan"), 0.1]) == [(0, 2)]  # no score, never in a pair
+    assert flow_dpo.select_pairs([float("nan")] * 3) == []
     with pytest.raises(flow_dpo.PairStoreError, match="selection"):
         flow_dpo.select_pairs(scores, "random")
 
 
 def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     pipe = wan.load_wan_pipeline(tiny_dir)
-    generation = wan.generation_defaults(tiny_dir)
+    generation = tiny_wan.generation_defaults(tiny_dir)
     cache = wan.PromptCache(pipe, generation.max_sequence_length)
     calls = []
 
-    def reward_with_cots(videos, prompts):
-        calls.append(len(prompts))
-        scores = wan.redness_reward(videos, prompts)
-        return scores.tolist(), {"cots": [f"cot {i}" for i in range(len(prompts))]}
+    class WithCots:  # a reward that also keeps CoTs, like DeScore's (`last_output`)
+        last_output = None
 
+        def __call__(self, videos, prompts):
+            calls.append(len(prompts))
+            self.last_output = type("Out", (), {"cots": [f"cot {i}" for i in range(len(prompts))]})
+            return ANALYTIC_REWARDS["analytic:redness"](videos, prompts)
+
+    rewards = RewardSet(weights={"analytic:redness": 1.0}, rewards=[WithCots()])
     prompts, ids = ["a red ball", "a cat", "a dog"], [0, 1, 2]
-    config = flow_dpo.PairConfig(videos_per_prompt=3, batch_size=2)
+    config = flow_dpo.PairConfig(videos_per_prompt=3, generation_batch_size=2)
     store = tmp_path / "pairs"
-    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, reward_with_cots, generation,
+    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, rewards, generation,
                                    config, store, seed=5, progress=False)
     assert calls == [3, 3, 3] and len(records) == 3
     entry = json.loads((store / "000001.json").read_text())
@@ -151,11 +173,13 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     record = records[1]
     assert record.score_w == max(entry["scores"]) and record.score_l == min(entry["scores"])
     # The stored latents are the sampled videos' latents: decoding the winner gives its score back.
+    redness = ANALYTIC_REWARDS["analytic:redness"]
     decoded = wan.decode_latents(pipe, latents[record.index_w : record.index_w + 1])
-    assert wan.redness_reward(decoded, ["a cat"]).item() == pytest.approx(record.score_w, abs=1e-6)
+    assert redness(decoded, ["a cat"])["analytic:redness"].item() == pytest.approx(record.score_w, abs=1e-6)
+    assert entry["named_scores"]["analytic:redness"] == entry["scores"]
 
     (store / "000001.json").unlink()  # as if interrupted before prompt 1 was written
-    again = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, reward_with_cots, generation,
+    again = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, rewards, generation,
                                  config, store, seed=5, progress=False)
     assert calls == [3, 3, 3, 3]  # only the missing prompt was generated again
     assert [(r.prompt_id, r.index_w, r.index_l, r.score_w) for r in again] == [
@@ -163,8 +187,6 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     ]
     winners, losers = flow_dpo.pair_latents(again[1:2])
     torch.testing.assert_close(winners[0], latents[record.index_w], rtol=0, atol=0)
-    with pytest.raises(flow_dpo.PairStoreError, match="returned 2 scores for 3 videos"):
-        flow_dpo.call_reward(lambda videos, prompts: [0.0, 1.0], torch.zeros(3, 9, 3, 64, 64), ["a"] * 3)
 
 
 @pytest.mark.slow
@@ -174,7 +196,7 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
     recipe = _load_recipe()
     out = tmp_path / "run"
     recipe.main([
-        "--pipeline", str(tiny_dir), "--reward-model", "analytic:redness", "--prompts", str(prompts_file),
+        "--pipeline", str(tiny_dir), "--reward", "analytic:redness", "--prompts", str(prompts_file),
         "--output-dir", str(out), "--max-steps", "100", "--learning-rate", "1e-2", "--lora-rank", "8",
         "--lora-alpha", "16", "--lora-targets", "all", "--videos-per-prompt", "8", "--generation-batch-size", "8",
         "--eval-prompts", "4", "--eval-videos-per-prompt", "1", "--checkpoint-every", "100", "--seed", "0",
@@ -185,7 +207,7 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
     assert sum(r["implicit_accuracy"] for r in train[-10:]) / 10 > 0.9
     assert (out / "curves.png").stat().st_size > 1000 and (out / "pytorch_lora_weights.safetensors").is_file()
 
-    generation = wan.generation_defaults(tiny_dir)
+    generation = tiny_wan.generation_defaults(tiny_dir)
     fresh_prompts = [line for line in prompts_file.read_text().splitlines()][:16] * 2
     noise = wan.initial_noise(pipe := wan.load_wan_pipeline(tiny_dir), 32, generation,
                               generator=torch.Generator().manual_seed(12345))
@@ -197,7 +219,7 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
                      output_type="pt").frames
             for i in range(0, 32, 8)
         ])
-        return wan.redness_reward(videos, fresh_prompts), videos
+        return ANALYTIC_REWARDS["analytic:redness"](videos, fresh_prompts)["analytic:redness"], videos
 
     base_rewards, _ = rewards(pipe)
     trained = wan.load_wan_pipeline(tiny_dir)
@@ -219,17 +241,19 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
 
 
 def _small_run(recipe, tiny_dir, prompts_file, out, max_steps, extra=()):
-    recipe.main([
-        "--pipeline", str(tiny_dir), "--reward-model", "analytic:redness", "--prompts", str(prompts_file),
+    extra = list(extra)
+    reward = ["--reward", "analytic:redness"] if "--reward" not in extra else []
+    assert recipe.main([
+        "--pipeline", str(tiny_dir), *reward, "--prompts", str(prompts_file),
         "--output-dir", str(out), "--max-steps", str(max_steps), "--learning-rate", "1e-2", "--lora-rank", "4",
         "--lora-alpha", "8", "--videos-per-prompt", "2", "--batch-size", "2", "--eval-prompts", "1",
         "--eval-videos-per-prompt", "1", "--checkpoint-every", "3", "--online-every", "4", *extra,
-    ])
+    ]) == 0
 
 
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(wan.TINY_CORPUS[:3]) + "\n")
+    prompts.write_text("\n".join(tiny_wan.TINY_CORPUS[:3]) + "\n")
     recipe = _load_recipe()
     _small_run(recipe, tiny_dir, prompts, tmp_path / "straight", 6)
     _small_run(recipe, tiny_dir, prompts, tmp_path / "resumed", 3)
@@ -248,34 +272,58 @@ def test_resume_equals_uninterrupted(tiny_dir, tmp_path):
     assert train_rows("resumed") == train_rows("straight")
     # --online-every 4: round 1 (steps 5-6) trained on pairs regenerated by the policy after step 4.
     assert [r["round"] for r in train_rows("straight")] == [0, 0, 0, 0, 1, 1]
-    assert (tmp_path / "resumed" / "pairs" / "round_0001" / "000002.json").is_file()
+    store = next((tmp_path / "resumed" / "cache").glob("pairs-*"))
+    assert (store / "round_0001" / "000002.json").is_file()
+    assert json.loads((store / "key.json").read_text())["reward"] == ["analytic:redness"]
+
+
+def test_rerun_is_refused_and_pairs_are_keyed_by_what_made_them(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(tiny_wan.TINY_CORPUS[:2]) + "\n")
+    recipe = _load_recipe()
+    _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 1)
+    assert recipe.main(["--pipeline", str(tiny_dir), "--reward", "analytic:brightness", "--prompts", str(prompts),
+                        "--output-dir", str(tmp_path / "run"), "--max-steps", "1"]) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 2, ["--resume"])  # --max-steps may change
+    with pytest.raises(AssertionError):  # another reward on --resume is refused, naming the flag
+        _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 3, ["--resume", "--reward", "analytic:brightness"])
+    assert "--reward was ['analytic:redness']" in capsys.readouterr().err
+    _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 1, ["--overwrite", "--reward", "analytic:brightness"])
+    stores = list((tmp_path / "run" / "cache").glob("pairs-*"))
+    assert len(stores) == 1 and json.loads((stores[0] / "key.json").read_text())["reward"] == ["analytic:brightness"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("eval/analytic:redness" not in row for row in rows)  # nothing of the previous run is left
 
 
 def test_accelerate_two_processes_keep_lora_identical(tiny_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(wan.TINY_CORPUS[:4]) + "\n")
+    prompts.write_text("\n".join(tiny_wan.TINY_CORPUS[:4]) + "\n")
     out = tmp_path / "ddp"
     command = [
         # torchrun launcher on the CPU; ACCELERATE_USE_CPU selects gloo DDP (accelerate's MULTI_CPU). The `--cpu`
-        # flag would instead go through mpirun, which needs a hostfile.
+        # flag would instead go through mpirun, which needs a hostfile. The test helper records each process's
+        # weights after every optimiser step.
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", str(RECIPE),
-        "--pipeline", str(tiny_dir), "--reward-model", "analytic:redness", "--prompts", str(prompts),
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+        str(ROOT / "tests" / "ddp_checksums.py"), str(tmp_path / "checksums"), str(RECIPE),
+        "--pipeline", str(tiny_dir), "--reward", "analytic:redness", "--prompts", str(prompts),
         "--output-dir", str(out), "--max-steps", "3", "--learning-rate", "1e-2", "--lora-rank", "4",
         "--lora-alpha", "8", "--videos-per-prompt", "2", "--batch-size", "1", "--eval-prompts", "2",
-        "--eval-videos-per-prompt", "1", "--weight-checksums",
+        "--eval-videos-per-prompt", "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     checksums = {
-        rank: [json.loads(line)["sha256"] for line in (out / "weight_checksums" / f"rank{rank}.jsonl").read_text().splitlines()]
+        rank: [json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{rank}.jsonl").read_text().splitlines()]
         for rank in (0, 1)
     }
     assert len(checksums[0]) == 3 and checksums[0] == checksums[1]  # identical LoRA on both ranks after every step
     assert len(set(checksums[0])) == 3  # and the weights did change at every step
     # Prompts were split: rank 0 built pairs for prompts 0-1, rank 1 for 2-3 (all four on disk, each once).
-    assert sorted(p.name for p in (out / "pairs" / "round_0000").glob("*.json")) == [f"{i:06d}.json" for i in range(4)]
+    store = next((out / "cache").glob("pairs-*")) / "round_0000"
+    assert sorted(p.name for p in store.glob("*.json")) == [f"{i:06d}.json" for i in range(4)]
 
 
 def _load_script(name):
@@ -361,15 +409,16 @@ def test_distilled_student_with_uncertainty_builds_dpo_pairs(tiny_dir, tmp_path)
 
     init_tiny(tmp_path / "student", head="distribution")
     student = DeScoreReward.from_pretrained(tmp_path / "student")
-    reward_fn = lambda videos, prompts: student.reward(videos, prompts, think=False)
+    rewards = reward_set(["descore"], reward_model=student, think=False)
     pipe = wan.load_wan_pipeline(tiny_dir)
-    generation = wan.generation_defaults(tiny_dir)
+    generation = tiny_wan.generation_defaults(tiny_dir)
     cache = wan.PromptCache(pipe, max_sequence_length=generation.max_sequence_length)
     config = flow_dpo.PairConfig(videos_per_prompt=3, uncertainty_scale=1e6)  # an absurd scale drops every pair
-    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["red cat"], [0], reward_fn, generation, config,
+    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["red cat"], [0], rewards, generation, config,
                                    tmp_path / "pairs", progress=False)
     stored = json.loads((tmp_path / "pairs" / "000000.json").read_text())
-    assert records == [] and len(stored["uncertainty"]) == 3 and all(u > 0 for u in stored["uncertainty"])
-    with pytest.raises(flow_dpo.PairStoreError, match="needs a reward that reports uncertainty"):
-        flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["blue cat"], [1], wan.analytic_reward("analytic:redness"),
+    uncertainty = stored["named_scores"]["descore:uncertainty"]
+    assert records == [] and len(uncertainty) == 3 and all(u > 0 for u in uncertainty)
+    with pytest.raises(flow_dpo.PairStoreError, match="needs a reward that reports descore:uncertainty"):
+        flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["blue cat"], [1], reward_set(["analytic:redness"]),
                              generation, config, tmp_path / "pairs2", progress=False)

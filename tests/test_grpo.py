@@ -13,9 +13,11 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from descore_plugin import tiny_wan
 from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.grpo import (
     AdvantageError,
+    GRPOConfig,
     clipped_policy_loss,
     fill_missing_rewards,
     gaussian_log_prob,
@@ -24,9 +26,11 @@ from descore_plugin.integrations.grpo import (
     longcat_step_kl,
     max_group_std_advantages,
     mean_kl,
-    sde_noise_scale,
+    noise_scale,
+    sde_masks,
     sde_step,
 )
+from descore_plugin.rewards import reward_set
 
 # ---------------------------------------------------------------- the SDE step
 
@@ -37,7 +41,7 @@ def euler_grid(steps=6, shift=3.0):
     return scheduler
 
 
-def test_noise_level_zero_is_the_euler_scheduler_step_bit_for_bit():
+def test_noise_scale_zero_is_the_euler_scheduler_step_bit_for_bit():
     torch.manual_seed(0)
     scheduler = euler_grid()
     sigmas = scheduler.sigmas
@@ -45,18 +49,33 @@ def test_noise_level_zero_is_the_euler_scheduler_step_bit_for_bit():
     for i, timestep in enumerate(scheduler.timesteps):
         v = torch.randn_like(x)
         expected = scheduler.step(v, timestep, x, return_dict=False)[0]
-        step = sde_step(v, x, sigmas[i], sigmas[i + 1], noise_level=0.0, sigma_cap=float(sigmas[1]))
+        step = sde_step(v, x, sigmas[i], sigmas[i + 1], noise_scale=0.0)
         assert torch.equal(step.prev_sample, expected), f"step {i}"
         assert torch.equal(step.mean, expected)
         x = expected
 
 
-def test_noise_scale_at_t_one_uses_the_second_sigma_like_flow_grpo():
+def test_sqrt_noise_scale_at_t_one_uses_the_second_sigma_like_flow_grpo():
     sigmas = euler_grid().sigmas
     cap = float(sigmas[1])
-    s = sde_noise_scale(torch.tensor([1.0, 0.5]), 0.7, cap)
+    s = noise_scale(torch.tensor([1.0, 0.5]), sigmas, "sqrt", 0.7)
     assert torch.allclose(s, torch.tensor([0.7 * math.sqrt(1 / (1 - cap)), 0.7]), rtol=1e-6)
-    assert torch.isfinite(s).all()
+
+
+def test_wan_linear_schedule_one_step_exact_values():
+    """flow_grpo's Wan trainer: std_dev_t = s_min + (s_max - s_min) t with s_max = sigmas[1], s_min = sigmas[-1];
+    mean = x (1 + std_dev_t^2 dt / (2t)) + v (1 + std_dev_t^2 (1 - t) / (2t)) dt; step std = std_dev_t sqrt(-dt)."""
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
+    t, t_next = 0.5, 0.2
+    x, v = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 3.0]])
+    s = noise_scale(t, sigmas, "linear", 1.0)
+    assert s.item() == pytest.approx(0.0 + (0.8 - 0.0) * 0.5)  # 0.4: grows linearly with t
+    step = sde_step(v, x, t, t_next, noise_scale=s, generator=torch.Generator().manual_seed(0))
+    # by hand: s = 0.4, dt = -0.3: x * (1 - 0.16 * 0.3 / 1) + v * (1 + 0.16 * 0.5 / 1) * (-0.3)
+    assert step.mean.tolist()[0] == pytest.approx([1.0 * 0.952 + 0.5 * 1.08 * -0.3, -2.0 * 0.952 + 3.0 * 1.08 * -0.3],
+                                                   abs=1e-6)
+    assert step.std.item() == pytest.approx(0.4 * math.sqrt(0.3), rel=1e-6)
+    assert noise_scale(torch.tensor([1.0, 0.0]), sigmas, "linear", 2.0).tolist() == pytest.approx([1.6, 0.0])
 
 
 def test_sde_mean_and_std_match_the_formula_on_numbers():
@@ -67,7 +86,8 @@ def test_sde_mean_and_std_match_the_formula_on_numbers():
     dt = t_next - t
     mean = [xi * (1 + s * s * dt / (2 * t)) + vi * (1 + s * s * (1 - t) / (2 * t)) * dt
             for xi, vi in zip([1.0, -2.0], [0.5, 3.0])]
-    step = sde_step(v, x, t, t_next, noise_level=a, sigma_cap=0.99, generator=torch.Generator().manual_seed(0))
+    step = sde_step(v, x, t, t_next, noise_scale=noise_scale(t, torch.tensor([1.0, 0.99]), "sqrt", a),
+                    generator=torch.Generator().manual_seed(0))
     assert torch.allclose(step.mean, torch.tensor([mean]), atol=1e-6)
     assert step.std.item() == pytest.approx(s * math.sqrt(-dt), rel=1e-6)
     noise = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
@@ -88,8 +108,8 @@ def test_log_prob_equals_hand_computed_gaussian_density():
 def test_log_prob_of_a_stored_step_recomputed_gives_ratio_exactly_one():
     torch.manual_seed(0)
     x, v = torch.randn(3, 16, 2, 4, 4), torch.randn(3, 16, 2, 4, 4)
-    first = sde_step(v, x, 0.8, 0.6, noise_level=0.7, sigma_cap=0.95)
-    again = sde_step(v, x, 0.8, 0.6, noise_level=0.7, sigma_cap=0.95, prev_sample=first.prev_sample)
+    first = sde_step(v, x, 0.8, 0.6, noise_scale=0.7 * math.sqrt(0.8 / 0.2))
+    again = sde_step(v, x, 0.8, 0.6, noise_scale=0.7 * math.sqrt(0.8 / 0.2), prev_sample=first.prev_sample)
     old = gaussian_log_prob(first.prev_sample, first.mean, first.std)
     new = gaussian_log_prob(again.prev_sample, again.mean, again.std)
     _, ratio = clipped_policy_loss(new, old, torch.ones(3), clip_range=1e-3)
@@ -101,7 +121,8 @@ def test_longcat_truncates_the_diffusion_term_at_tau():
     sigma = torch.tensor([0.95, 0.3])
     sigma_next = torch.tensor([0.7, 0.25])
     tau = 0.45
-    step = sde_step(v, x, sigma, sigma_next, noise_level=1.0, sigma_cap=0.99, diffusion_cap=tau)
+    scale = noise_scale(sigma, torch.tensor([1.0, 0.99]), "sqrt", 1.0).reshape(-1, 1)
+    step = sde_step(v, x, sigma, sigma_next, noise_scale=scale, diffusion_cap=tau)
     raw = torch.sqrt(sigma / (1 - sigma)) * torch.sqrt(sigma - sigma_next)  # 1.09 (clipped), 0.15 (kept)
     assert raw[0] > tau and raw[1] < tau
     assert step.std.reshape(-1)[0].item() == pytest.approx(tau, rel=1e-6)
@@ -116,7 +137,8 @@ def test_longcat_velocity_kl_equals_the_kl_of_the_step_means():
     torch.manual_seed(0)
     x, v, v_ref = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
     sigma, sigma_next = torch.tensor([1.0, 0.5]), torch.tensor([0.9, 0.45])
-    kwargs = dict(noise_level=1.0, sigma_cap=0.9, diffusion_cap=0.45)
+    kwargs = dict(noise_scale=noise_scale(sigma, torch.tensor([1.0, 0.9]), "sqrt", 1.0).reshape(-1, 1),
+                  diffusion_cap=0.45)
     step, ref = sde_step(v, x, sigma, sigma_next, **kwargs), sde_step(v_ref, x, sigma, sigma_next, **kwargs)
     by_means = mean_kl(step.mean, ref.mean, step.std)
     by_velocity = longcat_step_kl(v, v_ref, sigma, sigma_next, step.noise_scale.reshape(-1))
@@ -185,78 +207,79 @@ def test_clipped_policy_loss_on_numbers():
     assert torch.allclose(ratio, torch.tensor([1.5, 1.5, 0.5, 0.5]))
 
 
-def test_reward_signatures_and_descore_dimensions():
-    videos = torch.rand(2, 5, 3, 16, 16)
-    plain = lambda videos, prompts: [1.0, 2.0]  # noqa: E731
-    flow_grpo_style = lambda images, prompts, metadata: (torch.tensor([3.0, 4.0]), {"note": "info"})  # noqa: E731
-    assert torch.equal(grpo.call_reward("plain", plain, videos, ["a", "b"]), torch.tensor([1.0, 2.0]))
-    assert torch.equal(grpo.call_reward("fg", flow_grpo_style, videos, ["a", "b"]), torch.tensor([3.0, 4.0]))
-    with pytest.raises(grpo.RewardError, match="expected 2 scores"):
-        grpo.call_reward("short", lambda v, p: [1.0], videos, ["a", "b"])
-
-    class Judge:  # stands in for DeScoreReward.score's output format (RewardOutput); counts the calls
-        calls = 0
-
-        def score(self, videos, prompts, think, batch_size, max_new_tokens):
-            Judge.calls += 1
-            return dataclasses.make_dataclass("Out", ["rewards", "overall_scores", "dimensional_scores"])(
-                torch.tensor([0.5, -0.5]), [4.5, None],
-                [{"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}, None],
-            )
-
-    rewards = grpo.descore_rewards(Judge(), [("descore", 1.0), ("descore:dynamics", 0.5), ("descore:camera", 1.0),
-                                             ("descore:overall", 1.0)])
-    scores = grpo.score_videos(rewards, videos, ["a", "b"])
-    assert Judge.calls == 1  # one judge call serves every selected reward of the batch
-    assert torch.equal(scores["descore"], torch.tensor([0.5, -0.5]))
-    assert scores["descore:dynamics"][0].item() == 1.0 and math.isnan(scores["descore:dynamics"][1].item())
-    assert scores["descore:camera"][0].item() == 2.0  # "N/A": nothing asked, nothing failed
-    assert scores["descore:overall"][0].item() == 4.5 and math.isnan(scores["descore:overall"][1].item())
-    with pytest.raises(grpo.RewardError, match="unknown DeScore reward"):
-        grpo.descore_rewards(Judge(), [("descore:motion", 1.0)])
-    with pytest.raises(grpo.RewardError, match="think=True"):
-        grpo.descore_rewards(Judge(), [("descore:subject", 1.0)], think=False)
-
-
 def test_flow_grpo_sums_rewards_longcat_sums_advantages():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    b = torch.tensor([0.0, 0.0, 10.0, 10.0])
-    rewards = [("a", 1.0, None), ("b", 0.5, None)]
-    flow, _ = grpo.combined_advantages(rewards, {"a": a, "b": b}, grpo.FlowGRPOConfig())
-    assert torch.allclose(flow, group_advantages(a + 0.5 * b, 4))
-    longcat, stats = grpo.combined_advantages(rewards, {"a": a, "b": b}, grpo.LongCatGRPOConfig())
+    b = torch.tensor([0.0, 0.0, 10.0, float("nan")])  # the NaN carries no signal in either
+    weights = {"a": 1.0, "b": 0.5}
+    flow, _ = grpo.advantages(GRPOConfig("flow_grpo"), {"a": a, "b": b}, weights)
+    assert torch.allclose(flow, group_advantages(a + 0.5 * torch.tensor([0.0, 0.0, 10.0, 10 / 3]), 4))
+    longcat, stats = grpo.advantages(GRPOConfig("longcat"), {"a": a, "b": b}, weights)
     expected = max_group_std_advantages(a, 4)[0] + 0.5 * max_group_std_advantages(b, 4)[0]
-    assert torch.allclose(longcat, expected)
-    assert stats["sigma_max/b"] == 5.0
+    assert torch.allclose(longcat, expected) and expected[3] == max_group_std_advantages(a, 4)[0][3]
+    assert stats["sigma_max/b"] == pytest.approx(math.sqrt(200 / 9), rel=1e-6)
+
+
+def test_one_config_presets_and_one_place_per_difference():
+    flow, longcat = GRPOConfig("flow_grpo"), GRPOConfig("longcat")
+    assert (flow.shared_noise, flow.noise_schedule, flow.critical_steps, flow.advantage, flow.kl_beta) == \
+        (False, "linear", None, "group", 0.004)
+    assert (longcat.shared_noise, longcat.noise_schedule, longcat.critical_steps, longcat.diffusion_cap,
+            longcat.advantage, longcat.loss_weighting) == (True, "sqrt", 6, 0.45, "max_group_std", "lambda")
+    mixed = GRPOConfig("longcat", noise_schedule="linear", diffusion_cap=0)  # a field means the same for both
+    assert mixed.noise_schedule == "linear" and mixed.diffusion_cap is None
+    with pytest.raises(ValueError, match="--sde-window and --critical-steps"):
+        GRPOConfig("longcat", sde_window=[0, 3])
+    assert "algorithm ==" not in Path(grpo.__file__).read_text()  # no string tests of the algorithm
+
+
+def test_which_steps_are_sde_steps():
+    sde, trained = sde_masks(GRPOConfig("flow_grpo"), 20, 2)  # flow_grpo's Wan trainer: SDE everywhere, T-1 trained
+    assert sde.all() and trained[:, :19].all() and not trained[:, 19].any()
+    sde, trained = sde_masks(GRPOConfig("flow_grpo", sde_window=[2, 5]), 8, 1)
+    assert sde.tolist() == trained.tolist() == [[False, False, True, True, True, False, False, False]]
+    with pytest.warns(UserWarning, match="--critical-steps 6 > --num-inference-steps 4: using 4"):
+        sde, trained = sde_masks(GRPOConfig("longcat"), 4, 50, torch.Generator().manual_seed(0))
+    assert sde.sum(dim=1).eq(1).all() and torch.equal(sde, trained) and sde[:, 3].any()
 
 
 # ---------------------------------------------------------------- tiny Wan
 
-PROMPTS = wan.TINY_CORPUS[:4]
+PROMPTS = tiny_wan.TINY_CORPUS[:4]
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     torch.set_num_threads(1)
-    return wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan_grpo"), seed=0)
+    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan_grpo"), seed=0)
 
 
 def small(tiny_dir, **changes):
     """5 frames of 16x16 (latents 16 x 2 x 2 x 2): the tiny VAE's pixels respond to so few latents that a few dozen
     GRPO steps move an analytic reward well outside the sample spread (at 64x64 the same needs hundreds)."""
-    return dataclasses.replace(wan.generation_defaults(tiny_dir), num_frames=5, height=16, width=16, **changes)
+    return dataclasses.replace(tiny_wan.generation_defaults(tiny_dir), num_frames=5, height=16, width=16, **changes)
+
+
+def trainer_for(pipe, generation, config, transformer=None, optimizer=None, rewards=None):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    transformer = transformer if transformer is not None else pipe.transformer
+    model = transformer
+    if optimizer is not None:
+        model, optimizer = accelerator.prepare(transformer, optimizer)
+    cache = wan.PromptCache(pipe, generation.max_sequence_length)
+    return grpo.GRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
 
 
 def test_noise_level_zero_rollout_is_the_euler_ode_sampler(tiny_dir):
     pipe = wan.load_wan_pipeline(tiny_dir)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # first sigma exactly 1: the t = 1 case too
     generation = small(tiny_dir)
-    cache = wan.PromptCache(pipe, generation.max_sequence_length)
-    config = grpo.FlowGRPOConfig(group_size=2, noise_level=0.0)
-    batch = grpo.rollout(pipe, pipe.transformer, cache, PROMPTS[:2], generation, config,
-                         torch.Generator().manual_seed(0), decode=False)
+    trainer = trainer_for(pipe, generation, GRPOConfig("flow_grpo", group_size=2, noise_level=0.0))
+    batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
     noise = wan.initial_noise(pipe, 4, generation, generator=torch.Generator().manual_seed(0))
     prompts = [p for p in PROMPTS[:2] for _ in range(2)]
+    cache = trainer.prompt_cache
     ode = wan.sample(pipe.transformer, pipe.scheduler, noise, cache.embed(prompts), cache.negative(4),
                      generation.num_inference_steps, generation.guidance_scale, return_trajectory=True)
     assert batch.sde_mask.all()  # every step went through sde_step (with a = 0)
@@ -265,12 +288,12 @@ def test_noise_level_zero_rollout_is_the_euler_ode_sampler(tiny_dir):
                     guidance_scale=generation.guidance_scale, latents=noise.clone(), output_type="latent",
                     max_sequence_length=generation.max_sequence_length).frames
     torch.testing.assert_close(batch.trajectory[:, -1], expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_level=0.0: training needs SDE steps"):
+        trainer.check_batching(4)
 
 
 @pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat"])
 def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algorithm):
-    from accelerate import Accelerator
-
     pipe = wan.load_wan_pipeline(tiny_dir)
     generation = small(tiny_dir)
     transformer = pipe.transformer
@@ -278,57 +301,46 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
     with torch.no_grad():  # a LoRA that already changes the model, so that policy != reference
         for parameter in parameters:
             parameter.add_(0.05 * torch.randn_like(parameter))
-    config = (grpo.FlowGRPOConfig(group_size=4, sde_window=(1, 5)) if algorithm == "flow_grpo"
-              else grpo.LongCatGRPOConfig(group_size=4, critical_steps=4))
-    cache = wan.PromptCache(pipe, generation.max_sequence_length)
-    batch = grpo.rollout(pipe, transformer, cache, PROMPTS[:2], generation, config, torch.Generator().manual_seed(0),
-                         micro_batch_size=4)
+    config = (GRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7) if algorithm == "flow_grpo"
+              else GRPOConfig("longcat", group_size=4, critical_steps=4))
+    trainer = trainer_for(pipe, generation, config, transformer, torch.optim.AdamW(parameters, lr=1e-2))
+    batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
     if algorithm == "longcat":  # one critical step per prompt, shared initial noise per group
         assert batch.sde_mask.sum(dim=1).eq(1).all() and batch.sde_mask.float().argmax(1).lt(4).all()
         assert torch.equal(batch.trajectory[0, 0], batch.trajectory[3, 0])
         assert not torch.equal(batch.trajectory[0, 0], batch.trajectory[4, 0])
-    else:
-        assert batch.sde_mask[:, 1:5].all() and not batch.sde_mask[:, [0, 5]].any()
+    else:  # SDE on every step, the last one not trained
+        assert batch.sde_mask.all() and batch.train_mask[:, :-1].all() and not batch.train_mask[:, -1].any()
     advantages = torch.randn(8)
-    accelerator = Accelerator(cpu=True)
-    optimizer = torch.optim.AdamW(parameters, lr=1e-2)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
-    summary = grpo.train_on_rollout(accelerator, model, transformer, optimizer, parameters, batch, advantages,
-                                    config, cache, generation.guidance_scale, micro_batch_size=4)
+    summary = trainer.update(batch, advantages, micro_batch_size=4)
     assert summary["first_update_ratio_max_error"] == 0.0  # exp(logp_new - logp_old) == 1 bit for bit
     assert summary["kl"] > 0
-    for rows, steps in grpo.training_terms(batch, config, 4):  # after the update the policy has moved
-        _, stats = grpo.grpo_loss(model, transformer, batch, rows, steps, advantages, config, cache,
-                                  generation.guidance_scale)
+    for rows, steps in trainer.micro_batches(batch, 4):  # after the update the policy has moved
+        _, stats = trainer.loss(batch, rows, steps, advantages)
         assert not torch.equal(stats["ratio"], torch.ones_like(stats["ratio"]))
 
 
 def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
     """GRPO on the tiny Wan against analytic:redness; returns the rewards of 32 fresh ODE samples on fixed noise
     from the base model (adapter disabled) and from the trained model: paired videos."""
-    from accelerate import Accelerator
-
     pipe = wan.load_wan_pipeline(tiny_dir)
     generation = small(tiny_dir)
     transformer = pipe.transformer
     torch.manual_seed(seed)
     parameters = wan.add_lora(transformer, rank=4, alpha=4.0)
-    accelerator = Accelerator(cpu=True)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
-    cache = wan.PromptCache(pipe, generation.max_sequence_length)
-    rewards = [("analytic:redness", 1.0, wan.analytic_reward("analytic:redness"))]
+    rewards = reward_set(["analytic:redness"])
+    trainer = trainer_for(pipe, generation, config, transformer, optimizer, rewards)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(iterations):
-        metrics = grpo.grpo_iteration(accelerator, pipe, model, transformer, optimizer, parameters, cache,
-                                      list(PROMPTS), rewards, generation, config, generator)
+        metrics = trainer.step(list(PROMPTS), generator)
         assert metrics["train/first_update_ratio_max_error"] == 0.0
     eval_prompts = list(PROMPTS) * 8
 
     def fresh():
-        videos, _ = wan.generate(pipe, cache, eval_prompts, generation, transformer=transformer,
+        videos, _ = wan.generate(pipe, trainer.prompt_cache, eval_prompts, generation, transformer=transformer,
                                  generator=torch.Generator().manual_seed(1000 + seed))
-        return wan.redness_reward(videos, eval_prompts)
+        return rewards(videos, eval_prompts)["analytic:redness"]
 
     trained = fresh()
     with wan.disable_adapter(transformer):
@@ -339,7 +351,7 @@ def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
 @pytest.mark.slow
 def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
     # Measured (seeds 0, 1, 2): gain = 1.31, 0.76, 0.83 base stds; 94 %, 81 %, 97 % of the paired videos improve.
-    base, trained = train_tiny(tiny_dir, grpo.FlowGRPOConfig(group_size=8), learning_rate=1e-2, iterations=60)
+    base, trained = train_tiny(tiny_dir, GRPOConfig("flow_grpo", group_size=8), learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 0.5 * base.std(), (base.mean(), trained.mean(), base.std())
     assert (gain > 0).float().mean() >= 0.75
@@ -348,7 +360,7 @@ def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
 @pytest.mark.slow
 def test_longcat_raises_the_reward_of_fresh_samples(tiny_dir):
     # Measured (seeds 0, 1, 2): gain = 1.95, 2.32, 2.07 base stds; 94 %, 100 %, 97 % of the paired videos improve.
-    config = grpo.LongCatGRPOConfig(group_size=8, critical_steps=3)
+    config = GRPOConfig("longcat", group_size=8, critical_steps=3)
     base, trained = train_tiny(tiny_dir, config, learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 1.5 * base.std(), (base.mean(), trained.mean(), base.std())
@@ -357,16 +369,19 @@ def test_longcat_raises_the_reward_of_fresh_samples(tiny_dir):
 
 # ---------------------------------------------------------------- the recipe
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "wan_flow_grpo.py"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "wan_flow_grpo.py"
 
 
-def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out"):
+def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out", checksums=None):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    args = [str(RECIPE), "--algorithm", algorithm, "--pipeline", str(tiny_dir), "--reward-model", "analytic:redness",
+    args = [str(RECIPE), "--algorithm", algorithm, "--pipeline", str(tiny_dir), "--reward", "analytic:redness",
             "--prompts", str(prompts), "--output-dir", str(tmp_path / output), "--num-frames", "5", "--height", "16",
             "--width", "16", "--learning-rate", "1e-2", "--lora-rank", "4", "--lora-alpha", "4", "--eval-prompts", "2",
             "--eval-videos-per-prompt", "1", "--seed", "0", *extra]
+    if checksums is not None:  # the test helper records each process's weights after every optimiser step
+        args = [str(ROOT / "tests" / "ddp_checksums.py"), str(checksums), *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     if processes == 1:
         command = [sys.executable, *args]
@@ -382,13 +397,13 @@ def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out")
 
 @pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat"])
 def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path, algorithm):
-    out = run_recipe(tiny_dir, tmp_path, algorithm, "--max-steps", "3", "--weight-checksums", "--group-size", "4",
-                     "--micro-batch-size", "2", processes=2)
-    ranks = [[json.loads(line) for line in (out / "weight_checksums" / f"rank{r}.jsonl").read_text().splitlines()]
+    out = run_recipe(tiny_dir, tmp_path, algorithm, "--max-steps", "3", "--group-size", "4", "--micro-batch-size",
+                     "2", "--num-inference-steps", "4", processes=2, checksums=tmp_path / "checksums")
+    ranks = [[json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
-    assert [row["step"] for row in ranks[0]] == [row["step"] for row in ranks[1]] == [1, 2, 3]
-    assert [row["sha256"] for row in ranks[0]] == [row["sha256"] for row in ranks[1]]
-    assert len({row["sha256"] for row in ranks[0]}) == 3  # the weights do change every step
+    updates = 3 * GRPOConfig(algorithm).updates_per_rollout
+    assert len(ranks[0]) == updates and ranks[0] == ranks[1]  # identical on both processes after every update
+    assert len(set(ranks[0])) == updates  # the weights do change at every update
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(row["train/first_update_ratio_max_error"] == 0.0 for row in rows if row["kind"] == "train")
 
@@ -410,6 +425,13 @@ def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
     assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2),
                                                       ("train", 3), ("eval", 3)]
     assert (resumed / "curves.png").stat().st_size > 0 and (resumed / "checkpoint-3").is_dir()
+    # what the report reads: fixed-prompt samples per evaluation, mp4 + per-video named scores
+    samples = resumed / "samples" / "step-000003"
+    lines = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
+    assert [(l["index"], l["video"]) for l in lines] == [(0, "000.mp4"), (1, "001.mp4")]
+    assert (samples / "001.mp4").stat().st_size > 0 and set(lines[0]["scores"]) == {"analytic:redness"}
+    assert lines[0]["scores"]["analytic:redness"] == pytest.approx(rows[-1]["eval/analytic:redness"] * 2
+                                                                   - lines[1]["scores"]["analytic:redness"])
 
     pipe = wan.load_wan_pipeline(tiny_dir)
     pipe.load_lora_weights(str(full))
@@ -422,18 +444,19 @@ def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
     assert not torch.equal(loaded, base)  # the adapter was loaded and acts
 
 
-def test_recipe_refuses_flags_of_the_other_algorithm(tiny_dir, tmp_path):
-    sys.path.insert(0, str(RECIPE.parent))
-    try:
-        import wan_flow_grpo
-    finally:
-        sys.path.pop(0)
-    args = wan_flow_grpo.parse_args(["--algorithm", "flow_grpo", "--pipeline", str(tiny_dir), "--reward-model",
-                                     "analytic:redness", "--prompts", "p.txt", "--output-dir", "o", "--max-steps",
-                                     "1", "--tau", "0.3"])
-    with pytest.raises(wan_flow_grpo.RecipeError, match="--tau"):
-        wan_flow_grpo.grpo_config(args)
-    args.tau, args.reward = None, ["descore:subject=2", "analytic:redness"]
-    with pytest.raises(wan_flow_grpo.RecipeError, match="needs a DeScore model"):
-        wan_flow_grpo.build_rewards(args, "cpu", torch.float32)
-    assert wan_flow_grpo.parse_reward_specs(args) == [("descore:subject", 2.0), ("analytic:redness", 1.0)]
+def test_recipe_flags_errors_and_help(tiny_dir, tmp_path):
+    spec = __import__("importlib.util").util.spec_from_file_location("wan_flow_grpo", RECIPE)
+    recipe = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    base = ["--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"), "--output-dir", str(tmp_path / "o"),
+            "--max-steps", "1"]
+    (tmp_path / "p.txt").write_text("a red ball\n")
+    assert recipe.main([*base, "--algorithm", "longcat", "--sde-window", "0", "2"]) == 2  # one line, no traceback
+    assert recipe.main([*base, "--reward", "descore:subject=2", "analytic:redness"]) == 2  # needs --reward-model
+    assert not (tmp_path / "o").exists()  # refused before the run directory exists
+    result = subprocess.run([sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    flags = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert len(flags) > 40 and "--critical_steps" in flags and "--tau" not in result.stdout
+    blocks = result.stdout.split("\n  --")[1:]
+    assert all("(default:" in block for block in blocks)  # every flag says its default (and its meaning)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
+from descore_plugin import tiny_wan
 from descore_plugin.integrations import wan
 
 PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at night"]
@@ -16,7 +17,7 @@ PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     torch.set_num_threads(1)
-    return wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
+    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
 
 
 @pytest.fixture()
@@ -37,13 +38,13 @@ def test_tiny_wan_loads_with_from_pretrained(tiny_dir):
     assert pipe.vae.config.z_dim == 16 and pipe.vae.config.base_dim == 3
     ids = pipe.tokenizer("a red ball").input_ids
     assert ids[-1] == pipe.tokenizer.eos_token_id == 1 and pipe.tokenizer.pad_token_id == 0
-    assert wan.generation_defaults(tiny_dir) == wan.TINY_GENERATION
-    assert wan.generation_defaults(tiny_dir / "missing") == wan.GenerationConfig()  # Wan-2.1 model-card values
+    assert tiny_wan.generation_defaults(tiny_dir) == tiny_wan.TINY_GENERATION
+    assert tiny_wan.generation_defaults(tiny_dir / "missing") == wan.GenerationConfig()  # Wan-2.1 model-card values
 
 
 @pytest.mark.parametrize("solver", ["scheduler", "euler"])
 def test_sampler_reproduces_pipeline_call(pipe, solver):
-    generation = wan.TINY_GENERATION
+    generation = tiny_wan.TINY_GENERATION
     if solver == "euler":
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     noise = _noise(pipe, generation)
@@ -82,23 +83,23 @@ def test_flow_grids_come_from_the_scheduler(pipe):
     assert unipc.timesteps.dtype == torch.int64 and unipc.timesteps[1].item() == int(expected[1].item() * 1000)
 
 
-def test_hook_sees_every_step_and_can_replace_it(pipe):
-    generation = wan.TINY_GENERATION
+def test_euler_trajectory_follows_the_sigma_grid(pipe):
+    generation = tiny_wan.TINY_GENERATION
     cache = wan.PromptCache(pipe, generation.max_sequence_length)
     noise = _noise(pipe, generation)
-    _, plain = wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), decode=False)
-    seen = []
-
-    def hook(step):
-        seen.append((step.index, step.sigma.item(), step.sigma_next.item()))
-        return wan.euler_step(step.latents, step.velocity, step.sigma, step.sigma_next) if step.index == 2 else None
-
-    _, hooked = wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), hook=hook, decode=False)
-    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+    embeds, negative = cache.embed(PROMPTS), cache.negative(2)
+    output = wan.sample(pipe.transformer, pipe.scheduler, noise, embeds, negative, generation.num_inference_steps,
+                        generation.guidance_scale, return_trajectory=True)
     grid = wan.flow_grid(pipe.scheduler, generation.num_inference_steps)
-    assert seen == [(i, grid.sigmas[i].item(), grid.sigmas[i + 1].item()) for i in range(len(grid))]
-    with pytest.raises(wan.WanInputError, match="solver='euler'"):
-        wan.generate(pipe, cache, PROMPTS, generation, latents=noise.clone(), hook=hook, solver="scheduler")
+    assert output.grid.sigmas.tolist() == grid.sigmas.tolist() and len(output.trajectory) == len(grid) + 1
+    with torch.no_grad():
+        for i in range(len(grid)):
+            velocity = wan.predict_velocity(pipe.transformer, output.trajectory[i], grid.timesteps[i], embeds,
+                                            negative, generation.guidance_scale)
+            step = wan.euler_step(output.trajectory[i], velocity, grid.sigmas[i], grid.sigmas[i + 1])
+            torch.testing.assert_close(step, output.trajectory[i + 1], rtol=0, atol=0)
+    with pytest.raises(wan.WanInputError, match="solver must be"):
+        wan.sample(pipe.transformer, pipe.scheduler, noise, embeds, solver="heun")
 
 
 def test_latent_normalisation_matches_the_pipeline(pipe):
