@@ -10,7 +10,8 @@ A run directory (`--output-dir`), as `descore_plugin.runs` lays it out, plus:
     samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, the end): the
         VVV.mp4                        fixed-prompt videos (the same prompt and initial noise at every evaluation)
         scores.jsonl                   one line per video: {"index", "prompt", "video": "VVV.mp4",
-                                       "scores": {reward name: value or null}}
+                                       "scores": {reward name: value or null}, "cot": DeScore's CoT when it
+                                       wrote one}
     checkpoint-N/                      lora.safetensors + optimizer.pt (atomic; --resume continues from the newest)
     curves.png                         rewards of the fixed prompts and the recipe's training curves
     cache/                             generated data keyed by what produced it (Flow-DPO's pairs)
@@ -270,11 +271,12 @@ class WanPostTraining:
                 videos, _ = wan.generate(self.pipe, self.prompt_cache, prompts, self.generation,
                                          transformer=self.transformer, latents=noise.to(self.device),
                                          solver=self.eval_args.solver)
-                scores = self.rewards(videos, prompts)
+                scores, cots = self.rewards(videos, prompts), self.rewards.last_cots()
                 for row, (index, prompt) in enumerate(chunk):
                     write_video(folder / f"{index:03d}.mp4", videos[row], fps=16)
                     lines.append({"index": index, "prompt": prompt, "video": f"{index:03d}.mp4",
-                                  "scores": {name: _number(value[row]) for name, value in scores.items()}})
+                                  "scores": {name: _number(value[row]) for name, value in scores.items()},
+                                  **({"cot": cots[row]} if cots is not None else {})})
         lines = sorted((line for part in gather_object([lines]) for line in part), key=lambda line: line["index"])
         row = {"kind": "eval", "step": step, "num_videos": len(lines)}
         for name in self.rewards.names:
