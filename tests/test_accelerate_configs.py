@@ -1,0 +1,61 @@
+"""The accelerate config files under recipes/accelerate/: each parses with `accelerate launch`'s own loading and
+selects its plugin (DDP, FSDP2 with one unit per decoder layer / vision block, DeepSpeed ZeRO-3). accelerate selects
+FSDP only on accelerator devices, so on a CPU the launch environment and the plugin it builds are checked instead of a
+run (recipes/bench_data.py runs the same fully_shard on 2 CPU ranks)."""
+
+from pathlib import Path
+
+import pytest
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+from torch.distributed.fsdp import CPUOffloadPolicy
+
+from descore_plugin import DeScoreReward
+
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py")
+
+
+def launch_args(name: str):
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), RECIPE])
+    args, defaults, _ = _validate_launch_command(args)
+    return args, defaults
+
+
+def test_ddp_config_is_plain_data_parallel():
+    args, defaults = launch_args("ddp")
+    assert args.multi_gpu and not args.use_fsdp and not args.use_deepspeed
+    assert args.num_processes == 8 and args.mixed_precision == "bf16"
+    assert "ACCELERATE_USE_FSDP" not in prepare_multi_gpu_env(args)
+
+
+def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_every_layer(tiny_dirs, monkeypatch):
+    args, _ = launch_args("fsdp")
+    assert args.use_fsdp and not args.use_deepspeed
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.cpu_ram_efficient_loading is True and not isinstance(plugin.cpu_offload, CPUOffloadPolicy)
+    assert plugin.transformer_cls_names_to_wrap == ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen3_vl"])
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    wrapped = sorted({type(m).__name__ for m in model.modules() if policy(m)})
+    assert wrapped == ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
+    units = sum(policy(m) for m in model.modules())
+    text, vision = model.vlm.config.text_config.num_hidden_layers, model.vlm.config.vision_config.depth
+    assert units == text + vision
+
+
+def test_zero3_config_selects_deepspeed_stage_3():
+    args, defaults = launch_args("zero3")
+    assert args.use_deepspeed and not args.use_fsdp
+    assert defaults.deepspeed_config["zero_stage"] == 3
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as `accelerate launch` does
+    _, env = prepare_deepspeed_cmd_env(args)
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
+    assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
