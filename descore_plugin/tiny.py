@@ -1,8 +1,8 @@
 """Tiny real-architecture DeScore models, built in-process (no hub access).
 
 `init_tiny(out_dir)` writes a Qwen2.5-VL or Qwen3-VL DeScore model with random weights (text hidden 64, 2 layers;
-vision hidden 64, depth 2), a byte-level BPE tokenizer trained here on a FIXED corpus (so token ids, and therefore
-seeded results, never change), the real transformers processors and a chat template, in the normal checkpoint
+vision hidden 64, depth 2), a byte-level BPE tokenizer trained here on a FIXED corpus checked in as
+`tiny_tokenizer_corpus.json` (so token ids, and therefore seeded results, never change), the real transformers processors and a chat template, in the normal checkpoint
 format: `DeScoreReward.from_pretrained(out_dir)` loads it exactly like a real checkpoint. Tests, the demo and the
 benchmarks use it.
 """
@@ -25,13 +25,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def tokenizer_corpus() -> list[str]:
-    """The fixed text the tiny tokenizer is trained on: both judge templates and the synthetic world's words."""
-    from .synthetic import vocabulary_texts
+CORPUS_FILE = "tiny_tokenizer_corpus.json"
 
-    templates = resources.files("descore_plugin").joinpath("templates")
-    texts = [templates.joinpath(name).read_text() for name in ("judge_v1.txt", "judge_compact.txt")]
-    return texts + list(vocabulary_texts())
+
+def tokenizer_corpus() -> list[str]:
+    """The fixed text the tiny tokenizer is trained on, frozen in `tiny_tokenizer_corpus.json` (a JSON list of
+    texts: the judge templates and the synthetic world's words as they were when it was written). Frozen so that
+    rewording a template or a synthetic CoT never changes a tiny model's token ids, nor the seeded results and the
+    learning measurements that depend on them."""
+    return json.loads(resources.files("descore_plugin").joinpath(CORPUS_FILE).read_text(encoding="utf-8"))
 
 
 def build_tokenizer(vocab_size: int = 2000):
@@ -49,7 +51,7 @@ def build_tokenizer(vocab_size: int = 2000):
     )
     bpe.train_from_iterator(tokenizer_corpus(), trainer)
     state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]  # tuples (pitfalls.md)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]  # Qwen2Tokenizer wants tuples
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"], merges=merges, unk_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )

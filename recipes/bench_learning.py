@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descore_plugin.evaluation import annotator_cot_accuracy, mean_rollout_reward
+from descore_plugin.measurements import annotator_cot_accuracy, mean_rollout_reward
 from descore_plugin.synthetic import WorldConfig, write_dataset
 from descore_plugin.tiny import init_tiny
 from descore_plugin.trainer import TrainConfig, Trainer

@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from descore_plugin import evaluation
+from descore_plugin import measurements
 from descore_plugin.synthetic import WorldConfig, write_dataset
 from descore_plugin.tiny import init_tiny
 from descore_plugin.trainer import TrainConfig, Trainer
@@ -111,14 +111,14 @@ def evaluate(trainer: Trainer, think: bool) -> dict:
 
 def annotator_cot_accuracy(trainer: Trainer) -> dict:
     """Held-out accuracy per slice when the head reads the annotator's CoT (teacher forcing)."""
-    return evaluation.annotator_cot_accuracy(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
+    return measurements.annotator_cot_accuracy(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
                                              trainer.videos)
 
 
 def mean_rollout_reward(trainer: Trainer) -> float:
     """Mean rule-based reward of 4 CoTs sampled at temperature 1 for each of 96 held-out videos (same videos and
     sampling seed for every model)."""
-    return evaluation.mean_rollout_reward(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
+    return measurements.mean_rollout_reward(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
                                           trainer.videos, rollouts=4, max_new_tokens=MAX_NEW_TOKENS, limit=96)
 
 

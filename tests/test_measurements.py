@@ -1,0 +1,22 @@
+"""The learning measurements (descore_plugin.measurements): seeded, and they leave the caller's RNG alone."""
+
+import torch
+
+from descore_plugin import DeScoreReward
+from descore_plugin.data import load_pairs
+from descore_plugin.measurements import annotator_cot_accuracy, mean_rollout_reward
+from descore_plugin.synthetic import write_dataset
+from descore_plugin.video import load_video
+
+
+def test_rollout_reward_is_seeded_and_keeps_the_global_rng(tiny_dirs, tmp_path):
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    pairs = load_pairs(write_dataset(tmp_path / "data", num_pairs=2, seed=0, progress=False))
+    load = lambda path: load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)  # noqa: E731
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = mean_rollout_reward(model, pairs, load=load, rollouts=2, max_new_tokens=4, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    assert mean_rollout_reward(model, pairs, load=load, rollouts=2, max_new_tokens=4, seed=7) == first
+    accuracy = annotator_cot_accuracy(model, pairs, load=load)
+    assert {"accuracy_with_ties", "accuracy_without_ties"} <= set(accuracy)
