@@ -136,8 +136,8 @@ def accuracy_with_ties(margins, labels, *, videoalign_compat: bool = False) -> f
 def accuracy_by_slice(margins, labels, slices) -> dict[str, float]:
     """Accuracy without ties per slice tag (e.g. the synthetic world's differing defect), plus "all".
 
-    Overall accuracy can hide a blind spot (a colour-blind model still scores ~0.9 on the synthetic world,
-    calibration.md); per-slice accuracy shows it. Slices whose pairs are all human ties are left out.
+    Overall accuracy can hide a blind spot (a colour-blind model still scores ~0.9 on the synthetic world);
+    per-slice accuracy shows it. Slices whose pairs are all human ties are left out.
     """
     margins, codes = _margins_and_labels(margins, labels)
     slices = list(slices)

@@ -203,7 +203,7 @@ class DeScoreReward(nn.Module):
             VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))))
             for v in videos
         ]
-        # Qwen3-VL's pixel budget covers all frames of a video together (pitfalls.md 9): scale it per frame.
+        # Qwen3-VL's pixel budget covers all frames of a video together : scale it per frame (a video's resolution must not depend on its batch mates).
         frames_factor = max(len(v.frames) for v in videos) if self.family == "qwen3_vl" else 1
         size = {"shortest_edge": self.config.min_pixels * frames_factor, "longest_edge": self.config.max_pixels * frames_factor}
         batch = self.processor(
@@ -340,9 +340,9 @@ class DeScoreReward(nn.Module):
         The cache from `generate` holds len(sequences) - 1 tokens (the last sampled token was never fed). Rows of a
         left-padded batch end at different steps: a finished row has its end-of-turn token and padding in the
         cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
-        row, everything after its own CoT, and explicit 3-D rope positions (pitfalls.md 2-5)."""
+        row, everything after its own CoT, and explicit 3-D rope positions (docs/design.md, "Scoring by continuing the KV cache")."""
         out, generated, cot_lengths, _ = self._generate(batch, max_new_tokens, do_sample=do_sample, **generation)
-        rope_deltas = self.vlm.model.rope_deltas.clone()  # set by generate; hidden mutable state (pitfalls.md 3)
+        rope_deltas = self.vlm.model.rope_deltas.clone()  # set by generate; hidden mutable state: clone now
         cache = out.past_key_values
         batch_size, num_generated = generated.shape
         steps = torch.arange(num_generated, device=generated.device)

@@ -12,8 +12,8 @@ one video actually shows; each departure from the scene is a defect on one of th
 | style       | steady light             | grainy noise                      | flicker (brightness jumps every frame)    |
 
 The overall score follows the interval rules of the judge answer (see `overall_score`). Pairs share a prompt and
-differ in one dimension (their `slice`), so accuracy can be sliced per defect: calibration.md shows that overall
-accuracy alone hides a reward model that is blind to the prompt (colour). The CoT writer produces a short
+differ in one dimension (their `slice`), so accuracy can be sliced per defect: overall accuracy alone hides a reward
+model that is blind to the prompt (a colour-blind model still scores ~0.9 overall). The CoT writer produces a short
 annotator-style chain of thought in the three DeScore stages, whose evidence stage states what is SEEN (the
 observed colour, motion, ...), then the exact `<answer>` block.
 
@@ -76,7 +76,7 @@ _LIGHT_SCORE = {"steady": 2, "noise": 1, "flicker": 0}
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """What the clips look like. Every default is this project's choice (sized for tiny CPU models, calibration.md)."""
+    """What the clips look like. Every default is this project's choice (sized for tiny CPU models)."""
 
     num_frames: int = 8  # frames per clip
     height: int = 56  # frame height in pixels (even: H.264 yuv420p)

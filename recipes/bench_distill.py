@@ -9,7 +9,7 @@
    scores with think=False (recipes/distill_student.py's stage 3);
 4. evaluates both on the held-out pairs (accuracy with and without ties; the teacher with its own greedy CoT, the
    student without CoT) and times the scoring of the same videos: `student_speedup` = teacher time / student time.
-Goal (issue 5): the student within 2 points of the teacher at 5x or more speed.
+Goal: the student within 2 points of the teacher at 5x or more speed.
 """
 
 import argparse

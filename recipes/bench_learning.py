@@ -30,7 +30,7 @@ direction and background, defects subject (wrong colour), dynamics, camera and s
 a 20-pixel square, defects subject and style; here the discriminative baseline DOES learn the colour binding (in
 ~500 steps; measured with the compact instruction), so it shows where the CoT's advantage ends. "full": every colour, shape,
 direction and background of `synthetic.WorldConfig`, defects subject, dynamics and style.
-calibration.md has what the tiny model learns on this CPU and how fast.
+What the tiny model learns on this CPU, and how fast: the docstring of tests/test_learning.py.
 """
 
 import argparse

@@ -1,7 +1,7 @@
-"""Proof that DeScore training learns (issue 3, item 7): the tiny Qwen2.5-VL on the synthetic world, on this CPU.
+"""Proof that DeScore training learns: the tiny Qwen2.5-VL on the synthetic world, on this CPU.
 
-Full fine-tuning from random weights (--lora-rank 0 --train-embeddings all), AdamW lr 1e-3, 16 pairs a step, as the
-calibration probe (calibration.md); the tiny model gets a one-line judge instruction (`init_tiny(prompt_template=)`)
+Full fine-tuning from random weights (--lora-rank 0 --train-embeddings all), AdamW lr 1e-3, 16 pairs a step (the
+settings that learned fastest on this CPU); the tiny model gets a one-line judge instruction (`init_tiny(prompt_template=)`)
 so that the prompt's words are a larger share of its context. Four trainings, shared by the tests:
 
 - `cot` (in this process): stage 1, Bradley-Terry + next-token loss on the annotator CoTs (weight 4), no masking;
