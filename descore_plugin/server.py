@@ -39,7 +39,8 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -403,8 +404,6 @@ def create_app(model, config: ServeConfig | None = None):
     decoder = VideoDecoder(config, model.config.fps, model.config.num_frames)
     limit = int(config.max_request_mb * 1024 * 1024)
     cot_cap = config.max_new_tokens if config.max_new_tokens is not None else model.config.max_new_tokens
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):

@@ -12,6 +12,8 @@ Reports (JSON), under "no_think" and "think":
     batched_over_unbatched: throughput with micro-batching / throughput with batches of 1
     inprocess_videos_per_s: `DeScoreReward.score` on the same videos in this process, batch size 8
     server_over_inprocess: server throughput (micro-batching) / in-process throughput
+    server_cpu_ms_per_video, server_cpu_unbatched_over_batched: the server process's CPU time per video (Linux),
+        a measure of batching's saving that other load on the machine does not distort
 and, at the top level, those of think requests, the default mode (batched_over_unbatched, p50/p99_latency_ms,
 server_over_inprocess). On the tiny model a no-think video costs about as much as the HTTP and JSON handling of its
 request, which batching cannot share, so no-think gains less there than on a real model.
@@ -65,8 +67,19 @@ def _start_server(model_dir, max_batch_size, max_wait_ms, device):
     raise RuntimeError(f"the server on port {port} did not start within 300 s")
 
 
-def _run_clients(url, bodies, clients, requests_per_client):
-    """Each client sends its requests one after another; returns (videos per second, latencies in s)."""
+def _process_cpu_seconds(pid) -> float:
+    """User + system CPU time of a process (Linux /proc; NaN elsewhere): unlike wall time, not inflated by other
+    programs sharing the machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _run_clients(url, bodies, clients, requests_per_client, pid=None):
+    """Each client sends its requests one after another; returns (videos per second, latencies in s, server CPU
+    seconds per video)."""
     import httpx
 
     latencies, lock = [], threading.Lock()
@@ -85,11 +98,13 @@ def _run_clients(url, bodies, clients, requests_per_client):
         with lock:
             latencies.extend(mine)
 
+    cpu_before = _process_cpu_seconds(pid)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     elapsed = time.perf_counter() - started
-    return clients * requests_per_client / elapsed, latencies
+    total = clients * requests_per_client
+    return total / elapsed, latencies, (_process_cpu_seconds(pid) - cpu_before) / total
 
 
 def _body(video, prompt, think, max_new_tokens) -> bytes:
@@ -124,10 +139,11 @@ def _warm_up(url, bodies):
 
 def _summary(runs) -> dict:
     """Median throughput over the rounds; latency percentiles over every request of every round."""
-    ms = np.concatenate([np.array(latencies) for _, latencies in runs]) * 1000
-    return {"videos_per_s": round(float(np.median([throughput for throughput, _ in runs])), 2),
+    ms = np.concatenate([np.array(latencies) for _, latencies, _ in runs]) * 1000
+    return {"videos_per_s": round(float(np.median([throughput for throughput, _, _ in runs])), 2),
             "p50_latency_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_latency_ms": round(float(np.percentile(ms, 99)), 2), "requests": len(ms)}
+            "p99_latency_ms": round(float(np.percentile(ms, 99)), 2), "requests": len(ms),
+            "server_cpu_ms_per_video": round(float(np.median([cpu for _, _, cpu in runs])) * 1000, 3)}
 
 
 def main(argv=None):
@@ -182,8 +198,8 @@ def main(argv=None):
                 for label, (_, url) in servers.items():
                     _warm_up(url, bodies)
                 for _ in range(args.rounds):
-                    for label, (_, url) in servers.items():
-                        rounds[label].append(_run_clients(url, bodies, args.clients, args.requests))
+                    for label, (process, url) in servers.items():
+                        rounds[label].append(_run_clients(url, bodies, args.clients, args.requests, process.pid))
                 import httpx
 
                 batch_sizes = {label: httpx.get(f"{url}/info").json()["batch_sizes"] for label, (_, url) in servers.items()}
@@ -198,6 +214,8 @@ def main(argv=None):
                 **results,
                 "batched_over_unbatched_per_round": [round(r, 3) for r in ratios],
                 "batched_over_unbatched": round(float(np.median(ratios)), 3),
+                "server_cpu_unbatched_over_batched": round(results["unbatched"]["server_cpu_ms_per_video"]
+                                                           / results["batched"]["server_cpu_ms_per_video"], 3),
                 "inprocess_videos_per_s": round(inprocess, 2),
                 "server_over_inprocess": round(results["batched"]["videos_per_s"] / inprocess, 3),
             }
