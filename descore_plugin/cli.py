@@ -35,6 +35,9 @@ def main(argv=None):
     score.add_argument("--json", action="store_true", help="print one JSON object per video")
     score.add_argument("--max-new-tokens", type=int, default=None, help="CoT length limit (default: the model's)")
     score.add_argument("--batch-size", type=int, default=4)
+    score.add_argument("--prompt-template", default=None,
+                       help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
+                            "default: the checkpoint's own")
     score.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     score.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
 

@@ -14,7 +14,8 @@ JSON object per line). Fields:
 | cot_a      | no       | a chain of thought about video A, ending in the `<answer>{json}</answer>` block  |
 | cot_b      | no       | the same for video B                                                             |
 | scores_a   | stage 2  | ground-truth dimension scores of video A: a JSON object with exactly the keys     |
-|            |          | subject, dynamics, camera, environment, style and values 0, 1, 2 or "N/A"        |
+|            |          | subject, dynamics, camera, environment, style and values 0, 1, 2 or "N/A" (the   |
+|            |          | strings "0", "1", "2" too; kept as written, see below)                           |
 | scores_b   | stage 2  | the same for video B                                                             |
 | slice      | no       | a free tag for slicing accuracy (the synthetic world writes the defect that      |
 |            |          | differs, e.g. "subject")                                                         |
@@ -39,6 +40,11 @@ Formats also read (detected from the columns / keys of each row)
 - GenAI-Bench video: `left_video`, `right_video`, `prompt`, `vote_type` in {leftvote, rightvote, tievote,
   bothbad_vote}; tievote and bothbad_vote -> tie, as reward-model evaluations on this benchmark do.
 
+Ground-truth values are kept as written ("2" stays a string): the official stage-2 rule reward compares the model's
+answer with `==`, so a dataset that writes strings expects strings back. The lenient parser reads both as numbers.
+The official `problem` (the full judge instruction of the row, with a `<video>` marker where the video goes) becomes
+`Pair.instruction`; training and scoring use it instead of the model's template.
+
 `load_pairs` checks everything up front (labels, JSON, score values, that the video files exist) and raises
 `DataError` naming the file, the row (1-based data row; JSONL: line) and the field.
 """
@@ -58,6 +64,7 @@ __all__ = ["LABELS", "DataError", "Pair", "load_pairs", "save_pairs"]
 
 LABELS = ("A", "B", "tie", "invalid")
 SCORE_VALUES = (0, 1, 2, "N/A")
+SCORE_STRINGS = ("0", "1", "2")  # the official CSV may write the ground truth as strings
 FIELDS = ("video_a", "video_b", "prompt", "label", "cot_a", "cot_b", "scores_a", "scores_b", "slice", "instruction")
 
 _OFFICIAL_LABELS = {"A": "A", "B": "B", "same": "tie", "invalid": "invalid"}
@@ -386,9 +393,10 @@ def _scores(value, where: str) -> dict | None:
     scores = {}
     for name in DIMENSIONS:
         score = value[name]
-        if isinstance(score, bool) or score not in SCORE_VALUES:
-            raise DataError(f"{where}: '{name}' = {score!r} is not one of 0, 1, 2, \"N/A\"")
-        scores[name] = score if score == "N/A" else int(score)
+        if isinstance(score, bool) or not (score in SCORE_VALUES or score in SCORE_STRINGS):
+            raise DataError(f"{where}: '{name}' = {score!r} is not one of 0, 1, 2, \"N/A\" (or the strings \"0\", \"1\", \"2\")")
+        # Kept as written: the official rule reward compares with `==`, so "2" and 2 are different ground truths.
+        scores[name] = int(score) if isinstance(score, float) else score
     return scores
 
 

@@ -146,6 +146,8 @@ class InputEncoder:
 
     encode_prompts = DeScoreReward.encode_prompts
     append_cots = DeScoreReward.append_cots
+    chat_text = DeScoreReward.chat_text
+    generation_suffix_ids = DeScoreReward.generation_suffix_ids
 
 
 class PairCollator:
@@ -170,8 +172,8 @@ class PairCollator:
         if self.encoder is not None:
             cots = ([None if m else p.cot_a for p, m in zip(pairs, masked)]
                     + [None if m else p.cot_b for p, m in zip(pairs, masked)])
-            prompts = [p.prompt for p in pairs] * 2
-            encoded = self.encoder.encode_prompts(batch["videos"], prompts)
+            prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
+            encoded = self.encoder.encode_prompts(batch["videos"], prompts, instructions, stage="stage1")
             batch["inputs"] = self.encoder.append_cots(encoded, cots, with_labels=self.with_labels)
         return batch
 

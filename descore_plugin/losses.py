@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .prompt import DIMENSIONS, parse_answer
+from .prompt import answer_agreement
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -40,34 +40,19 @@ def length_reward(text: str, thresholds=(500, 1000, 1500, 2000), values=(0.0, 0.
 
 
 def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thresholds=(500, 1000, 1500, 2000),
-                   parser: str = "lenient") -> dict:
+                   parser: str = "official") -> dict:
     """Rule-based reward of one stage-2 rollout (DeScore Sec. 3.3, official defaults):
         0.7 * sub-dimension accuracy (fraction of ground-truth dimensions whose predicted value is == to the truth;
               a missing one counts as wrong)
       + 0.1 * format (1 if the <answer> JSON has `dimensional_scores`)
       + 0.2 * length step (<500 chars: 0, <1000: 0.2, <1500: 0.4, <2000: 0.6, else 1).
-    parser: "official" reads the answer as the official reward function does (`prompt.parse_answer_official`:
-    first closed <answer> block, strict JSON, "2" != 2); "lenient" uses our scoring parser (`prompt.parse_answer`).
-    The head's score is not part of it. Returns the total and its three terms."""
-    if parser == "official":
-        from .prompt import parse_answer_official
-
-        answer = parse_answer_official(text)
-        well_formed = isinstance(answer, dict) and "dimensional_scores" in answer
-        predicted = answer["dimensional_scores"] if well_formed else None
-    elif parser == "lenient":
-        predicted = parse_answer(text).dimensional_scores
-        well_formed = predicted is not None
-    else:
-        raise ValueError(f"rule parser {parser!r}: expected 'official' or 'lenient'")
-    well_formed = float(well_formed)
-    predicted = predicted if isinstance(predicted, dict) else {}
-    dims = [d for d in DIMENSIONS if d in truth]
-    accuracy = sum(d in predicted and predicted[d] == truth[d] for d in dims) / len(dims) if dims else 0.0
+    parser: "official" (first closed <answer> block, exact `==` against the data's values) or "lenient" (ours);
+    see `prompt.answer_agreement`. The head's score is not part of it. Returns the total and its three terms."""
+    terms = answer_agreement(text, truth, parser)
     length = length_reward(text, length_thresholds)
     w_acc, w_format, w_length = weights
-    total = w_acc * accuracy + w_format * well_formed + w_length * length
-    return {"reward": total, "accuracy": accuracy, "format": well_formed, "length": length}
+    total = w_acc * terms["accuracy"] + w_format * terms["format"] + w_length * length
+    return {"reward": total, "accuracy": terms["accuracy"], "format": terms["format"], "length": length}
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

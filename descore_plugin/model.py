@@ -16,14 +16,20 @@ Sequence layout. Every path builds the same tokens for a row:
     <|im_start|>user\n [video tokens] instruction <|im_end|>\n<|im_start|>assistant\n  CoT  <Reward>
 i.e. the CoT sits in the assistant turn and `<Reward>` follows its last token, as in the official stage-2 rollouts
 ("the <Reward> id is inserted before the final token of the generated answer", so the end-of-turn token is not
-part of the CoT). The official stage-1 code instead puts the CoT inside the user turn; we use one layout for
-training and inference so that the cached path scores exactly what training taught.
+part of the CoT). The official stage-1 code and inference instead put the CoT inside the user turn; we use one
+layout for training and inference so that the cached path scores exactly what training taught. Official checkpoints
+are scored in their own layout (`DeScoreConfig.layout = "user"`):
+    <|im_start|>user\n instruction-before [video tokens] instruction-after CoT <Reward>
+The instruction may place the video with a `<video>` marker (official data and inference do); otherwise the video
+comes first. A plain Qwen2.5-VL / Qwen3-VL checkpoint loads as a new DeScore model (`from_backbone`).
 """
 
 import copy
 import dataclasses
 import json
 import math
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import atomic_directory
-from .prompt import build_instruction, load_template, parse_answer
-from .video import Video, load_video, split_videos
+from .prompt import build_instruction, load_template, parse_answer, video_content
+from .video import Video, load_video, resize_frames, split_videos
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 CONFIG_NAME = "descore_config.json"
@@ -69,28 +75,63 @@ class DeScoreConfig:
     lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     """Regex over module names: every linear layer of the LLM, not lm_head, head, embeddings or vision tower."""
 
-    # --- prompt ---
+    # --- prompt and sequence layout ---
+    layout: str = "assistant"
+    """Where the CoT and `<Reward>` sit. "assistant" (ours, the official stage-2 rollout layout): the CoT is the
+    assistant's answer and `<Reward>` follows its last token. "user" (the official stage-1 and inference layout): the
+    CoT and `<Reward>` end the user turn after the instruction, with no assistant header; official checkpoints load
+    with it. The CoT itself is always generated after the assistant header."""
     prompt_template: str | None = None
     """Judge instruction: None = the built-in one, else the template text ({prompt} field). Saved with the model,
     because a checkpoint trained with one prompt wants that prompt back."""
 
-    # --- video (official: sampling at fps 2, max 448x448 = 200,704 pixels per frame) ---
+    # --- video (official: qwen-vl-utils sampling at fps 2; per-frame pixel budgets per stage) ---
     fps: float | None = 2.0
     """SAMPLING rate in frames per second of video time, not the file's own frame rate (VideoAlign users confuse
-    the two). Ignored when `num_frames` is set."""
+    the two): n = total / source_fps * fps frames, clamped to [4, min(768, total)], even. Ignored when `num_frames`
+    is set."""
     num_frames: int | None = None
     """Fixed number of frames per video instead of `fps` sampling (set one of the two; overriding one at load time
     clears the other)."""
     max_pixels: int = 448 * 448
-    """Largest frame area after resizing (per frame, for both backbone families)."""
+    """Largest frame area after resizing, scoring (official inference: 200,704 = 448 x 448). Per frame, fixed per
+    video: a video's tokens never depend on its batch mates."""
     min_pixels: int = 3136
-    """Smallest frame area after resizing (official RL stage: 3,136)."""
+    """Smallest frame area after resizing, scoring (official inference: 3,136)."""
+    stage1_max_pixels: int = 448 * 448
+    """Largest frame area in stage-1 training (official cold start: 200,704)."""
+    stage1_min_pixels: int = 128 * 32 * 32
+    """Smallest frame area in stage-1 training. The official cold start leaves it at qwen-vl-utils' default of 128
+    tokens of 32 x 32 pixels (131,072) for Qwen3-VL's patch 16."""
+    rollout_max_pixels: int = 307200
+    """Largest frame area in stage-2 RL, rollouts and updates alike (official: 307,200)."""
+    rollout_min_pixels: int = 3136
+    """Smallest frame area in stage-2 RL (official: 3,136)."""
 
     # --- generation of the CoT (official: greedy, repetition penalty 1.05, up to 4096 tokens) ---
     max_new_tokens: int = 4096
     repetition_penalty: float = 1.05
 
     def __post_init__(self):
+        if isinstance(self.score_bins, list):  # JSON has no tuples
+            self.score_bins = tuple(self.score_bins)
+        for field in dataclasses.fields(self):  # types are checked where they enter, naming the field
+            value, allowed = getattr(self, field.name), typing.get_args(field.type) or (field.type,)
+            accepted = allowed + ((int,) if float in allowed else ())
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
+                names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+                raise TypeError(f"DeScoreConfig.{field.name} = {value!r}: expected {names}")
+        positive = ["max_pixels", "min_pixels", "stage1_max_pixels", "stage1_min_pixels", "rollout_max_pixels",
+                    "rollout_min_pixels", "max_new_tokens", "repetition_penalty"]
+        for name in positive + [n for n in ("fps", "num_frames") if getattr(self, n) is not None]:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DeScoreConfig.{name} = {getattr(self, name)!r}: must be positive")
+        for stage in ("", "stage1_", "rollout_"):
+            if getattr(self, f"{stage}min_pixels") > getattr(self, f"{stage}max_pixels"):
+                raise ValueError(f"DeScoreConfig.{stage}min_pixels = {getattr(self, f'{stage}min_pixels')} is larger than "
+                                 f"{stage}max_pixels = {getattr(self, f'{stage}max_pixels')}")
+        if self.layout not in ("assistant", "user"):
+            raise ValueError(f"DeScoreConfig.layout = {self.layout!r}: expected 'assistant' or 'user'")
         if self.head not in ("scalar", "distribution"):
             raise ValueError(f"DeScoreConfig.head = {self.head!r}: expected 'scalar' or 'distribution'")
         self.score_bins = tuple(float(b) for b in self.score_bins)
@@ -100,6 +141,18 @@ class DeScoreConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def pixel_budget(self, stage: str = "inference") -> tuple[int, int]:
+        """(min_pixels, max_pixels) per frame for "inference" (scoring, evaluation, distillation), "stage1" or
+        "rollout" (stage-2 RL)."""
+        budgets = {
+            "inference": (self.min_pixels, self.max_pixels),
+            "stage1": (self.stage1_min_pixels, self.stage1_max_pixels),
+            "rollout": (self.rollout_min_pixels, self.rollout_max_pixels),
+        }
+        if stage not in budgets:
+            raise ValueError(f"pixel budget stage {stage!r}: expected one of {', '.join(budgets)}")
+        return budgets[stage]
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config", overrides: dict | None = None) -> "DeScoreConfig":
@@ -153,7 +206,7 @@ class DeScoreReward(nn.Module):
         self.family = family
         self.reward_token_id = _reward_token_id(self.tokenizer, config.reward_token, source=str(checkpoint_dir or "tokenizer"))
         if backbone.get_input_embeddings().num_embeddings <= self.reward_token_id:
-            backbone.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            backbone.resize_token_embeddings(len(self.tokenizer))  # new rows at the mean of the others
         self.backbone = backbone
         hidden = backbone.config.get_text_config().hidden_size
         out_features = 1 if config.head == "scalar" else len(config.score_bins)
@@ -185,51 +238,68 @@ class DeScoreReward(nn.Module):
         return [i for i in eos if i is not None] or [self.tokenizer.eos_token_id]
 
     # ------------------------------------------------------------------ inputs
-    def encode_prompts(self, videos: list[Video], prompts: list[str]) -> dict:
+    def encode_prompts(self, videos: list[Video], prompts: list[str], instructions: list | None = None,
+                       stage: str = "inference") -> dict:
         """Chat-template the instruction around each video and run the real processor. Left padding, so that the
-        batch can go straight into `generate`."""
+        batch can go straight into `generate`.
+
+        instructions: per row, a full judge instruction that replaces the template (the official CSV's `problem`
+            column); None = the model's template filled with the row's prompt. A `<video>` marker in the
+            instruction places the video there; without one the video comes first.
+        stage: which per-frame pixel budget applies ("inference", "stage1" or "rollout", see `DeScoreConfig`).
+            Each video is resized on its own (qwen-vl-utils), then the processor is told not to resize, so a video's
+            tokens are the same alone and in any batch."""
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos but {len(prompts)} prompts: pass one prompt per video")
-        texts = []
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"prompts[{i}] is empty: DeScore judges a video against its text prompt")
-            content = [{"type": "video"}, {"type": "text", "text": build_instruction(self.template, prompt)}]
-            messages = [{"role": "user", "content": content}]
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        from transformers.video_utils import VideoMetadata
-
-        metadata = [
-            VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))))
-            for v in videos
-        ]
-        # Qwen3-VL's pixel budget covers all frames of a video together : scale it per frame (a video's resolution must not depend on its batch mates).
-        frames_factor = max(len(v.frames) for v in videos) if self.family == "qwen3_vl" else 1
-        size = {"shortest_edge": self.config.min_pixels * frames_factor, "longest_edge": self.config.max_pixels * frames_factor}
+        instructions = [None] * len(prompts) if instructions is None else list(instructions)
+        if len(instructions) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(instructions)} instructions: pass one (or None) per video")
+        min_pixels, max_pixels = self.config.pixel_budget(stage)
+        factor = self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
+        videos = [resize_frames(v, factor, min_pixels, max_pixels) for v in videos]
+        texts = [self.chat_text(prompt, instruction, name=f"prompts[{i}]")
+                 for i, (prompt, instruction) in enumerate(zip(prompts, instructions))]
+        options = {"cap_pixels_per_frame": False} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
         batch = self.processor(
             text=texts,
             videos=[v.frames for v in videos],
-            video_metadata=metadata,
+            video_metadata=[v.metadata() for v in videos],
             do_sample_frames=False,
-            size=size,
+            do_resize=False,
             padding=True,
             padding_side="left",
             return_tensors="pt",
+            **options,
         )
         return dict(batch)
 
+    def chat_text(self, prompt: str, instruction: str | None = None, name: str = "prompt") -> str:
+        """The chat-templated generation prompt of one row: one user turn [text, video, text], then the assistant
+        header."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{name} is empty: DeScore judges a video against its text prompt")
+        text = build_instruction(self.template, prompt) if instruction is None else instruction
+        messages = [{"role": "user", "content": video_content(text, name)}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
     def append_cots(self, batch: dict, cots: list, with_labels: bool = False, ended: list | None = None) -> dict:
         """Teacher forcing: each row becomes [its prompt tokens, its CoT tokens, <Reward>], re-collated with left
-        padding so that `<Reward>` is the last column of every row. A CoT is text or a 1-D tensor of token ids;
+        padding so that `<Reward>` is the last column of every row. With layout="user" the prompt loses its
+        generation suffix (end of the user turn, assistant header): [user turn ..., instruction, CoT, <Reward>]. A CoT is text or a 1-D tensor of token ids;
         `None` or "" = no CoT (the masked-CoT layout).
 
         with_labels: also return `labels` aligned with `input_ids` (-100 = not supervised): the CoT tokens, and at
         the `<Reward>` column the end-of-turn token, because that is what the policy wrote (or must learn to write)
         after the CoT. `ended[i]` False (a rollout cut at max_new_tokens) leaves that end token unsupervised."""
+        if with_labels and self.config.layout == "user":
+            raise ValueError("next-token labels (stage-2 log-probs, the CoT LM loss) need the CoT in the assistant turn, "
+                             "where it was generated; this model has layout='user' (load it with layout='assistant')")
         rows, types, labels = [], [], []
         end_id = self._eos_ids()[0]
+        cut = len(self.generation_suffix_ids) if self.config.layout == "user" else 0
         for i, cot in enumerate(cots):
             keep = batch["attention_mask"][i].bool()
+            keep[len(keep) - cut:] = False  # "user" layout: drop the end of the user turn and the assistant header
             prompt_ids = batch["input_ids"][i][keep]
             if isinstance(cot, torch.Tensor):  # token ids (e.g. a generated CoT), used as they are
                 cot_ids = cot.to(prompt_ids.device)
@@ -265,7 +335,7 @@ class DeScoreReward(nn.Module):
         return {"rewards": mean, "logits": logits, "probs": probs, "uncertainty": var.clamp_min(0).sqrt()}
 
     def forward(self, input_ids, attention_mask, mm_token_type_ids, pixel_values_videos=None, video_grid_thw=None,
-                second_per_grid_ts=None, labels=None, return_hidden=False, **_) -> dict:
+                second_per_grid_ts=None, labels=None, **_) -> dict:
         """Full (uncached) forward over rows that contain `<Reward>`. The head reads the last hidden state at the
         reward token; if a row holds it more than once the positions are averaged (official inference).
 
@@ -273,7 +343,7 @@ class DeScoreReward(nn.Module):
         labels[:, j] given the tokens before j (0 where unsupervised), `label_mask` and the mean NLL `lm_loss`.
         Because attention is causal, the log-probs of the CoT are those of the sequence WITHOUT `<Reward>`: one
         forward serves both the policy term and the head (the official stage 2 runs two).
-        Returns {"rewards": (B,), ...} and, with `return_hidden`, the final hidden states (B, L, H)."""
+        Returns {"rewards": (B,), ...}."""
         hidden = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -300,8 +370,6 @@ class DeScoreReward(nn.Module):
             out["token_logprobs"] = F.pad(token_logprobs, (1, 0))  # (B, L), aligned with labels
             out["label_mask"] = F.pad(mask, (1, 0))
             out["lm_loss"] = -picked.mean() if picked.numel() else hidden.sum() * 0
-        if return_hidden:
-            out["hidden"] = hidden
         return out
 
     # ------------------------------------------------------------------ think, then score
@@ -340,11 +408,23 @@ class DeScoreReward(nn.Module):
         The cache from `generate` holds len(sequences) - 1 tokens (the last sampled token was never fed). Rows of a
         left-padded batch end at different steps: a finished row has its end-of-turn token and padding in the
         cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
-        row, everything after its own CoT, and explicit 3-D rope positions (docs/design.md, "Scoring by continuing the KV cache")."""
+        row, everything after its own CoT, and explicit rope positions (position = count of attended tokens - 1 +
+        the rope offset the video left, `rope_deltas`; transformers needs them given explicitly after a cache;
+        docs/design.md, "Scoring by continuing the KV cache").
+
+        layout="user": the scoring sequence lacks the generation suffix (end of the user turn, assistant header), so
+        the cache is cut back to the end of the instruction and [CoT, <Reward>] is fed from there: a prefill of the
+        CoT, still without re-encoding the video or the instruction."""
         out, generated, cot_lengths, _ = self._generate(batch, max_new_tokens, do_sample=do_sample, **generation)
-        rope_deltas = self.vlm.model.rope_deltas.clone()  # set by generate; hidden mutable state: clone now
+        # `rope_deltas` is state the model keeps between calls; read it right after the generation that set it.
+        rope_deltas = self.vlm.model.rope_deltas.clone()
         cache = out.past_key_values
         batch_size, num_generated = generated.shape
+        cot_ids = [generated[i, : cot_lengths[i]] for i in range(batch_size)]
+        if self.config.layout == "user":
+            result = self._score_in_user_turn(batch, cache, cot_ids, rope_deltas)
+            result["cot_ids"] = cot_ids
+            return result
         steps = torch.arange(num_generated, device=generated.device)
         in_cot = steps.unsqueeze(0) < cot_lengths.unsqueeze(1)  # (B, G)
 
@@ -366,43 +446,105 @@ class DeScoreReward(nn.Module):
             use_cache=True,
         ).last_hidden_state[:, -1]  # (B, H) at <Reward>
         result = self.head_outputs(hidden)
-        result["cot_ids"] = [generated[i, : cot_lengths[i]] for i in range(batch_size)]
+        result["cot_ids"] = cot_ids
         return result
+
+    def _score_in_user_turn(self, batch: dict, cache, cot_ids: list, rope_deltas: torch.Tensor) -> dict:
+        """Continue a generation's cache in the official inference layout: drop the cached generation suffix, feed
+        each row's [CoT, <Reward>] (right-padded to the longest), read the head at each row's own `<Reward>`."""
+        prefix = batch["input_ids"].shape[1] - len(self.generation_suffix_ids)
+        cache.crop(prefix - cache.get_seq_length())  # negative: the number of trailing positions to drop
+        lengths = [len(ids) for ids in cot_ids]
+        width = max(lengths) + 1
+        device = batch["input_ids"].device
+        new_tokens = torch.full((len(cot_ids), width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        new_mask = torch.zeros_like(new_tokens)
+        for i, ids in enumerate(cot_ids):
+            new_tokens[i, : lengths[i]] = ids
+            new_tokens[i, lengths[i]] = self.reward_token_id
+            new_mask[i, : lengths[i] + 1] = 1
+        attention_mask = torch.cat([batch["attention_mask"][:, :prefix], new_mask], dim=1)
+        positions = (attention_mask.cumsum(-1) - 1)[:, -width:] + rope_deltas  # (B, width)
+        hidden = self.vlm.model(
+            input_ids=new_tokens,
+            attention_mask=attention_mask,
+            position_ids=positions.unsqueeze(0).expand(3, -1, -1),  # (3, B, width): temporal, height, width
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # (B, width, H)
+        at_reward = hidden[torch.arange(len(cot_ids), device=device), torch.tensor(lengths, device=device)]  # (B, H)
+        return self.head_outputs(at_reward)
+
+    @property
+    def generation_suffix_ids(self) -> list:
+        """Token ids the chat template puts after the user's content when asking for an answer (end of the user
+        turn, then the assistant header): the generation prompt minus the scoring prefix of layout="user"."""
+        if not hasattr(self, "_generation_suffix_ids"):
+            marker = "\u2063DESCORE\u2063"
+            messages = [{"role": "user", "content": [{"type": "text", "text": marker}]}]
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            suffix = text.split(marker, 1)[1]
+            self._generation_suffix_ids = self.tokenizer(suffix, add_special_tokens=False).input_ids
+        return self._generation_suffix_ids
 
     # ------------------------------------------------------------------ public scoring API
     @torch.no_grad()
     def score(self, videos, prompts, think: bool = True, cots: list | None = None, batch_size: int = 8,
-              max_new_tokens: int | None = None, seed: int | None = None, **generation) -> RewardOutput:
+              max_new_tokens: int | None = None, seed: int | None = None, video_fps: float | None = None,
+              fps: float | None = None, num_frames: int | None = None, instructions: list | None = None,
+              **generation) -> RewardOutput:
         """Score videos against their prompts.
 
         videos: a list of paths, lists of PIL frames or (F, C, H, W) / (F, H, W, C) arrays, or the (B, F, C, H, W)
-            float tensor in [0, 1] that `WanPipeline(..., output_type="pt")` returns. Frames are sampled at
-            `config.fps` (the SAMPLING rate, not the file's) or `config.num_frames`.
+            float tensor in [0, 1] that `WanPipeline(..., output_type="pt")` returns.
         think: generate a CoT first (greedy by default, as officially), then score; False = masked-CoT fast path.
         cots: score with these CoTs instead of generating (teacher forcing); `think` is then irrelevant.
-        generation: passed to `generate` (do_sample=True, temperature, top_p, ...). `seed` makes sampling repeatable.
+        max_new_tokens: CoT length limit (default `config.max_new_tokens`), capped at the context the model has left.
+        video_fps: the frame rate of in-memory frames (default 16, Wan-2.1's); files carry their own.
+        fps / num_frames: this call's SAMPLING rate or frame count instead of the config's (set at most one).
+        instructions: per video, a full judge instruction replacing the template (e.g. the official CSV's `problem`).
+        generation: passed to `generate` (do_sample=True, temperature, top_p, ...), only where a CoT is generated;
+            `seed` makes sampling repeatable. An argument `generate` does not know is refused by name.
         """
+        _check_flag(think, "think")
+        _check_positive_int(batch_size, "batch_size")
+        if max_new_tokens is not None:
+            _check_positive_int(max_new_tokens, "max_new_tokens")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"score(): seed={seed!r} must be an int")
+        if fps is not None and num_frames is not None:
+            raise ValueError(f"score(): fps={fps} and num_frames={num_frames}: sample by rate or by count, not both")
+        if fps is None and num_frames is None:
+            fps, num_frames = self.config.fps, self.config.num_frames
+        generating = cots is None and think
+        _check_generation_kwargs(generation, generating)
+        sampling = {"fps": fps, "num_frames": num_frames, "video_fps": video_fps}
         video_list = split_videos(videos)  # decoded chunk by chunk in _score: memory holds one chunk of frames
         prompts = [prompts] * len(video_list) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(video_list):
             raise ValueError(f"got {len(video_list)} videos but {len(prompts)} prompts: pass one prompt per video")
-        if cots is not None and len(cots) != len(video_list):
-            raise ValueError(f"got {len(video_list)} videos but {len(cots)} cots: pass one CoT (or None) per video")
+        if cots is not None and (isinstance(cots, str) or len(cots) != len(video_list)):
+            raise ValueError(f"got {len(video_list)} videos but cots={_short(cots)}: pass a list with one CoT (or None) per video")
+        if instructions is not None and (isinstance(instructions, str) or len(instructions) != len(video_list)):
+            raise ValueError(f"got {len(video_list)} videos but instructions={_short(instructions)}: pass a list with one "
+                             "instruction (or None) per video")
         max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        instructions = [None] * len(video_list) if instructions is None else list(instructions)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if seed is not None:  # repeatable sampling without touching the caller's random state
                 torch.manual_seed(seed)
-            return self._score(video_list, prompts, think, cots, batch_size, max_new_tokens, generation)
+            return self._score(video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens, generation)
 
-    def _score(self, video_list, prompts, think, cots, batch_size, max_new_tokens, generation) -> RewardOutput:
+    def _score(self, video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens,
+               generation) -> RewardOutput:
         parts, texts = [], []
         for start in range(0, len(video_list), batch_size):
             chunk = slice(start, start + batch_size)
-            decoded = [load_video(source, name=f"videos[{start + i}]", fps=self.config.fps, num_frames=self.config.num_frames)
+            decoded = [load_video(source, name=f"videos[{start + i}]", **sampling)
                        for i, source in enumerate(video_list[chunk])]
-            batch = _to_device(self.encode_prompts(decoded, prompts[chunk]), self.device)
+            batch = _to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk]), self.device)
             if cots is None and think:
-                result = self.generate_and_score(batch, max_new_tokens, **generation)
+                result = self.generate_and_score(batch, self._cap_new_tokens(max_new_tokens, batch), **generation)
                 texts += self.tokenizer.batch_decode(result.pop("cot_ids"), skip_special_tokens=True)
             else:
                 chunk_cots = cots[chunk] if cots is not None else [None] * len(video_list[chunk])
@@ -422,6 +564,19 @@ class DeScoreReward(nn.Module):
             output.overall_scores = [p.overall_score for p in parsed]
             output.parse_errors = [p.error for p in parsed]
         return output
+
+    def _cap_new_tokens(self, max_new_tokens: int, batch: dict) -> int:
+        """At most the context the backbone has left after the prompt and the `<Reward>` token, with a warning."""
+        context = self.vlm.config.get_text_config().max_position_embeddings
+        left = context - batch["input_ids"].shape[1] - 1
+        if left < 1:
+            raise ValueError(f"the prompt takes {batch['input_ids'].shape[1]} tokens of the model's {context}-token context: "
+                             "nothing is left for a CoT; use fewer frames, fewer pixels or a shorter instruction")
+        if max_new_tokens > left:
+            warnings.warn(f"max_new_tokens={max_new_tokens} exceeds the {left} tokens the model's {context}-token context "
+                          f"has left after the prompt; generating at most {left}", stacklevel=4)
+            return left
+        return max_new_tokens
 
     def reward(self, videos, prompts, metadata=None, think: bool = True, **kwargs):
         """The reward-function signature of Flow-GRPO: `fn(images, prompts, metadata) -> (scores, info)`.
@@ -479,17 +634,47 @@ class DeScoreReward(nn.Module):
         release layout (LoRA adapter folder + `rm_head.pth`). `overrides` replace DeScoreConfig fields
         (e.g. `num_frames=8`, `max_pixels=...`, `backbone=` to point an official adapter at a local base model)."""
         directory = _resolve(path_or_id)
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        dtype = _parse_dtype(dtype)
         if (directory / CONFIG_NAME).is_file():
             model = cls._load_ours(directory, dtype, overrides)
         elif (directory / "rm_head.pth").is_file():
             model = cls._load_official(directory, dtype, overrides)
+        elif _backbone_type(directory) in SUPPORTED_BACKBONES:
+            model = cls.from_backbone(directory, dtype=dtype, name=str(path_or_id), **overrides)
         else:
+            found = _backbone_type(directory)
             raise FileNotFoundError(
-                f"{directory}: not a DeScore checkpoint (no {CONFIG_NAME}, and no rm_head.pth of the official release)"
+                f"{directory}: not a DeScore checkpoint (no {CONFIG_NAME}, no rm_head.pth of the official release) "
+                + (f"and its config.json describes a {found!r} model, not one of {', '.join(SUPPORTED_BACKBONES)}" if found
+                   else "and not a Qwen2.5-VL / Qwen3-VL checkpoint (no config.json)")
             )
         model.eval()
         return model.to(device) if device is not None else model
+
+    @classmethod
+    def from_backbone(cls, path_or_id, dtype=None, name: str | None = None, **overrides) -> "DeScoreReward":
+        """A new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint (hub id or a folder written by transformers'
+        `save_pretrained`: config, weights, tokenizer, processor), as the official cold start builds it: `<Reward>` is
+        added to the tokenizer as a special token, the embeddings are resized to the tokenizer (`mean_resizing`, so a
+        new row starts at the mean of the others; Qwen's padded vocabularies already have a row for it, which is kept
+        as it is), and the head is drawn from N(0, initializer_range) as transformers initialises a weight missing
+        from a checkpoint. `save_pretrained` then writes a DeScore checkpoint that refers to the backbone by `name`."""
+        directory = _resolve(path_or_id)
+        local = Path(str(path_or_id)).exists()
+        name = str(Path(path_or_id).resolve()) if local and name is None else str(name or path_or_id)
+        if local and not Path(name).is_absolute():
+            name = str(Path(name).resolve())
+        config = DeScoreConfig.from_dict({"backbone": name}, source=str(directory), overrides=overrides)
+        processor = _load_processor(directory)
+        if config.reward_token not in processor.tokenizer.get_vocab():
+            processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]},
+                                                   replace_extra_special_tokens=False)
+        backbone = _load_backbone(directory, _parse_dtype(dtype))
+        model = cls(config, backbone, processor, checkpoint_dir=directory)
+        std = backbone.config.get_text_config().initializer_range
+        with torch.no_grad():
+            model.head.weight.normal_(mean=0.0, std=std)
+        return model
 
     @classmethod
     def _load_ours(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
@@ -517,7 +702,7 @@ class DeScoreReward(nn.Module):
     def _load_official(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
         """Official DeScore release: a peft LoRA adapter folder + `rm_head.pth` (key `rm_head.weight` or
         `base_model.model.rm_head.weight`), special token `<Reward>`. Read with weights_only=True (no unpickling of
-        arbitrary objects)."""
+        arbitrary objects). Scored in the official inference layout (layout="user")."""
         adapter_dir = directory if (directory / "adapter_config.json").is_file() else next(
             (p.parent for p in sorted(directory.glob("*/adapter_config.json"))), None
         )
@@ -526,7 +711,12 @@ class DeScoreReward(nn.Module):
         base = overrides.pop("backbone", None)
         if base is None:
             base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        config = DeScoreConfig.from_dict({"backbone": base, "reward_token": "<Reward>"}, source=str(directory), overrides=overrides)
+        if "prompt_template" not in overrides:
+            warnings.warn(f"{directory}: an official DeScore checkpoint, scored here with the package's own judge instruction; "
+                          "it was trained with the official one: pass prompt_template= (a file holding the instruction "
+                          "of the official inference script, see the README)", stacklevel=3)
+        official = {"backbone": base, "reward_token": "<Reward>", "layout": "user"}
+        config = DeScoreConfig.from_dict(official, source=str(directory), overrides=overrides)
         has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         processor = _load_processor(directory if has_tokenizer else _relative(directory, base))
         if config.reward_token not in processor.tokenizer.get_vocab():
@@ -604,6 +794,61 @@ def _reward_token_id(tokenizer, token: str, source: str) -> int:
         if duplicates:
             raise ValueError(f"{source}: the tokenizer holds {token!r} more than once ({duplicates}); keep one")
     return matches[0]
+
+
+# Arguments of `generate` that are not GenerationConfig fields but may be passed through `score(**generation)`.
+_GENERATE_ARGUMENTS = {"logits_processor", "stopping_criteria", "streamer", "generation_config"}
+
+
+def _check_generation_kwargs(generation: dict, generating: bool):
+    """Refuse, by name, an argument `generate` would not use, or one given where no CoT is generated."""
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict()) | _GENERATE_ARGUMENTS
+    unknown = sorted(set(generation) - known)
+    if unknown:
+        raise TypeError(f"score() got unexpected argument(s) {unknown}: not DeScore options and not generation settings "
+                        "(video sampling: fps=, num_frames=, video_fps=)")
+    if generation and not generating:
+        raise ValueError(f"score(): {sorted(generation)} only apply when a CoT is generated (think=True, cots=None)")
+
+
+def _check_flag(value, name: str):
+    if not isinstance(value, bool):
+        raise TypeError(f"score(): {name}={value!r} must be True or False")
+
+
+def _check_positive_int(value, name: str):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"score(): {name}={value!r} must be a positive int")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def _parse_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(_DTYPES)} or a torch.dtype")
+
+
+def _backbone_type(directory: Path) -> str | None:
+    """The `model_type` of a transformers checkpoint folder, None when it has no config.json."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _to_device(batch: dict, device) -> dict:

@@ -266,4 +266,5 @@ def _load_model(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
-    return DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
+    overrides = {"prompt_template": args.prompt_template} if getattr(args, "prompt_template", None) else {}
+    return DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype, **overrides)

@@ -36,8 +36,9 @@ def tokenizer_corpus() -> list[str]:
     return json.loads(resources.files("descore_plugin").joinpath(CORPUS_FILE).read_text(encoding="utf-8"))
 
 
-def build_tokenizer(vocab_size: int = 2000):
-    """A byte-level BPE (the Qwen2 tokenizer class) trained in-process on `tokenizer_corpus()`, plus `<Reward>`."""
+def build_tokenizer(vocab_size: int = 2000, reward_token: bool = True):
+    """A byte-level BPE (the Qwen2 tokenizer class) trained in-process on `tokenizer_corpus()`, plus `<Reward>`
+    (unless `reward_token=False`: the tokenizer of a plain Qwen-VL model)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -55,7 +56,7 @@ def build_tokenizer(vocab_size: int = 2000):
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"], merges=merges, unk_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + ["<Reward>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + (["<Reward>"] if reward_token else [])})
     return tokenizer
 
 
@@ -145,9 +146,22 @@ def init_tiny(
     template = prompt_template or resources.files("descore_plugin").joinpath("templates/judge_compact.txt").read_text()
     config = DeScoreConfig(
         backbone=BACKBONE_DIR, head=head, prompt_template=template, fps=None, num_frames=8,
-        max_pixels=56 * 56, min_pixels=28 * 28, max_new_tokens=256, repetition_penalty=1.0,
+        max_pixels=56 * 56, min_pixels=28 * 28, stage1_max_pixels=56 * 56, stage1_min_pixels=28 * 28,
+        rollout_max_pixels=56 * 56, rollout_min_pixels=28 * 28, max_new_tokens=256, repetition_penalty=1.0,
     )
     torch.manual_seed(seed + 1)
     model = DeScoreReward(config, vlm, processor)
     model.save_pretrained(out_dir, save_backbone=True)
     return model
+
+
+def init_tiny_backbone(out_dir, backbone: str = "qwen2_5_vl", seed: int = 0, **sizes):
+    """Write a tiny PLAIN Qwen2.5-VL / Qwen3-VL checkpoint (no `<Reward>`, no head) with transformers'
+    `save_pretrained`: config, weights, tokenizer, processor, the layout of a hub model such as
+    Qwen/Qwen3-VL-8B-Instruct. `DeScoreReward.from_pretrained(out_dir)` turns it into a new DeScore model."""
+    tokenizer = build_tokenizer(reward_token=False)
+    processor = build_processor(backbone, tokenizer)
+    vlm = build_backbone(backbone, tokenizer, seed=seed, **sizes)
+    vlm.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return vlm

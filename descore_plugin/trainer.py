@@ -161,7 +161,7 @@ class TrainConfig:
         "Stage 2: weight of the low-variance KL to the reference, per token (official 1e-5; 0 = no reference)."))
     bt_weight: float = field(default=5e-3, metadata=_help(
         "Stage 2: weight of the auxiliary Bradley-Terry loss on the head, added per micro-batch (official 5e-3)."))
-    rule_parser: Literal["official", "lenient"] = field(default="lenient", metadata=_help(
+    rule_parser: Literal["official", "lenient"] = field(default="official", metadata=_help(
         "Stage 2: how the rollout reward reads a CoT's <answer>. official: the first closed <answer> block, its JSON "
         "compared by exact equality (\"2\" != 2); lenient: our scoring parser (tolerant of fences, string digits)."))
     reward_weights: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2], metadata=_help(
@@ -429,8 +429,8 @@ class Trainer:
         config, model = self.config, self.accelerator.unwrap_model(self.model)
         pairs, videos = batch["pairs"], batch["videos"]
         keys = [(p.video_a, p.prompt) for p in pairs] + [(p.video_b, p.prompt) for p in pairs]
-        prompts = [p.prompt for p in pairs] * 2
-        batch = model.append_cots(model.encode_prompts(videos, prompts), [None] * len(videos))
+        prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
+        batch = model.append_cots(model.encode_prompts(videos, prompts, instructions), [None] * len(videos))
         out = self.model(**_to(batch, self.accelerator.device))
         device = out["rewards"].device
         target = torch.stack([self.teacher_targets[key] for key in keys]).to(device)  # (2n, K) or (2n, 1)
@@ -493,9 +493,10 @@ class Trainer:
     def _rollout_inputs(self, pairs: list, videos: list):
         """Prompt batch of one micro-batch: video i's rollout j is row i * num_rollouts + j; videos A then B."""
         model, k = self.accelerator.unwrap_model(self.model), self.config.num_rollouts
-        prompts = [p.prompt for p in pairs] * 2
+        prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
         rows = [i for i in range(len(videos)) for _ in range(k)]
-        batch = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows])
+        batch = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows],
+                                     [instructions[i] for i in rows], stage="rollout")
         return _to(batch, self.accelerator.device), rows
 
     @torch.no_grad()

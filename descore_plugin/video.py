@@ -11,13 +11,17 @@ A video *source* is one of:
 A batch of videos is a list of sources, or a (B, F, C, H, W) tensor such as the output of
 `WanPipeline(..., output_type="pt")` (float in [0, 1]).
 
-Frame sampling follows the transformers Qwen2-VL video processor (`Qwen2VLVideoProcessor.sample_frames`):
-a frame count `num` is chosen, then the frames at indices `floor(i * total / num)`, i = 0 .. num - 1, are
-kept (`torch.arange(0, total, total / num).int()`, computed here in integers so it has no float rounding).
-The first frame is always kept; the last one only when every frame is kept. The count is always even because
-Qwen-VL groups frames into temporal patches of 2.
+Frame sampling and resizing follow qwen-vl-utils (`smart_nframes`, `fetch_video`, `smart_resize`), which the
+official DeScore code uses for every stage:
+- sampling by rate: `n = total / source_fps * fps`, clamped to [4, min(768, total)] and rounded down to even
+  (Qwen-VL merges every 2 frames into one temporal patch); by count: `n = num_frames`;
+- the kept frames are `linspace(0, total - 1, n).round()`: the first AND the last frame are kept;
+- each video is resized on its own (`resize_frames`) to a multiple of the vision tokeniser's patch (28 for patch 14,
+  32 for patch 16) within a per-frame pixel budget, so its tokens never depend on the other videos of a batch.
+transformers' own video sampler uses `arange(0, total, total / n)` (last frame dropped): not used here.
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -35,6 +39,15 @@ import torch
 DEFAULT_VIDEO_FPS = 16.0
 # Qwen-VL merges every 2 consecutive frames into one temporal patch (`temporal_patch_size` in its config).
 TEMPORAL_PATCH_SIZE = 2
+# qwen-vl-utils' frame-count limits when sampling by rate (FPS_MIN_FRAMES, FPS_MAX_FRAMES).
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+# qwen-vl-utils' per-frame ceiling (VIDEO_MAX_TOKEN_NUM tokens of factor x factor pixels) and its default sequence
+# budget for all frames of one video together (MODEL_SEQ_LEN * factor^2 * 0.9); only very long videos meet either.
+VIDEO_MAX_TOKENS_PER_FRAME = 768
+VIDEO_TOTAL_TOKENS = 128000 * 0.9
+# The largest aspect ratio smart_resize accepts (qwen-vl-utils MAX_RATIO).
+MAX_ASPECT_RATIO = 200
 # Float frames may overshoot [0, 1] by this much (resampling and VAE decoding do that); they are then clamped.
 # Not from the paper: chosen to accept rounding noise while rejecting [-1, 1] or [0, 255] floats.
 FLOAT_RANGE_TOLERANCE = 1e-3
@@ -50,13 +63,13 @@ class Video:
 
     Attributes:
         frames (`torch.Tensor`): uint8 RGB frames of shape (T, 3, H, W); T is even (T >= 2).
-        fps (`float`): rate of the SAMPLED frames, in frames per second of video time between consecutive
-            returned frames: `source_fps / mean(diff(indices))`. This is what the model's
-            temporal positions need (Qwen2.5-VL `second_per_grid_ts = 2 / fps`). For the duplicated frame
-            of a 1-frame video it is `source_fps`.
+        fps (`float`): rate of the SAMPLED frames as qwen-vl-utils and transformers define it,
+            `T / total_frames * source_fps`; Qwen2.5-VL's temporal positions use it (`second_per_grid_ts = 2 / fps`).
         source_fps (`float`): native frame rate of the source (read from the container, or `video_fps`).
         name (`str`): how errors and logs refer to this video (`videos[3]`, or the file path).
-        indices (`list[int]`): index in the source of each returned frame.
+        indices (`list[int]`): index in the source of each returned frame (Qwen3-VL's time stamps are
+            `indices / source_fps`).
+        total_frames (`int`): number of frames in the source.
     """
 
     frames: torch.Tensor
@@ -64,6 +77,13 @@ class Video:
     source_fps: float
     name: str
     indices: list[int]
+    total_frames: int = 0
+
+    def metadata(self):
+        """The transformers `VideoMetadata` of the sampled frames (what qwen-vl-utils hands the processor)."""
+        from transformers.video_utils import VideoMetadata
+
+        return VideoMetadata(total_num_frames=self.total_frames, fps=self.source_fps, frames_indices=list(self.indices))
 
 
 def sample_frame_indices(
@@ -74,56 +94,105 @@ def sample_frame_indices(
     num_frames: int | None = None,
     name: str = "video",
 ) -> tuple[list[int], float]:
-    """Choose which frames of a video to keep (the Qwen2-VL convention, see the module docstring).
+    """Choose which frames of a video to keep, as qwen-vl-utils does (see the module docstring).
 
     Args:
-        total_frames (`int`): number of frames in the source.
+        total_frames (`int`): number of frames in the source (at least 2).
         source_fps (`float`): native frame rate of the source.
         fps (`float`, *optional*): SAMPLING rate (frames to keep per second of video time); the count is
-            `floor(total_frames / source_fps * fps)` rounded down to even, at least 2.
+            `total_frames / source_fps * fps` clamped to [4, min(768, total_frames)], rounded down to even.
         num_frames (`int`, *optional*): fixed, even number of frames to keep (at most `total_frames`).
         name (`str`): names the video in errors.
 
     With neither `fps` nor `num_frames` every frame is kept, rounded down to an even count (an odd-length
-    video loses its last frame). A 1-frame video gives indices [0, 0]: its frame is duplicated to fill one
-    temporal patch.
+    video is spread over one frame fewer, first and last kept).
 
     Returns:
-        `(indices, sampled_fps)`: the source index of each kept frame and the rate of the kept frames
-        (`source_fps * (num - 1) / (indices[-1] - indices[0])`; `source_fps` when they are all one frame).
+        `(indices, sampled_fps)`: `linspace(0, total_frames - 1, n).round()` and `n / total_frames * source_fps`.
     """
     if fps is not None and num_frames is not None:
         raise VideoInputError(f"{name}: pass either `fps` (a sampling rate) or `num_frames` (a count), not both.")
-    if total_frames < 1:
-        raise VideoInputError(f"{name}: the video has no frames.")
+    if total_frames < TEMPORAL_PATCH_SIZE:
+        what = "no frames" if total_frames < 1 else "only 1 frame (an image, not a video)"
+        raise VideoInputError(f"{name}: has {what}; DeScore scores videos of at least {TEMPORAL_PATCH_SIZE} frames.")
 
     if num_frames is not None:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int):
+            raise VideoInputError(f"{name}: num_frames={num_frames!r} must be an int.")
         if num_frames < TEMPORAL_PATCH_SIZE or num_frames % TEMPORAL_PATCH_SIZE != 0:
             raise VideoInputError(
                 f"{name}: num_frames={num_frames} must be even and >= 2 (Qwen-VL groups frames in pairs)."
             )
-        if num_frames > max(total_frames, TEMPORAL_PATCH_SIZE):
+        if num_frames > total_frames:
             raise VideoInputError(
                 f"{name}: num_frames={num_frames} but the video has only {total_frames} frames; "
                 "ask for fewer frames."
             )
         num = num_frames
     elif fps is not None:
-        if fps <= 0 or fps > source_fps:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
             raise VideoInputError(
-                f"{name}: fps={fps} is the SAMPLING rate (frames to keep per second) and must be in "
-                f"(0, {source_fps:g}], the video's own rate. Leave fps unset to keep every frame."
+                f"{name}: fps={fps!r} is the SAMPLING rate (frames to keep per second of video) and must be a "
+                "positive number."
             )
-        # The small epsilon keeps e.g. 4.0 from becoming 3 through float error in total / source_fps * fps.
-        num = math.floor(total_frames / source_fps * fps + 1e-6)
-        num = max(num - num % TEMPORAL_PATCH_SIZE, TEMPORAL_PATCH_SIZE)
+        # qwen-vl-utils smart_nframes: clamp to [4, min(768, total)] (both rounded to even), then floor to even.
+        low = math.ceil(FPS_MIN_FRAMES / TEMPORAL_PATCH_SIZE) * TEMPORAL_PATCH_SIZE
+        high = math.floor(min(FPS_MAX_FRAMES, total_frames) / TEMPORAL_PATCH_SIZE) * TEMPORAL_PATCH_SIZE
+        wanted = total_frames / source_fps * fps
+        num = min(min(max(wanted, low), high), total_frames)
+        num = math.floor(num / TEMPORAL_PATCH_SIZE) * TEMPORAL_PATCH_SIZE
     else:
-        num = max(total_frames - total_frames % TEMPORAL_PATCH_SIZE, TEMPORAL_PATCH_SIZE)
+        num = total_frames - total_frames % TEMPORAL_PATCH_SIZE
 
-    indices = [i * total_frames // num for i in range(num)]
-    span = indices[-1] - indices[0]
-    sampled_fps = source_fps * (num - 1) / span if span > 0 else float(source_fps)
-    return indices, sampled_fps
+    indices = torch.linspace(0, total_frames - 1, num).round().long().tolist()
+    return indices, num / total_frames * source_fps
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int, name: str = "video"):
+    """qwen-vl-utils `smart_resize`: the frame size nearest to (height, width) whose sides are multiples of `factor`
+    and whose area lies in [min_pixels, max_pixels], keeping the aspect ratio. Returns (height, width)."""
+    if max_pixels < min_pixels:
+        raise ValueError(f"max_pixels={max_pixels} is smaller than min_pixels={min_pixels}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise VideoInputError(
+            f"{name}: frames of {height}x{width} have an aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL cannot take."
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def frame_max_pixels(num_frames: int, factor: int, min_pixels: int, max_pixels: int) -> int:
+    """The per-frame pixel ceiling qwen-vl-utils' `fetch_video` applies: the requested `max_pixels`, but at most
+    768 tokens per frame and at most a 2/num_frames share of its sequence budget, and never below 1.05 x min_pixels."""
+    ceiling = max(
+        min(VIDEO_MAX_TOKENS_PER_FRAME * factor * factor, VIDEO_TOTAL_TOKENS * factor * factor / num_frames * TEMPORAL_PATCH_SIZE),
+        int(min_pixels * 1.05),
+    )
+    return min(max_pixels, ceiling)
+
+
+def resize_frames(video: "Video", factor: int, min_pixels: int, max_pixels: int) -> "Video":
+    """Resize one video's frames as qwen-vl-utils does (smart_resize, then bicubic with antialiasing on the uint8
+    frames). The budget is per frame and depends on this video alone. Returns a new `Video`."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    count, _, height, width = video.frames.shape
+    size = smart_resize(height, width, factor, min_pixels, frame_max_pixels(count, factor, min_pixels, max_pixels),
+                        name=video.name)
+    frames = video.frames
+    if size != (height, width):
+        frames = resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return dataclasses.replace(video, frames=frames)
 
 
 def load_video(
@@ -145,7 +214,7 @@ def load_video(
         source: a path, a list of PIL images, or a uint8 / float-in-[0, 1] array or tensor of shape
             (F, 3, H, W) or (F, H, W, 3). A shape with 3 in both places is read as (F, 3, H, W).
         fps (`float`, *optional*): sampling rate, see above. The frame count is
-            `floor(F / source_fps * fps)` rounded down to even (at least 2), spread over the whole clip.
+            `F / source_fps * fps` clamped to [4, min(768, F)] and rounded down to even (qwen-vl-utils).
         num_frames (`int`, *optional*): keep exactly this many frames (even, at most F) instead.
             With neither `fps` nor `num_frames`, every frame is kept (rounded down to an even count).
         video_fps (`float`, *optional*): native frame rate of IN-MEMORY frames; defaults to 16.0, the rate of
@@ -155,8 +224,7 @@ def load_video(
         backend (`str`): `"auto"` tries decord, then PyAV when decord is missing or fails on the file;
             `"decord"` or `"pyav"` uses only that one. Ignored for in-memory frames.
 
-    Frame indices follow the Qwen2-VL processor: `floor(i * F / num)` for i = 0 .. num - 1 (the last frame
-    is kept only when all frames are). A 1-frame video gives its frame twice.
+    Frame indices follow qwen-vl-utils: `linspace(0, F - 1, num).round()` (first and last frame kept).
 
     Returns:
         `Video` with `frames` of shape (T, 3, H, W), uint8 RGB, T even.
@@ -171,15 +239,21 @@ def load_video(
         return _load_file(Path(source), fps=fps, num_frames=num_frames, name=name, backend=backend)
 
     name = name or "video"
+    if video_fps is not None and (
+        isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)) or not math.isfinite(video_fps) or video_fps <= 0
+    ):
+        raise VideoInputError(f"{name}: video_fps={video_fps!r} (the frame rate of in-memory frames) must be a positive number.")
     source_fps = float(video_fps) if video_fps is not None else DEFAULT_VIDEO_FPS
     if isinstance(source, (list, tuple)):
         images = _check_pil_frames(source, name)
+        total_frames = len(images)
         indices, sampled_fps = sample_frame_indices(len(images), source_fps, fps=fps, num_frames=num_frames, name=name)
         # Only the sampled frames are converted.
         frames = np.stack([np.asarray(images[i].convert("RGB")) for i in indices])  # (T, H, W, 3)
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         all_frames = _check_frame_array(source, name)  # (F, 3, H, W), uint8 or float in [0, 1]
+        total_frames = all_frames.shape[0]
         indices, sampled_fps = sample_frame_indices(
             all_frames.shape[0], source_fps, fps=fps, num_frames=num_frames, name=name
         )
@@ -191,7 +265,7 @@ def load_video(
             f"{name} has unsupported type {type(source).__name__}; pass a path, a list of PIL images, "
             "or an array/tensor of shape (F, 3, H, W) or (F, H, W, 3)."
         )
-    return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices)
+    return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames)
 
 
 def split_videos(videos) -> list:
@@ -373,7 +447,7 @@ def _load_file(path: Path, *, fps, num_frames, name, backend: str) -> Video:
     }[backend]
     for decode in decoders:
         try:
-            frames, indices, sampled_fps, source_fps = decode(path, fps=fps, num_frames=num_frames, name=label)
+            frames, indices, sampled_fps, source_fps, total_frames = decode(path, fps=fps, num_frames=num_frames, name=label)
         except VideoInputError:  # a sampling request this video cannot satisfy: not a decoder failure
             raise
         except ImportError:  # a backend asked for by name must be installed; "auto" moves on without it
@@ -387,14 +461,14 @@ def _load_file(path: Path, *, fps, num_frames, name, backend: str) -> Video:
             failures.append(f"{decode.__name__.removeprefix('_decode_with_')}: {type(error).__name__}: {message}")
             continue
         frames = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
-        return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices)
+        return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames)
     raise VideoInputError(
         f"{label}: cannot decode the file (not a video, or corrupt or truncated). " + "; ".join(failures)
     )
 
 
 def _decode_with_decord(path: Path, *, fps, num_frames, name):
-    """Returns (frames (T, H, W, 3) uint8 numpy, indices, sampled fps, source fps); raises on any failure."""
+    """Returns (frames (T, H, W, 3) uint8 numpy, indices, sampled fps, source fps, total frames); raises on failure."""
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -406,11 +480,11 @@ def _decode_with_decord(path: Path, *, fps, num_frames, name):
     # decord 0.6.0 returns 4-channel frames or fails for some frame sizes (e.g. 32x48); treat that as a failure.
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise RuntimeError(f"decord returned frames of shape {frames.shape}")
-    return frames, indices, sampled_fps, source_fps
+    return frames, indices, sampled_fps, source_fps, total_frames
 
 
 def _decode_with_pyav(path: Path, *, fps, num_frames, name):
-    """Returns (frames (T, H, W, 3) uint8 numpy, indices, sampled fps, source fps); raises on any failure.
+    """Returns (frames (T, H, W, 3) uint8 numpy, indices, sampled fps, source fps, total frames); raises on failure.
 
     Decodes the stream in order up to the last needed frame and converts only the sampled frames to RGB.
     """
@@ -439,4 +513,4 @@ def _decode_with_pyav(path: Path, *, fps, num_frames, name):
                 break
     if len(decoded) < len(wanted):
         raise RuntimeError(f"the stream ended before frame {indices[-1]} of {total_frames} (truncated file?)")
-    return np.stack([decoded[i] for i in indices]), indices, sampled_fps, source_fps
+    return np.stack([decoded[i] for i in indices]), indices, sampled_fps, source_fps, total_frames

@@ -40,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=None, help="override the model's frames per video")
     parser.add_argument("--fps", type=float, default=None,
                         help="override the model's frame SAMPLING rate (frames kept per second of video, not the file's rate)")
+    parser.add_argument("--prompt-template", default=None,
+                        help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
+                             "default: the checkpoint's own")
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     return parser.parse_args(argv)
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
         overrides.update(num_frames=args.num_frames, fps=None)
     if args.fps is not None:
         overrides.update(fps=args.fps, num_frames=None)
+    if args.prompt_template is not None:
+        overrides.update(prompt_template=args.prompt_template)
     try:
         pairs = load_pairs(args.pairs)
         model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype, **overrides)

@@ -213,3 +213,13 @@ def test_save_rejects_bad_labels_and_keeps_outside_paths_absolute(folder, tmp_pa
     record = json.loads(path.read_text())
     assert record["video_a"] == str(outside) and record["video_b"] == str(folder / "videos" / "a.mp4")
     assert load_pairs(path)[0].video_b == str(folder / "videos" / "a.mp4")
+
+
+def test_official_ground_truth_as_strings_is_read_and_kept_as_written(folder):
+    as_strings = {name: (value if value == "N/A" else str(value)) for name, value in SCORES_A.items()}
+    answer = "<answer>" + json.dumps({"video_1_scores": as_strings, "video_2_scores": SCORES_B}) + "</answer>"
+    path = write_jsonl(folder / "rl.jsonl", [{"videos": ["videos/a.mp4", "videos/b.mp4"], "problem": "judge <video> well",
+                                              "prompt": "p", "GSB": "A", "answer": answer}])
+    (pair,) = load_pairs(path, require_scores=True)
+    assert pair.scores_a == as_strings and pair.scores_b == SCORES_B  # the official reward compares with ==
+    assert pair.instruction == "judge <video> well"

@@ -115,24 +115,82 @@ def test_lora_adapter_round_trip(tiny_dirs, sample_videos, tmp_path):
     torch.testing.assert_close(reloaded.score(sample_videos, PROMPTS, think=False).rewards, before, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("key", ["rm_head.weight", "base_model.model.rm_head.weight"])
-def test_official_release_layout_loads(tiny_dirs, sample_videos, tmp_path, key):
-    """Official DeScore release: LoRA adapter folder + rm_head.pth, tokenizer with <Reward>, loaded weights_only."""
-    ours = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+def official_release(tiny_dir, out, key="rm_head.weight"):
+    """An official-layout release made from a tiny model: LoRA adapter folder + rm_head.pth + processor."""
+    ours = DeScoreReward.from_pretrained(tiny_dir)
     ours.add_lora(rank=4, alpha=8)
     with torch.no_grad():
         for name, param in ours.backbone.named_parameters():
             if "lora_B" in name or "trainable_tokens" in name:
                 param.add_(0.05 * torch.randn_like(param))
-    official = tmp_path / "official"
-    ours.backbone.peft_config["default"].base_model_name_or_path = str(tiny_dirs["qwen2_5_vl"] / "backbone")
-    ours.backbone.save_pretrained(official)  # adapter_config.json + adapter weights at the top level
-    ours.processor.save_pretrained(official)
-    torch.save({key: ours.head.weight.detach().clone()}, official / "rm_head.pth")
-    loaded = DeScoreReward.from_pretrained(official, num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28,
-                                           prompt_template=ours.template)
+    ours.backbone.peft_config["default"].base_model_name_or_path = str(tiny_dir / "backbone")
+    ours.backbone.save_pretrained(out)  # adapter_config.json + adapter weights at the top level
+    ours.processor.save_pretrained(out)
+    torch.save({key: ours.head.weight.detach().clone()}, out / "rm_head.pth")
+    return ours
+
+
+@pytest.mark.parametrize("key", ["rm_head.weight", "base_model.model.rm_head.weight"])
+def test_official_release_layout_loads(tiny_dirs, sample_videos, tmp_path, key):
+    """Official DeScore release: LoRA adapter folder + rm_head.pth, tokenizer with <Reward>, loaded weights_only."""
+    ours = official_release(tiny_dirs["qwen2_5_vl"], tmp_path / "official", key)
+    loaded = DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56,
+                                           min_pixels=28 * 28, prompt_template=ours.template)
+    assert loaded.config.layout == "user"
+    ours.config.layout = "user"
     expected = ours.score(sample_videos, PROMPTS, think=False).rewards
     torch.testing.assert_close(loaded.score(sample_videos, PROMPTS, think=False).rewards, expected, atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="pass prompt_template="):
+        DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28)
+
+
+OFFICIAL_STYLE_TEMPLATE = "You judge videos.\n- Text Prompt: [insert prompt here]\n- Video: <video>\nThink, then answer.\n"
+
+
+@pytest.mark.parametrize("family", BACKBONES)
+def test_official_release_is_scored_in_the_official_inference_layout(tiny_dirs, sample_videos, tmp_path, family):
+    """One user turn [instruction text, video, text, CoT + <Reward>], no assistant header, exactly the tokens the
+    official inference builds; the KV-cache path gives the value of a full forward over them."""
+    official_release(tiny_dirs[family], tmp_path / "official")
+    model = DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56,
+                                          min_pixels=28 * 28, prompt_template=OFFICIAL_STYLE_TEMPLATE)
+    videos = load_videos(sample_videos, num_frames=8)
+    batch = model.encode_prompts(videos, PROMPTS)
+    ends = [3, None, 0]  # rows end at different lengths; row 2 writes an empty CoT
+    forced = LogitsProcessorList([ForceEnd(ends, model._eos_ids()[0], batch["input_ids"].shape[1])])
+    cached = model.generate_and_score(batch, max_new_tokens=7, logits_processor=forced)
+    assert [len(ids) for ids in cached["cot_ids"]] == [3, 7, 0]
+    for row in range(3):  # the cached continuation equals a full forward over [user turn, CoT, <Reward>]
+        full = model(**model.append_cots(model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1]),
+                                         [cached["cot_ids"][row]]))
+        torch.testing.assert_close(cached["rewards"][row], full["rewards"][0], atol=1e-4, rtol=0)
+
+    # The tokens are those the official inference builds from the decoded CoT text (chat template, no generation
+    # prompt), and a full forward over the official sequence (which closes the turn after <Reward>) scores the same.
+    cot = "The square is red and moves right. <answer>{}</answer>"
+    for row in range(2):
+        instruction = OFFICIAL_STYLE_TEMPLATE.replace("[insert prompt here]", PROMPTS[row])
+        before, after = instruction.split("<video>")
+        messages = [{"role": "user", "content": [{"type": "text", "text": before}, {"type": "video"},
+                                                 {"type": "text", "text": after}, {"type": "text", "text": cot + "<Reward>"}]}]
+        text = model.processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+        assert "assistant" not in text
+        reference = model.processor(text=[text], videos=[batch_video(model, videos[row])], video_metadata=[videos[row].metadata()],
+                                    do_sample_frames=False, do_resize=False, return_tensors="pt")
+        ours = model.append_cots(model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1]), [cot])
+        ids = reference["input_ids"][0].tolist()
+        end = ids.index(model.reward_token_id) + 1
+        assert ours["input_ids"][0].tolist() == ids[:end]  # the same tokens up to <Reward>; the turn's end follows
+        torch.testing.assert_close(model(**ours)["rewards"][0], model(**dict(reference))["rewards"][0], atol=1e-5, rtol=0)
+        scored = model.score(videos[row : row + 1], PROMPTS[row : row + 1], cots=[cot])
+        torch.testing.assert_close(scored.rewards[0], model(**ours)["rewards"][0], atol=1e-5, rtol=0)
+
+
+def batch_video(model, video):
+    from descore_plugin.video import resize_frames
+
+    factor = model.processor.video_processor.patch_size * model.processor.video_processor.merge_size
+    return resize_frames(video, factor, *model.config.pixel_budget("inference")).frames
 
 
 def test_distribution_head_returns_expectation_and_uncertainty(tmp_path, sample_videos):
@@ -154,7 +212,7 @@ def test_errors_name_the_bad_input(model, sample_videos):
     bad = [sample_videos[0], sample_videos[1].clone().fill_(float("nan")), sample_videos[2]]
     with pytest.raises(ValueError, match=r"videos\[1\].*NaN"):
         model.score(bad, PROMPTS, think=False)
-    with pytest.raises(ValueError, match="3 videos but 1 cots"):
+    with pytest.raises(ValueError, match=r"3 videos but cots=\[.x.\]"):
         model.score(sample_videos, PROMPTS, cots=["x"])
 
 
@@ -219,3 +277,91 @@ def test_cli_init_tiny_and_score_json(tmp_path):
     assert all(isinstance(r["reward"], float) and "cot" in r for r in records)
     missing = run("score", str(tmp_path / "nope.mp4"), "--prompt", "x", "--model", str(tmp_path / "m"))
     assert missing.returncode == 1 and "nope.mp4: file not found" in missing.stdout  # an error row; 1 = some row failed
+
+
+@pytest.mark.parametrize("family", BACKBONES)
+def test_video_tokens_and_reward_do_not_depend_on_batch_mates(tiny_dirs, family):
+    """Videos of different lengths and sizes: each one's grid and reward are the same alone and batched (each video
+    is resized on its own budget, and the processor does not resize again)."""
+    model = DeScoreReward.from_pretrained(tiny_dirs[family], fps=2.0)
+    generator = torch.Generator().manual_seed(1)
+    videos = [torch.rand(16, 3, 56, 56, generator=generator), torch.rand(48, 3, 64, 96, generator=generator),
+              torch.rand(33, 3, 40, 40, generator=generator), torch.rand(130, 3, 56, 56, generator=generator)]
+    prompts = PROMPTS + ["a long video"]
+    loaded = load_videos(videos, fps=2.0)
+    assert [len(v.frames) for v in loaded] == [4, 6, 4, 16]
+    batched = model.encode_prompts(loaded, prompts)
+    scores = model.score(videos, prompts, think=False)
+    grids = []
+    for row in range(len(videos)):
+        alone = model.encode_prompts(loaded[row : row + 1], prompts[row : row + 1])
+        grids.append(alone["video_grid_thw"][0].tolist())
+        single = model.score(videos[row : row + 1], prompts[row : row + 1], think=False)
+        torch.testing.assert_close(single.rewards[0], scores.rewards[row], atol=1e-5, rtol=0)
+    assert batched["video_grid_thw"].tolist() == grids == [[2, 4, 4], [3, 2, 4], [2, 2, 2], [8, 4, 4]]
+
+
+# ---------------------------------------------------------------------- a plain Qwen-VL checkpoint as the start
+@pytest.mark.parametrize("family", BACKBONES)
+def test_plain_qwen_vl_checkpoint_becomes_a_descore_model(tmp_path, sample_videos, family):
+    """A Qwen-VL folder written by transformers' save_pretrained (no <Reward>, no head) loads as a new DeScore model:
+    <Reward> added, embeddings resized (its row at the mean of the others), head ~ N(0, initializer_range); the saved
+    DeScore checkpoint reloads to the same rewards, referring to the backbone by its path."""
+    from descore_plugin.tiny import init_tiny_backbone
+
+    plain = tmp_path / "plain"
+    vlm = init_tiny_backbone(plain, family)
+    old_rows = vlm.get_input_embeddings().weight.detach().clone()  # (V, H)
+    torch.manual_seed(0)
+    model = DeScoreReward.from_pretrained(plain, num_frames=8, max_pixels=56 * 56, min_pixels=28 * 28)
+    assert model.reward_token_id == len(old_rows) and model.tokenizer.convert_ids_to_tokens(model.reward_token_id) == "<Reward>"
+    rows = model.vlm.get_input_embeddings().weight.detach()
+    assert rows.shape[0] == len(old_rows) + 1 and torch.equal(rows[:-1], old_rows)
+    torch.testing.assert_close(rows[-1], old_rows.mean(0), atol=1e-4, rtol=0)
+    assert abs(model.head.weight.std().item() - vlm.config.get_text_config().initializer_range) < 0.006
+    assert model.config.backbone == str(plain.resolve()) and model.config.layout == "assistant"
+    rewards = model.score(sample_videos, PROMPTS, think=False).rewards
+
+    model.save_pretrained(tmp_path / "descore", save_backbone=False)
+    reloaded = DeScoreReward.from_pretrained(tmp_path / "descore")
+    assert reloaded.config.backbone == str(plain.resolve())
+    torch.testing.assert_close(reloaded.score(sample_videos, PROMPTS, think=False).rewards, rewards, atol=1e-6, rtol=0)
+
+
+def test_from_pretrained_names_what_it_cannot_load(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(FileNotFoundError, match="describes a 'llama' model"):
+        DeScoreReward.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a Qwen2.5-VL / Qwen3-VL checkpoint"):
+        DeScoreReward.from_pretrained(tmp_path.parent)
+
+
+def test_score_and_from_pretrained_arguments_are_honoured_or_refused_by_name(tiny_dirs, sample_videos):
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    with pytest.raises(TypeError, match="DeScoreConfig.fps = '2': expected float or None"):
+        DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"], fps="2")
+    with pytest.raises(ValueError, match="unknown DeScoreConfig fields \\['fsp'\\]"):
+        DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"], fsp=2)
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"], dtype="fp8")
+    assert DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"], dtype="fp32").head.weight.dtype == torch.float32
+
+    # video_fps is the rate of in-memory frames: 16 frames at 4 fps last 4 s, so fps=2 keeps 8 of them (at the
+    # default 16 fps they would last 1 s and give the minimum of 4)
+    clip = sample_videos[:1].repeat(1, 2, 1, 1, 1)  # (1, 16, 3, 56, 56)
+    honoured = model.score(clip, PROMPTS[:1], think=False, fps=2.0, video_fps=4)
+    assert not torch.allclose(honoured.rewards, model.score(clip, PROMPTS[:1], think=False, fps=2.0).rewards)
+    same_frames = model.score(clip, PROMPTS[:1], think=False, num_frames=8, video_fps=4)  # same frames, same times
+    torch.testing.assert_close(honoured.rewards, same_frames.rewards, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model.score(clip, PROMPTS[:1], think=False, fps=24, num_frames=8)
+    with pytest.raises(TypeError, match="unexpected argument\\(s\\) \\['frame_rate'\\]"):
+        model.score(clip, PROMPTS[:1], frame_rate=24)
+    with pytest.raises(ValueError, match="only apply when a CoT is generated"):
+        model.score(clip, PROMPTS[:1], think=False, temperature=0.5)
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive int"):
+        model.score(clip, PROMPTS[:1], batch_size=0)
+    with pytest.warns(UserWarning, match="max_new_tokens=1000000000 exceeds the .* tokens the model's 4096-token context"):
+        out = model.score(clip, PROMPTS[:1], max_new_tokens=10**9, logits_processor=LogitsProcessorList(
+            [ForceEnd([2], model._eos_ids()[0], model.encode_prompts(load_videos(clip, num_frames=8), PROMPTS[:1])["input_ids"].shape[1])]))
+    assert len(out.cots) == 1

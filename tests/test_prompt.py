@@ -253,3 +253,65 @@ def test_file_without_prompt_field(tmp_path):
 def test_stray_braces(template):
     with pytest.raises(ValueError, match=r"must be a str.format string whose only field is \{prompt\}"):
         load_template(template)
+
+
+# ---------------------------------------------------------------------- the stage-2 rule reward's two readings
+TRUTH = {"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}
+TRUTH_AS_STRINGS = {"subject": "2", "dynamics": "1", "camera": "N/A", "environment": "2", "style": "0"}
+WRONG = {"subject": 0, "dynamics": 0, "camera": 0, "environment": 0, "style": 2}
+
+
+def block(scores, overall=3.5, fence=False, close=True, after=""):
+    payload = json.dumps({"dimensional_scores": scores, "overall_score": overall})
+    if fence:
+        payload = f"```json\n{payload}\n```"
+    return f"<answer>\n{payload}{after}\n" + ("</answer>" if close else "")
+
+
+@pytest.mark.parametrize(
+    "text, truth, official, lenient",
+    [
+        (block(TRUTH), TRUTH, (1.0, 1.0), (1.0, 1.0)),
+        (block(TRUTH, fence=True), TRUTH, (1.0, 1.0), (1.0, 1.0)),
+        # string digits vs integers: only "N/A" is == on both sides officially; the lenient reading matches all
+        (block(TRUTH_AS_STRINGS), TRUTH, (0.2, 1.0), (1.0, 1.0)),
+        (block(TRUTH), TRUTH_AS_STRINGS, (0.2, 1.0), (1.0, 1.0)),
+        (block(TRUTH_AS_STRINGS), TRUTH_AS_STRINGS, (1.0, 1.0), (1.0, 1.0)),
+        # a missing dimension counts as wrong officially; the lenient parser rejects the whole answer
+        (block({k: v for k, v in TRUTH.items() if k != "style"}), TRUTH, (0.8, 1.0), (0.0, 0.0)),
+        # 1.5 is no score: wrong officially, an invalid answer leniently
+        (block({**TRUTH, "subject": 1.5}), TRUTH, (0.8, 1.0), (0.0, 0.0)),
+        # no closing tag: no answer officially; the lenient parser reads to the end
+        (block(TRUTH, close=False), TRUTH, (0.0, 0.0), (1.0, 1.0)),
+        # text after the JSON inside the block: json.loads fails officially
+        (block(TRUTH, after=" That is my verdict."), TRUTH, (0.0, 0.0), (1.0, 1.0)),
+        # two answer blocks, the first wrong: the official reading takes the first, the lenient one the last
+        ("draft " + block(WRONG) + " final " + block(TRUTH), TRUTH, (0.0, 1.0), (1.0, 1.0)),
+        # JSON without dimensional_scores, no answer at all, not text
+        ('<answer>{"overall_score": 4}</answer>', TRUTH, (0.0, 0.0), (0.0, 0.0)),
+        ("I think it is fine.", TRUTH, (0.0, 0.0), (0.0, 0.0)),
+        (None, TRUTH, (0.0, 0.0), (0.0, 0.0)),
+    ],
+)
+def test_rule_reward_terms_official_and_lenient(text, truth, official, lenient):
+    from descore_plugin.losses import rollout_reward
+    from descore_plugin.prompt import answer_agreement
+
+    for parser, (accuracy, form) in (("official", official), ("lenient", lenient)):
+        terms = answer_agreement(text, truth, parser)
+        assert (terms["accuracy"], terms["format"]) == pytest.approx((accuracy, form)), parser
+    if isinstance(text, str):  # the default rollout reward is the official one: 0.7 acc + 0.1 format + 0.2 length
+        reward = rollout_reward(text, truth)
+        assert reward["reward"] == pytest.approx(0.7 * official[0] + 0.1 * official[1] + 0.2 * reward["length"])
+
+
+def test_official_parser_returns_the_raw_object():
+    from descore_plugin.prompt import parse_answer_official
+
+    assert parse_answer_official(block(TRUTH_AS_STRINGS, fence=True))["dimensional_scores"]["subject"] == "2"
+    assert parse_answer_official("<answer>[1, 2]</answer>") is None  # JSON, but not an object
+    assert parse_answer_official("<answer>{bad json}</answer>") is None
+    with pytest.raises(ValueError, match="answer parser 'strict'"):
+        from descore_plugin.prompt import answer_agreement
+
+        answer_agreement("x", TRUTH, "strict")

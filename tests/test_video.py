@@ -11,7 +11,9 @@ from descore_plugin.video import (
     VideoInputError,
     load_video,
     load_videos,
+    resize_frames,
     sample_frame_indices,
+    smart_resize,
     split_videos,
     write_video,
 )
@@ -28,50 +30,90 @@ def frame_indices(video):
 
 
 @pytest.mark.parametrize(
-    "total, source_fps, fps, num_frames, expected_indices, expected_fps",
+    "total, source_fps, fps, num_frames, expected_indices",
     [
-        # every frame, odd count rounded down to even: the last frame is dropped
-        (81, 16.0, None, None, list(range(80)), 16.0),
-        (8, 16.0, None, None, list(range(8)), 16.0),
-        # a 1-frame video: its frame is duplicated to fill one temporal patch of 2
-        (1, 16.0, None, None, [0, 0], 16.0),
-        # fps=2 on 81 frames at 16 fps: floor(81 / 16 * 2) = 10 frames, floor(i * 81 / 10)
-        (81, 16.0, 2.0, None, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72], 2.0),
-        # fps=3: floor(15.19) = 15 -> 14 frames, floor(i * 81 / 14); fps from the mean spacing 75 / 13
-        (81, 16.0, 3.0, None, [0, 5, 11, 17, 23, 28, 34, 40, 46, 52, 57, 63, 69, 75], 16.0 * 13 / 75),
-        # fps so low that fewer than 2 frames fit: at least 2
-        (20, 16.0, 0.1, None, [0, 10], 16.0 / 10),
-        (1, 16.0, 2.0, None, [0, 0], 16.0),
-        # num_frames=8 on 81 frames: floor(i * 81 / 8)
-        (81, 16.0, None, 8, [0, 10, 20, 30, 40, 50, 60, 70], 16.0 * 7 / 70),
-        (10, 24.0, None, 4, [0, 2, 5, 7], 24.0 * 3 / 7),
-        (6, 16.0, None, 6, [0, 1, 2, 3, 4, 5], 16.0),
+        # every frame, odd count rounded down to even: 80 frames spread over [0, 80], first and last kept
+        (81, 16.0, None, None, torch.linspace(0, 80, 80).round().long().tolist()),
+        (8, 16.0, None, None, list(range(8))),
+        # fps=2 on 81 frames at 16 fps (a Wan video): 10.125 -> 10 frames, linspace(0, 80, 10).round()
+        (81, 16.0, 2.0, None, [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]),
+        # fps=3: 15.19 -> 14 frames
+        (81, 16.0, 3.0, None, [0, 6, 12, 18, 25, 31, 37, 43, 49, 55, 62, 68, 74, 80]),
+        # fewer than 4 frames' worth: at least 4 (qwen-vl-utils FPS_MIN_FRAMES)
+        (20, 16.0, 0.1, None, [0, 6, 13, 19]),
+        # a rate above the file's: clamped to every frame (even)
+        (10, 16.0, 24.0, None, list(range(10))),
+        # a 3-frame video: min(768, 3) floored to even = 2 frames
+        (3, 16.0, 2.0, None, [0, 2]),
+        (81, 16.0, None, 8, [0, 11, 23, 34, 46, 57, 69, 80]),
+        (10, 24.0, None, 4, [0, 3, 6, 9]),
+        (6, 16.0, None, 6, [0, 1, 2, 3, 4, 5]),
     ],
 )
-def test_sample_frame_indices(total, source_fps, fps, num_frames, expected_indices, expected_fps):
+def test_sample_frame_indices_match_qwen_vl_utils(total, source_fps, fps, num_frames, expected_indices):
+    from qwen_vl_utils.vision_process import smart_nframes
+
     indices, sampled_fps = sample_frame_indices(total, source_fps, fps=fps, num_frames=num_frames)
     assert indices == expected_indices
-    assert sampled_fps == pytest.approx(expected_fps, rel=1e-12)
-    # the same convention as transformers' Qwen2-VL video processor: arange(0, total, total / num).int()
-    if total > 1:
-        qwen_indices = torch.arange(0, total, total / len(indices)).int().tolist()
-        assert indices == qwen_indices
+    assert sampled_fps == pytest.approx(len(indices) / total * source_fps, rel=1e-12)  # qwen-vl-utils' sample_fps
+    if fps is not None or num_frames is not None:  # qwen-vl-utils itself is the oracle
+        request = {"fps": fps} if fps is not None else {"nframes": num_frames}
+        count = smart_nframes(request, total_frames=total, video_fps=source_fps)
+        assert indices == torch.linspace(0, total - 1, count).round().long().tolist()
+
+
+@pytest.mark.parametrize("total", [1, 0])
+def test_images_and_empty_videos_are_refused(total):
+    with pytest.raises(VideoInputError, match="an image, not a video" if total else "no frames"):
+        sample_frame_indices(total, 16.0, fps=2.0, name="videos[0]")
+
+
+@pytest.mark.parametrize(
+    "height, width, factor, min_pixels, max_pixels",
+    [(480, 832, 28, 3136, 200704), (480, 832, 32, 3136, 307200), (56, 56, 28, 784, 3136), (64, 96, 28, 784, 3136),
+     (17, 300, 28, 3136, 200704), (1080, 1920, 28, 131072, 200704), (720, 1280, 32, 3136, 200704)],
+)
+def test_smart_resize_matches_qwen_vl_utils(height, width, factor, min_pixels, max_pixels):
+    from qwen_vl_utils.vision_process import smart_resize as oracle
+
+    size = smart_resize(height, width, factor, min_pixels, max_pixels)
+    assert size == oracle(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    assert size[0] % factor == 0 and size[1] % factor == 0 and min_pixels <= size[0] * size[1] <= max_pixels
+
+
+def test_file_frames_and_sizes_equal_qwen_vl_utils_fetch_video(tmp_path, monkeypatch):
+    """A 81-frame 16 fps clip: the same frames, the same size and the same pixels as qwen-vl-utils' fetch_video."""
+    from qwen_vl_utils import vision_process
+
+    torch.manual_seed(0)
+    path = tmp_path / "wan.mp4"
+    write_video(path, torch.randint(0, 256, (81, 3, 48, 80), dtype=torch.uint8), fps=16)
+    monkeypatch.setattr(vision_process, "get_video_reader_backend", lambda: "decord")
+    for fps, factor, min_pixels, max_pixels in [(2.0, 28, 784, 3136), (2.0, 32, 1024, 2048), (4.0, 28, 3136, 200704)]:
+        expected, metadata = vision_process.fetch_video(
+            {"video": str(path), "fps": fps, "min_pixels": min_pixels, "max_pixels": max_pixels},
+            image_patch_size=factor // 2, return_video_metadata=True,
+        )
+        video = resize_frames(load_video(path, fps=fps, backend="decord"), factor, min_pixels, max_pixels)
+        assert video.indices == metadata["frames_indices"]
+        assert video.total_frames == metadata["total_num_frames"] and video.source_fps == metadata["fps"]
+        assert torch.equal(video.frames, expected.to(torch.uint8))  # bicubic, antialiased, per video
 
 
 def test_in_memory_sampling_reads_the_right_frames():
     clip = index_clip(20)
-    video = load_video(clip, fps=4.0)  # 20 frames at the default 16 fps: floor(20 / 16 * 4) = 5 -> 4 frames
+    video = load_video(clip, fps=4.0)  # 20 frames at the default 16 fps: 20 / 16 * 4 = 5 -> 4 frames
     assert video.frames.dtype == torch.uint8 and video.frames.shape == (4, 3, 32, 64)
-    assert video.indices == [0, 5, 10, 15]
-    assert frame_indices(video) == [0, 5, 10, 15]
-    assert video.fps == 16.0 / 5 and video.source_fps == DEFAULT_VIDEO_FPS == 16.0 and video.name == "video"
+    assert video.indices == [0, 6, 13, 19] and video.total_frames == 20
+    assert frame_indices(video) == [0, 6, 13, 19]
+    assert video.fps == 4 / 20 * 16.0 and video.source_fps == DEFAULT_VIDEO_FPS == 16.0 and video.name == "video"
 
     video = load_video(clip, num_frames=6, video_fps=8.0, name="clip")
-    assert frame_indices(video) == [0, 3, 6, 10, 13, 16]
-    assert video.source_fps == 8.0 and video.fps == pytest.approx(8.0 * 5 / 16) and video.name == "clip"
+    assert frame_indices(video) == [0, 4, 8, 11, 15, 19]
+    assert video.source_fps == 8.0 and video.fps == pytest.approx(6 / 20 * 8.0) and video.name == "clip"
 
     video = load_video(index_clip(7))
-    assert frame_indices(video) == [0, 1, 2, 3, 4, 5] and video.fps == 16.0
+    assert frame_indices(video) == [0, 1, 2, 4, 5, 6] and video.fps == pytest.approx(6 / 7 * 16.0)
 
 
 def test_in_memory_layouts_and_dtypes_agree():
@@ -91,21 +133,21 @@ def test_in_memory_layouts_and_dtypes_agree():
 @pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
 def test_write_and_load_round_trip(tmp_path, backend):
     path = tmp_path / "clip.mp4"
-    write_video(path, index_clip(17), fps=16)
+    write_video(path, index_clip(18), fps=16)
     assert os.listdir(tmp_path) == ["clip.mp4"]  # no temporary file left behind
 
-    video = load_video(path, backend=backend)  # 17 frames -> 16
-    assert video.frames.shape == (16, 3, 32, 64) and video.frames.dtype == torch.uint8
+    video = load_video(path, backend=backend)  # 18 frames -> all 18
+    assert video.frames.shape == (18, 3, 32, 64) and video.frames.dtype == torch.uint8
     assert video.fps == 16.0 and video.source_fps == 16.0 and video.name == str(path)
-    assert frame_indices(video) == list(range(16))
-    assert (video.frames.float() - index_clip(16).float()).abs().max() <= 2  # H.264 at crf 18
+    assert frame_indices(video) == list(range(18))
+    assert (video.frames.float() - index_clip(18).float()).abs().max() <= 2  # H.264 at crf 18
 
-    video = load_video(path, fps=4.0, backend=backend)  # floor(17 / 16 * 4) = 4 frames: floor(i * 17 / 4)
-    assert video.indices == [0, 4, 8, 12] and frame_indices(video) == [0, 4, 8, 12]
-    assert video.fps == 4.0
+    video = load_video(path, fps=4.0, backend=backend)  # 18 / 16 * 4 = 4.5 -> 4 frames: linspace(0, 17, 4)
+    assert video.indices == [0, 6, 11, 17] and frame_indices(video) == [0, 6, 11, 17]
+    assert video.fps == 4 / 18 * 16.0
 
     video = load_video(path, num_frames=6, backend=backend, name="videos[0]")
-    assert frame_indices(video) == [0, 2, 5, 8, 11, 14] and video.name == "videos[0]"
+    assert frame_indices(video) == [0, 3, 7, 10, 14, 17] and video.name == "videos[0]"
 
 
 def test_decord_and_pyav_decode_the_same_frames(tmp_path):
@@ -126,14 +168,14 @@ def test_auto_backend_falls_back_to_pyav(tmp_path):
     write_video(path, index_clip(8, height=32, width=48), fps=16)
     video = load_video(path, num_frames=4)
     assert video.frames.shape == (4, 3, 32, 48)
-    assert frame_indices(video) == [0, 2, 4, 6]
+    assert frame_indices(video) == [0, 2, 5, 7]
 
 
 def test_auto_backend_works_without_decord(tmp_path, monkeypatch):
     path = tmp_path / "clip.mp4"
     write_video(path, index_clip(8), fps=16)
     monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
-    assert frame_indices(load_video(path, num_frames=4)) == [0, 2, 4, 6]
+    assert frame_indices(load_video(path, num_frames=4)) == [0, 2, 5, 7]
     with pytest.raises(ImportError):
         load_video(path, backend="decord")
 
@@ -145,7 +187,7 @@ def test_split_videos_batch_tensor():
     assert len(sources) == 2 and torch.equal(sources[1], batch[1])
     videos = load_videos(batch, num_frames=2)
     assert [video.name for video in videos] == ["videos[0]", "videos[1]"]
-    assert torch.equal(videos[1].frames, (batch[1, [0, 3]] * 255).round().to(torch.uint8))
+    assert torch.equal(videos[1].frames, (batch[1, [0, 5]] * 255).round().to(torch.uint8))
     assert len(split_videos(batch.numpy())) == 2
     assert split_videos(("a.mp4", "b.mp4")) == ["a.mp4", "b.mp4"]
 
@@ -230,14 +272,21 @@ def test_bad_in_memory_videos_are_named(source, message):
         ({"num_frames": 3}, "must be even"),
         ({"num_frames": 0}, "must be even"),
         ({"num_frames": 10}, "only 8 frames"),
-        ({"fps": 24.0}, "SAMPLING rate"),
         ({"fps": 0.0}, "SAMPLING rate"),
+        ({"fps": "2"}, "fps='2' is the SAMPLING rate"),
+        ({"num_frames": 4.0}, "must be an int"),
     ],
 )
 def test_bad_sampling_requests_are_named(kwargs, message):
     with pytest.raises(VideoInputError, match=message) as error:
         load_videos([index_clip(8), index_clip(8)], **kwargs)
     assert str(error.value).startswith("videos[0]")
+
+
+@pytest.mark.parametrize("video_fps", ["16", 0, -8.0, float("nan")])
+def test_bad_video_fps_is_named(video_fps):
+    with pytest.raises(VideoInputError, match="videos\\[0\\]: video_fps=.*must be a positive number"):
+        load_videos([index_clip(8)], video_fps=video_fps)
 
 
 def test_video_fps_is_refused_for_files(tmp_path):
