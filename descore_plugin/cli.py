@@ -3,6 +3,7 @@
     descore score VIDEO... --prompt TEXT [--model DIR_OR_ID] [--no-think] [--json]
     descore score INPUT... [--prompt TEXT] --output OUT.jsonl   (folders, globs, CSV/JSONL tables; see scoring.py)
     descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
+    descore init OUT_DIR --backbone QWEN_VL_ID_OR_DIR [--head scalar|distribution] [--prompt-template T]
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
     descore report PATH --output-dir OUT [--reward NAME] [--check NAME ...]
@@ -41,6 +42,17 @@ def main(argv=None):
     score.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     score.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
 
+    init = commands.add_parser("init", help="make a new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint",
+                               description="Adds <Reward>, resizes the embeddings, initialises the head as the official "
+                                           "cold start does; OUT_DIR refers to the backbone (no copy of its weights).")
+    init.add_argument("out_dir")
+    init.add_argument("--backbone", required=True,
+                      help="hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or folder written by transformers' save_pretrained")
+    init.add_argument("--head", choices=["scalar", "distribution"], default="scalar")
+    init.add_argument("--seed", type=int, default=0, help="seeds the head's initialisation")
+    init.add_argument("--prompt-template", default=None,
+                      help="judge instruction, text with {prompt} or a file (default: the package's judge prompt)")
+
     tiny = commands.add_parser("init-tiny", help="write a tiny random DeScore model (tests, demo)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
@@ -48,6 +60,8 @@ def main(argv=None):
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--prompt-template", default=None,
                       help="judge instruction, text with {prompt} or a file (default: the package's compact one)")
+    tiny.add_argument("--plain", action="store_true",
+                      help="write a plain Qwen-VL checkpoint instead (no <Reward>, no head), as `descore init` takes it")
 
     wan = commands.add_parser("init-tiny-wan", help="write a tiny random Wan-2.1 pipeline (tests, demo)")
     wan.add_argument("out_dir")
@@ -77,7 +91,21 @@ def main(argv=None):
             return _score(args)
         if args.command == "serve":
             return _serve(args)
-        if args.command == "init-tiny":
+        if args.command == "init":
+            import torch
+
+            from .model import DeScoreReward
+
+            torch.manual_seed(args.seed)
+            model = DeScoreReward.from_backbone(args.backbone, head=args.head, prompt_template=args.prompt_template)
+            model.save_pretrained(args.out_dir, save_backbone=False)
+            print(f"wrote a new DeScore model ({args.head} head) on {model.config.backbone} to {args.out_dir}")
+        elif args.command == "init-tiny" and args.plain:
+            from .tiny import init_tiny_backbone
+
+            init_tiny_backbone(args.out_dir, backbone=args.backbone, seed=args.seed)
+            print(f"wrote a tiny plain {args.backbone} checkpoint (no <Reward>, no head) to {args.out_dir}")
+        elif args.command == "init-tiny":
             from .tiny import init_tiny
 
             init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
