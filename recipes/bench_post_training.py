@@ -40,14 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)")
     parser.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's generation defaults")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None, help="pixels (default: the pipeline's)")
+    parser.add_argument("--width", type=int, default=None, help="pixels (default: the pipeline's)")
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per DPO step (2x videos per FM step)")
-    parser.add_argument("--lora-rank", type=int, default=64)
-    parser.add_argument("--lora-alpha", type=float, default=128.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (Flow-DPO's 64)")
+    parser.add_argument("--lora-alpha", type=float, default=128.0, help="LoRA alpha (Flow-DPO's 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, noise and prompts (default: 0)")
     parser.add_argument("--reward-model", default=None,
-                        help="DeScore dir or hub id for reward_share_* (default: a tiny random one, written now)")
+                        help="DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a tiny random "
+                             "one, written now)")
     return parser.parse_args(argv)
 
 
@@ -242,7 +243,6 @@ def measure_longcat_over_flowgrpo_step_cost(args, workdir: Path) -> dict:
 
 
 def _reward_share(args, workdir: Path, think: bool) -> dict:
-    from descore_plugin import DeScoreReward
     from descore_plugin.integrations import grpo
     from descore_plugin.tiny import init_tiny
 
@@ -253,8 +253,7 @@ def _reward_share(args, workdir: Path, think: bool) -> dict:
             init_tiny(model_dir, seed=args.seed)
 
     def descore(device, dtype):
-        model = DeScoreReward.from_pretrained(model_dir, device=device, dtype=dtype)
-        return reward_set(["descore"], reward_model=model, think=think)
+        return reward_set(["descore"], reward_model=str(model_dir), think=think, device=device, dtype=dtype)
 
     phases = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("flow_grpo"), descore, iterations=2)
     share = phases["reward"] / (phases["sample"] + phases["reward"] + phases["train"])

@@ -1,4 +1,4 @@
-"""VBench evaluation of a Wan pipeline before and after post-training (the five dimensions the DeScore paper reports).
+r"""VBench evaluation of a Wan pipeline before and after post-training (the five dimensions the DeScore paper reports).
 
     python recipes/eval_vbench.py --pipeline DIR_OR_ID --lora OUT_DIR_OF_wan_flow_dpo --prompts vbench_prompts.txt \
         --output-dir eval/ --vbench-python ~/vbench-env/bin/python
@@ -16,19 +16,19 @@ If vbench cannot be imported by --vbench-python, or its model weights are absent
 script prints exactly what to install or download, then exits with status 3.
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin import tiny_wan
 from descore_plugin.integrations import wan
+from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
 from descore_plugin.video import write_video
 
 DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
@@ -78,37 +78,42 @@ class VBenchInputError(ValueError):
     """An input of the VBench evaluation (prompt file, prompt text, LoRA directory) that cannot be used."""
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True, help=f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})")
-    parser.add_argument("--lora", default=None, help="directory with pytorch_lora_weights.safetensors (the "
-                                                     "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)")
-    parser.add_argument("--prompts", required=True, help="prompt file, one per line (e.g. VBench's all_dimension.txt)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--videos-per-prompt", type=int, default=5, help="VBench standard: 5 (seeds 0..4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's generation defaults")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--num-inference-steps", type=int, default=None)
-    parser.add_argument("--guidance-scale", type=float, default=None)
-    parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--fps", type=float, default=16.0, help="frame rate written in the mp4 (Wan-2.1: 16)")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per sampling batch")
-    parser.add_argument("--device", default=None, help="generation device (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    parser.add_argument("--vbench-python", default=os.environ.get("VBENCH_PYTHON", sys.executable),
-                        help="python of the environment where vbench is installed (default: $VBENCH_PYTHON, "
-                             "else this interpreter)")
-    parser.add_argument("--vbench-device", default=None, help="device VBench scores on (default: cuda if available)")
-    parser.add_argument("--vbench-mode", choices=["custom_input", "vbench_standard"], default="custom_input",
-                        help="custom_input works for any prompt file (the five dimensions ignore prompts); "
-                             "vbench_standard needs the VBench prompt suite")
-    parser.add_argument("--full-info-json", default=None, help="VBench_full_info.json (default: vbench's own)")
-    parser.add_argument("--dimensions", nargs="+", default=DIMENSIONS, choices=DIMENSIONS)
-    parser.add_argument("--vbench-download", action="store_true",
-                        help="let VBench download missing weights itself (needs internet on the scoring machine)")
-    return parser.parse_args(argv)
+@dataclass
+class VBenchArguments:
+    """What to generate and how to score it (generation settings: wan.GenerationConfig's flags)."""
+
+    pipeline: str = field(default=None, metadata={"help": f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})",
+                                                   "required": True})
+    prompts: str = field(default=None, metadata={"help": "prompt file, one per line (e.g. VBench's "
+                                                         "all_dimension.txt)", "required": True})
+    output_dir: str = field(default=None, metadata={"help": "videos/, vbench_results/ and vbench_table.{md,json} go "
+                                                            "here; existing videos are kept (resume)", "required": True})
+    lora: str | None = field(default=None, metadata={"help": "directory with pytorch_lora_weights.safetensors (the "
+                                                             "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"})
+    videos_per_prompt: int = field(default=5, metadata={"help": "videos per prompt (VBench standard: 5)"})
+    seed: int = field(default=0, metadata={"help": "video i of prompt p starts from noise seeded by (seed, p, i)"})
+    fps: float = field(default=16.0, metadata={"help": "frame rate written in the mp4 (Wan-2.1: 16)"})
+    batch_size: int = field(default=4, metadata={"help": "videos per sampling batch"})
+    device: str | None = field(default=None, metadata={"help": "generation device (unset: cuda when available)"})
+    dtype: str | None = field(default=None, metadata={"help": "transformer dtype (unset: bfloat16 on CUDA, float32 "
+                                                              "elsewhere)", "choices": ["float32", "bfloat16"]})
+    vbench_python: str = field(default=os.environ.get("VBENCH_PYTHON", sys.executable), metadata={
+        "help": "python of the environment where vbench is installed ($VBENCH_PYTHON, else this interpreter)"})
+    vbench_device: str | None = field(default=None, metadata={"help": "device VBench scores on (unset: cuda if "
+                                                                      "available)"})
+    vbench_mode: str = field(default="custom_input", metadata={
+        "help": "custom_input works for any prompt file (the five dimensions ignore prompts); vbench_standard needs "
+                "the VBench prompt suite", "choices": ["custom_input", "vbench_standard"]})
+    full_info_json: str | None = field(default=None, metadata={"help": "VBench_full_info.json (unset: vbench's own)"})
+    dimensions: list[str] = field(default_factory=lambda: list(DIMENSIONS), metadata={
+        "help": "VBench dimensions to score", "choices": DIMENSIONS})
+    vbench_download: bool = field(default=False, metadata={"help": "let VBench download missing weights itself "
+                                                                   "(needs internet on the scoring machine)"})
+
+
+def parse_args(argv=None) -> tuple[VBenchArguments, wan.GenerationConfig]:
+    return parse_arguments((VBenchArguments, wan.GenerationConfig), argv, __doc__, {},
+                           lambda known: pipeline_generation_defaults(known.pipeline))
 
 
 def read_prompts(path) -> list[str]:
@@ -133,14 +138,11 @@ def video_seed(seed: int, prompt_index: int, video_index: int) -> int:
     return int(np.random.SeedSequence([seed, 17, prompt_index, video_index]).generate_state(1)[0])
 
 
-def generate_videos(args, prompts: list[str], lora: str | None, videos_dir: Path) -> int:
+def generate_videos(args, generation: wan.GenerationConfig, prompts: list[str], lora: str | None,
+                    videos_dir: Path) -> int:
     """Write `{prompt}-{i}.mp4` for every prompt and i; returns the number of videos generated now."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    generation = tiny_wan.generation_defaults(args.pipeline)
-    for name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt"):
-        if getattr(args, name) is not None:
-            setattr(generation, name, getattr(args, name))
     generation.check()
     jobs = [(p, i) for p, prompt in enumerate(prompts) for i in range(args.videos_per_prompt)
             if not (videos_dir / f"{prompt}-{i}.mp4").is_file()]
@@ -236,13 +238,13 @@ def write_table(output_dir: Path, scores: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, generation = parse_args(argv)
     prompts = read_prompts(args.prompts)
     output_dir = Path(args.output_dir)
     models = {"base": None} | ({"trained": args.lora} if args.lora else {})
     videos = {name: output_dir / "videos" / name for name in models}
     for name, lora in models.items():
-        made = generate_videos(args, prompts, lora, videos[name])
+        made = generate_videos(args, generation, prompts, lora, videos[name])
         print(f"{name}: {made} videos generated, {len(prompts) * args.videos_per_prompt} in {videos[name]}")
 
     problem = vbench_problem(args.vbench_python)

@@ -350,7 +350,7 @@ def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
 
 @pytest.mark.slow
 def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
-    # Measured (seeds 0, 1, 2): gain = 1.31, 0.76, 0.83 base stds; 94 %, 81 %, 97 % of the paired videos improve.
+    # flow_grpo's defaults (the Wan port's linear noise schedule, the first T-1 steps trained); passes for seed 0.
     base, trained = train_tiny(tiny_dir, GRPOConfig("flow_grpo", group_size=8), learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 0.5 * base.std(), (base.mean(), trained.mean(), base.std())
