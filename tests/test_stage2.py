@@ -200,3 +200,19 @@ def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, 
         assert expected != 0 and logs["policy_loss"] == pytest.approx(expected, abs=1e-6)
         assert logs["loss"] == pytest.approx(logs["policy_loss"] + 0.5 * logs["bt_loss"], abs=1e-6)
         assert result["loss"].item() == pytest.approx(2 * logs["loss"], abs=1e-6)
+
+
+def test_rollout_reward_official_parser_by_default_lenient_as_option():
+    """The stage-2 rule reward reads answers officially unless --rule-parser lenient: string digits never equal the
+    integer ground truth, and an unclosed block is no answer."""
+    from descore_plugin.losses import rollout_reward
+
+    truth = {"subject": 2, "dynamics": 1, "camera": 2, "environment": 2, "style": "N/A"}
+    strings = '<answer>{"dimensional_scores": {"subject": "2", "dynamics": "1", "camera": 2, "environment": 2, ' \
+              '"style": "N/A"}, "overall_score": 4.0}</answer>'
+    assert TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve().rule_parser == "official"
+    official, lenient = rollout_reward(strings, truth), rollout_reward(strings, truth, parser="lenient")
+    assert official == pytest.approx({"reward": 0.7 * 0.6 + 0.1, "accuracy": 0.6, "format": 1.0, "length": 0.0})
+    assert lenient == pytest.approx({"reward": 0.7 + 0.1, "accuracy": 1.0, "format": 1.0, "length": 0.0})
+    unclosed = strings.replace("</answer>", "")
+    assert rollout_reward(unclosed, truth)["format"] == 0.0
