@@ -82,9 +82,11 @@ class GRPOConfig:
         "max_group_std: each reward's (r - group mean) / (largest group std on all processes), then the weighted sum "
         "of these advantages (longcat)", default=None)
     adv_clip: float | None = _help("advantages clamped to +-adv_clip (flow_grpo: 5); 0 = off (longcat)", default=None)
-    loss_weighting: Literal["uniform", "lambda"] | None = _help(
-        "uniform: policy + beta KL (flow_grpo); lambda: lambda_policy policy + beta lambda_KL KL with "
-        "lambda_KL = t / (|dt| (1 - t)), lambda_policy = sqrt(lambda_KL) (longcat)", default=None)
+    loss_weighting: Literal["uniform", "lambda", "noise_over_sqrt_dt"] | None = _help(
+        "uniform: policy + beta KL (the Flow-GRPO paper, flow_grpo's SD3 trainer; flow_grpo preset); lambda: "
+        "lambda_policy policy + beta lambda_KL KL with lambda_KL = t / (|dt| (1 - t)), lambda_policy = "
+        "sqrt(lambda_KL) (longcat); noise_over_sqrt_dt: the policy term times s_t / sqrt(|dt|), as flow_grpo's Wan "
+        "trainer does", default=None)
     clip_range: float = _help("PPO clip of the probability ratio (flow_grpo Wan: 1e-3; longcat gives none)",
                               default=1e-3)
     kl_beta: float | None = _help("weight of the KL to the reference (flow_grpo Wan: 0.004; longcat: 3e-4)",
@@ -216,6 +218,19 @@ def longcat_loss_weights(sigma, sigma_next, sigma_cap: float) -> tuple[torch.Ten
     dt = torch.as_tensor(sigma_next, dtype=torch.float32) - t
     lambda_kl = t / (-dt * (1.0 - t.clamp(max=sigma_cap)))
     return torch.sqrt(lambda_kl), lambda_kl
+
+
+def loss_weights(config: GRPOConfig, sigma, sigma_next, scale, sigmas) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_policy, w_KL) of SDE-step terms at times `sigma` -> `sigma_next` with noise scale `scale` (B,):
+    uniform 1, 1; lambda LongCat's weights (`longcat_loss_weights`); noise_over_sqrt_dt s_t / sqrt(|dt|), 1 (the
+    per-step factor of flow_grpo's Wan trainer)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    if config.loss_weighting == "lambda":
+        return longcat_loss_weights(sigma, sigma_next, float(sigmas[1]))
+    if config.loss_weighting == "noise_over_sqrt_dt":
+        dt = torch.as_tensor(sigma_next, dtype=torch.float32) - sigma
+        return torch.as_tensor(scale, dtype=torch.float32).cpu().reshape(-1) / torch.sqrt(-dt), torch.ones(())
+    return torch.ones(()), torch.ones(())
 
 
 def clipped_policy_loss(log_prob, old_log_prob, advantages, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,9 +522,7 @@ class GRPOTrainer:
             ref = sde_step(ref_velocity, x, sigma, sigma_next, noise_scale=scale, diffusion_cap=config.diffusion_cap,
                            prev_sample=x_next)
             kl = mean_kl(step.mean, ref.mean, step.std)
-        w_policy, w_kl = torch.ones(()), torch.ones(())
-        if config.loss_weighting == "lambda":
-            w_policy, w_kl = longcat_loss_weights(sigma, sigma_next, float(rollout.sigmas[1]))
+        w_policy, w_kl = loss_weights(config, sigma, sigma_next, scale, rollout.sigmas)
         loss = w_policy.to(device) * policy + config.kl_beta * w_kl.to(device) * kl
         stats = {"ratio": ratio.detach(), "kl": kl.detach(), "policy_loss": policy.detach(), "loss": loss.detach(),
                  "clipped": ((ratio.detach() - 1).abs() > config.clip_range).float()}

@@ -232,6 +232,19 @@ def test_one_config_presets_and_one_place_per_difference():
     assert "algorithm ==" not in Path(grpo.__file__).read_text()  # no string tests of the algorithm
 
 
+def test_loss_weights_uniform_lambda_and_flow_grpo_wan():
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
+    sigma, sigma_next = torch.tensor([0.8, 0.5]), torch.tensor([0.5, 0.2])
+    scale = noise_scale(sigma, sigmas, "linear", 1.0)  # 0.64, 0.4
+    w_policy, w_kl = grpo.loss_weights(GRPOConfig("flow_grpo"), sigma, sigma_next, scale, sigmas)
+    assert w_policy.item() == 1.0 and w_kl.item() == 1.0
+    wan_config = GRPOConfig("flow_grpo", loss_weighting="noise_over_sqrt_dt")
+    w_policy, w_kl = grpo.loss_weights(wan_config, sigma, sigma_next, scale, sigmas)
+    assert w_policy.tolist() == pytest.approx([0.64 / math.sqrt(0.3), 0.4 / math.sqrt(0.3)]) and w_kl.item() == 1.0
+    w_policy, w_kl = grpo.loss_weights(GRPOConfig("longcat"), sigma, sigma_next, scale, sigmas)
+    assert w_kl.tolist() == pytest.approx([0.8 / (0.3 * 0.2), 0.5 / (0.3 * 0.5)])
+
+
 def test_which_steps_are_sde_steps():
     sde, trained = sde_masks(GRPOConfig("flow_grpo"), 20, 2)  # flow_grpo's Wan trainer: SDE everywhere, T-1 trained
     assert sde.all() and trained[:, :19].all() and not trained[:, 19].any()
@@ -292,7 +305,7 @@ def test_noise_level_zero_rollout_is_the_euler_ode_sampler(tiny_dir):
         trainer.check_batching(4)
 
 
-@pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat"])
+@pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat", "flow_grpo_wan_weights"])
 def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algorithm):
     pipe = wan.load_wan_pipeline(tiny_dir)
     generation = small(tiny_dir)
@@ -301,15 +314,17 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
     with torch.no_grad():  # a LoRA that already changes the model, so that policy != reference
         for parameter in parameters:
             parameter.add_(0.05 * torch.randn_like(parameter))
-    config = (GRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7) if algorithm == "flow_grpo"
-              else GRPOConfig("longcat", group_size=4, critical_steps=4))
+    config = {"flow_grpo": GRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7),
+              "longcat": GRPOConfig("longcat", group_size=4, critical_steps=4),
+              "flow_grpo_wan_weights": GRPOConfig("flow_grpo", group_size=4, loss_weighting="noise_over_sqrt_dt"),
+              }[algorithm]
     trainer = trainer_for(pipe, generation, config, transformer, torch.optim.AdamW(parameters, lr=1e-2))
     batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
     if algorithm == "longcat":  # one critical step per prompt, shared initial noise per group
         assert batch.sde_mask.sum(dim=1).eq(1).all() and batch.sde_mask.float().argmax(1).lt(4).all()
         assert torch.equal(batch.trajectory[0, 0], batch.trajectory[3, 0])
         assert not torch.equal(batch.trajectory[0, 0], batch.trajectory[4, 0])
-    else:  # SDE on every step, the last one not trained
+    else:  # flow_grpo: SDE on every step, the last one not trained
         assert batch.sde_mask.all() and batch.train_mask[:, :-1].all() and not batch.train_mask[:, -1].any()
     advantages = torch.randn(8)
     summary = trainer.update(batch, advantages, micro_batch_size=4)
@@ -350,7 +365,8 @@ def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
 
 @pytest.mark.slow
 def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
-    # flow_grpo's defaults (the Wan port's linear noise schedule, the first T-1 steps trained); passes for seed 0.
+    # flow_grpo's defaults (the Wan trainer's linear noise schedule, the first T-1 steps trained). Measured (seeds 0,
+    # 1): gain = 0.74, 0.31 base stds; 91 %, 81 % of the paired videos improve (the test runs seed 0).
     base, trained = train_tiny(tiny_dir, GRPOConfig("flow_grpo", group_size=8), learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 0.5 * base.std(), (base.mean(), trained.mean(), base.std())
