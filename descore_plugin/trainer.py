@@ -40,6 +40,7 @@ from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_l
 from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
 from .runs import Run, RunError
+from .sharding import prepare_frozen
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
 
@@ -280,8 +281,8 @@ class Trainer:
         warmup = max(1, int(config.warmup_ratio * config.max_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        if self.reference is not None:
-            self.reference.to(self.accelerator.device)
+        if self.reference is not None:  # sharded like the policy under FSDP2 (accelerate shards only with an optimizer)
+            self.reference = prepare_frozen(self.accelerator, self.reference)
         self.step = 0
         self.rollouts = None  # stage 2: the current rollout batch (see _rollout_batch)
         self.resumed = resume and self._resume()

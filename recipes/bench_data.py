@@ -9,8 +9,10 @@ another's allocations. Loader workers are 0 in the memory runs: all decoding hap
   videos / one that visits 200. Goal <= 1.2: nothing grows with the number of videos (the training process used to
   keep every decoded video).
 - steps_workers2_over_workers0 = training steps/s with 2 loader workers / with the input built in the training
-  process, 40 steps on the 200-video set. > 1 where decoding and the processor are a noticeable share of a step and
-  there are spare cores (on a busy 2-core machine there are few).
+  process, 40 steps on the 200-video set (best of 2 interleaved runs each). > 1 where decoding and the processor are
+  a noticeable share of a step and there are spare cores. To read it, the JSON also holds
+  input_share_of_step_workers0 (seconds of the input pipeline alone / seconds of an in-process step: the most that
+  workers can take off a step), cpu_count and load_average_1min.
 - score_stream_peak_rss_ratio = peak RSS of `descore score TABLE --output OUT.jsonl --no-think` on 1,000 videos /
   on 100. Goal <= 1.2.
 - sharded_over_ddp_param_opt_memory = per-rank bytes of trainable parameters + AdamW states after one full
@@ -60,6 +62,23 @@ def child_train(model, data, out, steps, workers, batch_size):
     trainer.train()  # the steps, then one final checkpoint of the tiny model
     seconds = time.perf_counter() - start
     return {"peak_rss_mb": peak_rss_mb(), "seconds": seconds, "steps_per_second": steps / seconds}
+
+
+def child_loader(model_dir, data, steps, workers, batch_size):
+    """The stage-1 input alone (decode, sample, processor, CoTs appended) for `steps` batches: its seconds."""
+    from descore_plugin import DeScoreReward
+    from descore_plugin.data import load_pairs
+    from descore_plugin.dataset import InputEncoder, PairCollator, pair_loader
+
+    model = DeScoreReward.from_pretrained(model_dir)
+    pairs = [p for p in load_pairs(data) if p.label in ("A", "B")]
+    collate = PairCollator(InputEncoder(model), 1, seed=0, cot_mask_prob=0.5)
+    loader = pair_loader(pairs, fps=model.config.fps, num_frames=model.config.num_frames, batch_size=batch_size,
+                         seed=0, start_micro_step=0, stop_micro_step=steps, num_processes=1, collate=collate,
+                         num_workers=workers)
+    start = time.perf_counter()
+    count = sum(1 for _ in loader)
+    return {"seconds": time.perf_counter() - start, "batches": count}
 
 
 def child_score(model, table, out):
@@ -142,6 +161,8 @@ def main(argv=None) -> int:
             result = child_train(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]), int(rest[5]))
         elif kind == "score":
             result = child_score(*rest)
+        elif kind == "loader":
+            result = child_loader(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
         else:
             result = child_shard(*rest)
         if kind != "shard" or int(os.environ.get("RANK", "0")) == 0:
@@ -183,6 +204,10 @@ def main(argv=None) -> int:
             child(["train", model, sets[200], work / f"speed_{workers}", 40, workers, batch])["steps_per_second"])
     results["steps_per_second_workers0"], results["steps_per_second_workers2"] = max(speed[0]), max(speed[2])
     results["steps_workers2_over_workers0"] = max(speed[2]) / max(speed[0])
+    # Why: the share of an in-process step that building the input takes, and how busy the machine was.
+    loader_seconds = min(child(["loader", model, sets[200], 40, 0, batch])["seconds"] for _ in range(2))
+    results["input_share_of_step_workers0"] = loader_seconds * max(speed[0]) / 40
+    results["cpu_count"], results["load_average_1min"] = os.cpu_count(), os.getloadavg()[0]
 
     all_videos = sorted((work / "data_2000" / "videos").glob("*.mp4"))
     scores = {}

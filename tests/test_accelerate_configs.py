@@ -1,11 +1,17 @@
 """The accelerate config files under recipes/accelerate/: each parses with `accelerate launch`'s own loading and
 selects its plugin (DDP, FSDP2 with one unit per decoder layer / vision block, DeepSpeed ZeRO-3). accelerate selects
 FSDP only on accelerator devices, so on a CPU the launch environment and the plugin it builds are checked instead of a
-run (recipes/bench_data.py runs the same fully_shard on 2 CPU ranks)."""
+run; torch's fully_shard itself runs on 2 CPU processes (gloo), which shards the frozen stage-2 reference here and
+a full fine-tuning step in recipes/bench_data.py."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
+import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
@@ -15,6 +21,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy
 from descore_plugin import DeScoreReward
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+WORKER = Path(__file__).resolve().parent / "sharding_worker.py"
 RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py")
 
 
@@ -59,3 +66,29 @@ def test_zero3_config_selects_deepspeed_stage_3():
     _, env = prepare_deepspeed_cmd_env(args)
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
     assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
+
+
+def test_frozen_reference_is_sharded_over_two_cpu_processes(tiny_dirs, tmp_path):
+    """descore_plugin.sharding with fsdp.yaml's wrap policy: each of 2 ranks holds half the reference's bytes, one FSDP
+    unit per decoder layer and vision block plus the root, and the sharded model scores like the whole one."""
+    from descore_plugin.video import write_video
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, (torch.rand(8, 3, 56, 56, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8), fps=8)
+    args, _ = launch_args("fsdp")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(WORKER), str(tiny_dirs["qwen3_vl"]), str(video), str(tmp_path / "rank")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen3_vl"])
+    layers = model.vlm.config.text_config.num_hidden_layers + model.vlm.config.vision_config.depth
+    for rank in ranks:
+        assert rank["units"] == layers + 1
+        assert 0.45 < rank["local_bytes"] / rank["full_bytes"] < 0.55
+        assert rank["max_reward_difference"] < 1e-5
+    assert sum(r["local_bytes"] for r in ranks) == ranks[0]["full_bytes"]
