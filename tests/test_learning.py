@@ -79,7 +79,9 @@ def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weig
         gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, train_embeddings="all",
         cot_mask_prob=cot_mask_prob, lm_loss_weight=lm_loss_weight, eval_think=eval_think,
         eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
-        video_cache_bytes=128 * 2**20,  # the 1,200 tiny videos (~90 MB decoded) are decoded once per loader worker
+        # In-process input, every one of the 1,200 tiny videos (~90 MB decoded) decoded once: on a busy 2-core machine
+        # loader workers only compete with the training step for the cores (recipes/bench_data.py).
+        num_workers=0, video_cache_bytes=128 * 2**20,
     )
 
 
@@ -158,6 +160,7 @@ def stage2(world, trainings):
         gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
         max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
         mini_batches_per_rollout=1,  # one update per rollout batch, the regime these numbers were measured with
+        num_workers=0, video_cache_bytes=128 * 2**20,
     )
     trainer = Trainer(config)
     logs = trainer.train()  # ends with the held-out evaluation, scored with the model's own CoT
