@@ -34,8 +34,9 @@ SUMMARY_KEYS = ("accuracy_with_ties", "accuracy_without_ties", "num_pairs", "num
 CSV_COLUMNS = ("video_a", "video_b", "prompt", "label", "slice", "reward_a", "reward_b", "margin", "cot_a", "cot_b")
 
 
-def _video_key(path: str, prompt: str) -> tuple[str, str]:
-    return os.path.realpath(path), prompt
+def _video_key(path: str, prompt: str, instruction: str | None = None) -> tuple[str, str, str | None]:
+    """A video is scored once per (file, prompt, instruction): the official CSV's `problem` is the instruction."""
+    return os.path.realpath(path), prompt, instruction
 
 
 def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
@@ -43,11 +44,11 @@ def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
     descore_plugin.dataset (decoding in `num_workers` processes ahead of the model; a failure names the file)."""
     if load is not None:
         for start in range(0, len(keys), batch_size):
-            yield [load(path) for path, _ in keys[start : start + batch_size]]
+            yield [load(path) for path, *_ in keys[start : start + batch_size]]
         return
     from descore_plugin.dataset import stream_videos
 
-    for items in stream_videos([path for path, _ in keys], fps=model.config.fps, num_frames=model.config.num_frames,
+    for items in stream_videos([path for path, *_ in keys], fps=model.config.fps, num_frames=model.config.num_frames,
                                chunk_size=batch_size, num_workers=num_workers):
         failed = [item.error for item in items if item.error]
         if failed:
@@ -57,13 +58,15 @@ def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
 
 def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load,
                          num_workers: int = 0) -> dict:
-    """{(real path, prompt): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
+    """{(real path, prompt, instruction): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
     scored = {}
     with tqdm(total=len(keys), desc="scoring videos", unit="video", disable=not progress) as bar:
         chunks = _video_chunks(model, keys, batch_size, load, num_workers)
         for start, videos in zip(range(0, len(keys), batch_size), chunks):
             chunk = keys[start : start + batch_size]
-            out = model.score(videos, [prompt for _, prompt in chunk], think=think,
+            instructions = [key[2] for key in chunk]  # passed only when some pair carries one (official CSV)
+            out = model.score(videos, [key[1] for key in chunk], think=think,
+                              **({"instructions": instructions} if any(instructions) else {}),
                               batch_size=batch_size, max_new_tokens=max_new_tokens)
             cots = out.cots if out.cots is not None else [None] * len(chunk)
             for key, reward, cot in zip(chunk, out.rewards.tolist(), cots):
@@ -92,7 +95,7 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     if not kept:
         raise ValueError(f"all {len(pairs)} pairs are labelled 'invalid': there is nothing to evaluate")
     keys = list(dict.fromkeys(  # unique, in order of first appearance
-        _video_key(path, pair.prompt) for pair in kept for path in (pair.video_a, pair.video_b)
+        _video_key(path, pair.prompt, pair.instruction) for pair in kept for path in (pair.video_a, pair.video_b)
     ))
     was_training = model.training
     model.eval()
@@ -103,8 +106,8 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
 
     rows = []
     for pair in kept:
-        reward_a, cot_a = scored[_video_key(pair.video_a, pair.prompt)]
-        reward_b, cot_b = scored[_video_key(pair.video_b, pair.prompt)]
+        reward_a, cot_a = scored[_video_key(pair.video_a, pair.prompt, pair.instruction)]
+        reward_b, cot_b = scored[_video_key(pair.video_b, pair.prompt, pair.instruction)]
         rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
                      "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
                      "cot_a": cot_a, "cot_b": cot_b})

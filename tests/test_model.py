@@ -380,3 +380,22 @@ def test_cli_init_from_a_plain_backbone(tmp_path, sample_videos):
     assert model.score(sample_videos[:1], PROMPTS[:1], think=False).rewards.shape == (1,)
     missing = run("init", str(tmp_path / "x"), "--backbone", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_evaluation_scores_with_the_rows_instruction(tiny_dirs, tmp_path):
+    """The official CSV's `problem` (Pair.instruction, video at its <video> marker) is what evaluation scores with."""
+    from descore_plugin.data import Pair
+    from descore_plugin.evaluation import evaluate_pairs
+    from descore_plugin.video import write_video
+
+    generator = torch.Generator().manual_seed(2)
+    paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for path in paths:
+        write_video(path, (torch.rand(8, 3, 56, 56, generator=generator) * 255).to(torch.uint8), fps=8)
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    instruction = "Judge the video <video> against: a red square moving right."
+    pair = Pair(str(paths[0]), str(paths[1]), "a red square moving right", "A", instruction=instruction)
+    row = evaluate_pairs(model, [pair], think=False, progress=False)["rows"][0]
+    with_instruction = model.score([str(p) for p in paths], [pair.prompt] * 2, think=False, instructions=[instruction] * 2)
+    assert [row["reward_a"], row["reward_b"]] == pytest.approx(with_instruction.rewards.tolist(), abs=1e-6)
+    assert not torch.allclose(with_instruction.rewards, model.score([str(p) for p in paths], [pair.prompt] * 2, think=False).rewards)
