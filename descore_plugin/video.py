@@ -436,6 +436,8 @@ def _load_file(path: Path, *, fps, num_frames, name, backend: str) -> Video:
     label = name if name == str(path) else f"{name} ({path})"
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"backend={backend!r}; choose 'auto', 'decord' or 'pyav'.")
+    if path.is_dir():
+        raise VideoInputError(f"{label}: is a folder, not a video file; pass the video files in it.")
     if not path.is_file():
         raise VideoInputError(f"{label}: file not found.")
 

@@ -232,6 +232,15 @@ def test_bad_files_are_named(tmp_path, backend, which, message):
     assert str(error.value).startswith(str(path))
 
 
+def test_a_folder_and_an_image_are_named_for_what_they_are(tmp_path):
+    with pytest.raises(VideoInputError, match="videos\\[0\\].*is a folder, not a video file"):
+        load_videos([tmp_path])
+    image = tmp_path / "still.png"
+    PIL.Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(VideoInputError, match="an image, not a video"):
+        load_video(image, fps=2.0)
+
+
 def frames_of_sizes(*sizes):
     return [PIL.Image.new("RGB", size) for size in sizes]
 
