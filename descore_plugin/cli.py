@@ -1,6 +1,6 @@
 """The `descore` command.
 
-    descore score VIDEO... --prompt TEXT [--model DIR_OR_ID] [--no-think] [--json]
+    descore score VIDEO... --prompt TEXT [--prompt TEXT ...] [--model DIR_OR_ID] [--no-think] [--json]
     descore score INPUT... [--prompt TEXT] --output OUT.jsonl   (folders, globs, CSV/JSONL tables; see scoring.py)
     descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
     descore init OUT_DIR --backbone QWEN_VL_ID_OR_DIR [--head scalar|distribution] [--prompt-template T]
@@ -8,40 +8,69 @@
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
     descore report PATH --output-dir OUT [--reward NAME] [--check NAME ...]
     descore serve [--model DIR_OR_ID] [--device D] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...
+
+Each subcommand is one `_add_<name>(commands)` function that declares its flags and sets `run=` to the function
+that executes it (`args -> exit status`); `SUBCOMMANDS` lists them in the order `descore --help` shows. A user error
+(`descore_plugin.errors.UserError`, a bad flag, a missing file) is one line on stderr and exit status 2.
 """
 
-import argparse
 import os
 import sys
 
+from .errors import (ArgumentParser, UserError, blame, device_name, dtype_name, non_negative_int, positive_int,
+                     run_main)
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore: think, then score (video reward model)")
-    commands = parser.add_subparsers(dest="command", required=True)
 
+# ---------------------------------------------------------------------------------------------------------------- score
+def _add_score(commands):
     score = commands.add_parser("score", help="score videos against a prompt: CoT, dimension scores, reward",
                                 description="Exit status: 0 every video scored, 1 some row failed, 2 usage error.")
     score.add_argument("videos", nargs="+", metavar="INPUT",
                        help="video files (mp4 or any container decord/PyAV reads), folders, glob patterns, or one "
                             "CSV/JSONL table with `video` and `prompt` columns")
-    score.add_argument("--prompt", default=None, help="the text prompt the videos were generated from")
+    score.add_argument("--prompt", action="append", default=None,
+                       help="the text prompt the videos were generated from: once for all videos, or once per video "
+                            "(repeat it, in the order of the videos)")
     score.add_argument("--output", default=None,
                        help="append one JSON row per video to this .jsonl as it goes; an existing file is resumed "
                             "(videos already in it are skipped)")
-    score.add_argument("--num-workers", type=int, default=2,
+    score.add_argument("--num-workers", type=non_negative_int, default=2,
                        help="processes that decode videos ahead of the model (0: in this process)")
     score.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
                        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL)")
     score.add_argument("--no-think", action="store_true", help="skip the CoT: the masked-CoT fast path")
     score.add_argument("--json", action="store_true", help="print one JSON object per video")
-    score.add_argument("--max-new-tokens", type=int, default=None, help="CoT length limit (default: the model's)")
-    score.add_argument("--batch-size", type=int, default=4)
+    score.add_argument("--max-new-tokens", type=positive_int, default=None,
+                       help="CoT length limit (default: the model's)")
+    score.add_argument("--batch-size", type=positive_int, default=4, help="videos per forward / generate call")
     score.add_argument("--prompt-template", default=None,
                        help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
                             "default: the checkpoint's own")
-    score.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    score.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    score.add_argument("--device", type=device_name, default=None,
+                       help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    score.add_argument("--dtype", type=dtype_name, default=None,
+                       help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
+                            "bfloat16 on CUDA)")
+    score.set_defaults(run=_score)
 
+
+def _score(args) -> int:
+    from .scoring import score_command
+
+    return score_command(args)
+
+
+def default_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, str | None]:
+    """--device / --dtype left out: cuda with bfloat16 when torch sees a GPU, else cpu with float32."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else None)
+    return device, dtype
+
+
+# ----------------------------------------------------------------------------------------------------------------- init
+def _add_init(commands):
     init = commands.add_parser("init", help="make a new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint",
                                description="Adds <Reward>, resizes the embeddings, initialises the head as the official "
                                            "cold start does; OUT_DIR refers to the backbone (no copy of its weights).")
@@ -52,7 +81,24 @@ def main(argv=None):
     init.add_argument("--seed", type=int, default=0, help="seeds the head's initialisation")
     init.add_argument("--prompt-template", default=None,
                       help="judge instruction, text with {prompt} or a file (default: the package's judge prompt)")
+    init.set_defaults(run=_init)
 
+
+def _init(args) -> int:
+    import torch
+
+    from .model import DeScoreReward
+
+    torch.manual_seed(args.seed)
+    with blame(f"--backbone {args.backbone}"):
+        model = DeScoreReward.from_backbone(args.backbone, head=args.head, prompt_template=args.prompt_template)
+    model.save_pretrained(args.out_dir, save_backbone=False)
+    print(f"wrote a new DeScore model ({args.head} head) on {model.config.backbone} to {args.out_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------ init-tiny
+def _add_init_tiny(commands):
     tiny = commands.add_parser("init-tiny", help="write a tiny random DeScore model (tests, demo)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
@@ -62,16 +108,59 @@ def main(argv=None):
                       help="judge instruction, text with {prompt} or a file (default: the package's compact one)")
     tiny.add_argument("--plain", action="store_true",
                       help="write a plain Qwen-VL checkpoint instead (no <Reward>, no head), as `descore init` takes it")
+    tiny.set_defaults(run=_init_tiny)
 
+
+def _init_tiny(args) -> int:
+    if args.plain:
+        from .tiny import init_tiny_backbone
+
+        init_tiny_backbone(args.out_dir, backbone=args.backbone, seed=args.seed)
+        print(f"wrote a tiny plain {args.backbone} checkpoint (no <Reward>, no head) to {args.out_dir}")
+        return 0
+    from .tiny import init_tiny
+
+    init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
+              prompt_template=args.prompt_template)
+    print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- init-tiny-wan
+def _add_init_tiny_wan(commands):
     wan = commands.add_parser("init-tiny-wan", help="write a tiny random Wan-2.1 pipeline (tests, demo)")
     wan.add_argument("out_dir")
     wan.add_argument("--seed", type=int, default=0)
+    wan.set_defaults(run=_init_tiny_wan)
 
+
+def _init_tiny_wan(args) -> int:
+    from .tiny_wan import write_tiny_wan
+
+    write_tiny_wan(args.out_dir, seed=args.seed)
+    print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- make-synthetic
+def _add_make_synthetic(commands):
     synth = commands.add_parser("make-synthetic", help="write a synthetic preference dataset (videos + pairs.jsonl)")
     synth.add_argument("out_dir")
-    synth.add_argument("--num-pairs", type=int, default=200)
+    synth.add_argument("--num-pairs", type=positive_int, default=200)
     synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=_make_synthetic)
 
+
+def _make_synthetic(args) -> int:
+    from .synthetic import write_dataset
+
+    path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
+    print(f"wrote {args.num_pairs} synthetic pairs to {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------- report
+def _add_report(commands):
     report = commands.add_parser(
         "report", help="write OUT/index.html: an HTML page of a scored set, an evaluation or a post-training run")
     report.add_argument("path", help="`descore score --json` / `--output` JSON lines, a recipes/eval_rm.py output "
@@ -81,61 +170,22 @@ def main(argv=None):
                         help="run reports: the optimised reward's score name (default: descore, else the first)")
     report.add_argument("--check", action="append", default=None,
                         help="run reports: an independent check's score name (repeat; default: every other reward)")
+    report.set_defaults(run=_report)
 
-    serve = commands.add_parser("serve", help="serve the reward model over HTTP (micro-batched; see README 'Serving')")
-    _add_serve_arguments(serve)
 
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "score":
-            return _score(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "init":
-            import torch
+def _report(args) -> int:
+    from .report import write_report
 
-            from .model import DeScoreReward
-
-            torch.manual_seed(args.seed)
-            model = DeScoreReward.from_backbone(args.backbone, head=args.head, prompt_template=args.prompt_template)
-            model.save_pretrained(args.out_dir, save_backbone=False)
-            print(f"wrote a new DeScore model ({args.head} head) on {model.config.backbone} to {args.out_dir}")
-        elif args.command == "init-tiny" and args.plain:
-            from .tiny import init_tiny_backbone
-
-            init_tiny_backbone(args.out_dir, backbone=args.backbone, seed=args.seed)
-            print(f"wrote a tiny plain {args.backbone} checkpoint (no <Reward>, no head) to {args.out_dir}")
-        elif args.command == "init-tiny":
-            from .tiny import init_tiny
-
-            init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
-                      prompt_template=args.prompt_template)
-            print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
-        elif args.command == "init-tiny-wan":
-            from .tiny_wan import write_tiny_wan
-
-            write_tiny_wan(args.out_dir, seed=args.seed)
-            print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")
-        elif args.command == "make-synthetic":
-            from .synthetic import write_dataset
-
-            path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
-            print(f"wrote {args.num_pairs} synthetic pairs to {path}")
-        elif args.command == "report":
-            from .report import write_report
-
-            index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
-            print(f"wrote {index} (open it in a browser)")
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"descore {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
+    print(f"wrote {index} (open it in a browser)")
     return 0
 
 
-def _score(args):
-    from .scoring import score_command
-
-    return score_command(args)
+# ---------------------------------------------------------------------------------------------------------------- serve
+def _add_serve(commands):
+    serve = commands.add_parser("serve", help="serve the reward model over HTTP (micro-batched; see README 'Serving')")
+    _add_serve_arguments(serve)
+    serve.set_defaults(run=_serve)
 
 
 def _add_serve_arguments(parser):
@@ -145,8 +195,11 @@ def _add_serve_arguments(parser):
     parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
                         help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
                              "random model, for trying the protocol)")
-    parser.add_argument("--device", default=None, help="one device per server, e.g. cuda:3 (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="one device per server, e.g. cuda:3 (default: cuda if available)")
+    parser.add_argument("--dtype", type=dtype_name, default=None,
+                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
+                             "bfloat16 on CUDA)")
     parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
     parser.add_argument("--api-key", default=default_api_key(),
@@ -183,24 +236,28 @@ def _serve(args):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ValueError("descore serve needs fastapi and uvicorn: pip install 'descore-plugin[serve]'") from None
+        raise UserError("descore serve needs fastapi and uvicorn: pip install 'descore-plugin[serve]'") from None
     for folder in args.allow_paths:
         if not os.path.isdir(folder):
-            raise ValueError(f"--allow-paths {folder}: not a directory")
+            raise UserError(f"--allow-paths {folder}: not a directory")
     config = ServeConfig(
         host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, allow_paths=tuple(args.allow_paths), allow_pickle=args.allow_pickle,
         max_request_mb=args.max_request_mb, max_videos_per_request=args.max_videos_per_request,
         max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels, max_new_tokens=args.max_new_tokens,
     )
-    check_bind(config.host, config.api_key)
+    try:
+        check_bind(config.host, config.api_key)
+    except ValueError as error:  # its message names --host and --api-key
+        raise UserError(str(error)) from None
     if config.max_batch_size < 1 or config.max_wait_ms < 0:
-        raise ValueError(f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
+        raise UserError(f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
                          "need a batch size >= 1 and a wait >= 0")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
     if args.model:
-        model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
+        with blame(f"--model {args.model}"):
+            model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
         print(f"descore serve: serving {args.model} on {device}", file=sys.stderr)
     else:
         from .tiny import init_tiny
@@ -214,6 +271,32 @@ def _serve(args):
           f"{config.max_wait_ms:g} ms wait)", file=sys.stderr, flush=True)
     serve(model, config, log_level=args.log_level)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------- main
+SUBCOMMANDS = [
+    _add_score,
+    _add_init,
+    _add_init_tiny,
+    _add_init_tiny_wan,
+    _add_make_synthetic,
+    _add_report,
+    _add_serve,
+]
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="descore", description="DeScore: think, then score (video reward model)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv=None) -> int:
+    """`descore ...`: a user error is one line `descore <command>: error: ...` and exit status 2."""
+    args = build_parser().parse_args(argv)
+    return run_main(lambda _: args.run(args), f"descore {args.command}")
 
 
 if __name__ == "__main__":

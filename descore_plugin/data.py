@@ -36,7 +36,8 @@ Formats also read (detected from the columns / keys of each row)
   `video_1_scores` / `video_2_scores` (-> scores_a / scores_b). A stage-2 row without `GSB` takes its label from
   a verdict string in that JSON ("Video 1 is better" -> A, "Video 2 is better" -> B, "... same/equal/tie" -> tie).
 - VideoAlign training CSV and VideoGen-RewardBench: `path_A`, `path_B`, `prompt`, label column `Overall` in
-  {A, B, same} (same -> tie); other columns (VQ, MQ, TA, fps_A, ...) are ignored.
+  {A, B, same} (same -> tie); other columns (VQ, MQ, TA, fps_A, ...) are ignored unless `label_column` (the
+  recipes' `--label-column`, e.g. TA) names one of them as the label instead (needed when there is no `Overall`).
 - GenAI-Bench video: `left_video`, `right_video`, `prompt`, `vote_type` in {leftvote, rightvote, tievote,
   bothbad_vote}; tievote and bothbad_vote -> tie, as reward-model evaluations on this benchmark do.
 
@@ -58,6 +59,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from descore_plugin.errors import UserError
 from descore_plugin.prompt import DIMENSIONS
 
 __all__ = ["LABELS", "DataError", "Pair", "load_pairs", "save_pairs"]
@@ -72,7 +74,7 @@ _VIDEOALIGN_LABELS = {"A": "A", "B": "B", "same": "tie"}
 _GENAI_LABELS = {"leftvote": "A", "rightvote": "B", "tievote": "tie", "bothbad_vote": "tie"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A pair file that cannot be used; the message names the file, the row and the field."""
 
 
@@ -91,17 +93,21 @@ class Pair:
     slice: str | None = None  # free tag for sliced accuracy (the synthetic world: the defect that differs)
     instruction: str | None = None  # the judge instruction of the official CSV (`problem`), if given
     origin: str = ""  # where the pair was read from ("pairs.csv, row 3"), for error messages downstream
+    video_fields: tuple[str, str] = ("video_a", "video_b")  # the columns that named video_a / video_b in the file
 
     @property
     def videos(self) -> tuple[str, str]:
         return self.video_a, self.video_b
 
 
-def load_pairs(path, *, require_scores: bool = False, check_videos: bool = True) -> list[Pair]:
+def load_pairs(path, *, require_scores: bool = False, check_videos: bool = True,
+               label_column: str | None = None) -> list[Pair]:
     """Read and validate a pair file (.csv or .jsonl) in any format of the module docstring.
 
     require_scores: every row must carry scores_a and scores_b (stage-2 RL needs the per-dimension truth).
     check_videos: every video path must be an existing file.
+    label_column: VideoAlign / VideoGen-RewardBench files only: the column holding the label (default `Overall`;
+        e.g. `TA`, `VQ` or `MQ` for one aspect, or for a file that has no `Overall`).
     Raises DataError naming file, row and field for the first problem found.
     """
     path = Path(path)
@@ -118,7 +124,7 @@ def load_pairs(path, *, require_scores: bool = False, check_videos: bool = True)
         raise DataError(f"{path}: has no data rows")
     pairs = []
     for where, record in records:
-        pair = _parse_record(record, where, path.parent)
+        pair = _parse_record(record, where, path.parent, label_column)
         if require_scores and (pair.scores_a is None or pair.scores_b is None):
             missing = "scores_a" if pair.scores_a is None else "scores_b"
             raise DataError(
@@ -127,7 +133,9 @@ def load_pairs(path, *, require_scores: bool = False, check_videos: bool = True)
                 "video_2_scores)"
             )
         if check_videos:
-            for field, video in (("video_a", pair.video_a), ("video_b", pair.video_b)):
+            for field, video in zip(pair.video_fields, pair.videos):
+                if os.path.isdir(video):
+                    raise DataError(f"{where}, field '{field}': {video} is a folder, not a video file")
                 if not os.path.isfile(video):
                     raise DataError(
                         f"{where}, field '{field}': video file not found: {video} "
@@ -229,13 +237,17 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     return records
 
 
-def _parse_record(record: dict, where: str, folder: Path) -> Pair:
+def _parse_record(record: dict, where: str, folder: Path, label_column: str | None = None) -> Pair:
+    videoalign = "path_A" in record or "path_B" in record
+    if label_column is not None and not videoalign:
+        raise DataError(f"{where}: --label-column {label_column} applies to VideoAlign / VideoGen-RewardBench files "
+                        "(path_A, path_B, ...); this file's format has a fixed label field")
     if "video_a" in record or "video_b" in record:
         return _parse_native(record, where, folder)
     if "videos" in record:
         return _parse_official(record, where, folder)
-    if "path_A" in record or "path_B" in record:
-        return _parse_videoalign(record, where, folder)
+    if videoalign:
+        return _parse_videoalign(record, where, folder, label_column or "Overall", label_column is None)
     if "left_video" in record or "right_video" in record:
         return _parse_genai(record, where, folder)
     raise DataError(
@@ -316,19 +328,28 @@ def _parse_official(record: dict, where: str, folder: Path) -> Pair:
         scores_b=scores_b,
         instruction=_optional_text(record, "problem", where),
         origin=where,
+        video_fields=("videos[0]", "videos[1]"),
     )
 
 
-def _parse_videoalign(record: dict, where: str, folder: Path) -> Pair:
-    label = _required_text(record, "Overall", where)
+def _parse_videoalign(record: dict, where: str, folder: Path, column: str = "Overall", default: bool = True) -> Pair:
+    if column not in record:
+        others = [name for name in record if name not in ("path_A", "path_B", "prompt")]
+        raise DataError(
+            f"{where}: no label column '{column}' (columns: {', '.join(others)}); "
+            + ("choose the column that holds the A / B / same label with --label-column (e.g. --label-column TA)"
+               if default else "pass one of those to --label-column")
+        )
+    label = _required_text(record, column, where)
     if label not in _VIDEOALIGN_LABELS:
-        raise DataError(f"{where}, field 'Overall': {label!r} is not one of {', '.join(_VIDEOALIGN_LABELS)}")
+        raise DataError(f"{where}, field '{column}': {label!r} is not one of {', '.join(_VIDEOALIGN_LABELS)}")
     return Pair(
         video_a=_video_path(record, "path_A", where, folder),
         video_b=_video_path(record, "path_B", where, folder),
         prompt=_required_text(record, "prompt", where),
         label=_VIDEOALIGN_LABELS[label],
         origin=where,
+        video_fields=("path_A", "path_B"),
     )
 
 
@@ -342,6 +363,7 @@ def _parse_genai(record: dict, where: str, folder: Path) -> Pair:
         prompt=_required_text(record, "prompt", where),
         label=_GENAI_LABELS[vote],
         origin=where,
+        video_fields=("left_video", "right_video"),
     )
 
 

@@ -16,6 +16,8 @@ or the integers 1 (A better), -1 (B better), 0 (tie). Pairs labelled "invalid" m
 import numpy as np
 import torch
 
+from .errors import UserError
+
 __all__ = [
     "accuracy_without_ties",
     "accuracy_with_ties",
@@ -27,7 +29,7 @@ __all__ = [
 _STRING_LABELS = {"A": 1, "B": -1, "tie": 0, "same": 0}
 
 
-class MetricInputError(ValueError):
+class MetricInputError(UserError):
     """Margins or labels that cannot be scored (bad label, NaN margin, length mismatch, empty input)."""
 
 

@@ -48,6 +48,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from .errors import UserError
+
 __all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "Flag", "Change",
            "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags", "phrase_flags",
            "low_score_phrases", "hacking_flags", "write_report", "KINDS"]
@@ -60,7 +62,7 @@ SAMPLE_KEYS = ("step", "video", "prompt")
 _RUN_FILES_SKIPPED = ("metrics.jsonl",)
 
 
-class ReportInputError(ValueError):
+class ReportInputError(UserError):
     """The report's input is not one of the three kinds, or a row of it is malformed (the message says where)."""
 
 

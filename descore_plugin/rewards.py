@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import UserError
 from .prompt import DIMENSIONS
 
 Reward = Callable[[object, Sequence[str]], "dict[str, torch.Tensor]"]
@@ -43,7 +44,7 @@ DESCORE_NAMES = ("descore", "descore:overall") + tuple(f"descore:{d}" for d in D
 """Every name a DeScore reward returns (descore:uncertainty only with the distribution head)."""
 
 
-class RewardError(ValueError):
+class RewardError(UserError):
     """A reward spec that cannot be used, or a reward that returned something other than named per-video scores."""
 
 

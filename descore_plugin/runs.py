@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .checkpoint import atomic_directory
+from .errors import UserError
 
 ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.jsonl"
@@ -36,7 +37,7 @@ CONTROL_ARGUMENTS = ("resume", "overwrite")
 """Arguments that say how to open the run, not what it is: never saved or compared."""
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run directory that cannot be used as asked; the message names the directory and the flag to pass."""
 
 

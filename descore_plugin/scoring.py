@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import UserError
+
 __all__ = ["ScoreItem", "ScoreUsageError", "expand_inputs", "score_rows", "score_command", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg")
@@ -34,7 +36,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mp
 TABLE_SUFFIXES = (".csv", ".jsonl")
 
 
-class ScoreUsageError(ValueError):
+class ScoreUsageError(UserError):
     """The command was called wrongly (exit status 2); the message names the input or flag."""
 
 

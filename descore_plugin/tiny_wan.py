@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from descore_plugin.checkpoint import follow_umask
 from descore_plugin.integrations.wan import GenerationConfig
 
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
@@ -154,5 +155,6 @@ def write_tiny_wan(out_dir: str | Path, seed: int = 0) -> Path:
     pipe = build_tiny_wan(config, seed=seed)
     pipe.save_pretrained(out_dir)
     (out_dir / GENERATION_DEFAULTS_FILE).write_text(json.dumps(asdict(config.generation), indent=2) + "\n")
+    follow_umask(out_dir)  # safetensors writes private files
     return out_dir
 

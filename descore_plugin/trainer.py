@@ -32,13 +32,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import follow_umask
 from .data import DataError, load_pairs
+from .datacheck import SKIPPED_ROWS_FILE, check_training_videos, sampling_settings, write_skipped_rows
 from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
+from .errors import UserError
 from .evaluation import evaluate_pairs
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
                      grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
+from .video import load_video
 from .runs import Run, RunError
 from .sharding import prepare_frozen
 
@@ -67,6 +71,13 @@ class TrainConfig:
         "curves.png. An existing run is refused unless --resume or --overwrite.", required=True))
     eval_data: str | None = field(default=None, metadata=_help(
         "Held-out pair file for accuracy during and after training; every pair counts (ties too)."))
+    label_column: str | None = field(default=None, metadata=_help(
+        "VideoAlign / VideoGen-RewardBench files: the column holding the A / B / same label (default Overall; e.g. "
+        "TA for text alignment, or for a file without Overall)."))
+    skip_bad_rows: bool = field(default=False, metadata=_help(
+        "Every distinct video is decoded before step 1, and a row whose video fails (corrupt, an image, too few "
+        "frames) stops the run naming file, row and field. With this flag such rows are left out instead and "
+        "listed in --output-dir/skipped_rows.jsonl."))
     stage: int = field(default=1, metadata=_help(
         "1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil --teacher into a no-CoT student.",
         choices=[1, 2, 3]))
@@ -196,9 +207,9 @@ class TrainConfig:
         """Fill the stage-dependent defaults and check the values."""
         stage1 = self.stage != 2  # the cold start's defaults also serve distillation
         if self.stage not in (1, 2, 3):
-            raise ValueError(f"--stage {self.stage}: expected 1 (cold start), 2 (RL) or 3 (distillation)")
+            raise UserError(f"--stage {self.stage}: expected 1 (cold start), 2 (RL) or 3 (distillation)")
         if self.stage == 3 and not self.teacher:
-            raise ValueError("--stage 3 (distillation) needs --teacher DIR_OR_ID")
+            raise UserError("--stage 3 (distillation) needs --teacher DIR_OR_ID")
         if self.learning_rate is None:
             self.learning_rate = 2e-6 if stage1 else 1e-6
         if self.weight_decay is None:
@@ -212,24 +223,24 @@ class TrainConfig:
         if self.log_with is None or self.log_with.lower() == "none":
             self.log_with = "none"
         if self.loss not in ("bt", "bt_ties"):
-            raise ValueError(f"--loss {self.loss!r}: expected 'bt' or 'bt_ties'")
+            raise UserError(f"--loss {self.loss!r}: expected 'bt' or 'bt_ties'")
         if self.train_embeddings not in ("reward_token", "all"):
-            raise ValueError(f"--train-embeddings {self.train_embeddings!r}: expected 'reward_token' or 'all'")
+            raise UserError(f"--train-embeddings {self.train_embeddings!r}: expected 'reward_token' or 'all'")
         if self.rule_parser not in ("official", "lenient"):
-            raise ValueError(f"--rule-parser {self.rule_parser!r}: expected 'official' or 'lenient'")
+            raise UserError(f"--rule-parser {self.rule_parser!r}: expected 'official' or 'lenient'")
         if not 0.0 <= self.cot_mask_prob <= 1.0:
-            raise ValueError(f"--cot-mask-prob {self.cot_mask_prob}: must be in [0, 1]")
+            raise UserError(f"--cot-mask-prob {self.cot_mask_prob}: must be in [0, 1]")
         if self.stage == 2 and self.num_rollouts < 2:
-            raise ValueError(f"--num-rollouts {self.num_rollouts}: GRPO needs at least 2 rollouts per video "
+            raise UserError(f"--num-rollouts {self.num_rollouts}: GRPO needs at least 2 rollouts per video "
                              "(the advantage is relative to the group)")
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "mini_batches_per_rollout"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if len(self.reward_weights) != 3:
-            raise ValueError(f"--reward-weights {self.reward_weights}: give 3 numbers (accuracy, format, length)")
+            raise UserError(f"--reward-weights {self.reward_weights}: give 3 numbers (accuracy, format, length)")
         for name in ("model", "train_data", "output_dir"):
             if not getattr(self, name):
-                raise ValueError(f"--{name.replace('_', '-')} is required")
+                raise UserError(f"--{name.replace('_', '-')} is required")
         return self
 
 
@@ -260,14 +271,27 @@ class Trainer:
         self.train_pairs = self._load_train(config.train_data)
         # Evaluation sees every pair of its file, ties included (even when it is the training file); evaluate_pairs
         # leaves out only the pairs labelled "invalid", and counts them.
-        self.eval_pairs = load_pairs(config.eval_data) if config.eval_data else None
+        self.eval_pairs = load_pairs(config.eval_data, label_column=config.label_column) if config.eval_data else None
+        # Every distinct video is decoded before the model loads (datacheck.py), with the checkpoint's sampling
+        # settings when its config tells them: before the run directory is opened when that creates it (a bad video
+        # leaves no run behind), else after the run directory's own checks (a refused re-run decodes nothing).
+        sampling = sampling_settings(config.model)  # (fps, num_frames), None when known only once loaded
+        creates_run = not (self.output_dir.is_dir() and any(self.output_dir.iterdir()))
+        if sampling is not None and creates_run:
+            self._check_videos(*sampling)
 
         # Opened once the data checked out (a data error leaves no run behind), before the slow model load.
         self.run = Run.open(self.output_dir, _jsonable(config), resume=resume, overwrite=overwrite,
                             may_change=MAY_CHANGE_ON_RESUME, main_process=self.accelerator.is_main_process,
                             wait_for_everyone=self.accelerator.wait_for_everyone)
+        if sampling is not None and not creates_run:
+            self._check_videos(*sampling)
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
         model = merge_adapter(DeScoreReward.from_pretrained(config.model))
+        if sampling != (model.config.fps, model.config.num_frames):  # known only now (e.g. a hub id)
+            self._check_videos(model.config.fps, model.config.num_frames)
+        if config.skip_bad_rows and self.accelerator.is_main_process:
+            write_skipped_rows(self.output_dir / SKIPPED_ROWS_FILE, self.skipped_rows)
         self.videos = VideoCache(model.config.fps, model.config.num_frames, config.video_cache_bytes)
         self.encoder = InputEncoder(model)  # what the loader's workers need to build the model's inputs
         self.reference = None
@@ -289,11 +313,19 @@ class Trainer:
         self.teacher_targets = self._teacher_targets() if config.stage == 3 else None
 
     # ------------------------------------------------------------------ set-up
+    def _check_videos(self, fps, num_frames):
+        """Decode every distinct video of the training and evaluation pairs as training will (datacheck.py); a bad
+        one stops here naming file, row and field, or with --skip-bad-rows its rows are left out and listed."""
+        self.train_pairs, self.eval_pairs, self.skipped_rows = check_training_videos(
+            self.train_pairs, self.eval_pairs, lambda path: load_video(path, fps=fps, num_frames=num_frames),
+            train_data=self.config.train_data, eval_data=self.config.eval_data, skip=self.config.skip_bad_rows,
+            report_path=self.output_dir / SKIPPED_ROWS_FILE, main_process=self.accelerator.is_main_process)
+
     def _load_train(self, path) -> list:
         """The training pairs: those labelled "invalid" are dropped, and ties too in stage 1 with --loss bt (the
         official cold start has no loss for them). What was dropped, and why, is printed."""
         config = self.config
-        pairs = load_pairs(path, require_scores=config.stage == 2)
+        pairs = load_pairs(path, require_scores=config.stage == 2, label_column=config.label_column)
         drop_ties = config.stage == 1 and config.loss == "bt"
         keep = [p for p in pairs if p.label != "invalid" and not (drop_ties and p.label == "tie")]
         invalid = sum(p.label == "invalid" for p in pairs)
@@ -489,6 +521,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_file({"targets": targets.contiguous()}, path)
+            follow_umask(path)  # safetensors writes private files
         return dict(zip(keys, targets))
 
     # ------------------------------------------------------------------ stage 2

@@ -34,6 +34,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .checkpoint import follow_umask
+from .errors import UserError
+
 
 # Wan 2.1 generates video at 16 frames per second; used for in-memory frames when `video_fps` is not given.
 DEFAULT_VIDEO_FPS = 16.0
@@ -53,7 +56,7 @@ MAX_ASPECT_RATIO = 200
 FLOAT_RANGE_TOLERANCE = 1e-3
 
 
-class VideoInputError(ValueError):
+class VideoInputError(UserError):
     """A video input that cannot be used; the message names the input (`videos[3]` or the file path)."""
 
 
@@ -352,6 +355,7 @@ def write_video(path, frames, fps: float, *, crf: int = 18) -> None:
                     container.mux(packet)
             for packet in stream.encode():  # flush the encoder
                 container.mux(packet)
+        follow_umask(temporary_path)  # mkstemp made it private; a published video is readable as the umask says
         os.replace(temporary_path, path)
     except BaseException:
         os.remove(temporary_path)

@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from descore_plugin.checkpoint import follow_umask
+from descore_plugin.errors import UserError
 from descore_plugin.rewards import RewardSet
 from descore_plugin.integrations.wan import (
     GenerationConfig,
@@ -57,7 +59,7 @@ from descore_plugin.integrations.wan import (
 )
 
 
-class PairStoreError(ValueError):
+class PairStoreError(UserError):
     """A pair store on disk (or a reward's output) that cannot be used; the message names the file or the reward."""
 
 
@@ -164,6 +166,7 @@ class PairRecord:
 def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
+    follow_umask(tmp)  # safetensors writes private files
     os.replace(tmp, path)
 
 

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from descore_plugin.errors import UserError
 from descore_plugin.integrations import wan
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def clipped_policy_loss(log_prob, old_log_prob, advantages, clip_range: float) -
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AdvantageError(ValueError):
+class AdvantageError(UserError):
     """Rewards that cannot be split into prompt groups."""
 
 

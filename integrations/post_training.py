@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from descore_plugin import rewards as reward_lib
+from descore_plugin import errors
 from descore_plugin.integrations import wan
 from descore_plugin.runs import Run, RunError
 from descore_plugin.tiny_wan import GENERATION_DEFAULTS_FILE, generation_defaults
@@ -40,7 +41,7 @@ MAY_CHANGE_ON_RESUME = ("max_steps", "eval_every", "checkpoint_every")
 """Arguments a resumed run may change: they say how long to train and how often to look, not what is trained."""
 
 
-class RecipeError(ValueError):
+class RecipeError(errors.UserError):
     """A command-line input of a Wan recipe that cannot be used; the message names the flag or the file."""
 
 
@@ -110,7 +111,8 @@ def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: di
     depend on other flags (e.g. the pipeline's own generation settings), applied before the final parse."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
+    parser = errors.one_line_errors(
+        HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter))
     parser.set_defaults(**recipe_defaults)
     if later_defaults is not None:
         known, _ = parser.parse_known_args(argv)
@@ -124,14 +126,15 @@ def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: di
 def run_main(name: str, train, argv=None) -> int:
     """Run a recipe's `train(argv)`: a user error (a flag, a file, a run directory) is one line on stderr and exit
     status 2, without a traceback; bugs keep theirs."""
-    from descore_plugin.integrations.flow_dpo import PairStoreError
-    from descore_plugin.rewards import RewardError
+    return errors.run_main(train, name, argv)  # RecipeError, RunError, RewardError, PairStoreError, ... are UserErrors
 
+
+def _dtype(name: str) -> str:
+    """--dtype with the usual aliases (bf16, fp32, ...) -> the torch attribute name, or a RecipeError naming it."""
     try:
-        return train(argv)
-    except (RecipeError, RunError, RewardError, PairStoreError, wan.WanInputError, FileNotFoundError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
+        return errors.dtype_name(name)
+    except argparse.ArgumentTypeError as error:
+        raise RecipeError(f"--dtype {error}") from None
 
 
 def pipeline_generation_defaults(pipeline: str, preset: dict | None = None) -> dict:
@@ -180,7 +183,7 @@ class WanPostTraining:
             raise RecipeError(f"--max-steps must be >= 1, got {train.max_steps}")
         self.accelerator = accelerator = Accelerator()
         self.device = device = accelerator.device
-        self.dtype = getattr(torch, args.dtype) if args.dtype else (
+        self.dtype = getattr(torch, _dtype(args.dtype)) if args.dtype else (
             torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.prompts = read_prompts(args.prompts)
         reward_lib.check_rewards(args.reward or ["descore"], args.reward_model, args.think)  # before the run exists

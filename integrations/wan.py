@@ -29,6 +29,9 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from descore_plugin.checkpoint import follow_umask
+from descore_plugin.errors import UserError
+
 WAN_1_3B_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 # Linear layers of one WanTransformerBlock (diffusers 0.42 module names).
@@ -41,7 +44,7 @@ WAN_FFN_TARGETS = ("ffn.net.0.proj", "ffn.net.2")
 WAN_ALL_LINEAR_TARGETS = WAN_ATTENTION_TARGETS + WAN_FFN_TARGETS
 
 
-class WanInputError(ValueError):
+class WanInputError(UserError):
     """A Wan input (pipeline path, video size, prompt list, video tensor) that cannot be used; the message names it."""
 
 
@@ -192,6 +195,8 @@ def save_lora_weights(transformer, out_dir: str | Path) -> Path:
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
+    for written in Path(out_dir).glob("pytorch_lora_weights.safetensors"):
+        follow_umask(written)  # safetensors writes private files; a reward server or teammate must read it
     return Path(out_dir)
 
 

@@ -15,6 +15,7 @@ recipes/train_rm.py (TrainConfig), with --student as another name of --model and
 import sys
 from dataclasses import dataclass, field
 
+from descore_plugin.errors import run_main
 from descore_plugin.trainer import TrainConfig, parse_train_args, run_training
 
 
@@ -35,4 +36,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "distill_student.py"))

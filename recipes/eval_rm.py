@@ -4,7 +4,10 @@
 
 PAIRS is any pair file `descore_plugin.data.load_pairs` reads: the descore-plugin format (CSV or JSONL), the official
 DeScore CSV, VideoAlign / VideoGen-RewardBench (`path_A`, `path_B`, `Overall`) or GenAI-Bench (`left_video`,
-`right_video`, `vote_type`; tievote and bothbad_vote count as ties). Video paths resolve relative to the pair file.
+`right_video`, `vote_type`; tievote and bothbad_vote count as ties); `--label-column TA` picks another VideoAlign
+label column. Video paths resolve relative to the pair file. Every distinct video is decoded before scoring starts;
+a bad one stops the run naming its row and field (`--skip-bad-rows` leaves such pairs out and lists them in
+DIR/skipped_rows.jsonl).
 
 Each unique video (file + prompt) is scored once. Writes:
     DIR/accuracy.json      accuracy_with_ties, accuracy_without_ties, num_pairs, num_pairs_without_ties, ... and,
@@ -14,44 +17,49 @@ Each unique video (file + prompt) is scored once. Writes:
 
 import argparse
 import sys
-
-import torch
+from pathlib import Path
 
 from descore_plugin import DeScoreReward
+from descore_plugin.cli import default_device_and_dtype
 from descore_plugin.data import load_pairs
+from descore_plugin.datacheck import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
+from descore_plugin.errors import (ArgumentParser, blame, device_name, dtype_name, positive_float, positive_int,
+                                   run_main)
 from descore_plugin.evaluation import evaluate_pairs, write_evaluation
-
-
-class Parser(argparse.ArgumentParser):
-    """A bad flag or value is one line on stderr and exit status 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from descore_plugin.video import load_video
 
 
 def parse_args(argv=None):
-    parser = Parser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data reads")
     parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id")
     parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go")
     parser.add_argument("--no-think", action="store_true", help="score without a CoT (the masked-CoT fast path)")
-    parser.add_argument("--batch-size", type=int, default=8, help="videos per forward / generate call (default: 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="CoT length limit (default: the model's)")
-    parser.add_argument("--num-frames", type=int, default=None, help="override the model's frames per video")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="videos per forward / generate call (default: 8)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="CoT length limit (default: the model's)")
+    parser.add_argument("--num-frames", type=positive_int, default=None, help="override the model's frames per video")
+    parser.add_argument("--fps", type=positive_float, default=None,
                         help="override the model's frame SAMPLING rate (frames kept per second of video, not the file's rate)")
     parser.add_argument("--prompt-template", default=None,
                         help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
                              "default: the checkpoint's own")
-    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--label-column", default=None,
+                        help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall; e.g. TA)")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="leave out the pairs whose videos do not decode (listed in OUTPUT_DIR/skipped_rows.jsonl) "
+                             "instead of stopping before scoring")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--dtype", type=dtype_name, default=None,
+                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
+                             "bfloat16 on CUDA)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
+    device, dtype = default_device_and_dtype(args.device, args.dtype)
     overrides = {}
     if args.num_frames is not None:
         overrides.update(num_frames=args.num_frames, fps=None)
@@ -59,14 +67,21 @@ def main(argv=None) -> int:
         overrides.update(fps=args.fps, num_frames=None)
     if args.prompt_template is not None:
         overrides.update(prompt_template=args.prompt_template)
-    try:
-        pairs = load_pairs(args.pairs)
+    pairs = load_pairs(args.pairs, label_column=args.label_column)
+    with blame(f"--model {args.model}"):
         model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype, **overrides)
-        result = evaluate_pairs(model, pairs, think=not args.no_think, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"eval_rm: error: {error}", file=sys.stderr)
-        return 2
+    # Every distinct video decoded once up front (and let go: memory stays bounded), so that a bad one stops the
+    # run before any scoring, naming its row and field.
+    def check(path):
+        load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)
+
+    report = Path(args.output_dir) / SKIPPED_ROWS_FILE
+    pairs, _, skipped = check_training_videos(pairs, None, check, train_data=args.pairs, skip=args.skip_bad_rows,
+                                              report_path=report)
+    if args.skip_bad_rows:
+        write_skipped_rows(report, skipped)
+    result = evaluate_pairs(model, pairs, think=not args.no_think, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens)
     accuracy_path, csv_path = write_evaluation(result, args.output_dir)
     print(f"{result['num_pairs']} pairs ({result['num_pairs_without_ties']} without ties, "
           f"{result['num_pairs_invalid']} invalid left out), {result['num_videos_scored']} videos scored, "
@@ -81,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "eval_rm.py"))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from descore_plugin.errors import UserError, run_main
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
 from descore_plugin.video import write_video
@@ -74,7 +75,7 @@ VBench(job["device"], full_info, job["output_dir"]).evaluate(
 """
 
 
-class VBenchInputError(ValueError):
+class VBenchInputError(UserError):
     """An input of the VBench evaluation (prompt file, prompt text, LoRA directory) that cannot be used."""
 
 
@@ -261,4 +262,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "eval_vbench.py"))

@@ -10,6 +10,7 @@ The final model is written to --output-dir itself (DeScoreReward.from_pretrained
 
 import sys
 
+from descore_plugin.errors import run_main
 from descore_plugin.trainer import parse_train_args, run_training
 
 
@@ -19,4 +20,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "train_rm.py"))
