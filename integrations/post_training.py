@@ -129,14 +129,6 @@ def run_main(name: str, train, argv=None) -> int:
     return errors.run_main(train, name, argv)  # RecipeError, RunError, RewardError, PairStoreError, ... are UserErrors
 
 
-def _dtype(name: str) -> str:
-    """--dtype with the usual aliases (bf16, fp32, ...) -> the torch attribute name, or a RecipeError naming it."""
-    try:
-        return errors.dtype_name(name)
-    except argparse.ArgumentTypeError as error:
-        raise RecipeError(f"--dtype {error}") from None
-
-
 def pipeline_generation_defaults(pipeline: str, preset: dict | None = None) -> dict:
     """Generation defaults: a tiny pipeline's generation_defaults.json, else `preset`, else Wan-2.1's model card."""
     if (Path(pipeline) / GENERATION_DEFAULTS_FILE).is_file() or preset is None:
@@ -183,7 +175,7 @@ class WanPostTraining:
             raise RecipeError(f"--max-steps must be >= 1, got {train.max_steps}")
         self.accelerator = accelerator = Accelerator()
         self.device = device = accelerator.device
-        self.dtype = getattr(torch, _dtype(args.dtype)) if args.dtype else (
+        self.dtype = getattr(torch, args.dtype) if args.dtype else (
             torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.prompts = read_prompts(args.prompts)
         reward_lib.check_rewards(args.reward or ["descore"], args.reward_model, args.think)  # before the run exists

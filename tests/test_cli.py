@@ -97,7 +97,7 @@ def test_user_errors_are_one_line_with_exit_status_2(world, tmp_path):
                     "--device", "cuda"], ["descore score: error: argument --device", "no CUDA GPU", "--device cpu"]),
         "dpo_frames": ([RECIPES / "wan_flow_dpo.py", *wan_args, "--num-frames", "8"], ["wan_flow_dpo.py", "4k + 1"]),
         "grpo_dtype": ([RECIPES / "wan_flow_grpo.py", *wan_args, "--dtype", "fp17"],
-                       ["wan_flow_grpo.py", "--dtype", "'fp17' is not a dtype"]),
+                       ["wan_flow_grpo.py", "argument --dtype", "invalid choice: 'fp17'"]),
         "train_batch": ([RECIPES / "train_rm.py", *train, "--batch-size", "0"], ["train_rm.py", "--batch-size 0"]),
         "distill": ([RECIPES / "distill_student.py", *train, "--max-steps", "1"], ["distill_student.py", "--teacher"]),
         "eval_batch": ([RECIPES / "eval_rm.py", world["root"] / "data" / "pairs.jsonl", "--model", world["model"],
