@@ -119,3 +119,20 @@ def test_stream_videos_reports_failures_per_video(world, tmp_path):
     assert [len(c) for c in chunks] == [2, 1] and [item.index for item in items] == [0, 1, 2]
     assert items[0].video.frames.shape[0] == 4 and items[2].error is None
     assert items[1].video is None and "missing.mp4" in items[1].error and "not found" in items[1].error
+
+
+def test_score_decodes_chunk_by_chunk(world, monkeypatch):
+    """DeScoreReward.score decodes a chunk's videos only when that chunk is encoded: one chunk of frames at a time."""
+    import descore_plugin.model as model_module
+
+    model, events = world["model"], []
+    real_load, real_encode = model_module.load_video, model.encode_prompts
+    monkeypatch.setattr(model_module, "load_video", lambda source, **kw: events.append("decode") or real_load(source, **kw))
+    monkeypatch.setattr(model, "encode_prompts",
+                        lambda *args, **kw: events.append("encode") or real_encode(*args, **kw))
+    paths = [p.video_a for p in world["pairs"][:3]]
+    streamed = model.score(paths, ["a red square"] * 3, think=False, batch_size=2).rewards
+    assert events == ["decode", "decode", "encode", "decode", "encode"]
+    monkeypatch.undo()
+    whole = model.score(paths, ["a red square"] * 3, think=False, batch_size=3).rewards
+    torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
