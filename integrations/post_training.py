@@ -7,7 +7,7 @@ A run directory (`--output-dir`), as `descore_plugin.runs` lays it out, plus:
     pytorch_lora_weights.safetensors   the final LoRA in the diffusers format (`pipe.load_lora_weights(DIR)`)
     metrics.jsonl                      rows {"kind": "train" | "eval" | "pairs", "step": N, ...}; eval rows hold
                                        "eval/<reward name>" (mean over the fixed prompts) and "eval_std/<name>"
-    samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, the end): the
+    samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, every checkpoint): the
         VVV.mp4                        fixed-prompt videos (the same prompt and initial noise at every evaluation)
         scores.jsonl                   one line per video: {"index", "prompt", "video": "VVV.mp4",
                                        "scores": {reward name: value or null}, "cot": DeScore's CoT when it
@@ -93,7 +93,7 @@ class TrainArguments:
 class EvalArguments:
     """Evaluation on fixed prompts and noise."""
 
-    eval_every: int = _help("evaluate every N steps; 0: only at the start and the end", default=0)
+    eval_every: int = _help("evaluate every N steps; 0: only at the start and at each checkpoint", default=0)
     eval_prompts: int = _help("the first N prompts of --prompts are the evaluation prompts", default=8)
     eval_videos_per_prompt: int = _help("videos per evaluation prompt (each with its own fixed noise)", default=2)
     solver: str = _help("ODE sampler of the evaluation videos (and of Flow-DPO's pair videos): scheduler (the "
@@ -298,10 +298,10 @@ class WanPostTraining:
         """The cadence after a training step: progress, evaluation, checkpoint (and both at the end)."""
         self.progress.update(1)
         self.progress.set_postfix({key: f"{value:.4f}" for key, value in postfix.items()})
-        last = done == self.train_args.max_steps
-        if last or (self.eval_args.eval_every and done % self.eval_args.eval_every == 0):
-            self.evaluate(done, eval_batch_size)
-        if last or done % self.train_args.checkpoint_every == 0:
+        checkpoint = done == self.train_args.max_steps or done % self.train_args.checkpoint_every == 0
+        if checkpoint or (self.eval_args.eval_every and done % self.eval_args.eval_every == 0):
+            self.evaluate(done, eval_batch_size)  # every checkpoint has its fixed-prompt samples
+        if checkpoint:
             self._save_checkpoint(done)
 
     def finish(self, train_curves: list[str]) -> None:

@@ -15,7 +15,7 @@ What it does (Flow-DPO, arXiv 2501.13918; docs/design.md "Flow-DPO" has the loss
 2. Training: LoRA (rank 64 / alpha 128 on q/k/v/o, as in the paper), the Flow-DPO loss with constant beta, shared
    noise and t for winner and loser (t from the pipeline's shifted schedule by default), reference = the same
    transformer with its adapter disabled.
-3. At the start, every --eval-every steps and at the end: videos of the fixed evaluation prompts, scored.
+3. At the start, every --eval-every steps and at every checkpoint: videos of the fixed evaluation prompts, scored.
 Outputs (integrations/post_training.py has the full layout): pytorch_lora_weights.safetensors (diffusers format),
 metrics.jsonl (train rows: loss, implicit_accuracy, ...; pairs rows: pairs_reward; eval rows: eval/<reward>),
 samples/step-N/ (mp4 + scores.jsonl per evaluation), checkpoint-N/, curves.png.

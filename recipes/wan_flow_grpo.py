@@ -15,7 +15,7 @@ One step (integrations/grpo.py `GRPOTrainer.step`; formulas and sources in docs/
    all processes and sums the advantages. A video without a score carries no signal.
 3. --updates-per-rollout optimiser steps: clipped policy loss + beta * KL to the reference (the same transformer with
    its LoRA disabled); longcat re-weights both by its lambdas. DDP all-reduces the gradients.
-At the start, every --eval-every steps and at the end: ODE videos of the fixed evaluation prompts, scored.
+At the start, every --eval-every steps and at every checkpoint: ODE videos of the fixed evaluation prompts, scored.
 Outputs (integrations/post_training.py has the full layout): pytorch_lora_weights.safetensors (diffusers format),
 metrics.jsonl (train rows: reward/<name>, train/kl, ...; eval rows: eval/<name>), samples/step-N/ (mp4 +
 scores.jsonl), checkpoint-N/, curves.png.
