@@ -1,12 +1,12 @@
 # Two commands on a fresh machine:
-#   make demo   creates or updates .venv, installs, runs the main job on the built-in tiny default
+#   make demo   creates or updates .venv, installs, runs the main job: the shipped tiny judge, Flow-DPO, HTML reports
 #   make test   creates or updates .venv, runs the whole test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-judge test bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) recipes/demo.py --output-dir outputs/demo
+
+# Train the demo's judge again (recipes/demo_judge/, shipped in the repository).
+demo-judge: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) recipes/train_demo_judge.py --output-dir recipes/demo_judge
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -1,0 +1,148 @@
+"""Train the demo's judge: the tiny Qwen2.5-VL DeScore model on the synthetic world, shipped in recipes/demo_judge/.
+
+    python recipes/train_demo_judge.py                       # rewrites recipes/demo_judge/ (make demo-judge)
+    python recipes/train_demo_judge.py --output-dir DIR      # somewhere else
+
+The settings are the ones the learning proof (tests/test_learning.py) found to make the tiny model write its own
+CoT right, colour included: full fine-tuning from random weights, AdamW lr 1e-3 with a 120-step warm-up, 16 pairs a
+step, Bradley-Terry + next-token loss on the annotator CoTs with weight 4 and no CoT masking, and a one-line judge
+instruction; one world of one shape, direction and background and four colours, pairs that differ in one dimension
+(wrong colour, motion, camera shake or flicker). These tiny runs are chaotic (the own-CoT colour verdict switches on
+and off between checkpoints), so the run validates every --select-every steps on validation pairs, with the model's
+own CoT, and ships the best checkpoint (the earliest of equals); the held-out pairs are used once, at the end.
+Seeded: the same command writes the same weights on the same software and thread count.
+
+What is shipped is the selected model only (about 2 MB) and `judge.json`: the settings, the validation accuracy of
+every checkpoint and the held-out accuracy with the model's own CoT (`recipes/demo.py` measures it again on pairs
+of another seed).
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from descore_plugin.synthetic import WorldConfig, write_dataset
+from descore_plugin.tiny import init_tiny
+
+SHIPPED = Path(__file__).resolve().parent / "demo_judge"
+WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
+"""The demo's world: four colours, one shape moving right on a dark background."""
+DEFECTS = ("subject", "dynamics", "camera", "style")
+"""The one dimension each pair's videos differ in: wrong colour, motion, camera shake, flicker."""
+TEMPLATE = 'Judge the video against "{prompt}".\n'
+"""One-line judge instruction: the prompt's words are a large share of the tiny model's context."""
+TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 3, 2
+"""Data seeds of the training pairs, the pairs the checkpoint is selected on and the held-out pairs."""
+MAX_NEW_TOKENS = 160
+"""CoT length limit: the world's CoTs are about 112 tokens."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=str(SHIPPED), help="where the trained judge goes (replaced)")
+    parser.add_argument("--work-dir", default=None, help="data and the training runs (default: a temporary dir)")
+    parser.add_argument("--steps", type=int, default=600, help="stage-1 steps")
+    parser.add_argument("--select-every", type=int, default=200,
+                        help="validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is shipped")
+    parser.add_argument("--stage2-steps", type=int, default=0, help="stage-2 steps after the selected checkpoint")
+    parser.add_argument("--train-pairs", type=int, default=600, help="synthetic training pairs")
+    parser.add_argument("--validation-pairs", type=int, default=100, help="pairs the checkpoint is selected on")
+    parser.add_argument("--held-out-pairs", type=int, default=200, help="held-out pairs evaluated at the end")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and training seed")
+    return parser.parse_args(argv)
+
+
+def _eval_records(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "eval_accuracy_without_ties" in row]
+
+
+def train_judge(output_dir, work_dir, steps: int = 600, select_every: int = 200, stage2_steps: int = 0,
+                train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0) -> dict:
+    """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
+    from descore_plugin.trainer import TrainConfig, Trainer
+
+    work_dir, output_dir = Path(work_dir), Path(output_dir)
+    init_tiny(work_dir / "init", seed=seed, prompt_template=TEMPLATE)
+    data = {name: write_dataset(work_dir / name, count, seed=data_seed, defects=DEFECTS, world=WORLD, progress=False)
+            for name, count, data_seed in (("train", train_pairs, TRAIN_SEED), ("validation", validation_pairs,
+                                                                                 VALIDATION_SEED),
+                                           ("held_out", held_out_pairs, HELD_OUT_SEED))}
+    stage1 = dict(
+        stage=1, max_steps=steps, warmup_ratio=min(1.0, 120 / steps), batch_size=16, gradient_accumulation_steps=1,
+        learning_rate=1e-3, lora_rank=0, train_embeddings="all", cot_mask_prob=0.0, lm_loss_weight=4.0,
+        eval_think=True, eval_max_new_tokens=MAX_NEW_TOKENS, eval_steps=select_every, save_steps=select_every,
+        save_total_limit=steps // max(1, select_every) + 1, seed=seed, log_with=None,
+    )
+    Trainer(TrainConfig(model=str(work_dir / "init"), train_data=str(data["train"]),
+                        eval_data=str(data["validation"]), output_dir=str(work_dir / "stage1"), **stage1)).train()
+    counts = {"train_pairs": train_pairs, "validation_pairs": validation_pairs, "held_out_pairs": held_out_pairs}
+    return ship(output_dir, work_dir, data, counts, stage1, stage2_steps, seed)
+
+
+def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dict, stage2_steps: int = 0,
+         seed: int = 0) -> dict:
+    """Select the stage-1 checkpoint on validation, optionally run stage 2 from it, evaluate on the held-out pairs
+    and copy the model to `output_dir` with judge.json."""
+    from descore_plugin import DeScoreReward
+    from descore_plugin.data import load_pairs
+    from descore_plugin.evaluation import evaluate_pairs
+    from descore_plugin.trainer import TrainConfig, Trainer
+
+    validation = {row["step"]: row["eval_accuracy_without_ties"] for row in _eval_records(work_dir / "stage1")
+                  if row["step"] <= stage1["max_steps"]}
+    best_step = max(sorted(validation), key=lambda step: validation[step])  # the earliest of the best
+    selected = work_dir / "stage1" / f"checkpoint-{best_step}" / "model"
+    print(f"validation accuracy (own CoT) by step: {validation}; selected step {best_step}")
+    stage2 = None
+    if stage2_steps:
+        stage2 = dict(stage=2, max_steps=stage2_steps, batch_size=4, gradient_accumulation_steps=1,
+                      learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
+                      max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=seed,
+                      log_with=None)
+        Trainer(TrainConfig(model=str(selected), train_data=str(data["train"]), eval_data=str(data["validation"]),
+                            output_dir=str(work_dir / "stage2"), **stage2)).train()
+        selected = work_dir / "stage2" / f"checkpoint-{stage2_steps}" / "model"
+    judge = DeScoreReward.from_pretrained(selected)
+    held = evaluate_pairs(judge, load_pairs(data["held_out"]), think=True, batch_size=16,
+                          max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(selected, output_dir)  # the model only, not optimizer state
+    record = {
+        "recipe": "recipes/train_demo_judge.py",
+        "stage1": stage1, "stage2": stage2, "selected_stage1_step": best_step,
+        "validation_accuracy_by_step": validation,
+        "data": {**counts,
+                 "seeds": {"train": TRAIN_SEED, "validation": VALIDATION_SEED, "held_out": HELD_OUT_SEED},
+                 "defects": list(DEFECTS), "prompt_template": TEMPLATE,
+                 "world": {"shapes": list(WORLD.shapes), "directions": list(WORLD.directions),
+                           "backgrounds": list(WORLD.backgrounds)}},
+        "held_out_own_cot": {"accuracy_without_ties": held["accuracy_without_ties"],
+                             "accuracy_with_ties": held["accuracy_with_ties"],
+                             "by_slice": held.get("accuracy_without_ties_by_slice", {})},
+    }
+    (output_dir / "judge.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = dict(steps=args.steps, select_every=args.select_every, stage2_steps=args.stage2_steps,
+                   train_pairs=args.train_pairs, validation_pairs=args.validation_pairs,
+                   held_out_pairs=args.held_out_pairs, seed=args.seed)
+    if args.work_dir:
+        record = train_judge(args.output_dir, args.work_dir, **options)
+    else:
+        with tempfile.TemporaryDirectory(prefix="demo_judge_") as work:
+            record = train_judge(args.output_dir, work, **options)
+    held = record["held_out_own_cot"]
+    print(f"held-out accuracy with its own CoT: {held['accuracy_without_ties']:.3f} without ties "
+          f"(by slice: {', '.join(f'{k} {v:.2f}' for k, v in held['by_slice'].items())}); judge in {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
