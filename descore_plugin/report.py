@@ -723,8 +723,9 @@ def _fmt(value, digits: int = 3) -> str:
 def _video_tag(src: str | None, original: str, size: str = "") -> str:
     if src is None:
         return f'<div class="missing">video not found:<br>{_esc(original)}</div>'
-    return (f'<video src="{_esc(src)}" controls autoplay loop muted playsinline preload="auto" title="{_esc(original)}"'
-            f'{size}></video>')
+    # playing in a loop, controls only under the pointer (they would hide a third of a small video)
+    return (f'<video src="{_esc(src)}" autoplay loop muted playsinline preload="auto" title="{_esc(original)}" '
+            f'onmouseenter="this.controls=true" onmouseleave="this.controls=false"{size}></video>')
 
 
 def _page(title: str, subtitle: str, body: str, script: str = "") -> str:
@@ -982,8 +983,8 @@ def _run_page(run: dict, analysis: dict, media: _Media, source: Path) -> str:
     if analysis["dimensions"]:
         charts.append(svg_lines("per-dimension scores", steps,
                                 {n[len(DIMENSION_PREFIX):]: means[n] for n in analysis["dimensions"]}))
-    if checked:
-        charts.append(svg_lines("independent checks", steps, {n: means[n] for n in checked}))
+    for name in checked:  # one chart each: the checks have their own scales
+        charts.append(svg_lines(f"{name} (independent check)", steps, {name: means[name]}))
     if UNCERTAINTY in means:
         charts.append(svg_lines("judge uncertainty", steps, {"uncertainty": means[UNCERTAINTY]}))
     body += "<h2>Curves</h2><div class=\"charts\">" + "".join(charts) + "</div>"
@@ -1021,8 +1022,10 @@ def _grid(samples: list, steps: list, primary: str, media: _Media) -> str:
                               for s in sorted(samples, key=lambda s: (s["step"], str(s["index"])))))
     cell = {(s["index"] if s["index"] is not None else s["prompt"], s["step"]): s for s in samples}
     head = "".join(f"<th>{'base' if i == 0 else 'step ' + str(step)}</th>" for i, step in enumerate(steps))
+    repeated = Counter(prompt for _, prompt in keys)
     rows = []
     for key, prompt in keys:
+        label = f"{_esc(prompt)} <span class=\"muted\">(noise {key})</span>" if repeated[prompt] > 1 else _esc(prompt)
         cells = []
         for step in steps:
             sample = cell.get((key, step))
@@ -1034,7 +1037,7 @@ def _grid(samples: list, steps: list, primary: str, media: _Media) -> str:
                    f'max-width:260px">{_esc(sample["cot"].strip())}</div></details>' if sample["cot"] else "")
             cells.append(f'<td>{_video_tag(media.add(sample["path"]), sample["video"])}<div>{_esc(primary)} '
                          f'<b>{_fmt(score, 3)}</b></div>{cot}</td>')
-        rows.append(f'<tr><td style="text-align:left;max-width:180px"><b>{_esc(prompt)}</b></td>{"".join(cells)}</tr>')
+        rows.append(f'<tr><td style="text-align:left;max-width:180px"><b>{label}</b></td>{"".join(cells)}</tr>')
     return f'<div class="grid"><table><tr><th>prompt</th>{head}</tr>{"".join(rows)}</table></div>'
 
 

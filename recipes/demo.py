@@ -15,7 +15,9 @@ Steps, one function each, run in order by `main`:
    next to the synthetic world's truth, and write them as `descore score --json` rows (scores.jsonl).
 4. `step_dpo`: a short Flow-DPO run of a tiny Wan-2.1 pipeline against an analytic reward with a known optimum
    (redness of the frames: the tiny random Wan cannot draw what a prompt asks for, so a DeScore score of its videos
-   would mean nothing), evaluated on fixed prompts at the start, every --dpo-eval-every steps and at the end.
+   means little), evaluated on fixed prompts at the start, every --dpo-eval-every steps and at the end; the
+   evaluation videos are also scored, as checks that are not trained on, by analytic:brightness and by the judge
+   (with its CoT), which is what the run report's hacking flags compare the optimised reward with.
 5. `step_reports`: `descore report` pages of the scored samples, the held-out evaluation and the Flow-DPO run;
    prints the path to open and, last, the held-out figure.
 """
@@ -172,8 +174,10 @@ def score_and_print(model_dir: Path, videos: list, prompts: list[str], truths: l
     return out
 
 
-def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, seed: int = 0) -> Path:
-    """A short Flow-DPO run of a tiny Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward."""
+def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None, seed: int = 0) -> Path:
+    """A short Flow-DPO run of a tiny Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward; its
+    fixed-prompt samples are also scored, with weight 0 (checks, not trained on), by analytic:brightness and, when
+    `judge` is given, by the DeScore judge (its CoTs land in the samples' scores.jsonl)."""
     import importlib.util
 
     from descore_plugin import tiny_wan
@@ -189,7 +193,10 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, seed: int = 0) -> 
     spec.loader.exec_module(recipe)
     print(f"\npost-training: Flow-DPO of a tiny Wan-2.1 for {steps} steps (reward: analytic:redness)")
     run_dir = work_dir / "dpo"
-    recipe.main(["--pipeline", str(pipeline), "--reward", "analytic:redness", "--prompts", str(prompts_file),
+    checks = ["--reward", "analytic:brightness=0"]
+    if judge is not None:
+        checks += ["--reward", "descore=0", "--reward-model", str(judge)]
+    recipe.main(["--pipeline", str(pipeline), "--reward", "analytic:redness", *checks, "--prompts", str(prompts_file),
                  "--output-dir", str(run_dir), "--overwrite", "--max-steps", str(steps), "--learning-rate", "1e-2",
                  "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "all", "--videos-per-prompt", "8",
                  "--generation-batch-size", "8", "--eval-every", str(eval_every), "--seed", str(seed)])
@@ -197,10 +204,13 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, seed: int = 0) -> 
 
 
 def step_reports(output_dir: Path, sources: dict) -> dict:
-    """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html."""
+    """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html; the run's
+    optimised reward is analytic:redness, its independent checks the other rewards."""
     from descore_plugin.report import write_report
 
-    pages = {name: write_report(path, output_dir / "report" / name) for name, path in sources.items()}
+    pages = {name: write_report(path, output_dir / "report" / name,
+                                reward="analytic:redness" if name == "dpo_run" else None)
+             for name, path in sources.items()}
     print("\nreports (static pages, open in a browser):")
     for name, page in pages.items():
         print(f"  {name:<11} {page.resolve()}")
@@ -221,7 +231,7 @@ def main(argv=None):
     scores = step_score_samples(judge, output_dir, args.num_samples, seed=args.seed)
     sources = {"scores": scores, "evaluation": output_dir / "evaluation"}
     if args.dpo_steps:
-        sources["dpo_run"] = step_dpo(output_dir, args.dpo_steps, args.dpo_eval_every, seed=args.seed)
+        sources["dpo_run"] = step_dpo(output_dir, args.dpo_steps, args.dpo_eval_every, judge=judge, seed=args.seed)
     step_reports(output_dir, sources)
     print(f"\ndemo done in {time.perf_counter() - started:.1f} s (outputs in {output_dir})")
     print(f"held-out accuracy of the demo's judge (own CoT, {held_out['num_pairs']} pairs it never saw): "
