@@ -107,6 +107,13 @@ class DeScoreConfig:
     """Largest frame area in stage-2 RL, rollouts and updates alike (official: 307,200)."""
     rollout_min_pixels: int = 3136
     """Smallest frame area in stage-2 RL (official: 3,136)."""
+    cot_max_pixels: int | None = None
+    """Largest frame area for generating the CoT at scoring time, when it differs from `max_pixels`. None (ours): one
+    encoding serves generation and scoring, and the score continues the generation's cache. The official inference
+    generates the CoT from qwen-vl-utils' default budget (128..768 tokens of 32 x 32 pixels per frame for Qwen3-VL)
+    and scores in a second full pass at min_pixels..max_pixels; official checkpoints load with that."""
+    cot_min_pixels: int | None = None
+    """Smallest frame area for generating the CoT (see `cot_max_pixels`); None = `min_pixels`."""
 
     # --- generation of the CoT (official: greedy, repetition penalty 1.05, up to 4096 tokens) ---
     max_new_tokens: int = 4096
@@ -123,11 +130,13 @@ class DeScoreConfig:
                 raise TypeError(f"DeScoreConfig.{field.name} = {value!r}: expected {names}")
         positive = ["max_pixels", "min_pixels", "stage1_max_pixels", "stage1_min_pixels", "rollout_max_pixels",
                     "rollout_min_pixels", "max_new_tokens", "repetition_penalty"]
-        for name in positive + [n for n in ("fps", "num_frames") if getattr(self, n) is not None]:
+        optional = ("fps", "num_frames", "cot_min_pixels", "cot_max_pixels")
+        for name in positive + [n for n in optional if getattr(self, n) is not None]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"DeScoreConfig.{name} = {getattr(self, name)!r}: must be positive")
-        for stage in ("", "stage1_", "rollout_"):
-            if getattr(self, f"{stage}min_pixels") > getattr(self, f"{stage}max_pixels"):
+        for stage in ("", "stage1_", "rollout_", "cot_"):
+            if None not in (getattr(self, f"{stage}min_pixels"), getattr(self, f"{stage}max_pixels")) and \
+                    getattr(self, f"{stage}min_pixels") > getattr(self, f"{stage}max_pixels"):
                 raise ValueError(f"DeScoreConfig.{stage}min_pixels = {getattr(self, f'{stage}min_pixels')} is larger than "
                                  f"{stage}max_pixels = {getattr(self, f'{stage}max_pixels')}")
         if self.layout not in ("assistant", "user"):
@@ -149,6 +158,7 @@ class DeScoreConfig:
             "inference": (self.min_pixels, self.max_pixels),
             "stage1": (self.stage1_min_pixels, self.stage1_max_pixels),
             "rollout": (self.rollout_min_pixels, self.rollout_max_pixels),
+            "cot": (self.cot_min_pixels or self.min_pixels, self.cot_max_pixels or self.max_pixels),
         }
         if stage not in budgets:
             raise ValueError(f"pixel budget stage {stage!r}: expected one of {', '.join(budgets)}")
@@ -543,7 +553,17 @@ class DeScoreReward(nn.Module):
             decoded = [load_video(source, name=f"videos[{start + i}]", **sampling)
                        for i, source in enumerate(video_list[chunk])]
             batch = _to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk]), self.device)
-            if cots is None and think:
+            two_pass = self.config.pixel_budget("cot") != self.config.pixel_budget("inference")
+            if cots is None and think and two_pass:
+                # The official pipeline: the CoT from its own encoding of the video, then a full scoring pass.
+                cot_batch = _to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk], stage="cot"),
+                                       self.device)
+                _, generated, lengths, _ = self._generate(cot_batch, self._cap_new_tokens(max_new_tokens, cot_batch),
+                                                          **generation)
+                cot_ids = [generated[i, : lengths[i]] for i in range(len(lengths))]
+                result = self(**self.append_cots(batch, cot_ids))
+                texts += self.tokenizer.batch_decode(cot_ids, skip_special_tokens=True)
+            elif cots is None and think:
                 result = self.generate_and_score(batch, self._cap_new_tokens(max_new_tokens, batch), **generation)
                 texts += self.tokenizer.batch_decode(result.pop("cot_ids"), skip_special_tokens=True)
             else:
@@ -723,6 +743,10 @@ class DeScoreReward(nn.Module):
             processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]})
         backbone = _load_backbone(_relative(directory, base), dtype)
         model = cls(config, backbone, processor, checkpoint_dir=directory)
+        factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+        if "cot_min_pixels" not in overrides and "cot_max_pixels" not in overrides:
+            # The official inference generates the CoT from qwen-vl-utils' default video budget.
+            config.cot_min_pixels, config.cot_max_pixels = 128 * factor * factor, 768 * factor * factor
         state = torch.load(directory / "rm_head.pth", map_location="cpu", weights_only=True)
         key = next((k for k in ("rm_head.weight", "base_model.model.rm_head.weight") if k in state), None)
         if key is None:

@@ -399,3 +399,23 @@ def test_evaluation_scores_with_the_rows_instruction(tiny_dirs, tmp_path):
     with_instruction = model.score([str(p) for p in paths], [pair.prompt] * 2, think=False, instructions=[instruction] * 2)
     assert [row["reward_a"], row["reward_b"]] == pytest.approx(with_instruction.rewards.tolist(), abs=1e-6)
     assert not torch.allclose(with_instruction.rewards, model.score([str(p) for p in paths], [pair.prompt] * 2, think=False).rewards)
+
+
+def test_official_checkpoint_generates_its_cot_from_its_own_encoding(tiny_dirs, sample_videos, tmp_path):
+    """As the official inference: the CoT is generated from the video at qwen-vl-utils' default budget, then a full
+    pass scores [instruction, video at the scoring budget, CoT, <Reward>]."""
+    official_release(tiny_dirs["qwen3_vl"], tmp_path / "official")
+    kwargs = dict(num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28, prompt_template=OFFICIAL_STYLE_TEMPLATE)
+    default = DeScoreReward.from_pretrained(tmp_path / "official", **kwargs)
+    assert (default.config.cot_min_pixels, default.config.cot_max_pixels) == (128 * 28 * 28, 768 * 28 * 28)
+    model = DeScoreReward.from_pretrained(tmp_path / "official", cot_min_pixels=84 * 84, cot_max_pixels=112 * 112, **kwargs)
+    videos = load_videos(sample_videos, num_frames=8)
+    out = model.score(videos, PROMPTS, max_new_tokens=4)
+    cot_batch = model.encode_prompts(videos, PROMPTS, stage="cot")
+    assert cot_batch["video_grid_thw"][:, 1:].tolist() == [[6, 6]] * 3  # 84 x 84 frames for the CoT
+    _, generated, lengths, _ = model._generate(cot_batch, 4)
+    cot_ids = [generated[i, : lengths[i]] for i in range(3)]
+    assert out.cots == model.tokenizer.batch_decode(cot_ids, skip_special_tokens=True)
+    scoring = model.encode_prompts(videos, PROMPTS)
+    assert scoring["video_grid_thw"][:, 1:].tolist() == [[4, 4]] * 3  # 56 x 56 frames for the score
+    torch.testing.assert_close(out.rewards, model(**model.append_cots(scoring, cot_ids))["rewards"], atol=1e-5, rtol=0)
