@@ -267,6 +267,8 @@ class DeScoreReward(nn.Module):
         min_pixels, max_pixels = self.config.pixel_budget(stage)
         factor = self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
         videos = [resize_frames(v, factor, min_pixels, max_pixels) for v in videos]
+        if stage == "rollout":  # the official stage-2 data loader trims the instruction (its prompt template: `| trim`)
+            instructions = [None if text is None else text.strip() for text in instructions]
         texts = [self.chat_text(prompt, instruction, name=f"prompts[{i}]")
                  for i, (prompt, instruction) in enumerate(zip(prompts, instructions))]
         options = {"cap_pixels_per_frame": False} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}

@@ -419,3 +419,15 @@ def test_official_checkpoint_generates_its_cot_from_its_own_encoding(tiny_dirs, 
     scoring = model.encode_prompts(videos, PROMPTS)
     assert scoring["video_grid_thw"][:, 1:].tolist() == [[4, 4]] * 3  # 56 x 56 frames for the score
     torch.testing.assert_close(out.rewards, model(**model.append_cots(scoring, cot_ids))["rewards"], atol=1e-5, rtol=0)
+
+
+def test_row_instruction_places_the_video_and_is_trimmed_for_rollouts(model, sample_videos):
+    videos = load_videos(sample_videos[:1], num_frames=8)
+    instruction = "\n  Judge this: <video> is it a red square?  \n"
+    plain = model.encode_prompts(videos, PROMPTS[:1], [instruction])
+    rollout = model.encode_prompts(videos, PROMPTS[:1], [instruction], stage="rollout")
+    text = model.tokenizer.decode(plain["input_ids"][0])
+    assert text.index("Judge this: ") < text.index("<|vision_start|>") < text.index(" is it a red square?")
+    assert model.tokenizer.decode(rollout["input_ids"][0]) == text.replace("\n  Judge", "Judge").replace("?  \n<|im_end|>", "?<|im_end|>")
+    with pytest.raises(ValueError, match="holds <video> 2 times"):
+        model.encode_prompts(videos, PROMPTS[:1], ["<video> and <video>"])
