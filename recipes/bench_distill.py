@@ -44,19 +44,27 @@ def evaluate(model, pairs, think: bool, batch_size: int) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default="outputs/bench_distill.json")
-    parser.add_argument("--work-dir", default="outputs/bench_distill")
-    parser.add_argument("--train-pairs", type=int, default=800)
-    parser.add_argument("--eval-pairs", type=int, default=100)
-    parser.add_argument("--defects", nargs="+", default=["subject", "dynamics", "style"])
-    parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--distill-steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--num-cot-samples", type=int, default=4)
-    parser.add_argument("--student-hidden", type=int, default=64, help="64: same size as the teacher; 32: smaller")
-    parser.add_argument("--score-batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="outputs/bench_distill.json", help="results file (default: %(default)s)")
+    parser.add_argument("--work-dir", default="outputs/bench_distill",
+                        help="data sets and models go here (default: %(default)s)")
+    parser.add_argument("--train-pairs", type=int, default=800, help="synthetic training pairs (default: %(default)s)")
+    parser.add_argument("--eval-pairs", type=int, default=100, help="held-out pairs (default: %(default)s)")
+    parser.add_argument("--defects", nargs="+", default=["subject", "dynamics", "style"],
+                        help="dimensions the synthetic pairs differ in (default: %(default)s)")
+    parser.add_argument("--teacher-steps", type=int, default=1500,
+                        help="teacher (stage-1) training steps (default: %(default)s)")
+    parser.add_argument("--distill-steps", type=int, default=600,
+                        help="student distillation steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per training step (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="teacher and student (default: %(default)s)")
+    parser.add_argument("--num-cot-samples", type=int, default=4,
+                        help="teacher CoTs sampled per video for the distillation target (default: %(default)s)")
+    parser.add_argument("--student-hidden", type=int, default=64,
+                        help="64: same size as the teacher; 32: smaller (default: %(default)s)")
+    parser.add_argument("--score-batch-size", type=int, default=16,
+                        help="videos per scoring call (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="data, initialisation and training seed (default: %(default)s)")
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir)

@@ -58,28 +58,44 @@ RUNS = ("no_cot", "cot", "cot_masked", "stage2")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="outputs/bench_learning", help="datasets, models, JSON and PNG go here")
-    parser.add_argument("--world", choices=sorted(WORLDS), default="small", help="synthetic world (see above)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model init, data set and training per seed")
-    parser.add_argument("--steps", type=int, default=1500, help="stage-1 optimizer steps of every run")
-    parser.add_argument("--stage2-steps", type=int, default=100, help="stage-2 optimizer steps")
-    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs (stage2 needs cot)")
-    parser.add_argument("--train-pairs", type=int, default=600)
-    parser.add_argument("--eval-pairs", type=int, default=200)
-    parser.add_argument("--eval-tie-rate", type=float, default=0.1, help="fraction of held-out pairs that are ties")
-    parser.add_argument("--eval-every", type=int, default=100, help="held-out evaluation every N steps (curves)")
+    parser.add_argument("--output-dir", default="outputs/bench_learning",
+                        help="datasets, models, JSON and PNG go here (default: %(default)s)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="small",
+                        help="synthetic world (see above) (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one model init, data set and training per seed (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1500,
+                        help="stage-1 optimizer steps of every run (default: %(default)s)")
+    parser.add_argument("--stage2-steps", type=int, default=100, help="stage-2 optimizer steps (default: %(default)s)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                        help="which runs (stage2 needs cot) (default: %(default)s)")
+    parser.add_argument("--train-pairs", type=int, default=600,
+                        help="synthetic training pairs per seed (default: %(default)s)")
+    parser.add_argument("--eval-pairs", type=int, default=200, help="held-out pairs per seed (default: %(default)s)")
+    parser.add_argument("--eval-tie-rate", type=float, default=0.1,
+                        help="fraction of held-out pairs that are ties (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=100,
+                        help="held-out evaluation every N steps (curves) (default: %(default)s)")
     parser.add_argument("--prompt-template", default='Judge the video against "{prompt}".\n',
-                        help="judge instruction of the tiny model (text with {prompt}, or a path); 'compact' = the package's")
-    parser.add_argument("--lm-loss-weight", type=float, default=4.0, help="next-token loss weight of the CoT runs")
-    parser.add_argument("--warmup-steps", type=int, default=120, help="stage-1 lr warm-up (then constant, as officially)")
-    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (calibration probe: 16)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="stage 1 (calibration probe: 1e-3)")
+                        help="judge instruction of the tiny model (text with {prompt}, or a path); 'compact' = the package's (default: %(default)s)")
+    parser.add_argument("--lm-loss-weight", type=float, default=4.0,
+                        help="next-token loss weight of the CoT runs (default: %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=120,
+                        help="stage-1 lr warm-up (then constant, as officially) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="pairs per step (calibration probe: 16) (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="stage 1 (calibration probe: 1e-3) (default: %(default)s)")
     parser.add_argument("--stage2-learning-rate", type=float, default=1e-4,
-                        help="stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more drift off)")
-    parser.add_argument("--stage2-batch-size", type=int, default=4, help="pairs per stage-2 step")
-    parser.add_argument("--num-rollouts", type=int, default=8, help="stage-2 rollouts per video (official 8; 4 was too noisy here)")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="CoT length limit (synthetic CoTs: ~112 tokens)")
-    parser.add_argument("--reward-rollouts", type=int, default=4, help="sampled CoTs per held-out video for the rollout reward")
+                        help="stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more drift off) (default: %(default)s)")
+    parser.add_argument("--stage2-batch-size", type=int, default=4,
+                        help="pairs per stage-2 step (default: %(default)s)")
+    parser.add_argument("--num-rollouts", type=int, default=8,
+                        help="stage-2 rollouts per video (official 8; 4 was too noisy here) (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=160,
+                        help="CoT length limit (synthetic CoTs: ~112 tokens) (default: %(default)s)")
+    parser.add_argument("--reward-rollouts", type=int, default=4,
+                        help="sampled CoTs per held-out video for the rollout reward (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     return parser.parse_args(argv)
 

@@ -32,7 +32,7 @@ from descore_plugin.rewards import reward_set
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", required=True, help="output JSON file")
+    parser.add_argument("--json", required=True, help="output JSON file (required)")
     parser.add_argument("--only", nargs="*", default=None, help=f"measurements to run (default: all of "
                                                                  f"{sorted(MEASUREMENTS)})")
     parser.add_argument("--pipeline", default=None, help="WanPipeline dir or hub id (default: a tiny one, written now)")
@@ -42,9 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's generation defaults")
     parser.add_argument("--height", type=int, default=None, help="pixels (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="pixels (default: the pipeline's)")
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per DPO step (2x videos per FM step)")
-    parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (Flow-DPO's 64)")
-    parser.add_argument("--lora-alpha", type=float, default=128.0, help="LoRA alpha (Flow-DPO's 128)")
+    parser.add_argument("--batch-size", type=int, default=2,
+                        help="pairs per DPO step (2x videos per FM step) (default: %(default)s)")
+    parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (Flow-DPO's 64) (default: %(default)s)")
+    parser.add_argument("--lora-alpha", type=float, default=128.0,
+                        help="LoRA alpha (Flow-DPO's 128) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, noise and prompts (default: 0)")
     parser.add_argument("--reward-model", default=None,
                         help="DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a tiny random "

@@ -49,18 +49,27 @@ BATCH = 8  # videos per batch for every batched measurement (and the number of v
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", required=True, help="write the results to this JSON file")
+    parser.add_argument("--json", required=True, help="write the results to this JSON file (required)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--new-tokens", type=int, default=64, help="CoT length: every generation writes exactly this many")
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs of each path (medians are reported)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
-    parser.add_argument("--small-hidden", type=int, default=128, help="text hidden size of the small model")
-    parser.add_argument("--small-layers", type=int, default=4, help="text layers of the small model")
-    parser.add_argument("--small-vision-hidden", type=int, default=128, help="vision hidden size of the small model")
-    parser.add_argument("--small-vision-depth", type=int, default=4, help="vision blocks of the small model")
-    parser.add_argument("--small-frames", type=int, default=16, help="frames per video for the small model")
-    parser.add_argument("--small-side", type=int, default=112, help="frame height = width (pixels) for the small model")
+    parser.add_argument("--new-tokens", type=int, default=64,
+                        help="CoT length: every generation writes exactly this many (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=9,
+                        help="timed runs of each path (medians are reported) (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
+    parser.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl",
+                        help="Qwen-VL family of the small model (default: %(default)s)")
+    parser.add_argument("--small-hidden", type=int, default=128,
+                        help="text hidden size of the small model (default: %(default)s)")
+    parser.add_argument("--small-layers", type=int, default=4,
+                        help="text layers of the small model (default: %(default)s)")
+    parser.add_argument("--small-vision-hidden", type=int, default=128,
+                        help="vision hidden size of the small model (default: %(default)s)")
+    parser.add_argument("--small-vision-depth", type=int, default=4,
+                        help="vision blocks of the small model (default: %(default)s)")
+    parser.add_argument("--small-frames", type=int, default=16,
+                        help="frames per video for the small model (default: %(default)s)")
+    parser.add_argument("--small-side", type=int, default=112,
+                        help="frame height = width (pixels) for the small model (default: %(default)s)")
     return parser.parse_args(argv)
 
 

@@ -148,17 +148,23 @@ def _summary(runs) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", required=True, help="where to write the results (JSON)")
+    parser.add_argument("--json", required=True, help="where to write the results (JSON) (required)")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the tiny model, written here)")
-    parser.add_argument("--device", default=None, help="device of the servers and the in-process model")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--requests", type=int, default=16, help="requests per client and round (one video each)")
-    parser.add_argument("--rounds", type=int, default=5, help="turns each server takes (the ratio is their median)")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="the micro-batching server's batch limit")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="the micro-batching server's wait")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="CoT length limit of the think requests")
-    parser.add_argument("--frames", type=int, default=8, help="frames per video")
-    parser.add_argument("--size", type=int, default=56, help="frame height and width")
+    parser.add_argument("--device", default=None,
+                        help="device of the servers and the in-process model (default: cuda if available, else cpu)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=16,
+                        help="requests per client and round (one video each) (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="turns each server takes (the ratio is their median) (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=8,
+                        help="the micro-batching server's batch limit (default: %(default)s)")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0,
+                        help="the micro-batching server's wait (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=16,
+                        help="CoT length limit of the think requests (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per video (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=56, help="frame height and width (default: %(default)s)")
     args = parser.parse_args(argv)
     if min(args.clients, args.requests, args.rounds) < 1:
         parser.error("--clients, --requests and --rounds must be at least 1")

@@ -32,15 +32,18 @@ from descore_plugin.video import load_video
 def parse_args(argv=None):
     parser = ArgumentParser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data reads")
-    parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id")
-    parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go")
-    parser.add_argument("--no-think", action="store_true", help="score without a CoT (the masked-CoT fast path)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="videos per forward / generate call (default: 8)")
+    parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id (required)")
+    parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go (required)")
+    parser.add_argument("--no-think", action="store_true",
+                        help="score without a CoT (the masked-CoT fast path) (default: off)")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="videos per forward / generate call (default: 8)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="CoT length limit (default: the model's)")
-    parser.add_argument("--num-frames", type=positive_int, default=None, help="override the model's frames per video")
+    parser.add_argument("--num-frames", type=positive_int, default=None,
+                        help="override the model's frames per video (default: the model's)")
     parser.add_argument("--fps", type=positive_float, default=None,
-                        help="override the model's frame SAMPLING rate (frames kept per second of video, not the file's rate)")
+                        help="override the model's frame SAMPLING rate (frames kept per second of video, not the file's rate; default: the model's)")
     parser.add_argument("--prompt-template", default=None,
                         help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
                              "default: the checkpoint's own")
@@ -48,7 +51,7 @@ def parse_args(argv=None):
                         help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall; e.g. TA)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="leave out the pairs whose videos do not decode (listed in OUTPUT_DIR/skipped_rows.jsonl) "
-                             "instead of stopping before scoring")
+                             "instead of stopping before scoring (default: off)")
     parser.add_argument("--device", type=device_name, default=None,
                         help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", type=dtype_name, default=None,
