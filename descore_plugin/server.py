@@ -548,11 +548,28 @@ def create_app(model, config: ServeConfig | None = None):
         return _nan_json({"rewards": [r.get("reward", math.nan) for r in results], "error": None,
                           "errors": [r["error"] for r in results]})
 
+    # OpenRLHF decodes its sequences with skip_special_tokens=False: left padding before the prompt, and the
+    # end-of-turn (and right padding) after the response. None of it is CoT text: a CoT's score is read at the
+    # `<Reward>` token that stands where the end of turn was written.
+    tokenizer = model.tokenizer
+    special = {tokenizer.pad_token, tokenizer.eos_token, *(tokenizer.decode([i]) for i in model._eos_ids())}
+    end_tokens = tuple(sorted((t for t in special if t), key=len, reverse=True))
+
+    def response_of(query: str, prefix: str) -> str:
+        start = query.find(prefix) if prefix else -1
+        text = query[start + len(prefix):] if start >= 0 else query
+        while not prefix and tokenizer.pad_token and text.startswith(tokenizer.pad_token):
+            text = text[len(tokenizer.pad_token):]
+        while text.endswith(end_tokens):
+            text = text[:-len(next(t for t in end_tokens if text.endswith(t)))]
+        return text
+
     @app.post("/get_reward")
     async def get_reward(request: Request):
         """OpenRLHF's remote reward. The policy writes the CoT: `query` is prompt + response, and each label is
         {"video": <path or {"mp4"|"npy": base64}>, "prompt": <the video's text prompt>} (or that object as a JSON
-        string). The reward is DeScore's head reading the response as the CoT (teacher forcing)."""
+        string). The reward is DeScore's head reading the response as the CoT (teacher forcing); the padding and
+        end-of-turn tokens around it (`response_of`) are not part of the CoT."""
         data = await read_json(request)
         queries, prompts, labels = data.get("query"), data.get("prompts"), data.get("labels")
         if not isinstance(queries, list) or not isinstance(labels, list) or len(labels) != len(queries):
@@ -574,7 +591,7 @@ def create_app(model, config: ServeConfig | None = None):
             prefix = prompts[i] if prompts is not None and isinstance(prompts[i], str) else ""
             specs.append(label["video"])
             texts.append(label["prompt"])
-            cots.append(query[len(prefix):] if prefix and query.startswith(prefix) else query)
+            cots.append(response_of(query, prefix))
         results = await score_videos(specs, texts, "cots", cots)
         rewards = [r.get("reward", math.nan) for r in results]
         return _nan_json({"rewards": rewards, "scores": rewards,

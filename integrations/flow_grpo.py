@@ -60,20 +60,36 @@ class DanceGRPOReward:
         return self.reward([str(p) for p in video_paths], list(prompts))[self.name].tolist()
 
 
-def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dtype=None, name: str = "descore"):
+def _message_text(item) -> str:
+    """A TRL prompt or completion as text: a string as it is; a conversation ([{"role", "content"}, ...]) as its
+    last message, whose content is a string or a list of parts ({"type": "text", "text": ...}; others skipped)."""
+    if isinstance(item, str):
+        return item
+    content = item[-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dtype=None, name: str = "descore",
+                       prompt_column: str | None = None):
     """A TRL GRPOTrainer reward function: `fn(prompts, completions, **columns) -> list[float | None]`.
 
     TRL's GRPO trains a text policy; here the policy is the judge itself: each completion is a CoT about the video in
     the dataset column `video_column`, scored with that CoT (teacher forcing). Conversational prompts and
-    completions ([{"role": ..., "content": ...}]) are accepted. A NaN score becomes None (TRL's "no reward").
+    completions ([{"role": ..., "content": ...}], content as text or as a list of typed parts) are accepted. The
+    video's text prompt is the dataset column `prompt_column` when given, else the (last message of the) prompt.
+    TRL's other keyword arguments (completion_ids, trainer_state, further columns) are ignored. A NaN score becomes
+    None (TRL's "no reward").
     """
     reward = _reward(model, device, dtype, True, 8)
 
     def descore_cot_reward(prompts, completions, **columns) -> list[float | None]:
-        if video_column not in columns:
-            raise ValueError(f"trl_descore_reward: the dataset has no {video_column!r} column (got {sorted(columns)})")
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        plain = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+        for column in (video_column, prompt_column):
+            if column is not None and column not in columns:
+                raise ValueError(f"trl_descore_reward: the dataset has no {column!r} column (got {sorted(columns)})")
+        texts = [_message_text(c) for c in completions]
+        plain = list(columns[prompt_column]) if prompt_column else [_message_text(p) for p in prompts]
         scores = reward(list(columns[video_column]), plain, cots=texts)[name]
         return [None if np.isnan(s) else float(s) for s in scores.tolist()]
 

@@ -63,6 +63,26 @@ def test_trl_reward_function_scores_completions_as_cots(model, sample_videos):
         fn(prompts=PROMPTS, completions=completions)
 
 
+def test_trl_reward_called_as_grpo_trainer_calls_it(model, sample_videos):
+    """TRL's GRPOTrainer._calculate_rewards: reward_func(prompts=, completions=, completion_ids=, **every other
+    dataset column, trainer_state=self.state); multimodal conversational prompts carry content as typed parts."""
+    from transformers import TrainerState
+
+    fn = trl_descore_reward(model=model, prompt_column="caption")
+    prompts = [[{"role": "system", "content": [{"type": "text", "text": "You judge videos."}]},
+                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe, then judge."}]}]
+               for _ in PROMPTS]
+    completions = [[{"role": "assistant", "content": [{"type": "text", "text": "The square "}, {"type": "text",
+                                                                                         "text": "is red."}]}],
+                   [{"role": "assistant", "content": "It moves left."}], [{"role": "assistant", "content": ""}]]
+    rewards = fn(prompts=prompts, completions=completions, completion_ids=[[1, 2], [3], []], video=list(sample_videos),
+                 caption=list(PROMPTS), trainer_state=TrainerState(global_step=3))
+    expected = model.score(sample_videos, PROMPTS, cots=["The square is red.", "It moves left.", ""]).rewards
+    assert rewards == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="no 'caption' column"):
+        fn(prompts=prompts, completions=completions, video=list(sample_videos), trainer_state=TrainerState())
+
+
 def test_trl_no_score_is_none(monkeypatch):
     class Unparsed:
         def score(self, videos, prompts, think=True, batch_size=8, **kwargs):

@@ -161,6 +161,18 @@ def test_openrlhf_get_reward(model, server, folders, sample_videos):
     expected = model.score([_video(5), str(folders["allowed"] / "ok.mp4")], PROMPTS[:2], cots=cots).rewards
     torch.testing.assert_close(torch.tensor(reply["rewards"]), expected, atol=1e-5, rtol=0)
     assert reply["scores"] == reply["rewards"] and reply["extra_logs"] == {"descore_failed": [0.0, 0.0]}
+    # OpenRLHF builds each query with tokenizer.batch_decode(sequences, skip_special_tokens=False): the left padding
+    # of the batch, the prompt, the response and its end-of-turn token, then right padding
+    tokenizer = model.tokenizer
+    prompt_ids = tokenizer(judge_prompt, add_special_tokens=False).input_ids
+    pad, end = tokenizer.pad_token_id, model._eos_ids()[0]
+    sequences = [[pad] * 2 + prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [end] + [pad] * 3
+                 for c in cots]
+    queries = tokenizer.batch_decode(sequences, skip_special_tokens=False)
+    assert queries[0].startswith(tokenizer.pad_token) and queries[0].endswith(tokenizer.pad_token)
+    data = {"query": queries, "prompts": [judge_prompt] * 2, "labels": labels}
+    reply = requests.post(f"{server.url}/get_reward", json=data, timeout=180).json()
+    torch.testing.assert_close(torch.tensor(reply["rewards"]), expected, atol=1e-5, rtol=0)
     bad = requests.post(f"{server.url}/get_reward", json={"query": ["x"], "prompts": ["x"], "labels": ["answer"]})
     assert bad.status_code == 422 and "labels[0]" in bad.json()["detail"]
 
