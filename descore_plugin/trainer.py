@@ -462,7 +462,8 @@ class Trainer:
         error on the teacher's expected reward."""
         config, model = self.config, self.accelerator.unwrap_model(self.model)
         pairs, videos = batch["pairs"], batch["videos"]
-        keys = [(p.video_a, p.prompt) for p in pairs] + [(p.video_b, p.prompt) for p in pairs]
+        paths = [p.video_a for p in pairs] + [p.video_b for p in pairs]
+        keys = [(path, p.prompt, p.instruction or "") for path, p in zip(paths, pairs * 2)]  # A's then B's
         prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
         batch = model.append_cots(model.encode_prompts(videos, prompts, instructions), [None] * len(videos))
         out = self.model(**_to(batch, self.accelerator.device))
@@ -489,10 +490,10 @@ class Trainer:
 
     @torch.no_grad()
     def _teacher_targets(self) -> dict:
-        """The teacher's score distribution for every (video, prompt) of the training pairs, averaged over
+        """The teacher's score distribution for every (video, prompt, instruction) of the training pairs, averaged over
         `num_cot_samples` sampled CoTs. Computed once and stored in output_dir (a resumed run reuses the file)."""
         config = self.config
-        keys = sorted({(v, p.prompt) for p in self.train_pairs for v in (p.video_a, p.video_b)})
+        keys = sorted({(v, p.prompt, p.instruction or "") for p in self.train_pairs for v in (p.video_a, p.video_b)})
         path = self.output_dir / "teacher_targets.safetensors"
         if path.is_file():
             stored = load_file(path)
@@ -500,7 +501,7 @@ class Trainer:
                 return dict(zip(keys, stored["targets"]))
         teacher = DeScoreReward.from_pretrained(config.teacher, device=self.accelerator.device).eval()
         samples, targets = config.num_cot_samples, []
-        chunks = stream_videos([path for path, _ in keys], fps=teacher.config.fps, num_frames=teacher.config.num_frames,
+        chunks = stream_videos([path for path, *_ in keys], fps=teacher.config.fps, num_frames=teacher.config.num_frames,
                                chunk_size=8, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor)
         bar = tqdm(total=len(keys), desc="teacher CoTs", disable=not self.accelerator.is_main_process)
         for start, items in zip(range(0, len(keys), 8), chunks):
@@ -509,8 +510,9 @@ class Trainer:
             if failed:
                 raise DataError(f"{config.train_data}: {failed[0]}")
             videos = [item.video for item in items for _ in range(samples)]
-            prompts = [prompt for _, prompt in chunk for _ in range(samples)]
-            out = teacher.score(videos, prompts, think=True, batch_size=len(videos), do_sample=True,
+            prompts = [key[1] for key in chunk for _ in range(samples)]
+            instructions = [key[2] or None for key in chunk for _ in range(samples)]  # the official CSV's `problem`
+            out = teacher.score(videos, prompts, instructions=instructions, think=True, batch_size=len(videos), do_sample=True,
                                 temperature=config.teacher_temperature, top_k=0, top_p=1.0,
                                 seed=_mix(config.seed, start), max_new_tokens=config.teacher_max_new_tokens)
             per_sample = out.bin_probs if out.bin_probs is not None else out.rewards.unsqueeze(-1)  # (c*S, K)
