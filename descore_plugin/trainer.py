@@ -891,6 +891,6 @@ def run_training(config: TrainConfig, run_args: RunArguments, name: str) -> int:
     except FloatingPointError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 1
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))  # lr 2e-6 stays visible
     print(f"done: {summary}\nmodel: {config.output_dir}")
     return 0

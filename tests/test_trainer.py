@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,10 +177,11 @@ def test_recipe_command_line(world, tmp_path):
     out = tmp_path / "cli"
     args = [sys.executable, str(RECIPE), "--stage", "1", "--model", str(world["model"]), "--train-data",
             str(world["train"]), "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2",
-            "--gradient-accumulation-steps", "1", "--lora-rank", "0", "--learning-rate", "1e-4", "--save-steps", "1",
+            "--gradient-accumulation-steps", "1", "--lora-rank", "0", "--learning-rate", "1e-5", "--save-steps", "1",
             "--no-eval-think", "--log-with", "tensorboard"]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"^done: .*\blr=1e-05\b", done.stdout, re.MULTILINE), done.stdout[-500:]  # small values shown
     assert (out / "descore_config.json").is_file() and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert list((out / "logs").rglob("events.out.tfevents*"))
     again = subprocess.run(args + ["--resume", "--max-steps", "3"], capture_output=True, text=True)
