@@ -137,18 +137,27 @@ class RemoteReward:
         return self._check(url, response).json()
 
     def score(self, videos, prompts, think: bool = True, cots: list | None = None, batch_size: int = 8,
-              max_new_tokens: int | None = None, seed: int | None = None, on_error: str = "raise",
-              **generation) -> RewardOutput:
+              max_new_tokens: int | None = None, seed: int | None = None, video_fps: float | None = None,
+              fps: float | None = None, num_frames: int | None = None, instructions: list | None = None,
+              on_error: str = "raise", **generation) -> RewardOutput:
         """Score videos on the server(s); same arguments and `RewardOutput` as `DeScoreReward.score`.
 
         batch_size: videos per request (the server batches requests together on its own).
         seed: accepted for signature compatibility; the server decodes greedily, so there is nothing to seed.
+        instructions: per video, a full judge instruction replacing the template, as in-process.
+        video_fps / fps / num_frames: not served (the server samples frames with its model's settings, in-memory
+            frames at 16 fps as in-process by default); passing one raises.
         on_error: "raise" (as in-process: the first failed video raises, named as locally) or "nan" (a failed video
             gets reward NaN, and its reason in `parse_errors`).
         generation: sampling options are not served (the server generates greedily); passing any raises."""
         if generation:
             raise TypeError(f"RemoteReward.score: {sorted(generation)} not supported: the server generates CoTs "
                             "greedily (the official setting); score in-process to sample")
+        overrides = [name for name, value in (("video_fps", video_fps), ("fps", fps), ("num_frames", num_frames))
+                     if value is not None]
+        if overrides:
+            raise TypeError(f"RemoteReward.score: {overrides} not served: the server samples frames with its model's "
+                            "settings (serve a model configured so, or score in-process)")
         if on_error not in ("raise", "nan"):
             raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'nan'")
         sources = split_videos(videos)
@@ -157,6 +166,9 @@ class RemoteReward:
             raise ValueError(f"got {len(sources)} videos but {len(prompts)} prompts: pass one prompt per video")
         if cots is not None and len(cots) != len(sources):
             raise ValueError(f"got {len(sources)} videos but {len(cots)} cots: pass one CoT (or None) per video")
+        if instructions is not None and (isinstance(instructions, str) or len(instructions) != len(sources)):
+            raise ValueError(f"got {len(sources)} videos but {len(instructions)} instructions: pass a list with one "
+                             "instruction (or None) per video")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
         names = [str(s) if isinstance(s, (str, Path)) else None for s in sources]
@@ -170,6 +182,8 @@ class RemoteReward:
                 payload["cots"] = list(cots[start:stop])
             if max_new_tokens is not None:
                 payload["max_new_tokens"] = int(max_new_tokens)
+            if instructions is not None:
+                payload["instructions"] = list(instructions[start:stop])
             return self._post(f"{self.urls[k % len(self.urls)]}/score", payload)
 
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(starts))) as pool:

@@ -103,6 +103,7 @@ class _Pending:
     cot: str | None
     future: asyncio.Future
     queued_at: float
+    instruction: str | None = None
 
 
 class MicroBatcher:
@@ -147,17 +148,19 @@ class MicroBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    def submit(self, key: tuple, videos: list, prompts: list, cots: list) -> list:
-        """Queue videos; returns one future per video, resolved with a result dict."""
+    def submit(self, key: tuple, videos: list, prompts: list, cots: list, instructions: list | None = None) -> list:
+        """Queue videos (each with its prompt, CoT and judge instruction, None = the template); returns one future
+        per video, resolved with a result dict."""
         if self._closing:
             raise RequestError(503, "the server is shutting down")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
         queue = self.queues.setdefault(key, deque())
-        for video, prompt, cot in zip(videos, prompts, cots):
+        instructions = instructions if instructions is not None else [None] * len(videos)
+        for video, prompt, cot, instruction in zip(videos, prompts, cots, instructions):
             future = loop.create_future()
-            queue.append(_Pending(video, prompt, cot, future, now))
+            queue.append(_Pending(video, prompt, cot, future, now, instruction))
             futures.append(future)
         self._wakeup.set()
         return futures
@@ -211,6 +214,7 @@ class MicroBatcher:
                 [item.video for item in batch], [item.prompt for item in batch], think=mode == "think",
                 cots=[item.cot for item in batch] if mode == "cots" else None, batch_size=len(batch),
                 max_new_tokens=max_new_tokens,
+                instructions=[item.instruction for item in batch] if any(item.instruction for item in batch) else None,
             )
         except Exception as error:
             if len(batch) == 1:
@@ -454,7 +458,8 @@ def create_app(model, config: ServeConfig | None = None):
             raise RequestError(422, f"the body must be a JSON object, got {_describe(data)}")
         return data
 
-    async def score_videos(specs, prompts, mode, cots=None, max_new_tokens=None, decode=None) -> list[dict]:
+    async def score_videos(specs, prompts, mode, cots=None, max_new_tokens=None, decode=None,
+                           instructions=None) -> list[dict]:
         """Decode, queue and await every video; one result dict per video (with "error" set where it failed)."""
         if len(specs) > config.max_videos_per_request:
             raise RequestError(413, f"{len(specs)} videos in one request; this server takes at most "
@@ -465,12 +470,14 @@ def create_app(model, config: ServeConfig | None = None):
             if not isinstance(prompt, str):
                 raise RequestError(422, f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
         cots = cots if cots is not None else [None] * len(specs)
+        instructions = instructions if instructions is not None else [None] * len(specs)
         decoded = await run_in_threadpool(decoder.decode_all, specs, decode)
         results = [{"error": item} if isinstance(item, str) else None for item in decoded]
         good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
         if good:
             key = (mode, min(max_new_tokens or cot_cap, cot_cap) if mode == "think" else None)
-            futures = batcher.submit(key, [decoded[i] for i in good], [prompts[i] for i in good], [cots[i] for i in good])
+            futures = batcher.submit(key, [decoded[i] for i in good], [prompts[i] for i in good],
+                                     [cots[i] for i in good], [instructions[i] for i in good])
             for i, result in zip(good, await asyncio.gather(*futures)):
                 results[i] = result
         return results
@@ -494,9 +501,10 @@ def create_app(model, config: ServeConfig | None = None):
     @app.post("/score")
     async def score(request: Request):
         data = await read_json(request)
-        unknown = sorted(set(data) - {"videos", "prompts", "think", "cots", "max_new_tokens"})
+        unknown = sorted(set(data) - {"videos", "prompts", "think", "cots", "max_new_tokens", "instructions"})
         if unknown:
-            raise RequestError(422, f"unknown fields {unknown}; known: videos, prompts, think, cots, max_new_tokens")
+            raise RequestError(422, f"unknown fields {unknown}; known: videos, prompts, think, cots, max_new_tokens, "
+                                    "instructions")
         specs, prompts = data.get("videos"), data.get("prompts")
         if not isinstance(specs, list) or not specs:
             raise RequestError(422, "videos: expected a non-empty list")
@@ -513,8 +521,12 @@ def create_app(model, config: ServeConfig | None = None):
                 raise RequestError(422, f"cots: expected a list of {len(specs)} strings (or nulls), one per video")
             if any(c is not None and not isinstance(c, str) for c in cots):
                 raise RequestError(422, "cots: every entry must be a string or null")
+        instructions = data.get("instructions")
+        if instructions is not None and (not isinstance(instructions, list) or len(instructions) != len(specs)
+                                         or any(i is not None and not isinstance(i, str) for i in instructions)):
+            raise RequestError(422, f"instructions: expected a list of {len(specs)} strings (or nulls), one per video")
         mode = "cots" if cots is not None else ("think" if think else "no-think")
-        results = await score_videos(specs, prompts, mode, cots, max_new_tokens)
+        results = await score_videos(specs, prompts, mode, cots, max_new_tokens, instructions=instructions)
         with_cots = mode != "no-think"
         response = {
             "rewards": [r.get("reward") for r in results],

@@ -96,6 +96,30 @@ def test_remote_reward_equals_in_process_for_every_video_form(model, server, fol
         remote.score(videos, prompts, do_sample=True)
 
 
+def test_remote_reward_has_the_in_process_signature(model, server, sample_videos):
+    """Every argument of DeScoreReward.score exists on RemoteReward.score; per-video judge instructions are served,
+    frame-sampling overrides are refused by name."""
+    import inspect
+
+    local_args = set(inspect.signature(DeScoreReward.score).parameters)
+    assert local_args <= set(inspect.signature(RemoteReward.score).parameters)
+    remote = RemoteReward(server.url)
+    instructions = ["Judge how red the video is, against: a red square.", None, "Rate the motion of: a blue circle."]
+    for think in (True, False):
+        served = remote.score(sample_videos, PROMPTS, think=think, instructions=instructions, max_new_tokens=6)
+        local = model.score(sample_videos, PROMPTS, think=think, instructions=instructions, max_new_tokens=6)
+        torch.testing.assert_close(served.rewards, local.rewards, atol=1e-5, rtol=0)
+        assert served.cots == local.cots
+    plain = model.score(sample_videos, PROMPTS, think=False).rewards  # the instructions did reach the model:
+    assert abs(served.rewards[0] - plain[0]) > 1e-4 and abs(served.rewards[1] - plain[1]) < 1e-5
+    for name in ("fps", "num_frames", "video_fps"):
+        with pytest.raises(TypeError, match=name):
+            remote.score(sample_videos, PROMPTS, **{name: 8})
+    bad = requests.post(f"{server.url}/score", json={"videos": [_npy_b64(_video(1).numpy())], "prompts": ["x"],
+                                                      "instructions": "not a list"})
+    assert bad.status_code == 422 and "instructions" in bad.json()["detail"]
+
+
 def test_remote_reward_names_failed_files_as_in_process(model, server, folders, tmp_path):
     remote = RemoteReward(server.url)
     corrupt = str(folders["allowed"] / "corrupt.mp4")
