@@ -264,3 +264,23 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     script.write_text("#!/bin/sh\n")
     os.chmod(script, 0o700)
     assert stat.S_IMODE(follow_umask(script).stat().st_mode) == 0o777 & ~current_umask()
+
+
+def test_eval_rm_checks_every_video_before_scoring(world, tmp_path, capsys):
+    """eval_rm.py: a bad video stops the run before any scoring (one line, 2); --skip-bad-rows scores the rest."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_rm", RECIPES / "eval_rm.py")
+    eval_rm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_rm)
+    argv = [str(_bad_rows_csv(world)), "--model", str(world["model"]), "--output-dir", str(tmp_path / "ev"),
+            "--no-think"]
+    assert run_main(eval_rm.main, "eval_rm.py", argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("eval_rm.py: error: with_bad_rows.csv, row 3, field 'video_b'") and "3 rows" in err, err
+    assert not (tmp_path / "ev" / "accuracy.json").exists()
+    assert run_main(eval_rm.main, "eval_rm.py", [*argv, "--skip-bad-rows"]) == 0
+    accuracy = json.loads((tmp_path / "ev" / "accuracy.json").read_text())
+    assert accuracy["num_pairs"] == 4  # rows 1, 2, 4, 6
+    skipped = [json.loads(line) for line in (tmp_path / "ev" / "skipped_rows.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["field"]) for s in skipped] == [(3, "video_b"), (5, "video_a"), (7, "video_b")]
