@@ -12,6 +12,8 @@ from importlib import resources
 
 import torch
 
+from .checkpoint import follow_umask
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 # ChatML, as the Qwen-VL instruct models use it (videos as <|vision_start|><|video_pad|><|vision_end|>).
@@ -164,4 +166,5 @@ def init_tiny_backbone(out_dir, backbone: str = "qwen2_5_vl", seed: int = 0, **s
     vlm = build_backbone(backbone, tokenizer, seed=seed, **sizes)
     vlm.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    follow_umask(out_dir)  # safetensors writes private files
     return vlm

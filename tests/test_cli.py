@@ -243,7 +243,7 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     from safetensors.torch import save_file
 
     from descore_plugin.tiny_wan import write_tiny_wan
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.tiny import init_tiny, init_tiny_backbone
 
     old = os.umask(mask)
     try:
@@ -255,6 +255,7 @@ def test_written_files_follow_the_umask(tmp_path, mask):
         write_video(tmp_path / "videos" / "clip.mp4", torch.zeros(2, 3, 16, 16, dtype=torch.uint8), fps=8)
         init_tiny(tmp_path / "model")
         if mask == 0o022:
+            init_tiny_backbone(tmp_path / "plain")
             write_tiny_wan(tmp_path / "wan")
     finally:
         os.umask(old)
