@@ -133,6 +133,12 @@ def test_longcat_truncates_the_diffusion_term_at_tau():
     assert step.mean[0, 0].item() == pytest.approx((1 + s * s * (1 - t) / (2 * t)) * dt, rel=1e-6)
 
 
+def test_flow_grpo_kl_of_the_step_means_on_numbers():
+    """||mu - mu_ref||^2 / (2 std^2), averaged over the non-batch dims: (1 + 4) / 2 / (2 * 0.25) = 5; 0 at the ref."""
+    mean, ref = torch.tensor([[1.0, 2.0], [0.5, 0.5]]), torch.tensor([[0.0, 0.0], [0.5, 0.5]])
+    assert mean_kl(mean, ref, torch.tensor(0.5)).tolist() == pytest.approx([5.0, 0.0])
+
+
 def test_longcat_velocity_kl_equals_the_kl_of_the_step_means():
     torch.manual_seed(0)
     x, v, v_ref = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
