@@ -237,19 +237,15 @@ class RemoteReward:
 
 
 def descore_reward_remote(url, think: bool = True, batch_size: int = 8, api_key: str | None = None,
-                          max_new_tokens: int | None = None, on_error: str = "nan", timeout: float = 600.0):
-    """Flow-GRPO reward factory for a served DeScore: `fn(images, prompts, metadata) -> (scores, info)`, the same
-    signature as the in-process `descore_reward`. `images` is the (B, F, C, H, W) float tensor in [0, 1] the Wan
-    pipeline decodes; it is sent as uint8 arrays. A video the server could not score gets NaN (on_error="nan")."""
+                          max_new_tokens: int | None = None, on_error: str = "nan", timeout: float = 600.0,
+                          name: str = "descore"):
+    """Flow-GRPO reward factory for a served DeScore: `fn(images, prompts, metadata) -> (scores, info)`, the
+    in-process factory (`integrations.flow_grpo.descore_reward`) over a `RemoteReward`: the same `name` choice and
+    the same `info` (every named score, the CoTs, the parse errors). `images`, the (B, F, C, H, W) float tensor in
+    [0, 1] the Wan pipeline decodes, is sent as uint8 arrays. A video the server could not score gets NaN
+    (on_error="nan"; "raise" stops instead)."""
+    from .integrations.flow_grpo import descore_reward
+
     client = RemoteReward(url, api_key=api_key, timeout=timeout)
-
-    def fn(images, prompts, metadata=None):
-        out = client.score(images, list(prompts), think=think, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           on_error=on_error)
-        info = {"cots": out.cots, "dimensional_scores": out.dimensional_scores, "overall_scores": out.overall_scores,
-                "parse_errors": out.parse_errors, "descore": out.rewards.numpy()}
-        if out.uncertainty is not None:
-            info["uncertainty"] = out.uncertainty.numpy()
-        return out.rewards.numpy(), info
-
-    return fn
+    return descore_reward(None, model=client, think=think, batch_size=batch_size, name=name,
+                          max_new_tokens=max_new_tokens, on_error=on_error)

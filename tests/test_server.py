@@ -211,6 +211,14 @@ def test_flow_grpo_remote_factory_matches_in_process_factory(model, server, samp
     assert isinstance(scores, np.ndarray) and scores.shape == (3,)
     np.testing.assert_allclose(scores, local_scores, atol=1e-5)
     assert info["cots"] is None
+    # think=True: the same named scores, CoTs and `name` choice as the in-process factory
+    remote_fn = descore_reward_remote(server.url, think=True, max_new_tokens=6, name="descore:overall")
+    local_fn = descore_reward("cpu", model=model, think=True, max_new_tokens=6, name="descore:overall")
+    (scores, info), (local_scores, local_info) = [f(sample_videos, PROMPTS, [{} for _ in PROMPTS])
+                                                  for f in (remote_fn, local_fn)]
+    assert info.keys() == local_info.keys() and info["cots"] == local_info["cots"]
+    np.testing.assert_array_equal(np.isnan(scores), np.isnan(local_scores))
+    np.testing.assert_allclose(info["descore"], local_info["descore"], atol=1e-5)
 
 
 def test_reward_contract_loads_a_server_url(model, server, sample_videos):
