@@ -614,7 +614,7 @@ def create_app(model, config: ServeConfig | None = None):
         @app.post("/")
         async def pickle_protocol(request: Request):
             """yifan123/reward-server's protocol: a pickled {"videos": [mp4 or .npy bytes], "prompts": [...],
-            "think": bool} in, a pickled {"scores", "cots", "errors"} out. No globals are unpickled."""
+            "think": bool} in, a pickled {"scores" (also as "outputs"), "cots", "errors"} out. No globals are unpickled."""
             check_key(request)
             body = await read_body(request)
             try:
@@ -637,7 +637,9 @@ def create_app(model, config: ServeConfig | None = None):
                 results = await score_videos(data["videos"], prompts, "think" if think else "no-think")
             except RequestError as error:
                 return Response(error.message.encode(), status_code=error.status, media_type="text/plain")
-            reply = {"scores": [r.get("reward", math.nan) for r in results], "cots": [r.get("cot") for r in results],
+            scores = [r.get("reward", math.nan) for r in results]
+            # "outputs": the key reward-server's clients read (flow_grpo: all_scores += response_data["outputs"])
+            reply = {"scores": scores, "outputs": scores, "cots": [r.get("cot") for r in results],
                      "errors": [r["error"] for r in results]}
             return Response(pickle.dumps(reply), media_type="application/octet-stream")
 

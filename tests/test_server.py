@@ -251,7 +251,7 @@ def test_pickle_protocol_plain_data_only(model, server, folders, tmp_path):
     reply = pickle.loads(response.content)
     expected = model.score([str(folders["allowed"] / "ok.mp4"), _video(6)], PROMPTS[:2], think=False).rewards
     np.testing.assert_allclose(reply["scores"], expected.numpy(), atol=1e-5)
-    assert reply["errors"] == [None, None]
+    assert reply["errors"] == [None, None] and reply["outputs"] == reply["scores"]  # flow_grpo reads "outputs"
 
     marker = tmp_path / "pwned"
     for evil in ({"videos": [_Evil(str(marker))], "prompts": ["x"]}, {"videos": [np.zeros(3)], "prompts": ["x"]}):
