@@ -23,9 +23,9 @@ Steps, one function each, run in order by `main`:
 """
 
 import argparse
+import functools
 import json
 import os
-import re
 import textwrap
 import time
 from pathlib import Path
@@ -83,25 +83,25 @@ def step_judge(judge: str, output_dir: Path, train: bool, seed: int = 0) -> Path
     return judge
 
 
-def _world():
+@functools.lru_cache(maxsize=1)
+def _judge_recipe():
+    """recipes/train_demo_judge.py as a module: the demo's world and the CoT-naming check."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_demo_judge", Path(__file__).with_name("train_demo_judge.py"))
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def _world():
+    recipe = _judge_recipe()
     return recipe.WORLD, recipe.DEFECTS
-
-
-_SUBJECT = re.compile(r"subject a (\w+) (\w+)")
-_DYNAMICS = re.compile(r"dynamics ([^:;]+):")
 
 
 def cot_names_what_is_seen(cot: str | None, annotator_cot: str) -> dict:
     """Does the judge's CoT name the colour (and shape) and the motion the annotator's CoT of the same video names?"""
-    seen, truth = _SUBJECT.search(cot or ""), _SUBJECT.search(annotator_cot)
-    motion, true_motion = _DYNAMICS.search(cot or ""), _DYNAMICS.search(annotator_cot)
-    return {"colour": bool(seen and truth and seen.groups() == truth.groups()),
-            "motion": bool(motion and true_motion and motion.group(1).strip() == true_motion.group(1).strip())}
+    return _judge_recipe().cot_names_what_is_seen(cot, annotator_cot)
 
 
 def step_held_out(judge: Path, output_dir: Path, num_pairs: int) -> dict:

@@ -9,7 +9,8 @@ step, Bradley-Terry + next-token loss on the annotator CoTs with weight 4 and no
 instruction; one world of one shape, direction and background and four colours, pairs that differ in one dimension
 (wrong colour, motion, camera shake or flicker). These tiny runs are chaotic (the own-CoT colour verdict switches on
 and off between checkpoints), so the run validates every --select-every steps on validation pairs, with the model's
-own CoT, and ships the best checkpoint (the earliest of equals); the held-out pairs are used once, at the end.
+own CoT, and ships the best checkpoint: the most accurate, then the one whose CoTs name the colour and motion the
+validation videos show most often, then the earliest; the held-out pairs are used once, at the end.
 Seeded: the same command writes the same weights on the same software and thread count.
 
 What is shipped is the selected model only (about 2 MB) and `judge.json`: the settings, the validation accuracy of
@@ -19,6 +20,7 @@ of another seed).
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +39,29 @@ TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 3, 2
 """Data seeds of the training pairs, the pairs the checkpoint is selected on and the held-out pairs."""
 MAX_NEW_TOKENS = 160
 """CoT length limit: the world's CoTs are about 112 tokens."""
+
+_SUBJECT = re.compile(r"subject a (\w+) (\w+)")
+_DYNAMICS = re.compile(r"dynamics ([^:;]+):")
+
+
+def cot_names_what_is_seen(cot: str | None, annotator_cot: str) -> dict:
+    """Does a CoT name the colour (and shape) and the motion that the annotator's CoT of the same video names?"""
+    seen, truth = _SUBJECT.search(cot or ""), _SUBJECT.search(annotator_cot)
+    motion, true_motion = _DYNAMICS.search(cot or ""), _DYNAMICS.search(annotator_cot)
+    return {"colour": bool(seen and truth and seen.groups() == truth.groups()),
+            "motion": bool(motion and true_motion and motion.group(1).strip() == true_motion.group(1).strip())}
+
+
+def naming_rate(model_dir, pairs) -> float:
+    """The share of the videos of `pairs` whose own (greedy) CoT names both the colour and the motion seen."""
+    from descore_plugin import DeScoreReward
+
+    model = DeScoreReward.from_pretrained(model_dir)
+    out = model.score([v for p in pairs for v in p.videos], [p.prompt for p in pairs for _ in range(2)],
+                      batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
+    truths = [cot for p in pairs for cot in (p.cot_a, p.cot_b)]
+    named = [cot_names_what_is_seen(cot, truth) for cot, truth in zip(out.cots, truths)]
+    return sum(n["colour"] and n["motion"] for n in named) / len(named)
 
 
 def parse_args(argv=None):
@@ -93,9 +118,17 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
 
     validation = {row["step"]: row["eval_accuracy_without_ties"] for row in _eval_records(work_dir / "stage1")
                   if row["step"] <= stage1["max_steps"]}
-    best_step = max(sorted(validation), key=lambda step: validation[step])  # the earliest of the best
+    best = max(validation.values())
+    tied = sorted(step for step, value in validation.items() if value == best)
+    naming = {}
+    if len(tied) > 1:  # equal accuracy: the checkpoint whose CoTs name what the videos show most often
+        validation_pairs = load_pairs(data["validation"])
+        naming = {step: naming_rate(work_dir / "stage1" / f"checkpoint-{step}" / "model", validation_pairs)
+                  for step in tied}
+    best_step = max(tied, key=lambda step: naming.get(step, 0.0))  # the earliest of equals
     selected = work_dir / "stage1" / f"checkpoint-{best_step}" / "model"
-    print(f"validation accuracy (own CoT) by step: {validation}; selected step {best_step}")
+    print(f"validation accuracy (own CoT) by step: {validation}; CoTs naming colour and motion: {naming}; "
+          f"selected step {best_step}")
     stage2 = None
     if stage2_steps:
         stage2 = dict(stage=2, max_steps=stage2_steps, batch_size=4, gradient_accumulation_steps=1,
@@ -115,6 +148,7 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
         "recipe": "recipes/train_demo_judge.py",
         "stage1": stage1, "stage2": stage2, "selected_stage1_step": best_step,
         "validation_accuracy_by_step": validation,
+        "validation_cot_naming_by_step": naming,
         "data": {**counts,
                  "seeds": {"train": TRAIN_SEED, "validation": VALIDATION_SEED, "held_out": HELD_OUT_SEED},
                  "defects": list(DEFECTS), "prompt_template": TEMPLATE,
