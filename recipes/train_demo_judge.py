@@ -68,7 +68,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=str(SHIPPED), help="where the trained judge goes (replaced)")
     parser.add_argument("--work-dir", default=None, help="data and the training runs (default: a temporary dir)")
-    parser.add_argument("--steps", type=int, default=600, help="stage-1 steps")
+    parser.add_argument("--steps", type=int, default=1400, help="stage-1 steps")
     parser.add_argument("--select-every", type=int, default=200,
                         help="validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is shipped")
     parser.add_argument("--stage2-steps", type=int, default=0, help="stage-2 steps after the selected checkpoint")
@@ -84,7 +84,7 @@ def _eval_records(run_dir: Path) -> list[dict]:
     return [row for row in rows if "eval_accuracy_without_ties" in row]
 
 
-def train_judge(output_dir, work_dir, steps: int = 600, select_every: int = 200, stage2_steps: int = 0,
+def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200, stage2_steps: int = 0,
                 train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0) -> dict:
     """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
     from descore_plugin.trainer import TrainConfig, Trainer

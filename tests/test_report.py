@@ -218,8 +218,8 @@ def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs):
 # ------------------------------------------------------------------------------------------- the demo's judge
 def test_shipped_demo_judge_names_the_colour_and_motion(tmp_path):
     """The judge `make demo` ships (recipes/demo_judge/) still loads with this code and, on wrong-colour pairs of
-    its world that it never saw, writes CoTs that parse and name the motion and (mostly) the colour each video shows,
-    and prefers the right video of every pair (the demo measures the full held-out figure)."""
+    its world that it never saw, writes CoTs that parse and name the colour and motion each video shows, and prefers
+    the right video of every pair (the demo measures the full held-out figure)."""
     import importlib.util
     from pathlib import Path
 
@@ -238,8 +238,8 @@ def test_shipped_demo_judge_names_the_colour_and_motion(tmp_path):
     out = judge.score(videos, [pair.prompt for pair in pairs for _ in range(2)], max_new_tokens=demo.MAX_NEW_TOKENS)
     annotator = [cot for pair in pairs for cot in (pair.cot_a, pair.cot_b)]
     named = [demo.cot_names_what_is_seen(cot, truth) for cot, truth in zip(out.cots, annotator)]
-    # measured: 8 of 8 name the motion, 6 of 8 the colour (it reads a red square as yellow in one pair)
-    assert all(n["motion"] for n in named) and sum(n["colour"] for n in named) >= 6, list(zip(out.cots, annotator))
+    # measured: all 8 CoTs name both (the demo measures 100% colour, 92% motion on 200 videos)
+    assert sum(n["colour"] for n in named) >= 7 and sum(n["motion"] for n in named) >= 7, list(zip(out.cots, annotator))
     assert all(error is None for error in out.parse_errors), out.parse_errors
     margins = (out.rewards[0::2] - out.rewards[1::2]).tolist()
     assert all((m > 0) == (pair.label == "A") for m, pair in zip(margins, pairs)), (margins, [p.label for p in pairs])
