@@ -614,7 +614,8 @@ def create_app(model, config: ServeConfig | None = None):
         @app.post("/")
         async def pickle_protocol(request: Request):
             """yifan123/reward-server's protocol: a pickled {"videos": [mp4 or .npy bytes], "prompts": [...],
-            "think": bool} in, a pickled {"scores" (also as "outputs"), "cots", "errors"} out. No globals are unpickled."""
+            "think": bool} in, a pickled {"scores" (also as "outputs"), "cots", "errors"} out. No globals are
+            unpickled."""
             check_key(request)
             body = await read_body(request)
             try:
