@@ -102,18 +102,28 @@ class EvalArguments:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The recipe's docstring as written, and every flag's default after its help."""
+    """The recipe's docstring as written, and every flag's default after its help ("required" for a flag without)."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action)
 
 
-def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None):
+def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None,
+                    help_notes: dict[str, str] | None = None):
     """Parse the recipe's dataclasses with transformers' HfArgumentParser (`--help` lists every field's help and
-    default). recipe_defaults: this recipe's defaults of shared fields; later_defaults(namespace) -> defaults that
-    depend on other flags (e.g. the pipeline's own generation settings), applied before the final parse."""
+    default). recipe_defaults: this recipe's defaults of shared fields (the ones --help shows); later_defaults(namespace)
+    -> defaults that depend on other flags (e.g. the pipeline's own generation settings), applied before the final
+    parse; help_notes: {field: text} added to a field's help (e.g. how such a later default differs)."""
     from transformers import HfArgumentParser
 
     parser = errors.one_line_errors(
         HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter))
     parser.set_defaults(**recipe_defaults)
+    for action in parser._actions:
+        if action.dest in (help_notes or {}):
+            action.help = f"{action.help}; {help_notes[action.dest]}"
     if later_defaults is not None:
         known, _ = parser.parse_known_args(argv)
         parser.set_defaults(**later_defaults(known))

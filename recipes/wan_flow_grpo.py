@@ -52,6 +52,7 @@ class GRPOLoopArguments:
 
 
 RECIPE_DEFAULTS = dict(learning_rate=1e-4, weight_decay=1e-4, checkpoint_every=50, solver="euler")
+HELP_NOTES = {}  # how --algorithm longcat and a tiny pipeline change the defaults --help shows (flow_grpo's preset)
 """flow_grpo's Wan preset and LongCat: learning rate 1e-4; AdamW weight decay 1e-4 (flow_grpo's base config)."""
 
 PRESETS = {
@@ -62,6 +63,18 @@ PRESETS = {
     "longcat": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
                     shift=12.0, lora_rank=128, lora_alpha=64.0, lora_targets="all"),
 }
+
+
+def _preset_defaults(name: str) -> dict:
+    preset = PRESETS[name]
+    return {**preset["generation"], **{key: preset[key] for key in ("lora_rank", "lora_alpha", "lora_targets")}}
+
+
+RECIPE_DEFAULTS.update(_preset_defaults("flow_grpo"))
+HELP_NOTES.update({key: f"--algorithm longcat: {value}" for key, value in _preset_defaults("longcat").items()
+                   if value != RECIPE_DEFAULTS[key]})
+for _key in PRESETS["flow_grpo"]["generation"]:
+    HELP_NOTES[_key] = "; ".join(filter(None, [HELP_NOTES.get(_key), "a tiny pipeline: its generation_defaults.json"]))
 
 
 def later_defaults(known) -> dict:
@@ -86,7 +99,7 @@ def step_prompts(prompts: list[str], count: int, seed: int, rank: int, step: int
 def train(argv=None) -> int:
     run_args, train_args, eval_args, generation, config, loop = parse_arguments(
         (RunArguments, TrainArguments, EvalArguments, wan.GenerationConfig, grpo.GRPOConfig, GRPOLoopArguments),
-        argv, __doc__, RECIPE_DEFAULTS, later_defaults)
+        argv, __doc__, RECIPE_DEFAULTS, later_defaults, HELP_NOTES)
     s = WanPostTraining(run_args, train_args, eval_args, generation,
                         recorded_arguments(run_args, train_args, eval_args, generation, config, loop),
                         scheduler_shift=loop.shift)

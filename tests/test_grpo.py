@@ -481,4 +481,4 @@ def test_recipe_flags_errors_and_help(tiny_dir, tmp_path):
     flags = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")]
     assert len(flags) > 40 and "--critical_steps" in flags and "--tau" not in result.stdout
     blocks = result.stdout.split("\n  --")[1:]
-    assert all("(default:" in block for block in blocks)  # every flag says its default (and its meaning)
+    assert all("(default:" in block or "(required)" in block for block in blocks)  # its default, or that it has none

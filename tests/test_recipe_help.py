@@ -66,3 +66,22 @@ def test_every_flag_has_a_meaning_and_a_default(name, monkeypatch, capsys):
         if not re.search(r"default|required", entry, re.IGNORECASE):
             missing.append(f"{flag}: no default")
     assert not missing, f"{name} --help: " + "; ".join(missing)
+
+
+def test_wan_flow_grpo_help_shows_the_defaults_a_run_gets(monkeypatch, capsys, tmp_path):
+    """The GRPO recipe's LoRA and generation defaults depend on --algorithm and --pipeline: --help shows flow_grpo's
+    (the default algorithm's) values, says how longcat differs, and marks required flags as such."""
+    import argparse
+
+    entries = flag_entries(help_text("wan_flow_grpo.py", monkeypatch, capsys))
+    assert entries["--num_frames"].endswith("(default: 33)") and entries["--num_inference_steps"].endswith("(default: 20)")
+    assert "longcat: 16" in entries["--num_inference_steps"] and "tiny pipeline" in entries["--num_frames"]
+    assert "longcat: 128" in entries["--lora_rank"] and entries["--lora_rank"].endswith("(default: 32)")
+    assert all(entries[f].endswith("(required)") for f in ("--pipeline", "--prompts", "--output_dir", "--max_steps"))
+    recipe = runpy.run_path(str(RECIPES / "wan_flow_grpo.py"), run_name="recipe")
+    real_pipeline = argparse.Namespace(algorithm="flow_grpo", pipeline=str(tmp_path))  # no generation_defaults.json
+    effective = recipe["later_defaults"](real_pipeline)
+    shown = recipe["RECIPE_DEFAULTS"]
+    assert {key: effective[key] for key in shown if key in effective} == {key: shown[key] for key in shown
+                                                                            if key in effective}
+    assert {"num_frames", "height", "width", "num_inference_steps", "guidance_scale", "lora_rank"} <= set(shown)
