@@ -79,8 +79,8 @@ def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dt
     the dataset column `video_column`, scored with that CoT (teacher forcing). Conversational prompts and
     completions ([{"role": ..., "content": ...}], content as text or as a list of typed parts) are accepted. The
     video's text prompt is the dataset column `prompt_column` when given, else the (last message of the) prompt.
-    TRL's other keyword arguments (completion_ids, trainer_state, further columns) are ignored. A NaN score becomes
-    None (TRL's "no reward").
+    TRL's other keyword arguments (completion_ids, trainer_state, log_extra, log_metric, further columns) are
+    ignored. A NaN score becomes None (TRL's "no reward").
     """
     reward = _reward(model, device, dtype, True, 8)
 

@@ -65,7 +65,8 @@ def test_trl_reward_function_scores_completions_as_cots(model, sample_videos):
 
 def test_trl_reward_called_as_grpo_trainer_calls_it(model, sample_videos):
     """TRL's GRPOTrainer._calculate_rewards: reward_func(prompts=, completions=, completion_ids=, **every other
-    dataset column, trainer_state=self.state); multimodal conversational prompts carry content as typed parts."""
+    dataset column, trainer_state=self.state, log_extra=..., log_metric=...); multimodal conversational prompts
+    carry content as typed parts."""
     from transformers import TrainerState
 
     fn = trl_descore_reward(model=model, prompt_column="caption")
@@ -76,7 +77,8 @@ def test_trl_reward_called_as_grpo_trainer_calls_it(model, sample_videos):
                                                                                          "text": "is red."}]}],
                    [{"role": "assistant", "content": "It moves left."}], [{"role": "assistant", "content": ""}]]
     rewards = fn(prompts=prompts, completions=completions, completion_ids=[[1, 2], [3], []], video=list(sample_videos),
-                 caption=list(PROMPTS), trainer_state=TrainerState(global_step=3))
+                 caption=list(PROMPTS), trainer_state=TrainerState(global_step=3),
+                 log_extra=lambda column, values: None, log_metric=lambda name, value: None)
     expected = model.score(sample_videos, PROMPTS, cots=["The square is red.", "It moves left.", ""]).rewards
     assert rewards == pytest.approx(expected.tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="no 'caption' column"):
