@@ -45,7 +45,7 @@ MAX_NEW_TOKENS = 160
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="DeScore demo: a tiny judge that works, scored samples, Flow-DPO, "
-                                                 "HTML reports")
+                                                 "HTML reports", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/demo", help="held-out data, results and reports go here")
     parser.add_argument("--judge", default=str(SHIPPED_JUDGE), help="the judge's checkpoint directory")
     parser.add_argument("--train-judge", action="store_true",
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-samples", type=int, default=6, help="sample pairs scored and printed (2 videos each)")
     parser.add_argument("--dpo-steps", type=int, default=60, help="Flow-DPO steps (0: skip post-training)")
     parser.add_argument("--dpo-eval-every", type=int, default=20, help="fixed-prompt evaluation every N DPO steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples, Flow-DPO and a judge trained with --train-judge")
     return parser.parse_args(argv)
 
 

@@ -64,8 +64,12 @@ def naming_rate(model_dir, pairs) -> float:
     return sum(n["colour"] and n["motion"] for n in named) / len(named)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default."""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--output-dir", default=str(SHIPPED), help="where the trained judge goes (replaced)")
     parser.add_argument("--work-dir", default=None, help="data and the training runs (default: a temporary dir)")
     parser.add_argument("--steps", type=int, default=1400, help="stage-1 steps")
