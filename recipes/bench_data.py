@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -177,8 +178,8 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model = work / "tiny"
-    if not (model / "descore_config.json").is_file():
-        init_tiny(model)
+    shutil.rmtree(model, ignore_errors=True)  # always today's tiny model (its settings change with the package)
+    init_tiny(model)
     sets = {}
     for videos in (200, 2000):
         folder = work / f"data_{videos}"
