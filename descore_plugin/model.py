@@ -619,32 +619,48 @@ class DeScoreReward(nn.Module):
         ids = torch.tensor([self.reward_token_id], device=self.device)
         return self.backbone.get_input_embeddings()(ids).detach()  # (1, H), the adapter's row if peft trains it
 
-    def save_pretrained(self, save_directory, save_backbone: bool | None = None):
+    def save_pretrained(self, save_directory, save_backbone: bool | None = None, state_dict: dict | None = None):
         """Write `descore_config.json`, `reward_head.safetensors` (head weight + `<Reward>` embedding row), the peft
         adapter (`adapter/`), the processor, and `backbone/` when the backbone's weights are not elsewhere (full
-        fine-tuning or a tiny random model). Atomic: the directory appears complete or not at all."""
+        fine-tuning or a tiny random model). Atomic: the directory appears complete or not at all.
+        state_dict: the model's full state to write instead of its own tensors (keys as `self.state_dict()`), e.g.
+        gathered from FSDP shards by `full_state.gather_state`."""
         config = copy.deepcopy(self.config)
         config.prompt_template = self.template
         if save_backbone is None:
             save_backbone = config.lora_rank == 0 and any(p.requires_grad for p in self.vlm.parameters()) or config.backbone == BACKBONE_DIR
         with atomic_directory(save_directory) as tmp:
+            if state_dict is None:
+                head, row = self.head.weight, self.reward_token_embedding()
+            else:
+                head, row = state_dict["head.weight"], self._reward_token_embedding_from(state_dict)
             tensors = {
-                "head.weight": self.head.weight.detach().float().cpu().contiguous(),
-                "reward_token_embedding": self.reward_token_embedding().float().cpu().contiguous(),
+                "head.weight": head.detach().float().cpu().contiguous(),
+                "reward_token_embedding": row.float().cpu().contiguous(),
             }
             save_file(tensors, tmp / HEAD_NAME, metadata={"format": "pt", "reward_token": config.reward_token})
             if hasattr(self.backbone, "peft_config"):
-                self.backbone.save_pretrained(tmp / ADAPTER_DIR)
+                backbone_state = None if state_dict is None else _substate(self, state_dict, self.backbone)
+                self.backbone.save_pretrained(tmp / ADAPTER_DIR, state_dict=backbone_state)
             if save_backbone:
-                self.vlm.save_pretrained(tmp / BACKBONE_DIR, state_dict=self._backbone_state_dict())
+                vlm_state = None if state_dict is None else _substate(self, state_dict, self.vlm)
+                self.vlm.save_pretrained(tmp / BACKBONE_DIR, state_dict=self._backbone_state_dict(vlm_state))
                 config.backbone = BACKBONE_DIR
             self.processor.save_pretrained(tmp)
             (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
 
-    def _backbone_state_dict(self) -> dict:
-        """The backbone's own weights, without peft's adapter tensors and wrapper prefixes."""
+    def _reward_token_embedding_from(self, state_dict: dict) -> torch.Tensor:
+        """`reward_token_embedding()` computed from a full state dict instead of the module's own tensors."""
+        embeddings = self.backbone.get_input_embeddings()
+        ids = torch.tensor([self.reward_token_id])
+        weights = _substate(self, state_dict, embeddings)
+        return torch.func.functional_call(embeddings, weights, (ids,), strict=False).detach()
+
+    def _backbone_state_dict(self, vlm_state: dict | None = None) -> dict:
+        """The backbone's own weights (from `vlm_state` when given), without peft's adapter tensors and wrapper
+        prefixes."""
         state = {}
-        for key, value in self.vlm.state_dict().items():
+        for key, value in (self.vlm.state_dict() if vlm_state is None else vlm_state).items():
             if "lora_" in key or "trainable_tokens_" in key:
                 continue
             state[key.replace(".token_adapter.base_layer", "").replace(".base_layer", "")] = value
@@ -913,3 +929,10 @@ def _load_backbone(path, dtype):
     if config.model_type not in SUPPORTED_BACKBONES:
         raise ValueError(f"backbone {path!r} is a {config.model_type!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}")
     return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+
+
+def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:
+    """The entries of `root`'s state dict that belong to its submodule `module`, keyed relative to it."""
+    prefix = next(name for name, sub in root.named_modules() if sub is module)
+    prefix = f"{prefix}." if prefix else ""
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}

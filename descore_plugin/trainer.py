@@ -38,6 +38,7 @@ from .datacheck import SKIPPED_ROWS_FILE, check_training_videos, sampling_settin
 from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
 from .errors import UserError
 from .evaluation import evaluate_pairs
+from .full_state import gather_state, load_state
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
                      grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from .model import BACKBONE_DIR, DeScoreReward
@@ -713,12 +714,13 @@ class Trainer:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         model = accelerator.unwrap_model(self.model)
+        # Under FSDP every process holds shards: gathered (collectively) into full tensors on the main process.
+        state = gather_state(model, self.optimizer, main_process=accelerator.is_main_process)
 
         def write(tmp: Path):
-            model.save_pretrained(tmp / "model")
-            trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-            save_file(trainable, tmp / "trainable.safetensors")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            model.save_pretrained(tmp / "model", state_dict=state.model)
+            save_file(state.trainable, tmp / "trainable.safetensors")
+            torch.save(state.optimizer, tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.rollouts is not None:
                 torch.save(self.rollouts, tmp / "rollouts-0.pt")
@@ -735,13 +737,7 @@ class Trainer:
         latest = self.run.latest_checkpoint()
         if latest is None:
             return False
-        model = self.accelerator.unwrap_model(self.model)
-        saved = load_file(latest / "trainable.safetensors")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
+        load_state(self.accelerator.unwrap_model(self.model), self.optimizer, latest)  # collective under FSDP
         self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", map_location="cpu", weights_only=True))
         rollouts = latest / f"rollouts-{self.accelerator.process_index}.pt"
         if rollouts.is_file():

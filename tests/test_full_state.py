@@ -1,0 +1,82 @@
+"""Checkpoints under FSDP2: descore_plugin.full_state gathers the shards of the model and of AdamW's state into full
+tensors on the main process and hands them back to the shards on resume. Two CPU processes (gloo) shard a tiny
+Qwen3-VL with fsdp.yaml's wrap policy (tests/full_state_worker.py) and train it next to an unsharded copy."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils.launch import prepare_multi_gpu_env
+from safetensors.torch import load_file
+
+from descore_plugin import DeScoreReward
+from test_accelerate_configs import launch_args
+
+WORKER = Path(__file__).resolve().parent / "full_state_worker.py"
+
+
+def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args, _ = launch_args("fsdp")
+    env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(WORKER), str(tiny_dirs["qwen3_vl"]), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["sharded"] and rank["empty_off_main"]  # only the main process holds the gathered tensors
+        assert rank["trained_difference"] == 0.0  # two sharded steps == two unsharded steps
+        assert rank["before_load_difference"] > 1e-3  # the fresh model starts elsewhere ...
+        assert rank["restored_difference"] == 0.0  # ... and the checkpoint brings back the trained shards
+        assert rank["continued_difference"] == 0.0  # one more step matches: the AdamW moments came back too
+        assert rank["restored_steps"] == [2.0] and rank["optimizer_entries"] == 25  # none for untouched lm_head
+        assert 0.45 < rank["local_moment_share"] < 0.55  # each rank holds half of the moments
+        assert "written by an unsharded run" in rank["refused"]
+    main = ranks[0]
+    assert main["optimizer_file_names"] and main["optimizer_file_difference"] == 0.0
+    assert main["whole_optimizer_entries"] == 25
+    assert main["regathered_trainable_equal"] and main["regathered_optimizer_names"]
+    assert main["regathered_optimizer_unequal"] == []
+
+    # The files hold full tensors, equal to the unsharded copy's.
+    trainable = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
+    expected = load_file(tmp_path / "whole_trainable.safetensors")
+    assert trainable.keys() == expected.keys() and len(trainable) == 26
+    for name, value in expected.items():
+        assert torch.equal(trainable[name], value), name
+    saved = DeScoreReward.from_pretrained(tmp_path / "checkpoint" / "model")
+    whole = DeScoreReward.from_pretrained(tmp_path / "whole")
+    start = DeScoreReward.from_pretrained(tiny_dirs["qwen3_vl"])
+    saved_state, whole_state = saved.state_dict(), whole.state_dict()
+    assert saved_state.keys() == whole_state.keys() == start.state_dict().keys()
+    for name, value in whole_state.items():
+        assert value.shape == start.state_dict()[name].shape and torch.equal(saved_state[name], value), name
+    assert not torch.equal(saved.head.weight, start.head.weight)  # trained, not the start weights
+    head, whole_head = (load_file(d / "reward_head.safetensors") for d in (tmp_path / "checkpoint" / "model",
+                                                                           tmp_path / "whole"))
+    for key in ("head.weight", "reward_token_embedding"):
+        assert torch.equal(head[key], whole_head[key]), key
+
+    # The same checkpoint resumes an unsharded model (one process, DDP): the named optimizer state is renumbered.
+    from descore_plugin.full_state import load_state
+    from full_state_worker import optimizer_for, trainable_model
+
+    model = trainable_model(str(tiny_dirs["qwen3_vl"]))
+    optimizer = optimizer_for(model)
+    load_state(model, optimizer, tmp_path / "checkpoint")
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param.detach(), expected[name]), name
+    named = torch.load(tmp_path / "checkpoint" / "optimizer.pt", weights_only=True)["state"]
+    params = dict(model.named_parameters())
+    assert len(optimizer.state) == len(named) == 25
+    for name, state in named.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(optimizer.state[params[name]][key], state[key]), (name, key)
