@@ -1,5 +1,5 @@
 """The accelerate config files under recipes/accelerate/: each parses with `accelerate launch`'s own loading and
-selects its plugin (DDP, FSDP2 with one unit per decoder layer / vision block, DeepSpeed ZeRO-3). accelerate selects
+selects its plugin (DDP, FSDP2 with one unit per decoder layer / vision block). accelerate selects
 FSDP only on accelerator devices, so on a CPU the launch environment and the plugin it builds are checked instead of a
 run; torch's fully_shard itself runs on 2 CPU processes (gloo), which shards the frozen stage-2 reference here and
 a full fine-tuning step in recipes/bench_data.py."""
@@ -15,7 +15,7 @@ import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+from accelerate.utils.launch import prepare_multi_gpu_env
 from torch.distributed.fsdp import CPUOffloadPolicy
 
 from descore_plugin import DeScoreReward
@@ -56,16 +56,6 @@ def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_every_layer(tiny_dirs, mo
     units = sum(policy(m) for m in model.modules())
     text, vision = model.vlm.config.text_config.num_hidden_layers, model.vlm.config.vision_config.depth
     assert units == text + vision
-
-
-def test_zero3_config_selects_deepspeed_stage_3():
-    args, defaults = launch_args("zero3")
-    assert args.use_deepspeed and not args.use_fsdp
-    assert defaults.deepspeed_config["zero_stage"] == 3
-    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as `accelerate launch` does
-    _, env = prepare_deepspeed_cmd_env(args)
-    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
-    assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
 
 
 def test_frozen_reference_is_sharded_over_two_cpu_processes(tiny_dirs, tmp_path):
