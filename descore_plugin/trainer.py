@@ -38,6 +38,7 @@ from .datacheck import SKIPPED_ROWS_FILE, check_training_videos, sampling_settin
 from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
 from .errors import UserError
 from .evaluation import evaluate_pairs
+from .embedding_rows import TrainableRow
 from .full_state import gather_state, load_state
 from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
                      grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
@@ -306,6 +307,10 @@ class Trainer:
         warmup = max(1, int(config.warmup_ratio * config.max_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.trainable_row = None  # full fine-tuning: only the <Reward> row of the input embeddings moves
+        if config.lora_rank == 0 and config.train_embeddings == "reward_token":
+            weight = self.accelerator.unwrap_model(self.model).vlm.get_input_embeddings().weight  # a DTensor if sharded
+            self.trainable_row = TrainableRow(weight, model.reward_token_id, self.optimizer.optimizer)
         if self.reference is not None:  # sharded like the policy under FSDP2 (accelerate shards only with an optimizer)
             self.reference = prepare_frozen(self.accelerator, self.reference)
         self.step = 0
@@ -355,11 +360,9 @@ class Trainer:
         if config.train_embeddings == "all":
             embeddings.requires_grad_(True)
         elif config.lora_rank == 0:
-            # Only the <Reward> row learns (official); peft's trainable tokens do this when there is an adapter.
+            # Only the <Reward> row learns (official); peft's trainable tokens do this when there is an adapter, and
+            # TrainableRow (set up once the model is prepared, sharded or not) without one.
             embeddings.weight.requires_grad_(True)
-            row = torch.zeros(embeddings.weight.shape[0], 1)
-            row[model.reward_token_id] = 1
-            embeddings.weight.register_hook(lambda grad: grad * row.to(grad))
         model.vlm.model.visual.requires_grad_(bool(config.train_vision))
         model.head.requires_grad_(True)
         model.train()
@@ -650,6 +653,8 @@ class Trainer:
                     if not torch.isfinite(result["loss"]):
                         self._diverged(result["logs"])
                     accelerator.backward(result["loss"])
+                    if accelerator.sync_gradients and self.trainable_row is not None:
+                        self.trainable_row.mask_gradient()  # before clipping: the frozen rows count for nothing
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
                     self.optimizer.step()

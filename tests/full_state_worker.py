@@ -1,7 +1,9 @@
 """Run by tests/test_full_state.py under `torch.distributed.run` (2 CPU processes, gloo): train a tiny DeScore model
 sharded with fully_shard (fsdp.yaml's wrap policy) next to an unsharded copy, write a checkpoint with
 `descore_plugin.full_state.gather_state` as the trainer does, load it into a fresh sharded model with `load_state`,
-and report how the restored shards and optimizer state compare with the unsharded copy."""
+and report how the restored shards and optimizer state compare with the unsharded copy. Then train with only the
+<Reward> embedding row learning (`descore_plugin.embedding_rows.TrainableRow`, as full fine-tuning does), sharded and
+unsharded, next to the official way (every row steps, then all but the reward row are written back)."""
 
 import copy
 import json
@@ -16,6 +18,7 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from safetensors.torch import save_file
 
 from descore_plugin import DeScoreReward
+from descore_plugin.embedding_rows import TrainableRow
 from descore_plugin.full_state import gather_state, is_sharded, load_state
 from descore_plugin.sharding import shard_module
 
@@ -61,6 +64,57 @@ def named_optimizer_state(model, optimizer) -> dict:
     """{parameter name: {exp_avg, exp_avg_sq, step}} of an unsharded model's optimizer."""
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: s for p, s in optimizer.state.items()}
+
+
+def row_optimizer(model):
+    """AdamW with weight decay, the input embedding matrix in a group of its own (as the trainer's groups)."""
+    embeddings = model.vlm.get_input_embeddings().weight
+    others = [p for p in model.parameters() if p.requires_grad and p is not embeddings]
+    return torch.optim.AdamW([{"params": [embeddings]}, {"params": others}], lr=1e-2, weight_decay=0.1)
+
+
+def embedding_name(model) -> str:
+    weight = model.vlm.get_input_embeddings().weight
+    return next(n for n, p in model.named_parameters() if p is weight)
+
+
+def one_row_training(model_dir: str, batch: dict, reward_id: int) -> dict:
+    """Three steps with only the reward row of the input embeddings learning: sharded and unsharded with
+    TrainableRow, and unsharded the official way (a plain step, then every other row restored)."""
+    start = trainable_model(model_dir)
+    whole, official = copy.deepcopy(start), copy.deepcopy(start)
+    model = shard(copy.deepcopy(start))
+    runs = []
+    for m in (whole, model):
+        optimizer = row_optimizer(m)
+        runs.append((m, optimizer, TrainableRow(m.vlm.get_input_embeddings().weight, reward_id, optimizer)))
+    official_optimizer = row_optimizer(official)
+    start_rows = start.vlm.get_input_embeddings().weight.detach().clone()
+    frozen = torch.ones(start_rows.shape[0], dtype=torch.bool)
+    frozen[reward_id] = False
+    _, local_index = runs[1][2]._local_row(model.vlm.get_input_embeddings().weight)
+    for _ in range(3):
+        for m, optimizer, row in runs:
+            m(**batch)["rewards"].float().pow(2).sum().backward()
+            row.mask_gradient()
+            optimizer.step()
+            optimizer.zero_grad()
+        official(**batch)["rewards"].float().pow(2).sum().backward()
+        official_optimizer.step()
+        official_optimizer.zero_grad()
+        with torch.no_grad():
+            official.vlm.get_input_embeddings().weight[frozen] = start_rows[frozen]
+    embeddings = {name: full_params(m)[embedding_name(m)] for name, m in (("sharded", model), ("whole", whole))}
+    return {"row_sharded": is_sharded(model),
+            "row_local_holds_reward": local_index is not None,
+            "row_embedding_rows": start_rows.shape[0], "row_embedding_name": embedding_name(start),
+            "row_frozen_unchanged": {n: bool(torch.equal(e[frozen], start_rows[frozen])) for n, e in embeddings.items()},
+            "row_reward_moved": {n: float((e[reward_id] - start_rows[reward_id]).abs().max())
+                                 for n, e in embeddings.items()},
+            "row_sharded_vs_whole": max_difference(full_params(model), full_params(whole)),
+            "row_whole_vs_official": max_difference(full_params(whole), full_params(official)),
+            "row_other_moved": max_difference(full_params(whole), full_params(start)),
+            "row_decay_left_in_group": [g["weight_decay"] for _, o, _ in runs for g in o.param_groups]}
 
 
 def main(model_dir: str, out: str):
@@ -141,6 +195,7 @@ def main(model_dir: str, out: str):
         result["refused"] = None
     except ValueError as error:
         result["refused"] = str(error)
+    result.update(one_row_training(model_dir, batch, reward_id))
     (out / f"rank.{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -39,6 +39,16 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tm
         assert rank["restored_steps"] == [2.0] and rank["optimizer_entries"] == 25  # none for untouched lm_head
         assert 0.45 < rank["local_moment_share"] < 0.55  # each rank holds half of the moments
         assert "written by an unsharded run" in rank["refused"]
+    # Full fine-tuning: only the <Reward> row of the input embeddings learns, sharded as unsharded.
+    assert sorted(rank["row_local_holds_reward"] for rank in ranks) == [False, True]  # one shard holds the row
+    for rank in ranks:
+        assert rank["row_sharded"] and rank["row_embedding_rows"] > 100
+        assert rank["row_frozen_unchanged"] == {"sharded": True, "whole": True}  # bit-identical, weight decay too
+        assert min(rank["row_reward_moved"].values()) > 1e-3
+        assert rank["row_sharded_vs_whole"] == 0.0  # the same function restricts both
+        assert rank["row_whole_vs_official"] == 0.0  # == a plain AdamW step, then every other row restored
+        assert rank["row_other_moved"] > 1e-3
+        assert rank["row_decay_left_in_group"] == [0.0, 0.1, 0.0, 0.1]  # the matrix's decay is taken over
     main = ranks[0]
     assert main["optimizer_file_names"] and main["optimizer_file_difference"] == 0.0
     assert main["whole_optimizer_entries"] == 25

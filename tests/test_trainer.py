@@ -132,6 +132,23 @@ def test_stage1_trains_every_trainable_group(world, tmp_path):
     assert 0.0 <= logs["eval_accuracy_without_ties"] <= 1.0 and logs["masked_fraction"] == 0.0
 
 
+def test_full_fine_tuning_moves_only_the_reward_embedding_row(world, tmp_path):
+    """--lora-rank 0: the <Reward> row is the only input embedding row that trains, weight decay included (the
+    sharded run is pinned by tests/test_full_state.py)."""
+    trainer = Trainer(make_config(world, tmp_path / "full", lora_rank=0, max_steps=2, save_steps=0, eval_data=None,
+                                  weight_decay=0.1, cot_mask_prob=0.0))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    weight = model.vlm.get_input_embeddings().weight
+    before = weight.detach().clone()
+    trainer.train()
+    frozen = torch.ones(len(before), dtype=torch.bool)
+    frozen[model.reward_token_id] = False
+    assert torch.equal(weight[frozen], before[frozen])
+    assert not torch.equal(weight[model.reward_token_id], before[model.reward_token_id])
+    decay = {g["name"]: g["weight_decay"] for g in trainer.optimizer.param_groups}
+    assert decay["embeddings"] == 0.0 and decay["other"] == 0.1  # the reward row's decay is applied by TrainableRow
+
+
 def test_stage2_first_step_is_on_policy(world, tmp_path):
     """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step."""
     trainer = Trainer(make_config(world, tmp_path / "s2", stage=2, max_steps=1, batch_size=1, num_rollouts=2,
