@@ -355,7 +355,9 @@ class Trainer:
                            train_reward_token=config.train_embeddings == "reward_token")
         else:
             model.vlm.model.language_model.requires_grad_(True)
-            model.vlm.lm_head.requires_grad_(True)
+            # The output head learns only where a loss reads the logits (stage 2's policy, the CoT next-token loss):
+            # elsewhere it would get no gradient, which DDP refuses ("parameters that were not used").
+            model.vlm.lm_head.requires_grad_(config.stage == 2 or config.lm_loss_weight > 0)
         embeddings = model.vlm.get_input_embeddings()
         if config.train_embeddings == "all":
             embeddings.requires_grad_(True)

@@ -149,6 +149,18 @@ def test_full_fine_tuning_moves_only_the_reward_embedding_row(world, tmp_path):
     assert decay["embeddings"] == 0.0 and decay["other"] == 0.1  # the reward row's decay is applied by TrainableRow
 
 
+@pytest.mark.parametrize("stage,lm_loss_weight,trains", [(1, 0.0, False), (1, 0.5, True), (2, 0.0, True)])
+def test_output_head_trains_only_where_a_loss_reads_the_logits(world, tmp_path, stage, lm_loss_weight, trains):
+    """Full fine-tuning: lm_head gets a gradient only from stage 2's policy or the CoT next-token loss; trainable
+    without one, it would sit in the optimizer unused, and DDP refuses parameters that receive no gradient."""
+    trainer = Trainer(make_config(world, tmp_path / "head", stage=stage, lora_rank=0, lm_loss_weight=lm_loss_weight,
+                                  max_steps=1, batch_size=1, num_rollouts=2, max_new_tokens=4, save_steps=0,
+                                  eval_data=None))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert model.vlm.lm_head.weight.requires_grad is trains
+    assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.requires_grad
+
+
 def test_stage2_first_step_is_on_policy(world, tmp_path):
     """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step."""
     trainer = Trainer(make_config(world, tmp_path / "s2", stage=2, max_steps=1, batch_size=1, num_rollouts=2,
