@@ -150,9 +150,13 @@ def write_table(path: Path, videos: list[Path], prompt: str):
         writer.writerows([str(v), prompt] for v in videos)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default."""
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", help="write the results here (required)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--json", help="the JSON file the ratios are written to (required)")
     parser.add_argument("--work-dir", default="outputs/bench_data_work", help="data, models and runs go here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -10,8 +10,7 @@ import torch
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = sorted(p.name for p in RECIPES.glob("*.py"))
-# Recipes whose owners are still rewriting them; their help is checked once they are done.
-PENDING = {"bench_data.py"}
+
 
 
 def help_text(name: str, monkeypatch, capsys) -> str:
@@ -49,8 +48,7 @@ def test_flag_entries_reader():
                                   "--long-flag": "--long-flag LONG_FLAG what it is (default: None)", "--bare": "--bare"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason="owner still editing")) if n in PENDING
-                                  else n for n in ALL])
+@pytest.mark.parametrize("name", ALL)
 def test_every_flag_has_a_meaning_and_a_default(name, monkeypatch, capsys):
     entries = flag_entries(help_text(name, monkeypatch, capsys))
     assert entries, f"{name} --help lists no flags"
