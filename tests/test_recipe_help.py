@@ -12,7 +12,6 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = sorted(p.name for p in RECIPES.glob("*.py"))
 
 
-
 def help_text(name: str, monkeypatch, capsys) -> str:
     monkeypatch.setattr(sys, "argv", [str(RECIPES / name), "--help"])
     threads = torch.get_num_threads()

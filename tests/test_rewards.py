@@ -95,8 +95,6 @@ def test_load_reward_model_local_and_remote(tiny_dirs, sample_videos):
     scores = descore_reward(str(tiny_dirs["qwen2_5_vl"]), think=False)(sample_videos, PROMPTS)
     expected = model.score(sample_videos, PROMPTS, think=False).rewards
     torch.testing.assert_close(scores["descore"], expected, atol=1e-5, rtol=0)
-    try:
-        import descore_plugin.remote  # noqa: F401  (the server engineer's client)
-    except ImportError:
-        pytest.skip("descore_plugin.remote not merged yet")
-    assert type(load_reward_model("http://127.0.0.1:9", device="cpu")).__name__ == "RemoteReward"
+    from descore_plugin.remote import RemoteReward
+
+    assert isinstance(load_reward_model("http://127.0.0.1:9", device="cpu"), RemoteReward)
