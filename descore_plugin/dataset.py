@@ -28,7 +28,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import DataError, Pair

@@ -25,7 +25,7 @@ import contextlib
 import os
 import sys
 
-__all__ = ["UserError", "ArgumentParser", "one_line_errors", "run_main", "one_line", "blame", "positive_int", "non_negative_int",
+__all__ = ["UserError", "ArgumentParser", "one_line_errors", "run_main", "report", "one_line", "blame", "positive_int", "non_negative_int",
            "positive_float", "dtype_name", "device_name", "DTYPE_ALIASES", "USAGE_EXIT_STATUS"]
 
 USAGE_EXIT_STATUS = 2  # what argparse and the shell conventions use for "the command was called wrongly"
@@ -50,10 +50,15 @@ def run_main(main, prog: str, argv=None) -> int:
     try:
         return main(argv)
     except (UserError, *_FILE_ERRORS) as error:
-        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-        where = f"[rank {rank}] " if world != "1" and rank != "0" else ""
-        print(f"{where}{prog}: error: {one_line(error)}", file=sys.stderr)
-        return USAGE_EXIT_STATUS
+        return report(error, prog)
+
+
+def report(error: BaseException, prog: str) -> int:
+    """Print `error` as the one line of a user error (`prog: error: ...`, on stderr) and return exit status 2."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    where = f"[rank {rank}] " if world != "1" and rank != "0" else ""
+    print(f"{where}{prog}: error: {one_line(error)}", file=sys.stderr)
+    return USAGE_EXIT_STATUS
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from .checkpoint import follow_umask
 from .data import DataError, load_pairs
 from .datacheck import SKIPPED_ROWS_FILE, check_training_videos, sampling_settings, write_skipped_rows
 from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
-from .errors import UserError
+from .errors import UserError, one_line_errors, report
 from .evaluation import evaluate_pairs
 from .embedding_rows import TrainableRow
 from .full_state import gather_state, load_state
@@ -45,7 +45,7 @@ from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_l
 from .model import BACKBONE_DIR, DeScoreReward
 from .prompt import parse_answer
 from .video import load_video
-from .runs import Run, RunError
+from .runs import Run
 from .sharding import prepare_frozen
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
@@ -857,14 +857,11 @@ def argument_parser(config_class=TrainConfig, description: str = "", prog: str |
 
     from transformers import HfArgumentParser
 
-    class Parser(HfArgumentParser):
-        def error(self, message):
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
     class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass  # the recipe's docstring as written, and "(default: ...)" after every flag's help
 
-    parser = Parser((config_class, RunArguments), prog=prog, description=description, formatter_class=Formatter)
+    parser = one_line_errors(HfArgumentParser((config_class, RunArguments), prog=prog, description=description,
+                                              formatter_class=Formatter))
     existing = set(parser._option_string_actions)
     for spec in dataclasses.fields(config_class):
         negative = "--no-" + spec.name.replace("_", "-")
@@ -884,9 +881,8 @@ def run_training(config: TrainConfig, run_args: RunArguments, name: str) -> int:
     """What the recipes run: errors in the input are short messages (exit 2), a diverged run exits 1."""
     try:
         trainer = Trainer(config, resume=run_args.resume, overwrite=run_args.overwrite)
-    except (ValueError, FileNotFoundError, RunError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as error:  # UserErrors, and the loaders' errors about a flag's file
+        return report(error, name)
     if trainer.resumed:
         print(f"resumed from step {trainer.step}")
     try:

@@ -1,6 +1,5 @@
 """Each framework adapter called exactly as its framework calls it, on the tiny model."""
 
-import math
 
 import numpy as np
 import pytest

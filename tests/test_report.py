@@ -106,7 +106,7 @@ def test_hacked_run_raises_every_flag_and_the_clean_run_none(runs):
 
 def test_naming_the_checks_and_the_reward(runs):
     run = report.load_run(runs["hacked"])
-    named = report.hacking_flags(run, checks := None)
+    named = report.hacking_flags(run)
     assert named["independent"] == ["student"]
     only_subject = report.hacking_flags(run, independent=["descore:subject"])
     assert [f.series for f in only_subject["flags"] if f.kind == "independent_check"] == []  # subject rises
