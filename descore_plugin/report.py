@@ -765,11 +765,13 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: in
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18 * ((len(lines) + 2) // 3)}"'
              f' role="img" aria-label="{_esc(title)}">',
              f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{_esc(title)}</text>']
+    # enough decimals that neighbouring ticks differ (a quarter of the range apart), whatever the scale
+    decimals = max(0, 1 - math.floor(math.log10((hi - lo) / 4)))
     for i in range(5):
         value = lo + (hi - lo) * i / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e6e9ee"/>')
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">'
-                     f'{value:.3g}</text>')
+                     f'{value:.{decimals}f}</text>')
     for step in steps:
         parts.append(f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
                      f'fill="#5f6b7a">{step}</text>')

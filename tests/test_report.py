@@ -243,3 +243,13 @@ def test_shipped_demo_judge_names_the_colour_and_motion(tmp_path):
     assert all(error is None for error in out.parse_errors), out.parse_errors
     margins = (out.rewards[0::2] - out.rewards[1::2]).tolist()
     assert all((m > 0) == (pair.label == "A") for m, pair in zip(margins, pairs)), (margins, [p.label for p in pairs])
+
+
+@pytest.mark.parametrize("values", [[0.55204, 0.55105, 0.55108, 0.55115], [-7.4, -7.6, -7.3, -6.9], [120.0, 480.0]])
+def test_chart_tick_labels_differ_at_any_scale(values):
+    """Neighbouring y ticks are a quarter of the range apart: their labels never print the same number."""
+    import re
+
+    svg = report.svg_lines("t", list(range(len(values))), {"r": values})
+    labels = re.findall(r'text-anchor="end" fill="#5f6b7a">([^<]+)</text>', svg)
+    assert len(labels) == 5 and len(set(labels)) == 5, labels
