@@ -17,7 +17,7 @@ that executes it (`args -> exit status`); `SUBCOMMANDS` lists them in the order 
 import os
 import sys
 
-from .errors import (ArgumentParser, UserError, blame, device_name, dtype_name, non_negative_int, positive_int,
+from .errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int, positive_int,
                      run_main)
 
 
@@ -46,11 +46,7 @@ def _add_score(commands):
     score.add_argument("--prompt-template", default=None,
                        help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
                             "default: the checkpoint's own")
-    score.add_argument("--device", type=device_name, default=None,
-                       help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    score.add_argument("--dtype", type=dtype_name, default=None,
-                       help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
-                            "bfloat16 on CUDA)")
+    add_device_arguments(score)
     score.set_defaults(run=_score)
 
 
@@ -195,11 +191,7 @@ def _add_serve_arguments(parser):
     parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
                         help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
                              "random model, for trying the protocol)")
-    parser.add_argument("--device", type=device_name, default=None,
-                        help="one device per server, e.g. cuda:3 (default: cuda if available)")
-    parser.add_argument("--dtype", type=dtype_name, default=None,
-                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
-                             "bfloat16 on CUDA)")
+    add_device_arguments(parser, device_help="one device per server, e.g. cuda:3 (default: cuda if available)")
     parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
     parser.add_argument("--api-key", default=default_api_key(),

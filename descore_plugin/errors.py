@@ -26,7 +26,7 @@ import os
 import sys
 
 __all__ = ["UserError", "ArgumentParser", "one_line_errors", "run_main", "report", "one_line", "blame", "positive_int", "non_negative_int",
-           "positive_float", "dtype_name", "device_name", "DTYPE_ALIASES", "USAGE_EXIT_STATUS"]
+           "positive_float", "dtype_name", "device_name", "add_device_arguments", "DTYPE_ALIASES", "USAGE_EXIT_STATUS"]
 
 USAGE_EXIT_STATUS = 2  # what argparse and the shell conventions use for "the command was called wrongly"
 
@@ -160,3 +160,12 @@ def device_name(text: str) -> str:
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise argparse.ArgumentTypeError(f"{text}: the MPS backend is not available here; use --device cpu")
     return text
+
+
+def add_device_arguments(parser: argparse.ArgumentParser,
+                         device_help: str = "e.g. cuda, cuda:1, cpu (default: cuda if available)") -> None:
+    """`--device` and `--dtype`, checked where they enter, for every command that loads a reward model."""
+    parser.add_argument("--device", type=device_name, default=None, help=device_help)
+    parser.add_argument("--dtype", type=dtype_name, default=None,
+                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
+                             "bfloat16 on CUDA)")

@@ -23,7 +23,7 @@ from descore_plugin import DeScoreReward
 from descore_plugin.cli import default_device_and_dtype
 from descore_plugin.data import load_pairs
 from descore_plugin.datacheck import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
-from descore_plugin.errors import (ArgumentParser, blame, device_name, dtype_name, positive_float, positive_int,
+from descore_plugin.errors import (ArgumentParser, add_device_arguments, blame, positive_float, positive_int,
                                    run_main)
 from descore_plugin.evaluation import evaluate_pairs, write_evaluation
 from descore_plugin.video import load_video
@@ -52,11 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="leave out the pairs whose videos do not decode (listed in OUTPUT_DIR/skipped_rows.jsonl) "
                              "instead of stopping before scoring (default: off)")
-    parser.add_argument("--device", type=device_name, default=None,
-                        help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--dtype", type=dtype_name, default=None,
-                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
-                             "bfloat16 on CUDA)")
+    add_device_arguments(parser)
     return parser.parse_args(argv)
 
 
