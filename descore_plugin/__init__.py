@@ -7,9 +7,9 @@ text-to-video models.
     out.rewards, out.cots, out.dimensional_scores
 """
 
-from .model import DeScoreConfig, DeScoreReward, RewardOutput
-from .prompt import ParsedAnswer, parse_answer
-from .remote import RemoteReward
+from descore_plugin.modeling.model import DeScoreConfig, DeScoreReward, RewardOutput
+from descore_plugin.modeling.prompt import ParsedAnswer, parse_answer
+from descore_plugin.serving.client import RemoteReward
 
 __all__ = ["DeScoreConfig", "DeScoreReward", "RewardOutput", "ParsedAnswer", "parse_answer", "RemoteReward"]
 __version__ = "0.1.0"

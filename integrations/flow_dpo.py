@@ -3,7 +3,7 @@
 Two halves, used in this order by recipes/wan_flow_dpo.py:
 
 (a) Pair building. For each prompt, K videos are sampled (base model offline; the current policy when pairs are
-    regenerated online), scored by a `descore_plugin.rewards.RewardSet` (named rewards with weights; the pair score
+    regenerated online), scored by a `descore_plugin.rewards.contract.RewardSet` (named rewards with weights; the pair score
     is the weighted sum, and a video whose score is NaN, i.e. has no score, is never in a pair), and turned into
     (winner, loser) pairs: best vs worst (default) or every pair whose score gap exceeds a margin. The final latents,
     every named score, the pairs and the CoTs are written per prompt under a store directory, so an interrupted run
@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from descore_plugin.checkpoint import follow_umask
-from descore_plugin.errors import UserError
-from descore_plugin.rewards import RewardSet
+from descore_plugin.utils.files import follow_umask
+from descore_plugin.utils.errors import UserError
+from descore_plugin.rewards.contract import RewardSet
 from descore_plugin.integrations.wan import (
     GenerationConfig,
     PromptCache,

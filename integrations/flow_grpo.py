@@ -1,4 +1,4 @@
-"""DeScore in the post-training frameworks people already run: thin wrappers over `descore_plugin.rewards`.
+"""DeScore in the post-training frameworks people already run: thin wrappers over `descore_plugin.rewards.contract`.
 
 Each adapter calls a reward of the contract `reward(videos, prompts) -> {name: (B,) scores}` (NaN = no score) and
 reshapes its answer into what its framework expects:
@@ -32,7 +32,7 @@ def descore_reward(device, model=None, think: bool = True, batch_size: int = 8, 
     """Flow-GRPO reward factory: `fn(images, prompts, metadata) -> (scores (B,) float32 numpy, info)`.
 
     name: which named score is the reward ("descore", "descore:overall", "descore:<dimension>"; see
-        `descore_plugin.rewards`); NaN where the judge's answer did not parse. info: every named score (numpy) and
+        `descore_plugin.rewards.contract`); NaN where the judge's answer did not parse. info: every named score (numpy) and
         the CoTs (`info["cots"]`) and parse errors.
     """
     if name not in rewards.DESCORE_NAMES:
@@ -97,4 +97,4 @@ def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dt
 
 
 # A DeScore served by `descore serve`, with the same factory signature: fn(images, prompts, metadata) -> (scores, info).
-from descore_plugin.remote import descore_reward_remote  # noqa: E402,F401
+from descore_plugin.serving.client import descore_reward_remote  # noqa: E402,F401

@@ -5,7 +5,7 @@ sampling runs from t = 1 to t = 0 on the scheduler's sigma grid, dt = t_next - t
 
 One step of `GRPOTrainer.step`, top to bottom:
   1. sample `group_size` videos per prompt, some sampling steps replaced by SDE steps whose log-probs are kept;
-  2. score the decoded videos with the named rewards (`descore_plugin.rewards`);
+  2. score the decoded videos with the named rewards (`descore_plugin.rewards.contract`);
   3. one advantage per video;
   4. `updates_per_rollout` optimiser steps on the clipped policy loss + beta * KL to the reference
      (the same transformer with its LoRA adapters disabled: no second copy of the weights).
@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from descore_plugin.errors import UserError
+from descore_plugin.utils.errors import UserError
 from descore_plugin.integrations import wan
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ class GRPOTrainer:
     """GRPO on one process's prompts (several processes: accelerate/DDP all-reduce the LoRA gradients).
 
     model: the trained transformer as accelerate prepared it; transformer: the same, unwrapped (sampling, and the
-    reference with adapters disabled); rewards: a `descore_plugin.rewards.RewardSet`; micro_batch_size: videos per
+    reference with adapters disabled); rewards: a `descore_plugin.rewards.contract.RewardSet`; micro_batch_size: videos per
     transformer batch in sampling and training (the same in both, so the first update's ratio is exactly 1).
     """
 

@@ -2,7 +2,7 @@
 the set-up (run directory, pipeline, rewards, prompt embeddings, LoRA, optimiser, resume), evaluation on fixed
 prompts, checkpoints, curves and the final LoRA. Each recipe adds only its algorithm's arguments and its step.
 
-A run directory (`--output-dir`), as `descore_plugin.runs` lays it out, plus:
+A run directory (`--output-dir`), as `descore_plugin.training.runs` lays it out, plus:
 
     pytorch_lora_weights.safetensors   the final LoRA in the diffusers format (`pipe.load_lora_weights(DIR)`)
     metrics.jsonl                      rows {"kind": "train" | "eval" | "pairs", "step": N, ...}; eval rows hold
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from descore_plugin import rewards as reward_lib
-from descore_plugin import errors
+from descore_plugin.utils import errors
 from descore_plugin.integrations import wan
-from descore_plugin.runs import Run, RunError
-from descore_plugin.tiny_wan import GENERATION_DEFAULTS_FILE, generation_defaults
+from descore_plugin.training.runs import Run, RunError
+from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE, generation_defaults
 
 LORA_FILE = "lora.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -169,7 +169,7 @@ def read_prompts(path) -> list[str]:
 class WanPostTraining:
     """The set-up and the shared parts of a Wan post-training run on this process.
 
-    Attributes a recipe uses: accelerator, device, run (descore_plugin.runs.Run), pipe, generation, prompt_cache,
+    Attributes a recipe uses: accelerator, device, run (descore_plugin.training.runs.Run), pipe, generation, prompt_cache,
     prompts, my_prompts (this process's (prompt id, prompt) pairs), rewards (RewardSet), transformer (unwrapped),
     model (accelerate-prepared), optimizer, lora_parameters, start_step.
     """
@@ -258,7 +258,7 @@ class WanPostTraining:
         reward; writes samples/step-N/ (mp4 + scores.jsonl) and an eval row of metrics.jsonl."""
         from accelerate.utils import gather_object
 
-        from descore_plugin.video import write_video
+        from descore_plugin.data.video import write_video
 
         self.transformer.eval()
         folder = self.run.output_dir / "samples" / f"step-{step:06d}"

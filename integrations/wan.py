@@ -3,7 +3,7 @@
 The diffusers glue a post-training loop needs around `diffusers.WanPipeline`, in the order a loop uses it:
 
 1. `load_wan_pipeline`: the user's checkpoint (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`) or a tiny one
-   (`descore_plugin.tiny_wan`), with the VAE kept in float32.
+   (`descore_plugin.testing.tiny_wan`), with the VAE kept in float32.
 2. `add_lora` / `disable_adapter` / `save_lora_weights`: peft LoRA on the transformer's attention and FFN linears;
    the reference model of DPO / GRPO is the SAME transformer with its adapters disabled (no second weight copy).
 3. `PromptCache`: text-encoder outputs computed once per distinct prompt (the UMT5-XXL encoder is 5.7B parameters;
@@ -29,8 +29,8 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.checkpoint import follow_umask
-from descore_plugin.errors import UserError
+from descore_plugin.utils.files import follow_umask
+from descore_plugin.utils.errors import UserError
 
 WAN_1_3B_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -60,7 +60,7 @@ def _help(text: str, default):
 @dataclass
 class GenerationConfig:
     """How videos are generated (pair building, rollouts, evaluation). Defaults: the Wan-2.1 1.3B model card; a tiny
-    pipeline from `descore init-tiny-wan` carries its own (`descore_plugin.tiny_wan.generation_defaults`)."""
+    pipeline from `descore init-tiny-wan` carries its own (`descore_plugin.testing.tiny_wan.generation_defaults`)."""
 
     num_frames: int = _help("frames of each video; 4k + 1 (the VAE compresses time by 4)", 81)
     height: int = _help("pixels; a multiple of 16 (VAE factor 8 x patch 2)", 480)

@@ -53,7 +53,7 @@ def child(argv: list[str], env_extra: dict | None = None, launcher: list[str] | 
 
 # ---------------------------------------------------------------------- children
 def child_train(model, data, out, steps, workers, batch_size):
-    from descore_plugin.trainer import TrainConfig, Trainer
+    from descore_plugin.training.trainer import TrainConfig, Trainer
 
     config = TrainConfig(model=model, train_data=data, output_dir=out, max_steps=steps, batch_size=batch_size,
                          gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=8, lora_alpha=16,
@@ -68,8 +68,8 @@ def child_train(model, data, out, steps, workers, batch_size):
 def child_loader(model_dir, data, steps, workers, batch_size):
     """The stage-1 input alone (decode, sample, processor, CoTs appended) for `steps` batches: its seconds."""
     from descore_plugin import DeScoreReward
-    from descore_plugin.data import load_pairs
-    from descore_plugin.dataset import InputEncoder, PairCollator, pair_loader
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.data.loader import InputEncoder, PairCollator, pair_loader
 
     model = DeScoreReward.from_pretrained(model_dir)
     pairs = [p for p in load_pairs(data) if p.label in ("A", "B")]
@@ -99,9 +99,9 @@ def child_shard(model_dir, data, mode):
     from torch.nn.parallel import DistributedDataParallel
 
     from descore_plugin import DeScoreReward
-    from descore_plugin.data import load_pairs
-    from descore_plugin.dataset import InputEncoder, PairCollator, PairDataset, PairOrder
-    from descore_plugin.losses import bradley_terry_loss
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.data.loader import InputEncoder, PairCollator, PairDataset, PairOrder
+    from descore_plugin.training.losses import bradley_terry_loss
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -176,8 +176,8 @@ def main(argv=None) -> int:
 
     if not args.json:
         parser.error("--json OUT is required")
-    from descore_plugin.synthetic import write_dataset
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.testing.synthetic import write_dataset
+    from descore_plugin.testing.tiny import init_tiny
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

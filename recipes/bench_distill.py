@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from descore_plugin import DeScoreReward
-from descore_plugin.data import load_pairs
-from descore_plugin.metrics import accuracy_with_ties, accuracy_without_ties
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.tiny import init_tiny
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.evaluation.metrics import accuracy_with_ties, accuracy_without_ties
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 
 def evaluate(model, pairs, think: bool, batch_size: int) -> dict:

@@ -5,7 +5,7 @@
     python recipes/bench_learning.py --output-dir OUT --steps 3000 --seeds 0 1 2 --world full  # a GPU box
 
 For each seed: a tiny random Qwen2.5-VL DeScore model (`init_tiny`), a synthetic training set and a held-out set
-(`synthetic.write_dataset`), then four trainings with `descore_plugin.trainer.Trainer`, full fine-tuning:
+(`synthetic.write_dataset`), then four trainings with `descore_plugin.training.trainer.Trainer`, full fine-tuning:
 
 | run        | stage-1 training                                              | scored with                          |
 |------------|---------------------------------------------------------------|--------------------------------------|
@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descore_plugin.measurements import annotator_cot_accuracy, mean_rollout_reward
-from descore_plugin.synthetic import WorldConfig, write_dataset
-from descore_plugin.tiny import init_tiny
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rollout_reward
+from descore_plugin.testing.synthetic import WorldConfig, write_dataset
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 WORLDS = {
     "small": dict(world=WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",)),

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from descore_plugin import tiny_wan
+from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import flow_dpo
 from descore_plugin.integrations import wan
-from descore_plugin.rewards import reward_set
+from descore_plugin.rewards.contract import reward_set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -246,7 +246,7 @@ def measure_longcat_over_flowgrpo_step_cost(args, workdir: Path) -> dict:
 
 def _reward_share(args, workdir: Path, think: bool) -> dict:
     from descore_plugin.integrations import grpo
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.testing.tiny import init_tiny
 
     model_dir = args.reward_model
     if model_dir is None:

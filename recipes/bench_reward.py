@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 
 from descore_plugin import DeScoreReward
-from descore_plugin.synthetic import WorldConfig, generate_pairs
-from descore_plugin.tiny import init_tiny
-from descore_plugin.video import load_videos
+from descore_plugin.testing.synthetic import WorldConfig, generate_pairs
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.data.video import load_videos
 
 BATCH = 8  # videos per batch for every batched measurement (and the number of videos scored one by one)
 

@@ -169,12 +169,12 @@ def main(argv=None):
     if min(args.clients, args.requests, args.rounds) < 1:
         parser.error("--clients, --requests and --rounds must be at least 1")
 
-    from descore_plugin.model import DeScoreReward
+    from descore_plugin.modeling.model import DeScoreReward
 
     with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
         model_dir = args.model
         if model_dir is None:
-            from descore_plugin.tiny import init_tiny
+            from descore_plugin.testing.tiny import init_tiny
 
             model_dir = Path(scratch) / "tiny"
             init_tiny(model_dir)

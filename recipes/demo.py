@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from descore_plugin import DeScoreReward, RewardOutput
-from descore_plugin.data import load_pairs
-from descore_plugin.prompt import DIMENSIONS
-from descore_plugin.synthetic import overall_score, write_dataset
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.modeling.prompt import DIMENSIONS
+from descore_plugin.testing.synthetic import overall_score, write_dataset
 
 SHIPPED_JUDGE = Path(__file__).resolve().parent / "demo_judge"
 DEMO_HELD_OUT_SEED = 7
@@ -106,7 +106,7 @@ def cot_names_what_is_seen(cot: str | None, annotator_cot: str) -> dict:
 
 def step_held_out(judge: Path, output_dir: Path, num_pairs: int) -> dict:
     """Held-out preference accuracy with the judge's own CoT, and how often the CoT names colour and motion."""
-    from descore_plugin.evaluation import evaluate_pairs, write_evaluation
+    from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
 
     world, defects = _world()
     pairs = load_pairs(write_dataset(output_dir / "held_out", num_pairs, seed=DEMO_HELD_OUT_SEED, defects=defects,
@@ -180,7 +180,7 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
     `judge` is given, by the DeScore judge (its CoTs land in the samples' scores.jsonl)."""
     import importlib.util
 
-    from descore_plugin import tiny_wan
+    from descore_plugin.testing import tiny_wan
 
     pipeline = work_dir / "tiny_wan"
     if not (pipeline / "model_index.json").is_file():
@@ -206,7 +206,7 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
 def step_reports(output_dir: Path, sources: dict) -> dict:
     """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html; the run's
     optimised reward is analytic:redness, its independent checks the other rewards."""
-    from descore_plugin.report import write_report
+    from descore_plugin.report.page import write_report
 
     pages = {name: write_report(path, output_dir / "report" / name,
                                 reward="analytic:redness" if name == "dpo_run" else None)

@@ -15,8 +15,8 @@ recipes/train_rm.py (TrainConfig), with --student as another name of --model and
 import sys
 from dataclasses import dataclass, field
 
-from descore_plugin.errors import run_main
-from descore_plugin.trainer import TrainConfig, parse_train_args, run_training
+from descore_plugin.utils.errors import run_main
+from descore_plugin.training.trainer import TrainConfig, parse_train_args, run_training
 
 
 @dataclass

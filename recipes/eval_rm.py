@@ -2,7 +2,7 @@
 
     python recipes/eval_rm.py PAIRS --model DIR_OR_ID --output-dir DIR [--no-think] [--batch-size 8] [--max-new-tokens N]
 
-PAIRS is any pair file `descore_plugin.data.load_pairs` reads: the descore-plugin format (CSV or JSONL), the official
+PAIRS is any pair file `descore_plugin.data.pairs.load_pairs` reads: the descore-plugin format (CSV or JSONL), the official
 DeScore CSV, VideoAlign / VideoGen-RewardBench (`path_A`, `path_B`, `Overall`) or GenAI-Bench (`left_video`,
 `right_video`, `vote_type`; tievote and bothbad_vote count as ties); `--label-column TA` picks another VideoAlign
 label column. Video paths resolve relative to the pair file. Every distinct video is decoded before scoring starts;
@@ -21,17 +21,17 @@ from pathlib import Path
 
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import default_device_and_dtype
-from descore_plugin.data import load_pairs
-from descore_plugin.datacheck import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
-from descore_plugin.errors import (ArgumentParser, add_device_arguments, blame, positive_float, positive_int,
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.data.check import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
+from descore_plugin.utils.errors import (ArgumentParser, add_device_arguments, blame, positive_float, positive_int,
                                    run_main)
-from descore_plugin.evaluation import evaluate_pairs, write_evaluation
-from descore_plugin.video import load_video
+from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
+from descore_plugin.data.video import load_video
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data reads")
+    parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data.pairs reads")
     parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id (required)")
     parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go (required)")
     parser.add_argument("--no-think", action="store_true",

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.errors import UserError, run_main
+from descore_plugin.utils.errors import UserError, run_main
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
-from descore_plugin.video import write_video
+from descore_plugin.data.video import write_video
 
 DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
               "dynamic_degree"]

@@ -25,8 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from descore_plugin.synthetic import WorldConfig, write_dataset
-from descore_plugin.tiny import init_tiny
+from descore_plugin.testing.synthetic import WorldConfig, write_dataset
+from descore_plugin.testing.tiny import init_tiny
 
 SHIPPED = Path(__file__).resolve().parent / "demo_judge"
 WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
@@ -91,7 +91,7 @@ def _eval_records(run_dir: Path) -> list[dict]:
 def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200, stage2_steps: int = 0,
                 train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0) -> dict:
     """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
-    from descore_plugin.trainer import TrainConfig, Trainer
+    from descore_plugin.training.trainer import TrainConfig, Trainer
 
     work_dir, output_dir = Path(work_dir), Path(output_dir)
     init_tiny(work_dir / "init", seed=seed, prompt_template=TEMPLATE)
@@ -116,9 +116,9 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
     """Select the stage-1 checkpoint on validation, optionally run stage 2 from it, evaluate on the held-out pairs
     and copy the model to `output_dir` with judge.json."""
     from descore_plugin import DeScoreReward
-    from descore_plugin.data import load_pairs
-    from descore_plugin.evaluation import evaluate_pairs
-    from descore_plugin.trainer import TrainConfig, Trainer
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.evaluation.preference import evaluate_pairs
+    from descore_plugin.training.trainer import TrainConfig, Trainer
 
     validation = {row["step"]: row["eval_accuracy_without_ties"] for row in _eval_records(work_dir / "stage1")
                   if row["step"] <= stage1["max_steps"]}

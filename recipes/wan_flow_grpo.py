@@ -37,7 +37,7 @@ from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.post_training import (EvalArguments, RunArguments, TrainArguments, WanPostTraining,
                                                        parse_arguments, pipeline_generation_defaults, recorded_arguments,
                                                        run_main, seed_of)
-from descore_plugin.tiny_wan import GENERATION_DEFAULTS_FILE
+from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE
 
 
 @dataclass

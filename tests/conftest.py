@@ -6,7 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from descore_plugin.tiny import init_tiny
+from descore_plugin.testing.tiny import init_tiny
 
 BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
 

@@ -1,8 +1,8 @@
 """Run by tests/test_full_state.py under `torch.distributed.run` (2 CPU processes, gloo): train a tiny DeScore model
 sharded with fully_shard (fsdp.yaml's wrap policy) next to an unsharded copy, write a checkpoint with
-`descore_plugin.full_state.gather_state` as the trainer does, load it into a fresh sharded model with `load_state`,
+`descore_plugin.training.full_state.gather_state` as the trainer does, load it into a fresh sharded model with `load_state`,
 and report how the restored shards and optimizer state compare with the unsharded copy. Then train with only the
-<Reward> embedding row learning (`descore_plugin.embedding_rows.TrainableRow`, as full fine-tuning does), sharded and
+<Reward> embedding row learning (`descore_plugin.training.embedding_rows.TrainableRow`, as full fine-tuning does), sharded and
 unsharded, next to the official way (every row steps, then all but the reward row are written back)."""
 
 import copy
@@ -18,9 +18,9 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from safetensors.torch import save_file
 
 from descore_plugin import DeScoreReward
-from descore_plugin.embedding_rows import TrainableRow
-from descore_plugin.full_state import gather_state, is_sharded, load_state
-from descore_plugin.sharding import shard_module
+from descore_plugin.training.embedding_rows import TrainableRow
+from descore_plugin.training.full_state import gather_state, is_sharded, load_state
+from descore_plugin.training.sharding import shard_module
 
 
 def trainable_model(model_dir: str) -> DeScoreReward:

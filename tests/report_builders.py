@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from descore_plugin.data import load_pairs
-from descore_plugin.evaluation import write_evaluation
-from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.video import write_video
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.evaluation.preference import write_evaluation
+from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.data.video import write_video
 
 DIMENSIONS = ("subject", "dynamics", "camera", "environment", "style")
 RUN_STEPS = (0, 50, 100, 150)

@@ -1,5 +1,5 @@
 """Run by tests/test_accelerate_configs.py under `torch.distributed.run` (2 CPU processes, gloo): shard a frozen tiny
-DeScore model with `descore_plugin.sharding.shard_module` and the wrap policy of recipes/accelerate/fsdp.yaml (read
+DeScore model with `descore_plugin.training.sharding.shard_module` and the wrap policy of recipes/accelerate/fsdp.yaml (read
 from the FSDP_* environment that `accelerate launch` sets), and report per-rank parameter bytes and rewards."""
 
 import copy
@@ -11,7 +11,7 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 
 from descore_plugin import DeScoreReward
-from descore_plugin.sharding import shard_module
+from descore_plugin.training.sharding import shard_module
 
 
 def main(model_dir: str, video: str, out: str):

@@ -59,9 +59,9 @@ def test_fsdp_config_builds_an_fsdp2_plugin_that_wraps_every_layer(tiny_dirs, mo
 
 
 def test_frozen_reference_is_sharded_over_two_cpu_processes(tiny_dirs, tmp_path):
-    """descore_plugin.sharding with fsdp.yaml's wrap policy: each of 2 ranks holds half the reference's bytes, one FSDP
+    """descore_plugin.training.sharding with fsdp.yaml's wrap policy: each of 2 ranks holds half the reference's bytes, one FSDP
     unit per decoder layer and vision block plus the root, and the sharded model scores like the whole one."""
-    from descore_plugin.video import write_video
+    from descore_plugin.data.video import write_video
 
     video = tmp_path / "clip.mp4"
     write_video(video, (torch.rand(8, 3, 56, 56, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8), fps=8)

@@ -8,8 +8,8 @@ import torch
 from conftest import PROMPTS
 from descore_plugin import DeScoreReward
 from descore_plugin.integrations.flow_grpo import DanceGRPOReward, descore_reward, trl_descore_reward
-from descore_plugin.model import RewardOutput
-from descore_plugin.video import write_video
+from descore_plugin.modeling.model import RewardOutput
+from descore_plugin.data.video import write_video
 
 
 @pytest.fixture(scope="module")

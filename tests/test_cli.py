@@ -16,10 +16,10 @@ import PIL.Image
 import pytest
 import torch
 
-from descore_plugin.checkpoint import atomic_directory, atomic_write_text, current_umask, follow_umask
-from descore_plugin.data import DataError, load_pairs
-from descore_plugin.errors import UserError, device_name, dtype_name, run_main
-from descore_plugin.video import VideoInputError, load_video, write_video
+from descore_plugin.utils.files import atomic_directory, atomic_write_text, current_umask, follow_umask
+from descore_plugin.data.pairs import DataError, load_pairs
+from descore_plugin.utils.errors import UserError, device_name, dtype_name, run_main
+from descore_plugin.data.video import VideoInputError, load_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -47,8 +47,8 @@ def _assert_one_line_user_error(result, *fragments):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny DeScore model, 4 good synthetic pairs and the three bad videos of a real first hour."""
-    from descore_plugin.synthetic import write_dataset
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.testing.synthetic import write_dataset
+    from descore_plugin.testing.tiny import init_tiny
 
     root = tmp_path_factory.mktemp("first_hour")
     init_tiny(root / "model")
@@ -83,7 +83,7 @@ def _bad_rows_csv(world) -> Path:
 # ------------------------------------------------------------------------------------------- user errors: one line, 2
 def test_user_errors_are_one_line_with_exit_status_2(world, tmp_path):
     """Each command line's classic mistake, as a subprocess: exit 2, one line naming the flag, no traceback."""
-    from descore_plugin.tiny_wan import write_tiny_wan
+    from descore_plugin.testing.tiny_wan import write_tiny_wan
 
     write_tiny_wan(tmp_path / "wan")
     (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
@@ -242,8 +242,8 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     private temporary files (mkstemp, mkdtemp, safetensors)."""
     from safetensors.torch import save_file
 
-    from descore_plugin.tiny_wan import write_tiny_wan
-    from descore_plugin.tiny import init_tiny, init_tiny_backbone
+    from descore_plugin.testing.tiny_wan import write_tiny_wan
+    from descore_plugin.testing.tiny import init_tiny, init_tiny_backbone
 
     old = os.umask(mask)
     try:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from descore_plugin.data import DataError, Pair, load_pairs, save_pairs
+from descore_plugin.data.pairs import DataError, Pair, load_pairs, save_pairs
 
 SCORES_A = {"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}
 SCORES_B = {"subject": 0, "dynamics": 2, "camera": 2, "environment": 2, "style": 2}

@@ -7,10 +7,10 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 
 from descore_plugin import DeScoreReward
-from descore_plugin.data import DataError, load_pairs, save_pairs
-from descore_plugin.dataset import (InputEncoder, PairCollator, PairOrder, VideoCache, pair_loader, stream_videos)
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.video import load_video
+from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
+from descore_plugin.data.loader import (InputEncoder, PairCollator, PairOrder, VideoCache, pair_loader, stream_videos)
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.data.video import load_video
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_stream_videos_reports_failures_per_video(world, tmp_path):
 
 def test_score_decodes_chunk_by_chunk(world, monkeypatch):
     """DeScoreReward.score decodes a chunk's videos only when that chunk is encoded: one chunk of frames at a time."""
-    import descore_plugin.model as model_module
+    import descore_plugin.modeling.model as model_module
 
     model, events = world["model"], []
     real_load, real_encode = model_module.load_video, model.encode_prompts

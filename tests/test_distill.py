@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from descore_plugin import DeScoreReward
-from descore_plugin.losses import distillation_loss, pointwise_distribution_loss, score_gap_loss
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.tiny import init_tiny
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.training.losses import distillation_loss, pointwise_distribution_loss, score_gap_loss
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill_student.py"
 

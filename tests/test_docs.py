@@ -113,7 +113,7 @@ def test_every_readme_command_is_run_or_listed_and_every_rule_is_used():
 
 def test_readme_commands_run_on_the_tiny_models(tmp_path):
     """Every runnable README command, in order, with only sizes changed; each must exit 0."""
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.testing.tiny import init_tiny
 
     init_tiny(tmp_path / TINY_MODEL)
     (tmp_path / "prompts.txt").write_text("a red square moving right\na blue circle moving up\n")

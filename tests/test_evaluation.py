@@ -1,4 +1,4 @@
-"""Held-out evaluation (`descore_plugin.evaluation`, `recipes/eval_rm.py`) on the tiny model and synthetic pairs."""
+"""Held-out evaluation (`descore_plugin.evaluation.preference`, `recipes/eval_rm.py`) on the tiny model and synthetic pairs."""
 
 import csv
 import json
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from descore_plugin import DeScoreReward
-from descore_plugin.data import Pair, load_pairs
-from descore_plugin.evaluation import CSV_COLUMNS, evaluate_pairs, write_evaluation
-from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
-from descore_plugin.synthetic import write_dataset
+from descore_plugin.data.pairs import Pair, load_pairs
+from descore_plugin.evaluation.preference import CSV_COLUMNS, evaluate_pairs, write_evaluation
+from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.testing.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

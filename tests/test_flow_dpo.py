@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from descore_plugin import tiny_wan
+from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import flow_dpo, wan
-from descore_plugin.rewards import ANALYTIC_REWARDS, RewardSet, reward_set
+from descore_plugin.rewards.contract import ANALYTIC_REWARDS, RewardSet, reward_set
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "wan_flow_dpo.py"
@@ -405,7 +405,7 @@ def test_uncertainty_drops_pairs_the_reward_model_is_unsure_of():
 def test_distilled_student_with_uncertainty_builds_dpo_pairs(tiny_dir, tmp_path):
     """A distribution-head DeScore (a no-CoT student) as the DPO reward: its uncertainty is stored with the pairs."""
     from descore_plugin import DeScoreReward
-    from descore_plugin.tiny import init_tiny
+    from descore_plugin.testing.tiny import init_tiny
 
     init_tiny(tmp_path / "student", head="distribution")
     student = DeScoreReward.from_pretrained(tmp_path / "student")

@@ -1,4 +1,4 @@
-"""Checkpoints under FSDP2: descore_plugin.full_state gathers the shards of the model and of AdamW's state into full
+"""Checkpoints under FSDP2: descore_plugin.training.full_state gathers the shards of the model and of AdamW's state into full
 tensors on the main process and hands them back to the shards on resume. Two CPU processes (gloo) shard a tiny
 Qwen3-VL with fsdp.yaml's wrap policy (tests/full_state_worker.py) and train it next to an unsharded copy."""
 
@@ -75,7 +75,7 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tm
         assert torch.equal(head[key], whole_head[key]), key
 
     # The same checkpoint resumes an unsharded model (one process, DDP): the named optimizer state is renumbered.
-    from descore_plugin.full_state import load_state
+    from descore_plugin.training.full_state import load_state
     from full_state_worker import optimizer_for, trainable_model
 
     model = trainable_model(str(tiny_dirs["qwen3_vl"]))

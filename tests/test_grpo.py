@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from descore_plugin import tiny_wan
+from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.grpo import (
     AdvantageError,
@@ -30,7 +30,7 @@ from descore_plugin.integrations.grpo import (
     sde_masks,
     sde_step,
 )
-from descore_plugin.rewards import reward_set
+from descore_plugin.rewards.contract import reward_set
 
 # ---------------------------------------------------------------- the SDE step
 

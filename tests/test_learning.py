@@ -43,10 +43,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from descore_plugin import measurements
-from descore_plugin.synthetic import WorldConfig, write_dataset
-from descore_plugin.tiny import init_tiny
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.testing import measurements
+from descore_plugin.testing.synthetic import WorldConfig, write_dataset
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,12 @@
-"""The learning measurements (descore_plugin.measurements): seeded, and they leave the caller's RNG alone."""
+"""The learning measurements (descore_plugin.testing.measurements): seeded, and they leave the caller's RNG alone."""
 
 import torch
 
 from descore_plugin import DeScoreReward
-from descore_plugin.data import load_pairs
-from descore_plugin.measurements import annotator_cot_accuracy, mean_rollout_reward
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.video import load_video
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rollout_reward
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.data.video import load_video
 
 
 def test_rollout_reward_is_seeded_and_keeps_the_global_rng(tiny_dirs, tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from descore_plugin.metrics import (
+from descore_plugin.evaluation.metrics import (
     MetricInputError,
     accuracy_by_slice,
     accuracy_with_ties,

@@ -11,9 +11,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from conftest import BACKBONES, PROMPTS
 from descore_plugin import DeScoreReward
-from descore_plugin.model import HEAD_NAME
-from descore_plugin.tiny import init_tiny
-from descore_plugin.video import load_videos
+from descore_plugin.modeling.model import HEAD_NAME
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.data.video import load_videos
 
 
 class ForceEnd(LogitsProcessor):
@@ -187,7 +187,7 @@ def test_official_release_is_scored_in_the_official_inference_layout(tiny_dirs, 
 
 
 def batch_video(model, video):
-    from descore_plugin.video import resize_frames
+    from descore_plugin.data.video import resize_frames
 
     factor = model.processor.video_processor.patch_size * model.processor.video_processor.merge_size
     return resize_frames(video, factor, *model.config.pixel_budget("inference")).frames
@@ -252,7 +252,7 @@ def test_unsupported_backbone_family(tmp_path):
 
     Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "text_only")
-    from descore_plugin.model import _load_backbone
+    from descore_plugin.modeling.model import _load_backbone
 
     with pytest.raises(ValueError, match="is a 'qwen2' model; DeScore supports qwen2_5_vl, qwen3_vl"):
         _load_backbone(str(tmp_path / "text_only"), None)
@@ -260,7 +260,7 @@ def test_unsupported_backbone_family(tmp_path):
 
 # ---------------------------------------------------------------------- command line
 def test_cli_init_tiny_and_score_json(tmp_path):
-    from descore_plugin.video import write_video
+    from descore_plugin.data.video import write_video
 
     clip = (torch.rand(8, 3, 56, 56) * 255).to(torch.uint8)
     write_video(tmp_path / "a.mp4", clip, fps=8)
@@ -307,7 +307,7 @@ def test_plain_qwen_vl_checkpoint_becomes_a_descore_model(tmp_path, sample_video
     """A Qwen-VL folder written by transformers' save_pretrained (no <Reward>, no head) loads as a new DeScore model:
     <Reward> added, embeddings resized (its row at the mean of the others), head ~ N(0, initializer_range); the saved
     DeScore checkpoint reloads to the same rewards, referring to the backbone by its path."""
-    from descore_plugin.tiny import init_tiny_backbone
+    from descore_plugin.testing.tiny import init_tiny_backbone
 
     plain = tmp_path / "plain"
     vlm = init_tiny_backbone(plain, family)
@@ -384,9 +384,9 @@ def test_cli_init_from_a_plain_backbone(tmp_path, sample_videos, capsys):
 
 def test_evaluation_scores_with_the_rows_instruction(tiny_dirs, tmp_path):
     """The official CSV's `problem` (Pair.instruction, video at its <video> marker) is what evaluation scores with."""
-    from descore_plugin.data import Pair
-    from descore_plugin.evaluation import evaluate_pairs
-    from descore_plugin.video import write_video
+    from descore_plugin.data.pairs import Pair
+    from descore_plugin.evaluation.preference import evaluate_pairs
+    from descore_plugin.data.video import write_video
 
     generator = torch.Generator().manual_seed(2)
     paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from descore_plugin.prompt import DIMENSIONS, ParsedAnswer, default_template, format_answer, load_template, parse_answer
+from descore_plugin.modeling.prompt import DIMENSIONS, ParsedAnswer, default_template, format_answer, load_template, parse_answer
 
 GOOD_SCORES = {"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}
 
@@ -294,8 +294,8 @@ def block(scores, overall=3.5, fence=False, close=True, after=""):
     ],
 )
 def test_rule_reward_terms_official_and_lenient(text, truth, official, lenient):
-    from descore_plugin.losses import rollout_reward
-    from descore_plugin.prompt import answer_agreement
+    from descore_plugin.training.losses import rollout_reward
+    from descore_plugin.modeling.prompt import answer_agreement
 
     for parser, (accuracy, form) in (("official", official), ("lenient", lenient)):
         terms = answer_agreement(text, truth, parser)
@@ -306,12 +306,12 @@ def test_rule_reward_terms_official_and_lenient(text, truth, official, lenient):
 
 
 def test_official_parser_returns_the_raw_object():
-    from descore_plugin.prompt import parse_answer_official
+    from descore_plugin.modeling.prompt import parse_answer_official
 
     assert parse_answer_official(block(TRUTH_AS_STRINGS, fence=True))["dimensional_scores"]["subject"] == "2"
     assert parse_answer_official("<answer>[1, 2]</answer>") is None  # JSON, but not an object
     assert parse_answer_official("<answer>{bad json}</answer>") is None
     with pytest.raises(ValueError, match="answer parser 'strict'"):
-        from descore_plugin.prompt import answer_agreement
+        from descore_plugin.modeling.prompt import answer_agreement
 
         answer_agreement("x", TRUTH, "strict")

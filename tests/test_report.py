@@ -7,9 +7,9 @@ import math
 import pytest
 
 import report_builders
-from descore_plugin import report
+from descore_plugin.report import page as report
 from descore_plugin.cli import main as cli
-from descore_plugin.synthetic import write_dataset
+from descore_plugin.testing.synthetic import write_dataset
 
 STEPS = [0, 100, 200]
 
@@ -224,7 +224,7 @@ def test_shipped_demo_judge_names_the_colour_and_motion(tmp_path):
     from pathlib import Path
 
     from descore_plugin import DeScoreReward
-    from descore_plugin.data import load_pairs
+    from descore_plugin.data.pairs import load_pairs
 
     recipes = Path(__file__).parents[1] / "recipes"
     spec = importlib.util.spec_from_file_location("demo", recipes / "demo.py")

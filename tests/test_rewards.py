@@ -1,4 +1,4 @@
-"""The one reward contract (descore_plugin.rewards): named per-video scores, NaN = no score."""
+"""The one reward contract (descore_plugin.rewards.contract): named per-video scores, NaN = no score."""
 
 import math
 
@@ -7,9 +7,9 @@ import torch
 
 from conftest import PROMPTS
 from descore_plugin import DeScoreReward
-from descore_plugin.model import RewardOutput
-from descore_plugin.prompt import DIMENSIONS
-from descore_plugin.rewards import (DESCORE_NAMES, RewardError, brightness, call_reward, descore_reward,
+from descore_plugin.modeling.model import RewardOutput
+from descore_plugin.modeling.prompt import DIMENSIONS
+from descore_plugin.rewards.contract import (DESCORE_NAMES, RewardError, brightness, call_reward, descore_reward,
                                     load_reward_model, redness, reward_set, scores_from_output)
 
 
@@ -95,6 +95,6 @@ def test_load_reward_model_local_and_remote(tiny_dirs, sample_videos):
     scores = descore_reward(str(tiny_dirs["qwen2_5_vl"]), think=False)(sample_videos, PROMPTS)
     expected = model.score(sample_videos, PROMPTS, think=False).rewards
     torch.testing.assert_close(scores["descore"], expected, atol=1e-5, rtol=0)
-    from descore_plugin.remote import RemoteReward
+    from descore_plugin.serving.client import RemoteReward
 
     assert isinstance(load_reward_model("http://127.0.0.1:9", device="cpu"), RemoteReward)

@@ -1,10 +1,10 @@
-"""The run directory (descore_plugin.runs): re-runs never mix, --resume refuses changes that cannot apply."""
+"""The run directory (descore_plugin.training.runs): re-runs never mix, --resume refuses changes that cannot apply."""
 
 import json
 
 import pytest
 
-from descore_plugin.runs import Run, RunError
+from descore_plugin.training.runs import Run, RunError
 
 
 def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import main
-from descore_plugin.synthetic import write_dataset
+from descore_plugin.testing.synthetic import write_dataset
 
 
 @pytest.fixture(scope="module")

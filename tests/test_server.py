@@ -24,9 +24,9 @@ import torch
 
 from conftest import PROMPTS
 from descore_plugin import DeScoreReward, RemoteReward
-from descore_plugin.remote import RemoteError, descore_reward_remote
-from descore_plugin.server import BackgroundServer, ServeConfig, check_bind, safe_unpickle
-from descore_plugin.video import VideoInputError, write_video
+from descore_plugin.serving.client import RemoteError, descore_reward_remote
+from descore_plugin.serving.server import BackgroundServer, ServeConfig, check_bind, safe_unpickle
+from descore_plugin.data.video import VideoInputError, write_video
 
 
 def _npy_b64(frames) -> str:
@@ -222,7 +222,7 @@ def test_flow_grpo_remote_factory_matches_in_process_factory(model, server, samp
 
 
 def test_reward_contract_loads_a_server_url(model, server, sample_videos):
-    rewards = pytest.importorskip("descore_plugin.rewards")  # the post-training reward contract
+    rewards = pytest.importorskip("descore_plugin.rewards.contract")  # the post-training reward contract
     scorer = rewards.load_reward_model(server.url)
     assert isinstance(scorer, RemoteReward)
     remote = rewards.descore_reward(scorer, think=False)(sample_videos, PROMPTS)

@@ -10,11 +10,11 @@ import torch
 
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import main as descore_main
-from descore_plugin.data import load_pairs
-from descore_plugin.losses import group_advantages, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.tiny import init_tiny
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.training.losses import group_advantages, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -205,7 +205,7 @@ def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, 
 def test_rollout_reward_official_parser_by_default_lenient_as_option():
     """The stage-2 rule reward reads answers officially unless --rule-parser lenient: string digits never equal the
     integer ground truth, and an unclosed block is no answer."""
-    from descore_plugin.losses import rollout_reward
+    from descore_plugin.training.losses import rollout_reward
 
     truth = {"subject": 2, "dynamics": 1, "camera": 2, "environment": 2, "style": "N/A"}
     strings = '<answer>{"dimensional_scores": {"subject": "2", "dynamics": "1", "camera": 2, "environment": 2, ' \

@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from descore_plugin.data import load_pairs
-from descore_plugin.prompt import DIMENSIONS, parse_answer
-from descore_plugin.synthetic import (
+from descore_plugin.data.pairs import load_pairs
+from descore_plugin.modeling.prompt import DIMENSIONS, parse_answer
+from descore_plugin.testing.synthetic import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
@@ -23,7 +23,7 @@ from descore_plugin.synthetic import (
     write_cot,
     write_dataset,
 )
-from descore_plugin.video import load_video
+from descore_plugin.data.video import load_video
 
 CLEAN = {name: 2 for name in DIMENSIONS}
 SCENE = Scene("red", "square", "right", "dark")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from descore_plugin import DeScoreReward
-from descore_plugin.data import DataError, load_pairs, save_pairs
-from descore_plugin.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages, kl_low_variance,
+from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
+from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages, kl_low_variance,
                                    rollout_reward)
-from descore_plugin.prompt import format_answer
-from descore_plugin.synthetic import write_dataset
-from descore_plugin.trainer import TrainConfig, Trainer
+from descore_plugin.modeling.prompt import format_answer
+from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py"
 
@@ -291,7 +291,7 @@ def test_existing_run_refused_and_resume_checks_flags(world, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- which pairs train and evaluate
 def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path, tiny_dirs, capfd):
-    from descore_plugin.evaluation import evaluate_pairs
+    from descore_plugin.evaluation.preference import evaluate_pairs
 
     data = write_dataset(tmp_path / "data", 8, seed=7, tie_rate=0.5, progress=False)
     pairs = load_pairs(data)

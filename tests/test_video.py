@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from descore_plugin.video import (
+from descore_plugin.data.video import (
     DEFAULT_VIDEO_FPS,
     VideoInputError,
     load_video,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
-from descore_plugin import tiny_wan
+from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import wan
 
 PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at night"]

@@ -1,5 +1,5 @@
 """Measurements of what a DeScore model has learned, for the learning tests (tests/test_learning.py) and their
-benchmark (recipes/bench_learning.py): not part of the scoring API (`descore_plugin.evaluation` is).
+benchmark (recipes/bench_learning.py): not part of the scoring API (`descore_plugin.evaluation.preference` is).
 
 - `annotator_cot_accuracy`: held-out accuracy when the head reads the annotator's CoT (teacher forcing).
 - `mean_rollout_reward`: the mean rule-based stage-2 reward of sampled CoTs, on fixed sampling noise.
@@ -7,8 +7,8 @@ benchmark (recipes/bench_learning.py): not part of the scoring API (`descore_plu
 
 import numpy as np
 
-from descore_plugin.data import Pair
-from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties
+from descore_plugin.data.pairs import Pair
+from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties
 
 __all__ = ["annotator_cot_accuracy", "mean_rollout_reward"]
 
@@ -42,7 +42,7 @@ def mean_rollout_reward(model, pairs: list[Pair], load, rollouts: int = 4, max_n
     caller's global random state is restored afterwards."""
     import torch
 
-    from descore_plugin.losses import rollout_reward
+    from descore_plugin.training.losses import rollout_reward
 
     truth = {}
     for pair in pairs:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import RewardOutput
-from .video import Video, VideoInputError, _check_frame_array, _check_pil_frames, _to_uint8, split_videos
+from descore_plugin.modeling.model import RewardOutput
+from descore_plugin.data.video import Video, VideoInputError, _check_frame_array, _check_pil_frames, _to_uint8, split_videos
 
 
 class RemoteError(RuntimeError):
@@ -244,7 +244,7 @@ def descore_reward_remote(url, think: bool = True, batch_size: int = 8, api_key:
     the same `info` (every named score, the CoTs, the parse errors). `images`, the (B, F, C, H, W) float tensor in
     [0, 1] the Wan pipeline decodes, is sent as uint8 arrays. A video the server could not score gets NaN
     (on_error="nan"; "raise" stops instead)."""
-    from .integrations.flow_grpo import descore_reward
+    from descore_plugin.integrations.flow_grpo import descore_reward
 
     client = RemoteReward(url, api_key=api_key, timeout=timeout)
     return descore_reward(None, model=client, think=think, batch_size=batch_size, name=name,

@@ -6,7 +6,7 @@
     descore score table.csv --output scores.jsonl                 # CSV / JSONL with `video` and `prompt` columns
 
 Videos are decoded and sampled in DataLoader worker processes (`--num-workers`) a chunk (`--batch-size`) at a time
-ahead of the model (descore_plugin.dataset.stream_videos), so memory does not grow with the number of videos. Each
+ahead of the model (descore_plugin.data.loader.stream_videos), so memory does not grow with the number of videos. Each
 row is appended to OUT.jsonl and flushed as soon as its chunk is scored:
 
     {"video", "prompt", "reward", "cot", "dimensional_scores", "overall_score", "parse_error", "uncertainty"}
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from descore_plugin.utils.errors import UserError
 
 __all__ = ["ScoreItem", "ScoreUsageError", "expand_inputs", "score_rows", "score_command", "VIDEO_SUFFIXES"]
 
@@ -159,7 +159,7 @@ def score_rows(model, items: list[ScoreItem], *, think: bool = True, batch_size:
     """Yield one row (dict) per item, in order, scoring `batch_size` decoded videos per `model.score` call; videos
     are decoded in `num_workers` worker processes ahead of the model. A video that fails is an error row.
     progress: show a progress bar (None: only on a terminal)."""
-    from .dataset import stream_videos
+    from descore_plugin.data.loader import stream_videos
 
     pending = [item for item in items if item.error is None]
     errors = {id(item): item for item in items if item.error is not None}
@@ -264,7 +264,7 @@ def score_command(args) -> int:
 def _load_model(args):
     import torch
 
-    from .model import DeScoreReward
+    from descore_plugin.modeling.model import DeScoreReward
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)

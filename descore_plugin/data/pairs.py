@@ -59,8 +59,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from descore_plugin.errors import UserError
-from descore_plugin.prompt import DIMENSIONS
+from descore_plugin.utils.errors import UserError
+from descore_plugin.modeling.prompt import DIMENSIONS
 
 __all__ = ["LABELS", "DataError", "Pair", "load_pairs", "save_pairs"]
 

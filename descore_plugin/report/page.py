@@ -2,7 +2,7 @@
 
     descore report PATH --output-dir OUT        # writes OUT/index.html (+ OUT/media/*.mp4); open it in a browser
 
-    from descore_plugin.report import write_report
+    from descore_plugin.report.page import write_report
     write_report("scores.jsonl", "report/")
 
 PATH is one of three kinds, told apart by what it holds (`detect_kind`):
@@ -48,7 +48,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from .errors import UserError
+from descore_plugin.utils.errors import UserError
 
 __all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "Flag", "Change",
            "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags", "phrase_flags",
@@ -599,7 +599,7 @@ def _browser_playable(path: Path) -> bool:
 def _reencode(source: Path, target: Path) -> None:
     import numpy as np
 
-    from .video import write_video
+    from descore_plugin.data.video import write_video
 
     import av
 

@@ -12,7 +12,7 @@ from importlib import resources
 
 import torch
 
-from .checkpoint import follow_umask
+from descore_plugin.utils.files import follow_umask
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -35,7 +35,7 @@ def tokenizer_corpus() -> list[str]:
     texts: the judge templates and the synthetic world's words as they were when it was written). Frozen so that
     rewording a template or a synthetic CoT never changes a tiny model's token ids, nor the seeded results and the
     learning measurements that depend on them."""
-    return json.loads(resources.files("descore_plugin").joinpath(CORPUS_FILE).read_text(encoding="utf-8"))
+    return json.loads(resources.files("descore_plugin.testing").joinpath(CORPUS_FILE).read_text(encoding="utf-8"))
 
 
 def build_tokenizer(vocab_size: int = 2000, reward_token: bool = True):
@@ -140,7 +140,7 @@ def init_tiny(
     prompt_template: the judge instruction (text with "{prompt}", or a path; None = templates/judge_compact.txt).
         A model trained from random weights learns nothing from the instruction's words, and a shorter one makes the
         prompt's own words a larger share of the context: tests/test_learning.py uses a one-line instruction."""
-    from .model import BACKBONE_DIR, DeScoreConfig, DeScoreReward
+    from descore_plugin.modeling.model import BACKBONE_DIR, DeScoreConfig, DeScoreReward
 
     tokenizer = build_tokenizer()
     processor = build_processor(backbone, tokenizer)

@@ -11,13 +11,13 @@
 
 Each subcommand is one `_add_<name>(commands)` function that declares its flags and sets `run=` to the function
 that executes it (`args -> exit status`); `SUBCOMMANDS` lists them in the order `descore --help` shows. A user error
-(`descore_plugin.errors.UserError`, a bad flag, a missing file) is one line on stderr and exit status 2.
+(`descore_plugin.utils.errors.UserError`, a bad flag, a missing file) is one line on stderr and exit status 2.
 """
 
 import os
 import sys
 
-from .errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int, positive_int,
+from descore_plugin.utils.errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int, positive_int,
                      run_main)
 
 
@@ -51,7 +51,7 @@ def _add_score(commands):
 
 
 def _score(args) -> int:
-    from .scoring import score_command
+    from descore_plugin.cli.score import score_command
 
     return score_command(args)
 
@@ -83,7 +83,7 @@ def _add_init(commands):
 def _init(args) -> int:
     import torch
 
-    from .model import DeScoreReward
+    from descore_plugin.modeling.model import DeScoreReward
 
     torch.manual_seed(args.seed)
     with blame(f"--backbone {args.backbone}"):
@@ -109,12 +109,12 @@ def _add_init_tiny(commands):
 
 def _init_tiny(args) -> int:
     if args.plain:
-        from .tiny import init_tiny_backbone
+        from descore_plugin.testing.tiny import init_tiny_backbone
 
         init_tiny_backbone(args.out_dir, backbone=args.backbone, seed=args.seed)
         print(f"wrote a tiny plain {args.backbone} checkpoint (no <Reward>, no head) to {args.out_dir}")
         return 0
-    from .tiny import init_tiny
+    from descore_plugin.testing.tiny import init_tiny
 
     init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
               prompt_template=args.prompt_template)
@@ -131,7 +131,7 @@ def _add_init_tiny_wan(commands):
 
 
 def _init_tiny_wan(args) -> int:
-    from .tiny_wan import write_tiny_wan
+    from descore_plugin.testing.tiny_wan import write_tiny_wan
 
     write_tiny_wan(args.out_dir, seed=args.seed)
     print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")
@@ -148,7 +148,7 @@ def _add_make_synthetic(commands):
 
 
 def _make_synthetic(args) -> int:
-    from .synthetic import write_dataset
+    from descore_plugin.testing.synthetic import write_dataset
 
     path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
     print(f"wrote {args.num_pairs} synthetic pairs to {path}")
@@ -170,7 +170,7 @@ def _add_report(commands):
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from descore_plugin.report.page import write_report
 
     index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
     print(f"wrote {index} (open it in a browser)")
@@ -185,7 +185,7 @@ def _add_serve(commands):
 
 
 def _add_serve_arguments(parser):
-    from .server import ServeConfig, default_api_key
+    from descore_plugin.serving.server import ServeConfig, default_api_key
 
     defaults = ServeConfig()
     parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
@@ -221,8 +221,8 @@ def _serve(args):
 
     import torch
 
-    from .model import DeScoreReward
-    from .server import ServeConfig, check_bind, serve
+    from descore_plugin.modeling.model import DeScoreReward
+    from descore_plugin.serving.server import ServeConfig, check_bind, serve
 
     try:
         import fastapi  # noqa: F401
@@ -252,7 +252,7 @@ def _serve(args):
             model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
         print(f"descore serve: serving {args.model} on {device}", file=sys.stderr)
     else:
-        from .tiny import init_tiny
+        from descore_plugin.testing.tiny import init_tiny
 
         with tempfile.TemporaryDirectory(prefix="descore-tiny-") as folder:
             init_tiny(folder)

@@ -5,7 +5,7 @@ Every input error of the package (a pair file, a video, a Wan setting, a flag) d
 runs its `main` through `run_main`, which prints such an error as `prog: error: message` and returns 2; every
 other exception is a bug and keeps its traceback.
 
-    from descore_plugin.errors import ArgumentParser, UserError, run_main
+    from descore_plugin.utils.errors import ArgumentParser, UserError, run_main
 
     def main(argv=None) -> int:
         args = ArgumentParser(description=__doc__).parse_args(argv)  # a bad flag: one line, exit 2

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .prompt import answer_agreement
+from descore_plugin.modeling.prompt import answer_agreement
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:

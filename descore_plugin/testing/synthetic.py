@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from descore_plugin.data import Pair, save_pairs
-from descore_plugin.prompt import DIMENSIONS, PRIMARY_DIMENSIONS, format_answer
-from descore_plugin.video import write_video
+from descore_plugin.data.pairs import Pair, save_pairs
+from descore_plugin.modeling.prompt import DIMENSIONS, PRIMARY_DIMENSIONS, format_answer
+from descore_plugin.data.video import write_video
 
 __all__ = [
     "COLOURS",

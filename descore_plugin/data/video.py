@@ -34,8 +34,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .checkpoint import follow_umask
-from .errors import UserError
+from descore_plugin.utils.files import follow_umask
+from descore_plugin.utils.errors import UserError
 
 
 # Wan 2.1 generates video at 16 frames per second; used for in-memory frames when `video_fps` is not given.

@@ -32,21 +32,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import follow_umask
-from .data import DataError, load_pairs
-from .datacheck import SKIPPED_ROWS_FILE, check_training_videos, sampling_settings, write_skipped_rows
-from .dataset import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
-from .errors import UserError, one_line_errors, report
-from .evaluation import evaluate_pairs
-from .embedding_rows import TrainableRow
-from .full_state import gather_state, load_state
-from .losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
+from descore_plugin.utils.files import follow_umask
+from descore_plugin.data.pairs import DataError, load_pairs
+from descore_plugin.data.check import SKIPPED_ROWS_FILE, check_training_videos, sampling_settings, write_skipped_rows
+from descore_plugin.data.loader import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader, stream_videos
+from descore_plugin.utils.errors import UserError, one_line_errors, report
+from descore_plugin.evaluation.preference import evaluate_pairs
+from descore_plugin.training.embedding_rows import TrainableRow
+from descore_plugin.training.full_state import gather_state, load_state
+from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
                      grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
-from .model import BACKBONE_DIR, DeScoreReward
-from .prompt import parse_answer
-from .video import load_video
-from .runs import Run
-from .sharding import prepare_frozen
+from descore_plugin.modeling.model import BACKBONE_DIR, DeScoreReward
+from descore_plugin.modeling.prompt import parse_answer
+from descore_plugin.data.video import load_video
+from descore_plugin.training.runs import Run
+from descore_plugin.training.sharding import prepare_frozen
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
 

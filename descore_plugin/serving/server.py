@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import Video, VideoInputError, load_video
+from descore_plugin.data.video import Video, VideoInputError, load_video
 
-logger = logging.getLogger("descore_plugin.server")
+logger = logging.getLogger("descore_plugin.serving.server")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 NPY_MAGIC = b"\x93NUMPY"

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_text
-from .data import DataError, Pair
-from .video import VideoInputError
+from descore_plugin.utils.files import atomic_write_text
+from descore_plugin.data.pairs import DataError, Pair
+from descore_plugin.data.video import VideoInputError
 
 __all__ = ["BadRow", "find_bad_rows", "check_training_videos", "write_skipped_rows", "sampling_settings",
            "SKIPPED_ROWS_FILE"]
@@ -153,7 +153,7 @@ def write_skipped_rows(path, bad: list[BadRow]) -> Path:
 def sampling_settings(model) -> tuple | None:
     """`(fps, num_frames)` of a local DeScore checkpoint, read from its config without loading it; None when the
     model is not a local folder with a descore_config.json (a hub id, a plain backbone): known once loaded."""
-    from .model import CONFIG_NAME, DeScoreConfig
+    from descore_plugin.modeling.model import CONFIG_NAME, DeScoreConfig
 
     path = Path(str(model)) / CONFIG_NAME
     if not path.is_file():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from descore_plugin.checkpoint import follow_umask
+from descore_plugin.utils.files import follow_umask
 from descore_plugin.integrations.wan import GenerationConfig
 
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"

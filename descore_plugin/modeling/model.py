@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import atomic_directory
-from .prompt import build_instruction, load_template, parse_answer, video_content
-from .video import Video, load_video, resize_frames, split_videos
+from descore_plugin.utils.files import atomic_directory
+from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
+from descore_plugin.data.video import Video, load_video, resize_frames, split_videos
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 CONFIG_NAME = "descore_config.json"

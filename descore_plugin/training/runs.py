@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .checkpoint import atomic_directory
-from .errors import UserError
+from descore_plugin.utils.files import atomic_directory
+from descore_plugin.utils.errors import UserError
 
 ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.jsonl"

@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import UserError
-from .prompt import DIMENSIONS
+from descore_plugin.utils.errors import UserError
+from descore_plugin.modeling.prompt import DIMENSIONS
 
 Reward = Callable[[object, Sequence[str]], "dict[str, torch.Tensor]"]
 
@@ -55,16 +55,16 @@ class RewardError(UserError):
 
 def load_reward_model(spec: str, device="cpu", dtype=None):
     """The scorer behind a `--reward-model` value: a DeScoreReward from a checkpoint directory or hub id, or a
-    `descore_plugin.remote.RemoteReward` when `spec` is a server address (http:// or https://).
+    `descore_plugin.serving.client.RemoteReward` when `spec` is a server address (http:// or https://).
 
     dtype: torch dtype or None (bfloat16 on CUDA, float32 elsewhere); unused for a server.
     """
     spec = str(spec)
     if spec.startswith(("http://", "https://")):
-        from .remote import RemoteReward
+        from descore_plugin.serving.client import RemoteReward
 
         return RemoteReward(spec)
-    from .model import DeScoreReward
+    from descore_plugin.modeling.model import DeScoreReward
 
     device = torch.device(device)
     if dtype is None:

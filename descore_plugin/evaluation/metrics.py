@@ -16,7 +16,7 @@ or the integers 1 (A better), -1 (B better), 0 (tie). Pairs labelled "invalid" m
 import numpy as np
 import torch
 
-from .errors import UserError
+from descore_plugin.utils.errors import UserError
 
 __all__ = [
     "accuracy_without_ties",

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import DataError, Pair
-from .model import DeScoreReward
-from .video import Video, load_video
+from descore_plugin.data.pairs import DataError, Pair
+from descore_plugin.modeling.model import DeScoreReward
+from descore_plugin.data.video import Video, load_video
 
 __all__ = ["VideoCache", "PairOrder", "PairBatchSampler", "PairDataset", "PairCollator", "InputEncoder",
            "pair_loader", "stream_videos", "VideoItem"]

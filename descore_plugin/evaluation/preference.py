@@ -1,15 +1,15 @@
 """Preference accuracy of a DeScore model on labelled pairs: what `recipes/eval_rm.py` reports and what the trainer
 calls for held-out accuracy.
 
-    from descore_plugin.data import load_pairs
-    from descore_plugin.evaluation import evaluate_pairs, write_evaluation
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
     result = evaluate_pairs(model, load_pairs("pairs.jsonl"), think=True)
     result["accuracy_without_ties"], result["accuracy_with_ties"]
     write_evaluation(result, "eval/")   # eval/accuracy.json + eval/pairs_scored.csv
 
 Each unique video is scored once, however many pairs it appears in. A video is its file AND the prompt it is judged
 against (the same file under another prompt is another judgement, with another CoT). The margin of a pair is
-m = reward(A) - reward(B); the accuracies are those of `descore_plugin.metrics` (without ties: sign agreement on the
+m = reward(A) - reward(B); the accuracies are those of `descore_plugin.evaluation.metrics` (without ties: sign agreement on the
 pairs humans did not tie; with ties: the "Ties Matter" threshold sweep, arXiv 2305.14324). Pairs labelled
 "invalid" are left out (counted in `num_pairs_invalid`), as the benchmarks do.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from descore_plugin.data import Pair
-from descore_plugin.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.data.pairs import Pair
+from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
 
 __all__ = ["evaluate_pairs", "write_evaluation", "SUMMARY_KEYS",
            "CSV_COLUMNS"]
@@ -41,12 +41,12 @@ def _video_key(path: str, prompt: str, instruction: str | None = None) -> tuple[
 
 def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
     """Decoded videos of `keys`, `batch_size` at a time: through `load` when given, else streamed by the loader of
-    descore_plugin.dataset (decoding in `num_workers` processes ahead of the model; a failure names the file)."""
+    descore_plugin.data.loader (decoding in `num_workers` processes ahead of the model; a failure names the file)."""
     if load is not None:
         for start in range(0, len(keys), batch_size):
             yield [load(path) for path, *_ in keys[start : start + batch_size]]
         return
-    from descore_plugin.dataset import stream_videos
+    from descore_plugin.data.loader import stream_videos
 
     for items in stream_videos([path for path, *_ in keys], fps=model.config.fps, num_frames=model.config.num_frames,
                                chunk_size=batch_size, num_workers=num_workers):
@@ -82,7 +82,7 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     think: score with the model's own generated CoT (think, then score); False = the masked-CoT fast path.
     max_new_tokens: CoT length limit (None: the model's `config.max_new_tokens`).
     load: maps a video path to what `model.score` takes; None (default): videos stream through the loader of
-        descore_plugin.dataset, decoded in `num_workers` worker processes (0: in this process).
+        descore_plugin.data.loader, decoded in `num_workers` worker processes (0: in this process).
 
     Returns a dict with:
         accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), num_pairs (pairs scored,

@@ -1,0 +1,3 @@
+from descore_plugin.cli.commands import main
+
+raise SystemExit(main())

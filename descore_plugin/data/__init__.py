@@ -1,0 +1,1 @@
+"""Pair files, video decoding and frame sampling, the streaming loaders and the pre-flight data check."""

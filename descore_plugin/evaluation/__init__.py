@@ -1,0 +1,1 @@
+"""Preference accuracy of a reward model on labelled pairs."""

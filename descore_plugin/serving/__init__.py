@@ -1,0 +1,1 @@
+"""DeScore as a service (`descore serve`) and its clients."""

@@ -1,0 +1,1 @@
+"""Reward-model training: the trainers, the losses, the run directory and distributed checkpoint state."""
