@@ -117,6 +117,12 @@ class DeScoreConfig:
 
     # --- generation of the CoT (official: greedy, repetition penalty 1.05, up to 4096 tokens) ---
     max_new_tokens: int = 4096
+    """Upper bound on the CoT length in tokens (official inference: 4,096). Scoring's default limit is
+    `cot_token_limit()`: sized to `trained_cot_tokens` when it is known, this bound otherwise."""
+    trained_cot_tokens: int | None = None
+    """The longest CoT, in tokens, the model was trained to write (training records it when it saves the model);
+    None = unknown (a new or official model). A model that never learnt to stop would otherwise run to 4,096
+    tokens per video, minutes on a CPU, before its score."""
     repetition_penalty: float = 1.05
 
     def __post_init__(self):
@@ -130,7 +136,7 @@ class DeScoreConfig:
                 raise TypeError(f"DeScoreConfig.{field.name} = {value!r}: expected {names}")
         positive = ["max_pixels", "min_pixels", "stage1_max_pixels", "stage1_min_pixels", "rollout_max_pixels",
                     "rollout_min_pixels", "max_new_tokens", "repetition_penalty"]
-        optional = ("fps", "num_frames", "cot_min_pixels", "cot_max_pixels")
+        optional = ("fps", "num_frames", "cot_min_pixels", "cot_max_pixels", "trained_cot_tokens")
         for name in positive + [n for n in optional if getattr(self, n) is not None]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"DeScoreConfig.{name} = {getattr(self, name)!r}: must be positive")
@@ -150,6 +156,14 @@ class DeScoreConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def cot_token_limit(self) -> int:
+        """The default CoT length limit of scoring: twice the longest trained CoT (room for a longer answer, but a
+        model that does not stop is cut within a few seconds), at most `max_new_tokens`; `max_new_tokens` (official
+        4,096) when the trained length is unknown."""
+        if self.trained_cot_tokens is None:
+            return self.max_new_tokens
+        return min(self.max_new_tokens, 2 * self.trained_cot_tokens)
 
     def pixel_budget(self, stage: str = "inference") -> tuple[int, int]:
         """(min_pixels, max_pixels) per frame for "inference" (scoring, evaluation, distillation), "stage1" or
@@ -511,7 +525,8 @@ class DeScoreReward(nn.Module):
             float tensor in [0, 1] that `WanPipeline(..., output_type="pt")` returns.
         think: generate a CoT first (greedy by default, as officially), then score; False = masked-CoT fast path.
         cots: score with these CoTs instead of generating (teacher forcing); `think` is then irrelevant.
-        max_new_tokens: CoT length limit (default `config.max_new_tokens`), capped at the context the model has left.
+        max_new_tokens: CoT length limit (default `config.cot_token_limit()`: sized to the CoTs the model was trained
+            on, else the official 4,096), capped at the context the model has left.
         video_fps: the frame rate of in-memory frames (default 16, Wan-2.1's); files carry their own.
         fps / num_frames: this call's SAMPLING rate or frame count instead of the config's (set at most one).
         instructions: per video, a full judge instruction replacing the template (e.g. the official CSV's `problem`).
@@ -540,7 +555,7 @@ class DeScoreReward(nn.Module):
         if instructions is not None and (isinstance(instructions, str) or len(instructions) != len(video_list)):
             raise ValueError(f"got {len(video_list)} videos but instructions={_short(instructions)}: pass a list with one "
                              "instruction (or None) per video")
-        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        max_new_tokens = self.config.cot_token_limit() if max_new_tokens is None else max_new_tokens
         instructions = [None] * len(video_list) if instructions is None else list(instructions)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if seed is not None:  # repeatable sampling without touching the caller's random state

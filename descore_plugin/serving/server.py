@@ -407,7 +407,7 @@ def create_app(model, config: ServeConfig | None = None):
     batcher = MicroBatcher(model, config.max_batch_size, config.max_wait_ms)
     decoder = VideoDecoder(config, model.config.fps, model.config.num_frames)
     limit = int(config.max_request_mb * 1024 * 1024)
-    cot_cap = config.max_new_tokens if config.max_new_tokens is not None else model.config.max_new_tokens
+    cot_cap = config.max_new_tokens if config.max_new_tokens is not None else model.config.cot_token_limit()
 
     @asynccontextmanager
     async def lifespan(app):

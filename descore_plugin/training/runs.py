@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from descore_plugin.utils.files import atomic_directory
-from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.errors import UserError, checkpoint_hint, set_resume_hint
 
 ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.jsonl"
@@ -132,6 +132,7 @@ class Run:
         with atomic_directory(path) as tmp:
             write(tmp)
             (tmp / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        set_resume_hint(checkpoint_hint(path))  # what a Ctrl-C from now on prints (utils.errors.run_main)
         if keep_last:
             for old in self.checkpoints()[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -141,6 +142,8 @@ class Run:
         """The step of the newest checkpoint (0 when there is none); metrics past it are dropped."""
         latest = self.latest_checkpoint()
         step = checkpoint_step(latest) if latest is not None else 0
+        if latest is not None:
+            set_resume_hint(checkpoint_hint(latest))
         if self.main_process:
             rows = self.metrics(up_to_step=step)
             self._write_metrics(rows)

@@ -16,6 +16,13 @@ other exception is a bug and keeps its traceback.
     if __name__ == "__main__":
         sys.exit(run_main(main, "my_recipe.py"))
 
+Ctrl-C: `run_main` turns a KeyboardInterrupt into one line too, `prog: interrupted; ...`, naming where the work
+stands as the running job last said with `set_resume_hint` (e.g. "last checkpoint: out/checkpoint-20; continue with
+--resume"), and returns 130 (128 + SIGINT, what a shell reports for a command killed by Ctrl-C).
+
+Output folders: `prepare_output_dir` gives every command the same rule for an existing output (refused unless
+--resume continues it or --overwrite replaces it).
+
 The argument types here (`positive_int`, `dtype_name`, `device_name`, ...) check a flag where it enters, so a
 bad value is reported by argparse, naming the flag, before anything is loaded.
 """
@@ -26,9 +33,11 @@ import os
 import sys
 
 __all__ = ["UserError", "ArgumentParser", "one_line_errors", "run_main", "report", "one_line", "blame", "positive_int", "non_negative_int",
-           "positive_float", "dtype_name", "device_name", "add_device_arguments", "DTYPE_ALIASES", "USAGE_EXIT_STATUS"]
+           "positive_float", "dtype_name", "device_name", "add_device_arguments", "DTYPE_ALIASES", "USAGE_EXIT_STATUS",
+           "INTERRUPTED_EXIT_STATUS", "set_resume_hint", "resume_hint", "checkpoint_hint", "interrupted", "prepare_output_dir"]
 
 USAGE_EXIT_STATUS = 2  # what argparse and the shell conventions use for "the command was called wrongly"
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 class UserError(ValueError):
@@ -51,6 +60,84 @@ def run_main(main, prog: str, argv=None) -> int:
         return main(argv)
     except (UserError, *_FILE_ERRORS) as error:
         return report(error, prog)
+    except KeyboardInterrupt:
+        return interrupted(prog)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ctrl-C: one line saying where the work stands, instead of a traceback
+
+_resume_hint: str | None = None
+
+
+def set_resume_hint(hint: str | None) -> None:
+    """What a Ctrl-C from now on should tell the user about continuing (e.g. `checkpoint_hint(path)` right after a
+    checkpoint is written, or "rows so far are in OUT.jsonl; run the same command with --resume"). None: nothing
+    saved yet."""
+    global _resume_hint
+    _resume_hint = None if hint is None else one_line(hint)
+
+
+def resume_hint() -> str | None:
+    """The hint last set by `set_resume_hint` (None when the running job has saved nothing to continue from)."""
+    return _resume_hint
+
+
+def checkpoint_hint(checkpoint) -> str:
+    """The resume hint of a training run whose newest checkpoint is `checkpoint`."""
+    return f"last checkpoint: {checkpoint}; run the same command with --resume to continue from it"
+
+
+def interrupted(prog: str) -> int:
+    """Print the one line of a Ctrl-C (`prog: interrupted; <resume hint>`, on stderr) and return 130."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    where = f"[rank {rank}] " if world != "1" and rank != "0" else ""
+    print(f"{where}{prog}: interrupted; {_resume_hint or 'nothing was saved to continue from'}", file=sys.stderr,
+          flush=True)
+    return INTERRUPTED_EXIT_STATUS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output folders: one rule for every command
+
+
+def prepare_output_dir(path, *, resume: bool | None = False, overwrite: bool = False, what: str = "--output-dir",
+                       ours=None) -> bool:
+    """Apply the rule for an existing output (a folder, or a file such as OUT.jsonl): refused unless `resume`
+    (continue it: returns True) or `overwrite` (delete it and start again). A missing or empty folder is simply
+    used. Returns whether there is something to continue.
+
+    resume: None for a command that cannot continue a previous output (its message then offers --overwrite only).
+    what: how the user named the output, e.g. "--output-dir runs/eval" or "OUT_DIR".
+    ours: a callable path -> bool saying the existing output was written by this command; --overwrite refuses to
+        delete anything else (a folder of the user's that was named by mistake)."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    if resume and overwrite:
+        raise UserError(f"{what}: --resume and --overwrite exclude each other: continue it, or start again")
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise UserError(f"{what}: {path} is neither a file nor a folder")
+    if not exists:
+        if resume:
+            raise UserError(f"{what}: --resume, but {path} holds nothing to continue; drop --resume to start")
+        return False
+    if resume:
+        return True
+    if not overwrite:
+        how = "pass --overwrite to replace it" if resume is None else \
+            "pass --resume to continue it or --overwrite to replace it"
+        raise UserError(f"{what}: {path} already exists; {how} (or choose another output)")
+    if ours is not None and not ours(path):
+        raise UserError(f"{what}: --overwrite, but {path} was not written by this command; refusing to delete it: "
+                        "choose another output")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return False
 
 
 def report(error: BaseException, prog: str) -> int:
