@@ -7,7 +7,7 @@ import math
 import pytest
 
 import report_builders
-from descore_plugin.report import page as report
+import descore_plugin.report as report
 from descore_plugin.cli import main as cli
 from descore_plugin.testing.synthetic import write_dataset
 

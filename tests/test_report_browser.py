@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import report_builders
-from descore_plugin.report.page import write_report
+from descore_plugin.report import write_report
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
