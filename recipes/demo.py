@@ -206,7 +206,7 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
 def step_reports(output_dir: Path, sources: dict) -> dict:
     """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html; the run's
     optimised reward is analytic:redness, its independent checks the other rewards."""
-    from descore_plugin.report.page import write_report
+    from descore_plugin.report import write_report
 
     pages = {name: write_report(path, output_dir / "report" / name,
                                 reward="analytic:redness" if name == "dpo_run" else None)

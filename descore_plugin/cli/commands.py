@@ -170,7 +170,7 @@ def _add_report(commands):
 
 
 def _report(args) -> int:
-    from descore_plugin.report.page import write_report
+    from descore_plugin.report import write_report
 
     index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
     print(f"wrote {index} (open it in a browser)")
