@@ -1,0 +1,319 @@
+"""The one run loop of every trainer: a `Method` says what one step, one evaluation and one checkpoint are; the
+`RunLoop` does everything around them, the same way for the reward-model trainers and for post-training.
+
+    loop = RunLoop(method, LoopConfig(output_dir="out", max_steps=100), accelerator=None)
+    result = loop.run()          # -> RunResult(output_dir, step, metrics of the final evaluation)
+
+What the loop owns (the method never does these):
+- the run directory (`descore_plugin.training.runs.Run`): run_args.json, refused re-runs, --resume / --overwrite;
+- resume from the newest atomic checkpoint-N (the method's `state_dict()`, RNG streams included, comes back through
+  `load_state_dict`), so a resumed run equals an uninterrupted one;
+- the cadence: a checkpoint every `checkpoint_every` steps and at the end, an evaluation at the start, every
+  `eval_every` steps and at every checkpoint (an evaluation interrupted after its checkpoint is re-run on resume);
+- metrics: the method returns this process's numbers; the loop averages them over the processes (NaN-aware, one
+  `accelerator.gather`) and appends one row per step to metrics.jsonl, in ONE vocabulary:
+      train/<name>   training quantities (loss, KL, accuracy, gradient norm, ...)
+      eval/<name>    evaluation results (eval/<name>_std its spread over the evaluated items)
+      reward/<name>  rewards of the training samples
+      time/<name>    seconds (time/step is added by the loop)
+  each row also holds "kind" ("train" or "eval") and "step" (optimiser steps done);
+- the tqdm progress bar, curves.png (`write_curves`), and the end: the last checkpoint, then the final publish
+  (`save_pretrained(output_dir)`, e.g. a LoRA in the diffusers format) BEFORE the final evaluation, so a Ctrl-C in
+  that evaluation loses nothing;
+- Ctrl-C: one line, "interrupted; at step N; last checkpoint: DIR; run the same command with --resume ..." (through
+  `descore_plugin.utils.errors.run_main`), no traceback.
+
+Checkpoint files: `state_dict()` is called on EVERY process (a sharded method gathers its full state there); the
+main process writes each top-level entry that is a flat {name: tensor} dict as `<entry>.safetensors` and everything
+else (optimizer state, RNG states, counters) in `state.pt`; every process reads them back on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from descore_plugin.training.runs import Run, checkpoint_step
+from descore_plugin.utils import errors
+
+logger = logging.getLogger(__name__)
+
+VOCABULARY = ("train/", "eval/", "reward/", "time/")
+STATE_FILE = "state.pt"
+LOOP_MAY_CHANGE = ("max_steps", "eval_every", "checkpoint_every", "keep_last")
+"""Loop settings a resumed run may change: how long to train and how often to look, not what is trained."""
+
+
+def _help(text: str, default=None, **extra):
+    return field(default=default, metadata={"help": text, **extra})
+
+
+@dataclass
+class LoopConfig:
+    """The run directory and the cadence of a training run."""
+
+    output_dir: str = _help("the run directory (refused if it holds a run, unless --resume or --overwrite)",
+                            required=True)
+    max_steps: int = _help("training steps", required=True)
+    checkpoint_every: int = _help("write checkpoint-N every N steps (and at the end)", default=100)
+    eval_every: int = _help("evaluate every N steps (0: at the start, at checkpoints and at the end only)", default=0)
+    resume: bool = _help("continue the run in --output-dir from its newest checkpoint", default=False)
+    overwrite: bool = _help("delete the run in --output-dir and start again", default=False)
+    keep_last: int | None = _help("keep only the newest N checkpoints (unset: keep all)")
+
+    def check(self) -> None:
+        for name in ("max_steps", "checkpoint_every"):
+            if getattr(self, name) is None or getattr(self, name) < 1:
+                raise errors.UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise errors.UserError(f"--eval-every must be >= 0, got {self.eval_every}")
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What a trainer is, to the loop. Attributes: `name` (the progress bar's label), `curve_names` (train/... keys
+    drawn in curves.png), `arguments` (a dict recorded in run_args.json and compared on --resume) and
+    `may_change_on_resume` (argument names that may differ on --resume)."""
+
+    name: str
+    curve_names: Sequence[str]
+
+    def setup(self, loop: "RunLoop") -> None: ...  # build models, data, optimiser (the run directory exists)
+
+    def train_step(self, step: int) -> dict[str, float]: ...  # step: 0-based; returns this process's metrics
+
+    def evaluate(self, step: int) -> dict[str, float]: ...  # eval/... metrics (may be empty)
+
+    def state_dict(self) -> dict: ...  # everything resume needs, RNG streams included
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def save_pretrained(self, directory: Path) -> None: ...  # the final publish (main process only)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    step: int
+    metrics: dict = field(default_factory=dict)  # the final evaluation's row
+
+
+def check_vocabulary(metrics: dict, where: str) -> None:
+    """Every metric name starts with train/, eval/, reward/ or time/."""
+    wrong = [key for key in metrics if not key.startswith(VOCABULARY)]
+    if wrong:
+        raise ValueError(f"{where} returned {wrong}: metric names start with one of {', '.join(VOCABULARY)}")
+
+
+class RunLoop:
+    """Runs a `Method` (see the module docstring). `accelerator`: an accelerate Accelerator (one is made if None)."""
+
+    def __init__(self, method: Method, config: LoopConfig, accelerator=None):
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        config.check()
+        self.method, self.config, self.accelerator = method, config, accelerator
+        self.run_dir: Run | None = None
+        self.step = 0
+        self.progress = None
+        self.evaluated: set[int] = set()  # steps with an eval row
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> RunResult:
+        method, config, accelerator = self.method, self.config, self.accelerator
+        arguments = {**getattr(method, "arguments", {}), "max_steps": config.max_steps,
+                     "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every}
+        may_change = tuple(getattr(method, "may_change_on_resume", ())) + LOOP_MAY_CHANGE
+        self.run_dir = Run.open(config.output_dir, arguments, resume=config.resume, overwrite=config.overwrite,
+                                may_change=may_change, main_process=accelerator.is_main_process,
+                                wait_for_everyone=accelerator.wait_for_everyone)
+        method.setup(self)
+        self.step = self._resume() if config.resume else 0
+        self.evaluated = {r["step"] for r in self.run_dir.metrics() if r.get("kind") == "eval"}  # read by all
+        accelerator.wait_for_everyone()
+        if self.step < config.max_steps and self.step not in self.evaluated:  # the start, or an interrupted one
+            self._evaluate(self.step)
+        final = {}
+        try:
+            self._train()
+            self.progress.close()
+            latest = self.run_dir.latest_checkpoint()
+            if latest is None or checkpoint_step(latest) != self.step:
+                self._checkpoint()
+            if accelerator.is_main_process:
+                method.save_pretrained(self.output_dir)  # the final publish, before the final evaluation
+            accelerator.wait_for_everyone()
+            if self.step not in self.evaluated:
+                final = self._evaluate(self.step)
+            if accelerator.is_main_process:
+                write_curves(self.run_dir.metrics(), self.output_dir / "curves.png", method.curve_names)
+        except KeyboardInterrupt:
+            if self.progress is not None:
+                self.progress.close()
+            latest = self.run_dir.latest_checkpoint()
+            errors.set_resume_hint(f"at step {self.step}; " + (errors.checkpoint_hint(latest) if latest else
+                                   "no checkpoint yet; run the same command with --resume to start again"))
+            raise
+        accelerator.wait_for_everyone()
+        return RunResult(self.output_dir, self.step, final)
+
+    def _train(self) -> None:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.progress = tqdm(total=config.max_steps, initial=self.step, desc=self.method.name,
+                             disable=not self.accelerator.is_main_process)
+        while self.step < config.max_steps:
+            started = time.perf_counter()
+            metrics = self.method.train_step(self.step)
+            check_vocabulary(metrics, f"{type(self.method).__name__}.train_step")
+            metrics = self.reduce({**metrics, "time/step": time.perf_counter() - started})
+            self.step += 1
+            self.log({"kind": "train", "step": self.step, **metrics})
+            shown = [k for k in self.method.curve_names if k in metrics][:3]
+            self.progress.update(1)
+            self.progress.set_postfix({k.split("/", 1)[1]: f"{metrics[k]:.4g}" for k in shown}, refresh=False)
+            done = self.step
+            checkpoint = done == config.max_steps or done % config.checkpoint_every == 0
+            if checkpoint:
+                self._checkpoint()  # before the evaluation: a Ctrl-C in the evaluation loses no training
+            if done < config.max_steps and (checkpoint or (config.eval_every and done % config.eval_every == 0)):
+                self._evaluate(done)
+
+    # ------------------------------------------------------------------ metrics
+    def reduce(self, metrics: dict) -> dict:
+        """The mean over the processes of every number (NaN-aware: a process without a value does not count)."""
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if self.accelerator.num_processes == 1 or not keys:
+            return {k: float(metrics[k]) for k in keys}
+        local = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
+        gathered = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys))
+        return dict(zip(keys, torch.nanmean(gathered, dim=0).tolist()))
+
+    def log(self, row: dict) -> None:
+        self.run_dir.log(row)
+        if self.accelerator.is_main_process:
+            logger.debug("%s", row)
+
+    def _evaluate(self, step: int) -> dict:
+        metrics = self.method.evaluate(step) or {}
+        check_vocabulary(metrics, f"{type(self.method).__name__}.evaluate")
+        row = {"kind": "eval", "step": step, **metrics}
+        self.log(row)
+        self.evaluated.add(step)
+        if metrics and self.accelerator.is_main_process:
+            logger.info("step %d: %s", step, ", ".join(f"{k} = {v:.5g}" for k, v in metrics.items()
+                                                      if isinstance(v, float) and not k.endswith("_std")))
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        state = self.method.state_dict()  # every process: a sharded method gathers here
+        self.run_dir.save_checkpoint(self.step, lambda directory: save_state(state, directory),
+                                     keep_last=self.config.keep_last)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> int:
+        latest = self.run_dir.latest_checkpoint()
+        step = self.run_dir.resume_step()
+        if latest is not None:
+            self.method.load_state_dict(load_state(latest))
+            if self.accelerator.is_main_process:
+                logger.info("resumed from %s (step %d)", latest, checkpoint_step(latest))
+        self.accelerator.wait_for_everyone()
+        return step
+
+
+# ---------------------------------------------------------------------------------------------------- state files
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+
+
+def save_state(state: dict, directory: Path) -> None:
+    """Write a method's state: flat {name: tensor} entries as <entry>.safetensors, the rest in state.pt."""
+    from safetensors.torch import save_file
+
+    rest = {}
+    for key, value in state.items():
+        if _is_tensor_dict(value):
+            save_file({k: v.detach().cpu().contiguous() for k, v in value.items()}, str(directory / f"{key}.safetensors"))
+        else:
+            rest[key] = value
+    torch.save(rest, directory / STATE_FILE)
+
+
+def load_state(directory: Path) -> dict:
+    """The state `save_state` wrote (tensors on the CPU)."""
+    from safetensors.torch import load_file
+
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        state[path.stem] = load_file(str(path))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------- curves
+def write_curves(rows: list[dict], path: Path, curve_names: Sequence[str] = ()) -> Path:
+    """curves.png of a run's metrics rows: one panel per evaluated quantity (eval/<name>, with a band of one
+    standard error when eval/<name>_std and eval/num_items are logged, and reward/<name> of the training samples on
+    the same axes), then one panel per training curve in `curve_names`. Axes start at the data, never a zoom that
+    makes noise look like a trend: the band shows the noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    names = list(dict.fromkeys(k[len("eval/"):] for r in evals for k in r if k.startswith("eval/")
+                               and not k.endswith("_std") and k != "eval/num_items"))
+    curves = [k for k in curve_names if any(k in r for r in train)]
+    panels = len(names) + len(curves) or 1
+    columns = min(panels, 4)
+    figure, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(4.5 * columns,
+                                3.5 * ((panels + columns - 1) // columns)), squeeze=False)
+    flat = list(axes.flat)
+    for axis, name in zip(flat, names):
+        if any(f"reward/{name}" in r for r in train):
+            axis.plot([r["step"] for r in train], [r.get(f"reward/{name}", math.nan) for r in train], alpha=0.5,
+                      label="training samples")
+        steps = [r["step"] for r in evals]
+        mean = [r.get(f"eval/{name}", math.nan) for r in evals]
+        axis.plot(steps, mean, "o-", label="evaluation")
+        if all(f"eval/{name}_std" in r and "eval/num_items" in r for r in evals):
+            se = [r[f"eval/{name}_std"] / math.sqrt(max(r["eval/num_items"], 1)) for r in evals]
+            axis.fill_between(steps, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)], alpha=0.25,
+                              label="± 1 standard error")
+        axis.set(title=name, xlabel="step")
+        axis.legend(fontsize=7)
+    for axis, key in zip(flat[len(names):], curves):
+        axis.plot([r["step"] for r in train], [r.get(key, math.nan) for r in train])
+        axis.set(title=key, xlabel="step")
+    for axis in flat[panels:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+__all__ = ["LoopConfig", "Method", "RunLoop", "RunResult", "VOCABULARY", "LOOP_MAY_CHANGE", "check_vocabulary",
+           "save_state", "load_state", "write_curves"]
