@@ -15,7 +15,7 @@ The two algorithms differ in three decisions, each made in ONE function, and in 
   which steps are SDE steps `sde_masks`        Flow-GRPO: every step, the first T-1 trained; LongCat: one critical step
   how advantages combine    `advantages`       Flow-GRPO: weighted reward sum, per-group z-score, clipped at 5;
                                                LongCat: per reward over the largest group std, then weighted sum
-The formulas and their sources are in docs/design.md ("Post-training").
+The formulas and their sources are in docs/post_training.md ("The math").
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ another's allocations. Loader workers are 0 in the memory runs: all decoding hap
 - sharded_over_ddp_param_opt_memory = per-rank bytes of trainable parameters + AdamW states after one full
   fine-tuning step with FSDP2 (`torch.distributed.fsdp.fully_shard` on every decoder layer and vision block, then the
   whole model: what recipes/accelerate/fsdp.yaml asks accelerate for) / with DDP (a full replica per rank), 2
-  processes on CPU with gloo. Goal <= 0.6. accelerate itself selects FSDP only on accelerator devices (see README,
-  "Scale"), so on CPU the bench calls the same fully_shard directly.
+  processes on CPU with gloo. Goal <= 0.6. accelerate itself selects FSDP only on accelerator devices (see
+  docs/scale.md), so on CPU the bench calls the same fully_shard directly.
 """
 
 import argparse

@@ -16,7 +16,7 @@ For each seed: a tiny random Qwen2.5-VL DeScore model (`init_tiny`), a synthetic
 
 The tiny models get a one-line judge instruction (`--prompt-template`) and the CoT runs a next-token loss weight
 of 4 (`--lm-loss-weight`): with the compact instruction and weight 1 the model's own CoT did not get the wrong-colour
-pairs within 1,500 steps; with both changes it does by ~800 (tests/test_learning.py has the measurements).
+pairs within 1,500 steps; with both changes it does by ~800 (docs/benchmarks.md has the measurements).
 
 Every row reports held-out accuracy without and with ties (the eval set holds `--eval-tie-rate` tie pairs), per
 defect slice (the pairs whose videos differ in that dimension only: "subject" is the wrong colour, i.e. prompt
@@ -30,7 +30,7 @@ direction and background, defects subject (wrong colour), dynamics, camera and s
 a 20-pixel square, defects subject and style; here the discriminative baseline DOES learn the colour binding (in
 ~500 steps; measured with the compact instruction), so it shows where the CoT's advantage ends. "full": every colour, shape,
 direction and background of `synthetic.WorldConfig`, defects subject, dynamics and style.
-What the tiny model learns on this CPU, and how fast: the docstring of tests/test_learning.py.
+What the tiny model learns on this CPU, and how fast: docs/benchmarks.md.
 """
 
 import argparse

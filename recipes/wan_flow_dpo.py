@@ -6,7 +6,7 @@ r"""Flow-DPO post-training of Wan-2.1 with video rewards (DeScore, analytic rewa
         --max-steps 10                       # no reward model needed for analytic rewards
     accelerate launch recipes/wan_flow_dpo.py ...          # many processes: prompts split across them, DDP sync
 
-What it does (Flow-DPO, arXiv 2501.13918; docs/design.md "Flow-DPO" has the loss and the meaning of --beta):
+What it does (Flow-DPO, arXiv 2501.13918; docs/post_training.md "Flow-DPO" has the loss and the meaning of --beta):
 1. Pairs: --videos-per-prompt videos per prompt from the base model (adapter disabled), scored by the --reward set
    (weighted sum; a video without a score is never in a pair), best vs worst (or every pair over --pair-margin);
    latents, every named score and the CoTs under OUTPUT/cache/pairs-<key>/round_0000, resumable, keyed by what

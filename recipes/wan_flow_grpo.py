@@ -5,7 +5,7 @@ r"""GRPO post-training of Wan-2.1 with video rewards: Flow-GRPO or LongCat-GRPO 
     python recipes/wan_flow_grpo.py --algorithm longcat ... --reward descore:subject=1 descore:dynamics=1
     accelerate launch recipes/wan_flow_grpo.py ...         # many processes: prompts split across them, DDP sync
 
-One step (integrations/grpo.py `GRPOTrainer.step`; formulas and sources in docs/design.md "GRPO"):
+One step (integrations/grpo.py `GRPOTrainer.step`; formulas and sources in docs/post_training.md "GRPO"):
 1. Rollouts: each process takes --prompts-per-step of ITS prompts and samples --group-size videos per prompt.
    flow_grpo: independent initial noise, the SDE on every step with flow_grpo's Wan noise schedule (std growing
    linearly with t), the first T-1 steps trained. longcat: shared initial noise per prompt, ONE critical SDE step

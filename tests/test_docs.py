@@ -1,10 +1,11 @@
-"""The README's shell commands run as written, on the tiny models: the README and the code cannot drift apart.
+"""The documentation's shell commands run as written, on the tiny models: the docs and the code cannot drift apart.
 
-Every command of every ```bash block of README.md is either RUN here, in order, in one scratch folder (so that a
-later block finds what an earlier one wrote: stage 1 -> stage 2 -> eval -> distillation, ...), or listed in
-NOT_RUNNABLE with the reason. Only sizes change, through SUBSTITUTIONS: model and pipeline names become the tiny
-ones, step counts and data sizes become small ones. `python`, `descore` and `accelerate` are this environment's;
-`recipes/` is the repository's.
+Every command of every ```bash block of README.md and of every docs/*.md page is either RUN here, in order, in one
+scratch folder, or listed in NOT_RUNNABLE with the reason. The pages run in the order of pages() (README first, then
+the docs pages in the order a reader meets them, then any other page by name), so that a later page finds what an
+earlier one wrote: training -> distillation (its teacher) -> post-training, ... Only sizes change, through
+SUBSTITUTIONS: model and pipeline names become the tiny ones, step counts and data sizes become small ones.
+`python`, `descore` and `accelerate` are this environment's; `recipes/` is the repository's.
 """
 
 import os
@@ -17,6 +18,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# The order in which the pages' commands run; a docs page missing here runs after these, by name.
+ORDER = ["scoring", "training", "distillation", "post_training", "serving", "scale", "reports", "differences",
+         "benchmarks"]
+
+
+def pages() -> list[Path]:
+    docs = {page.stem: page for page in (ROOT / "docs").glob("*.md")}
+    return [README] + [docs.pop(name) for name in ORDER if name in docs] + [docs[name] for name in sorted(docs)]
+
+
+def all_commands() -> list[tuple[str, int, str]]:
+    """(page, line, command) for every command of every page, in the order they run."""
+    return [(page.relative_to(ROOT).as_posix(), line, command)
+            for page in pages() for line, command in bash_commands(page.read_text())]
 
 # A command starting with one of these is not run here, for the reason given.
 NOT_RUNNABLE = {
@@ -29,10 +44,12 @@ NOT_RUNNABLE = {
                                                                       "stands for the other flags",
     "accelerate launch --config_file recipes/accelerate/": "the 8-GPU DDP / FSDP configurations need 8 GPUs; "
                                                            "their parsing is tested on CPU",
+    "python recipes/bench_": "benchmarks that measure for minutes; tests/test_recipe_help.py runs each one's --help, "
+                             "tests/test_flow_dpo.py one of bench_post_training's measurements",
 }
 
 TINY_MODEL = "tiny-model"  # written by the fixture with `descore init-tiny`: any DeScore checkpoint would do
-# (pattern, replacement) applied in order to each command; every pattern must match some README command.
+# (pattern, replacement) applied in order to each command; every pattern must match some runnable command.
 SUBSTITUTIONS = [
     (r"\bDIR_OR_ID\b", TINY_MODEL),
     (r"Wan-AI/Wan2\.1-T2V-1\.3B-Diffusers", "tiny-wan/"),
@@ -68,8 +85,8 @@ def _strip_comment(line: str) -> str:
     return line.rstrip()
 
 
-def readme_commands(text: str) -> list[tuple[int, str]]:
-    """(README line, command) for each command of each ```bash block: continuation lines joined, comments dropped,
+def bash_commands(text: str) -> list[tuple[int, str]]:
+    """(line, command) for each command of each ```bash block: continuation lines joined, comments dropped,
     a `for ... done` loop kept as one command."""
     commands = []
     for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
@@ -100,19 +117,29 @@ def _substitute(command: str) -> str:
     return command
 
 
-def test_every_readme_command_is_run_or_listed_and_every_rule_is_used():
-    commands = [command for _, command in readme_commands(README.read_text())]
+def test_every_command_is_run_or_listed_and_every_rule_is_used():
+    found = all_commands()
+    commands = [command for _, _, command in found]
     assert len(commands) >= 10, commands
+    assert {page for page, _, _ in found} >= {"README.md", "docs/training.md", "docs/post_training.md"}
     unused = [prefix for prefix in NOT_RUNNABLE if not any(c.startswith(prefix) for c in commands)]
-    assert not unused, f"NOT_RUNNABLE entries that match no README command (remove them): {unused}"
+    assert not unused, f"NOT_RUNNABLE entries that match no command of the docs (remove them): {unused}"
     runnable = [c for c in commands if _reason(c) is None]
     stale = [p for p, _ in SUBSTITUTIONS if not any(re.search(p, c) for c in runnable)]
-    assert not stale, f"SUBSTITUTIONS that match no runnable README command (remove them): {stale}"
-    assert not [c for c in runnable if "..." in c], "a command with `...` cannot run: list it in NOT_RUNNABLE"
+    assert not stale, f"SUBSTITUTIONS that match no runnable command of the docs (remove them): {stale}"
+    dots = [f"{page}:{line}" for page, line, c in found if _reason(c) is None and "..." in c]
+    assert not dots, f"a command with `...` cannot run: list it in NOT_RUNNABLE ({dots})"
 
 
-def test_readme_commands_run_on_the_tiny_models(tmp_path):
-    """Every runnable README command, in order, with only sizes changed; each must exit 0."""
+def test_readme_lists_every_package():
+    """The README's one-line-per-package list names exactly the packages there are."""
+    listed = set(re.findall(r"^- `([\w/]+)`: ", README.read_text(), re.M))
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "descore_plugin").glob("*/__init__.py")}
+    assert listed == packages | {"integrations", "recipes"}, listed ^ (packages | {"integrations", "recipes"})
+
+
+def test_doc_commands_run_on_the_tiny_models(tmp_path):
+    """Every runnable command of the docs, in order, with only sizes changed; each must exit 0."""
     from descore_plugin.testing.tiny import init_tiny
 
     init_tiny(tmp_path / TINY_MODEL)
@@ -128,13 +155,13 @@ def test_readme_commands_run_on_the_tiny_models(tmp_path):
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     ran = []
-    for line, command in readme_commands(README.read_text()):
+    for page, line, command in all_commands():
         if _reason(command) is not None:
             continue
         command = _substitute(command)
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"README line {line}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{page}:{line}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
         ran.append(command)
     assert any("train_rm.py --stage 2" in c for c in ran) and any("wan_flow_grpo.py" in c for c in ran)
     assert (tmp_path / "runs" / "stage2" / "descore_config.json").is_file()
@@ -142,6 +169,9 @@ def test_readme_commands_run_on_the_tiny_models(tmp_path):
     assert (tmp_path / "runs" / "student" / "descore_config.json").is_file()
     assert (tmp_path / "runs" / "dpo" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "runs" / "grpo" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "runs" / "rm" / "descore_config.json").is_file()  # the README's quick starts
+    assert (tmp_path / "runs" / "wan-dpo" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "report-dpo" / "index.html").is_file()
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) >= 8  # 4 pairs, 8 videos (+ later blocks')
     if any(c.startswith("descore report") for c in ran):
         assert (tmp_path / "report" / "index.html").is_file()
@@ -153,4 +183,4 @@ def test_readme_commands_run_on_the_tiny_models(tmp_path):
     ("```bash\nfor i in 0 1; do\n  echo $i &\ndone\n```\n", [(2, "for i in 0 1; do\necho $i &\ndone")]),
 ])
 def test_command_extraction(text, expected):
-    assert readme_commands(text) == expected
+    assert bash_commands(text) == expected

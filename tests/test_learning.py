@@ -10,27 +10,15 @@ so that the prompt's words are a larger share of its context. Four trainings, sh
 - `masked` (the same subprocess, after `baseline`): stage 1, CoTs masked with p 0.5 (one coin a pair) + CoT loss;
 - `stage2` (in this process): stage 2 from `cot`, 30 steps of dual-objective RL.
 
-A training step of this model is overhead-bound, so one thread runs it as fast as two (measured 4.3 and 4.5 steps a
-second): the two stage-1 trainings run side by side on one thread each, ~7 minutes for the file on 2 cores.
+A training step of this model is overhead-bound, so one thread runs it as fast as two: the two stage-1
+trainings run side by side on one thread each, ~7 minutes for the file on 2 cores.
 
 The world: one shape, direction and background, four colours, and pairs whose videos differ in exactly one
 dimension (the `slice`): subject (the wrong colour: prompt misalignment), dynamics, camera or style (visual defects).
 Its CoTs write each verdict right after its evidence (`synthetic.write_cot`).
 
-Measured here (held-out 200 pairs; own CoT = scored with the model's own greedy CoT):
-| run (1,200 steps unless said)           | overall | wrong colour | visual slices | parse |
-|-----------------------------------------|---------|--------------|---------------|-------|
-| cot, own CoT                            | 0.975   | 0.94         | >= 0.96       | 0.97  |
-| baseline, no CoT                        | 0.86    | 0.51         | >= 0.96       |       |
-| masked (400 steps), no CoT              | 0.845   | 0.39         | 1.00          |       |
-| stage 2 (30 steps from cot), own CoT    | 1.00    | 1.00         | 1.00          | 0.998 |
-The cot model's own colour verdict switches on between 400 and 800 steps (0.47 -> 1.00); with seed 1 (another init
-and data set) between 800 and 1,200 (0.95 overall, 0.81 colour at 1,200). These tiny runs are chaotic: with a
-60-step warm-up instead of 120, the same cot run ended at 0.66 (its CoTs had forgotten the flicker while learning the
-colour) and the baseline learnt the colour (0.86). What did not get there within 1,200-2,400 steps: CoT loss weight 1
-(with masking and the compact instruction 0.72 colour at 1,500; unmasked it fell to 0.45 overall at 800), masking
-p 0.5 with weight 4 (0.43 colour), and a shorter CoT without the full "Expect" line (0.47). Stage 2's rollout reward
-on its training batches went 0.70 -> 0.74 (mean of the first and last 10 of 30 steps). `recipes/bench_learning.py` runs the ablation on another data set.
+The accuracies these settings reach, and what did not get there: docs/benchmarks.md. `recipes/bench_learning.py`
+runs the ablation on another data set.
 """
 
 import json

@@ -179,7 +179,7 @@ def _report(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------- serve
 def _add_serve(commands):
-    serve = commands.add_parser("serve", help="serve the reward model over HTTP (micro-batched; see README 'Serving')")
+    serve = commands.add_parser("serve", help="serve the reward model over HTTP (micro-batched; see docs/serving.md)")
     _add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
 

@@ -436,7 +436,7 @@ class DeScoreReward(nn.Module):
         cache. The continuation feeds two columns [last token, <Reward>] with an attention mask that hides, per
         row, everything after its own CoT, and explicit rope positions (position = count of attended tokens - 1 +
         the rope offset the video left, `rope_deltas`; transformers needs them given explicitly after a cache;
-        docs/design.md, "Scoring by continuing the KV cache").
+        docs/scoring.md, "Scoring by continuing the KV cache").
 
         layout="user": the scoring sequence lacks the generation suffix (end of the user turn, assistant header), so
         the cache is cut back to the end of the instruction and [CoT, <Reward>] is fed from there: a prefill of the
@@ -767,7 +767,7 @@ class DeScoreReward(nn.Module):
         if "prompt_template" not in overrides:
             warnings.warn(f"{directory}: an official DeScore checkpoint, scored here with the package's own judge instruction; "
                           "it was trained with the official one: pass prompt_template= (a file holding the instruction "
-                          "of the official inference script, see the README)", stacklevel=3)
+                          "of the official inference script, see docs/scoring.md)", stacklevel=3)
         official = {"backbone": base, "reward_token": "<Reward>", "layout": "user"}
         config = DeScoreConfig.from_dict(official, source=str(directory), overrides=overrides)
         has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))

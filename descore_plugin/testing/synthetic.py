@@ -356,8 +356,7 @@ def write_cot(clip: Clip) -> str:
 
     Each verdict follows its evidence within a few tokens, and the subject's puts the colour seen next to the colour
     asked: a 2-layer model learns to write the prompt-alignment verdict itself much sooner than when the verdicts
-    sit in a separate analysis line (measured on the tiny model, CoT masking p 0.5, CoT loss weight 1: 0.72 on the
-    wrong-colour pairs after 1,500 steps, against chance with the separate line; tests/test_learning.py has more).
+    sit in a separate analysis line (docs/benchmarks.md has the numbers).
     """
     scene = clip.scene
     motion = _MOTION_SEEN[clip.motion].format(d=scene.direction, o=OPPOSITE[scene.direction])

@@ -8,7 +8,7 @@
              rollout k of video A with rollout k of video B (weight 5e-3). The rollout batch is split into
              mini-batches with one optimiser step each, so the later updates are off-policy and the clip acts.
     stage 3: a no-CoT student learns the CoT-conditioned score distribution of a teacher.
-The stage-2 loss with its formulas: docs/design.md, "Stage 2: the dual-objective loss".
+The stage-2 loss with its formulas: docs/training.md, "Stage 2: the dual-objective loss".
 
 Runs single-process on a CPU and under `accelerate launch` on many GPUs (DDP, DeepSpeed or FSDP from accelerate's
 config); there is no hand-written distributed code. Resuming is exact: the data order and every random draw are
