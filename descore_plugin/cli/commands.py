@@ -2,11 +2,12 @@
 
     descore score VIDEO... --prompt TEXT [--prompt TEXT ...] [--model DIR_OR_ID] [--no-think] [--json]
     descore score INPUT... [--prompt TEXT] --output OUT.jsonl   (folders, globs, CSV/JSONL tables; see scoring.py)
+    descore annotate PAIRS --teacher MODEL_OR_URL --output OUT.jsonl [--keep agree|all] [--resume | --overwrite]
     descore init-tiny OUT_DIR [--backbone qwen2_5_vl|qwen3_vl] [--head scalar|distribution] [--prompt-template T]
     descore init OUT_DIR --backbone QWEN_VL_ID_OR_DIR [--head scalar|distribution] [--prompt-template T]
     descore init-tiny-wan OUT_DIR
     descore make-synthetic OUT_DIR [--num-pairs N] [--seed S]
-    descore report PATH --output-dir OUT [--reward NAME] [--check NAME ...]
+    descore report PATH --output-dir OUT [--overwrite] [--model DIR] [--reward NAME] [--check NAME ...]
     descore serve [--model DIR_OR_ID] [--device D] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...
 
 Each subcommand is one `_add_<name>(commands)` function that declares its flags and sets `run=` to the function
@@ -18,7 +19,7 @@ import os
 import sys
 
 from descore_plugin.utils.errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int, positive_int,
-                     run_main)
+                     positive_float, run_main)
 
 
 # ---------------------------------------------------------------------------------------------------------------- score
@@ -63,6 +64,94 @@ def default_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else None)
     return device, dtype
+
+
+# ------------------------------------------------------------------------------------------------------------- annotate
+def _add_annotate(commands):
+    annotate = commands.add_parser(
+        "annotate", help="collect CoTs for preference pairs with a teacher VLM (what stage 1 trains on)",
+        description="Asks a teacher for a CoT on each video of each pair in the judge's answer format and writes the "
+                    "kept pairs (CoTs + the teacher's dimension scores, the human label) to OUT.jsonl, a pair file "
+                    "recipes/train_rm.py reads; the others go to OUT.rejected.jsonl with the reason. "
+                    "Exit status: 0 done (a summary of what was kept and why on stderr), 1 some teacher call failed "
+                    "(rerun with --resume to retry them), 2 usage error.")
+    annotate.add_argument("pairs", metavar="PAIRS",
+                          help="pair file in any format training reads (descore-plugin CSV/JSONL, VideoAlign CSV, "
+                               "GenAI-Bench, official DeScore CSV)")
+    annotate.add_argument("--teacher", required=True, metavar="MODEL_OR_URL",
+                          help="a DeScore checkpoint or plain Qwen2.5-VL / Qwen3-VL (hub id or folder), run here; or "
+                               "the base URL of an OpenAI-compatible chat-completions server (vLLM, SGLang, a hosted "
+                               "model), e.g. http://127.0.0.1:8000/v1")
+    annotate.add_argument("--output", required=True, metavar="OUT.jsonl", help="where the kept pairs go (JSONL)")
+    annotate.add_argument("--keep", choices=["agree", "all"], default="agree",
+                          help="agree: only pairs whose teacher verdict (higher overall score) matches the human "
+                               "label; all: every pair whose two CoTs parse (default: %(default)s)")
+    annotate.add_argument("--resume", action="store_true",
+                          help="continue OUT.jsonl: pairs already in it or in OUT.rejected.jsonl are skipped, teacher "
+                               "errors retried")
+    annotate.add_argument("--overwrite", action="store_true", help="delete OUT.jsonl and OUT.rejected.jsonl first")
+    annotate.add_argument("--max-new-tokens", type=positive_int, default=None,
+                          help="CoT length limit (default: a local teacher's own, see `descore score`; 4096 for a URL)")
+    annotate.add_argument("--batch-size", type=positive_int, default=4,
+                          help="videos per generate call (local teacher) or requests in flight (URL) (default: %(default)s)")
+    annotate.add_argument("--prompt-template", default=None,
+                          help="judge instruction (text with {prompt} or a file); default: a local teacher's own, "
+                               "the package's judge prompt for a URL")
+    annotate.add_argument("--label-column", default=None,
+                          help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall)")
+    annotate.add_argument("--teacher-model", default=None,
+                          help="URL teacher: the served model's name (default: the first of GET /v1/models)")
+    annotate.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                          help="URL teacher: Bearer key (default: $OPENAI_API_KEY)")
+    annotate.add_argument("--video-as", choices=["video", "frames"], default="video",
+                          help="URL teacher: send each video as a video_url data URL (vLLM / SGLang video models) or "
+                               "as --num-frames sampled frames in image_url parts (image-only models) "
+                               "(default: %(default)s)")
+    annotate.add_argument("--num-frames", type=positive_int, default=8,
+                          help="URL teacher with --video-as frames: frames per video (default: %(default)s)")
+    annotate.add_argument("--timeout", type=positive_float, default=300.0,
+                          help="URL teacher: seconds to wait for one answer (default: %(default)s)")
+    add_device_arguments(annotate)
+    annotate.set_defaults(run=_annotate)
+
+
+def _annotate(args) -> int:
+    from descore_plugin.data.annotate import annotate_pairs, make_teacher, rejected_path
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.utils.errors import prepare_output_dir, set_resume_hint
+
+    output = os.path.abspath(args.output)
+    if not output.endswith(".jsonl"):
+        raise UserError(f"--output {args.output}: the kept pairs are written as JSON lines; name a .jsonl file")
+    pairs = load_pairs(args.pairs, label_column=args.label_column)
+    rejected = rejected_path(output)
+    if not os.path.exists(output) and os.path.exists(rejected):
+        output_to_check = rejected
+    else:
+        output_to_check = output
+    resuming = prepare_output_dir(output_to_check, resume=args.resume, overwrite=args.overwrite,
+                                  what=f"--output {args.output}")
+    if args.overwrite and os.path.exists(rejected):
+        os.remove(rejected)
+    local = not args.teacher.startswith(("http://", "https://"))
+    device, dtype = default_device_and_dtype(args.device, args.dtype) if local else (None, None)
+    with blame(f"--teacher {args.teacher}"):
+        teacher = make_teacher(args.teacher, device=device, dtype=dtype, prompt_template=args.prompt_template,
+                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, model=args.teacher_model,
+                               api_key=args.api_key, video_as=args.video_as, num_frames=args.num_frames,
+                               concurrency=args.batch_size, timeout=args.timeout)
+    print(f"descore annotate: {len(pairs)} pairs of {args.pairs}, teacher {teacher.name}"
+          + (" (resuming)" if resuming else ""), file=sys.stderr)
+    set_resume_hint(f"the pairs annotated so far are in {output}; run the same command with --resume to continue")
+    summary = annotate_pairs(pairs, teacher, output, keep=args.keep, progress=True)
+    for line in summary.lines():
+        print(f"descore annotate: {line}", file=sys.stderr)
+    print(f"descore annotate: kept pairs in {output}, the others (with the reason) in {rejected}", file=sys.stderr)
+    if summary.rejected["error"]:
+        print(f"descore annotate: {summary.rejected['error']} pairs failed at the teacher; rerun with --resume to retry "
+              "them", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------- init
@@ -161,18 +250,32 @@ def _add_report(commands):
         "report", help="write OUT/index.html: an HTML page of a scored set, an evaluation or a post-training run")
     report.add_argument("path", help="`descore score --json` / `--output` JSON lines, a recipes/eval_rm.py output "
                                      "directory, or a wan_flow_dpo.py / wan_flow_grpo.py run directory")
-    report.add_argument("--output-dir", required=True, help="where index.html and media/ (the videos) go")
+    report.add_argument("--output-dir", required=True,
+                        help="where index.html and media/ (the videos) go (refused if it exists, unless --overwrite)")
+    report.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report in --output-dir (default: refuse)")
+    report.add_argument("--model", default=None,
+                        help="scored sets: the DeScore model that scored them (named on the page; the reward range "
+                             "its folder records flags out-of-domain scores); runs: the judge a --check descore... "
+                             "uses")
     report.add_argument("--reward", default=None,
                         help="run reports: the optimised reward's score name (default: descore, else the first)")
     report.add_argument("--check", action="append", default=None,
-                        help="run reports: an independent check's score name (repeat; default: every other reward)")
+                        help="run reports: an independent check (repeat): a score the run logged, or a reward "
+                             "computed now on the run's saved samples (analytic:brightness, analytic:redness, "
+                             "descore... with --model) (default: every other logged reward)")
+    add_device_arguments(report, device_help="device of a --check descore judge (default: cuda if available)")
     report.set_defaults(run=_report)
 
 
 def _report(args) -> int:
     from descore_plugin.report import write_report
+    from descore_plugin.utils.errors import prepare_output_dir
 
-    index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check)
+    prepare_output_dir(args.output_dir, resume=None, overwrite=args.overwrite, what=f"--output-dir {args.output_dir}",
+                       ours=lambda path: (path / "index.html").is_file())
+    index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check, model=args.model,
+                         device=args.device, dtype=args.dtype)
     print(f"wrote {index} (open it in a browser)")
     return 0
 
@@ -268,6 +371,7 @@ def _serve(args):
 # ----------------------------------------------------------------------------------------------------------------- main
 SUBCOMMANDS = [
     _add_score,
+    _add_annotate,
     _add_init,
     _add_init_tiny,
     _add_init_tiny_wan,
