@@ -16,9 +16,9 @@ every row with a bad video is left out and listed, one JSON object per line, in 
 """
 
 import json
+import logging
 import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +33,9 @@ __all__ = ["BadRow", "find_bad_rows", "check_training_videos", "write_skipped_ro
            "SKIPPED_ROWS_FILE"]
 
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
+
+logger = logging.getLogger(__name__)
+
 _ROW = re.compile(r"(?:row|line) (\d+)$")
 
 
@@ -138,10 +141,10 @@ def check_training_videos(train_pairs: list[Pair], eval_pairs: list[Pair] | None
                         f"(first: {next(b for b in bad if b.data == str(eval_data)).message()})")
     if main_process:
         listed = f"; listed in {report_path}" if report_path is not None else ""
-        print(f"--skip-bad-rows: left out {len(train_pairs) - len(train_kept)} of {len(train_pairs)} rows of "
-              f"{train_data}"
-              + (f" and {len(eval_pairs) - len(eval_kept)} of {len(eval_pairs)} of {eval_data}" if eval_pairs else "")
-              + f" with unusable videos{listed}", file=sys.stderr)
+        logger.warning(f"--skip-bad-rows: left out {len(train_pairs) - len(train_kept)} of {len(train_pairs)} rows of "
+                       f"{train_data}"
+                       + (f" and {len(eval_pairs) - len(eval_kept)} of {len(eval_pairs)} of {eval_data}" if eval_pairs else "")
+                       + f" with unusable videos{listed}")
     return train_kept, eval_kept, bad
 
 

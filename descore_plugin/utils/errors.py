@@ -55,7 +55,11 @@ def one_line(message) -> str:
 
 def run_main(main, prog: str, argv=None) -> int:
     """Run `main(argv)`; a UserError (or a missing / unreadable file) prints `prog: error: ...` on stderr and
-    returns 2. Under a multi-process launch (accelerate), other ranks than 0 prefix the line with their rank."""
+    returns 2. Under a multi-process launch (accelerate), other ranks than 0 prefix the line with their rank. The
+    package's log messages print as plain lines meanwhile (`utils.logging.setup_logging`)."""
+    from descore_plugin.utils.logging import setup_logging
+
+    setup_logging()
     try:
         return main(argv)
     except (UserError, *_FILE_ERRORS) as error:
