@@ -145,16 +145,16 @@ class RemoteReward:
         batch_size: videos per request (the server batches requests together on its own).
         seed: accepted for signature compatibility; the server decodes greedily, so there is nothing to seed.
         instructions: per video, a full judge instruction replacing the template, as in-process.
-        video_fps / fps / num_frames: not served (the server samples frames with its model's settings, in-memory
-            frames at 16 fps as in-process by default); passing one raises.
+        video_fps: the source frame rate of in-memory frames (default 16, Wan-2.1's), as in-process; sent with
+            the frames. Files carry their own rate (passing it with a file fails that video, as in-process).
+        fps / num_frames: not served (the server samples frames with its model's settings); passing one raises.
         on_error: "raise" (as in-process: the first failed video raises, named as locally) or "nan" (a failed video
             gets reward NaN, and its reason in `parse_errors`).
         generation: sampling options are not served (the server generates greedily); passing any raises."""
         if generation:
             raise TypeError(f"RemoteReward.score: {sorted(generation)} not supported: the server generates CoTs "
                             "greedily (the official setting); score in-process to sample")
-        overrides = [name for name, value in (("video_fps", video_fps), ("fps", fps), ("num_frames", num_frames))
-                     if value is not None]
+        overrides = [name for name, value in (("fps", fps), ("num_frames", num_frames)) if value is not None]
         if overrides:
             raise TypeError(f"RemoteReward.score: {overrides} not served: the server samples frames with its model's "
                             "settings (serve a model configured so, or score in-process)")
@@ -184,6 +184,8 @@ class RemoteReward:
                 payload["max_new_tokens"] = int(max_new_tokens)
             if instructions is not None:
                 payload["instructions"] = list(instructions[start:stop])
+            if video_fps is not None:
+                payload["video_fps"] = float(video_fps)
             return self._post(f"{self.urls[k % len(self.urls)]}/score", payload)
 
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(starts))) as pool:
