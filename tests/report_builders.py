@@ -3,6 +3,10 @@
 - `scored_set`: real synthetic-world videos with their annotator CoTs and true dimension scores, one missing file;
 - `evaluation`: an eval_rm.py output directory (written by `evaluation.write_evaluation`) where the model gets known
   pairs wrong;
+- `judge_folder`: a DeScore model folder's records (descore_config.json as DeScoreConfig writes it, and the
+  evaluation/accuracy.json of eval_rm.py with the reward range of the videos it was evaluated on);
+- `failing_scored_set`: a scored set of an out-of-domain judge: most CoTs do not parse, rewards far outside the
+  judge's recorded range, two prompts of three videos each;
 - `run`: a post-training run directory as the Wan recipes write it: metrics.jsonl eval rows, and per evaluation
   samples/step-N/ with the fixed-prompt mp4s and a scores.jsonl of named scores (and CoTs). `hacked=True` builds
   a run that buys its reward with the style dimension:
@@ -41,6 +45,40 @@ def scored_set(root: Path, num_pairs: int = 4) -> Path:
     rows.append({"video": str(root / "data" / "videos" / "gone.mp4"), "prompt": pairs[0].prompt,
                  "error": "gone.mp4: no such file"})
     path = root / "scores.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def judge_folder(root: Path, head: str = "scalar", mean: float = 0.0, std: float = 1.0) -> Path:
+    """A model folder whose records say: `head`, and rewards mean +- std on the 40 videos it was evaluated on."""
+    from descore_plugin.modeling.model import DeScoreConfig
+
+    folder = root / "judge"
+    (folder / "evaluation").mkdir(parents=True)
+    (folder / "descore_config.json").write_text(json.dumps(DeScoreConfig(head=head, backbone="backbone").to_dict()))
+    (folder / "evaluation" / "accuracy.json").write_text(json.dumps({
+        "accuracy_with_ties": 0.9, "accuracy_without_ties": 0.9, "num_pairs": 20,
+        "reward_range": {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std, "num_videos": 40,
+                         "data": "validation pairs"}}))
+    return folder
+
+
+def failing_scored_set(root: Path) -> Path:
+    """Six synthetic videos (two prompts, three each) scored by a judge out of its domain: 5 of 6 CoTs do not
+    parse and the rewards lie at -8.9 .. +2.7 (far from the recorded 0 +- 1 of `judge_folder`)."""
+    pairs = load_pairs(write_dataset(root / "data", 3, seed=1, progress=False))
+    videos = [(pair.video_a, pair.video_b) for pair in pairs]
+    rewards = [-8.9, -6.1, 2.7, -7.5, 0.4, -5.2]
+    rows = []
+    for index, (video, reward) in enumerate(zip([v for pair in videos for v in pair], rewards)):
+        prompt = "a red square moving right" if index < 3 else "a blue circle moving left"
+        parsed = index == 4
+        rows.append({"video": video, "prompt": prompt, "reward": reward,
+                     "cot": "Seen: subject 2.\n<answer>{\"overall_score\": 3}</answer>" if parsed else "sq sq ed ed ed",
+                     "dimensional_scores": {"subject": 2} if parsed else {},
+                     "overall_score": 3.0 if parsed else None, "uncertainty": None,
+                     "parse_error": None if parsed else "no <answer> block in the CoT"})
+    path = root / "failing_scores.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 

@@ -253,3 +253,65 @@ def test_chart_tick_labels_differ_at_any_scale(values):
     svg = report.svg_lines("t", list(range(len(values))), {"r": values})
     labels = re.findall(r'text-anchor="end" fill="#5f6b7a">([^<]+)</text>', svg)
     assert len(labels) == 5 and len(set(labels)) == 5, labels
+
+
+# ------------------------------------------------------------------------------------------- the scores page's flags
+def test_judge_warnings_and_ranks(tmp_path):
+    rows = report.load_scored_set(report_builders.failing_scored_set(tmp_path))
+    judge = report.load_model_record(report_builders.judge_folder(tmp_path))
+    assert judge["head"] == "scalar" and judge["reward_range"]["num_videos"] == 40
+    warnings = report.judge_warnings(rows, judge)
+    assert [kind for kind, _ in warnings] == ["parse", "out_of_domain", "out_of_domain"]
+    assert "5 of 6 CoTs did not parse" in warnings[0][1] and "4 of 6 rewards" in warnings[2][1]  # |r| > 3: 4 of 6
+    # without the record only the parse failures can tell; a judge evaluated on rewards like these is in range
+    assert [kind for kind, _ in report.judge_warnings(rows, None)] == ["parse", "out_of_domain"]
+    wide = report.load_model_record(report_builders.judge_folder(tmp_path / "wide", mean=-4.0, std=4.0))
+    assert [kind for kind, _ in report.judge_warnings(rows, wide)] == ["parse", "out_of_domain"]
+    clean = report.load_scored_set(report_builders.scored_set(tmp_path / "clean", num_pairs=2))
+    assert [kind for kind, _ in report.judge_warnings(clean, judge)] == ["failed"]  # its one missing video
+    # ranks within a prompt: rewards -8.9, -6.1, 2.7 | -7.5, 0.4, -5.2
+    ranks = report.prompt_ranks(rows)
+    assert ranks[2] == (1, 3, 0.0) and ranks[1] == (2, 3, pytest.approx(-8.8)) and ranks[0] == (3, 3, pytest.approx(-11.6))
+    assert ranks[4] == (1, 3, 0.0) and ranks[3] == (3, 3, pytest.approx(-7.9))
+
+
+def test_scores_page_names_the_judge_and_shows_no_mean_for_a_bt_head(tmp_path):
+    source = report_builders.failing_scored_set(tmp_path)
+    page = report.write_report(source, tmp_path / "out", model=report_builders.judge_folder(tmp_path)).read_text()
+    assert "No mean reward" in page and "mean reward</div>" not in page and "judge: " in page
+    distribution = report_builders.judge_folder(tmp_path / "d", head="distribution")
+    page = report.write_report(source, tmp_path / "out_d", model=distribution).read_text()
+    assert "No mean reward" not in page and "mean score (1-5 rubric)" in page
+    with pytest.raises(report.ReportInputError, match="no descore_config.json"):
+        report.write_report(source, tmp_path / "out_x", model=tmp_path)
+
+
+def test_real_tiny_judge_scores_then_the_page_counts_its_parse_errors(tmp_path, tiny_dirs):
+    """End to end: `descore score` with a tiny random judge (whose CoTs do not parse), then `descore report
+    --model`: the page counts exactly the rows whose CoT did not parse, never "0 errors"."""
+    data = write_dataset(tmp_path / "data", 2, seed=4, progress=False)
+    scores = tmp_path / "scores.jsonl"
+    code = cli(["score", str(data.parent / "videos"), "--prompt", "a red square moving right", "--model",
+                str(tiny_dirs["qwen2_5_vl"]), "--max-new-tokens", "6", "--device", "cpu", "--output", str(scores)])
+    assert code in (0, 1)
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    unparsed = sum(1 for row in rows if row.get("parse_error") and not row.get("error"))
+    assert unparsed == len(rows) == 4  # six tokens of a random model are no answer block
+    assert cli(["report", str(scores), "--output-dir", str(tmp_path / "out"), "--model",
+                str(tiny_dirs["qwen2_5_vl"])]) == 0
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert f'<div class="v">{unparsed} of {len(rows)}</div><div class="k">CoTs not parsed</div>' in page
+    assert 'data-kind="out_of_domain"' in page and "records no reward range" in page
+
+
+def test_report_refuses_an_existing_output_folder(tmp_path, runs, capsys):
+    out = tmp_path / "out"
+    assert cli(["report", str(runs["clean"]), "--output-dir", str(out)]) == 0
+    assert cli(["report", str(runs["clean"]), "--output-dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "already exists" in error and "--overwrite" in error and error.count("\n") == 1
+    assert cli(["report", str(runs["clean"]), "--output-dir", str(out), "--overwrite"]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert cli(["report", str(runs["clean"]), "--output-dir", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -1,6 +1,9 @@
 """The three `descore report` pages in a real headless Chromium (Debian's chromium + chromium-driver; nothing is
 downloaded): opened from file://, every <video> loads and reports a finite duration > 0, the browser logs no error,
-and a screenshot of the page is not blank. The sort control of the scored-set page reorders the cards.
+and a screenshot of the page is not blank. Then what a person looks at, asserted on the rendered DOM: the sort and
+grouping controls of the scored-set page, the failures it flags (CoTs that do not parse, a judge out of its domain),
+the videos of one prompt side by side, no mean reward for a Bradley-Terry head; the run page's standard-error bands,
+axes and training curves; the evaluation page's facts.
 
 Screenshots are kept in the test's temporary directory (the path is printed with -s) to look at."""
 
@@ -44,8 +47,10 @@ def browser():
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_pages")
+    judge = report_builders.judge_folder(root / "j")
     return {
         "scores": write_report(report_builders.scored_set(root / "s"), root / "out_scores"),
+        "failing": write_report(report_builders.failing_scored_set(root / "f"), root / "out_failing", model=judge),
         "evaluation": write_report(report_builders.evaluation(root / "e"), root / "out_evaluation"),
         "run": write_report(report_builders.run(root / "r", hacked=True), root / "out_run"),
     }
@@ -81,7 +86,7 @@ def screenshot(browser, index: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
 
 
-@pytest.mark.parametrize("kind, expected_videos", [("scores", 8), ("evaluation", 4), ("run", 32)])
+@pytest.mark.parametrize("kind, expected_videos", [("scores", 8), ("failing", 6), ("evaluation", 4), ("run", 32)])
 def test_page_loads_plays_and_draws(browser, pages, kind, expected_videos):
     states = open_page(browser, pages[kind])
     assert len(states) == expected_videos, states
@@ -96,20 +101,63 @@ def test_page_loads_plays_and_draws(browser, pages, kind, expected_videos):
     assert image.shape[0] > 600
 
 
-def test_sorting_the_scored_set(browser, pages):
+def _visible_cards(browser):
+    """[(group id, reward or None)] of the visible cards, in page order."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#cards .card')).filter(c => c.offsetParent !== null)"
+        ".map(c => [c.parentElement.parentElement.id, c.dataset.kReward === '' ? null : parseFloat(c.dataset.kReward)])")
+
+
+def test_sorting_and_grouping_the_scored_set(browser, pages):
     from selenium.webdriver.support.ui import Select
 
     open_page(browser, pages["scores"])
-
-    def rewards():
-        return browser.execute_script(
-            "return Array.from(document.querySelectorAll('#cards .card'))"
-            ".filter(c => c.style.display !== 'none').map(c => c.dataset.kReward)")
-
-    shown = [float(r) for r in rewards() if r]
+    cards = _visible_cards(browser)
+    assert len(cards) == 9  # 8 scored + the failed one
+    groups = list(dict.fromkeys(group for group, _ in cards))
+    assert len(groups) == 4 and "flat" not in groups  # one group per prompt, the flat list hidden
+    for group in groups:  # sorted within each prompt, highest first
+        rewards = [r for g, r in cards if g == group and r is not None]
+        assert rewards == sorted(rewards, reverse=True) and len(rewards) >= 2
+    bests = [max(r for g, r in cards if g == group and r is not None) for group in groups]
+    assert bests == sorted(bests, reverse=True)  # the prompts ordered by their best video
+    browser.find_element("id", "group-by-prompt").click()  # one flat list, sorted as a whole
+    cards = _visible_cards(browser)
+    assert {group for group, _ in cards} == {"flat"}
+    shown = [r for _, r in cards if r is not None]
     assert shown == sorted(shown, reverse=True) and len(shown) == 8
     Select(browser.find_element("id", "sort-order")).select_by_value("asc")
-    shown = [float(r) for r in rewards() if r]
+    shown = [r for _, r in _visible_cards(browser) if r is not None]
     assert shown == sorted(shown)
     browser.find_element("id", "filter-min").send_keys("0.9")
-    assert all(float(r) >= 0.9 for r in rewards()) and 0 < len(rewards()) < 9
+    shown = [r for _, r in _visible_cards(browser)]
+    assert all(r is not None and r >= 0.9 for r in shown) and 0 < len(shown) < 9
+
+
+def test_scores_page_says_what_failed(browser, pages):
+    """The out-of-domain judge: 5 of 6 CoTs unparsed, rewards far outside its recorded range; the page says so at
+    the top, names the judge and the data, shows no mean reward, and puts each prompt's three videos in one row."""
+    open_page(browser, pages["failing"])
+    tiles = {browser.execute_script("return arguments[0].querySelector('.k').textContent", tile):
+             (tile.find_element("css selector", ".v").text, "bad" in tile.get_attribute("class"))
+             for tile in browser.find_elements("css selector", ".tile")}
+    assert tiles["CoTs not parsed"] == ("5 of 6", True) and tiles["videos that failed"] == ("0", False)
+    assert not any("mean" in label for label in tiles) and "errors" not in tiles
+    kinds = [flag.get_attribute("data-kind") for flag in browser.find_elements("css selector", "#warnings .flag")]
+    assert kinds == ["parse", "out_of_domain", "out_of_domain"]
+    warnings = browser.find_element("id", "warnings").text
+    assert "5 of 6 CoTs did not parse" in warnings and "4 of 6 rewards (-8.9 .. 2.7)" in warnings
+    assert "0 ± 1" in warnings and "40 videos it was evaluated on (validation pairs)" in warnings
+    assert browser.find_element("id", "no-mean").is_displayed()
+    assert "Bradley-Terry" in browser.find_element("id", "no-mean").text
+    subtitle = browser.find_element("css selector", "header p").text
+    assert "judge: " + str(pages["failing"].parents[1] / "j" / "judge") in subtitle and "/data/videos" in subtitle
+    # each prompt's videos side by side: one row, same top, left to right
+    for group in browser.find_elements("css selector", ".group[data-prompt]"):
+        boxes = browser.execute_script(
+            "return Array.from(arguments[0].querySelectorAll('video')).map(v => v.getBoundingClientRect())"
+            ".map(r => [r.top, r.left, r.width])", group)
+        assert len(boxes) == 3 and len({round(top) for top, _, _ in boxes}) == 1, boxes
+        assert [left for _, left, _ in boxes] == sorted(left for _, left, _ in boxes) and boxes[0][2] > 100
+    ranks = [e.text for e in browser.find_elements("css selector", ".rank")]
+    assert ranks.count("rank 1 of 3, the prompt's best") == 2 and len(ranks) == 6

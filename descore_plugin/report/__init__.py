@@ -39,26 +39,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from descore_plugin.report.checks import missing_checks, score_samples
 from descore_plugin.report.evaluation import evaluation_page
 from descore_plugin.report.flags import (Change, Flag, change, dimension_drop_flags, hacking_flags,
                                          independent_check_flags, low_score_phrases, phrase_flags, primary_name,
                                          run_series, uncertainty_flags)
 from descore_plugin.report.html import Media, svg_histogram, svg_lines
-from descore_plugin.report.inputs import (KINDS, ReportInputError, detect_kind, load_evaluation, load_run,
-                                          load_scored_set)
+from descore_plugin.report.inputs import (KINDS, ReportInputError, detect_kind, load_evaluation, load_model_record,
+                                          load_run, load_scored_set)
 from descore_plugin.report.run import run_page
-from descore_plugin.report.scores import scores_page
+from descore_plugin.report.scores import judge_warnings, prompt_ranks, scores_page
 
 __all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "Flag", "Change",
            "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags", "phrase_flags",
            "low_score_phrases", "hacking_flags", "run_series", "primary_name", "svg_lines", "svg_histogram",
-           "write_report", "KINDS"]
+           "judge_warnings", "prompt_ranks", "load_model_record", "score_samples", "write_report", "KINDS"]
 
 
 def write_report(path, output_dir, kind: str | None = None, reward: str | None = None, checks=None,
-                 z: float = 3.0, min_change: float = 0.0) -> Path:
+                 z: float = 3.0, min_change: float = 0.0, model=None, device=None, dtype=None) -> Path:
     """Write OUTPUT_DIR/index.html for `path` (kind detected unless given) and return its path. `reward` and
-    `checks`: for a run, the optimised reward and the independent checks (see `hacking_flags`)."""
+    `checks`: for a run, the optimised reward and the independent checks (see `hacking_flags`). `model`: the
+    DeScore model that scored a scored set (named on the page; the range its folder records flags out-of-domain
+    scores), or the judge of a run's `checks` that the run did not log: those are computed on its saved samples
+    (`checks.score_samples`, on `device` / `dtype`)."""
     path, output_dir = Path(path), Path(output_dir)
     kind = kind or detect_kind(path)
     if kind not in KINDS:
@@ -66,11 +70,12 @@ def write_report(path, output_dir, kind: str | None = None, reward: str | None =
     output_dir.mkdir(parents=True, exist_ok=True)
     media = Media(output_dir)
     if kind == "scores":
-        page = scores_page(load_scored_set(path), media, path)
+        page = scores_page(load_scored_set(path), media, path, load_model_record(model))
     elif kind == "evaluation":
         page = evaluation_page(load_evaluation(path), media, path)
     else:
         run = load_run(path)
+        score_samples(run, missing_checks(run, checks), model=model, device=device, dtype=dtype, output_dir=output_dir)
         page = run_page(run, hacking_flags(run, reward, checks, z=z, min_change=min_change), media, path)
     index = output_dir / "index.html"
     tmp = output_dir / ".index.html.tmp"

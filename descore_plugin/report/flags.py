@@ -231,7 +231,8 @@ def run_series(run: dict) -> tuple[list, dict]:
     names = []
     for row in run["evals"]:
         for key in row:
-            if (key == "eval_reward" or key.startswith("eval/")) and not key.endswith("_std") and key not in names:
+            if (key == "eval_reward" or key.startswith("eval/")) and not key.endswith("_std") \
+                    and key != "eval/num_items" and key not in names:
                 names.append(key)
     series = {}
     for key in names:

@@ -88,6 +88,7 @@ h2 { font-size:16px; margin:26px 0 10px; }
 .tile { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 16px; min-width:150px; }
 .tile .v { font-size:24px; font-weight:650; }
 .tile .k { color:var(--muted); font-size:12px; }
+.tile.bad { border-color:var(--bad); } .tile.bad .v { color:var(--bad); }
 table { border-collapse:collapse; background:var(--card); border:1px solid var(--line); }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
 th { background:#eef1f5; font-weight:600; font-size:12px; color:#39424e; }
@@ -99,6 +100,16 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(330px, 1fr)); gap:14px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px; display:flex; gap:12px; }
 .card.error { border-color:var(--bad); }
+.card.unparsed { border-color:var(--warn); }
+.group { background:#eef1f5; border-radius:8px; padding:10px 12px; margin-bottom:14px; }
+.group .row { display:flex; gap:14px; overflow-x:auto; padding-bottom:4px; }
+.group .row.wrap { flex-wrap:wrap; }
+.group .card { flex:0 0 380px; }
+.group .card-prompt { display:none; }
+#flat .card-prompt { display:block; }
+.rank { color:var(--muted); font-size:12px; font-weight:600; }
+.parse-error { color:var(--warn); font-size:12px; font-weight:600; }
+.note { border-left:4px solid var(--accent); background:#f0f5fe; padding:8px 12px; margin:10px 0; border-radius:4px; }
 video { width:168px; height:168px; background:#000; border-radius:4px; image-rendering:pixelated; flex:none; object-fit:contain; }
 .meta { min-width:0; flex:1; overflow-wrap:anywhere; }
 .prompt { font-weight:600; margin-bottom:4px; }
@@ -161,17 +172,34 @@ def page(title: str, subtitle: str, body: str, script: str = "") -> str:
 PALETTE = ["#2f6fdf", "#d9632b", "#1f8a4c", "#8e44ad", "#c8372d", "#0f9aa8", "#b26b00", "#5f6b7a", "#d63384"]
 
 
-def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: int = 240, y_label: str = "") -> str:
-    """An inline SVG line chart: `lines` = {name: [mean per step]} (NaN gaps are skipped)."""
-    points = [v for values in lines.values() for v in values if v is not None and math.isfinite(v)]
+def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: int = 240, y_label: str = "",
+              bands: dict | None = None, y_range: tuple | None = None, note: str = "", markers: bool = True,
+              thin: dict | None = None) -> str:
+    """An inline SVG line chart: `lines` = {name: [mean per step]} (NaN gaps are skipped).
+
+    bands: {name: [standard error per step]}: a shaded band of mean +- 1 SE (and the axis holds it);
+    y_range: (lo, hi) the axis always shows (e.g. (0, 2) for a 0-2 rubric, (0, 1) for an accuracy); values
+        outside widen it; None: the data's own range;
+    note: a line under the chart (e.g. the change in standard errors); thin: {name: [values]} drawn as a faint
+        line under the others (e.g. per-step values under their rolling mean)."""
+    bands, thin = bands or {}, thin or {}
+    points = [v for values in list(lines.values()) + list(thin.values()) for v in values
+              if v is not None and math.isfinite(v)]
+    for name, errors in bands.items():
+        for v, e in zip(lines.get(name, []), errors):
+            if v is not None and e is not None and math.isfinite(v) and math.isfinite(e):
+                points += [v - e, v + e]
     left, right, top, bottom = 52, 12, 28, 40
     if not points or not steps:
         return ""
     lo, hi = min(points), max(points)
+    if y_range is not None:
+        lo, hi = min(lo, y_range[0]), max(hi, y_range[1])
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
-    pad = (hi - lo) * 0.08
-    lo, hi = lo - pad, hi + pad
+    if y_range is None or lo < y_range[0] or hi > y_range[1]:
+        pad = (hi - lo) * 0.08
+        lo, hi = lo - pad, hi + pad
     x0, x1 = min(steps), max(steps)
     span = (x1 - x0) or 1
 
@@ -181,7 +209,8 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: in
     def y(value):
         return top + (hi - value) / (hi - lo) * (height - top - bottom)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18 * ((len(lines) + 2) // 3)}"'
+    extra = 18 * ((len(lines) + 2) // 3) + (16 if note else 0)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + extra}"'
              f' role="img" aria-label="{esc(title)}">',
              f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{esc(title)}</text>']
     # enough decimals that neighbouring ticks differ (a quarter of the range apart), whatever the scale
@@ -191,22 +220,46 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: in
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e6e9ee"/>')
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">'
                      f'{value:.{decimals}f}</text>')
-    for step in steps:
-        parts.append(f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
-                     f'fill="#5f6b7a">{step}</text>')
+    every = max(1, math.ceil(len(steps) / 8))  # at most ~8 step labels, the last one always
+    for i, step in enumerate(steps):
+        if i % every == 0 or i == len(steps) - 1:
+            parts.append(f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
+                         f'fill="#5f6b7a">{step}</text>')
     parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - bottom + 30}" font-size="11" '
                  f'text-anchor="middle" fill="#5f6b7a">step{" — " + esc(y_label) if y_label else ""}</text>')
     for index, (name, values) in enumerate(lines.items()):
         colour = PALETTE[index % len(PALETTE)]
+        if name in thin:
+            faint = [(x(s), y(v)) for s, v in zip(steps, thin[name]) if v is not None and math.isfinite(v)]
+            if len(faint) > 1:
+                path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(faint))
+                parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-opacity="0.3" stroke-width="1"/>')
+        if name in bands:
+            band = [(s, v, e) for s, v, e in zip(steps, values, bands[name]) if v is not None and e is not None
+                    and math.isfinite(v) and math.isfinite(e)]
+            if band:
+                upper = [f"{x(s):.1f},{y(v + e):.1f}" for s, v, e in band]
+                lower = [f"{x(s):.1f},{y(v - e):.1f}" for s, v, e in reversed(band)]
+                if len(band) == 1:  # one point: an error bar
+                    s, v, e = band[0]
+                    parts.append(f'<line class="se-bar" x1="{x(s):.1f}" x2="{x(s):.1f}" y1="{y(v + e):.1f}" '
+                                 f'y2="{y(v - e):.1f}" stroke="{colour}" stroke-width="2"/>')
+                else:
+                    parts.append(f'<polygon class="se-band" points="{" ".join(upper + lower)}" fill="{colour}" '
+                                 f'fill-opacity="0.18" stroke="none"/>')
         coords = [(x(s), y(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(v)]
         if len(coords) > 1:
             path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(coords))
             parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for cx, cy in coords:
-            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}"/>')
+        if markers:
+            for cx, cy in coords:
+                parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}"/>')
         lx, ly = left + (index % 3) * ((width - left) / 3), height + 4 + 18 * (index // 3)
         parts.append(f'<rect x="{lx:.1f}" y="{ly}" width="10" height="10" fill="{colour}"/>'
                      f'<text x="{lx + 14:.1f}" y="{ly + 9}" font-size="11" fill="#1d232b">{esc(name[:28])}</text>')
+    if note:
+        parts.append(f'<text class="note" x="{left}" y="{height + extra - 4}" font-size="11" fill="#39424e">'
+                     f'{esc(note)}</text>')
     parts.append("</svg>")
     return '<div class="chart">' + "".join(parts) + "</div>"
 
@@ -262,6 +315,8 @@ def svg_histogram(title: str, groups: dict, bins: int = 20, width: int = 560, he
 
 
 def tiles(items) -> str:
+    """Headline numbers: (label, value) or (label, value, True) for a value that reports a failure (shown in red)."""
     return '<div class="tiles">' + "".join(
-        f'<div class="tile"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for k, v in items
+        f'<div class="tile{" bad" if len(item) > 2 and item[2] else ""}"><div class="v">{esc(item[1])}</div>'
+        f'<div class="k">{esc(item[0])}</div></div>' for item in items
     ) + "</div>"

@@ -11,19 +11,23 @@ from pathlib import Path
 
 from descore_plugin.utils.errors import UserError
 
-__all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "KINDS"]
+__all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "load_model_record",
+           "training_curves", "KINDS"]
 
 KINDS = ("scores", "evaluation", "run")
 DIMENSION_PREFIX = "descore:"
 UNCERTAINTY = "descore:uncertainty"
 OVERALL = "descore:overall"
 SAMPLE_KEYS = ("step", "video", "prompt")
-_RUN_FILES_SKIPPED = ("metrics.jsonl",)
+CHECK_SCORES_FILE = "check_scores.jsonl"
+"""Written next to a run's page: the scores of `descore report --check NAME` rewards computed after the fact."""
+_RUN_FILES_SKIPPED = ("metrics.jsonl", CHECK_SCORES_FILE)
+VOCABULARY = ("train/", "eval/", "reward/", "time/")
+"""The metric names of the run loop (descore_plugin.training.loop); older runs wrote flat names (loss, eval_reward)."""
 
 
 class ReportInputError(UserError):
     """The report's input is not one of the three kinds, or a row of it is malformed (the message says where)."""
-
 
 
 def detect_kind(path) -> str:
@@ -117,6 +121,7 @@ def load_scored_set(path) -> list[dict]:
             "dimensional_scores": scores, "overall_score": _number(row.get("overall_score"), where, "overall_score"),
             "uncertainty": _number(row.get("uncertainty"), where, "uncertainty"),
             "parse_error": row.get("parse_error"), "error": row.get("error"),
+            "model": row.get("model") if isinstance(row.get("model"), str) else None,
             "path": _resolve_video(row["video"], path.parent),
         })
     if not rows:
@@ -197,8 +202,11 @@ def _folder_step(folder: Path) -> int | None:
 
 def load_run(path) -> dict:
     """A post-training run directory:
-    - `evals`: the `kind: "eval"` rows of metrics.jsonl (mean reward(s) of fresh samples per step: `eval_reward`,
-      or `eval/<name>` per named reward), sorted by step;
+    - `evals`: its evaluation rows of metrics.jsonl, sorted by step: `kind: "eval"` rows, or rows holding `eval/...`
+      metrics (mean reward(s) of fresh samples per step: `eval/<name>`, with `eval/<name>_std` and
+      `eval/num_items` when logged; older runs: `eval_reward`, `eval_std/<name>`, `num_videos`);
+    - `train`: its training rows (`kind: "train"`, or rows of `train/...`, `reward/...`, `time/...` metrics), each
+      metric under its vocabulary name (`training_curves`: the old flat names, e.g. `loss`, become `train/loss`);
     - `samples`: every row of the other JSON-lines files under the directory (the recipes write
       samples/step-N/scores.jsonl) that carries `video` and `prompt` and a `step` (or sits in a folder step-N):
       one fixed-prompt sample: its file, relative to its JSON-lines file; named scores in `scores` ({name: number
@@ -206,13 +214,20 @@ def load_run(path) -> dict:
       which fixed prompt and noise; with `path` resolved;
     - `args`: run_args.json or args.json when present."""
     path = Path(path)
-    evals = []
+    evals, train = [], []
     for number, row in _read_json_lines(path / "metrics.jsonl"):
-        if row.get("kind") == "eval":
-            if "step" not in row:
-                raise ReportInputError(f"{path / 'metrics.jsonl'}, line {number}: an eval row without 'step'")
+        kind = row.get("kind")
+        if kind is None:
+            kind = "eval" if any(key.startswith("eval/") for key in row) else \
+                "train" if any(key.startswith(VOCABULARY) for key in row) else None
+        if kind in ("eval", "train") and "step" not in row:
+            raise ReportInputError(f"{path / 'metrics.jsonl'}, line {number}: a {kind} row without 'step'")
+        if kind == "eval":
             evals.append(row)
+        elif kind == "train":
+            train.append(row)
     evals.sort(key=lambda row: row["step"])
+    train.sort(key=lambda row: row["step"])
     samples = []
     for jsonl in sorted(path.rglob("*.jsonl")):
         if jsonl.name in _RUN_FILES_SKIPPED or "weight_checksums" in jsonl.parts or "cache" in jsonl.parts:
@@ -243,4 +258,57 @@ def load_run(path) -> dict:
             break
     if not evals and not samples:
         raise ReportInputError(f"{path}: metrics.jsonl has no eval rows and no sample rows were found; nothing to show")
-    return {"evals": evals, "samples": samples, "args": args, "path": path}
+    return {"evals": evals, "train": train, "samples": samples, "args": args, "path": path}
+
+
+_FLAT_TRAIN_KEYS = ("kind", "step", "epoch", "final", "round")
+
+
+def training_curves(run: dict) -> dict:
+    """{vocabulary name: [(step, value), ...]} of a run's training rows: `train/...`, `reward/...` and `time/...`
+    as logged; an older run's flat numbers (`loss`, `implicit_accuracy`, `policy_loss`, `kl`, ...) as `train/<name>`.
+    None / NaN values are left out."""
+    curves: dict = {}
+    for row in run["train"]:
+        for key, value in row.items():
+            if key in _FLAT_TRAIN_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            name = key if key.startswith(VOCABULARY) else f"train/{key}"
+            if name.startswith("eval/") or not math.isfinite(value):
+                continue
+            curves.setdefault(name, []).append((row["step"], float(value)))
+    return curves
+
+
+def load_model_record(model) -> dict | None:
+    """What a DeScore model folder records about its judge, read without loading weights: {"name", "head"
+    ("scalar", "distribution" or None when unknown), "trained_cot_tokens", "reward_range" (None or {"mean", "std",
+    "min", "max", "num_videos", "data"}: the rewards it gave the videos it was evaluated on), "range_source" (the
+    file)}. The range comes from MODEL/evaluation/accuracy.json (recipes/eval_rm.py --output-dir MODEL/evaluation,
+    or the trainer's final evaluation written there) or MODEL/reward_range.json. None for no model; a hub id or a
+    server URL is only named."""
+    if model is None:
+        return None
+    folder = Path(str(model))
+    record = {"name": str(model), "head": None, "trained_cot_tokens": None, "reward_range": None, "range_source": None}
+    if not folder.is_dir():
+        return record
+    config_path = folder / "descore_config.json"
+    if not config_path.is_file():
+        raise ReportInputError(f"--model {model}: no descore_config.json in that folder (is it a DeScore model?)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportInputError(f"{config_path}: not JSON ({error.msg})") from None
+    record.update(head=config.get("head", "scalar"), trained_cot_tokens=config.get("trained_cot_tokens"))
+    for source, key in ((folder / "evaluation" / "accuracy.json", "reward_range"), (folder / "reward_range.json", None)):
+        if source.is_file():
+            try:
+                data = json.loads(source.read_text())
+            except json.JSONDecodeError as error:
+                raise ReportInputError(f"{source}: not JSON ({error.msg})") from None
+            found = data.get(key) if key else data
+            if isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in ("mean", "std")):
+                record.update(reward_range=found, range_source=str(source))
+                break
+    return record

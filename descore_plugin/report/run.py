@@ -1,5 +1,12 @@
 """The page of a post-training run: the reward-hacking flags, the curves, and the fixed-prompt samples of the base
-model and of each checkpoint as a grid."""
+model and of each checkpoint as a grid.
+
+Curves do not make noise look like a trend: every evaluated score is drawn with a band of one standard error (of
+the mean over the fixed prompts), its axis spans at least `MIN_SPAN_SE` standard errors, scores with a known scale
+keep it (the 0-2 rubric of a dimension, 1-5 of the overall score, 0-1 of an accuracy or a rate), losses and other
+non-negative training quantities keep zero on the axis, and each chart says its change from the base in standard
+errors. Training curves (per step, noisy) are drawn faintly with their rolling mean +- one standard error on top.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +16,159 @@ from pathlib import Path
 
 from descore_plugin.report.flags import _clean
 from descore_plugin.report.html import Media, esc, fmt, page, svg_lines, tiles, video_tag
-from descore_plugin.report.inputs import DIMENSION_PREFIX, UNCERTAINTY
+from descore_plugin.report.inputs import DIMENSION_PREFIX, OVERALL, UNCERTAINTY, training_curves
 
-__all__ = ["run_page"]
+__all__ = ["run_page", "standard_errors", "axis_range", "change_in_se", "rolling", "MIN_SPAN_SE"]
+
+MIN_SPAN_SE = 6.0
+"""An evaluated score's axis spans at least this many of its largest standard error: a wobble of +-1 SE never fills
+the chart."""
+_ZERO_BASED = ("loss", "kl", "norm", "clip", "entropy")
+_UNIT_RANGE = ("accuracy", "rate", "fraction")
+
+
+def axis_range(name: str) -> tuple | None:
+    """The range an axis always shows for a metric of this name: the rubric of a DeScore dimension (0, 2) or of the
+    overall score (1, 5); (0, 1) for accuracies and rates; (0, 0), i.e. zero on the axis, for losses, KL, norms
+    and clip fractions; None (the data's own range) otherwise."""
+    base = name.rsplit("/", 1)[-1].lower()
+    if name == OVERALL:
+        return (1.0, 5.0)
+    if name.startswith(DIMENSION_PREFIX) and name != UNCERTAINTY:
+        return (0.0, 2.0)
+    if any(word in base for word in _UNIT_RANGE):
+        return (0.0, 1.0)
+    if any(word in base for word in _ZERO_BASED) or name == UNCERTAINTY:
+        return (0.0, 0.0)
+    return None
+
+
+def _se_range(means: list, errors: list) -> tuple | None:
+    """A range centred on the data that spans at least MIN_SPAN_SE of its largest standard error."""
+    known = [(m, e) for m, e in zip(means, errors) if math.isfinite(m) and e is not None and math.isfinite(e)]
+    if not known:
+        return None
+    lo, hi = min(m - e for m, e in known), max(m + e for m, e in known)
+    span = max(hi - lo, MIN_SPAN_SE * max(e for _, e in known))
+    middle = (lo + hi) / 2
+    return (middle - span / 2, middle + span / 2)
+
+
+def standard_errors(run: dict, steps: list, series: dict) -> dict:
+    """{name: [standard error of the step's mean, or None]}: from the per-video values of the samples (sample
+    standard deviation / sqrt(n)), else from metrics.jsonl: eval/<name>_std / sqrt(eval/num_items) (the run loop),
+    or eval_std/<name> / sqrt(num_videos - 1) (older recipes, whose std had ddof 0)."""
+    errors = {}
+    by_step = {row["step"]: row for row in run["evals"]}
+    for name, values in series.items():
+        per_step = []
+        for step, entry in zip(steps, values):
+            if isinstance(entry, list):
+                clean = _clean(entry)
+                n = len(clean)
+                if n < 2:
+                    per_step.append(None)
+                    continue
+                mean = sum(clean) / n
+                per_step.append(math.sqrt(sum((v - mean) ** 2 for v in clean) / (n - 1) / n))
+                continue
+            row, key = by_step.get(step, {}), "eval_reward" if name == "reward" else f"eval/{name}"
+            std, n = row.get(f"{key}_std"), row.get("eval/num_items")
+            old_std, old_n = row.get(f"eval_std/{name}"), row.get("num_videos")
+            if isinstance(std, (int, float)) and isinstance(n, (int, float)) and n >= 1:
+                per_step.append(float(std) / math.sqrt(n))
+            elif isinstance(old_std, (int, float)) and isinstance(old_n, (int, float)) and old_n >= 2:
+                per_step.append(float(old_std) / math.sqrt(old_n - 1))
+            else:
+                per_step.append(None)
+        errors[name] = per_step
+    return errors
+
+
+def change_in_se(steps: list, means: list, errors: list) -> str:
+    """"step A -> step B: +0.123 (4.1 SE)": the change of the mean from the first to the last step, in standard
+    errors of the difference of the two means (sqrt(SE_A^2 + SE_B^2))."""
+    if len(steps) < 2 or not (math.isfinite(means[0]) and math.isfinite(means[-1])):
+        return ""
+    delta = means[-1] - means[0]
+    text = f"step {steps[0]} -> {steps[-1]}: {delta:+.4g}"
+    first, last = errors[0] if errors else None, errors[-1] if errors else None
+    if first is None or last is None:
+        return text + " (no standard error logged)"
+    se = math.sqrt(first ** 2 + last ** 2)
+    if se <= 1e-9 * (1 + abs(means[0]) + abs(means[-1])):  # rounding noise of equal values, not a spread
+        return text + " (no spread: SE 0)"
+    return text + f" ({delta / se:+.1f} SE)"
+
+
+def rolling(values: list, window: int) -> tuple[list, list]:
+    """Trailing rolling mean of `values` over `window` entries and its standard error (None below 3 entries)."""
+    means, errors = [], []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        mean = sum(chunk) / len(chunk)
+        means.append(mean)
+        if len(chunk) >= 3:
+            errors.append(math.sqrt(sum((v - mean) ** 2 for v in chunk) / (len(chunk) - 1) / len(chunk)))
+        else:
+            errors.append(None)
+    return means, errors
+
+
+def _score_chart(title: str, name: str, steps: list, means: list, errors: list, y_label: str = "") -> str:
+    bands = {name: errors} if any(e is not None for e in errors) else {}
+    y_range = axis_range(name) or _se_range(means, errors)
+    return svg_lines(title, steps, {name: means}, bands=bands, y_range=y_range, y_label=y_label,
+                     note=change_in_se(steps, means, errors))
+
+
+def _training_section(run: dict) -> str:
+    curves = training_curves(run)
+    if not curves:
+        return ('<h2>Training curves</h2><div class="muted">metrics.jsonl holds no training rows (train/..., '
+                'reward/..., time/...).</div>')
+    timing = {name: values for name, values in curves.items() if name.startswith("time/")}
+    charts = []
+    ordered = sorted((n for n in curves if not n.startswith("time/")),
+                     key=lambda n: (not n.startswith("train/"), "loss" not in n, "accuracy" not in n, n))
+    for name in ordered:
+        points = curves[name]
+        steps, values = [s for s, _ in points], [v for _, v in points]
+        window = max(1, round(len(values) / 10)) if len(values) >= 20 else 1
+        if window > 1:
+            means, errors = rolling(values, window)
+            chart = svg_lines(name, steps, {name: means}, bands={name: errors}, thin={name: values}, markers=False,
+                              y_range=axis_range(name), note=f"rolling mean of {window} steps +- 1 SE; faint: "
+                                                               f"each step")
+        else:
+            chart = svg_lines(name, steps, {name: values}, y_range=axis_range(name), note="each step")
+        charts.append(chart)
+    html = ("<h2>Training curves</h2><p class=\"muted\">train/... are the training quantities (the Flow-DPO loss and "
+            "implicit accuracy, the GRPO policy loss and KL, ...), reward/... the rewards of the training samples.</p>"
+            '<div class="charts" id="training-curves">' + "".join(charts) + "</div>")
+    if timing:
+        html += ("<table><tr><th>time per step</th><th>mean seconds</th></tr>" + "".join(
+            f'<tr><td>{esc(name)}</td><td class="num">{sum(v for _, v in points) / len(points):.3g}</td></tr>'
+            for name, points in timing.items()) + "</table>")
+    return html
 
 
 def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
     steps, series, primary = analysis["steps"], analysis["series"], analysis["primary"]
     flags = analysis["flags"]
     means = {name: [_mean(v) for v in values] for name, values in series.items()}
+    errors = standard_errors(run, steps, series)
     args = run["args"]
     described = ", ".join(f"{k} {args[k]}" for k in ("reward_model", "reward", "max_steps", "learning_rate")
                           if k in args and args[k] is not None)
     first, last = means[primary][0], means[primary][-1]
-    summary = tiles([("optimised reward", primary), (f"{primary} at step {steps[0]}", fmt(first, 4)),
-                    (f"{primary} at step {steps[-1]}", fmt(last, 4)), ("checkpoints", max(0, len(steps) - 1)),
-                    ("hacking flags", len(flags))])
+    se_first, se_last = errors[primary][0], errors[primary][-1]
+    moved = change_in_se(steps, means[primary], errors[primary]).partition(": ")[2] or "–"
+    summary = tiles([("optimised reward", primary),
+                     (f"at step {steps[0]} (base)", fmt(first, 4) + (f" ± {fmt(se_first, 3)}" if se_first else "")),
+                     (f"at step {steps[-1]}", fmt(last, 4) + (f" ± {fmt(se_last, 3)}" if se_last else "")),
+                     ("change", moved), ("checkpoints", max(0, len(steps) - 1)),
+                     ("hacking flags", len(flags), bool(flags))])
     body = summary + "<h2>Reward-hacking flags</h2>"
     if flags:
         names = {"dimension_drop": "dimension falls while the reward rises",
@@ -35,17 +179,31 @@ def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
         body += ('<div class="ok">No flag: no dimension falls while the reward rises, no independent check disagrees, '
                  'the uncertainty does not rise, and no new phrase dominates the low-scoring CoTs.</div>')
     checked = analysis["independent"]
-    body += (f'<p class="muted">Compared with the base model (step {steps[0]}) at each checkpoint. Independent checks: '
-             f'{esc(", ".join(checked)) if checked else "none in this run"}.</p>')
-    charts = [svg_lines(f"{primary} (optimised)", steps, {primary: means[primary]}, y_label="mean of fixed-prompt samples")]
-    if analysis["dimensions"]:
-        charts.append(svg_lines("per-dimension scores", steps,
-                                {n[len(DIMENSION_PREFIX):]: means[n] for n in analysis["dimensions"]}))
+    computed = run.get("computed_checks") or []
+    if checked:
+        body += (f'<p class="muted" id="checks">Compared with the base model (step {steps[0]}) at each checkpoint. '
+                 f'Independent checks: {esc(", ".join(checked))}'
+                 + (f' ({esc(", ".join(computed))} scored now by descore report on the saved samples, see '
+                    f'check_scores.jsonl)' if computed else "") + ".</p>")
+    else:
+        body += ('<div class="note" id="checks">No independent check: nothing tells whether the optimised reward '
+                 'rose because the videos got better. Name one: `descore report RUN --check analytic:brightness` (or '
+                 '--check descore... with --model DIR, a second judge) scores the saved samples now; the Wan recipes '
+                 'take --check NAME at training time.</div>')
+    charts = [_score_chart(f"{primary} (optimised)", primary, steps, means[primary], errors[primary],
+                           y_label="mean of the fixed prompts ± 1 SE")]
+    for name in analysis["dimensions"]:  # the 0-2 rubric, one chart each: their bands would overlap
+        charts.append(_score_chart(f"dimension {name[len(DIMENSION_PREFIX):]}", name, steps, means[name], errors[name]))
     for name in checked:  # one chart each: the checks have their own scales
-        charts.append(svg_lines(f"{name} (independent check)", steps, {name: means[name]}))
+        charts.append(_score_chart(f"{name} (independent check)", name, steps, means[name], errors[name]))
     if UNCERTAINTY in means:
-        charts.append(svg_lines("judge uncertainty", steps, {"uncertainty": means[UNCERTAINTY]}))
-    body += "<h2>Curves</h2><div class=\"charts\">" + "".join(charts) + "</div>"
+        charts.append(_score_chart("judge uncertainty", UNCERTAINTY, steps, means[UNCERTAINTY], errors[UNCERTAINTY]))
+    body += ("<h2>Evaluation curves</h2><p class=\"muted\">Mean over the fixed prompts at each evaluation, the band "
+             "± 1 standard error; scores with a known scale keep it, the others span at least "
+             f"{MIN_SPAN_SE:g} standard errors; under each chart, the change from the base in standard errors "
+             "(about 3 or more is a real change).</p><div class=\"charts\" id=\"eval-curves\">"
+             + "".join(charts) + "</div>")
+    body += _training_section(run)
     samples = run["samples"]
     if samples:
         body += "<h2>Fixed-prompt samples: base model and checkpoints</h2>" + _grid(samples, steps, primary, media)
@@ -62,7 +220,6 @@ def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
                             f'<td class="num">{r["base_share"]:.0%}</td></tr>' for r in risen)
             if not risen:
                 body += '<tr><td colspan="3" class="muted">no phrase more frequent than in the base</td></tr>'
-
             body += "</table>"
         body += "</div>"
     return page("Post-training run", f"{source}" + (f" — {described}" if described else ""), body)
