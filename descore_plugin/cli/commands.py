@@ -15,6 +15,7 @@ that executes it (`args -> exit status`); `SUBCOMMANDS` lists them in the order 
 (`descore_plugin.utils.errors.UserError`, a bad flag, a missing file) is one line on stderr and exit status 2.
 """
 
+import argparse
 import os
 import sys
 
@@ -294,7 +295,22 @@ def _add_serve_arguments(parser):
     parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
                         help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
                              "random model, for trying the protocol)")
-    add_device_arguments(parser, device_help="one device per server, e.g. cuda:3 (default: cuda if available)")
+    add_device_arguments(parser, device_help="the device of a single replica, e.g. cuda:3 (default: cuda if available)")
+    parser.add_argument("--devices", default=None, metavar="D1,D2,...",
+                        help="one model replica per device behind this one port and one queue, e.g. "
+                             "cuda:0,cuda:1,cuda:2,cuda:3 (clients that send everything to one URL still use every "
+                             "GPU); replaces --device")
+    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=defaults.think,
+                        help="scoring mode of requests that do not choose one (Flow-Factory never does): --no-think = "
+                             "the masked-CoT fast path; a client may also pick with the URL prefix /think or "
+                             "/no-think (default: think)")
+    parser.add_argument("--on-bad-video", choices=["error", "nan"], default=defaults.on_bad_video,
+                        help="a video that cannot be scored (or an OpenRLHF response that cannot be located) on "
+                             "/compute, /get_reward and the pickle protocol: error = fail the request naming it "
+                             "(their clients cannot handle a missing score), nan = NaN for it (default: %(default)s)")
+    parser.add_argument("--dedupe-seconds", type=float, default=defaults.dedupe_seconds,
+                        help="keep finished scores this long so that a client's retry of an identical video is not "
+                             "scored again; 0 = off (queued duplicates are always shared) (default: %(default)s)")
     parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
     parser.add_argument("--api-key", default=default_api_key(),
@@ -335,12 +351,16 @@ def _serve(args):
     for folder in args.allow_paths:
         if not os.path.isdir(folder):
             raise UserError(f"--allow-paths {folder}: not a directory")
-    config = ServeConfig(
-        host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, allow_paths=tuple(args.allow_paths), allow_pickle=args.allow_pickle,
-        max_request_mb=args.max_request_mb, max_videos_per_request=args.max_videos_per_request,
-        max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels, max_new_tokens=args.max_new_tokens,
-    )
+    try:
+        config = ServeConfig(
+            host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms, allow_paths=tuple(args.allow_paths), allow_pickle=args.allow_pickle,
+            max_request_mb=args.max_request_mb, max_videos_per_request=args.max_videos_per_request,
+            max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels, max_new_tokens=args.max_new_tokens,
+            think=args.think, on_bad_video=args.on_bad_video, dedupe_seconds=args.dedupe_seconds,
+        )
+    except ValueError as error:  # its message names the setting
+        raise UserError(f"--{str(error).split('=')[0].replace('_', '-')}: {error}") from None
     try:
         check_bind(config.host, config.api_key)
     except ValueError as error:  # its message names --host and --api-key
@@ -348,18 +368,32 @@ def _serve(args):
     if config.max_batch_size < 1 or config.max_wait_ms < 0:
         raise UserError(f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
                          "need a batch size >= 1 and a wait >= 0")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else None)
+    if args.devices is not None:
+        if args.device is not None:
+            raise UserError("--device and --devices: give one of them (--devices cuda:0,cuda:1 for several replicas)")
+        from descore_plugin.utils.errors import device_name
+
+        try:
+            devices = [device_name(d.strip()) for d in args.devices.split(",") if d.strip()]
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"--devices: {error}") from None
+        if not devices or len(set(devices)) != len(devices):
+            raise UserError(f"--devices {args.devices}: expected distinct devices separated by commas, e.g. "
+                            "cuda:0,cuda:1")
+    else:
+        devices = [args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
+    device = ",".join(devices)
+    dtype = args.dtype or ("bfloat16" if devices[0].startswith("cuda") else None)
     if args.model:
         with blame(f"--model {args.model}"):
-            model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype)
+            model = [DeScoreReward.from_pretrained(args.model, device=d, dtype=dtype) for d in devices]
         print(f"descore serve: serving {args.model} on {device}", file=sys.stderr)
     else:
         from descore_plugin.testing.tiny import init_tiny
 
         with tempfile.TemporaryDirectory(prefix="descore-tiny-") as folder:
             init_tiny(folder)
-            model = DeScoreReward.from_pretrained(folder, device=device, dtype=dtype)
+            model = [DeScoreReward.from_pretrained(folder, device=d, dtype=dtype) for d in devices]
         print("descore serve: no --model given: serving the built-in tiny model (random weights, for trying the "
               "protocol; pass --model DIR_OR_ID for a real one)", file=sys.stderr)
     print(f"descore serve: http://{config.host}:{config.port} (batches of up to {config.max_batch_size} videos, "
