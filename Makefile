@@ -1,12 +1,13 @@
 # Two commands on a fresh machine:
 #   make demo   creates or updates .venv, installs, runs the main job: the shipped tiny judge, Flow-DPO, HTML reports
 #   make test   creates or updates .venv, runs the whole test suite
+#   make lint   ruff's lint and format checks (the settings are in pyproject.toml); CI runs it before the tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-judge test bench clean
+.PHONY: demo demo-judge test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,17 @@ demo-judge: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+# Only ruff is needed: the check does not import the package.
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt ruff
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) recipes/bench_reward.py --json outputs/bench_reward.json

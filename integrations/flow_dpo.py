@@ -218,8 +218,8 @@ def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[
             "cots": rewards.last_cots(),
         }
         latents_path = store_dir / f"{prompt_id:06d}.safetensors"
-        _atomic_save(lambda p: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
-        _atomic_save(lambda p: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json")
+        _atomic_save(lambda p, latents=latents: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
+        _atomic_save(lambda p, record=record: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json")
     return load_pairs(store_dir, prompt_ids)
 
 

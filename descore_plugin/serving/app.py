@@ -216,7 +216,7 @@ class Service:
         try:
             for start in range(0, count, self.window):
                 rows = range(start, min(count, start + self.window))
-                digests = await run_in_threadpool(lambda: [
+                digests = await run_in_threadpool(lambda rows=rows: [
                     self._digest(specs[i], prompts[i], cots[i], instructions[i], video_fps[i], key) for i in rows])
                 todo = []
                 for i, digest in zip(rows, digests):
@@ -227,7 +227,7 @@ class Service:
                         held.append(digest)
                     else:
                         todo.append((i, digest))
-                decoded = await run_in_threadpool(lambda: [
+                decoded = await run_in_threadpool(lambda todo=todo: [
                     self.decoder.decode_one(specs[i], f"videos[{i}]", video_fps[i], decode) for i, _ in todo])
                 good = []
                 for (i, digest), video in zip(todo, decoded):
