@@ -11,7 +11,7 @@ import torch
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import main as descore_main
 from descore_plugin.data.pairs import load_pairs
-from descore_plugin.training.losses import group_advantages, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
+from descore_plugin.training.losses import group_advantages_unbiased, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
 from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.training.trainer import TrainConfig, Trainer
@@ -64,7 +64,7 @@ def test_kl_low_variance_exact_and_clamped():
 
 
 def test_group_advantages_unbiased_std():
-    adv = group_advantages(torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]]))
+    adv = group_advantages_unbiased(torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]]))
     torch.testing.assert_close(adv, torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]) / (1 + 1e-6), atol=1e-7, rtol=0)
 
 
@@ -83,8 +83,8 @@ def test_grpo_policy_loss_token_mean_over_the_mini_batch():
 
 def stage2_config(stage1, start, out, **overrides):
     values = dict(stage=2, model=str(stage1[start]), train_data=str(stage1["data"]), output_dir=str(out), max_steps=1,
-                  batch_size=1, gradient_accumulation_steps=1, num_rollouts=2, max_new_tokens=6, kl_coef=0.1,
-                  mini_batches_per_rollout=1, learning_rate=1e-3, save_steps=0, log_with=None)
+                  batch_size=1, num_rollouts=2, max_new_tokens=6, kl_coef=0.1, rollout_batch_size=1, actor_batch_size=2,
+                  learning_rate=1e-3, save_steps=0, log_with=None, allow_unparsed_cots=True)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -137,7 +137,8 @@ def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
     assert train(["--stage", "1", "--model", str(tmp_path / "M"), "--train-data", str(data), "--output-dir",
                   str(tmp_path / "s1"), "--max-steps", "2", "--lora-rank", "4", *small]) == 0
     assert train(["--stage", "2", "--model", str(tmp_path / "s1"), "--train-data", str(data), "--output-dir",
-                  str(tmp_path / "s2"), "--max-steps", "1", "--num-rollouts", "2", "--max-new-tokens", "8", "--mini-batches-per-rollout", "1",
+                  str(tmp_path / "s2"), "--max-steps", "1", "--num-rollouts", "2", "--max-new-tokens", "8", "--rollout-batch-size", "1",
+                  "--actor-batch-size", "2", "--allow-unparsed-cots",
                   *small]) == 0
     assert recipe("eval_rm.py")([str(data), "--model", str(tmp_path / "s2"), "--output-dir", str(tmp_path / "eval"),
                                  "--max-new-tokens", "8"]) == 0
@@ -158,7 +159,7 @@ def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
 def test_rollout_batch_gives_off_policy_updates_and_resumes_exactly(stage1, tmp_path):
     """Two mini-batches per rollout batch: rollouts are sampled once (without the repetition penalty), the second
     step is off-policy (ratio != 1); a run killed after step 1 resumes from the saved rollouts to the same weights."""
-    settings = dict(mini_batches_per_rollout=2, max_steps=2, save_steps=1, kl_coef=0.1, learning_rate=5e-2)
+    settings = dict(rollout_batch_size=2, max_steps=2, save_steps=1, kl_coef=0.1, learning_rate=5e-2)
     straight = Trainer(stage2_config(stage1, "full", tmp_path / "straight", **settings))
     model = straight.accelerator.unwrap_model(straight.model)
     model.config.repetition_penalty = 1.3  # the scoring setting; rollouts must not inherit it
@@ -184,12 +185,14 @@ def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, 
     """Two micro-batches of one mini-batch, before any update (ratio 1, KL 0, so the per-token loss is -A): their
     policy terms add up to the token mean over the MINI-batch, each micro-batch carries its own mean BT term, and
     the loss handed to accelerate is scaled back up by the accumulation count (accelerate divides by it)."""
-    trainer = Trainer(stage2_config(stage1, "full", tmp_path / "r", gradient_accumulation_steps=2, bt_weight=0.5))
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / "r", actor_batch_size=4, rollout_batch_size=2,
+                                    bt_weight=0.5))
+    assert trainer.accumulation == 2 and trainer.steps_per_rollout == 1
     trainer.rollouts = trainer._rollout_batch(0)
     micros = trainer.rollouts["micro"]
     for i, m in enumerate(micros):  # known, unequal advantages (a random tiny model's rule rewards are all 0)
         m["advantages"] = torch.linspace(-1.0, 1.5, len(m["cot_ids"])) * (i + 1)
-    results = [trainer.stage2_loss(step, trainer.batch_for(step)) for step in (0, 1)]
+    results = [trainer.stage2_loss(step, trainer.stage2_inputs(trainer.batch_for(step))) for step in (0, 1)]
     assert trainer.rollouts["micro"] is micros  # the same rollout batch served both micro-batches
     tokens = [torch.tensor([len(c) + int(e) for c, e in zip(m["cot_ids"], m["ended"])]) for m in micros]
     total = sum(int(t.sum()) for t in tokens)

@@ -12,7 +12,7 @@ import torch
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
-from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages, kl_low_variance,
+from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages_unbiased, kl_low_variance,
                                    rollout_reward)
 from descore_plugin.modeling.prompt import format_answer
 from descore_plugin.testing.synthetic import write_dataset
@@ -47,7 +47,7 @@ def test_rollout_reward_terms():
 
 def test_group_advantages_and_kl():
     rewards = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
-    adv = group_advantages(rewards)
+    adv = group_advantages_unbiased(rewards)
     torch.testing.assert_close(adv.mean(-1), torch.zeros(2))
     assert torch.equal(adv[1], torch.zeros(3))
     logp = torch.tensor([-1.0, -2.0])
@@ -68,7 +68,8 @@ def make_config(world, out, **overrides):
     values = dict(model=str(world["model"]), train_data=str(world["train"]), eval_data=str(world["eval"]),
                   output_dir=str(out), max_steps=4, batch_size=2, gradient_accumulation_steps=1,
                   learning_rate=1e-3, lora_rank=4, lora_alpha=8, save_steps=2, lm_loss_weight=0.5,
-                  eval_think=False, log_with=None, seed=3)
+                  eval_think=False, log_with=None, seed=3,
+                  rollout_batch_size=1, actor_batch_size=2, allow_unparsed_cots=True)  # stage 2: one pair a step
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -194,7 +195,7 @@ def test_data_errors_before_training(world, tmp_path):
         p.scores_b = None
     save_pairs(tmp_path / "no_truth.jsonl", pairs)
     with pytest.raises(DataError, match=r"no_truth.jsonl.*(line|row) 1.*scores"):
-        Trainer(make_config(world, tmp_path / "o", stage=2, train_data=str(tmp_path / "no_truth.jsonl")))
+        Trainer(make_config(world, tmp_path / "o", stage=2, batch_size=1, train_data=str(tmp_path / "no_truth.jsonl")))
     for p in pairs:
         p.label = "invalid"
     save_pairs(tmp_path / "invalid.jsonl", pairs)
@@ -290,7 +291,10 @@ def test_existing_run_refused_and_resume_checks_flags(world, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- which pairs train and evaluate
-def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path, tiny_dirs, capfd):
+@pytest.mark.parametrize("undecided_rows", ["zero_loss", "drop"])
+def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path, tiny_dirs, caplog, undecided_rows):
+    """Stage 1 keeps ties and 'invalid' rows as rows of loss 0 (official) or drops them (--undecided-rows drop);
+    evaluation keeps every pair either way and reports the official ties-as-errors figure too."""
     from descore_plugin.evaluation.preference import evaluate_pairs
 
     data = write_dataset(tmp_path / "data", 8, seed=7, tie_rate=0.5, progress=False)
@@ -300,16 +304,80 @@ def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path
     path = str(tmp_path / "pairs.jsonl")
     ties = sum(p.label == "tie" for p in pairs)
     assert ties > 0
-    trainer = Trainer(TrainConfig(model=str(tiny_dirs["qwen2_5_vl"]), train_data=path, eval_data=path,
-                                  output_dir=str(tmp_path / "out"), max_steps=1, batch_size=1,
-                                  gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_think=False,
-                                  log_with=None))
-    message = capfd.readouterr().err
-    assert f"training on {len(pairs) - 1 - ties} of {len(pairs)} pairs" in message
-    assert "1 labelled 'invalid'" in message and f"{ties} ties (--loss bt" in message
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(TrainConfig(model=str(tiny_dirs["qwen2_5_vl"]), train_data=path, eval_data=path,
+                                      output_dir=str(tmp_path / "out"), max_steps=1, batch_size=1,
+                                      gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_think=False,
+                                      log_with=None, undecided_rows=undecided_rows))
+    message = caplog.text
+    assert "1 labelled 'invalid'" in message and f"{ties} ties (--loss bt has no term" in message
+    if undecided_rows == "drop":
+        assert f"training on {len(pairs) - 1 - ties} of {len(pairs)} pairs" in message
+        assert len(trainer.train_pairs) == len(pairs) - 1 - ties
+    else:
+        assert f"training on all {len(pairs)} pairs" in message and len(trainer.train_pairs) == len(pairs)
     assert len(trainer.eval_pairs) == len(pairs)  # evaluation keeps every pair; evaluate_pairs counts the invalid one
     logs = trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     expected = evaluate_pairs(model, load_pairs(path), think=False, progress=False)
     assert expected["num_pairs"] == len(pairs) - 1
     assert logs["eval_accuracy_with_ties"] == pytest.approx(expected["accuracy_with_ties"])
+    assert logs["eval_accuracy_ties_as_errors"] == pytest.approx(expected["accuracy_ties_as_errors"])
+    # the official figure: ties and the invalid row count as errors, so it is at most the decided share
+    assert expected["accuracy_ties_as_errors"] <= (len(pairs) - 1 - ties) / len(pairs)
+
+
+def _stage1_step_gradient(world, tmp_path, undecided_rows, labels):
+    """The head's gradient after one stage-1 micro-batch of 2 pairs with the given labels (no masking, no clipping)."""
+    pairs = load_pairs(world["train"])[:2]
+    for pair, label in zip(pairs, labels):
+        pair.label = label
+    save_pairs(tmp_path / f"{undecided_rows}.jsonl", pairs)
+    trainer = Trainer(make_config(world, tmp_path / f"run-{undecided_rows}", train_data=str(tmp_path / f"{undecided_rows}.jsonl"),
+                                  eval_data=None, max_steps=1, batch_size=len(pairs) if undecided_rows == "zero_loss" else 1,
+                                  cot_mask_prob=0.0, lm_loss_weight=0.0, undecided_rows=undecided_rows, num_workers=0))
+    batch = trainer.batch_for(0)
+    result = trainer.stage1_loss(batch, None)
+    result["loss"].backward()
+    head = trainer.accelerator.unwrap_model(trainer.model).head.weight
+    return result, head.grad.clone(), batch
+
+
+def test_stage1_tie_is_a_zero_row_in_the_mean_or_dropped(world, tmp_path):
+    """Official: a tie is a row of loss 0 in the batch mean, so with one decided pair of two the BT loss and its
+    gradient are half the decided pair's alone; --undecided-rows drop trains on the decided pair only."""
+    kept, grad_kept, batch = _stage1_step_gradient(world, tmp_path, "zero_loss", ["A", "tie"])
+    assert [p.label for p in batch["pairs"]] == ["A", "tie"] or [p.label for p in batch["pairs"]] == ["tie", "A"]
+    dropped, grad_dropped, batch = _stage1_step_gradient(world, tmp_path, "drop", ["A", "tie"])
+    assert [p.label for p in batch["pairs"]] == ["A"]
+    assert kept["logs"]["decided_fraction"] == 0.5 and dropped["logs"]["decided_fraction"] == 1.0
+    assert kept["logs"]["bt_loss"] == pytest.approx(dropped["logs"]["bt_loss"] / 2, rel=1e-5)
+    torch.testing.assert_close(grad_kept, grad_dropped / 2, rtol=1e-4, atol=1e-9)
+
+
+def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(world, tmp_path):
+    """Official: no clipping in stage 1; stage 2 clips the head's and the actor's gradients each to 1.0."""
+    assert TrainConfig(model="m", train_data="d", output_dir="o").resolve().max_grad_norm == 0.0
+    stage2 = TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve()
+    assert stage2.max_grad_norm == 1.0 and stage2.grad_norm_groups == "actor_and_head"
+    trainer = Trainer(make_config(world, tmp_path / "clip", max_steps=1, eval_data=None, max_grad_norm=1e-6,
+                                  cot_mask_prob=0.0))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    result = trainer.stage1_loss(trainer.batch_for(0), None)
+    result["loss"].backward()
+    head = [p for p in model.head.parameters()]
+    actor = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in head)]
+    norm = lambda params: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    raw_head, raw_actor = norm(head).item(), norm(actor).item()
+    logs = trainer._clip_gradients()
+    assert logs["head_grad_norm"] == pytest.approx(raw_head, rel=1e-5) and logs["grad_norm"] == pytest.approx(raw_actor, rel=1e-5)
+    assert norm(head).item() == pytest.approx(1e-6, rel=1e-3) and norm(actor).item() == pytest.approx(1e-6, rel=1e-3)
+    trainer.config.grad_norm_groups = "joint"  # ours: one norm over both, so the two parts keep their proportion
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(1e6)
+    ratio, whole = norm(head).item() / norm(actor).item(), math.hypot(norm(head).item(), norm(actor).item())
+    joint = trainer._clip_gradients()
+    assert joint["grad_norm"] == pytest.approx(whole, rel=1e-4)
+    assert norm(head).item() / norm(actor).item() == pytest.approx(ratio, rel=1e-4)
+    assert math.hypot(norm(head).item(), norm(actor).item()) == pytest.approx(1e-6, rel=1e-3)

@@ -33,8 +33,10 @@ Formats also read (detected from the columns / keys of each row)
 - official DeScore CSV (arXiv 2605.05922 code): `videos` = [path_A, path_B] (JSON or Python-literal list),
   `problem` (kept as `instruction`), `prompt`, `CoT_A`, `CoT_B`, `GSB` in {A, B, same, invalid} (same -> tie).
   Stage-2 rows carry `answer`: JSON, possibly inside `<answer>...</answer>` and/or a ```json fence, with
-  `video_1_scores` / `video_2_scores` (-> scores_a / scores_b). A stage-2 row without `GSB` takes its label from
-  a verdict string in that JSON ("Video 1 is better" -> A, "Video 2 is better" -> B, "... same/equal/tie" -> tie).
+  `video_1_scores` / `video_2_scores` (-> scores_a / scores_b). The JSON's verdict is kept as `answer_label`
+  (what the official stage 2's BT loss reads): its `gsb_result` ("Video 1 is better" or "A" -> A, "Video 2 is
+  better" or "B" -> B, anything else -> tie), else a verdict string in the JSON ("... same/equal/tie" -> tie).
+  A row without `GSB` takes its label from that verdict.
 - VideoAlign training CSV and VideoGen-RewardBench: `path_A`, `path_B`, `prompt`, label column `Overall` in
   {A, B, same} (same -> tie); other columns (VQ, MQ, TA, fps_A, ...) are ignored unless `label_column` (the
   recipes' `--label-column`, e.g. TA) names one of them as the label instead (needed when there is no `Overall`).
@@ -94,6 +96,8 @@ class Pair:
     instruction: str | None = None  # the judge instruction of the official CSV (`problem`), if given
     origin: str = ""  # where the pair was read from ("pairs.csv, row 3"), for error messages downstream
     video_fields: tuple[str, str] = ("video_a", "video_b")  # the columns that named video_a / video_b in the file
+    answer_label: str | None = None  # official stage-2 rows: the verdict in `answer` (its gsb_result), which the
+    # official stage 2's auxiliary BT loss reads ("A", "B", or "tie" for anything else: no BT term); None: no verdict
 
     @property
     def videos(self) -> tuple[str, str]:
@@ -304,7 +308,7 @@ def _parse_official(record: dict, where: str, folder: Path) -> Pair:
                 )
         scores_a = _scores(truth["video_1_scores"], f"{where}, field 'answer', key 'video_1_scores'")
         scores_b = _scores(truth["video_2_scores"], f"{where}, field 'answer', key 'video_2_scores'")
-        verdict = _verdict(truth)
+        verdict = _gsb_result(truth) if "gsb_result" in truth else _verdict(truth)
     gsb = record.get("GSB")
     if gsb not in (None, ""):
         if gsb not in _OFFICIAL_LABELS:
@@ -329,6 +333,7 @@ def _parse_official(record: dict, where: str, folder: Path) -> Pair:
         instruction=_optional_text(record, "problem", where),
         origin=where,
         video_fields=("videos[0]", "videos[1]"),
+        answer_label=verdict,
     )
 
 
@@ -445,6 +450,14 @@ def _answer_json(answer, where: str) -> dict:
     if not isinstance(truth, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(truth).__name__}")
     return truth
+
+
+def _gsb_result(truth: dict) -> str:
+    """The pair verdict as the official stage 2 reads it from the ground-truth JSON: its `gsb_result`, exactly
+    "Video 1 is better" or "A" -> A, "Video 2 is better" or "B" -> B; anything else (a tie, a typo) -> "tie", which
+    the official auxiliary BT loss skips."""
+    value = truth.get("gsb_result")
+    return {"Video 1 is better": "A", "A": "A", "Video 2 is better": "B", "B": "B"}.get(value, "tie")
 
 
 def _verdict(truth: dict) -> str | None:

@@ -22,6 +22,7 @@ __all__ = [
     "accuracy_without_ties",
     "accuracy_with_ties",
     "accuracy_with_ties_and_threshold",
+    "accuracy_ties_as_errors",
     "accuracy_by_slice",
     "labels_to_int",
 ]
@@ -92,6 +93,16 @@ def accuracy_without_ties(margins, labels) -> float:
         raise MetricInputError("every pair is a human tie: accuracy without ties has no pairs to score")
     correct = np.sign(margins[decided]) == codes[decided]
     return float(correct.mean())
+
+
+def accuracy_ties_as_errors(margins, labels, num_invalid: int = 0) -> float:
+    """The official cold start's evaluation figure (its `compute_multi_attr_accuracy`), a compatibility number: the
+    model picks A when margin >= 0 (argmax over [A, B] takes A on equality), else B; a pair counts as correct when
+    that pick equals the human label, so every human tie, and each of `num_invalid` rows labelled "invalid" (its
+    loader gives both one "no verdict" code), counts as an error. Divided by all pairs, those included."""
+    margins, codes = _margins_and_labels(margins, labels)
+    picks = np.where(margins >= 0, 1, -1)
+    return float((picks == codes).sum() / (len(codes) + num_invalid))
 
 
 def accuracy_with_ties_and_threshold(margins, labels, *, videoalign_compat: bool = False) -> tuple[float, float]:

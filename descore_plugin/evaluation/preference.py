@@ -23,15 +23,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from descore_plugin.data.pairs import Pair
-from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.evaluation.metrics import (accuracy_by_slice, accuracy_ties_as_errors, accuracy_with_ties,
+                                               accuracy_without_ties)
 
 __all__ = ["evaluate_pairs", "write_evaluation", "SUMMARY_KEYS",
            "CSV_COLUMNS"]
 
-SUMMARY_KEYS = ("accuracy_with_ties", "accuracy_without_ties", "num_pairs", "num_pairs_without_ties",
+SUMMARY_KEYS = ("accuracy_with_ties", "accuracy_without_ties", "accuracy_ties_as_errors", "num_pairs",
+                "num_pairs_without_ties",
                 "num_pairs_invalid", "num_videos_scored", "think", "accuracy_without_ties_by_slice")
 """What goes into accuracy.json (the by-slice entry only when some pair carries a slice tag)."""
-CSV_COLUMNS = ("video_a", "video_b", "prompt", "label", "slice", "reward_a", "reward_b", "margin", "cot_a", "cot_b")
+CSV_COLUMNS = ("video_a", "video_b", "prompt", "label", "slice", "reward_a", "reward_b", "margin", "cot_a", "cot_b",
+               "parse_error_a", "parse_error_b", "scores_a", "scores_b")
+"""pairs_scored.csv: parse_error_* says why a CoT did not parse (empty when it did, or without a CoT); scores_* is
+the data's per-dimension truth of the video as JSON (e.g. the synthetic world's true defects), when the pair file
+carries it."""
+RUN_FACTS = ("model", "pairs", "max_new_tokens", "cot_parse_rate", "num_cots", "num_cots_unparsed", "reward_range")
+"""Also written to accuracy.json when known: which model (`model`) and data (`pairs`; set by the caller), the CoT
+length limit used, the parse rate of the CoTs, and the range of the rewards of the scored videos ({"mean", "std",
+"min", "max", "num_videos"}: what `descore report` compares other scores of this model with)."""
 
 
 def _video_key(path: str, prompt: str, instruction: str | None = None) -> tuple[str, str, str | None]:
@@ -58,7 +68,8 @@ def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
 
 def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load,
                          num_workers: int = 0) -> dict:
-    """{(real path, prompt, instruction): (reward, CoT or None)}, scoring `batch_size` videos per `model.score` call."""
+    """{(real path, prompt, instruction): (reward, CoT or None, why the CoT did not parse or None)}, scoring
+    `batch_size` videos per `model.score` call."""
     scored = {}
     with tqdm(total=len(keys), desc="scoring videos", unit="video", disable=not progress) as bar:
         chunks = _video_chunks(model, keys, batch_size, load, num_workers)
@@ -69,8 +80,9 @@ def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_ne
                               **({"instructions": instructions} if any(instructions) else {}),
                               batch_size=batch_size, max_new_tokens=max_new_tokens)
             cots = out.cots if out.cots is not None else [None] * len(chunk)
-            for key, reward, cot in zip(chunk, out.rewards.tolist(), cots):
-                scored[key] = (reward, cot)
+            errors = getattr(out, "parse_errors", None) or [None] * len(chunk)
+            for key, reward, cot, error in zip(chunk, out.rewards.tolist(), cots, errors):
+                scored[key] = (reward, cot, error if cot is not None else None)
             bar.update(len(chunk))
     return scored
 
@@ -85,7 +97,9 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
         descore_plugin.data.loader, decoded in `num_workers` worker processes (0: in this process).
 
     Returns a dict with:
-        accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), num_pairs (pairs scored,
+        accuracy_with_ties, accuracy_without_ties (None when every pair is a human tie), accuracy_ties_as_errors
+        (the official cold start's figure, a compatibility number: ties and invalid rows count as errors; see
+        `metrics.accuracy_ties_as_errors`), num_pairs (pairs scored,
         ties included), num_pairs_without_ties, num_pairs_invalid (left out), num_videos_scored, think;
         accuracy_without_ties_by_slice ({"all": ..., slice tag: ...}, untagged pairs as "untagged"; only when some
         pair carries a slice tag and some pair is not a tie);
@@ -106,17 +120,20 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
 
     rows = []
     for pair in kept:
-        reward_a, cot_a = scored[_video_key(pair.video_a, pair.prompt, pair.instruction)]
-        reward_b, cot_b = scored[_video_key(pair.video_b, pair.prompt, pair.instruction)]
+        reward_a, cot_a, error_a = scored[_video_key(pair.video_a, pair.prompt, pair.instruction)]
+        reward_b, cot_b, error_b = scored[_video_key(pair.video_b, pair.prompt, pair.instruction)]
         rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
                      "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
-                     "cot_a": cot_a, "cot_b": cot_b})
+                     "cot_a": cot_a, "cot_b": cot_b, "parse_error_a": error_a, "parse_error_b": error_b,
+                     "scores_a": pair.scores_a, "scores_b": pair.scores_b})
     margins = np.array([row["margin"] for row in rows], dtype=np.float64)
     labels = [row["label"] for row in rows]
     num_without_ties = sum(label != "tie" for label in labels)
     result = {
         "accuracy_with_ties": accuracy_with_ties(margins, labels),
         "accuracy_without_ties": accuracy_without_ties(margins, labels) if num_without_ties else None,
+        # The official cold start's figure (ties and "invalid" rows count as errors): for comparison with its logs.
+        "accuracy_ties_as_errors": accuracy_ties_as_errors(margins, labels, num_invalid=len(pairs) - len(kept)),
         "num_pairs": len(rows),
         "num_pairs_without_ties": num_without_ties,
         "num_pairs_invalid": len(pairs) - len(kept),
@@ -128,7 +145,27 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
         result["accuracy_without_ties_by_slice"] = accuracy_by_slice(margins, labels, slices)
     result["margins"] = margins
     result["rows"] = rows
+    result.update(_scoring_facts(model, scored, think, max_new_tokens))
     return result
+
+
+def _scoring_facts(model, scored: dict, think: bool, max_new_tokens) -> dict:
+    """The CoT limit the scoring used, the CoT parse rate and the reward range of the scored videos (RUN_FACTS)."""
+    rewards = np.array([reward for reward, _, _ in scored.values()], dtype=np.float64)
+    rewards = rewards[np.isfinite(rewards)]
+    facts = {"reward_range": {"mean": float(rewards.mean()), "std": float(rewards.std(ddof=1)) if len(rewards) > 1
+                              else 0.0, "min": float(rewards.min()), "max": float(rewards.max()),
+                              "num_videos": int(len(rewards))} if len(rewards) else None}
+    if think:
+        config = getattr(model, "config", None)
+        limit = getattr(config, "cot_token_limit", None)
+        facts["max_new_tokens"] = max_new_tokens if max_new_tokens is not None else limit() if callable(limit) else \
+            getattr(config, "max_new_tokens", None)
+        cots = [(cot, error) for _, cot, error in scored.values() if cot is not None]
+        facts["num_cots"] = len(cots)
+        facts["num_cots_unparsed"] = sum(error is not None for _, error in cots)
+        facts["cot_parse_rate"] = 1 - facts["num_cots_unparsed"] / len(cots) if cots else None
+    return facts
 
 
 def write_evaluation(result: dict, output_dir) -> tuple[Path, Path]:
@@ -137,12 +174,13 @@ def write_evaluation(result: dict, output_dir) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accuracy_path = output_dir / "accuracy.json"
-    summary = {key: result[key] for key in SUMMARY_KEYS if key in result}
+    summary = {key: result[key] for key in SUMMARY_KEYS + RUN_FACTS if key in result}
     accuracy_path.write_text(json.dumps(summary, indent=2) + "\n")
     csv_path = output_dir / "pairs_scored.csv"
     with open(csv_path, "w", encoding="utf-8", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in result["rows"]:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
+            writer.writerow({key: "" if row.get(key) is None else json.dumps(row[key]) if isinstance(row[key], dict)
+                             else row[key] for key in CSV_COLUMNS})
     return accuracy_path, csv_path

@@ -11,24 +11,30 @@ import torch.nn.functional as F
 from descore_plugin.modeling.prompt import answer_agreement
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Stage 1 and the stage-2 auxiliary loss (DeScore Sec. 3.2): -log sigmoid(r_chosen - r_rejected), mean."""
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 1 and the stage-2 auxiliary loss (DeScore Sec. 3.2): -log sigmoid(r_chosen - r_rejected), mean.
+    mask (0/1 per row): the official cold start's `loss * nontied_mask` before the mean, so a row without a verdict
+    is a row of loss 0 that still counts in the mean (the gradient is scaled by the decided fraction)."""
+    rows = -F.logsigmoid(r_chosen - r_rejected)
+    return rows.mean() if mask is None else (rows * mask).mean()
 
 
-def bradley_terry_ties_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor, k: float = 5.0) -> torch.Tensor:
+def bradley_terry_ties_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor, k: float = 5.0,
+                            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley-Terry with ties (Rao-Kupper, theta = k = 5), as VideoAlign trains
     (its reward-model trainer: Rao and Kupper 1967 with theta = 5).
 
     labels: +1 = A preferred, -1 = B preferred, 0 = tie. With d = r_chosen - r_rejected:
         non-tie: -log sigmoid(d - ln k)
         tie:     -log sigmoid(d - ln k) - log sigmoid(-d - ln k) - ln(k^2 - 1)   (symmetric in d)
+    mask (0/1 per row): rows of loss 0 that count in the mean (rows labelled "invalid"), as `bradley_terry_loss`.
     """
     log_k = math.log(k)
     d = torch.where(labels < 0, r_b - r_a, r_a - r_b)
     non_tie = -F.logsigmoid(d - log_k)
     tie = -F.logsigmoid(d - log_k) - F.logsigmoid(-d - log_k) - math.log(k * k - 1)
-    return torch.where(labels == 0, tie, non_tie).mean()
+    rows = torch.where(labels == 0, tie, non_tie)
+    return rows.mean() if mask is None else (rows * mask).mean()
 
 
 def length_reward(text: str, thresholds=(500, 1000, 1500, 2000), values=(0.0, 0.2, 0.4, 0.6, 1.0)) -> float:
@@ -55,7 +61,7 @@ def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thres
     return {"reward": total, "accuracy": terms["accuracy"], "format": terms["format"], "length": length}
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages_unbiased(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """GRPO advantages (DeScore Sec. 3.3 as the official verl code computes them): rewards (G, n) of n rollouts per
     group -> (r - group mean) / (group std + eps), with torch's default UNBIASED std (divides by n - 1)."""
     mean = rewards.mean(-1, keepdim=True)

@@ -19,10 +19,10 @@ current rollout batch.
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,7 +40,7 @@ from descore_plugin.utils.errors import UserError, one_line_errors, report
 from descore_plugin.evaluation.preference import evaluate_pairs
 from descore_plugin.training.embedding_rows import TrainableRow
 from descore_plugin.training.full_state import gather_state, load_state
-from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages,
+from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, distillation_loss, group_advantages_unbiased,
                      grpo_policy_loss, pointwise_distribution_loss, rollout_reward, score_gap_loss)
 from descore_plugin.modeling.model import BACKBONE_DIR, DeScoreReward
 from descore_plugin.modeling.prompt import parse_answer
@@ -48,7 +48,12 @@ from descore_plugin.data.video import load_video
 from descore_plugin.training.runs import Run
 from descore_plugin.training.sharding import prepare_frozen
 
-LABEL_SIGN = {"A": 1, "B": -1, "tie": 0}
+LABEL_SIGN = {"A": 1, "B": -1, "tie": 0, "invalid": 0}
+OFFICIAL_PROMPT_TOKENS = 6200
+"""The official stage 2's prompt cap (data.max_prompt_length), which it right-truncates; here a warning only."""
+PROBE_PAIRS = 2
+"""Stage 2 reads the starting model's CoTs for the videos of this many training pairs before it starts."""
+logger = logging.getLogger(__name__)
 
 
 def _help(text: str, **extra) -> dict:
@@ -89,8 +94,10 @@ class TrainConfig:
         "Optimiser steps (official stage 1: 4 epochs of ~22k pairs at an effective batch of 4)."))
     batch_size: int = field(default=1, metadata=_help(
         "Pairs per process per micro-batch (official: 1). In stage 2 each pair gives 2 x num_rollouts sequences."))
-    gradient_accumulation_steps: int = field(default=4, metadata=_help(
-        "Micro-batches per optimiser step (official stage 1: 4). In stage 2 one optimiser step = one mini-batch."))
+    gradient_accumulation_steps: int | None = field(default=None, metadata=_help(
+        "Stages 1 and 3: micro-batches per optimiser step (None: 4, official stage 1). Stage 2 derives it from the "
+        "global --actor-batch-size: (actor_batch_size / 2) pairs / (--batch-size x processes); a value given for "
+        "stage 2 is ignored with a warning."))
     learning_rate: float | None = field(default=None, metadata=_help(
         "None: stage 1 2e-6 (all groups), stage 2 1e-6 (official)."))
     head_learning_rate: float | None = field(default=None, metadata=_help(
@@ -104,7 +111,16 @@ class TrainConfig:
         "stage 2 1e-2 (official)."))
     warmup_ratio: float | None = field(default=None, metadata=_help(
         "Linear warm-up over this fraction of max_steps, then constant. None: stage 1 0.05, stage 2 0 (official)."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (official 1.0; 0 = off)."))
+    max_grad_norm: float | None = field(default=None, metadata=_help(
+        "Gradient clipping norm (0 = off). None: stage 1 and 3 0 (official stage 1 clips nothing: its DeepSpeed "
+        "config sets no clipping and accelerate does not clip under DeepSpeed), stage 2 1.0 (official)."))
+    grad_norm_groups: Literal["actor_and_head", "joint"] = field(default="actor_and_head", metadata=_help(
+        "What --max-grad-norm bounds: actor_and_head (official stage 2, under FSDP: the head's gradient and the "
+        "rest's are each clipped to the bound on their own); joint: one norm over every trainable weight (ours)."))
+    pure_bf16: bool = field(default=False, metadata=_help(
+        "Reproduction mode: weights, gradients and AdamW states in bfloat16, as the official stage-2 actor and head "
+        "(no float32 master copy). At lr 1e-6 most updates then round away (docs/training.md gives the measured "
+        "share). Off: float32 weights (with --mixed-precision bf16 on GPUs)."))
     mixed_precision: str = field(default="no", metadata=_help(
         "accelerate mixed precision: bf16 on GPUs (official), no on CPUs.", choices=["no", "fp16", "bf16"]))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
@@ -120,12 +136,20 @@ class TrainConfig:
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (official 0.05)."))
     train_vision: bool | None = field(default=None, metadata=_help(
         "Vision tower trainable. None: stage 1 yes, stage 2 no (official).", nargs="?", const=True))
-    train_embeddings: Literal["reward_token", "all"] = field(default="reward_token", metadata=_help(
-        "reward_token: only the <Reward> row trains (official); all: every row (ours, tiny models from scratch)."))
+    train_embeddings: Literal["reward_token", "all"] | None = field(default=None, metadata=_help(
+        "Input-embedding rows that train. reward_token: only the <Reward> row; all: every row. None: stage 1 "
+        "reward_token (official cold start); stage 2 all with --lora-rank 0 (official: the stage-2 actor trains "
+        "every row and the output head) and reward_token with a stage-2 adapter (the adapter-off reference must "
+        "stay the start model)."))
 
     # --- stage 1 ---
     loss: Literal["bt", "bt_ties"] = field(default="bt", metadata=_help(
-        "bt: Bradley-Terry, ties dropped (official); bt_ties: Rao-Kupper ties with k = --ties-k (VideoAlign)."))
+        "bt: Bradley-Terry, no term for a tie (official); bt_ties: Rao-Kupper ties with k = --ties-k (VideoAlign)."))
+    undecided_rows: Literal["zero_loss", "drop"] = field(default="zero_loss", metadata=_help(
+        "Rows without a decided verdict (ties under --loss bt in stage 1, rows labelled 'invalid'). zero_loss "
+        "(official): they stay in the data as rows of loss 0 that count in the batch mean and the epoch, so the BT "
+        "gradient is scaled by the decided fraction (in stage 2 their rollouts still train the policy); drop (ours): "
+        "they are left out of training."))
     ties_k: float = field(default=5.0, metadata=_help("Rao-Kupper tie parameter of --loss bt_ties (VideoAlign 5)."))
     cot_mask_prob: float = field(default=0.5, metadata=_help(
         "Probability that a PAIR loses both CoTs (official, hard-coded 0.5)."))
@@ -161,11 +185,16 @@ class TrainConfig:
         "Stage 2: repetition penalty while sampling rollouts (official 1.0: the log-probs the loss uses must be those "
         "of the distribution that sampled; scoring keeps the model's own, 1.05 officially)."))
     max_new_tokens: int | None = field(default=None, metadata=_help(
-        "Stage 2: rollout length limit (None: the model's max_new_tokens; official 4096)."))
-    mini_batches_per_rollout: int = field(default=16, metadata=_help(
-        "Stage 2: optimiser steps per rollout batch. Rollouts for that many mini-batches (each batch_size x "
-        "gradient_accumulation_steps pairs per process) are sampled at once with their old log-probs, then one step "
-        "per mini-batch follows, the later ones off-policy (official: rollout batch 128 / actor batch 8 = 16)."))
+        "Stage 2: rollout length limit (None: the model's CoT limit, official 4096; a model that records the CoT "
+        "length it was trained on gets twice that)."))
+    rollout_batch_size: int = field(default=128, metadata=_help(
+        "Stage 2: video PAIRS per rollout batch over all processes (official 128: 256 videos x --num-rollouts 8 = "
+        "2,048 sequences). Their rollouts are sampled at once with their old log-probs, then 2 x rollout_batch_size "
+        "/ --actor-batch-size optimiser steps follow (official 32), the later ones off-policy."))
+    actor_batch_size: int = field(default=8, metadata=_help(
+        "Stage 2: VIDEOS per optimiser step over all processes (official actor global batch 8: 4 pairs, 8 x 8 = 64 "
+        "sequences). Even; divides 2 x --rollout-batch-size; actor_batch_size / 2 is a multiple of --batch-size x "
+        "processes."))
     clip_ratio_low: float = field(default=0.2, metadata=_help(
         "Stage 2: PPO ratio clipped below at 1 - this (official 0.2)."))
     clip_ratio_high: float = field(default=0.3, metadata=_help(
@@ -176,6 +205,13 @@ class TrainConfig:
         "Stage 2: weight of the low-variance KL to the reference, per token (official 1e-5; 0 = no reference)."))
     bt_weight: float = field(default=5e-3, metadata=_help(
         "Stage 2: weight of the auxiliary Bradley-Terry loss on the head, added per micro-batch (official 5e-3)."))
+    bt_label: Literal["answer", "label"] = field(default="answer", metadata=_help(
+        "Stage 2: the verdict the auxiliary BT loss reads. answer (official): `gsb_result` in the row's ground-truth "
+        "`answer` JSON ('Video 1 is better' or 'A', 'Video 2 is better' or 'B'; anything else: no BT term), the "
+        "pair's label where the row has no such JSON; label: the pair's label (the GSB column) always."))
+    allow_unparsed_cots: bool = field(default=False, metadata=_help(
+        "Stage 2 first has the starting model write CoTs for a few training videos and refuses to start when none "
+        "holds a readable <answer> (every rule reward would be 0: nothing to learn). This flag starts anyway."))
     rule_parser: Literal["official", "lenient"] = field(default="official", metadata=_help(
         "Stage 2: how the rollout reward reads a CoT's <answer>. official: the first closed <answer> block, its JSON "
         "compared by exact equality (\"2\" != 2); lenient: our scoring parser (tolerant of fences, string digits)."))
@@ -194,7 +230,8 @@ class TrainConfig:
         "decode every time). Each worker holds its own cache."))
 
     # --- evaluation, checkpoints, logging ---
-    eval_steps: int = field(default=0, metadata=_help("Evaluate every N steps (0: only at the end)."))
+    eval_steps: int = field(default=0, metadata=_help(
+        "Evaluate every N steps (0: only at the end), after that step's checkpoint is written."))
     eval_think: bool = field(default=True, metadata=_help(
         "Evaluate with generated CoTs (--no-eval-think: the no-CoT fast path)."))
     eval_max_new_tokens: int | None = field(default=None, metadata=_help(
@@ -222,12 +259,27 @@ class TrainConfig:
             self.lora_rank = 64 if stage1 else 0
         if self.train_vision is None:
             self.train_vision = stage1
+        if self.max_grad_norm is None:
+            self.max_grad_norm = 0.0 if stage1 else 1.0
+        if self.train_embeddings is None:
+            self.train_embeddings = "all" if self.stage == 2 and self.lora_rank == 0 else "reward_token"
+        if self.stage == 2 and self.lora_rank > 0 and self.train_embeddings == "all":
+            raise UserError("--train-embeddings all with a stage-2 adapter (--lora-rank > 0): the KL reference is the "
+                            "model with the adapter off, and rows trained outside the adapter would move it too; use "
+                            "--lora-rank 0 (official) or --train-embeddings reward_token")
+        if self.gradient_accumulation_steps is None and self.stage != 2:  # stage 2 derives it (Trainer.accumulation)
+            self.gradient_accumulation_steps = 4
         if self.log_with is None or self.log_with.lower() == "none":
             self.log_with = "none"
         if self.loss not in ("bt", "bt_ties"):
             raise UserError(f"--loss {self.loss!r}: expected 'bt' or 'bt_ties'")
         if self.train_embeddings not in ("reward_token", "all"):
             raise UserError(f"--train-embeddings {self.train_embeddings!r}: expected 'reward_token' or 'all'")
+        for name, allowed in (("undecided_rows", ("zero_loss", "drop")), ("bt_label", ("answer", "label")),
+                              ("grad_norm_groups", ("actor_and_head", "joint"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected "
+                                f"{' or '.join(repr(a) for a in allowed)}")
         if self.rule_parser not in ("official", "lenient"):
             raise UserError(f"--rule-parser {self.rule_parser!r}: expected 'official' or 'lenient'")
         if not 0.0 <= self.cot_mask_prob <= 1.0:
@@ -235,9 +287,13 @@ class TrainConfig:
         if self.stage == 2 and self.num_rollouts < 2:
             raise UserError(f"--num-rollouts {self.num_rollouts}: GRPO needs at least 2 rollouts per video "
                              "(the advantage is relative to the group)")
-        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "mini_batches_per_rollout"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "rollout_batch_size", "actor_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.stage == 2 and (self.actor_batch_size % 2 or (2 * self.rollout_batch_size) % self.actor_batch_size):
+            raise UserError(f"--actor-batch-size {self.actor_batch_size}: counts videos, so it must be even (a pair's "
+                            f"two videos update together) and divide the {2 * self.rollout_batch_size} videos of "
+                            f"--rollout-batch-size {self.rollout_batch_size} pairs")
         if len(self.reward_weights) != 3:
             raise UserError(f"--reward-weights {self.reward_weights}: give 3 numbers (accuracy, format, length)")
         for name in ("model", "train_data", "output_dir"):
@@ -256,15 +312,16 @@ class Trainer:
         """Open the run directory (`runs.Run`: an existing run needs `resume` or `overwrite`; `resume` refuses a
         changed flag other than MAY_CHANGE_ON_RESUME), load data and model, and continue from the newest
         checkpoint when `resume` is set (`self.step` is then its step)."""
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
         from accelerate.utils import ProjectConfiguration
 
         self.config = config.resolve()
         self.output_dir = Path(config.output_dir)
+        self.accumulation, self.steps_per_rollout = _geometry(config, PartialState().num_processes)
         project = ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"))
         log_with = config.log_with if config.log_with != "none" and _tracker_available(config.log_with) else None
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            gradient_accumulation_steps=self.accumulation,
             mixed_precision=config.mixed_precision,
             log_with=log_with,
             project_config=project,
@@ -292,6 +349,12 @@ class Trainer:
         model = merge_adapter(DeScoreReward.from_pretrained(config.model))
         if sampling != (model.config.fps, model.config.num_frames):  # known only now (e.g. a hub id)
             self._check_videos(model.config.fps, model.config.num_frames)
+        # Stage 2's rollout limit: the start model's CoT limit (sized to what it was trained on) unless given.
+        limit = getattr(model.config, "cot_token_limit", None)
+        self.rollout_tokens = config.max_new_tokens or (limit() if limit else model.config.max_new_tokens)
+        self._record_cot_length(model)
+        if config.pure_bf16:  # the official stage-2 numerics: no float32 copy anywhere (see TrainConfig.pure_bf16)
+            model.to(torch.bfloat16)
         if config.skip_bad_rows and self.accelerator.is_main_process:
             write_skipped_rows(self.output_dir / SKIPPED_ROWS_FILE, self.skipped_rows)
         self.videos = VideoCache(model.config.fps, model.config.num_frames, config.video_cache_bytes)
@@ -315,7 +378,11 @@ class Trainer:
             self.reference = prepare_frozen(self.accelerator, self.reference)
         self.step = 0
         self.rollouts = None  # stage 2: the current rollout batch (see _rollout_batch)
+        self._inputs = None  # stage 2: this process's processed micro-batches of the current rollout batch
+        self._warned_prompt_cap = False
         self.resumed = resume and self._resume()
+        if config.stage == 2 and not self.resumed and not config.allow_unparsed_cots:
+            self._check_starting_cots(self.accelerator.unwrap_model(self.model), creates_run)
         self.teacher_targets = self._teacher_targets() if config.stage == 3 else None
 
     # ------------------------------------------------------------------ set-up
@@ -327,24 +394,41 @@ class Trainer:
             train_data=self.config.train_data, eval_data=self.config.eval_data, skip=self.config.skip_bad_rows,
             report_path=self.output_dir / SKIPPED_ROWS_FILE, main_process=self.accelerator.is_main_process)
 
+    def _record_cot_length(self, model: DeScoreReward):
+        """Write into the model's config the CoT length, in tokens, this run trains it on (what scoring then sizes
+        its default CoT limit to): stage 1 the longest CoT of the training pairs, stage 2 the rollout limit. The
+        distillation student writes no CoT and keeps its value."""
+        if not hasattr(model.config, "trained_cot_tokens") or self.config.stage == 3:
+            return
+        if self.config.stage == 2:
+            model.config.trained_cot_tokens = self.rollout_tokens
+            return
+        cots = [cot for p in self.train_pairs for cot in (p.cot_a, p.cot_b) if cot]
+        if cots:
+            model.config.trained_cot_tokens = max(len(ids) for ids in model.tokenizer(cots)["input_ids"])
+
     def _load_train(self, path) -> list:
-        """The training pairs: those labelled "invalid" are dropped, and ties too in stage 1 with --loss bt (the
-        official cold start has no loss for them). What was dropped, and why, is printed."""
+        """The training pairs. Rows without a decided verdict (ties where the loss has no term for them, rows labelled
+        "invalid") stay as rows of loss 0 (--undecided-rows zero_loss, official) or are dropped (drop); what was
+        dropped or kept without a loss, and why, is logged."""
         config = self.config
         pairs = load_pairs(path, require_scores=config.stage == 2, label_column=config.label_column)
-        drop_ties = config.stage == 1 and config.loss == "bt"
-        keep = [p for p in pairs if p.label != "invalid" and not (drop_ties and p.label == "tie")]
-        invalid = sum(p.label == "invalid" for p in pairs)
-        ties = sum(p.label == "tie" for p in pairs) if drop_ties else 0
-        if not keep:
+        no_term = {"invalid"} | ({"tie"} if config.stage == 1 and config.loss == "bt" else set())
+        undecided = [p for p in pairs if p.label in no_term]
+        keep = pairs if config.undecided_rows == "zero_loss" else [p for p in pairs if p.label not in no_term]
+        invalid, ties = sum(p.label == "invalid" for p in undecided), sum(p.label == "tie" for p in undecided)
+        if not keep or (config.stage == 1 and len(undecided) == len(pairs)):
             raise DataError(f"{path}: no usable pairs for training (of {len(pairs)}: {invalid} labelled 'invalid', "
-                            f"{ties} ties, which --loss bt drops; --loss bt_ties trains on ties)")
-        if (invalid or ties) and self.accelerator.is_main_process:
-            reasons = ([f"{invalid} labelled 'invalid' (no verdict)"] if invalid else []) + \
-                      ([f"{ties} ties (--loss bt has no term for a tie, as the official cold start; --loss bt_ties "
-                        f"keeps them)"] if ties else [])
-            print(f"training on {len(keep)} of {len(pairs)} pairs of {path}: dropped {' and '.join(reasons)}",
-                  file=sys.stderr)
+                            f"{ties} ties, which --loss bt has no term for; --loss bt_ties trains on ties)")
+        if undecided and self.accelerator.is_main_process:
+            reasons = " and ".join(([f"{invalid} labelled 'invalid' (no verdict)"] if invalid else []) +
+                                   ([f"{ties} ties (--loss bt has no term for a tie; --loss bt_ties has)"] if ties else []))
+            if config.undecided_rows == "drop":
+                logger.warning("training on %d of %d pairs of %s: dropped %s (--undecided-rows drop)", len(keep),
+                               len(pairs), path, reasons)
+            else:
+                logger.warning("training on all %d pairs of %s: %s stay as rows of loss 0 that count in the batch "
+                               "mean, as officially (--undecided-rows drop leaves them out)", len(pairs), path, reasons)
         return keep
 
     def _set_trainable(self, model: DeScoreReward):
@@ -402,11 +486,19 @@ class Trainer:
         model = accelerator.unwrap_model(self.model)
         loader = pair_loader(self.train_pairs, fps=model.config.fps, num_frames=model.config.num_frames,
                              batch_size=config.batch_size, seed=config.seed, start_micro_step=start_micro_step,
-                             stop_micro_step=config.max_steps * config.gradient_accumulation_steps,
+                             stop_micro_step=self._last_micro_step(),
                              num_processes=accelerator.num_processes, collate=self._collator(),
                              num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              cache_bytes=config.video_cache_bytes, pin_memory=accelerator.device.type == "cuda")
         return accelerator.prepare(loader)
+
+    def _last_micro_step(self) -> int:
+        """Where this process's batches end: max_steps, rounded up in stage 2 to a whole rollout batch (its rollouts
+        are sampled at once, and a resumed run may go on to more steps)."""
+        steps = self.config.max_steps
+        if self.config.stage == 2:
+            steps = -(-steps // self.steps_per_rollout) * self.steps_per_rollout
+        return steps * self.accumulation
 
     def batch_for(self, micro_step: int) -> dict:
         """This process's batch of one micro-step, built in this process (what the loader yields at that step)."""
@@ -425,14 +517,18 @@ class Trainer:
         n = len(pairs)
         r_a, r_b = out["rewards"][:n], out["rewards"][n:]
         signs = torch.tensor([LABEL_SIGN[p.label] for p in pairs], device=r_a.device)
+        decided = (signs != 0).float()
+        # Rows without a term (ties under bt, "invalid") are rows of loss 0 in the mean (DeScore Sec. 3.2, official).
         if config.loss == "bt_ties":
-            bt = bradley_terry_ties_loss(r_a, r_b, signs, k=config.ties_k)
+            valid = torch.tensor([p.label != "invalid" for p in pairs], device=r_a.device).float()
+            bt = bradley_terry_ties_loss(r_a, r_b, signs, k=config.ties_k, mask=valid)
         else:
             chosen, rejected = torch.where(signs > 0, r_a, r_b), torch.where(signs > 0, r_b, r_a)
-            bt = bradley_terry_loss(chosen, rejected)
+            bt = bradley_terry_loss(chosen, rejected, mask=decided)
         loss = bt
-        logs = {"bt_loss": bt.item(), "train_accuracy": ((r_a - r_b) * signs > 0).float().mean().item(),
-                "masked_fraction": float(masked.mean())}
+        correct = ((r_a - r_b) * signs > 0).float()
+        logs = {"bt_loss": bt.item(), "masked_fraction": float(masked.mean()), "decided_fraction": decided.mean().item(),
+                "train_accuracy": (correct.sum() / decided.sum()).item() if decided.any() else float("nan")}
         if config.lm_loss_weight > 0:
             loss = loss + config.lm_loss_weight * out["lm_loss"]
             logs["lm_loss"] = out["lm_loss"].item()
@@ -533,32 +629,52 @@ class Trainer:
         return dict(zip(keys, targets))
 
     # ------------------------------------------------------------------ stage 2
-    def _rollout_inputs(self, pairs: list, videos: list):
-        """Prompt batch of one micro-batch: video i's rollout j is row i * num_rollouts + j; videos A then B."""
+    def stage2_inputs(self, batch: dict) -> dict:
+        """A stage-2 micro-batch processed once for its rollouts AND its update (DeScore Sec. 3.3): the prompt batch
+        (CPU tensors; video i's rollout j is row i * num_rollouts + j, videos A then B), its pairs and ground truths."""
         model, k = self.accelerator.unwrap_model(self.model), self.config.num_rollouts
+        pairs, videos = batch["pairs"], batch["videos"]
         prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
         rows = [i for i in range(len(videos)) for _ in range(k)]
-        batch = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows],
-                                     [instructions[i] for i in rows], stage="rollout")
-        return _to(batch, self.accelerator.device), rows
+        prompt = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows],
+                                      [instructions[i] for i in rows], stage="rollout")
+        longest = int(prompt["attention_mask"].sum(-1).max())
+        if longest > OFFICIAL_PROMPT_TOKENS and not self._warned_prompt_cap:
+            self._warned_prompt_cap = True
+            logger.warning("stage 2: a prompt of %d tokens (video and instruction) is longer than the %d tokens the "
+                           "official stage 2 keeps (it right-truncates); here every prompt is kept whole", longest,
+                           OFFICIAL_PROMPT_TOKENS)
+        return {"pairs": pairs, "prompt": prompt, "rows": rows,
+                "truths": [p.scores_a for p in pairs] + [p.scores_b for p in pairs]}
+
+    def _stage2_batch(self, micro_step: int, batches) -> dict:
+        """This process's processed batch of `micro_step`. At the first micro-step of a rollout batch (or the first
+        after a resume) the rest of that rollout batch comes from the loader at once and its rollouts are sampled;
+        the update steps then reuse the same processed inputs (each video decoded and processed once)."""
+        per_batch = self.steps_per_rollout * self.accumulation
+        index = micro_step // per_batch
+        if self._inputs is None or self._inputs["index"] != index:
+            self._inputs = {"index": index, "batches": {m: self.stage2_inputs(next(batches))
+                                                        for m in range(micro_step, (index + 1) * per_batch)}}
+        if self.rollouts is None or self.rollouts["index"] != index:
+            self.rollouts = self._rollout_batch(index, self._inputs["batches"])
+        return self._inputs["batches"].pop(micro_step)
 
     @torch.no_grad()
-    def _rollout_batch(self, index: int) -> dict:
-        """Rollout batch `index` (mini_batches_per_rollout x gradient_accumulation_steps micro-batches): the CoTs the
+    def _rollout_batch(self, index: int, inputs: dict | None = None) -> dict:
+        """Rollout batch `index` (steps_per_rollout x accumulation micro-batches on this process): the CoTs the
         current policy samples, their rule rewards and group advantages, and the per-token log-probs of the sampling
-        policy ("old") and of the reference, all computed once, before any update on them (as verl does)."""
+        policy ("old") and of the reference, all computed once, before any update on them (as verl does).
+        inputs: micro-step -> `stage2_inputs`, those already processed; others are built here."""
         config, model = self.config, self.accelerator.unwrap_model(self.model)
-        per_batch = config.mini_batches_per_rollout * config.gradient_accumulation_steps
+        per_batch = self.steps_per_rollout * self.accumulation
         micros = []
         model.eval()
         for micro_step in range(index * per_batch, (index + 1) * per_batch):
             torch.manual_seed(_mix(config.seed, micro_step, self.accelerator.process_index, 1))
-            inputs = self.batch_for(micro_step)  # decoded here: the loader serves the update steps
-            pairs = inputs["pairs"]
-            truths = [p.scores_a for p in pairs] + [p.scores_b for p in pairs]
-            batch, rows = self._rollout_inputs(pairs, inputs["videos"])
-            rollouts = model.sample_cots(batch, config.max_new_tokens or model.config.max_new_tokens,
-                                         temperature=config.rollout_temperature,
+            entry = (inputs or {}).get(micro_step) or self.stage2_inputs(self.batch_for(micro_step))
+            batch, rows, truths = _to(entry["prompt"], self.accelerator.device), entry["rows"], entry["truths"]
+            rollouts = model.sample_cots(batch, self.rollout_tokens, temperature=config.rollout_temperature,
                                          repetition_penalty=config.rollout_repetition_penalty)
             texts = model.tokenizer.batch_decode(rollouts["cot_ids"], skip_special_tokens=True)
             scored = [rollout_reward(t, truths[i], config.reward_weights, config.length_thresholds, config.rule_parser)
@@ -574,32 +690,37 @@ class Trainer:
                     with model.backbone.disable_adapter():
                         ref = model(**full)["token_logprobs"].cpu()
             micros.append({"cot_ids": [c.cpu() for c in rollouts["cot_ids"]], "ended": rollouts["ended"],
-                           "advantages": group_advantages(rewards).view(-1), "rewards": rewards.view(-1),
+                           "advantages": group_advantages_unbiased(rewards).view(-1), "rewards": rewards.view(-1),
                            "old_logp": old["token_logprobs"].cpu(), "ref_logp": ref,
                            "tokens": int(old["label_mask"].sum()),
                            "accuracy": torch.tensor([s["accuracy"] for s in scored]),
                            "format": torch.tensor([s["format"] for s in scored])})
         model.train()
         # Token counts per mini-batch over all processes: each micro-batch's policy loss is a share of that mean.
-        accumulation = config.gradient_accumulation_steps
+        accumulation = self.accumulation
         local = torch.tensor([sum(m["tokens"] for m in micros[j * accumulation:(j + 1) * accumulation])
-                              for j in range(config.mini_batches_per_rollout)], device=self.accelerator.device)
+                              for j in range(self.steps_per_rollout)], device=self.accelerator.device)
         mini_tokens = self.accelerator.reduce(local, reduction="sum").cpu()
+        best = torch.stack([m["rewards"].max() for m in micros]).max().to(self.accelerator.device)
+        if self.accelerator.reduce(best, reduction="max").item() == 0 and self.accelerator.is_main_process:
+            logger.warning("stage 2, rollout batch %d: every rollout's rule reward is 0 (no readable <answer>, under "
+                           "500 characters): the policy has nothing to learn from this batch; a starting model that "
+                           "writes the answer format is needed (stage 1 with --lm-loss-weight > 0)", index)
         return {"index": index, "micro": micros, "mini_tokens": mini_tokens}
 
     def stage2_loss(self, micro_step: int, batch: dict) -> dict:
-        """One micro-batch of a stage-2 update: the dual-clip GRPO loss against the rollout-time log-probs, and the
-        auxiliary Bradley-Terry loss on the head pairing rollout j of video A with rollout j of video B."""
+        """One micro-batch of a stage-2 update (batch: `stage2_inputs`): the dual-clip GRPO loss against the
+        rollout-time log-probs, and the auxiliary Bradley-Terry loss on the head pairing rollout j of video A with
+        rollout j of video B, chosen and rejected by the verdict of --bt-label (DeScore Sec. 3.3)."""
         config, model = self.config, self.accelerator.unwrap_model(self.model)
-        accumulation = config.gradient_accumulation_steps
-        per_batch = config.mini_batches_per_rollout * accumulation
+        accumulation = self.accumulation
+        per_batch = self.steps_per_rollout * accumulation
         if self.rollouts is None or self.rollouts["index"] != micro_step // per_batch:
             self.rollouts = self._rollout_batch(micro_step // per_batch)
         position = micro_step % per_batch
         micro = self.rollouts["micro"][position]
         pairs = batch["pairs"]
-        prompt_batch, _ = self._rollout_inputs(pairs, batch["videos"])
-        full = _to(model.append_cots(prompt_batch, micro["cot_ids"], with_labels=True, ended=micro["ended"]),
+        full = _to(model.append_cots(batch["prompt"], micro["cot_ids"], with_labels=True, ended=micro["ended"]),
                    self.accelerator.device)
         out = self.model(**full)
         device = out["rewards"].device
@@ -613,7 +734,7 @@ class Trainer:
 
         n, k = len(pairs), config.num_rollouts
         head = out["rewards"].view(2 * n, k)
-        signs = torch.tensor([LABEL_SIGN[p.label] for p in pairs], device=device)
+        signs = torch.tensor([LABEL_SIGN[_bt_label(p, config.bt_label)] for p in pairs], device=device)
         decided = signs != 0
         bt = torch.zeros((), device=device)  # an all-tie micro-batch has no BT term
         if decided.any():
@@ -629,9 +750,37 @@ class Trainer:
         # (the policy term is already a share of the mini-batch mean, and the BT term counts once per micro-batch).
         return {"loss": loss * accumulation, "logs": logs}
 
+    @torch.no_grad()
+    def _check_starting_cots(self, model: DeScoreReward, creates_run: bool):
+        """Stage 2 learns from rule rewards read from the CoT's <answer>: a starting model that writes none gives
+        every rollout a reward without its accuracy and format terms. Its greedy CoTs for the first training videos
+        are read with --rule-parser; none readable stops here (the run directory, if this made it, goes too)."""
+        config = self.config
+        pairs = self.train_pairs[:PROBE_PAIRS]
+        videos = [load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)
+                  for p in pairs for path in p.videos]
+        prompts, instructions = [p.prompt for p in pairs for _ in p.videos], [p.instruction for p in pairs for _ in p.videos]
+        model.eval()
+        out = model.score(videos, prompts, think=True, batch_size=len(videos), max_new_tokens=self.rollout_tokens,
+                          **({"instructions": instructions} if any(instructions) else {}))
+        model.train()
+        truths = [s for p in pairs for s in (p.scores_a, p.scores_b)]
+        readable = [rollout_reward(cot, truth, parser=config.rule_parser)["format"] for cot, truth in zip(out.cots, truths)]
+        if any(readable):
+            logger.info("stage 2: the starting model's CoTs hold a readable <answer> for %d of %d probe videos",
+                        int(sum(readable)), len(readable))
+            return
+        if creates_run and self.accelerator.is_main_process:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+        example = " ".join(out.cots[0].split())[:60]
+        raise UserError(f"--stage 2: the starting model {config.model} wrote no readable <answer> JSON in its CoTs "
+                        f"for the first {len(readable)} training videos (e.g. {example!r}), so no rollout would earn "
+                        f"the accuracy or format reward and stage 2 would learn next to nothing; train stage 1 with "
+                        f"the CoT loss first (--lm-loss-weight > 0, docs/training.md), or pass --allow-unparsed-cots")
+
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
-        """Run from self.step to max_steps, evaluate, write the final checkpoint and publish the model."""
+        """Run from self.step to max_steps, write the final checkpoint and publish the model, then evaluate it."""
         config, accelerator = self.config, self.accelerator
         accelerator.init_trackers("descore", config={k: v for k, v in dataclasses.asdict(config).items()
                                                      if isinstance(v, (int, float, str, bool))})
@@ -639,12 +788,13 @@ class Trainer:
         bar = tqdm(total=config.max_steps, initial=self.step, desc=f"stage {config.stage}",
                    disable=not accelerator.is_main_process)
         last_logs = {}
-        batches = iter(self.train_loader(self.step * config.gradient_accumulation_steps))
+        batches = iter(self.train_loader(self.step * self.accumulation))
         while self.step < config.max_steps:
             step_logs = []
-            for micro in range(config.gradient_accumulation_steps):
-                micro_step = self.step * config.gradient_accumulation_steps + micro
-                batch = next(batches)  # first: starting the loader draws its workers' base seed from torch's RNG
+            for micro in range(self.accumulation):
+                micro_step = self.step * self.accumulation + micro
+                # first: starting the loader draws its workers' base seed from torch's RNG
+                batch = self._stage2_batch(micro_step, batches) if config.stage == 2 else next(batches)
                 torch.manual_seed(_mix(config.seed, micro_step, accelerator.process_index))  # dropout, sampling
                 rng = np.random.default_rng([config.seed, micro_step, accelerator.process_index])
                 with accelerator.accumulate(self.model):
@@ -655,35 +805,57 @@ class Trainer:
                     if not torch.isfinite(result["loss"]):
                         self._diverged(result["logs"])
                     accelerator.backward(result["loss"])
-                    if accelerator.sync_gradients and self.trainable_row is not None:
-                        self.trainable_row.mask_gradient()  # before clipping: the frozen rows count for nothing
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                    clip_logs = {}
+                    if accelerator.sync_gradients:
+                        if self.trainable_row is not None:
+                            self.trainable_row.mask_gradient()  # before clipping: the frozen rows count for nothing
+                        clip_logs = self._clip_gradients()
                     self.optimizer.step()
                     if accelerator.sync_gradients:
                         self.scheduler.step()
                     self.optimizer.zero_grad()
                 step_logs.append(result["logs"])
             self.step += 1
-            last_logs = {key: float(np.mean([l[key] for l in step_logs])) for key in step_logs[0]}
+            last_logs = {key: _mean([l[key] for l in step_logs]) for key in step_logs[0]}
+            last_logs.update(clip_logs)
             last_logs["lr"] = self.scheduler.get_last_lr()[0]
-            if config.eval_steps and self.step % config.eval_steps == 0 and self.eval_pairs:
-                last_logs.update(self.evaluate())
             self._log(last_logs)
             bar.update(1)
             bar.set_postfix(loss=f"{last_logs['loss']:.4f}")
             if config.save_steps and self.step % config.save_steps == 0 and self.step < config.max_steps:
                 self.save_checkpoint()
+            if config.eval_steps and self.step % config.eval_steps == 0 and self.eval_pairs and \
+                    self.step < config.max_steps:
+                evaluation = self.evaluate()
+                self._log(evaluation)
+                last_logs.update(evaluation)
         bar.close()
+        # The model is safe on disk before the final evaluation, which can be long (a CoT per video).
+        self.save_checkpoint()
+        self._publish_final()
         final = self.evaluate() if self.eval_pairs else {}
         if final:
             self._log({**final, "final": 1})
-        self.save_checkpoint()
-        self._publish_final()
         if accelerator.is_main_process:
             plot_curves(self.run.metrics_path, self.output_dir / "curves.png")
         accelerator.end_training()
         return {**last_logs, **final}
+
+    def _clip_gradients(self) -> dict:
+        """Clip to --max-grad-norm: the head's gradient and the rest's each on its own (official stage 2 under FSDP),
+        or one norm over both (--grad-norm-groups joint). Returns the norms before clipping."""
+        config, accelerator = self.config, self.accelerator
+        if not config.max_grad_norm:
+            return {}
+        if config.grad_norm_groups == "joint":
+            return {"grad_norm": _float(accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm))}
+        head = {id(p) for p in accelerator.unwrap_model(self.model).head.parameters()}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        actor, head_params = [p for p in trainable if id(p) not in head], [p for p in trainable if id(p) in head]
+        logs = {"head_grad_norm": _float(accelerator.clip_grad_norm_(head_params, config.max_grad_norm))}
+        if actor:
+            logs["grad_norm"] = _float(accelerator.clip_grad_norm_(actor, config.max_grad_norm))
+        return logs
 
     def _diverged(self, logs: dict):
         last = self.run.latest_checkpoint()
@@ -697,12 +869,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out preference accuracy (with and without ties, and per slice) of the current model."""
+        """Held-out preference accuracy (with and without ties, the official ties-as-errors figure, per slice) of the
+        current model, with a progress bar; the CoT parse rate when it thinks (a warning when no CoT parses)."""
         model = self.accelerator.unwrap_model(self.model)
         result = evaluate_pairs(model, self.eval_pairs, think=self.config.eval_think, batch_size=16,
-                                max_new_tokens=self.config.eval_max_new_tokens, progress=False,
-                                num_workers=self.config.num_workers)
-        logs = {"eval_accuracy_with_ties": result["accuracy_with_ties"]}
+                                max_new_tokens=self.config.eval_max_new_tokens,
+                                progress=self.accelerator.is_main_process, num_workers=self.config.num_workers)
+        logs = {"eval_accuracy_with_ties": result["accuracy_with_ties"],
+                "eval_accuracy_ties_as_errors": result["accuracy_ties_as_errors"]}
         if result["accuracy_without_ties"] is not None:
             logs["eval_accuracy_without_ties"] = result["accuracy_without_ties"]
         for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
@@ -711,6 +885,10 @@ class Trainer:
         if self.config.eval_think:
             cots = [cot for row in result["rows"] for cot in (row["cot_a"], row["cot_b"])]
             logs["eval_cot_parse_rate"] = float(np.mean([parse_answer(c).error is None for c in cots]))
+            if logs["eval_cot_parse_rate"] == 0 and self.accelerator.is_main_process:
+                logger.warning("step %d: none of the %d CoTs the model wrote for the evaluation pairs parses (no "
+                               "<answer> JSON with an overall score): it has not learnt to write the answer format; "
+                               "stage 1 teaches it with --lm-loss-weight > 0 and CoTs in the data", self.step, len(cots))
         return logs
 
     # ------------------------------------------------------------------ checkpoints
@@ -784,6 +962,44 @@ def merge_adapter(model: DeScoreReward) -> DeScoreReward:
         model.config.lora_rank = 0
         model.config.backbone = BACKBONE_DIR
     return model
+
+
+def _geometry(config: TrainConfig, num_processes: int) -> tuple[int, int]:
+    """(micro-batches per optimiser step on each process, optimiser steps per rollout batch). Stage 2 counts in
+    global terms, as the official verl config does (DeScore Sec. 3.3): a rollout batch of `rollout_batch_size` pairs
+    (2 x that many videos, each with num_rollouts sequences), optimiser steps of `actor_batch_size` videos; the same
+    global batches on any number of processes. Stages 1 and 3: gradient_accumulation_steps per process."""
+    if config.stage != 2:
+        return config.gradient_accumulation_steps, 1
+    pairs_per_step, per_micro = config.actor_batch_size // 2, config.batch_size * num_processes
+    if pairs_per_step % per_micro:
+        raise UserError(f"--actor-batch-size {config.actor_batch_size} ({pairs_per_step} pairs per optimiser step) is "
+                        f"not a multiple of --batch-size {config.batch_size} x {num_processes} process(es): lower "
+                        f"--batch-size or raise --actor-batch-size")
+    accumulation = pairs_per_step // per_micro
+    if config.gradient_accumulation_steps is not None and config.gradient_accumulation_steps != accumulation:
+        logger.warning("--gradient-accumulation-steps %d does not apply to stage 2: an optimiser step holds "
+                       "--actor-batch-size %d videos, i.e. %d micro-batch(es) of --batch-size %d pair(s) on each of %d "
+                       "process(es)", config.gradient_accumulation_steps, config.actor_batch_size, accumulation,
+                       config.batch_size, num_processes)
+    return accumulation, 2 * config.rollout_batch_size // config.actor_batch_size
+
+
+def _bt_label(pair, source: str) -> str:
+    """The verdict the stage-2 BT term reads: the answer JSON's (official) where the row has one, else the label."""
+    return pair.answer_label if source == "answer" and pair.answer_label is not None else pair.label
+
+
+def _mean(values: list) -> float:
+    """Mean over the micro-batches of a step, leaving out NaN (a metric a micro-batch had no rows for)."""
+    known = [v for v in values if not math.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
+
+
+def _float(norm) -> float:
+    """A gradient norm as a float (a DTensor under FSDP2 is made whole first)."""
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return float(norm)
 
 
 def _to(batch: dict, device) -> dict:
@@ -884,12 +1100,12 @@ def run_training(config: TrainConfig, run_args: RunArguments, name: str) -> int:
     except (ValueError, FileNotFoundError) as error:  # UserErrors, and the loaders' errors about a flag's file
         return report(error, name)
     if trainer.resumed:
-        print(f"resumed from step {trainer.step}")
+        logger.info("resumed from step %d", trainer.step)
     try:
         result = trainer.train()
     except FloatingPointError as error:
-        print(f"{name}: {error}", file=sys.stderr)
+        logger.error("%s: %s", name, error)
         return 1
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))  # lr 2e-6 stays visible
-    print(f"done: {summary}\nmodel: {config.output_dir}")
+    logger.info("done: %s\nmodel: %s", summary, config.output_dir)
     return 0
