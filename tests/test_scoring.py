@@ -67,14 +67,18 @@ def test_folder_resume_writes_no_row_twice(world, tmp_path):
     text = out.read_text().splitlines(keepends=True)
     killed.write_text(text[0] + text[1] + text[2][:20])
     assert run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed,
-               "--max-new-tokens", "4") == 0
+               "--max-new-tokens", "4") == 2  # an existing output: --resume or --overwrite
+    assert run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed,
+               "--max-new-tokens", "4", "--resume") == 0
     resumed = rows_of(killed)
     assert [r["video"] for r in resumed] == [r["video"] for r in full]
     for got, want in zip(resumed, full):
         assert got["cot"] == want["cot"] and got["reward"] == pytest.approx(want["reward"], abs=1e-5)
     before = killed.read_text()
-    assert run(world, folder, "--prompt", "a red square", "--output", killed) == 0  # nothing left to score
+    assert run(world, folder, "--prompt", "a red square", "--output", killed, "--resume") == 0  # nothing left
     assert killed.read_text() == before
+    assert run(world, folder, "--prompt", "a red square", "--output", killed, "--overwrite", "--no-think") == 0
+    assert len(rows_of(killed)) == len(full) and "cot" not in rows_of(killed)[0]  # scored again from scratch
 
 
 def test_positional_videos_print_as_before(world, capsys):
@@ -101,3 +105,41 @@ def test_usage_errors_exit_2(world, tmp_path, capsys, args, message):
     assert run(world, *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("descore score: error:") and message in err[0]
+
+
+def test_pair_files_of_every_training_format_score_each_video_once(world, tmp_path):
+    """VideoAlign CSV, GenAI-Bench JSONL, the official DeScore CSV and ours: the same six videos, each scored once."""
+    import csv
+
+    from descore_plugin.data.pairs import load_pairs
+
+    pairs = load_pairs(world["root"] / "data" / "pairs.jsonl")
+    duplicate = pairs[0]  # a video in two pairs is still scored once
+    files = {}
+    with open(tmp_path / "videoalign.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path_A", "path_B", "prompt", "VQ", "MQ", "TA", "Overall", "fps_A", "num_frames_A"])
+        for p in pairs + [duplicate]:
+            w.writerow([p.video_a, p.video_b, p.prompt, "A", "B", "A", {"A": "A", "B": "B"}[p.label], 8, 8])
+    files["videoalign"] = tmp_path / "videoalign.csv"
+    votes = {"A": "leftvote", "B": "rightvote"}
+    files["genai"] = tmp_path / "genai.jsonl"
+    files["genai"].write_text("".join(json.dumps({"left_video": p.video_a, "right_video": p.video_b, "prompt": p.prompt,
+                                                   "vote_type": votes[p.label]}) + "\n" for p in pairs))
+    with open(tmp_path / "official.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["videos", "problem", "prompt", "CoT_A", "CoT_B", "GSB"])
+        for p in pairs:
+            w.writerow([json.dumps([p.video_a, p.video_b]), "Judge <video> for {}".format(p.prompt), p.prompt, p.cot_a,
+                        p.cot_b, p.label])
+    files["official"] = tmp_path / "official.csv"
+    files["ours"] = world["root"] / "data" / "pairs.jsonl"
+    expected_keys = [(v, p.prompt) for p in pairs for v in p.videos]
+    model = DeScoreReward.from_pretrained(world["model"])
+    expected = model.score([v for v, _ in expected_keys], [p for _, p in expected_keys], think=False).rewards
+    for name, path in files.items():
+        out = tmp_path / f"{name}.scores.jsonl"
+        assert run(world, path, "--output", out, "--no-think") == 0, name
+        rows = rows_of(out)
+        assert [(r["video"], r["prompt"]) for r in rows] == expected_keys, name
+        torch.testing.assert_close(torch.tensor([r["reward"] for r in rows]), expected, atol=1e-5, rtol=0)

@@ -29,13 +29,18 @@ def _add_score(commands):
                                 description="Exit status: 0 every video scored, 1 some row failed, 2 usage error.")
     score.add_argument("videos", nargs="+", metavar="INPUT",
                        help="video files (mp4 or any container decord/PyAV reads), folders, glob patterns, or one "
-                            "CSV/JSONL table with `video` and `prompt` columns")
+                            "CSV/JSONL table with `video` and `prompt` columns, or one pair file in any format "
+                            "training reads (descore-plugin, official DeScore, VideoAlign, GenAI-Bench: each video of "
+                            "each pair scored once)")
     score.add_argument("--prompt", action="append", default=None,
                        help="the text prompt the videos were generated from: once for all videos, or once per video "
                             "(repeat it, in the order of the videos)")
     score.add_argument("--output", default=None,
-                       help="append one JSON row per video to this .jsonl as it goes; an existing file is resumed "
-                            "(videos already in it are skipped)")
+                       help="append one JSON row per video to this .jsonl as it goes; an existing file is refused "
+                            "unless --resume (videos already in it are skipped) or --overwrite")
+    score.add_argument("--resume", action="store_true",
+                       help="continue an existing --output: videos already in it are skipped")
+    score.add_argument("--overwrite", action="store_true", help="delete an existing --output and score everything again")
     score.add_argument("--num-workers", type=non_negative_int, default=2,
                        help="processes that decode videos ahead of the model (0: in this process)")
     score.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
@@ -65,6 +70,18 @@ def default_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else None)
     return device, dtype
+
+
+def _replace_own_output(out_dir, ours) -> None:
+    """The rule of the commands that write a model or a data set from scratch (init, init-tiny, init-tiny-wan,
+    make-synthetic): what the same command wrote before is replaced (it can be written again), a folder it did not
+    write is refused, never deleted (`utils.errors.prepare_output_dir`)."""
+    from pathlib import Path
+
+    from descore_plugin.utils.errors import prepare_output_dir
+
+    path = Path(out_dir)
+    prepare_output_dir(path, resume=None, overwrite=path.is_dir() and ours(path), what=f"OUT_DIR {out_dir}", ours=ours)
 
 
 # ------------------------------------------------------------------------------------------------------------- annotate
@@ -175,6 +192,7 @@ def _init(args) -> int:
 
     from descore_plugin.modeling.model import DeScoreReward
 
+    _replace_own_output(args.out_dir, _is_descore_model)
     torch.manual_seed(args.seed)
     with blame(f"--backbone {args.backbone}"):
         model = DeScoreReward.from_backbone(args.backbone, head=args.head, prompt_template=args.prompt_template)
@@ -197,7 +215,12 @@ def _add_init_tiny(commands):
     tiny.set_defaults(run=_init_tiny)
 
 
+def _is_descore_model(path) -> bool:
+    return (path / "descore_config.json").is_file()
+
+
 def _init_tiny(args) -> int:
+    _replace_own_output(args.out_dir, lambda path: _is_descore_model(path) or (path / "config.json").is_file())
     if args.plain:
         from descore_plugin.testing.tiny import init_tiny_backbone
 
@@ -223,6 +246,8 @@ def _add_init_tiny_wan(commands):
 def _init_tiny_wan(args) -> int:
     from descore_plugin.testing.tiny_wan import write_tiny_wan
 
+    _replace_own_output(args.out_dir, lambda path: (path / "model_index.json").is_file())
+
     write_tiny_wan(args.out_dir, seed=args.seed)
     print(f"wrote a tiny Wan-2.1 pipeline to {args.out_dir}")
     return 0
@@ -234,15 +259,54 @@ def _add_make_synthetic(commands):
     synth.add_argument("out_dir")
     synth.add_argument("--num-pairs", type=positive_int, default=200)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--world", choices=["full", "demo"], default="full",
+                       help="full: four colours, two shapes, four directions, four backgrounds, pairs differing in any "
+                            "of the five dimensions; demo: the world the shipped demo judge (recipes/demo_judge) was "
+                            "trained on: one square moving right on a dark background in four colours, pairs "
+                            "differing in colour, motion, camera shake or flicker (default: %(default)s)")
+    synth.add_argument("--format", choices=["descore", "videoalign"], default="descore",
+                       help="descore: pairs.jsonl with CoTs and dimension scores; videoalign: pairs.csv in VideoAlign's "
+                            "columns (path_A, path_B, prompt, Overall): labels only, no CoTs, as most preference data "
+                            "comes (default: %(default)s)")
     synth.set_defaults(run=_make_synthetic)
 
 
-def _make_synthetic(args) -> int:
-    from descore_plugin.testing.synthetic import write_dataset
+# The world of the shipped demo judge (recipes/train_demo_judge.py: WORLD, DEFECTS).
+DEMO_WORLD = {"shapes": ("square",), "directions": ("right",), "backgrounds": ("dark",)}
+DEMO_DEFECTS = ("subject", "dynamics", "camera", "style")
 
-    path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed)
+
+def _make_synthetic(args) -> int:
+    from descore_plugin.testing.synthetic import DIMENSIONS, WorldConfig, write_dataset
+
+    _replace_own_output(args.out_dir, lambda path: (path / "pairs.jsonl").is_file() or (path / "pairs.csv").is_file())
+    world = WorldConfig(**DEMO_WORLD) if args.world == "demo" else WorldConfig()
+    defects = DEMO_DEFECTS if args.world == "demo" else DIMENSIONS
+    path = write_dataset(args.out_dir, num_pairs=args.num_pairs, seed=args.seed, world=world, defects=defects)
+    if args.format == "videoalign":
+        path = _write_videoalign_csv(path)
     print(f"wrote {args.num_pairs} synthetic pairs to {path}")
     return 0
+
+
+def _write_videoalign_csv(jsonl) -> str:
+    """pairs.jsonl -> pairs.csv in VideoAlign's training columns (labels only; the JSONL with CoTs is removed)."""
+    import csv
+    from pathlib import Path
+
+    from descore_plugin.data.pairs import load_pairs
+
+    jsonl = Path(jsonl)
+    out = jsonl.with_name("pairs.csv")
+    labels = {"A": "A", "B": "B", "tie": "same"}
+    with open(out, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path_A", "path_B", "prompt", "Overall"])
+        for pair in load_pairs(jsonl):
+            writer.writerow([os.path.relpath(pair.video_a, out.parent), os.path.relpath(pair.video_b, out.parent),
+                             pair.prompt, labels[pair.label]])
+    jsonl.unlink()
+    return str(out)
 
 
 # --------------------------------------------------------------------------------------------------------------- report

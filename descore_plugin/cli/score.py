@@ -4,6 +4,7 @@
     descore score videos/ --prompt "..." --output scores.jsonl    # a folder (its video files, sorted)
     descore score "videos/**/*.mp4" --prompt "..." --output scores.jsonl
     descore score table.csv --output scores.jsonl                 # CSV / JSONL with `video` and `prompt` columns
+    descore score pairs.csv --output scores.jsonl                 # a pair file training reads: each video once
 
 Videos are decoded and sampled in DataLoader worker processes (`--num-workers`) a chunk (`--batch-size`) at a time
 ahead of the model (descore_plugin.data.loader.stream_videos), so memory does not grow with the number of videos. Each
@@ -12,7 +13,8 @@ row is appended to OUT.jsonl and flushed as soon as its chunk is scored:
     {"video", "prompt", "reward", "cot", "dimensional_scores", "overall_score", "parse_error", "uncertainty"}
     {"video", "prompt", "error"}                    a missing or corrupt video, an empty prompt: named, never scored
 
-When OUT.jsonl exists the run resumes: every (video, prompt) already in it is skipped, so no row is written twice (a
+An existing OUT.jsonl is refused unless --resume (continue it) or --overwrite (start again), as every command treats
+its output. With --resume every (video, prompt) already in it is skipped, so no row is written twice (a
 half-written last line from a killed run is dropped first). To retry failed rows, delete them from the file.
 Exit status: 0 every row scored, 1 some row of the output failed (error rows), 2 a usage error (nothing scored).
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.errors import UserError, prepare_output_dir, set_resume_hint
 
 __all__ = ["ScoreItem", "ScoreUsageError", "expand_inputs", "score_rows", "score_command", "VIDEO_SUFFIXES"]
 
@@ -109,6 +111,8 @@ def _read_table(path: Path) -> list[ScoreItem]:
                     raise ScoreUsageError(f"{path.name}, line {n}: expected a JSON object per line")
                 rows.append((f"{path.name}, line {n}", record))
         columns = sorted({key for _, record in rows for key in record})
+    if "video" not in columns and rows:
+        return _read_pair_file(path)
     missing = [c for c in ("video", "prompt") if c not in columns]
     if missing:
         raise ScoreUsageError(f"{path}: no {' and no '.join(repr(c) for c in missing)} column (found {columns}); "
@@ -127,6 +131,21 @@ def _read_table(path: Path) -> list[ScoreItem]:
         elif not prompt or not prompt.strip():
             item.error = f"{where}: empty prompt in column 'prompt'"
         items.append(item)
+    return items
+
+
+def _read_pair_file(path: Path) -> list[ScoreItem]:
+    """The videos of a pair file in any format training reads (descore-plugin, official DeScore CSV, VideoAlign /
+    VideoGen-RewardBench, GenAI-Bench), each (video, prompt) once, in the order of the file. A missing video is an
+    error row, as elsewhere."""
+    from descore_plugin.data.pairs import load_pairs
+
+    items, seen = [], set()
+    for pair in load_pairs(path, check_videos=False):
+        for video in pair.videos:
+            if (video, pair.prompt) not in seen:
+                seen.add((video, pair.prompt))
+                items.append(ScoreItem(video, pair.prompt))
     return items
 
 
@@ -233,6 +252,11 @@ def score_command(args) -> int:
             raise ScoreUsageError(f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
                                   "need a batch of at least 1 and 0 or more workers")
         output = Path(args.output) if args.output else None
+        resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+        if output is not None:
+            prepare_output_dir(output, resume=resume, overwrite=overwrite, what=f"--output {args.output}")
+        elif resume or overwrite:
+            raise ScoreUsageError("--resume / --overwrite apply to an --output file; there is none")
         done, failed = _done_rows(output) if output else (set(), 0)
         todo = [item for item in items if (item.video, item.prompt) not in done]
         model = _load_model(args) if any(item.error is None for item in todo) else None
@@ -252,6 +276,7 @@ def score_command(args) -> int:
             _print_row(row, args.json)
         return 1 if failed else 0
     output.parent.mkdir(parents=True, exist_ok=True)
+    set_resume_hint(f"the rows scored so far are in {output}; run the same command with --resume to continue")
     with open(output, "a", encoding="utf-8") as file:
         for row in rows:
             failed += "error" in row

@@ -283,7 +283,7 @@ def annotate_pairs(pairs: list[Pair], teacher, output, *, keep: str = "agree", p
                 bar.update(1)
     bar.close()
     for line in summary.lines():
-        logger.info(line)
+        logger.debug(line)
     return summary
 
 
