@@ -21,12 +21,12 @@ import PIL.Image
 import pytest
 import requests
 import torch
-
 from conftest import PROMPTS
+
 from descore_plugin import DeScoreReward, RemoteReward
+from descore_plugin.data.video import VideoInputError, write_video
 from descore_plugin.serving.client import RemoteError, descore_reward_remote
 from descore_plugin.serving.server import BackgroundServer, ServeConfig, check_bind, safe_unpickle
-from descore_plugin.data.video import VideoInputError, write_video
 
 
 def _npy_b64(frames) -> str:

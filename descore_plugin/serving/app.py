@@ -189,9 +189,10 @@ class Service:
                            instructions=None, video_fps=None) -> list[dict]:
         """Score every video of a request; one result dict per video (with "error" set where it failed).
 
-        The videos go a window at a time: digests (an identical video queued or recently scored is reused),
-        decoding, queueing; the next window is decoded only when this request has at most `window` videos
-        waiting. If the client goes away, its videos that nobody else awaits are dropped from the queue."""
+        The videos go half a window at a time: digests (an identical video queued or recently scored is reused),
+        decoding, queueing; the next half is decoded only when this request has at most half a window of videos
+        waiting, so at most `window` of its videos are ever held decoded. If the client goes away, its videos that
+        nobody else awaits are dropped from the queue."""
         from starlette.concurrency import run_in_threadpool
 
         config, batcher = self.config, self.batcher
@@ -214,8 +215,9 @@ class Service:
         held: list = []  # digests this request awaits
         watcher = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            for start in range(0, count, self.window):
-                rows = range(start, min(count, start + self.window))
+            step = max(1, self.window // 2)  # decode the next half-window while the queue holds the previous one
+            for start in range(0, count, step):
+                rows = range(start, min(count, start + step))
                 digests = await run_in_threadpool(lambda rows=rows: [
                     self._digest(specs[i], prompts[i], cots[i], instructions[i], video_fps[i], key) for i in rows])
                 todo = []
@@ -243,8 +245,8 @@ class Service:
                         futures[i] = future
                         if digest is not None:
                             held.append(digest)
-                more = start + self.window < count
-                await self._wait(list(futures.values()), watcher, self.window if more else 0)
+                more = start + step < count
+                await self._wait(list(futures.values()), watcher, self.window - step if more else 0)
         except BaseException:
             batcher.release(held)
             raise

@@ -158,7 +158,7 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ scoring side
     def _oldest_key(self):
-        for key, queue in self.queues.items():
+        for queue in self.queues.values():
             while queue and queue[0].future.done():  # dropped while queued
                 queue.popleft()
         waiting = [(q[0].queued_at, key) for key, q in self.queues.items() if q]

@@ -22,8 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descore_plugin.data.video import (
+    Video,
+    VideoInputError,
+    _check_frame_array,
+    _check_pil_frames,
+    _to_uint8,
+    split_videos,
+)
 from descore_plugin.modeling.model import RewardOutput
-from descore_plugin.data.video import Video, VideoInputError, _check_frame_array, _check_pil_frames, _to_uint8, split_videos
 
 
 class RemoteError(RuntimeError):
