@@ -3,8 +3,9 @@
 Each adapter calls a reward of the contract `reward(videos, prompts) -> {name: (B,) scores}` (NaN = no score) and
 reshapes its answer into what its framework expects:
 
-- Flow-GRPO (yifan123/flow_grpo): a factory `descore_reward(device, ...)` returns `fn(images, prompts, metadata)
+- Flow-GRPO (yifan123/flow_grpo): a factory `flow_grpo_reward(device, ...)` returns `fn(images, prompts, metadata)
   -> (scores, info)`; for Wan `images` is the decoded (B, F, C, H, W) float tensor in [0, 1] (no mp4 round trip).
+  Users' flow_grpo configs name it `descore_plugin.integrations.flow_grpo:descore_reward` (that path stays).
 - DanceGRPO-style loops write mp4 files and call `reward(video_paths, prompts) -> list[float]`.
 - TRL's GRPOTrainer calls `reward_func(prompts, completions, **dataset_columns) -> list[float | None]`.
 
@@ -27,8 +28,8 @@ def _reward(model, device, dtype, think: bool, batch_size: int, **score_kwargs) 
                                   **score_kwargs)
 
 
-def descore_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore",
-                   **score_kwargs):
+def flow_grpo_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore",
+                     **score_kwargs):
     """Flow-GRPO reward factory: `fn(images, prompts, metadata) -> (scores (B,) float32 numpy, info)`.
 
     name: which named score is the reward ("descore", "descore:overall", "descore:<dimension>"; see

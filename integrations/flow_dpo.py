@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -46,11 +46,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from descore_plugin.integrations.post_training import WanMethod, epoch_order, seed_of
 from descore_plugin.utils.files import follow_umask
 from descore_plugin.utils.errors import UserError
 from descore_plugin.rewards.contract import RewardSet
 from descore_plugin.integrations.wan import (
-    GenerationConfig,
+    WanGenerationConfig,
     PromptCache,
     disable_adapter,
     generate,
@@ -163,6 +164,27 @@ class PairRecord:
     score_l: float
 
 
+@dataclass
+class PairRound:
+    """One round's pairs of some prompts, read from the store ONCE: the records, every video's combined score
+    (None: no score), and, in memory, the latents of the videos that are in a pair (nothing is read per step)."""
+
+    records: list[PairRecord]
+    scores: list
+    latents: dict = field(repr=False, default_factory=dict)  # (prompt_id, video index) -> (C, F', h, w) float32
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index):
+        return self.records[index]
+
+    def batch(self, records: Sequence[PairRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(winners, losers) latents of `records`, each (B, C, F', h, w) float32."""
+        return (torch.stack([self.latents[(r.prompt_id, r.index_w)] for r in records]),
+                torch.stack([self.latents[(r.prompt_id, r.index_l)] for r in records]))
+
+
 def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
@@ -172,19 +194,20 @@ def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
 
 @torch.no_grad()
 def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[str], prompt_ids: Sequence[int],
-                rewards: RewardSet, generation: GenerationConfig, config: PairConfig, store_dir: str | Path,
+                rewards: RewardSet, generation: WanGenerationConfig, config: PairConfig, store_dir: str | Path,
                 seed: int = 0, round_index: int = 0, solver: str = "scheduler", progress: bool = True
-                ) -> list[PairRecord]:
+                ) -> PairRound:
     """Sample K videos per prompt with `transformer` (as it is: wrap the call in `disable_adapter` for the base
     model), score them with `rewards`, select pairs, and store `{prompt_id:06d}.safetensors` (latents) + `.json`
     (prompt, every named score, the weighted score, pairs, CoTs) in `store_dir`. Prompts whose JSON exists are
-    skipped (resumable). The K initial noises of a prompt come from `prompt_seed(seed, round_index, prompt_id)`;
-    solver: see `wan.sample`. Returns the records of `prompts`.
+    skipped (resumable) and read instead, each file once. The K initial noises of a prompt come from
+    `prompt_seed(seed, round_index, prompt_id)`; solver: see `wan.sample`. Returns the round of `prompts`.
     """
     config.check()
     store_dir = Path(store_dir)
     store_dir.mkdir(parents=True, exist_ok=True)
     device = next(transformer.parameters()).device
+    made: dict[int, tuple[dict, torch.Tensor]] = {}
     todo = [(pid, p) for pid, p in zip(prompt_ids, prompts) if not (store_dir / f"{pid:06d}.json").is_file()]
     for prompt_id, prompt in tqdm(todo, desc=f"pairs (round {round_index})", disable=not progress):
         generator = torch.Generator().manual_seed(prompt_seed(seed, round_index, prompt_id))
@@ -220,40 +243,46 @@ def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[
         latents_path = store_dir / f"{prompt_id:06d}.safetensors"
         _atomic_save(lambda p, latents=latents: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
         _atomic_save(lambda p, record=record: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json")
-    return load_pairs(store_dir, prompt_ids)
+        made[prompt_id] = (record, latents)
+    return load_pair_store(store_dir, prompt_ids, made)
 
 
-def load_pairs(store_dir: str | Path, prompt_ids: Sequence[int] | None = None) -> list[PairRecord]:
-    """The pairs stored in `store_dir` (for `prompt_ids`, or all), in prompt order."""
+def load_pair_store(store_dir: str | Path, prompt_ids: Sequence[int] | None = None,
+                    in_memory: dict[int, tuple[dict, torch.Tensor]] | None = None) -> PairRound:
+    """The pairs stored in `store_dir` (for `prompt_ids`, or all), in prompt order, each JSON and latents file read
+    once; `in_memory` {prompt_id: (entry, latents)} holds prompts just generated (not read back)."""
     store_dir = Path(store_dir)
+    in_memory = in_memory or {}
     if prompt_ids is None:
         prompt_ids = sorted(int(p.stem) for p in store_dir.glob("[0-9]*.json"))
-    records = []
+    records, scores, latents = [], [], {}
     for prompt_id in prompt_ids:
         path = store_dir / f"{prompt_id:06d}.json"
-        if not path.is_file():
-            raise PairStoreError(f"{path}: missing; rebuild the pairs of prompt {prompt_id} (run build_pairs)")
-        entry = json.loads(path.read_text())
+        if prompt_id in in_memory:
+            entry, stored = in_memory[prompt_id]
+        else:
+            if not path.is_file():
+                raise PairStoreError(f"{path}: missing; rebuild the pairs of prompt {prompt_id} (run build_pairs)")
+            entry, stored = json.loads(path.read_text()), None
         for field_name in ("prompt", "scores", "pairs"):
             if field_name not in entry:
                 raise PairStoreError(f"{path}: field {field_name!r} missing")
+        scores.extend(entry["scores"])
+        if entry["pairs"] and stored is None:
+            stored = load_file(str(store_dir / f"{prompt_id:06d}.safetensors"))["latents"]
         for index_w, index_l in entry["pairs"]:
-            records.append(
-                PairRecord(
-                    prompt_id=prompt_id,
-                    prompt=entry["prompt"],
-                    latents_file=store_dir / f"{prompt_id:06d}.safetensors",
-                    index_w=index_w,
-                    index_l=index_l,
-                    score_w=entry["scores"][index_w],
-                    score_l=entry["scores"][index_l],
-                )
-            )
-    return records
+            records.append(PairRecord(prompt_id=prompt_id, prompt=entry["prompt"],
+                                      latents_file=store_dir / f"{prompt_id:06d}.safetensors", index_w=index_w,
+                                      index_l=index_l, score_w=entry["scores"][index_w],
+                                      score_l=entry["scores"][index_l]))
+            for index in (index_w, index_l):
+                latents[(prompt_id, index)] = stored[index]
+    return PairRound(records, scores, latents)
 
 
 def pair_latents(records: Sequence[PairRecord]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(winners, losers) latents, each (B, C, F', h, w) float32, read from the store."""
+    """(winners, losers) latents, each (B, C, F', h, w) float32, read from the store files (a loop keeps a
+    `PairRound` instead, which reads them once)."""
     cache: dict[Path, torch.Tensor] = {}
     winners, losers = [], []
     for record in records:
@@ -387,4 +416,105 @@ def flow_matching_step(
     x_t, target = _noised(latents.float(), noise, t)
     prediction = predict_velocity(model, x_t, t * config.num_train_timesteps, prompt_embeds)
     return per_sample_mse(prediction, target).mean()
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (c) The method: recipes/wan_flow_dpo.py = recipes/post_train.py flow_dpo
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DPOLoopConfig:
+    """The Flow-DPO loop."""
+
+    batch_size: int = _help("pairs per process per step", 4)
+    online_every: int = _help("regenerate the pairs with the current policy every N steps (0: offline, the base "
+                              "model's pairs)", 0)
+    max_grad_norm: float = _help("gradient clipping", 1.0)
+
+
+class FlowDPO(WanMethod):
+    """Flow-DPO post-training of Wan-2.1 (arXiv 2501.13918; the module docstring has the loss and beta).
+
+    Pairs: --videos-per-prompt videos per prompt from the base model (adapter disabled), scored by the --reward set,
+    best vs worst (or every pair over --pair-margin); stored under OUTPUT/cache/pairs-<key>/round_NNNN (resumable,
+    keyed by what produced them) and read once per round. With --online-every N the current policy regenerates them
+    every N steps (round r = step // N). Training: LoRA (rank 64 / alpha 128 on q/k/v/o, as in the paper), the loss
+    with constant beta, shared noise and t for winner and loser, reference = the same transformer with its adapter
+    disabled. Logged: train/loss, train/implicit_accuracy, train/mse_*, train/pair_gap, train/grad_norm; at the
+    first step of a round reward/<name> (the round's videos) and train/pairs_per_process.
+    """
+
+    name = "Flow-DPO"
+    curve_names = ("train/loss", "train/implicit_accuracy")
+    config_classes = (PairConfig, FlowDPOConfig, DPOLoopConfig)
+    defaults = dict(learning_rate=5e-6, lora_rank=64, lora_alpha=128.0, lora_targets="attention",
+                    checkpoint_every=100, solver="scheduler")
+    """Flow-DPO paper: learning rate 5e-6 (1.3B+ models), LoRA rank 64 / alpha 128 on the attention projections."""
+
+    def check(self) -> None:
+        super().check()
+        self.pairs, self.dpo, self.options = (self.config.get(c) for c in self.config_classes)
+        self.pairs.check()
+
+    def prepare(self) -> None:
+        self.eval_batch_size = self.pairs.generation_batch_size
+        if self.dpo.timestep_shift is None:
+            self.dpo.timestep_shift = scheduler_shift(self.pipe.scheduler)
+        self.dpo.check()
+        run = self.run
+        self.store_root = self.loop.run_dir.cache_dir("pairs", {
+            "pipeline": run.pipeline, "reward": run.reward, "reward_model": run.reward_model, "think": run.think,
+            "generation": asdict(self.generation), "pairs": asdict(self.pairs), "seed": run.seed,
+            "solver": self.evaluation.solver, "online_every": self.options.online_every})
+        self.round_index, self.round = None, None
+
+    def _build_round(self, round_index: int) -> PairRound:
+        store = self.store_root / f"round_{round_index:04d}"
+        ids, prompts = [i for i, _ in self.my_prompts], [p for _, p in self.my_prompts]
+        self.transformer.eval()
+        build = dict(rewards=self.rewards, generation=self.generation, config=self.pairs, store_dir=store,
+                     seed=self.run.seed, round_index=round_index, solver=self.evaluation.solver,
+                     progress=self.accelerator.is_main_process)
+        if round_index == 0:  # the base model's videos (exactly the base model, even after a resume)
+            with disable_adapter(self.transformer):
+                pairs = build_pairs(self.pipe, self.transformer, self.prompt_cache, prompts, ids, **build)
+        else:
+            pairs = build_pairs(self.pipe, self.transformer, self.prompt_cache, prompts, ids, **build)
+        self.transformer.train()
+        self.accelerator.wait_for_everyone()
+        if not pairs.records:
+            raise PairStoreError(
+                f"{store}: no pair on process {self.rank} (all scores of its {len(prompts)} prompts tie, differ by <= "
+                f"--pair-margin {self.pairs.pair_margin} or are missing); use more prompts or --videos-per-prompt")
+        return pairs
+
+    def train_step(self, step: int) -> dict[str, float]:
+        every = self.options.online_every
+        wanted = step // every if every else 0
+        metrics = {}
+        if wanted != self.round_index:
+            self.round_index, self.round = wanted, self._build_round(wanted)
+            if step == wanted * every:  # the round's first step (a run resumed inside a round logged it already)
+                scores = [math.nan if v is None else v for v in self.round.scores]
+                metrics["reward/" + "+".join(self.rewards.names)] = float(np.nanmean(scores))
+                metrics["train/pairs_per_process"] = float(len(self.round))
+        position = step - self.round_index * every
+        batch = epoch_order(self.round.records, self.options.batch_size, self.run.seed, "pair_batches", self.rank,
+                            position, self.round_index)
+        winners, losers = self.round.batch(batch)
+        output = flow_dpo_step(
+            self.model, self.transformer, winners.to(self.device), losers.to(self.device),
+            self.prompt_cache.embed([r.prompt for r in batch]).to(self.device), self.dpo,
+            generator=torch.Generator().manual_seed(seed_of(self.run.seed, "step", self.rank, step)))
+        self.accelerator.backward(output.loss)
+        grad_norm = self.accelerator.clip_grad_norm_(self.lora_parameters, self.options.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**metrics, "train/loss": output.loss.item(), "train/implicit_accuracy": output.implicit_accuracy,
+                "train/mse_w": output.mse_w, "train/mse_l": output.mse_l, "train/ref_mse_w": output.ref_mse_w,
+                "train/ref_mse_l": output.ref_mse_l, "train/inside": output.inside.mean().item(),
+                "train/pair_gap": float(np.mean([r.score_w - r.score_l for r in batch])),
+                "train/grad_norm": float(grad_norm), "train/round": float(self.round_index)}
 

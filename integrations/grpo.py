@@ -3,19 +3,21 @@
 Conventions (as in `integrations/wan.py`): x_t = (1 - t) x0 + t eps, the transformer predicts v = eps - x0,
 sampling runs from t = 1 to t = 0 on the scheduler's sigma grid, dt = t_next - t < 0.
 
-One step of `GRPOTrainer.step`, top to bottom:
+One step of `WanGRPOTrainer.step`, top to bottom:
   1. sample `group_size` videos per prompt, some sampling steps replaced by SDE steps whose log-probs are kept;
   2. score the decoded videos with the named rewards (`descore_plugin.rewards.contract`);
   3. one advantage per video;
   4. `updates_per_rollout` optimiser steps on the clipped policy loss + beta * KL to the reference
      (the same transformer with its LoRA adapters disabled: no second copy of the weights).
 
-The two algorithms differ in three decisions, each made in ONE function, and in the presets of `GRPOConfig`:
-  shared initial noise      `initial_noise`    Flow-GRPO: independent per video; LongCat: shared by a prompt's group
+The two algorithms differ in three decisions, each made in ONE function, and in their presets (`PRESETS`: the one
+place of both algorithms' settings, the algorithm's, the generation's and the LoRA's):
+  shared initial noise      `group_noise`      Flow-GRPO: independent per video; LongCat: shared by a prompt's group
   which steps are SDE steps `sde_masks`        Flow-GRPO: every step, the first T-1 trained; LongCat: one critical step
   how advantages combine    `advantages`       Flow-GRPO: weighted reward sum, per-group z-score, clipped at 5;
                                                LongCat: per reward over the largest group std, then weighted sum
-The formulas and their sources are in docs/post_training.md ("The math").
+The formulas and their sources are in docs/post_training.md ("The math"). `WanGRPO` is the method the run loop
+drives (`recipes/wan_flow_grpo.py`, `recipes/post_train.py flow_grpo|longcat`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch
 
 from descore_plugin.utils.errors import UserError
 from descore_plugin.integrations import wan
+from descore_plugin.integrations.post_training import (LoraEMA, WanMethod, epoch_order, is_tiny_pipeline,
+                                                       pipeline_generation_defaults, seed_of)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -38,13 +42,25 @@ from descore_plugin.integrations import wan
 
 PRESETS = {
     # Flow-GRPO (arXiv 2505.05470) with the settings of flow_grpo's Wan-2.1 trainer and preset
+    # (scripts/train_wan2_1.py, config/grpo.py::general_ocr_wan2_1). ema, untrained_steps and mask_zero_advantages
+    # are that trainer's, not the paper's: options (off in longcat).
     "flow_grpo": dict(shared_noise=False, noise_schedule="linear", noise_level=1.0, critical_steps=None,
                       diffusion_cap=None, advantage="group", adv_clip=5.0, loss_weighting="uniform", kl_beta=0.004,
-                      updates_per_rollout=2),
+                      updates_per_rollout=2, ema=True, untrained_steps=2, mask_zero_advantages=True),
     # LongCat-GRPO (LongCat-Video report, arXiv 2510.22200, sec. 3.3 and app. A.1)
     "longcat": dict(shared_noise=True, noise_schedule="sqrt", noise_level=1.0, critical_steps=6, diffusion_cap=0.45,
                     advantage="max_group_std", adv_clip=None, loss_weighting="lambda", kl_beta=3e-4,
-                    updates_per_rollout=1),
+                    updates_per_rollout=1, ema=False, untrained_steps=0, mask_zero_advantages=False),
+}
+"""Each algorithm's settings of `WanGRPOConfig`; WAN_PRESETS holds its generation, scheduler shift and LoRA."""
+
+WAN_PRESETS = {
+    # flow_grpo config/grpo.py general_ocr_wan2_1 (flow shift: the pipeline's)
+    "flow_grpo": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=20, guidance_scale=4.5),
+                      shift=None, lora_rank=32, lora_alpha=64.0, lora_targets="attention"),
+    # arXiv 2510.22200 app. A.1 (16 steps, time shift 12, CFG 4, LoRA 128 / 64 on all linears); size: flow_grpo's
+    "longcat": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
+                    shift=12.0, lora_rank=128, lora_alpha=64.0, lora_targets="all"),
 }
 
 
@@ -53,7 +69,7 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class GRPOConfig:
+class WanGRPOConfig:
     """The GRPO family. `algorithm` fills every field left at None with its preset (PRESETS); each field means the
     same for both algorithms, so a LongCat run may e.g. use Flow-GRPO's noise schedule."""
 
@@ -96,6 +112,18 @@ class GRPOConfig:
         "optimiser steps per rollout batch; the videos are split into that many parts, every update after the first "
         "is off-policy (flow_grpo Wan: 2; longcat: 1)", default=None)
     max_grad_norm: float = _help("gradient clipping (flow_grpo: 1.0)", default=1.0)
+    ema: bool | None = _help(
+        "evaluate and publish an EMA of the LoRA weights (flow_grpo's Wan trainer: decay 0.9, updated every 8 "
+        "optimiser steps; not in the paper); flow_grpo: True; longcat: False", default=None)
+    ema_decay: float = _help("the EMA's largest decay d: ema += (1 - min((1 + n) / (10 + n), d)) (w - ema) after "
+                             "optimiser step n (flow_grpo: 0.9)", default=0.9)
+    ema_interval: int = _help("the EMA is updated when (n + 1) %% interval == 0 (flow_grpo Wan: 8)", default=8)
+    untrained_steps: int | None = _help(
+        "the first N steps sample and score rollouts but do not train (flow_grpo's Wan trainer skips its first 2 "
+        "epochs; not in the paper); flow_grpo: 2; longcat: 0", default=None)
+    mask_zero_advantages: bool | None = _help(
+        "videos whose advantage is exactly 0 (a group without spread) leave the loss, KL included, and the mean is "
+        "over the others (flow_grpo's Wan trainer; not in the paper); flow_grpo: True; longcat: False", default=None)
 
     def __post_init__(self):
         if self.algorithm not in PRESETS:
@@ -221,7 +249,7 @@ def longcat_loss_weights(sigma, sigma_next, sigma_cap: float) -> tuple[torch.Ten
     return torch.sqrt(lambda_kl), lambda_kl
 
 
-def loss_weights(config: GRPOConfig, sigma, sigma_next, scale, sigmas) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_weights(config: WanGRPOConfig, sigma, sigma_next, scale, sigmas) -> tuple[torch.Tensor, torch.Tensor]:
     """(w_policy, w_KL) of SDE-step terms at times `sigma` -> `sigma_next` with noise scale `scale` (B,):
     uniform 1, 1; lambda LongCat's weights (`longcat_loss_weights`); noise_over_sqrt_dt s_t / sqrt(|dt|), 1 (the
     per-step factor of flow_grpo's Wan trainer)."""
@@ -274,7 +302,7 @@ def fill_missing_rewards(rewards: torch.Tensor, group_size: int) -> torch.Tensor
     return torch.where(torch.isnan(groups), mean.expand_as(groups), groups).reshape(-1)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, clip: float | None = 5.0):
+def group_advantages_population(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, clip: float | None = 5.0):
     """(r - group mean) / (group std + eps), clamped to +-clip (Flow-GRPO sec. 4; flow_grpo PerPromptStatTracker).
     NaN rewards get 0. (N,)."""
     groups = _groups(rewards, group_size)
@@ -296,7 +324,7 @@ def max_group_std_advantages(rewards: torch.Tensor, group_size: int, gather=None
     return torch.nan_to_num((groups - mean) / (sigma_max + eps), nan=0.0).reshape(-1), sigma_max
 
 
-def advantages(config: GRPOConfig, scores: dict[str, torch.Tensor], weights: dict[str, float], gather=None):
+def advantages(config: WanGRPOConfig, scores: dict[str, torch.Tensor], weights: dict[str, float], gather=None):
     """One advantage per video from the weighted named rewards, and statistics to log. HOW ADVANTAGES COMBINE.
 
     group (Flow-GRPO; flow_grpo `multi_score`): r = sum_k w_k r_k with NaN first taking its group's mean, then
@@ -307,7 +335,7 @@ def advantages(config: GRPOConfig, scores: dict[str, torch.Tensor], weights: dic
     size, stats = config.group_size, {}
     if config.advantage == "group":
         total = sum(w * fill_missing_rewards(scores[name].cpu(), size) for name, w in weights.items())
-        return group_advantages(total, size, clip=config.adv_clip), stats
+        return group_advantages_population(total, size, clip=config.adv_clip), stats
     total = 0
     for name, weight in weights.items():
         advantage, sigma_max = max_group_std_advantages(scores[name].cpu(), size, gather=gather)
@@ -323,7 +351,7 @@ def advantages(config: GRPOConfig, scores: dict[str, torch.Tensor], weights: dic
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def critical_steps(config: GRPOConfig, num_steps: int) -> int | None:
+def critical_steps(config: WanGRPOConfig, num_steps: int) -> int | None:
     """T' clamped to the step count, with a warning (LongCat's default 6 with 4 sampling steps is 4)."""
     if config.critical_steps is None:
         return None
@@ -334,7 +362,7 @@ def critical_steps(config: GRPOConfig, num_steps: int) -> int | None:
     return config.critical_steps
 
 
-def sde_masks(config: GRPOConfig, num_steps: int, num_prompts: int, generator=None):
+def sde_masks(config: WanGRPOConfig, num_steps: int, num_prompts: int, generator=None):
     """(sde, trained), each (num_prompts, num_steps) bool. WHICH STEPS ARE SDE STEPS, and which are trained.
 
     critical_steps T' (LongCat-Video sec. 3.3): one SDE step per prompt, uniform among the first T', shared by the
@@ -359,7 +387,7 @@ def sde_masks(config: GRPOConfig, num_steps: int, num_prompts: int, generator=No
     return sde, trained
 
 
-def initial_noise(config: GRPOConfig, pipe, num_prompts: int, generation, generator) -> torch.Tensor:
+def group_noise(config: WanGRPOConfig, pipe, num_prompts: int, generation, generator) -> torch.Tensor:
     """Initial latents of the group_size videos of each prompt, group after group. SHARED INITIAL NOISE or not."""
     if config.shared_noise:
         noise = wan.initial_noise(pipe, num_prompts, generation, generator=generator)
@@ -386,7 +414,7 @@ class Rollout:
     videos: torch.Tensor  # (N, F, C, H, W) float32 in [0, 1]
 
 
-class GRPOTrainer:
+class WanGRPOTrainer:
     """GRPO on one process's prompts (several processes: accelerate/DDP all-reduce the LoRA gradients).
 
     model: the trained transformer as accelerate prepared it; transformer: the same, unwrapped (sampling, and the
@@ -394,13 +422,15 @@ class GRPOTrainer:
     transformer batch in sampling and training (the same in both, so the first update's ratio is exactly 1).
     """
 
-    def __init__(self, config: GRPOConfig, accelerator, pipe, model, transformer, optimizer, prompt_cache,
+    def __init__(self, config: WanGRPOConfig, accelerator, pipe, model, transformer, optimizer, prompt_cache,
                  generation, rewards, micro_batch_size: int | None = None):
         self.config, self.accelerator, self.pipe = config, accelerator, pipe
         self.model, self.transformer, self.optimizer = model, transformer, optimizer
         self.prompt_cache, self.generation, self.rewards = prompt_cache, generation, rewards
         self.micro_batch_size = micro_batch_size
         self.parameters = [p for p in transformer.parameters() if p.requires_grad]
+        self.optimizer_steps = 0  # optimiser steps done (the EMA's clock)
+        self.ema = None  # a post_training.LoraEMA updated after every optimiser step, when the method keeps one
 
     def check_batching(self, num_videos: int) -> int:
         """The micro-batch size; raises ValueError unless the videos split evenly into updates and micro-batches."""
@@ -415,20 +445,24 @@ class GRPOTrainer:
             raise ValueError(f"micro_batch_size={size}: must divide the {num_videos // updates} videos of one update")
         return size
 
-    def step(self, prompts: list[str], generator: torch.Generator) -> dict[str, float]:
-        """One GRPO iteration; returns metrics (reward means over all processes, train/* and time/* of this one)."""
+    def step(self, prompts: list[str], generator: torch.Generator, train: bool = True) -> dict[str, float]:
+        """One GRPO iteration; returns this process's metrics (reward/<name>, train/*, time/*). train=False: the
+        rollouts are sampled and scored, nothing is updated (flow_grpo's first epochs)."""
         micro = self.check_batching(len(prompts) * self.config.group_size)
         started = time.perf_counter()
         rollout = self.sample(prompts, generator, micro)
         sampled = time.perf_counter()
         scores = self.rewards(rollout.videos, rollout.prompts)
         scored = time.perf_counter()
-        advantage, metrics = advantages(self.config, scores, self.rewards.weights, gather=self.accelerator.gather)
-        summary = self.update(rollout, advantage, micro)
-        metrics.update({f"train/{key}": value for key, value in summary.items()})
+        advantage, stats = advantages(self.config, scores, self.rewards.weights, gather=self.accelerator.gather)
+        metrics = {f"train/{key}": value for key, value in stats.items()}
+        if train:
+            metrics.update({f"train/{key}": value for key, value in self.update(rollout, advantage, micro).items()})
+        metrics["train/trained"] = float(train)
         for name, value in scores.items():
-            metrics[f"reward/{name}"] = float(torch.nanmean(self.accelerator.gather(value.to(self.accelerator.device))))
-        metrics["advantage_abs_mean"] = float(advantage.abs().mean())
+            metrics[f"reward/{name}"] = float(torch.nanmean(value.float()))
+        metrics["train/advantage_abs_mean"] = float(advantage.abs().mean())
+        metrics["train/zero_advantage_fraction"] = float((advantage == 0).float().mean())
         metrics.update({"time/sample": sampled - started, "time/reward": scored - sampled,
                         "time/train": time.perf_counter() - scored})
         return metrics
@@ -446,7 +480,7 @@ class GRPOTrainer:
         config, generation, device = self.config, self.generation, self.accelerator.device
         steps = generation.num_inference_steps
         grid = wan.flow_grid(self.pipe.scheduler, steps, device=device)
-        noise = initial_noise(config, self.pipe, len(prompts), generation, generator)
+        noise = group_noise(config, self.pipe, len(prompts), generation, generator)
         sde, trained = (m.repeat_interleave(config.group_size, dim=0)
                         for m in sde_masks(config, steps, len(prompts), generator))
         video_prompts = [p for p in prompts for _ in range(config.group_size)]
@@ -532,21 +566,24 @@ class GRPOTrainer:
     def update(self, rollout: Rollout, advantage: torch.Tensor, micro_batch_size: int) -> dict[str, float]:
         """updates_per_rollout optimiser steps; each averages the loss over its terms; gradients accumulate over
         micro-batches without synchronisation and are all-reduced on the update's last backward (every process does
-        the same number of backwards), so the LoRA weights stay identical on all processes."""
+        the same number of backwards), so the LoRA weights stay identical on all processes.
+        mask_zero_advantages: the terms of a video with advantage exactly 0 weigh 0 and the mean is over the others
+        (they still run, so that every process does the same backwards)."""
         accelerator, config = self.accelerator, self.config
         part = len(rollout.prompts) // config.updates_per_rollout
         terms = self.micro_batches(rollout, micro_batch_size)
+        keep = (advantage != 0).float() if config.mask_zero_advantages else torch.ones_like(advantage, dtype=torch.float)
         collected: dict[str, list[torch.Tensor]] = {}
         first_update_ratios = []
         self.model.train()
         for update in range(config.updates_per_rollout):
             update_terms = [(rows, steps) for rows, steps in terms if int(rows[0]) // part == update]
-            count = sum(len(rows) for rows, _ in update_terms)
+            count = max(sum(float(keep[rows].sum()) for rows, _ in update_terms), 1.0)
             for index, (rows, steps) in enumerate(update_terms):
                 last = index == len(update_terms) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
                     loss, stats = self.loss(rollout, rows, steps, advantage)
-                    accelerator.backward(loss.sum() / count)
+                    accelerator.backward((loss * keep[rows].to(loss.device)).sum() / count)
                 for key, value in stats.items():
                     collected.setdefault(key, []).append(value.float().cpu())
                 if update == 0:
@@ -555,9 +592,102 @@ class GRPOTrainer:
                 accelerator.clip_grad_norm_(self.parameters, config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer_steps += 1
+            if self.ema is not None:
+                self.ema.update(self.optimizer_steps)
         values = {key: torch.cat(value) for key, value in collected.items()}
         summary = {key: float(value.mean()) for key, value in values.items()}
         summary["ratio_min"], summary["ratio_max"] = float(values["ratio"].min()), float(values["ratio"].max())
         # the first update is on-policy: its ratios must be exactly 1
         summary["first_update_ratio_max_error"] = float((torch.cat(first_update_ratios) - 1).abs().max())
         return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The method: recipes/wan_flow_grpo.py = recipes/post_train.py flow_grpo | longcat
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GRPOLoopConfig:
+    """The GRPO loop."""
+
+    prompts_per_step: int = _help("prompts per process per step (our default)", default=2)
+    micro_batch_size: int | None = _help(
+        "videos per transformer batch in sampling and training; unset: one update's videos", default=None)
+    shift: float | None = _help(
+        "scheduler time (flow) shift; unset: the pipeline's (a real pipeline with longcat: its preset 12)", default=None)
+
+
+def _preset_defaults(name: str) -> dict:
+    preset = WAN_PRESETS[name]
+    return {**preset["generation"], **{key: preset[key] for key in ("lora_rank", "lora_alpha", "lora_targets")}}
+
+
+class WanGRPO(WanMethod):
+    """GRPO post-training of Wan-2.1: Flow-GRPO or LongCat-GRPO (`--algorithm`).
+
+    One step (`WanGRPOTrainer.step`): each process takes --prompts-per-step of ITS prompts and samples --group-size
+    videos per prompt (flow_grpo: independent noise, SDE on every step, the first T-1 trained; longcat: shared noise,
+    one critical SDE step), scores them with the --reward set, turns the rewards into advantages (flow_grpo: weighted
+    sum, per-group z-score; longcat: per reward over the largest group std, then the weighted sum) and takes
+    --updates-per-rollout optimiser steps on the clipped policy loss + beta KL to the adapters-off reference.
+    flow_grpo's Wan trainer also evaluates and publishes an EMA of the LoRA (--ema), samples without training for its
+    first --untrained-steps steps, and leaves zero-advantage videos out of the loss (--mask-zero-advantages).
+    Generation and LoRA default to the algorithm's preset (flow_grpo: 33x240x416, 20 steps, CFG 4.5, LoRA 32 / 64 on
+    attention; longcat: 16 steps, time shift 12, CFG 4, LoRA 128 / 64 on all linears), a tiny pipeline's own
+    generation_defaults.json first.
+    """
+
+    name = "GRPO"
+    curve_names = ("train/kl", "train/clipped", "train/policy_loss")
+    config_classes = (WanGRPOConfig, GRPOLoopConfig)
+    defaults = dict(learning_rate=1e-4, weight_decay=1e-4, checkpoint_every=50, solver="euler",
+                    **_preset_defaults("flow_grpo"))
+    """flow_grpo's Wan preset and LongCat: learning rate 1e-4; AdamW weight decay 1e-4 (flow_grpo's base config)."""
+    help_notes = {key: f"--algorithm longcat: {value}" for key, value in _preset_defaults("longcat").items()
+                  if value != _preset_defaults("flow_grpo")[key]}
+    for _key in WAN_PRESETS["flow_grpo"]["generation"]:
+        help_notes[_key] = "; ".join(filter(None, [help_notes.get(_key), "a tiny pipeline: its generation_defaults.json"]))
+    del _key
+
+    @classmethod
+    def later_defaults(cls, known) -> dict:
+        """LoRA, scheduler shift and generation follow --algorithm (a tiny pipeline keeps its own generation)."""
+        preset = WAN_PRESETS[known.algorithm]
+        generation = pipeline_generation_defaults(known.pipeline, preset["generation"])
+        return {**generation, "lora_rank": preset["lora_rank"], "lora_alpha": preset["lora_alpha"],
+                "lora_targets": preset["lora_targets"],
+                "shift": None if is_tiny_pipeline(known.pipeline) else preset["shift"]}
+
+    def check(self) -> None:
+        super().check()
+        self.algorithm, self.options = self.config.get(WanGRPOConfig), self.config.get(GRPOLoopConfig)
+        self.name = {"flow_grpo": "Flow-GRPO", "longcat": "LongCat-GRPO"}[self.algorithm.algorithm]
+
+    def prepare(self) -> None:
+        if self.options.shift is not None:  # the same scheduler with another time shift
+            config = self.pipe.scheduler.config
+            key = "flow_shift" if "flow_shift" in config else "shift"
+            self.pipe.scheduler = type(self.pipe.scheduler).from_config(config, **{key: self.options.shift})
+        self.trainer = WanGRPOTrainer(self.algorithm, self.accelerator, self.pipe, self.model, self.transformer,
+                                      self.optimizer, self.prompt_cache, self.generation, self.rewards,
+                                      self.options.micro_batch_size)
+        self.eval_batch_size = self.trainer.check_batching(self.options.prompts_per_step * self.algorithm.group_size)
+        if self.algorithm.ema:
+            self.ema = LoraEMA(self.lora_parameters, self.algorithm.ema_decay, self.algorithm.ema_interval,
+                               self.lora_names)
+            self.trainer.ema = self.ema
+
+    def train_step(self, step: int) -> dict[str, float]:
+        prompts = epoch_order([p for _, p in self.my_prompts], self.options.prompts_per_step, self.run.seed,
+                              "step_prompts", self.rank, step)
+        generator = torch.Generator().manual_seed(seed_of(self.run.seed, "step", self.rank, step))
+        return self.trainer.step(prompts, generator, train=step >= self.algorithm.untrained_steps)
+
+    def extra_state(self) -> dict:
+        return {"optimizer_steps": self.trainer.optimizer_steps}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.trainer.optimizer_steps = int(state["optimizer_steps"])
+

@@ -1,27 +1,44 @@
-"""What the two Wan recipes (`recipes/wan_flow_dpo.py`, `recipes/wan_flow_grpo.py`) share: their common arguments,
-the set-up (run directory, pipeline, rewards, prompt embeddings, LoRA, optimiser, resume), evaluation on fixed
-prompts, checkpoints, curves and the final LoRA. Each recipe adds only its algorithm's arguments and its step.
+"""Post-training Wan-2.1 with rewards: a method is one file on top of this one.
 
-A run directory (`--output-dir`), as `descore_plugin.training.runs` lays it out, plus:
+A post-training method (Flow-DPO `flow_dpo.py`, Flow-GRPO / LongCat-GRPO `grpo.py`, DiffusionNFT `nft.py`) is a
+subclass of `WanMethod` with its own config dataclass(es), its set-up (`prepare`), one step (`train_step -> metrics`)
+and its curve names. Everything else is shared and lives here or in the run loop
+(`descore_plugin.training.loop.RunLoop`: run directory, resume, cadence, metrics, curves, Ctrl-C):
+the pipeline, the rewards (and `--check` rewards scored only at evaluation), the prompt embeddings, the LoRA and its
+optimiser, the evaluation on fixed prompts and noise, the checkpoint state and the final LoRA.
+
+Entry points:
+    python recipes/post_train.py METHOD --pipeline ... --prompts ... --output-dir ... --max-steps N
+    python recipes/wan_flow_dpo.py ...            # = post_train.py flow_dpo (and wan_flow_grpo.py, wan_nft.py)
+    from descore_plugin.integrations.post_training import config_from_argv, post_train
+    result = post_train(config_from_argv("nft", ["--pipeline", ..., "--reward-model", "runs/rm", ...]))
+    result.output_dir, result.metrics      # the run directory and the final evaluation's eval/... numbers
+
+METHODS names the registered methods; `register_method(name, cls, **defaults)` adds one.
+
+A run directory (`descore_plugin.training.runs` lays it out), plus:
 
     pytorch_lora_weights.safetensors   the final LoRA in the diffusers format (`pipe.load_lora_weights(DIR)`)
-    metrics.jsonl                      rows {"kind": "train" | "eval" | "pairs", "step": N, ...}; eval rows hold
-                                       "eval/<reward name>" (mean over the fixed prompts) and "eval_std/<name>"
-    samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, every checkpoint): the
-        VVV.mp4                        fixed-prompt videos (the same prompt and initial noise at every evaluation)
+    metrics.jsonl                      train rows (train/..., reward/<name>, time/...) and eval rows:
+                                       eval/<name> (mean over the fixed prompts' videos), eval/<name>_std, eval/num_items
+    samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, every checkpoint, the
+        VVV.mp4                        end): the fixed-prompt videos (the same prompt and initial noise every time)
         scores.jsonl                   one line per video: {"index", "prompt", "video": "VVV.mp4",
-                                       "scores": {reward name: value or null}, "cot": DeScore's CoT when it
-                                       wrote one}
-    checkpoint-N/                      lora.safetensors + optimizer.pt (atomic; --resume continues from the newest)
-    curves.png                         rewards of the fixed prompts and the recipe's training curves
+                                       "scores": {reward name: value or null}, "cot": DeScore's CoT when it wrote one}
+    checkpoint-N/                      lora.safetensors (+ a method's other adapters), state.pt (optimizer, ...)
+    curves.png                         the evaluated rewards (± 1 standard error) and the method's training curves
     cache/                             generated data keyed by what produced it (Flow-DPO's pairs)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import logging
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,15 +46,15 @@ import numpy as np
 import torch
 
 from descore_plugin import rewards as reward_lib
-from descore_plugin.utils import errors
 from descore_plugin.integrations import wan
-from descore_plugin.training.runs import Run, RunError
 from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE, generation_defaults
+from descore_plugin.training.loop import LoopConfig, RunLoop, RunResult
+from descore_plugin.training.runs import RunError
+from descore_plugin.utils import errors
 
-LORA_FILE = "lora.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-MAY_CHANGE_ON_RESUME = ("max_steps", "eval_every", "checkpoint_every")
-"""Arguments a resumed run may change: they say how long to train and how often to look, not what is trained."""
+logger = logging.getLogger(__name__)
+
+LORA_STATE = "lora"  # checkpoint-N/lora.safetensors
 
 
 class RecipeError(errors.UserError):
@@ -48,35 +65,38 @@ def _help(text: str, default=None, **extra):
     return field(default=default, metadata={"help": text, **extra})
 
 
+# ---------------------------------------------------------------------------------------------------------- configs
 @dataclass
-class RunArguments:
-    """Inputs, outputs and rewards."""
+class WanRunConfig:
+    """Inputs and rewards."""
 
     pipeline: str = _help(f"WanPipeline directory or hub id (e.g. {wan.WAN_1_3B_ID}; a tiny one: descore "
-                          f"init-tiny-wan DIR)", default=None, required=True)
+                          f"init-tiny-wan DIR)", required=True)
     prompts: str = _help("text file, one prompt per line (blank lines are an error); the first --eval-prompts are "
-                         "also the evaluation prompts", default=None, required=True)
-    output_dir: str = _help("the run directory (refused if it holds a run, unless --resume or --overwrite)",
-                            default=None, required=True)
+                         "also the evaluation prompts", required=True)
     reward: list[str] | None = _help(
         "NAME[=WEIGHT], repeatable: descore, descore:overall, descore:<subject|dynamics|camera|environment|style>, "
         "analytic:brightness, analytic:redness; unset: descore", action="extend", nargs="+")
     reward_model: str | None = _help("DeScore checkpoint directory, hub id or http(s)://host:port of `descore serve`; "
-                                     "needed only by descore rewards")
+                                     "needed only by descore rewards (trained or --check)")
     think: bool = _help("DeScore writes its CoT before scoring (--no-think: the masked-CoT fast path, only the "
                         "descore reward)", default=True)
-    resume: bool = _help("continue the run in --output-dir from its newest checkpoint", default=False)
-    overwrite: bool = _help("delete the run in --output-dir and start again", default=False)
+    reward_max_new_tokens: int | None = _help(
+        "cap on the length of DeScore's CoT, in tokens (unset: the reward model's own limit); a small cap keeps a "
+        "tiny or CPU judge from stalling a step")
+    check: list[str] | None = _help(
+        "NAME, repeatable: an independent check reward, scored on the evaluation videos (eval/NAME, "
+        "samples/step-N/scores.jsonl) but never trained on; e.g. --check analytic:brightness, or a descore name "
+        "when you train on another reward", action="extend", nargs="+")
     dtype: str | None = _help("transformer / text encoder dtype: float32 or bfloat16 (default: bfloat16 on CUDA, "
                               "float32 elsewhere; fp16 breaks Wan videos)", choices=["float32", "bfloat16"])
     seed: int = _help("seed of the LoRA initialisation, noises, timesteps and prompt order", default=0)
 
 
 @dataclass
-class TrainArguments:
+class AdapterConfig:
     """The LoRA and its optimiser."""
 
-    max_steps: int = _help("training steps", default=None, required=True)
     learning_rate: float = _help("AdamW learning rate", default=1e-4)
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     lora_rank: int | None = _help("LoRA rank")
@@ -85,14 +105,12 @@ class TrainArguments:
                                      choices=["attention", "all"])
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (memory for time)",
                                          default=False)
-    checkpoint_every: int = _help("write checkpoint-N every N steps (and at the end)", default=100)
 
 
 @dataclass
-class EvalArguments:
+class EvalConfig:
     """Evaluation on fixed prompts and noise."""
 
-    eval_every: int = _help("evaluate every N steps; 0: only at the start and at each checkpoint", default=0)
     eval_prompts: int = _help("the first N prompts of --prompts are the evaluation prompts", default=8)
     eval_videos_per_prompt: int = _help("videos per evaluation prompt (each with its own fixed noise)", default=2)
     solver: str = _help("ODE sampler of the evaluation videos (and of Flow-DPO's pair videos): scheduler (the "
@@ -100,54 +118,47 @@ class EvalArguments:
                         choices=["scheduler", "euler"])
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The recipe's docstring as written, and every flag's default after its help ("required" for a flag without)."""
+@dataclass
+class PostTrainingConfig:
+    """Everything one post-training run needs: the shared configs and the method's own (`method_configs`)."""
 
-    def _get_help_string(self, action):
-        if action.required:
-            return f"{action.help} (required)"
-        return super()._get_help_string(action)
+    method: str
+    run: WanRunConfig
+    loop: LoopConfig
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    generation: wan.WanGenerationConfig = field(default_factory=wan.WanGenerationConfig)
+    method_configs: tuple = ()
 
-
-def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None,
-                    help_notes: dict[str, str] | None = None):
-    """Parse the recipe's dataclasses with transformers' HfArgumentParser (`--help` lists every field's help and
-    default). recipe_defaults: this recipe's defaults of shared fields (the ones --help shows); later_defaults(namespace)
-    -> defaults that depend on other flags (e.g. the pipeline's own generation settings), applied before the final
-    parse; help_notes: {field: text} added to a field's help (e.g. how such a later default differs)."""
-    from transformers import HfArgumentParser
-
-    parser = errors.one_line_errors(
-        HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter))
-    parser.set_defaults(**recipe_defaults)
-    for action in parser._actions:
-        if action.dest in (help_notes or {}):
-            action.help = f"{action.help}; {help_notes[action.dest]}"
-    if later_defaults is not None:
-        known, _ = parser.parse_known_args(argv)
-        parser.set_defaults(**later_defaults(known))
-    try:
-        return parser.parse_args_into_dataclasses(argv)
-    except ValueError as error:  # a config's own check (__post_init__), which names the flag
-        raise RecipeError(str(error)) from None
+    def get(self, cls):
+        """The method config of class `cls` (a default one when none was given)."""
+        found = [c for c in self.method_configs if isinstance(c, cls)]
+        return found[0] if found else cls()
 
 
-def run_main(name: str, train, argv=None) -> int:
-    """Run a recipe's `train(argv)`: a user error (a flag, a file, a run directory) is one line on stderr and exit
-    status 2, without a traceback; bugs keep theirs."""
-    return errors.run_main(train, name, argv)  # RecipeError, RunError, RewardError, PairStoreError, ... are UserErrors
+SHARED_CONFIGS = (WanRunConfig, LoopConfig, AdapterConfig, EvalConfig, wan.WanGenerationConfig)
 
 
-def pipeline_generation_defaults(pipeline: str, preset: dict | None = None) -> dict:
-    """Generation defaults: a tiny pipeline's generation_defaults.json, else `preset`, else Wan-2.1's model card."""
-    if (Path(pipeline) / GENERATION_DEFAULTS_FILE).is_file() or preset is None:
-        return asdict(generation_defaults(pipeline))
-    return {**asdict(wan.GenerationConfig()), **preset}
+# ------------------------------------------------------------------------------------------------- seeds and prompts
+STREAMS = {"step": 7, "pair_batches": 11, "step_prompts": 13, "eval_noise": 17, "nft": 19}
+"""Named random streams; the numbers are the salts earlier runs used, so their results are unchanged."""
 
 
-def seed_of(*parts: int) -> int:
-    """A 32-bit seed that is a function of its parts only (runs resume exactly, on any number of processes)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+def seed_of(seed: int, stream: str, *parts: int) -> int:
+    """A 32-bit seed that is a function of (seed, stream, parts) only: runs resume exactly on any number of
+    processes, and two streams never share draws."""
+    return int(np.random.SeedSequence([int(seed), STREAMS[stream], *(int(p) for p in parts)]).generate_state(1)[0])
+
+
+def epoch_order(items: list, count: int, seed: int, stream: str, rank: int, position: int, *parts: int) -> list:
+    """The `position`-th draw of `count` items: epochs of permutations seeded by (seed, stream, rank, parts, epoch),
+    a function of the position only, so a resumed run draws the same."""
+    chosen = []
+    for slot in range(position * count, (position + 1) * count):
+        epoch, offset = divmod(slot, len(items))
+        order = np.random.default_rng([seed, STREAMS[stream], rank, *parts, epoch]).permutation(len(items))
+        chosen.append(items[int(order[offset])])
+    return chosen
 
 
 def read_prompts(path) -> list[str]:
@@ -166,167 +177,259 @@ def read_prompts(path) -> list[str]:
     return [line.strip() for line in lines]
 
 
-class WanPostTraining:
-    """The set-up and the shared parts of a Wan post-training run on this process.
+def pipeline_generation_defaults(pipeline: str, preset: dict | None = None) -> dict:
+    """Generation defaults: a tiny pipeline's generation_defaults.json, else `preset`, else Wan-2.1's model card."""
+    if (Path(pipeline) / GENERATION_DEFAULTS_FILE).is_file() or preset is None:
+        return asdict(generation_defaults(pipeline))
+    return {**asdict(wan.WanGenerationConfig()), **preset}
 
-    Attributes a recipe uses: accelerator, device, run (descore_plugin.training.runs.Run), pipe, generation, prompt_cache,
-    prompts, my_prompts (this process's (prompt id, prompt) pairs), rewards (RewardSet), transformer (unwrapped),
-    model (accelerate-prepared), optimizer, lora_parameters, start_step.
-    """
 
-    def __init__(self, args: RunArguments, train: TrainArguments, evaluation: EvalArguments,
-                 generation: wan.GenerationConfig, recorded: dict, scheduler_shift: float | None = None):
-        from accelerate import Accelerator
+def is_tiny_pipeline(pipeline: str) -> bool:
+    return (Path(pipeline) / GENERATION_DEFAULTS_FILE).is_file()
 
-        self.args, self.train_args, self.eval_args, self.generation = args, train, evaluation, generation
-        generation.check()
-        if train.max_steps < 1:
-            raise RecipeError(f"--max-steps must be >= 1, got {train.max_steps}")
-        self.accelerator = accelerator = Accelerator()
-        self.device = device = accelerator.device
-        self.dtype = getattr(torch, args.dtype) if args.dtype else (
-            torch.bfloat16 if device.type == "cuda" else torch.float32)
-        self.prompts = read_prompts(args.prompts)
-        reward_lib.check_rewards(args.reward or ["descore"], args.reward_model, args.think)  # before the run exists
-        self.run = Run.open(args.output_dir, recorded, resume=args.resume, overwrite=args.overwrite,
-                            may_change=MAY_CHANGE_ON_RESUME, main_process=accelerator.is_main_process,
-                            wait_for_everyone=accelerator.wait_for_everyone)
-        self.rewards = reward_lib.reward_set(args.reward or ["descore"], reward_model=args.reward_model,
-                                             think=args.think, device=device, dtype=self.dtype)
-        self.pipe = wan.load_wan_pipeline(args.pipeline, device=device, dtype=self.dtype)
-        if scheduler_shift is not None:  # the same scheduler with another time shift
-            config = self.pipe.scheduler.config
-            key = "flow_shift" if "flow_shift" in config else "shift"
-            self.pipe.scheduler = type(self.pipe.scheduler).from_config(config, **{key: scheduler_shift})
 
-        with accelerator.split_between_processes(list(enumerate(self.prompts))) as mine:
-            self.my_prompts = list(mine)
-        if not self.my_prompts:
-            raise RecipeError(f"--prompts {args.prompts}: {len(self.prompts)} prompts for "
-                              f"{accelerator.num_processes} processes")
-        self.eval_prompts = self.prompts[: evaluation.eval_prompts] * evaluation.eval_videos_per_prompt
-        # prompt embeddings once (kept on the CPU: 4 MB per prompt for the real model); then the encoder leaves
-        self.prompt_cache = wan.PromptCache(self.pipe, generation.max_sequence_length, generation.negative_prompt,
-                                            device="cpu")
-        self.prompt_cache.precompute([p for _, p in self.my_prompts] + self.eval_prompts + [generation.negative_prompt],
-                                     progress=accelerator.is_main_process)
-        self.pipe.text_encoder.to("cpu")
+# ---------------------------------------------------------------------------------------------------------- rewards
+def check_reward_flags(run: WanRunConfig) -> None:
+    """--reward and --check, validated before anything is loaded."""
+    specs, checks = run.reward or ["descore"], run.check or []
+    trained = reward_lib.check_rewards(specs, run.reward_model, run.think)
+    if checks:
+        if any("=" in c for c in checks):
+            raise RecipeError(f"--check {checks}: a check has no weight (it is never trained on); give NAME only")
+        reward_lib.check_rewards(checks, run.reward_model, run.think)
+        both = [c for c in checks if c in trained]
+        if both:
+            raise RecipeError(f"--check {both[0]}: also a trained --reward; a check must be independent of training")
 
-        self.transformer = self.pipe.transformer
-        torch.manual_seed(args.seed)  # the LoRA A matrices: the same in every run and on every process
-        targets = wan.WAN_ATTENTION_TARGETS if train.lora_targets == "attention" else wan.WAN_ALL_LINEAR_TARGETS
-        self.lora_parameters = wan.add_lora(self.transformer, rank=train.lora_rank, alpha=train.lora_alpha,
-                                            target_modules=targets)
-        if train.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(self.lora_parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
-        self.model, self.optimizer = accelerator.prepare(self.transformer, optimizer)
-        self.start_step = self._resume() if args.resume else 0
 
-    # ------------------------------------------------------------------ checkpoints
-    def _resume(self) -> int:
-        from safetensors.torch import load_file
+def build_rewards(run: WanRunConfig, device, dtype) -> tuple[reward_lib.RewardSet, reward_lib.RewardSet]:
+    """(trained, evaluated): the --reward set, and the same plus the --check rewards (weight 0, never combined).
+    One DeScore model serves both."""
+    specs, checks = run.reward or ["descore"], run.check or []
+    model = run.reward_model
+    if model is not None and any(n.startswith("descore") for n in specs + checks) and isinstance(model, str):
+        model = reward_lib.load_reward_model(model, device=device, dtype=dtype)
+    options = dict(reward_model=model, think=run.think, device=device, dtype=dtype,
+                   max_new_tokens=run.reward_max_new_tokens)
+    trained = reward_lib.reward_set(specs, **options)
+    if not checks:
+        return trained, trained
+    judged = any(n.startswith("descore") for n in specs)
+    extra = [c for c in checks if not (judged and c.startswith("descore"))]  # the judge already returns those names
+    callables = trained.rewards + (reward_lib.reward_set(extra, **options).rewards if extra else [])
+    return trained, reward_lib.RewardSet({**trained.weights, **{c: 0.0 for c in checks}}, callables)
 
-        checkpoint = self.run.latest_checkpoint()
-        if checkpoint is None:
-            return self.run.resume_step()
-        wan.load_lora_state_dict(self.transformer, load_file(str(checkpoint / LORA_FILE)))
-        self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True))
-        step = self.run.resume_step()
-        self.accelerator.wait_for_everyone()
-        self.accelerator.print(f"resumed from {checkpoint} (step {step})")
-        return step
 
-    def _save_checkpoint(self, step: int) -> None:
-        from safetensors.torch import save_file
+# ------------------------------------------------------------------------------------------------------ LoRA's EMA
+class LoraEMA:
+    """An exponential moving average of the LoRA weights, flow_grpo's `EMAModuleWrapper` rule: after optimiser step
+    n (1-based), when n % interval == 0, ema += (1 - d) (w - ema) with d = min((1 + n) / (10 + n), decay)."""
 
-        def write(directory: Path) -> None:
-            state = {k: v.contiguous() for k, v in wan.lora_state_dict(self.transformer).items()}
-            save_file(state, str(directory / LORA_FILE))
-            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    def __init__(self, parameters, decay: float = 0.9, interval: int = 8, names: list[str] | None = None):
+        self.parameters = list(parameters)
+        self.names = list(names) if names is not None else [f"{i:05d}" for i in range(len(self.parameters))]
+        self.decay, self.interval = decay, interval
+        self.shadow = [p.detach().clone().float() for p in self.parameters]
 
-        self.run.save_checkpoint(step, write)
-        self.accelerator.wait_for_everyone()
-
-    # ------------------------------------------------------------------ logging and evaluation
-    def log(self, row: dict) -> None:
-        self.run.log(row)
+    def current_decay(self, step: int) -> float:
+        return min((1 + step) / (10 + step), self.decay)
 
     @torch.no_grad()
-    def evaluate(self, step: int, batch_size: int) -> dict:
+    def update(self, step: int) -> None:
+        if (step + 1) % self.interval != 0:  # flow_grpo: `(optimization_step + 1) % update_step_interval == 0`
+            return
+        keep = 1 - self.current_decay(step)
+        for shadow, parameter in zip(self.shadow, self.parameters):
+            shadow.add_(keep * (parameter.detach().float() - shadow))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The LoRA holds the EMA weights inside the block, its own weights again after."""
+        saved = [p.detach().clone() for p in self.parameters]
+        with torch.no_grad():
+            for shadow, parameter in zip(self.shadow, self.parameters):
+                parameter.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for value, parameter in zip(saved, self.parameters):
+                    parameter.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.shadow))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = [state[name].float().clone() for name in self.names]
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+class WanMethod:
+    """The base of a Wan post-training method; implements `descore_plugin.training.loop.Method`.
+
+    A subclass sets `name`, `curve_names`, `config_classes` (its own dataclasses, flags of its recipe), `defaults`
+    (its defaults of shared flags, e.g. the learning rate), optionally `help_notes` and `later_defaults`, and
+    implements `prepare()` (after the shared set-up) and `train_step(step) -> metrics`. `extra_state()` /
+    `load_extra_state()` add to the checkpoint; `self.ema`, when set, is what is evaluated and published.
+
+    Attributes after `setup`: loop, accelerator, device, dtype, pipe, transformer (unwrapped), model (prepared),
+    optimizer, lora_parameters, prompts, my_prompts ((prompt id, prompt) of this process), prompt_cache, rewards
+    (trained), eval_rewards (+ checks), generation, run, adapter, evaluation, rank.
+    """
+
+    name = "post-training"
+    curve_names: tuple = ()
+    config_classes: tuple = ()
+    defaults: dict = {}
+    help_notes: dict = {}
+    may_change_on_resume: tuple = ()
+    eval_batch_size = 4
+
+    def __init__(self, config: PostTrainingConfig):
+        self.config = config
+        self.run, self.adapter, self.evaluation = config.run, config.adapter, config.evaluation
+        self.generation = config.generation
+        self.ema: LoraEMA | None = None
+
+    @classmethod
+    def later_defaults(cls, known) -> dict:
+        """Defaults that depend on other flags (parsed first): here the pipeline's generation settings."""
+        return pipeline_generation_defaults(known.pipeline)
+
+    @property
+    def arguments(self) -> dict:
+        """What run_args.json records and --resume compares: every field except the loop's."""
+        recorded = {"method": self.config.method}
+        for config in (self.run, self.adapter, self.evaluation, self.generation, *self.config.method_configs):
+            recorded.update({f.name: getattr(config, f.name) for f in fields(config)})
+        return recorded
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, loop: RunLoop) -> None:
+        run, adapter = self.run, self.adapter
+        self.loop, self.accelerator = loop, loop.accelerator
+        self.device, self.rank = self.accelerator.device, self.accelerator.process_index
+        self.dtype = getattr(torch, run.dtype) if run.dtype else (
+            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.rewards, self.eval_rewards = build_rewards(run, self.device, self.dtype)
+        self.pipe = wan.load_wan_pipeline(run.pipeline, device=self.device, dtype=self.dtype)
+        with self.accelerator.split_between_processes(list(enumerate(self.prompts))) as mine:
+            self.my_prompts = list(mine)
+        if not self.my_prompts:
+            raise RecipeError(f"--prompts {run.prompts}: {len(self.prompts)} prompts for "
+                              f"{self.accelerator.num_processes} processes")
+        self.eval_prompts = self.prompts[: self.evaluation.eval_prompts] * self.evaluation.eval_videos_per_prompt
+        # prompt embeddings once (kept on the CPU: 4 MB per prompt for the real model); then the encoder leaves
+        self.prompt_cache = wan.PromptCache(self.pipe, self.generation.max_sequence_length,
+                                            self.generation.negative_prompt, device="cpu")
+        self.prompt_cache.precompute([p for _, p in self.my_prompts] + self.eval_prompts
+                                     + [self.generation.negative_prompt], progress=self.accelerator.is_main_process)
+        self.pipe.text_encoder.to("cpu")
+        self.transformer = self.pipe.transformer
+        torch.manual_seed(run.seed)  # the LoRA A matrices: the same in every run and on every process
+        targets = wan.WAN_ATTENTION_TARGETS if adapter.lora_targets == "attention" else wan.WAN_ALL_LINEAR_TARGETS
+        self.lora_parameters = wan.add_lora(self.transformer, rank=adapter.lora_rank, alpha=adapter.lora_alpha,
+                                            target_modules=targets)
+        self.lora_names = [name for name, p in self.transformer.named_parameters() if p.requires_grad]
+        if adapter.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(self.lora_parameters, lr=adapter.learning_rate,
+                                      weight_decay=adapter.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(self.transformer, optimizer)
+        self.prepare()
+
+    def check(self) -> None:
+        """Checks of the flags before anything is loaded or written (raise RecipeError naming the flag)."""
+        self.generation.check()
+        check_reward_flags(self.run)
+        self.prompts = read_prompts(self.run.prompts)
+        if self.evaluation.eval_prompts < 1 or self.evaluation.eval_videos_per_prompt < 1:
+            raise RecipeError("--eval-prompts and --eval-videos-per-prompt must be >= 1")
+
+    def prepare(self) -> None:
+        """The method's own set-up, after the shared one."""
+
+    def train_step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluated_weights(self):
+        """The weights that are evaluated and published: the EMA's when the method keeps one."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
         """Fresh videos of the evaluation prompts from fixed noise (the same at every evaluation), scored by every
-        reward; writes samples/step-N/ (mp4 + scores.jsonl) and an eval row of metrics.jsonl."""
+        reward and check; writes samples/step-N/ (mp4 + scores.jsonl); returns eval/<name>, eval/<name>_std,
+        eval/num_items."""
         from accelerate.utils import gather_object
 
         from descore_plugin.data.video import write_video
 
         self.transformer.eval()
-        folder = self.run.output_dir / "samples" / f"step-{step:06d}"
+        folder = self.loop.output_dir / "samples" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        with self.accelerator.split_between_processes(list(enumerate(self.eval_prompts))) as jobs:
+        size = self.eval_batch_size
+        with self.evaluated_weights(), \
+                self.accelerator.split_between_processes(list(enumerate(self.eval_prompts))) as jobs:
             lines = []
-            for start in range(0, len(jobs), batch_size):
-                chunk = jobs[start : start + batch_size]
-                noise = torch.cat([wan.initial_noise(self.pipe, 1, self.generation,
-                                                     generator=torch.Generator().manual_seed(seed_of(self.args.seed,
-                                                                                                     17, index)))
+            for start in range(0, len(jobs), size):
+                chunk = jobs[start : start + size]
+                noise = torch.cat([wan.initial_noise(self.pipe, 1, self.generation, generator=torch.Generator()
+                                                     .manual_seed(seed_of(self.run.seed, "eval_noise", index)))
                                    for index, _ in chunk])
                 prompts = [prompt for _, prompt in chunk]
                 videos, _ = wan.generate(self.pipe, self.prompt_cache, prompts, self.generation,
                                          transformer=self.transformer, latents=noise.to(self.device),
-                                         solver=self.eval_args.solver)
-                scores, cots = self.rewards(videos, prompts), self.rewards.last_cots()
+                                         solver=self.evaluation.solver)
+                scores, cots = self.eval_rewards(videos, prompts), self.eval_rewards.last_cots()
                 for row, (index, prompt) in enumerate(chunk):
                     write_video(folder / f"{index:03d}.mp4", videos[row], fps=16)
                     lines.append({"index": index, "prompt": prompt, "video": f"{index:03d}.mp4",
                                   "scores": {name: _number(value[row]) for name, value in scores.items()},
                                   **({"cot": cots[row]} if cots is not None else {})})
         lines = sorted((line for part in gather_object([lines]) for line in part), key=lambda line: line["index"])
-        row = {"kind": "eval", "step": step, "num_videos": len(lines)}
-        for name in self.rewards.names:
-            values = np.array([math.nan if l["scores"][name] is None else l["scores"][name] for l in lines])
-            row[f"eval/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            row[f"eval_std/{name}"] = float(np.nanstd(values)) if np.isfinite(values).any() else math.nan
+        metrics = {"eval/num_items": float(len(lines))}
+        for name in self.eval_rewards.names:
+            values = np.array([math.nan if line["scores"][name] is None else line["scores"][name] for line in lines])
+            finite = np.isfinite(values).any()
+            metrics[f"eval/{name}"] = float(np.nanmean(values)) if finite else math.nan
+            metrics[f"eval/{name}_std"] = float(np.nanstd(values)) if finite else math.nan
         if self.accelerator.is_main_process:
             (folder / "scores.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-        self.log(row)
-        self.accelerator.print(f"step {step}: fixed prompts " +
-                               ", ".join(f"{name} = {row[f'eval/{name}']:.5f}" for name in self.rewards.names))
-        return row
+        self.transformer.train()
+        return metrics
 
-    def steps(self, desc: str):
-        """The step indices still to run (from the resumed step), with a progress bar."""
-        from tqdm.auto import tqdm
+    def reward_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+        """reward/<name>: this process's mean of the training samples' rewards (the loop averages the processes)."""
+        return {f"reward/{name}": float(torch.nanmean(value.float())) for name, value in scores.items()
+                if name in self.rewards.weights}
 
-        self.progress = tqdm(total=self.train_args.max_steps, initial=self.start_step, desc=desc,
-                             disable=not self.accelerator.is_main_process)
-        yield from range(self.start_step, self.train_args.max_steps)
-        self.progress.close()
+    # ------------------------------------------------------------------ state and publish
+    def extra_state(self) -> dict:
+        return {}
 
-    def after_step(self, done: int, eval_batch_size: int, postfix: dict) -> None:
-        """The cadence after a training step: progress, evaluation, checkpoint (and both at the end)."""
-        self.progress.update(1)
-        self.progress.set_postfix({key: f"{value:.4f}" for key, value in postfix.items()})
-        checkpoint = done == self.train_args.max_steps or done % self.train_args.checkpoint_every == 0
-        if checkpoint or (self.eval_args.eval_every and done % self.eval_args.eval_every == 0):
-            self.evaluate(done, eval_batch_size)  # every checkpoint has its fixed-prompt samples
-        if checkpoint:
-            self._save_checkpoint(done)
+    def load_extra_state(self, state: dict) -> None:
+        pass
 
-    def finish(self, train_curves: list[str]) -> None:
-        """The final LoRA (diffusers format), curves.png and a one-line summary per reward."""
-        if self.accelerator.is_main_process:
-            wan.save_lora_weights(self.transformer, self.run.output_dir)
-            rows = self.run.metrics()
-            plot_curves(rows, self.rewards.names, train_curves, self.run.output_dir / "curves.png")
-            evals = [r for r in rows if r["kind"] == "eval"]
-            for name in self.rewards.names:
-                first, last = (_number(r.get(f"eval/{name}")) for r in (evals[0], evals[-1]))
-                print(f"{name} of the fixed prompts: {first} (step {evals[0]['step']}) -> {last} "
-                      f"(step {evals[-1]['step']})")
-            print(f"LoRA in {self.run.output_dir}")
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+    def state_dict(self) -> dict:
+        state = {LORA_STATE: {k: v.contiguous() for k, v in wan.lora_state_dict(self.transformer).items()},
+                 "optimizer": self.optimizer.state_dict()}
+        if self.ema is not None:
+            state["lora_ema"] = self.ema.state_dict()
+        return {**state, **self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        wan.load_lora_state_dict(self.transformer, state[LORA_STATE])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["lora_ema"])
+        self.load_extra_state(state)
+
+    def save_pretrained(self, directory) -> None:
+        """The final LoRA in the diffusers format (the EMA's weights when the method keeps one)."""
+        with self.evaluated_weights():
+            wan.save_lora_weights(self.transformer, directory)
 
 
 def _number(value):
@@ -334,43 +437,125 @@ def _number(value):
     return None if value is None or math.isnan(value) else value
 
 
-def plot_curves(rows: list[dict], reward_names: list[str], train_keys: list[str], path: Path) -> None:
-    """One panel per reward (the fixed prompts' mean, and the training videos' where logged as reward/<name>), and
-    one panel of the recipe's training curves (`train_keys` of the train rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [{key: math.nan if value is None else value for key, value in row.items()} for row in rows]
-    train = [r for r in rows if r["kind"] == "train"]
-    evals = [r for r in rows if r["kind"] == "eval"]
-    figure, axes = plt.subplots(1, len(reward_names) + 1, figsize=(5 * (len(reward_names) + 1), 4), squeeze=False)
-    for axis, name in zip(axes[0], reward_names):
-        if any(f"reward/{name}" in r for r in train):
-            axis.plot([r["step"] for r in train], [r.get(f"reward/{name}", math.nan) for r in train], alpha=0.6,
-                      label="training videos")
-        axis.plot([r["step"] for r in evals], [r[f"eval/{name}"] for r in evals], "o-", label="fixed prompts")
-        axis.set(title=name, xlabel="step", ylabel="mean reward")
-        axis.legend()
-    axis = axes[0][-1]
-    for key in train_keys:
-        axis.plot([r["step"] for r in train], [r.get(key, math.nan) for r in train], label=key)
-    axis.set_xlabel("step")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+# ---------------------------------------------------------------------------------------------------- the registry
+METHODS: dict[str, tuple[str, str, dict]] = {
+    "flow_dpo": ("descore_plugin.integrations.flow_dpo", "FlowDPO", {}),
+    "flow_grpo": ("descore_plugin.integrations.grpo", "WanGRPO", {"algorithm": "flow_grpo"}),
+    "longcat": ("descore_plugin.integrations.grpo", "WanGRPO", {"algorithm": "longcat"}),
+    "nft": ("descore_plugin.integrations.nft", "DiffusionNFT", {}),
+}
+"""name -> (module, class, defaults of its flags): the methods `post_train.py METHOD` knows."""
 
 
-def recorded_arguments(*configs) -> dict:
-    """The arguments a run directory records (and compares on --resume): every field of the parsed dataclasses."""
-    recorded = {}
-    for config in configs:
-        recorded.update({f.name: getattr(config, f.name) for f in fields(config)})
-    return recorded
+def register_method(name: str, cls: type, **defaults) -> None:
+    """Make a WanMethod subclass (e.g. your own one-file method) available as `post_train.py NAME`."""
+    METHODS[name] = (cls.__module__, cls.__qualname__, defaults)
+    _CLASSES[name] = cls
 
 
-__all__ = ["RunArguments", "TrainArguments", "EvalArguments", "WanPostTraining", "RecipeError", "RunError",
-           "parse_arguments", "run_main", "pipeline_generation_defaults", "read_prompts", "recorded_arguments", "seed_of",
-           "plot_curves"]
+_CLASSES: dict[str, type] = {}
+
+
+def method_class(name: str) -> tuple[type, dict]:
+    if name not in METHODS:
+        raise RecipeError(f"method {name!r}: choose one of {', '.join(METHODS)}")
+    module, attribute, defaults = METHODS[name]
+    cls = _CLASSES.get(name) or getattr(importlib.import_module(module), attribute)
+    return cls, defaults
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The recipe's docstring as written, and every flag's default after its help ("required" for a flag without)."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action)
+
+
+def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None,
+                    help_notes: dict[str, str] | None = None, prog: str | None = None):
+    """Parse dataclasses with transformers' HfArgumentParser (`--help` lists every field's help and default).
+    recipe_defaults: defaults of shared fields (the ones --help shows); later_defaults(namespace) -> defaults that
+    depend on other flags, applied before the final parse; help_notes: {field: text} added to a field's help."""
+    from transformers import HfArgumentParser
+
+    parser = errors.one_line_errors(HfArgumentParser(dataclass_types, description=description, prog=prog,
+                                                     formatter_class=_HelpFormatter))
+    parser.set_defaults(**recipe_defaults)
+    for action in parser._actions:
+        if action.dest in (help_notes or {}):
+            action.help = f"{action.help}; {help_notes[action.dest]}"
+    if later_defaults is not None:
+        known, _ = parser.parse_known_args(argv)
+        parser.set_defaults(**later_defaults(known))
+    try:
+        return parser.parse_args_into_dataclasses(argv)
+    except ValueError as error:  # a config's own check (__post_init__), which names the flag
+        raise RecipeError(str(error)) from None
+
+
+def recipe_defaults(name: str) -> dict:
+    """The defaults a method's recipe shows in --help (its own and those of its registry entry)."""
+    cls, defaults = method_class(name)
+    return {**cls.defaults, **defaults}
+
+
+def config_from_argv(name: str, argv=None, description: str | None = None, prog: str | None = None
+                     ) -> PostTrainingConfig:
+    """The PostTrainingConfig of `METHOD`'s flags (as `post_train.py METHOD` parses them)."""
+    cls, _ = method_class(name)
+    parsed = parse_arguments(SHARED_CONFIGS + tuple(cls.config_classes), argv, description or cls.__doc__,
+                             recipe_defaults(name), cls.later_defaults, cls.help_notes, prog=prog)
+    run, loop, adapter, evaluation, generation, *own = parsed
+    return PostTrainingConfig(name, run, loop, adapter, evaluation, generation, tuple(own))
+
+
+def post_train(config: PostTrainingConfig, accelerator=None) -> RunResult:
+    """Run one post-training method in this process: returns the run directory, the step reached and the final
+    evaluation's metrics (eval/<reward>, eval/<check>, eval/<name>_std, eval/num_items)."""
+    cls, _ = method_class(config.method)
+    method = cls(config)
+    config.loop.check()
+    method.check()  # every flag is checked before the run directory exists
+    return RunLoop(method, config.loop, accelerator).run()
+
+
+def recipe_main(name: str, prog: str, description: str | None = None, argv=None) -> int:
+    """A recipe's main: parse METHOD's flags, run, print a summary; a user error is one line and exit 2."""
+    def train(argv) -> int:
+        # errors.run_main shows the package's log lines (utils.logging.setup_logging)
+        result = post_train(config_from_argv(name, argv, description, prog))
+        rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+        evals = [row for row in rows if row.get("kind") == "eval"]
+        for key in [k for k in evals[-1] if k.startswith("eval/") and not k.endswith("_std") and k != "eval/num_items"]:
+            print(f"{key[5:]} of the fixed prompts: {evals[0].get(key)} (step {evals[0]['step']}) -> "
+                  f"{evals[-1].get(key)} (step {evals[-1]['step']})")
+        print(f"LoRA in {result.output_dir}")
+        return 0
+
+    return errors.run_main(train, prog, argv)
+
+
+def main(argv=None) -> int:
+    """`post_train.py METHOD [flags]`: METHOD is one of METHODS; `post_train.py METHOD --help` lists its flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = (f"post_train.py METHOD [flags]: METHOD is one of {', '.join(METHODS)}; `post_train.py METHOD --help` "
+             f"lists its own flags too. The flags every method shares:")
+    if argv[:1] in (["-h"], ["--help"]):
+        parse_arguments(SHARED_CONFIGS, ["--help"], usage, {}, prog="post_train.py METHOD")  # exits 0
+    if not argv or argv[0] not in METHODS:
+        what = f"method {argv[0]!r}: " if argv else "no METHOD; "
+        print(f"post_train.py: error: {what}choose one of {', '.join(METHODS)}", file=sys.stderr)
+        return errors.USAGE_EXIT_STATUS
+    return recipe_main(argv[0], f"post_train.py {argv[0]}", None, argv[1:])
+
+
+__all__ = ["WanRunConfig", "AdapterConfig", "EvalConfig", "LoopConfig", "PostTrainingConfig", "WanMethod", "LoraEMA",
+           "METHODS", "register_method", "method_class", "config_from_argv", "post_train", "recipe_main", "main",
+           "parse_arguments", "pipeline_generation_defaults", "read_prompts", "seed_of", "epoch_order", "STREAMS",
+           "build_rewards", "check_reward_flags", "RecipeError", "RunError", "RunResult"]
+
+if __name__ == "__main__":
+    sys.exit(main())

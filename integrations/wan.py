@@ -58,7 +58,7 @@ def _help(text: str, default):
 
 
 @dataclass
-class GenerationConfig:
+class WanGenerationConfig:
     """How videos are generated (pair building, rollouts, evaluation). Defaults: the Wan-2.1 1.3B model card; a tiny
     pipeline from `descore init-tiny-wan` carries its own (`descore_plugin.testing.tiny_wan.generation_defaults`)."""
 
@@ -421,7 +421,7 @@ def sample(
     return SampleOutput(latents=latents, grid=grid, trajectory=trajectory)
 
 
-def initial_noise(pipe, batch_size: int, generation: GenerationConfig, generator=None, device=None) -> torch.Tensor:
+def initial_noise(pipe, batch_size: int, generation: WanGenerationConfig, generator=None, device=None) -> torch.Tensor:
     """Initial latents N(0, I) of shape `latent_shape`, float32, drawn like `WanPipeline.prepare_latents`."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -434,7 +434,7 @@ def generate(
     pipe,
     prompt_cache: PromptCache,
     prompts: Sequence[str],
-    generation: GenerationConfig,
+    generation: WanGenerationConfig,
     transformer=None,
     generator=None,
     latents: torch.Tensor | None = None,
@@ -465,3 +465,14 @@ def generate(
     return decode_latents(pipe, output.latents), output.latents
 
 
+
+
+def __getattr__(name):
+    # `GenerationConfig` was this module's name for WanGenerationConfig; it is transformers' name for another thing.
+    if name == "GenerationConfig":
+        import warnings
+
+        warnings.warn("descore_plugin.integrations.wan.GenerationConfig is now WanGenerationConfig", DeprecationWarning,
+                      stacklevel=2)
+        return WanGenerationConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

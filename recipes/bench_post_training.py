@@ -72,7 +72,7 @@ def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def generation_for(args, pipeline: str) -> wan.GenerationConfig:
+def generation_for(args, pipeline: str) -> wan.WanGenerationConfig:
     generation = tiny_wan.generation_defaults(pipeline)
     for name in ("num_frames", "height", "width"):
         if getattr(args, name) is not None:
@@ -182,7 +182,7 @@ def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
 
 
 def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int = 3) -> dict:
-    """Median seconds of the phases of `grpo.GRPOTrainer.step` (time/sample, time/reward, time/train) over
+    """Median seconds of the phases of `grpo.WanGRPOTrainer.step` (time/sample, time/reward, time/train) over
     `iterations` steps after one warm-up step: 2 prompts x config.group_size videos, the pipeline's generation
     defaults (tiny: 9 x 64 x 64, 6 steps, CFG 5), LoRA --lora-rank/--lora-alpha on every linear, one process.
     rewards_for(device, dtype) returns the RewardSet."""
@@ -207,7 +207,7 @@ def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int
     model, optimizer = accelerator.prepare(transformer, optimizer)
     rewards = rewards_for(device, dtype)
     generator = torch.Generator().manual_seed(args.seed)
-    trainer = grpo.GRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
+    trainer = grpo.WanGRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
     runs = [trainer.step(prompts, generator) for _ in range(iterations + 1)][1:]
     phases = {key: statistics.median(run[f"time/{key}"] for run in runs) for key in ("sample", "reward", "train")}
     phases["videos_per_step"] = len(prompts) * config.group_size
@@ -229,8 +229,8 @@ def measure_longcat_over_flowgrpo_step_cost(args, workdir: Path) -> dict:
     def analytic(device, dtype):
         return reward_set(["analytic:redness"])
 
-    flow = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("flow_grpo"), analytic)
-    longcat = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("longcat"), analytic)
+    flow = _grpo_step_seconds(args, workdir, grpo.WanGRPOConfig("flow_grpo"), analytic)
+    longcat = _grpo_step_seconds(args, workdir, grpo.WanGRPOConfig("longcat"), analytic)
     per_rollout = lambda phases: phases["train"] / phases["videos_per_step"]  # noqa: E731
     return {
         "longcat_over_flowgrpo_step_cost": per_rollout(longcat) / per_rollout(flow),
@@ -257,7 +257,7 @@ def _reward_share(args, workdir: Path, think: bool) -> dict:
     def descore(device, dtype):
         return reward_set(["descore"], reward_model=str(model_dir), think=think, device=device, dtype=dtype)
 
-    phases = _grpo_step_seconds(args, workdir, grpo.GRPOConfig("flow_grpo"), descore, iterations=2)
+    phases = _grpo_step_seconds(args, workdir, grpo.WanGRPOConfig("flow_grpo"), descore, iterations=2)
     share = phases["reward"] / (phases["sample"] + phases["reward"] + phases["train"])
     key = "reward_share_think" if think else "reward_share_nothink"
     return {key: share, key.replace("reward_share", "reward_share_detail"): {

@@ -81,7 +81,7 @@ class VBenchInputError(UserError):
 
 @dataclass
 class VBenchArguments:
-    """What to generate and how to score it (generation settings: wan.GenerationConfig's flags)."""
+    """What to generate and how to score it (generation settings: wan.WanGenerationConfig's flags)."""
 
     pipeline: str = field(default=None, metadata={"help": f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})",
                                                    "required": True})
@@ -112,8 +112,8 @@ class VBenchArguments:
                                                                    "(needs internet on the scoring machine)"})
 
 
-def parse_args(argv=None) -> tuple[VBenchArguments, wan.GenerationConfig]:
-    return parse_arguments((VBenchArguments, wan.GenerationConfig), argv, __doc__, {},
+def parse_args(argv=None) -> tuple[VBenchArguments, wan.WanGenerationConfig]:
+    return parse_arguments((VBenchArguments, wan.WanGenerationConfig), argv, __doc__, {},
                            lambda known: pipeline_generation_defaults(known.pipeline))
 
 
@@ -139,7 +139,7 @@ def video_seed(seed: int, prompt_index: int, video_index: int) -> int:
     return int(np.random.SeedSequence([seed, 17, prompt_index, video_index]).generate_state(1)[0])
 
 
-def generate_videos(args, generation: wan.GenerationConfig, prompts: list[str], lora: str | None,
+def generate_videos(args, generation: wan.WanGenerationConfig, prompts: list[str], lora: str | None,
                     videos_dir: Path) -> int:
     """Write `{prompt}-{i}.mp4` for every prompt and i; returns the number of videos generated now."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -17,11 +17,11 @@ from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.grpo import (
     AdvantageError,
-    GRPOConfig,
+    WanGRPOConfig,
     clipped_policy_loss,
     fill_missing_rewards,
     gaussian_log_prob,
-    group_advantages,
+    group_advantages_population,
     longcat_loss_weights,
     longcat_step_kl,
     max_group_std_advantages,
@@ -165,12 +165,12 @@ def test_group_advantages_exact():
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
     std = math.sqrt(1.25)
     expected = [(r - 2.5) / (std + 1e-4) for r in (1, 2, 3, 4)] + [0.0] * 4
-    assert torch.allclose(group_advantages(rewards, 4), torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(group_advantages_population(rewards, 4), torch.tensor(expected), atol=1e-6)
 
 
 def test_group_advantages_clamp_at_five():
     rewards = torch.tensor([0.0] * 29 + [1.0])  # z of the outlier = sqrt(29) = 5.39
-    advantages = group_advantages(rewards, 30)
+    advantages = group_advantages_population(rewards, 30)
     assert advantages[-1].item() == 5.0
     assert advantages[0].item() == pytest.approx(-(1 / 30) / (math.sqrt(29) / 30 + 1e-4), rel=1e-5)
 
@@ -191,7 +191,7 @@ def test_max_group_std_normalisation_exact_and_across_ranks():
 def test_missing_rewards_carry_no_signal():
     rewards = torch.tensor([1.0, float("nan"), 3.0, 2.0])
     assert torch.allclose(fill_missing_rewards(rewards, 4), torch.tensor([1.0, 2.0, 3.0, 2.0]))
-    advantages = group_advantages(rewards, 4)
+    advantages = group_advantages_population(rewards, 4)
     assert advantages[1].item() == 0.0
     assert advantages[0].item() == pytest.approx(-1 / (math.sqrt(2 / 3) + 1e-4), rel=1e-5)
     advantages, _ = max_group_std_advantages(torch.full((4,), float("nan")), 4)
@@ -200,7 +200,7 @@ def test_missing_rewards_carry_no_signal():
 
 def test_rewards_not_in_whole_groups_are_refused():
     with pytest.raises(AdvantageError, match="multiple of the group size 4"):
-        group_advantages(torch.zeros(6), 4)
+        group_advantages_population(torch.zeros(6), 4)
 
 
 def test_clipped_policy_loss_on_numbers():
@@ -217,24 +217,24 @@ def test_flow_grpo_sums_rewards_longcat_sums_advantages():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
     b = torch.tensor([0.0, 0.0, 10.0, float("nan")])  # the NaN carries no signal in either
     weights = {"a": 1.0, "b": 0.5}
-    flow, _ = grpo.advantages(GRPOConfig("flow_grpo"), {"a": a, "b": b}, weights)
-    assert torch.allclose(flow, group_advantages(a + 0.5 * torch.tensor([0.0, 0.0, 10.0, 10 / 3]), 4))
-    longcat, stats = grpo.advantages(GRPOConfig("longcat"), {"a": a, "b": b}, weights)
+    flow, _ = grpo.advantages(WanGRPOConfig("flow_grpo"), {"a": a, "b": b}, weights)
+    assert torch.allclose(flow, group_advantages_population(a + 0.5 * torch.tensor([0.0, 0.0, 10.0, 10 / 3]), 4))
+    longcat, stats = grpo.advantages(WanGRPOConfig("longcat"), {"a": a, "b": b}, weights)
     expected = max_group_std_advantages(a, 4)[0] + 0.5 * max_group_std_advantages(b, 4)[0]
     assert torch.allclose(longcat, expected) and expected[3] == max_group_std_advantages(a, 4)[0][3]
     assert stats["sigma_max/b"] == pytest.approx(math.sqrt(200 / 9), rel=1e-6)
 
 
 def test_one_config_presets_and_one_place_per_difference():
-    flow, longcat = GRPOConfig("flow_grpo"), GRPOConfig("longcat")
+    flow, longcat = WanGRPOConfig("flow_grpo"), WanGRPOConfig("longcat")
     assert (flow.shared_noise, flow.noise_schedule, flow.critical_steps, flow.advantage, flow.kl_beta) == \
         (False, "linear", None, "group", 0.004)
     assert (longcat.shared_noise, longcat.noise_schedule, longcat.critical_steps, longcat.diffusion_cap,
             longcat.advantage, longcat.loss_weighting) == (True, "sqrt", 6, 0.45, "max_group_std", "lambda")
-    mixed = GRPOConfig("longcat", noise_schedule="linear", diffusion_cap=0)  # a field means the same for both
+    mixed = WanGRPOConfig("longcat", noise_schedule="linear", diffusion_cap=0)  # a field means the same for both
     assert mixed.noise_schedule == "linear" and mixed.diffusion_cap is None
     with pytest.raises(ValueError, match="--sde-window and --critical-steps"):
-        GRPOConfig("longcat", sde_window=[0, 3])
+        WanGRPOConfig("longcat", sde_window=[0, 3])
     assert "algorithm ==" not in Path(grpo.__file__).read_text()  # no string tests of the algorithm
 
 
@@ -242,22 +242,22 @@ def test_loss_weights_uniform_lambda_and_flow_grpo_wan():
     sigmas = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
     sigma, sigma_next = torch.tensor([0.8, 0.5]), torch.tensor([0.5, 0.2])
     scale = noise_scale(sigma, sigmas, "linear", 1.0)  # 0.64, 0.4
-    w_policy, w_kl = grpo.loss_weights(GRPOConfig("flow_grpo"), sigma, sigma_next, scale, sigmas)
+    w_policy, w_kl = grpo.loss_weights(WanGRPOConfig("flow_grpo"), sigma, sigma_next, scale, sigmas)
     assert w_policy.item() == 1.0 and w_kl.item() == 1.0
-    wan_config = GRPOConfig("flow_grpo", loss_weighting="noise_over_sqrt_dt")
+    wan_config = WanGRPOConfig("flow_grpo", loss_weighting="noise_over_sqrt_dt")
     w_policy, w_kl = grpo.loss_weights(wan_config, sigma, sigma_next, scale, sigmas)
     assert w_policy.tolist() == pytest.approx([0.64 / math.sqrt(0.3), 0.4 / math.sqrt(0.3)]) and w_kl.item() == 1.0
-    w_policy, w_kl = grpo.loss_weights(GRPOConfig("longcat"), sigma, sigma_next, scale, sigmas)
+    w_policy, w_kl = grpo.loss_weights(WanGRPOConfig("longcat"), sigma, sigma_next, scale, sigmas)
     assert w_kl.tolist() == pytest.approx([0.8 / (0.3 * 0.2), 0.5 / (0.3 * 0.5)])
 
 
 def test_which_steps_are_sde_steps():
-    sde, trained = sde_masks(GRPOConfig("flow_grpo"), 20, 2)  # flow_grpo's Wan trainer: SDE everywhere, T-1 trained
+    sde, trained = sde_masks(WanGRPOConfig("flow_grpo"), 20, 2)  # flow_grpo's Wan trainer: SDE everywhere, T-1 trained
     assert sde.all() and trained[:, :19].all() and not trained[:, 19].any()
-    sde, trained = sde_masks(GRPOConfig("flow_grpo", sde_window=[2, 5]), 8, 1)
+    sde, trained = sde_masks(WanGRPOConfig("flow_grpo", sde_window=[2, 5]), 8, 1)
     assert sde.tolist() == trained.tolist() == [[False, False, True, True, True, False, False, False]]
     with pytest.warns(UserWarning, match="--critical-steps 6 > --num-inference-steps 4: using 4"):
-        sde, trained = sde_masks(GRPOConfig("longcat"), 4, 50, torch.Generator().manual_seed(0))
+        sde, trained = sde_masks(WanGRPOConfig("longcat"), 4, 50, torch.Generator().manual_seed(0))
     assert sde.sum(dim=1).eq(1).all() and torch.equal(sde, trained) and sde[:, 3].any()
 
 
@@ -267,9 +267,9 @@ PROMPTS = tiny_wan.TINY_CORPUS[:4]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tiny_wan_dir):
     torch.set_num_threads(1)
-    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan_grpo"), seed=0)
+    return tiny_wan_dir  # conftest's, shared by the post-training tests
 
 
 def small(tiny_dir, **changes):
@@ -287,14 +287,14 @@ def trainer_for(pipe, generation, config, transformer=None, optimizer=None, rewa
     if optimizer is not None:
         model, optimizer = accelerator.prepare(transformer, optimizer)
     cache = wan.PromptCache(pipe, generation.max_sequence_length)
-    return grpo.GRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
+    return grpo.WanGRPOTrainer(config, accelerator, pipe, model, transformer, optimizer, cache, generation, rewards)
 
 
 def test_noise_level_zero_rollout_is_the_euler_ode_sampler(tiny_dir):
     pipe = wan.load_wan_pipeline(tiny_dir)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # first sigma exactly 1: the t = 1 case too
     generation = small(tiny_dir)
-    trainer = trainer_for(pipe, generation, GRPOConfig("flow_grpo", group_size=2, noise_level=0.0))
+    trainer = trainer_for(pipe, generation, WanGRPOConfig("flow_grpo", group_size=2, noise_level=0.0))
     batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
     noise = wan.initial_noise(pipe, 4, generation, generator=torch.Generator().manual_seed(0))
     prompts = [p for p in PROMPTS[:2] for _ in range(2)]
@@ -320,9 +320,9 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
     with torch.no_grad():  # a LoRA that already changes the model, so that policy != reference
         for parameter in parameters:
             parameter.add_(0.05 * torch.randn_like(parameter))
-    config = {"flow_grpo": GRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7),
-              "longcat": GRPOConfig("longcat", group_size=4, critical_steps=4),
-              "flow_grpo_wan_weights": GRPOConfig("flow_grpo", group_size=4, loss_weighting="noise_over_sqrt_dt"),
+    config = {"flow_grpo": WanGRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7),
+              "longcat": WanGRPOConfig("longcat", group_size=4, critical_steps=4),
+              "flow_grpo_wan_weights": WanGRPOConfig("flow_grpo", group_size=4, loss_weighting="noise_over_sqrt_dt"),
               }[algorithm]
     trainer = trainer_for(pipe, generation, config, transformer, torch.optim.AdamW(parameters, lr=1e-2))
     batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
@@ -373,7 +373,7 @@ def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
 def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
     # flow_grpo's defaults (the Wan trainer's linear noise schedule, the first T-1 steps trained). Measured (seeds 0,
     # 1): gain = 0.74, 0.31 base stds; 91 %, 81 % of the paired videos improve (the test runs seed 0).
-    base, trained = train_tiny(tiny_dir, GRPOConfig("flow_grpo", group_size=8), learning_rate=1e-2, iterations=60)
+    base, trained = train_tiny(tiny_dir, WanGRPOConfig("flow_grpo", group_size=8), learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 0.5 * base.std(), (base.mean(), trained.mean(), base.std())
     assert (gain > 0).float().mean() >= 0.75
@@ -382,7 +382,7 @@ def test_flow_grpo_raises_the_reward_of_fresh_samples(tiny_dir):
 @pytest.mark.slow
 def test_longcat_raises_the_reward_of_fresh_samples(tiny_dir):
     # Measured (seeds 0, 1, 2): gain = 1.95, 2.32, 2.07 base stds; 94 %, 100 %, 97 % of the paired videos improve.
-    config = GRPOConfig("longcat", group_size=8, critical_steps=3)
+    config = WanGRPOConfig("longcat", group_size=8, critical_steps=3)
     base, trained = train_tiny(tiny_dir, config, learning_rate=1e-2, iterations=60)
     gain = trained - base
     assert gain.mean() > 1.5 * base.std(), (base.mean(), trained.mean(), base.std())
@@ -420,10 +420,11 @@ def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out",
 @pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat"])
 def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path, algorithm):
     out = run_recipe(tiny_dir, tmp_path, algorithm, "--max-steps", "3", "--group-size", "4", "--micro-batch-size",
-                     "2", "--num-inference-steps", "4", processes=2, checksums=tmp_path / "checksums")
+                     "2", "--num-inference-steps", "4", "--untrained-steps", "0", processes=2,
+                     checksums=tmp_path / "checksums")
     ranks = [[json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
-    updates = 3 * GRPOConfig(algorithm).updates_per_rollout
+    updates = 3 * WanGRPOConfig(algorithm).updates_per_rollout
     assert len(ranks[0]) == updates and ranks[0] == ranks[1]  # identical on both processes after every update
     assert len(set(ranks[0])) == updates  # the weights do change at every update
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -431,21 +432,32 @@ def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path, algorithm
 
 
 def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
+    """flow_grpo's preset: the EMA of the LoRA is what is evaluated and published, the first --untrained-steps steps
+    only sample; resume (optimizer, EMA, optimiser-step clock) equals the uninterrupted run."""
     from safetensors.torch import load_file
 
-    full = run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "3", "--checkpoint-every", "2",
-                      "--group-size", "2", output="full")
-    run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "2", "--checkpoint-every", "2", "--group-size", "2",
-               output="resumed")
-    resumed = run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "3", "--checkpoint-every", "2",
-                         "--group-size", "2", "--resume", output="resumed")
+    flags = ("--checkpoint-every", "2", "--group-size", "2", "--untrained-steps", "1", "--ema-interval", "1")
+    full = run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "3", *flags, output="full")
+    run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "2", *flags, output="resumed")
+    resumed = run_recipe(tiny_dir, tmp_path, "flow_grpo", "--max-steps", "3", *flags, "--resume", output="resumed")
     a = load_file(str(full / "pytorch_lora_weights.safetensors"))
     b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("lora", "lora_ema"):
+        x, y = (load_file(str(run / "checkpoint-3" / f"{name}.safetensors")) for run in (full, resumed))
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    # the published LoRA is the EMA, not the trained weights
+    raw = load_file(str(full / "checkpoint-3" / "lora.safetensors"))
+    ema = load_file(str(full / "checkpoint-3" / "lora_ema.safetensors"))
+    assert sorted(a) == sorted(f"transformer.{k}" for k in raw) and len(ema) == len(raw)
+    for key in raw:  # peft names the parameter blocks.0.attn1.to_q.lora_A.default.weight
+        assert torch.equal(a[f"transformer.{key}"], ema[key.replace(".weight", ".default.weight")])
+    assert not all(torch.equal(a[f"transformer.{k}"], raw[k]) for k in raw)
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     # eval 0, train 1-2, eval 2 (the end of the first run), then the resumed run appended train 3 and eval 3
     assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2),
                                                       ("train", 3), ("eval", 3)]
+    assert [r["train/trained"] for r in rows if r["kind"] == "train"] == [0.0, 1.0, 1.0]
     assert (resumed / "curves.png").stat().st_size > 0 and (resumed / "checkpoint-3").is_dir()
     # what the report reads: fixed-prompt samples per evaluation, mp4 + per-video named scores
     samples = resumed / "samples" / "step-000003"

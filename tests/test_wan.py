@@ -39,7 +39,7 @@ def test_tiny_wan_loads_with_from_pretrained(tiny_dir):
     ids = pipe.tokenizer("a red ball").input_ids
     assert ids[-1] == pipe.tokenizer.eos_token_id == 1 and pipe.tokenizer.pad_token_id == 0
     assert tiny_wan.generation_defaults(tiny_dir) == tiny_wan.TINY_GENERATION
-    assert tiny_wan.generation_defaults(tiny_dir / "missing") == wan.GenerationConfig()  # Wan-2.1 model-card values
+    assert tiny_wan.generation_defaults(tiny_dir / "missing") == wan.WanGenerationConfig()  # Wan-2.1 model-card values
 
 
 @pytest.mark.parametrize("solver", ["scheduler", "euler"])

@@ -16,23 +16,23 @@ from pathlib import Path
 import torch
 
 from descore_plugin.utils.files import follow_umask
-from descore_plugin.integrations.wan import GenerationConfig
+from descore_plugin.integrations.wan import WanGenerationConfig
 
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
 
 # 9 frames of 64x64 in 6 steps, ~0.1 s per video with CFG on one CPU core; not from any paper: chosen so that tests
 # and the demo run in seconds.
-TINY_GENERATION = GenerationConfig(
+TINY_GENERATION = WanGenerationConfig(
     num_frames=9, height=64, width=64, num_inference_steps=6, guidance_scale=5.0, max_sequence_length=32
 )
 
 
-def generation_defaults(path_or_id: str | Path) -> GenerationConfig:
+def generation_defaults(path_or_id: str | Path) -> WanGenerationConfig:
     """Generation settings for a pipeline: those written next to a tiny pipeline by `write_tiny_wan`, else Wan's."""
     path = Path(path_or_id) / GENERATION_DEFAULTS_FILE
     if path.is_file():
-        return GenerationConfig(**json.loads(path.read_text()))
-    return GenerationConfig()
+        return WanGenerationConfig(**json.loads(path.read_text()))
+    return WanGenerationConfig()
 
 
 @dataclass
@@ -50,7 +50,7 @@ class TinyWanConfig:
     text_heads: int = 4  # UMT5 heads (d_kv = d_model / heads)
     vocab_size: int = 400  # target size of the Unigram vocabulary trained on TINY_CORPUS
     flow_shift: float = 3.0  # scheduler flow shift, as shipped for Wan-2.1 at 480p
-    generation: GenerationConfig = field(default_factory=lambda: copy.deepcopy(TINY_GENERATION))
+    generation: WanGenerationConfig = field(default_factory=lambda: copy.deepcopy(TINY_GENERATION))
 
 
 # Fixed corpus for the tiny tokenizer: words of typical text-to-video prompts (VBench-like subjects and scenes).
