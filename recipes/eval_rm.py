@@ -1,6 +1,7 @@
 """Preference accuracy of a DeScore model on a pair file.
 
     python recipes/eval_rm.py PAIRS --model DIR_OR_ID --output-dir DIR [--no-think] [--batch-size 8] [--max-new-tokens N]
+                                 [--overwrite]
 
 PAIRS is any pair file `descore_plugin.data.pairs.load_pairs` reads: the descore-plugin format (CSV or JSONL), the official
 DeScore CSV, VideoAlign / VideoGen-RewardBench (`path_A`, `path_B`, `Overall`) or GenAI-Bench (`left_video`,
@@ -9,10 +10,18 @@ label column. Video paths resolve relative to the pair file. Every distinct vide
 a bad one stops the run naming its row and field (`--skip-bad-rows` leaves such pairs out and lists them in
 DIR/skipped_rows.jsonl).
 
-Each unique video (file + prompt) is scored once. Writes:
-    DIR/accuracy.json      accuracy_with_ties, accuracy_without_ties, num_pairs, num_pairs_without_ties, ... and,
-                           when the pairs carry slice tags, accuracy_without_ties_by_slice
-    DIR/pairs_scored.csv   per pair: video paths, label, reward_a, reward_b, margin, cot_a, cot_b
+Each unique video (file + prompt) is scored once, with a progress bar. An existing DIR is refused unless
+--overwrite (as training refuses an existing run). Writes:
+    DIR/accuracy.json      accuracy_with_ties, accuracy_without_ties, accuracy_ties_as_errors (the official cold
+                           start's figure), num_pairs, num_pairs_without_ties, ..., accuracy_without_ties_by_slice
+                           when the pairs carry slice tags; which model and pairs, max_new_tokens (the CoT limit
+                           used), cot_parse_rate, and reward_range (mean, std, min, max of the videos' rewards)
+    DIR/pairs_scored.csv   per pair: video paths, label, reward_a, reward_b, margin, cot_a, cot_b, why a CoT did not
+                           parse, and the data's per-dimension truth (scores_a, scores_b) when the pairs carry it
+
+`descore report DIR --output-dir PAGE` shows it. Evaluated on held-out data of the model's own domain and written to
+MODEL/evaluation (`--output-dir MODEL/evaluation`), its reward_range is what `descore report SCORES --model MODEL`
+compares other scores of that model with, to flag a judge used out of its domain.
 """
 
 import argparse
@@ -24,7 +33,7 @@ from descore_plugin.cli import default_device_and_dtype
 from descore_plugin.data.pairs import load_pairs
 from descore_plugin.data.check import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
 from descore_plugin.utils.errors import (ArgumentParser, add_device_arguments, blame, positive_float, positive_int,
-                                   run_main)
+                                         prepare_output_dir, run_main)
 from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
 from descore_plugin.data.video import load_video
 
@@ -33,13 +42,18 @@ def parse_args(argv=None):
     parser = ArgumentParser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data.pairs reads")
     parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id (required)")
-    parser.add_argument("--output-dir", required=True, help="where accuracy.json and pairs_scored.csv go (required)")
+    parser.add_argument("--output-dir", required=True,
+                        help="where accuracy.json and pairs_scored.csv go (required; refused if it exists, unless "
+                             "--overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing evaluation in --output-dir (default: off, refuse)")
     parser.add_argument("--no-think", action="store_true",
                         help="score without a CoT (the masked-CoT fast path) (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="videos per forward / generate call (default: 8)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
-                        help="CoT length limit (default: the model's)")
+                        help="CoT length limit in tokens (default: the model's, sized to the CoTs it was trained on; "
+                             "recorded in accuracy.json)")
     parser.add_argument("--num-frames", type=positive_int, default=None,
                         help="override the model's frames per video (default: the model's)")
     parser.add_argument("--fps", type=positive_float, default=None,
@@ -66,6 +80,8 @@ def main(argv=None) -> int:
         overrides.update(fps=args.fps, num_frames=None)
     if args.prompt_template is not None:
         overrides.update(prompt_template=args.prompt_template)
+    prepare_output_dir(args.output_dir, resume=None, overwrite=args.overwrite, what=f"--output-dir {args.output_dir}",
+                       ours=lambda path: (path / "accuracy.json").is_file() or (path / SKIPPED_ROWS_FILE).is_file())
     pairs = load_pairs(args.pairs, label_column=args.label_column)
     with blame(f"--model {args.model}"):
         model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype, **overrides)
@@ -81,6 +97,7 @@ def main(argv=None) -> int:
         write_skipped_rows(report, skipped)
     result = evaluate_pairs(model, pairs, think=not args.no_think, batch_size=args.batch_size,
                             max_new_tokens=args.max_new_tokens)
+    result.update(model=args.model, pairs=args.pairs)
     accuracy_path, csv_path = write_evaluation(result, args.output_dir)
     print(f"{result['num_pairs']} pairs ({result['num_pairs_without_ties']} without ties, "
           f"{result['num_pairs_invalid']} invalid left out), {result['num_videos_scored']} videos scored, "
@@ -90,6 +107,9 @@ def main(argv=None) -> int:
     print("accuracy without ties: " + ("n/a (every pair is a tie)" if without is None else f"{without:.4f}"))
     for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
         print(f"  slice {name:<14} {value:.4f}")
+    if result.get("cot_parse_rate") is not None:
+        print(f"CoTs parsed: {result['num_cots'] - result['num_cots_unparsed']} of {result['num_cots']} "
+              f"(max_new_tokens {result['max_new_tokens']})")
     print(f"wrote {accuracy_path} and {csv_path}")
     return 0
 

@@ -85,23 +85,31 @@ def failing_scored_set(root: Path) -> Path:
 
 def evaluation(root: Path, num_pairs: int = 8, wrong: tuple = (1, 4)) -> Path:
     """An eval_rm.py output directory for `num_pairs` synthetic pairs where the model is wrong on the pairs whose
-    index is in `wrong` (and right on the others, by margins that grow with the index)."""
-    pairs = load_pairs(write_dataset(root / "data", num_pairs, seed=3, progress=False))
+    index is in `wrong` (and right on the others, by margins that grow with the index). The CoTs are the data's
+    annotator CoTs, except video B of the first wrong pair, whose CoT does not parse; the rows carry the data's
+    true dimension scores; accuracy.json names the model and pairs and records the CoT facts."""
+    data = write_dataset(root / "data", num_pairs, seed=3, progress=False)
+    pairs = load_pairs(data)
     rows = []
     for index, pair in enumerate(pairs):
         preferred_reward, other_reward = 0.2 + 0.1 * index, -0.1 * index
         if index in wrong:
             preferred_reward, other_reward = other_reward - 0.3, preferred_reward
         reward_a, reward_b = (preferred_reward, other_reward) if pair.label == "A" else (other_reward, preferred_reward)
+        unparsed = index == wrong[0]
         rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
                      "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
-                     "cot_a": pair.cot_a, "cot_b": pair.cot_b})
+                     "cot_a": pair.cot_a, "cot_b": "the the the" if unparsed else pair.cot_b,
+                     "parse_error_a": None, "parse_error_b": "no <answer> block" if unparsed else None,
+                     "scores_a": pair.scores_a, "scores_b": pair.scores_b})
     margins = np.array([row["margin"] for row in rows])
     labels = [row["label"] for row in rows]
     result = {"accuracy_with_ties": accuracy_with_ties(margins, labels),
               "accuracy_without_ties": accuracy_without_ties(margins, labels), "num_pairs": len(rows),
+              "accuracy_ties_as_errors": float(np.mean([(m >= 0) == (label == "A") for m, label in zip(margins, labels)])),
               "num_pairs_without_ties": len(rows), "num_pairs_invalid": 0, "num_videos_scored": 2 * len(rows),
-              "think": True, "rows": rows,
+              "think": True, "rows": rows, "model": str(root / "judge"), "pairs": str(data), "max_new_tokens": 256,
+              "num_cots": 2 * len(rows), "num_cots_unparsed": 1, "cot_parse_rate": 1 - 1 / (2 * len(rows)),
               "accuracy_without_ties_by_slice": accuracy_by_slice(margins, labels, [r["slice"] for r in rows])}
     write_evaluation(result, root / "eval")
     return root / "eval"

@@ -194,12 +194,22 @@ def test_evaluation_page_shows_the_wrong_pairs(tmp_path):
     assert page.count("<video ") == 4 and "Accuracy by slice" in page and "<svg" in page
     evaluation = report.load_evaluation(source)
     wrong = [row for row in evaluation["rows"] if row["correct"] is False]
-    for row in wrong:  # both CoTs of each wrong pair are on the page
+    for row in wrong:  # both CoTs of each wrong pair are on the page, and the data's truth
         assert row["cot_a"].split("\n")[1][:60] in page.replace("&#x27;", "'").replace("&quot;", '"')
+        differing = [name for name in row["scores_a"] if row["scores_a"][name] != row["scores_b"][name]]
+        assert differing == [row["slice"]]  # the synthetic world: a pair differs in the defect of its slice
+        said = ", ".join(f"{n}: A {row['scores_a'][n]}, B {row['scores_b'][n]}" for n in differing)
+        assert f"the videos differ in {said}" in page
+    assert page.count("<table><tr><th>dimension</th>") == 2 and "CoT not parsed: no &lt;answer&gt; block" in page
+    assert "official figure (ties as errors)" in page and "11 of 12 (92%)" in page  # 6 pairs, one CoT unparsed
+    assert f"pairs: {source.parent / 'data' / 'pairs.jsonl'}" in page and f"model: {source.parent / 'judge'}" in page
 
 
-def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs):
-    """eval_rm.py's output (a real tiny model, its own CoTs) is an evaluation the report reads."""
+def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs, capsys):
+    """eval_rm.py's output (a real tiny model, its own CoTs) is an evaluation the report reads, and names the model,
+    the data, the CoT limit, the parse rate and the reward range; the synthetic pairs' truth is in the CSV. An
+    existing output folder is refused unless --overwrite."""
+    import csv
     import importlib.util
     from pathlib import Path
 
@@ -207,12 +217,37 @@ def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs):
     spec = importlib.util.spec_from_file_location("eval_rm", Path(__file__).parents[1] / "recipes" / "eval_rm.py")
     eval_rm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_rm)
-    assert eval_rm.main([str(pairs), "--model", str(tiny_dirs["qwen2_5_vl"]), "--output-dir", str(tmp_path / "eval"),
-                         "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    argv = [str(pairs), "--model", str(tiny_dirs["qwen2_5_vl"]), "--output-dir", str(tmp_path / "eval"),
+            "--max-new-tokens", "8", "--device", "cpu"]
+    assert eval_rm.main(argv) == 0
     evaluation = report.load_evaluation(tmp_path / "eval")
     assert len(evaluation["rows"]) == 2 and all(row["cot_a"] and row["cot_b"] for row in evaluation["rows"])
+    assert evaluation["model"] == str(tiny_dirs["qwen2_5_vl"]) and evaluation["pairs"] == str(pairs)
+    assert evaluation["max_new_tokens"] == 8 and evaluation["num_cots"] == 4
+    with open(tmp_path / "eval" / "pairs_scored.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    unparsed = sum(bool(row[f"parse_error_{side}"]) for row in csv_rows for side in "ab")
+    assert evaluation["num_cots_unparsed"] == unparsed and evaluation["cot_parse_rate"] == pytest.approx(1 - unparsed / 4)
+    rewards = [float(row[f"reward_{side}"]) for row in csv_rows for side in "ab"]
+    assert evaluation["reward_range"]["num_videos"] == 4
+    assert evaluation["reward_range"]["mean"] == pytest.approx(sum(rewards) / 4)
+    assert evaluation["reward_range"]["min"] == pytest.approx(min(rewards))
+    from descore_plugin.data.pairs import load_pairs
+
+    truth = load_pairs(pairs)
+    assert [row["scores_a"] for row in evaluation["rows"]] == [pair.scores_a for pair in truth]
     assert report.detect_kind(tmp_path / "eval") == "evaluation"
-    report.write_report(tmp_path / "eval", tmp_path / "out")
+    page = report.write_report(tmp_path / "eval", tmp_path / "out").read_text()
+    assert "Truth</b> (from the data)" in page or not any(row["correct"] is False for row in evaluation["rows"])
+    assert f"model: {tiny_dirs['qwen2_5_vl']}" in page and "max_new_tokens" in page
+    # the model folder's record: evaluated into MODEL/evaluation, its range is what a scores page compares with
+    record = report.load_model_record(tiny_dirs["qwen2_5_vl"])
+    assert record["head"] == "scalar"
+    capsys.readouterr()
+    assert eval_rm.run_main(eval_rm.main, "eval_rm.py", argv) == 2  # the output exists
+    error = capsys.readouterr().err
+    assert "already exists" in error and "--overwrite" in error and error.count("\n") == 1
+    assert eval_rm.main(argv + ["--overwrite"]) == 0
 
 
 # ------------------------------------------------------------------------------------------- the demo's judge

@@ -161,3 +161,47 @@ def test_scores_page_says_what_failed(browser, pages):
         assert [left for _, left, _ in boxes] == sorted(left for _, left, _ in boxes) and boxes[0][2] > 100
     ranks = [e.text for e in browser.find_elements("css selector", ".rank")]
     assert ranks.count("rank 1 of 3, the prompt's best") == 2 and len(ranks) == 6
+
+
+def _tile_values(browser) -> dict:
+    return {tile.find_element("css selector", ".k").text: tile.find_element("css selector", ".v").text
+            for tile in browser.find_elements("css selector", ".tile")}
+
+
+def test_evaluation_page_names_model_data_and_truth(browser, pages):
+    open_page(browser, pages["evaluation"])
+    values = _tile_values(browser)
+    assert values["max_new_tokens"] == "256" and values["CoTs parsed"] == "15 of 16 (94%)"
+    assert values["official figure (ties as errors)"] == "0.750" and values["accuracy without ties"] == "0.750"
+    subtitle = browser.find_element("css selector", "header p").text
+    assert "model: " in subtitle and "pairs: " in subtitle and subtitle.endswith("pairs.jsonl")
+    truths = browser.find_elements("css selector", ".pair .truth")
+    assert len(truths) == 2
+    for truth in truths:  # one dimension differs in a synthetic pair, and its row is the highlighted one
+        marked = truth.find_elements("css selector", "tr.differs")
+        assert len(marked) == 1 and marked[0].is_displayed()
+        name = marked[0].find_element("css selector", "td").text
+        assert f"the videos differ in {name}: A" in truth.text
+    unparsed = browser.find_elements("css selector", ".pair .parse-error")
+    assert len(unparsed) == 1 and unparsed[0].text == "CoT not parsed: no <answer> block"
+
+
+def test_run_page_curves_have_error_bands_and_honest_axes(browser, pages):
+    open_page(browser, pages["run"])
+    charts = {chart.get_attribute("aria-label"): chart
+              for chart in browser.find_elements("css selector", "#eval-curves svg")}
+    optimised = charts["descore (optimised)"]
+    band = optimised.find_element("css selector", "polygon.se-band")
+    assert band.rect["height"] > 2  # a visible band around the mean
+    assert "SE)" in optimised.find_element("css selector", "text.note").text
+    style = charts["dimension style"]  # the 0-2 rubric stays on the axis
+    ticks = [t.text for t in style.find_elements("css selector", "text[text-anchor='end']")]
+    assert float(ticks[0]) <= 0.0 and float(ticks[-1]) >= 2.0
+    assert "-" in style.find_element("css selector", "text.note").text  # the style score fell
+    student = charts["student (independent check)"]  # flat noise: the axis spans >= 6 SE, the change is ~0 SE
+    note = student.find_element("css selector", "text.note").text
+    assert abs(float(note.rsplit("(", 1)[1].split(" ")[0])) < 3
+    training = {chart.get_attribute("aria-label") for chart in
+                browser.find_elements("css selector", "#training-curves svg")}
+    assert "train/loss" in training
+    assert "student" in browser.find_element("id", "checks").text

@@ -109,6 +109,9 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; }
 #flat .card-prompt { display:block; }
 .rank { color:var(--muted); font-size:12px; font-weight:600; }
 .parse-error { color:var(--warn); font-size:12px; font-weight:600; }
+.truth { margin-top:10px; }
+.truth table { margin-top:4px; }
+.truth tr.differs td { background:#fff4d6; font-weight:600; }
 .note { border-left:4px solid var(--accent); background:#f0f5fe; padding:8px 12px; margin:10px 0; border-radius:4px; }
 video { width:168px; height:168px; background:#000; border-radius:4px; image-rendering:pixelated; flex:none; object-fit:contain; }
 .meta { min-width:0; flex:1; overflow-wrap:anywhere; }

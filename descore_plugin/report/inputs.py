@@ -159,6 +159,14 @@ def load_evaluation(path) -> dict:
                 parsed["correct"] = (parsed["margin"] > 0) == (label == "A") and parsed["margin"] != 0
             else:
                 parsed["correct"] = None
+            for side in ("a", "b"):  # the data's per-dimension truth, as JSON (eval_rm.py writes it when known)
+                text = parsed.get(f"scores_{side}")
+                if text is not None:
+                    try:
+                        parsed[f"scores_{side}"] = json.loads(text)
+                    except json.JSONDecodeError:
+                        raise ReportInputError(f"{where}, column 'scores_{side}': expected a JSON object of "
+                                               f"dimension scores, got {text!r}") from None
             parsed["path_a"] = _resolve_video(row["video_a"], path)
             parsed["path_b"] = _resolve_video(row["video_b"], path)
             rows.append(parsed)
