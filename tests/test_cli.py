@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import stat
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers.run import run_python
 
 from descore_plugin.utils.files import atomic_directory, atomic_write_text, current_umask, follow_umask
 from descore_plugin.data.pairs import DataError, load_pairs
@@ -26,10 +25,7 @@ RECIPES = ROOT / "recipes"
 
 
 def _run(args, umask=None, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    preexec = (lambda: os.umask(umask)) if umask is not None else None
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          preexec_fn=preexec, timeout=300)
+    return run_python(args, umask=umask, cwd=cwd, timeout=300)
 
 
 def _assert_one_line_user_error(result, *fragments):
