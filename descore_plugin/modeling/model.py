@@ -3,14 +3,15 @@
     video + judge instruction --(Qwen-VL generates)--> chain of thought (CoT)
     ... + CoT + <Reward> --(last hidden state at <Reward>)--> head --> reward
 
-1. `DeScoreConfig`: every setting, with the official default and where it comes from.
+1. `DeScoreConfig` (config.py): every setting, with the official default and where it comes from.
 2. `DeScoreReward`: a Qwen2.5-VL or Qwen3-VL backbone, the learnable `<Reward>` query token, and a bias-free head.
    - `score(videos, prompts, think=True)`: batched greedy CoT generation, then `<Reward>` appended by continuing the
      generation's KV cache (one token step, no re-encoding of video, instruction and CoT).
    - `score(..., think=False)`: the masked-CoT fast path (instruction then `<Reward>`): one prefill.
    - `score(..., cots=[...])`: teacher forcing with CoTs supplied by the caller.
    - `reward(videos, prompts, metadata)`: the Flow-GRPO reward-function signature.
-   - `save_pretrained` / `from_pretrained`: our directory format, and the official release layout.
+   - `save_pretrained` / `from_pretrained`: our directory format, the official release layout and plain Qwen-VL
+     backbones (the loaders are in loading.py).
 
 Sequence layout. Every path builds the same tokens for a row:
     <|im_start|>user\n [video tokens] instruction <|im_end|>\n<|im_start|>assistant\n  CoT  <Reward>
@@ -25,172 +26,25 @@ comes first. A plain Qwen2.5-VL / Qwen3-VL checkpoint loads as a new DeScore mod
 """
 
 import copy
-import dataclasses
 import json
 import math
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from descore_plugin.utils.files import atomic_directory
 from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.data.video import Video, load_video, resize_frames, split_videos
-
-SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
-CONFIG_NAME = "descore_config.json"
-HEAD_NAME = "reward_head.safetensors"
-ADAPTER_DIR = "adapter"
-BACKBONE_DIR = "backbone"
-
-
-@dataclass
-class DeScoreConfig:
-    """Everything that defines a DeScore reward model. Saved as `descore_config.json` next to the weights."""
-
-    # --- architecture ---
-    backbone: str = "Qwen/Qwen3-VL-8B-Instruct"
-    """Hub id or path of the Qwen-VL backbone (paper: Qwen3-VL-8B-Instruct). A relative path is resolved against
-    the checkpoint directory (`backbone/` holds the weights of fully fine-tuned or tiny models)."""
-    reward_token: str = "<Reward>"
-    """The learnable query token appended after the CoT (official: literally `<Reward>`)."""
-    head: str = "scalar"
-    """"scalar": Linear(hidden, 1, bias=False) (the paper). "distribution": Linear(hidden, num_bins, bias=False),
-    softmax over score bins, reward = expectation, uncertainty = std (Z-Reward, arXiv 2606.09076; our option)."""
-    score_bins: tuple = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
-    """Bin centres of the distribution head: the 1-5 rubric in half points (Z-Reward's 9-level scale)."""
-    head_dtype: str = "float32"
-    """The head runs in float32 on the (possibly bf16) hidden state; our choice, for stable small reward gaps."""
-
-    # --- LoRA (official stage 1: r 64 / alpha 128 / dropout 0.05 on all LLM linears) ---
-    lora_rank: int = 0
-    """0 = no adapter (full model or frozen backbone); > 0 adds a peft LoRA on the language model."""
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    """Regex over module names: every linear layer of the LLM, not lm_head, head, embeddings or vision tower."""
-
-    # --- prompt and sequence layout ---
-    layout: str = "assistant"
-    """Where the CoT and `<Reward>` sit. "assistant" (ours, the official stage-2 rollout layout): the CoT is the
-    assistant's answer and `<Reward>` follows its last token. "user" (the official stage-1 and inference layout): the
-    CoT and `<Reward>` end the user turn after the instruction, with no assistant header; official checkpoints load
-    with it. The CoT itself is always generated after the assistant header."""
-    prompt_template: str | None = None
-    """Judge instruction: None = the built-in one, else the template text ({prompt} field). Saved with the model,
-    because a checkpoint trained with one prompt wants that prompt back."""
-
-    # --- video (official: qwen-vl-utils sampling at fps 2; per-frame pixel budgets per stage) ---
-    fps: float | None = 2.0
-    """SAMPLING rate in frames per second of video time, not the file's own frame rate (VideoAlign users confuse
-    the two): n = total / source_fps * fps frames, clamped to [4, min(768, total)], even. Ignored when `num_frames`
-    is set."""
-    num_frames: int | None = None
-    """Fixed number of frames per video instead of `fps` sampling (set one of the two; overriding one at load time
-    clears the other)."""
-    max_pixels: int = 448 * 448
-    """Largest frame area after resizing, scoring (official inference: 200,704 = 448 x 448). Per frame, fixed per
-    video: a video's tokens never depend on its batch mates."""
-    min_pixels: int = 3136
-    """Smallest frame area after resizing, scoring (official inference: 3,136)."""
-    stage1_max_pixels: int = 448 * 448
-    """Largest frame area in stage-1 training (official cold start: 200,704)."""
-    stage1_min_pixels: int = 128 * 32 * 32
-    """Smallest frame area in stage-1 training. The official cold start leaves it at qwen-vl-utils' default of 128
-    tokens of 32 x 32 pixels (131,072) for Qwen3-VL's patch 16."""
-    rollout_max_pixels: int = 307200
-    """Largest frame area in stage-2 RL, rollouts and updates alike (official: 307,200)."""
-    rollout_min_pixels: int = 3136
-    """Smallest frame area in stage-2 RL (official: 3,136)."""
-    cot_max_pixels: int | None = None
-    """Largest frame area for generating the CoT at scoring time, when it differs from `max_pixels`. None (ours): one
-    encoding serves generation and scoring, and the score continues the generation's cache. The official inference
-    generates the CoT from qwen-vl-utils' default budget (128..768 tokens of 32 x 32 pixels per frame for Qwen3-VL)
-    and scores in a second full pass at min_pixels..max_pixels; official checkpoints load with that."""
-    cot_min_pixels: int | None = None
-    """Smallest frame area for generating the CoT (see `cot_max_pixels`); None = `min_pixels`."""
-
-    # --- generation of the CoT (official: greedy, repetition penalty 1.05, up to 4096 tokens) ---
-    max_new_tokens: int = 4096
-    """Upper bound on the CoT length in tokens (official inference: 4,096). Scoring's default limit is
-    `cot_token_limit()`: sized to `trained_cot_tokens` when it is known, this bound otherwise."""
-    trained_cot_tokens: int | None = None
-    """The longest CoT, in tokens, the model was trained to write (training records it when it saves the model);
-    None = unknown (a new or official model). A model that never learnt to stop would otherwise run to 4,096
-    tokens per video, minutes on a CPU, before its score."""
-    repetition_penalty: float = 1.05
-
-    def __post_init__(self):
-        if isinstance(self.score_bins, list):  # JSON has no tuples
-            self.score_bins = tuple(self.score_bins)
-        for field in dataclasses.fields(self):  # types are checked where they enter, naming the field
-            value, allowed = getattr(self, field.name), typing.get_args(field.type) or (field.type,)
-            accepted = allowed + ((int,) if float in allowed else ())
-            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
-                names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-                raise TypeError(f"DeScoreConfig.{field.name} = {value!r}: expected {names}")
-        positive = ["max_pixels", "min_pixels", "stage1_max_pixels", "stage1_min_pixels", "rollout_max_pixels",
-                    "rollout_min_pixels", "max_new_tokens", "repetition_penalty"]
-        optional = ("fps", "num_frames", "cot_min_pixels", "cot_max_pixels", "trained_cot_tokens")
-        for name in positive + [n for n in optional if getattr(self, n) is not None]:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DeScoreConfig.{name} = {getattr(self, name)!r}: must be positive")
-        for stage in ("", "stage1_", "rollout_", "cot_"):
-            if None not in (getattr(self, f"{stage}min_pixels"), getattr(self, f"{stage}max_pixels")) and \
-                    getattr(self, f"{stage}min_pixels") > getattr(self, f"{stage}max_pixels"):
-                raise ValueError(f"DeScoreConfig.{stage}min_pixels = {getattr(self, f'{stage}min_pixels')} is larger than "
-                                 f"{stage}max_pixels = {getattr(self, f'{stage}max_pixels')}")
-        if self.layout not in ("assistant", "user"):
-            raise ValueError(f"DeScoreConfig.layout = {self.layout!r}: expected 'assistant' or 'user'")
-        if self.head not in ("scalar", "distribution"):
-            raise ValueError(f"DeScoreConfig.head = {self.head!r}: expected 'scalar' or 'distribution'")
-        self.score_bins = tuple(float(b) for b in self.score_bins)
-        if self.fps is not None and self.num_frames is not None:
-            raise ValueError(f"DeScoreConfig: fps={self.fps} and num_frames={self.num_frames} are both set; "
-                             "sample by rate (fps) or by count (num_frames), not both")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def cot_token_limit(self) -> int:
-        """The default CoT length limit of scoring: twice the longest trained CoT (room for a longer answer, but a
-        model that does not stop is cut within a few seconds), at most `max_new_tokens`; `max_new_tokens` (official
-        4,096) when the trained length is unknown."""
-        if self.trained_cot_tokens is None:
-            return self.max_new_tokens
-        return min(self.max_new_tokens, 2 * self.trained_cot_tokens)
-
-    def pixel_budget(self, stage: str = "inference") -> tuple[int, int]:
-        """(min_pixels, max_pixels) per frame for "inference" (scoring, evaluation, distillation), "stage1" or
-        "rollout" (stage-2 RL)."""
-        budgets = {
-            "inference": (self.min_pixels, self.max_pixels),
-            "stage1": (self.stage1_min_pixels, self.stage1_max_pixels),
-            "rollout": (self.rollout_min_pixels, self.rollout_max_pixels),
-            "cot": (self.cot_min_pixels or self.min_pixels, self.cot_max_pixels or self.max_pixels),
-        }
-        if stage not in budgets:
-            raise ValueError(f"pixel budget stage {stage!r}: expected one of {', '.join(budgets)}")
-        return budgets[stage]
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config", overrides: dict | None = None) -> "DeScoreConfig":
-        overrides = overrides or {}
-        values = {**values, **overrides}
-        if "fps" in overrides and "num_frames" not in overrides:
-            values["num_frames"] = None  # sampling by rate now: the checkpoint's frame count no longer applies
-        if "num_frames" in overrides and "fps" not in overrides:
-            values["fps"] = None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown DeScoreConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+from descore_plugin.modeling import loading
+from descore_plugin.modeling.config import DeScoreConfig  # noqa: F401 (public: descore_plugin.modeling.model.DeScoreConfig)
+from descore_plugin.modeling.loading import (ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME, HEAD_NAME,  # noqa: F401 (public)
+                                             SUPPORTED_BACKBONES, _load_backbone, _parse_dtype, quiet_embedding_resize,
+                                             quiet_peft)
 
 
 @dataclass
@@ -230,7 +84,8 @@ class DeScoreReward(nn.Module):
         self.family = family
         self.reward_token_id = _reward_token_id(self.tokenizer, config.reward_token, source=str(checkpoint_dir or "tokenizer"))
         if backbone.get_input_embeddings().num_embeddings <= self.reward_token_id:
-            backbone.resize_token_embeddings(len(self.tokenizer))  # new rows at the mean of the others
+            with quiet_embedding_resize():  # the official way to add <Reward>; loading.py says why it is quiet
+                backbone.resize_token_embeddings(len(self.tokenizer))  # new rows at the mean of the others
         self.backbone = backbone
         hidden = backbone.config.get_text_config().hidden_size
         out_features = 1 if config.head == "scalar" else len(config.score_bins)
@@ -683,113 +538,18 @@ class DeScoreReward(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id, device=None, dtype=None, **overrides) -> "DeScoreReward":
-        """Load a DeScore model from a directory or hub id: our format (`descore_config.json`) or the official
-        release layout (LoRA adapter folder + `rm_head.pth`). `overrides` replace DeScoreConfig fields
-        (e.g. `num_frames=8`, `max_pixels=...`, `backbone=` to point an official adapter at a local base model)."""
-        directory = _resolve(path_or_id)
-        dtype = _parse_dtype(dtype)
-        if (directory / CONFIG_NAME).is_file():
-            model = cls._load_ours(directory, dtype, overrides)
-        elif (directory / "rm_head.pth").is_file():
-            model = cls._load_official(directory, dtype, overrides)
-        elif _backbone_type(directory) in SUPPORTED_BACKBONES:
-            model = cls.from_backbone(directory, dtype=dtype, name=str(path_or_id), **overrides)
-        else:
-            found = _backbone_type(directory)
-            raise FileNotFoundError(
-                f"{directory}: not a DeScore checkpoint (no {CONFIG_NAME}, no rm_head.pth of the official release) "
-                + (f"and its config.json describes a {found!r} model, not one of {', '.join(SUPPORTED_BACKBONES)}" if found
-                   else "and not a Qwen2.5-VL / Qwen3-VL checkpoint (no config.json)")
-            )
-        model.eval()
-        return model.to(device) if device is not None else model
+        """Load a DeScore model from a directory or hub id: our format (`descore_config.json`), the official release
+        layout (LoRA adapter folder + `rm_head.pth`) or a plain Qwen2.5-VL / Qwen3-VL checkpoint (a new model, see
+        `from_backbone`). `overrides` replace DeScoreConfig fields (e.g. `num_frames=8`, `max_pixels=...`,
+        `backbone=` to point an official adapter at a local base model). The loaders are in loading.py."""
+        return loading.load_pretrained(cls, path_or_id, device=device, dtype=dtype, overrides=overrides)
 
     @classmethod
     def from_backbone(cls, path_or_id, dtype=None, name: str | None = None, **overrides) -> "DeScoreReward":
         """A new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint (hub id or a folder written by transformers'
-        `save_pretrained`: config, weights, tokenizer, processor), as the official cold start builds it: `<Reward>` is
-        added to the tokenizer as a special token, the embeddings are resized to the tokenizer (`mean_resizing`, so a
-        new row starts at the mean of the others; Qwen's padded vocabularies already have a row for it, which is kept
-        as it is), and the head is drawn from N(0, initializer_range) as transformers initialises a weight missing
-        from a checkpoint. `save_pretrained` then writes a DeScore checkpoint that refers to the backbone by `name`."""
-        directory = _resolve(path_or_id)
-        local = Path(str(path_or_id)).exists()
-        name = str(Path(path_or_id).resolve()) if local and name is None else str(name or path_or_id)
-        if local and not Path(name).is_absolute():
-            name = str(Path(name).resolve())
-        config = DeScoreConfig.from_dict({"backbone": name}, source=str(directory), overrides=overrides)
-        processor = _load_processor(directory)
-        if config.reward_token not in processor.tokenizer.get_vocab():
-            processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]},
-                                                   replace_extra_special_tokens=False)
-        backbone = _load_backbone(directory, _parse_dtype(dtype))
-        model = cls(config, backbone, processor, checkpoint_dir=directory)
-        std = backbone.config.get_text_config().initializer_range
-        with torch.no_grad():
-            model.head.weight.normal_(mean=0.0, std=std)
-        return model
-
-    @classmethod
-    def _load_ours(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
-        values = json.loads((directory / CONFIG_NAME).read_text())
-        config = DeScoreConfig.from_dict(values, source=str(directory / CONFIG_NAME), overrides=overrides)
-        processor = _load_processor(directory)
-        backbone = _load_backbone(_relative(directory, config.backbone), dtype)
-        model = cls(config, backbone, processor, checkpoint_dir=directory)
-        head_file = directory / HEAD_NAME
-        if not head_file.is_file():
-            raise FileNotFoundError(f"{directory}: no {HEAD_NAME}; a DeScore checkpoint needs the head weights")
-        tensors = load_file(head_file)
-        for key in ("head.weight", "reward_token_embedding"):
-            if key not in tensors:
-                raise KeyError(f"{head_file}: missing tensor {key!r}")
-        model._set_reward_row(tensors["reward_token_embedding"])
-        model._load_head(tensors["head.weight"], head_file)
-        if (directory / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
-            model.backbone = PeftModel.from_pretrained(model.backbone, directory / ADAPTER_DIR)
-        return model
-
-    @classmethod
-    def _load_official(cls, directory: Path, dtype, overrides) -> "DeScoreReward":
-        """Official DeScore release: a peft LoRA adapter folder + `rm_head.pth` (key `rm_head.weight` or
-        `base_model.model.rm_head.weight`), special token `<Reward>`. Read with weights_only=True (no unpickling of
-        arbitrary objects). Scored in the official inference layout (layout="user")."""
-        adapter_dir = directory if (directory / "adapter_config.json").is_file() else next(
-            (p.parent for p in sorted(directory.glob("*/adapter_config.json"))), None
-        )
-        if adapter_dir is None and "backbone" not in overrides:
-            raise FileNotFoundError(f"{directory}: has rm_head.pth but no LoRA adapter (adapter_config.json) and no backbone= override")
-        base = overrides.pop("backbone", None)
-        if base is None:
-            base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if "prompt_template" not in overrides:
-            warnings.warn(f"{directory}: an official DeScore checkpoint, scored here with the package's own judge instruction; "
-                          "it was trained with the official one: pass prompt_template= (a file holding the instruction "
-                          "of the official inference script, see docs/scoring.md)", stacklevel=3)
-        official = {"backbone": base, "reward_token": "<Reward>", "layout": "user"}
-        config = DeScoreConfig.from_dict(official, source=str(directory), overrides=overrides)
-        has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-        processor = _load_processor(directory if has_tokenizer else _relative(directory, base))
-        if config.reward_token not in processor.tokenizer.get_vocab():
-            processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]})
-        backbone = _load_backbone(_relative(directory, base), dtype)
-        model = cls(config, backbone, processor, checkpoint_dir=directory)
-        factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-        if "cot_min_pixels" not in overrides and "cot_max_pixels" not in overrides:
-            # The official inference generates the CoT from qwen-vl-utils' default video budget.
-            config.cot_min_pixels, config.cot_max_pixels = 128 * factor * factor, 768 * factor * factor
-        state = torch.load(directory / "rm_head.pth", map_location="cpu", weights_only=True)
-        key = next((k for k in ("rm_head.weight", "base_model.model.rm_head.weight") if k in state), None)
-        if key is None:
-            raise KeyError(f"{directory / 'rm_head.pth'}: expected key 'rm_head.weight' or 'base_model.model.rm_head.weight', found {sorted(state)}")
-        model._load_head(state[key], directory / "rm_head.pth")
-        if adapter_dir is not None:
-            from peft import PeftModel
-
-            model.backbone = PeftModel.from_pretrained(model.backbone, adapter_dir)
-        return model
+        `save_pretrained`), as the official cold start builds it: `<Reward>` added as a special token, the embeddings
+        resized with mean resizing, the head drawn from N(0, initializer_range) (loading.new_from_backbone)."""
+        return loading.new_from_backbone(cls, path_or_id, dtype=dtype, name=name, overrides=overrides)
 
     def _load_head(self, weight: torch.Tensor, source):
         if tuple(weight.shape) != tuple(self.head.weight.shape):
@@ -821,7 +581,8 @@ class DeScoreReward(nn.Module):
             target_modules=self.config.lora_target_modules,
             trainable_token_indices={"embed_tokens": [self.reward_token_id]} if train_reward_token else None,
         )
-        self.backbone = get_peft_model(self.backbone, lora)
+        with quiet_peft():
+            self.backbone = get_peft_model(self.backbone, lora)
         self.train(self.training)  # new dropout modules start in training mode; keep the model's mode
         return self
 
@@ -885,65 +646,8 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
-def _parse_dtype(dtype):
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(_DTYPES)} or a torch.dtype")
-
-
-def _backbone_type(directory: Path) -> str | None:
-    """The `model_type` of a transformers checkpoint folder, None when it has no config.json."""
-    config = directory / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-
-
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _resolve(path_or_id) -> Path:
-    path = Path(path_or_id)
-    if path.exists():
-        return path
-    if str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1:
-        raise FileNotFoundError(f"{path_or_id}: no such directory (and not a hub id of the form owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(path_or_id)))
-    except Exception as error:  # offline, missing repo, no access: say which
-        raise FileNotFoundError(f"{path_or_id}: not a local directory, and downloading it from the hub failed: {error}") from None
-
-
-def _relative(directory: Path, path: str) -> str:
-    candidate = directory / path
-    return str(candidate) if candidate.exists() else path
-
-
-def _load_processor(path):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(path)
-
-
-def _load_backbone(path, dtype):
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type not in SUPPORTED_BACKBONES:
-        raise ValueError(f"backbone {path!r} is a {config.model_type!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}")
-    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
 
 
 def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:
