@@ -350,3 +350,126 @@ def test_report_refuses_an_existing_output_folder(tmp_path, runs, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert cli(["report", str(runs["clean"]), "--output-dir", str(tmp_path / "mine"), "--overwrite"]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------------- the run page
+class _PairLoss:
+    """A tiny Flow-DPO-shaped method for the real run loop: a logistic loss on pairs, its implicit accuracy, and an
+    evaluation of a reward over 8 fixed items with its spread, in the loop's metric vocabulary."""
+
+    name, curve_names, may_change_on_resume = "pairs", ("train/loss", "train/implicit_accuracy"), ()
+    arguments = {"reward": ["toy"]}
+
+    def setup(self, loop):
+        import torch
+
+        self.weight = torch.nn.Parameter(torch.zeros(2))
+        self.optimizer = torch.optim.SGD([self.weight], lr=0.5)
+        self.generator = torch.Generator().manual_seed(0)
+        self.items = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+
+    def train_step(self, step):
+        import torch
+
+        delta = torch.randn(16, 2, generator=self.generator) + torch.tensor([1.0, 0.5])
+        inside = delta @ self.weight
+        loss = -torch.nn.functional.logsigmoid(inside).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return {"train/loss": loss.item(), "train/implicit_accuracy": (inside > 0).float().mean().item(),
+                "reward/toy": inside.mean().item()}
+
+    def evaluate(self, step):
+        values = (self.items @ self.weight.detach()).numpy()
+        return {"eval/toy": float(values.mean()), "eval/toy_std": float(values.std()), "eval/num_items": 8.0}
+
+    def state_dict(self):
+        return {"weights": {"weight": self.weight.detach().clone()}, "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.weight.data.copy_(state["weights"]["weight"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+    def save_pretrained(self, directory):
+        pass
+
+
+def test_run_page_reads_the_run_loops_vocabulary(tmp_path):
+    """A real RunLoop run (train/..., reward/..., time/..., eval/<name> with eval/<name>_std and eval/num_items):
+    the report's series, standard errors (std / sqrt(n)) and training curves come from those names."""
+    from descore_plugin.training.loop import LoopConfig, RunLoop
+
+    RunLoop(_PairLoss(), LoopConfig(output_dir=str(tmp_path / "run"), max_steps=30, checkpoint_every=10)).run()
+    run = report.load_run(tmp_path / "run")
+    evals = run["evals"]
+    analysis = report.hacking_flags(run)
+    assert analysis["primary"] == "toy" and analysis["steps"] == [row["step"] for row in evals] and len(evals) >= 4
+    from descore_plugin.report.run import standard_errors
+
+    errors = standard_errors(run, analysis["steps"], analysis["series"])["toy"]
+    assert errors == [pytest.approx(row["eval/toy_std"] / math.sqrt(8)) for row in evals]
+    curves = report.training_curves(run)
+    assert {"train/loss", "train/implicit_accuracy", "reward/toy", "time/step"} <= set(curves)
+    assert len(curves["train/loss"]) == 30
+    page = report.write_report(tmp_path / "run", tmp_path / "out").read_text()
+    for name in ("train/loss", "train/implicit_accuracy", "reward/toy"):
+        assert f'aria-label="{name}"' in page
+    assert 'class="se-band"' in page and "rolling mean of 3 steps" in page and "<td>time/step</td>" in page
+    assert 'id="checks"' in page and "No independent check" in page  # and it says how to get one
+
+
+def test_older_flat_names_and_rows_without_kind(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"kind": "eval", "step": 0, "eval/r": 0.1, "eval_std/r": 0.2, "num_videos": 5},
+            {"kind": "train", "step": 1, "loss": 0.7, "implicit_accuracy": 0.5},
+            {"step": 2, "train/loss": 0.6, "time/step": 1.5},
+            {"step": 2, "eval/r": 0.4, "eval/r_std": 0.3, "eval/num_items": 9}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = report.load_run(run_dir)
+    assert [r["step"] for r in run["evals"]] == [0, 2] and len(run["train"]) == 2
+    assert report.training_curves(run) == {"train/loss": [(1, 0.7), (2, 0.6)], "train/implicit_accuracy": [(1, 0.5)],
+                                           "time/step": [(2, 1.5)]}
+    from descore_plugin.report.run import axis_range, change_in_se, standard_errors
+
+    steps, series = report.run_series(run)
+    assert series == {"r": [0.1, 0.4]}
+    # the old recipes' std had ddof 0: SE = std / sqrt(n - 1); the loop's: std / sqrt(n)
+    assert standard_errors(run, steps, series)["r"] == [pytest.approx(0.2 / 2), pytest.approx(0.3 / 3)]
+    assert change_in_se(steps, [0.1, 0.4], [0.1, 0.1]) == f"step 0 -> 2: +0.3 ({0.3 / math.sqrt(0.02):+.1f} SE)"
+    assert axis_range("descore:style") == (0.0, 2.0) and axis_range("train/implicit_accuracy") == (0.0, 1.0)
+    assert axis_range("train/loss") == (0.0, 0.0) and axis_range("descore") is None
+
+
+def test_check_scores_the_saved_samples_after_the_fact(tmp_path):
+    """`--check analytic:brightness` on runs that never logged it: the saved mp4s are scored (their mean pixel
+    value, as the analytic reward defines it), written next to the page, and the flags use them: the clean run's
+    reward rises while the brightness of its videos stays flat -> flagged; the hacked run washes its videos out
+    -> by the last checkpoint its brightness has risen with the reward -> not flagged there."""
+    clean = report_builders.run(tmp_path, hacked=False)
+    index = report.write_report(clean, tmp_path / "out", checks=["analytic:brightness"])
+    lines = [json.loads(line) for line in (tmp_path / "out" / "check_scores.jsonl").read_text().splitlines()]
+    assert len(lines) == len(report_builders.RUN_STEPS) * len(report_builders.RUN_PROMPTS)
+    first = next(line for line in lines if line["step"] == 0 and line["index"] == 0)
+    truth = report_builders._frames(report_builders.RUN_PROMPTS[0], 0.0, 0).mean() / 255  # before H.264
+    assert first["scores"]["analytic:brightness"] == pytest.approx(truth, abs=0.01)
+    page = index.read_text()
+    assert "independent check analytic:brightness does not" in page and "scored now by descore report" in page
+    hacked = report_builders.run(tmp_path, hacked=True)
+    run = report.load_run(hacked)
+    report.score_samples(run, ["analytic:brightness"])
+    analysis = report.hacking_flags(run, independent=["analytic:brightness"])
+    brightness = analysis["series"]["analytic:brightness"]
+    assert report.change(brightness[0], brightness[-1]).direction == 1
+    assert not [f for f in analysis["flags"] if f.kind == "independent_check" and report_builders.RUN_STEPS[-1] in f.steps]
+    with pytest.raises(report.ReportInputError, match="--check descore:overall: .* needs --model"):
+        report.write_report(clean, tmp_path / "out2", checks=["descore:overall"])
+    with pytest.raises(report.ReportInputError, match="--check nonsense: the run logged no such score"):
+        report.write_report(clean, tmp_path / "out3", checks=["nonsense"])
+    # the command line: refused before, scored now
+    assert cli(["report", str(clean), "--output-dir", str(tmp_path / "cli"), "--check", "analytic:redness"]) == 0
+    assert (tmp_path / "cli" / "check_scores.jsonl").is_file()
+    assert "analytic:redness (independent check)" in (tmp_path / "cli" / "index.html").read_text()

@@ -46,14 +46,15 @@ from descore_plugin.report.flags import (Change, Flag, change, dimension_drop_fl
                                          run_series, uncertainty_flags)
 from descore_plugin.report.html import Media, svg_histogram, svg_lines
 from descore_plugin.report.inputs import (KINDS, ReportInputError, detect_kind, load_evaluation, load_model_record,
-                                          load_run, load_scored_set)
+                                          load_run, load_scored_set, training_curves)
 from descore_plugin.report.run import run_page
 from descore_plugin.report.scores import judge_warnings, prompt_ranks, scores_page
 
 __all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "Flag", "Change",
            "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags", "phrase_flags",
            "low_score_phrases", "hacking_flags", "run_series", "primary_name", "svg_lines", "svg_histogram",
-           "judge_warnings", "prompt_ranks", "load_model_record", "score_samples", "write_report", "KINDS"]
+           "judge_warnings", "prompt_ranks", "load_model_record", "score_samples", "training_curves", "write_report",
+           "KINDS"]
 
 
 def write_report(path, output_dir, kind: str | None = None, reward: str | None = None, checks=None,
