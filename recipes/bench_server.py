@@ -23,6 +23,7 @@ Without --model the tiny model is written to a temporary folder and all three us
 import argparse
 import base64
 import io
+import itertools
 import json
 import os
 import socket
@@ -46,8 +47,11 @@ def _free_port() -> int:
 
 def _start_server(model_dir, max_batch_size, max_wait_ms, device):
     port = _free_port()
+    # --dedupe-seconds 0 and a distinct prompt per request (`_run_clients`): every request is scored, none is
+    # answered from an identical earlier one
     command = [sys.executable, "-m", "descore_plugin.cli", "serve", "--model", str(model_dir), "--port", str(port),
-               "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
+               "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning",
+               "--dedupe-seconds", "0"]
     if device:
         command += ["--device", device]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,6 +93,7 @@ def _run_clients(url, bodies, clients, requests_per_client, pid=None):
             mine = []
             for r in range(requests_per_client):
                 body = bodies[(index * requests_per_client + r) % len(bodies)]
+                body = body.replace(UNIQUE, b"%d" % next(_request_numbers))  # no two requests alike
                 started = time.perf_counter()
                 response = session.post(f"{url}/score", content=body, headers={"Content-Type": "application/json"})
                 response.raise_for_status()
@@ -107,11 +112,15 @@ def _run_clients(url, bodies, clients, requests_per_client, pid=None):
     return total / elapsed, latencies, (_process_cpu_seconds(pid) - cpu_before) / total
 
 
+UNIQUE = b"@REQUEST@"
+_request_numbers = itertools.count()
+
+
 def _body(video, prompt, think, max_new_tokens) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, video.numpy(), allow_pickle=False)
-    body = {"videos": [{"npy": base64.b64encode(buffer.getvalue()).decode()}], "prompts": [prompt], "think": think,
-            "max_new_tokens": max_new_tokens}
+    body = {"videos": [{"npy": base64.b64encode(buffer.getvalue()).decode()}], "prompts": [prompt + " " + UNIQUE.decode()],
+            "think": think, "max_new_tokens": max_new_tokens}
     return json.dumps(body).encode()
 
 
@@ -134,6 +143,7 @@ def _warm_up(url, bodies):
 
     with httpx.Client(timeout=600) as session:
         for body in bodies[:4]:
+            body = body.replace(UNIQUE, b"%d" % next(_request_numbers))
             session.post(f"{url}/score", content=body, headers={"Content-Type": "application/json"}).raise_for_status()
 
 
