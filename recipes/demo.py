@@ -22,12 +22,12 @@ Steps, one function each, run in order by `main`:
    prints the path to open and, last, the held-out figure.
 """
 
-import argparse
 import functools
 import json
 import os
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +36,9 @@ from descore_plugin import DeScoreReward, RewardOutput
 from descore_plugin.data.pairs import load_pairs
 from descore_plugin.modeling.prompt import DIMENSIONS
 from descore_plugin.testing.synthetic import overall_score, write_dataset
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import non_negative_int, positive_int
+from descore_plugin.utils.logging import setup_logging
 
 SHIPPED_JUDGE = Path(__file__).resolve().parent / "demo_judge"
 DEMO_HELD_OUT_SEED = 7
@@ -43,19 +46,25 @@ DEMO_HELD_OUT_SEED = 7
 MAX_NEW_TOKENS = 160
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="DeScore demo: a tiny judge that works, scored samples, Flow-DPO, "
-                                                 "HTML reports", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/demo", help="held-out data, results and reports go here")
-    parser.add_argument("--judge", default=str(SHIPPED_JUDGE), help="the judge's checkpoint directory")
-    parser.add_argument("--train-judge", action="store_true",
-                        help="train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~15 min)")
-    parser.add_argument("--held-out-pairs", type=int, default=100, help="held-out pairs scored with the judge's CoT")
-    parser.add_argument("--num-samples", type=int, default=6, help="sample pairs scored and printed (2 videos each)")
-    parser.add_argument("--dpo-steps", type=int, default=60, help="Flow-DPO steps (0: skip post-training)")
-    parser.add_argument("--dpo-eval-every", type=int, default=20, help="fixed-prompt evaluation every N DPO steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples, Flow-DPO and a judge trained with --train-judge")
-    return parser.parse_args(argv)
+@dataclass
+class DemoArguments:
+    """What the demo runs; every field is a flag (`--held-out-pairs`)."""
+
+    output_dir: str = help_field("held-out data, results and reports go here", "outputs/demo")
+    judge: str = help_field("the judge's checkpoint directory", str(SHIPPED_JUDGE))
+    train_judge: bool = help_field("train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~15 min)",
+                                   False)
+    held_out_pairs: int = help_field("held-out pairs scored with the judge's CoT", 100, check=positive_int)
+    num_samples: int = help_field("sample pairs scored and printed (2 videos each)", 6, check=positive_int)
+    dpo_steps: int = help_field("Flow-DPO steps (0: skip post-training)", 60, check=non_negative_int)
+    dpo_eval_every: int = help_field("fixed-prompt evaluation every N DPO steps", 20, check=positive_int)
+    seed: int = help_field("seed of the samples, Flow-DPO and a judge trained with --train-judge", 0)
+
+
+def parse_args(argv=None) -> DemoArguments:
+    (args,) = parse_config(DemoArguments, argv, prog="demo.py",
+                           description="DeScore demo: a tiny judge that works, scored samples, Flow-DPO, HTML reports")
+    return args
 
 
 def step_judge(judge: str, output_dir: Path, train: bool, seed: int = 0) -> Path:
@@ -219,6 +228,7 @@ def step_reports(output_dir: Path, sources: dict) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging()  # the library's progress lines (the Flow-DPO run's evaluations, ...) print as they did
     if "OMP_NUM_THREADS" not in os.environ:
         # the tiny models are overhead-bound: one thread runs them as fast as two, and far faster than two threads
         # on a busy machine (measured: 16 videos think-then-score in 2.7 s on one thread, 47 s on two under load)
