@@ -104,6 +104,7 @@ def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200
         learning_rate=1e-3, lora_rank=0, train_embeddings="all", cot_mask_prob=0.0, lm_loss_weight=4.0,
         eval_think=True, eval_max_new_tokens=MAX_NEW_TOKENS, eval_steps=select_every, save_steps=select_every,
         save_total_limit=steps // max(1, select_every) + 1, seed=seed, log_with=None,
+        max_grad_norm=1.0, undecided_rows="drop",  # the regime the shipped judge was trained with
     )
     Trainer(TrainConfig(model=str(work_dir / "init"), train_data=str(data["train"]),
                         eval_data=str(data["validation"]), output_dir=str(work_dir / "stage1"), **stage1)).train()
@@ -135,7 +136,8 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
           f"selected step {best_step}")
     stage2 = None
     if stage2_steps:
-        stage2 = dict(stage=2, max_steps=stage2_steps, batch_size=4, gradient_accumulation_steps=1,
+        stage2 = dict(stage=2, max_steps=stage2_steps, batch_size=4, rollout_batch_size=64, actor_batch_size=8,
+                      grad_norm_groups="joint",  # the regime the shipped judge was trained with
                       learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
                       max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=seed,
                       log_with=None)

@@ -56,8 +56,8 @@ SUBSTITUTIONS = [
     (r"--num-pairs (2000|200|20)\b", "--num-pairs 4"),
     # stage 1 and stage 2: one step; stage 2 with short rollouts and small groups
     (r"(train_rm\.py --stage 1 .*)--max-steps 1000", r"\1--max-steps 1 --gradient-accumulation-steps 1"),
-    (r"(train_rm\.py --stage 2 .*)--max-steps 200", r"\1--max-steps 1 --gradient-accumulation-steps 1 "
-                                                     r"--num-rollouts 2 --max-new-tokens 8"),
+    (r"(train_rm\.py --stage 2 .*)--max-steps 200", r"\1--max-steps 1 --rollout-batch-size 1 --actor-batch-size 2 "
+                                                     r"--num-rollouts 2 --max-new-tokens 8 --allow-unparsed-cots"),
     (r"(eval_rm\.py .*)--output-dir eval/", r"\1--output-dir eval/ --max-new-tokens 8"),
     (r"--max-steps 500 --num-cot-samples 4", "--max-steps 1 --num-cot-samples 1 --teacher-max-new-tokens 8 "
                                              "--gradient-accumulation-steps 1"),

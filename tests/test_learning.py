@@ -67,6 +67,7 @@ def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weig
         gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, train_embeddings="all",
         cot_mask_prob=cot_mask_prob, lm_loss_weight=lm_loss_weight, eval_think=eval_think,
         eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
+        max_grad_norm=1.0, undecided_rows="drop",  # the regime these numbers were measured with (not the official)
         # In-process input, every one of the 1,200 tiny videos (~90 MB decoded) decoded once: on a busy 2-core machine
         # loader workers only compete with the training step for the cores (recipes/bench_data.py).
         num_workers=0, video_cache_bytes=128 * 2**20,
@@ -147,7 +148,8 @@ def stage2(world, trainings):
         output_dir=str(world["root"] / "stage2"), stage=2, max_steps=STAGE2_STEPS, batch_size=4,
         gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
         max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
-        mini_batches_per_rollout=1,  # one update per rollout batch, the regime these numbers were measured with
+        rollout_batch_size=4, actor_batch_size=8,  # one update per rollout batch, the regime these numbers were
+        grad_norm_groups="joint",  # measured with (official: 128 pairs a rollout batch, actor and head clipped apart)
         num_workers=0, video_cache_bytes=128 * 2**20,
     )
     trainer = Trainer(config)

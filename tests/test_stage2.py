@@ -219,3 +219,65 @@ def test_rollout_reward_official_parser_by_default_lenient_as_option():
     assert lenient == pytest.approx({"reward": 0.7 + 0.1, "accuracy": 1.0, "format": 1.0, "length": 0.0})
     unclosed = strings.replace("</answer>", "")
     assert rollout_reward(unclosed, truth)["format"] == 0.0
+
+
+# ---------------------------------------------------------------------- batch geometry, global on any process count
+GEOMETRY_WORKER = Path(__file__).resolve().parent / "stage2_geometry_worker.py"
+
+
+def _geometry_run(model, pairs, out, processes: int) -> list[dict]:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(port), str(GEOMETRY_WORKER), str(model), str(pairs), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank.{r}.json").read_text()) for r in range(processes)]
+
+
+def test_stage2_geometry_is_global_on_one_and_two_processes(stage1, tmp_path):
+    """--rollout-batch-size 4 pairs and --actor-batch-size 4 videos: every rollout batch holds 4 pairs x 2 videos x
+    2 rollouts = 16 sequences and gives 2 optimiser steps of 2 pairs (8 sequences), on 1 process (2 micro-batches a
+    step) and on 2 (1 each) alike; the steps update on the same pairs. (Official: 128 pairs x 2 x 8 = 2,048
+    sequences, 32 steps of 8 videos x 8 rollouts = 64.)"""
+    runs = {n: _geometry_run(stage1["full"], stage1["data"], tmp_path / f"p{n}", n) for n in (1, 2)}
+    for n, ranks in runs.items():
+        assert all(r["num_processes"] == n and r["steps_per_rollout"] == 2 for r in ranks)
+        assert all(r["accumulation"] == 2 // n for r in ranks)
+        # sequences per rollout batch, summed over processes: 16, sampled once for its 2 steps
+        per_batch = {}
+        for rank in ranks:
+            for batch in rank["rollouts"]:
+                per_batch[batch["index"]] = per_batch.get(batch["index"], 0) + batch["sequences"]
+        assert per_batch == {0: 16}
+        assert all(len(rank["rollouts"]) == 1 for rank in ranks)  # sampled once per rollout batch, not per step
+    steps = {n: {} for n in runs}
+    for n, ranks in runs.items():
+        for rank in ranks:
+            for update in rank["updates"]:
+                entry = steps[n].setdefault(update["step"], {"videos": [], "sequences": 0})
+                entry["videos"] += update["videos"]
+                entry["sequences"] += update["sequences"]
+    assert sorted(steps[1]) == sorted(steps[2]) == [0, 1]
+    for step in range(2):
+        assert steps[1][step]["sequences"] == steps[2][step]["sequences"] == 8  # 2 pairs x 2 videos x 2 rollouts
+        assert sorted(steps[1][step]["videos"]) == sorted(steps[2][step]["videos"])  # the same global batch
+
+
+def test_stage2_geometry_errors_name_the_flags():
+    from descore_plugin.training.trainer import _geometry
+    from descore_plugin.utils.errors import UserError
+
+    config = TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve()
+    assert _geometry(config, 1) == (4, 32)  # official: 4 pairs a step, 32 steps per rollout batch of 128 pairs
+    with pytest.raises(UserError, match="--actor-batch-size 8 .*--batch-size 1 x 8 process"):
+        _geometry(config, 8)
+    with pytest.raises(UserError, match="--actor-batch-size 7"):
+        TrainConfig(model="m", train_data="d", output_dir="o", stage=2, actor_batch_size=7).resolve()

@@ -312,21 +312,21 @@ class Trainer:
         """Open the run directory (`runs.Run`: an existing run needs `resume` or `overwrite`; `resume` refuses a
         changed flag other than MAY_CHANGE_ON_RESUME), load data and model, and continue from the newest
         checkpoint when `resume` is set (`self.step` is then its step)."""
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.config = config.resolve()
         self.output_dir = Path(config.output_dir)
-        self.accumulation, self.steps_per_rollout = _geometry(config, PartialState().num_processes)
         project = ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"))
         log_with = config.log_with if config.log_with != "none" and _tracker_available(config.log_with) else None
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=self.accumulation,
             mixed_precision=config.mixed_precision,
             log_with=log_with,
             project_config=project,
             step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, on any number of processes
         )
+        self.accumulation, self.steps_per_rollout = _geometry(config, self.accelerator.num_processes)
+        self.accelerator.gradient_accumulation_steps = self.accumulation
         self.train_pairs = self._load_train(config.train_data)
         # Evaluation sees every pair of its file, ties included (even when it is the training file); evaluate_pairs
         # leaves out only the pairs labelled "invalid", and counts them.
