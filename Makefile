@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-judge test lint bench clean
+.PHONY: demo demo-judge world-wan test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 # Train the demo's judge again (recipes/demo_judge/, shipped in the repository).
 demo-judge: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) recipes/train_demo_judge.py --output-dir recipes/demo_judge
+
+# Train the world's tiny Wan-2.1 again (VAE, then transformer + text encoder; recipes/world_wan/, shipped).
+world-wan: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) recipes/train_world_wan.py --output-dir recipes/world_wan
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

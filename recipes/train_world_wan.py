@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,45 +35,32 @@ import torch
 from descore_plugin.testing import world_wan as ww
 from descore_plugin.testing.synthetic import render_clips
 from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE
-from descore_plugin.utils.errors import one_line_errors
+from descore_plugin.utils.args import help_field, parse_config
 from descore_plugin.utils.files import atomic_directory, atomic_write_text
 
 SHIPPED = Path(__file__).resolve().parent / "world_wan"
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class RecipeArguments:
-    output_dir: str = _help("where the diffusers folder is written (replaced atomically)", str(SHIPPED))
-    work_dir: str = _help("training states, the VAE between phases and the cached latents", "outputs/world_wan_work")
-    phase: str = _help("vae, transformer (needs the VAE in --work-dir) or all", "all")
-    resume: bool = _help("continue each phase from its last state in --work-dir", False)
-    seed: int = _help("seed of the data, the initial weights and every batch", 0)
-    num_inference_steps: int = _help("sampler steps recorded in generation_defaults.json and used to measure", 10)
-    guidance_scale: float = _help("CFG scale recorded in generation_defaults.json and used to measure", 3.0)
-    final_eval_samples: int = _help("held-out samples of the final fidelity measurement", 128)
-    progress: bool = _help("tqdm progress bars", True)
+    output_dir: str = help_field("where the diffusers folder is written (replaced atomically)", str(SHIPPED))
+    work_dir: str = help_field("training states, the VAE between phases and the cached latents",
+                               "outputs/world_wan_work")
+    phase: str = help_field("vae, transformer (needs the VAE in --work-dir) or all", "all",
+                            choices=["vae", "transformer", "all"])
+    resume: bool = help_field("continue each phase from its last state in --work-dir", False)
+    seed: int = help_field("seed of the data, the initial weights and every batch", 0)
+    num_inference_steps: int = help_field("sampler steps recorded in generation_defaults.json and used to measure",
+                                          10)
+    guidance_scale: float = help_field("CFG scale recorded in generation_defaults.json and used to measure", 3.0)
+    final_eval_samples: int = help_field("held-out samples of the final fidelity measurement", 128)
+    progress: bool = help_field("tqdm progress bars", True)
 
 
 def parse_args(argv=None):
-    import argparse
-
-    from transformers import HfArgumentParser
-
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    parser = one_line_errors(HfArgumentParser(
-        (RecipeArguments, ww.VaeConfig, ww.VaeTrainConfig, ww.GeneratorConfig, ww.GeneratorTrainConfig,
-         ww.CaptionNoise),
-        prog="train_world_wan.py", description=__doc__, formatter_class=Formatter))
-    parsed = parser.parse_args_into_dataclasses(args=argv)
-    if parsed[0].phase not in ("vae", "transformer", "all"):
-        parser.error(f"argument --phase: must be vae, transformer or all, got {parsed[0].phase!r}")
-    return parsed
+    return parse_config([RecipeArguments, ww.VaeConfig, ww.VaeTrainConfig, ww.GeneratorConfig,
+                         ww.GeneratorTrainConfig, ww.CaptionNoise], argv, prog="train_world_wan.py",
+                        description=__doc__)
 
 
 def vae_phase(args: RecipeArguments, vae_config: ww.VaeConfig, train: ww.VaeTrainConfig) -> dict:

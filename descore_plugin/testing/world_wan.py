@@ -14,7 +14,7 @@ loads. What is this project's choice, and why:
 - Training runs the VAE's encoder and decoder in two calls each (`vae_forward`: the first frame, then the rest)
   instead of diffusers' one call per chunk; the causal convolutions' feature caches make it the same function
   (checked by `tests/test_world_wan.py`) in fewer, larger calls.
-- The text vocabulary has one token per world word (`world_tokenizer`), so a prompt is 10 tokens + `</s>`.
+- The text vocabulary has one token per world word (`world_tokenizer`), so a prompt is 9 tokens + `</s>`.
 - The generator is imperfect on purpose: its pre-training captions are web-like noisy (`CaptionNoise`: a share of
   clips whose colour, shape, motion or background departs from the caption, flicker, grain and shake), so its samples
   follow prompts only part of the time and post-training has room to improve it.
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descore_plugin.utils.args import help_field
 from descore_plugin.testing.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, Clip, Scene, WorldConfig
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,19 @@ def world_tokenizer():
 # Pre-training data: noisy captions
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
+def _bool_text(text: str) -> bool:
+    """A command-line boolean (true / false, yes / no, 1 / 0)."""
+    import argparse
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true / false)")
+
+
+_help = help_field
 
 
 @dataclass
@@ -263,10 +275,10 @@ class VaeConfig:
     """The shallow real `AutoencoderKLWan` configuration (see the module docstring for why it is shallow)."""
 
     base_dim: int = _help("AutoencoderKLWan base_dim (channels of the first level; Wan-2.1: 96)", 16)
-    dim_mult: list[int] = field(default_factory=lambda: [1, 2, 2], metadata={
-        "help": "channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)"})
-    temperal_downsample: list[bool] = field(default_factory=lambda: [False, True], metadata={
-        "help": "which downsamples also halve time (diffusers' spelling; Wan-2.1: False True True)"})
+    dim_mult: list[int] = _help("channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)",
+                                [1, 2, 2])
+    temperal_downsample: list[bool] = _help("which downsamples also halve time (diffusers' spelling; Wan-2.1: "
+                                            "false true true)", [False, True], check=_bool_text)
     num_res_blocks: int = _help("residual blocks per level (Wan-2.1: 2)", 1)
     z_dim: int = _help("latent channels (16, as the pipeline's latents_mean / latents_std)", 16)
 
@@ -593,14 +605,13 @@ class GeneratorConfig:
     num_attention_heads: int = _help("transformer heads (1.3B: 12)", 4)
     attention_head_dim: int = _help("transformer head width (1.3B: 128; >= 12 for the 3-D rope split)", 32)
     ffn_dim: int = _help("transformer FFN width (1.3B: 8960)", 256)
-    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2],
-                                  metadata={"help": "transformer patch (t, h, w) over latents (Wan-2.1: 1 2 2)"})
+    patch_size: list[int] = _help("transformer patch (t, h, w) over latents (Wan-2.1: 1 2 2)", [1, 2, 2])
     text_d_model: int = _help("UMT5 encoder width = the transformer's text_dim (UMT5-XXL: 4096)", 64)
     text_layers: int = _help("UMT5 encoder layers", 2)
     text_heads: int = _help("UMT5 heads", 4)
     flow_shift: float = _help("flow shift of the UniPC scheduler and of the training timesteps (Wan-2.1 480p: 3.0)",
                               3.0)
-    max_sequence_length: int = _help("text tokens per prompt (a world prompt is 10 words + </s>)", 16)
+    max_sequence_length: int = _help("text tokens per prompt (a world prompt is 9 words + </s>)", 16)
 
 
 def build_text_encoder(tokenizer, config: GeneratorConfig, seed: int = 0):
