@@ -281,3 +281,66 @@ def test_eval_rm_checks_every_video_before_scoring(world, tmp_path, capsys):
     assert accuracy["num_pairs"] == 4  # rows 1, 2, 4, 6
     skipped = [json.loads(line) for line in (tmp_path / "ev" / "skipped_rows.jsonl").read_text().splitlines()]
     assert [(s["row"], s["field"]) for s in skipped] == [(3, "video_b"), (5, "video_a"), (7, "video_b")]
+
+
+# ------------------------------------------------------------------------------------ Ctrl-C: one line, not a traceback
+def _interrupt_when(command: list, ready, cwd) -> "subprocess.CompletedProcess":
+    """Start `command`, wait until `ready()` holds (at most 4 minutes), then press Ctrl-C: SIGINT to its whole process
+    group, as a terminal does (data-loader workers included)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers.run import offline_env
+
+    process = subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd, env=offline_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not ready() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert ready(), "the command never reached the point to interrupt"
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def _assert_one_interrupted_line(result, prog: str, *fragments) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
+    assert lines[-1].startswith(f"{prog}: interrupted; "), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def test_ctrl_c_on_score_names_the_output_and_resume(world, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    command = ["-m", "descore_plugin.cli", "score", world["root"] / "data" / "videos", "--prompt", "a red square",
+               "--model", world["model"], "--output", out, "--max-new-tokens", "400", "--batch-size", "1",
+               "--num-workers", "1"]
+    result = _interrupt_when(command, lambda: out.is_file() and out.read_text().count("\n") >= 1, tmp_path)
+    _assert_one_interrupted_line(result, "descore score", str(out), "--resume")
+    rows = out.read_text().splitlines()
+    assert rows and all(json.loads(row)["video"] for row in rows)  # complete rows only, kept for --resume
+
+
+def test_ctrl_c_on_training_names_the_last_checkpoint(world, tmp_path):
+    out = tmp_path / "run"
+    command = [RECIPES / "train_rm.py", "--stage", "1", "--model", world["model"], "--train-data",
+               world["root"] / "data" / "pairs.jsonl", "--output-dir", out, "--max-steps", "100000",
+               "--save-steps", "1", "--save-total-limit", "2", "--gradient-accumulation-steps", "1"]
+    result = _interrupt_when(command, lambda: any((out / f"checkpoint-{n}" / "run_state.json").is_file()
+                                                  for n in (2, 3, 4, 5)), tmp_path)
+    line = _assert_one_interrupted_line(result, "train_rm.py", "last checkpoint: ", "--resume")
+    named = Path(line.split("last checkpoint: ", 1)[1].split(";", 1)[0])
+    assert named.parent == out and (named / "run_state.json").is_file()
+    newest = max((p for p in out.glob("checkpoint-*") if (p / "run_state.json").is_file()),
+                 key=lambda p: int(p.name.split("-")[1]))
+    assert named == newest

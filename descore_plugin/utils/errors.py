@@ -65,7 +65,13 @@ def run_main(main, prog: str, argv=None) -> int:
     except (UserError, *_FILE_ERRORS) as error:
         return report(error, prog)
     except KeyboardInterrupt:
-        return interrupted(prog)
+        pass
+    # Out of the except block the interrupted work's frames are released, so its progress bars close (and print)
+    # before the one line, which is then the last one.
+    import gc
+
+    gc.collect()
+    return interrupted(prog)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,10 +259,12 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_device_arguments(parser: argparse.ArgumentParser,
-                         device_help: str = "e.g. cuda, cuda:1, cpu (default: cuda if available)") -> None:
-    """`--device` and `--dtype`, checked where they enter, for every command that loads a reward model."""
+DEVICE_HELP = "e.g. cuda, cuda:1, cpu (default: cuda if available)"
+DTYPE_HELP = "float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, bfloat16 on CUDA)"
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, device_help: str = DEVICE_HELP) -> None:
+    """`--device` and `--dtype`, checked where they enter, for every command that loads a reward model (a dataclass
+    command line: `utils.args.DeviceArguments`)."""
     parser.add_argument("--device", type=device_name, default=None, help=device_help)
-    parser.add_argument("--dtype", type=dtype_name, default=None,
-                        help="float32 / bfloat16 / float16 (or fp32 / bf16 / fp16; default: float32 on CPU, "
-                             "bfloat16 on CUDA)")
+    parser.add_argument("--dtype", type=dtype_name, default=None, help=DTYPE_HELP)
