@@ -401,8 +401,9 @@ def test_cli_serves_the_tiny_model_and_refuses_open_binds():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(command + ["--port", str(port), "--log-level", "warning"], stderr=subprocess.PIPE,
-                               text=True, env=env)
+    # two replicas (one per listed device) behind the one port
+    process = subprocess.Popen(command + ["--port", str(port), "--log-level", "warning", "--devices", "cpu,cpu"],
+                               stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -413,6 +414,7 @@ def test_cli_serves_the_tiny_model_and_refuses_open_binds():
                 time.sleep(0.2)
         out = RemoteReward(f"http://127.0.0.1:{port}").score([_video(0)], ["x"], think=True, max_new_tokens=4)
         assert out.rewards.shape == (1,) and isinstance(out.cots[0], str)
+        assert requests.get(f"http://127.0.0.1:{port}/info", timeout=5).json()["replicas"] == ["cpu", "cpu"]
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)

@@ -441,9 +441,8 @@ def _serve(args):
             devices = [device_name(d.strip()) for d in args.devices.split(",") if d.strip()]
         except argparse.ArgumentTypeError as error:
             raise UserError(f"--devices: {error}") from None
-        if not devices or len(set(devices)) != len(devices):
-            raise UserError(f"--devices {args.devices}: expected distinct devices separated by commas, e.g. "
-                            "cuda:0,cuda:1")
+        if not devices:
+            raise UserError(f"--devices {args.devices!r}: expected devices separated by commas, e.g. cuda:0,cuda:1")
     else:
         devices = [args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
     device = ",".join(devices)
