@@ -365,3 +365,22 @@ def test_prefixes_and_per_video_rates_on_score(model, server):
     response = requests.post(f"{server.url}/video_fps/abc/score", json={"videos": [spec], "prompts": ["x"]})
     assert response.status_code == 422 and "/video_fps/abc" in response.json()["detail"]
     assert requests.get(f"{server.url}/think/key/anything/health", timeout=5).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("template, end", [("<|im_start|>user\nJudge.<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
+                                           ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+                                           ("<start_of_turn>model\n", "<end_of_turn>"),
+                                           ("<|assistant|>\n", "<|end|>"),
+                                           ("[INST] Judge. [/INST]", "</s>"),
+                                           ("<｜Assistant｜>", "<｜end▁of▁sentence｜>")])
+def test_response_locator_knows_the_common_end_of_turn_tokens(template, end):
+    from descore_plugin.serving.protocols import ResponseLocator
+
+    locate = ResponseLocator()
+    cot = "The square is red. <answer>{}</answer>"
+    for padding in ("", "<pad><pad>", "<|endoftext|>"):
+        assert locate(padding + template + cot + end + padding, template) == (cot, None)
+    assert locate(template + cot, template) == (cot, None)  # cut by the length limit: no end token
+    response, why = locate(template[3:] + cot + end, template)  # a prompt truncated from the left
+    assert response is None and "not a verbatim part" in why
+    assert locate(template + cot + end, None)[0] is None
