@@ -24,50 +24,50 @@ MODEL/evaluation (`--output-dir MODEL/evaluation`), its reward_range is what `de
 compares other scores of that model with, to flag a judge used out of its domain.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import default_device_and_dtype
-from descore_plugin.data.pairs import load_pairs
 from descore_plugin.data.check import SKIPPED_ROWS_FILE, check_training_videos, write_skipped_rows
-from descore_plugin.utils.errors import (ArgumentParser, add_device_arguments, blame, positive_float, positive_int,
-                                         prepare_output_dir, run_main)
-from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
+from descore_plugin.data.pairs import load_pairs
 from descore_plugin.data.video import load_video
+from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
+from descore_plugin.utils.args import DeviceArguments, help_field, parse_config
+from descore_plugin.utils.errors import blame, positive_float, positive_int, prepare_output_dir, run_main
 
 
-def parse_args(argv=None):
-    parser = ArgumentParser(prog="eval_rm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pairs", help="pair file (.csv or .jsonl) in any format descore_plugin.data.pairs reads")
-    parser.add_argument("--model", required=True, help="DeScore checkpoint directory or hub id (required)")
-    parser.add_argument("--output-dir", required=True,
-                        help="where accuracy.json and pairs_scored.csv go (required; refused if it exists, unless "
-                             "--overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing evaluation in --output-dir (default: off, refuse)")
-    parser.add_argument("--no-think", action="store_true",
-                        help="score without a CoT (the masked-CoT fast path) (default: off)")
-    parser.add_argument("--batch-size", type=positive_int, default=8,
-                        help="videos per forward / generate call (default: 8)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
-                        help="CoT length limit in tokens (default: the model's, sized to the CoTs it was trained on; "
-                             "recorded in accuracy.json)")
-    parser.add_argument("--num-frames", type=positive_int, default=None,
-                        help="override the model's frames per video (default: the model's)")
-    parser.add_argument("--fps", type=positive_float, default=None,
-                        help="override the model's frame SAMPLING rate (frames kept per second of video, not the file's rate; default: the model's)")
-    parser.add_argument("--prompt-template", default=None,
-                        help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
-                             "default: the checkpoint's own")
-    parser.add_argument("--label-column", default=None,
-                        help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall; e.g. TA)")
-    parser.add_argument("--skip-bad-rows", action="store_true",
-                        help="leave out the pairs whose videos do not decode (listed in OUTPUT_DIR/skipped_rows.jsonl) "
-                             "instead of stopping before scoring (default: off)")
-    add_device_arguments(parser)
-    return parser.parse_args(argv)
+@dataclass
+class EvalArguments:
+    """Every field is a flag (`--max-new-tokens`), PAIRS the positional argument."""
+
+    pairs: str = help_field("pair file (.csv or .jsonl) in any format descore_plugin.data.pairs reads", positional=True)
+    model: str = help_field("DeScore checkpoint directory or hub id", required=True)
+    output_dir: str = help_field("where accuracy.json and pairs_scored.csv go (refused if it exists, unless "
+                                 "--overwrite)", required=True)
+    overwrite: bool = help_field("replace an existing evaluation in --output-dir (off: refuse)", False)
+    no_think: bool = help_field("score without a CoT (the masked-CoT fast path)", False)
+    batch_size: int = help_field("videos per forward / generate call", 8, check=positive_int)
+    max_new_tokens: int | None = help_field("CoT length limit in tokens (default: the model's, sized to the CoTs it "
+                                            "was trained on; recorded in accuracy.json)", check=positive_int)
+    num_frames: int | None = help_field("override the model's frames per video (default: the model's)",
+                                        check=positive_int)
+    fps: float | None = help_field("override the model's frame SAMPLING rate (frames kept per second of video, not the "
+                                   "file's rate; default: the model's)", check=positive_float)
+    prompt_template: str | None = help_field("judge instruction file (text with {prompt}, or the official one with "
+                                             "[insert prompt here]); default: the checkpoint's own")
+    label_column: str | None = help_field("VideoAlign / VideoGen-RewardBench files: the label column (default: "
+                                          "Overall; e.g. TA)")
+    skip_bad_rows: bool = help_field("leave out the pairs whose videos do not decode (listed in "
+                                     "OUTPUT_DIR/skipped_rows.jsonl) instead of stopping before scoring", False)
+
+
+def parse_args(argv=None) -> EvalArguments:
+    """The command line as one object: EvalArguments' fields and DeviceArguments' (device, dtype)."""
+    arguments, device = parse_config([EvalArguments, DeviceArguments], argv, prog="eval_rm.py", description=__doc__)
+    arguments.device, arguments.dtype = device.device, device.dtype
+    return arguments
 
 
 def main(argv=None) -> int:

@@ -23,13 +23,15 @@ flag is reported by name instead of raising.
 import argparse
 import copy
 import dataclasses
+import re
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from transformers import HfArgumentParser
 
-from descore_plugin.utils.errors import USAGE_EXIT_STATUS, one_line
+from descore_plugin.utils.errors import DEVICE_HELP, DTYPE_HELP, USAGE_EXIT_STATUS, device_name, dtype_name, one_line
 
-__all__ = ["help_field", "HelpFormatter", "ConfigParser", "parse_config"]
+__all__ = ["help_field", "HelpFormatter", "ConfigParser", "parse_config", "DeviceArguments"]
 
 def help_field(help: str, default=None, *, default_factory=None, required: bool = False, check=None,
                positional: bool = False, **argparse_kwargs) -> dataclasses.Field:
@@ -61,8 +63,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     def _get_help_string(self, action):
         if action.required:
             return f"{action.help} (required)"
-        if isinstance(action, argparse._StoreFalseAction):  # `--no-<flag>`: its "default" False would mislead
-            return action.help
+        if isinstance(action, argparse._StoreFalseAction) or re.search(r"\bdefault\b", action.help or ""):
+            return action.help  # `--no-<flag>` (its "default" False would mislead), or a default told in words
         return super()._get_help_string(action)
 
 
@@ -102,6 +104,9 @@ class ConfigParser(HfArgumentParser):
             parser._actions[-1].help = f"the same as --{field.name.replace('_', '-')} false (default: not given)"
 
     def error(self, message):
+        # "argument --batch_size/--batch-size: ..." names the flag once, as it is written: "argument --batch-size: ..."
+        message = re.sub(r"--(\w+)/--([\w-]+)", lambda m: f"--{m[2]}" if m[1].replace("_", "-") == m[2] else m[0],
+                         str(message))
         self.exit(USAGE_EXIT_STATUS, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
     def parse_args_into_dataclasses(self, args=None, **kwargs) -> tuple:
@@ -126,3 +131,11 @@ def parse_config(dataclass_types, argv=None, *, prog: str | None = None, descrip
     if defaults:
         parser.set_defaults(**defaults)
     return parser.parse_args_into_dataclasses(argv)
+
+
+@dataclass
+class DeviceArguments:
+    """`--device` and `--dtype` of every command that loads a reward model, checked where they enter."""
+
+    device: str | None = help_field(DEVICE_HELP, check=device_name)
+    dtype: str | None = help_field(DTYPE_HELP, check=dtype_name)
