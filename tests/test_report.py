@@ -473,3 +473,15 @@ def test_check_scores_the_saved_samples_after_the_fact(tmp_path):
     assert cli(["report", str(clean), "--output-dir", str(tmp_path / "cli"), "--check", "analytic:redness"]) == 0
     assert (tmp_path / "cli" / "check_scores.jsonl").is_file()
     assert "analytic:redness (independent check)" in (tmp_path / "cli" / "index.html").read_text()
+
+
+def test_the_trained_rewards_come_from_run_args(runs):
+    """run_args.json's --reward names the optimised reward, and a trained reward is never an independent check."""
+    run = report.load_run(runs["hacked"])
+    run["args"] = {"reward": ["student=1.0"]}
+    analysis = report.hacking_flags(run)
+    assert analysis["primary"] == "student" and analysis["independent"] == ["descore"]
+    run["args"] = {"reward": ["descore=1", "student=0.5"]}
+    analysis = report.hacking_flags(run)
+    assert analysis["primary"] == "descore" and analysis["independent"] == []
+    assert report.hacking_flags(run, primary="student")["primary"] == "student"  # --reward wins

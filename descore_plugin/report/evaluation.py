@@ -35,7 +35,8 @@ def truth_table(row: dict) -> str:
         mark = ' class="differs"' if name in differing else ""
         lines.append(f'<tr{mark}><td>{esc(name)}</td><td class="num">{esc(truth_a.get(name, "–"))}</td>'
                      f'<td class="num">{esc(truth_b.get(name, "–"))}</td><td class="num">'
-                     f'{esc(judged["a"].get(name, "–"))}</td><td class="num">{esc(judged["b"].get(name, "–"))}</td></tr>')
+                     f'{esc(judged["a"].get(name, "–"))}</td><td class="num">{esc(judged["b"].get(name, "–"))}'
+                     '</td></tr>')
     said = ", ".join(f"{name}: A {truth_a.get(name, '–')}, B {truth_b.get(name, '–')}" for name in differing)
     return (f'<div class="truth"><div><b>Truth</b> (from the data): '
             + (f"the videos differ in {esc(said)}" if differing else "the videos have the same scores") +
@@ -66,7 +67,8 @@ def evaluation_page(evaluation: dict, media: Media, source: Path) -> str:
     items.append(("wrong pairs", len(wrong)))
     body = tiles(items)
     if think and rate is not None and rate < PARSE_WARNING_RATE:
-        body += (f'<div class="flag" data-kind="parse"><b>CoTs not parsed</b> — only {rate:.0%} of the CoTs parse: the '
+        body += (f'<div class="flag" data-kind="parse"><b>CoTs not parsed</b> — only {rate:.0%} of the CoTs parse: '
+                 f'the '
                  f'judge mostly does not write its answer format here (out of its domain, or not taught to write it, '
                  f'or cut by max_new_tokens {evaluation.get("max_new_tokens")}), so these accuracies are not those of '
                  f'a judge that thinks</div>')

@@ -252,18 +252,23 @@ def primary_name(names: list, primary: str | None = None) -> str:
 
 def hacking_flags(run: dict, primary: str | None = None, independent=None, z: float = 3.0, min_change: float = 0.0,
                   phrase_fraction: float = 1 / 3, phrase_min_rise: float = 0.5) -> dict:
-    """All four flags of a loaded run (`load_run`). `primary`: the optimised reward (default: "descore" or the first
-    score); `independent`: names of the independent checks (default: every score that is not the primary, not one
-    of its `descore:` sub-scores and not the uncertainty). Returns {"steps", "series", "primary", "independent",
-    "dimensions", "flags": [Flag], "phrases": {step: table}}."""
+    """All four flags of a loaded run (`load_run`). `primary`: the optimised reward (default: the first --reward of
+    its run_args.json, else "descore", else the first score); `independent`: names of the independent checks
+    (default: every score that is not a trained reward, not a `descore:` sub-score and not the uncertainty).
+    Returns {"steps", "series", "primary", "independent", "dimensions", "flags": [Flag], "phrases": {step: table}}."""
     steps, series = run_series(run)
     if not series:
         raise ReportInputError(f"{run['path']}: the run has no named scores to check")
+    # the rewards the run trained on (run_args.json: --reward NAME[=WEIGHT] ...); never an independent check
+    trained = [str(spec).partition("=")[0].strip() for spec in (run.get("args") or {}).get("reward") or []]
+    if primary is None and trained and trained[0] in series:
+        primary = trained[0]
     primary = primary_name(list(series), primary)
     dimensions = {n: v for n, v in series.items()
                   if n.startswith(DIMENSION_PREFIX) and n not in (UNCERTAINTY, OVERALL) and n != primary}
     if independent is None:
-        independent = [n for n in series if n != primary and not n.startswith(DIMENSION_PREFIX) and n != UNCERTAINTY]
+        independent = [n for n in series if n != primary and n not in trained and not n.startswith(DIMENSION_PREFIX)
+                       and n != UNCERTAINTY]
     else:
         unknown = [n for n in independent if n not in series]
         if unknown:

@@ -175,7 +175,7 @@ def page(title: str, subtitle: str, body: str, script: str = "") -> str:
 PALETTE = ["#2f6fdf", "#d9632b", "#1f8a4c", "#8e44ad", "#c8372d", "#0f9aa8", "#b26b00", "#5f6b7a", "#d63384"]
 
 
-def svg_lines(title: str, steps: list, lines: dict, width: int = 420, height: int = 240, y_label: str = "",
+def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: int = 240, y_label: str = "",
               bands: dict | None = None, y_range: tuple | None = None, note: str = "", markers: bool = True,
               thin: dict | None = None) -> str:
     """An inline SVG line chart: `lines` = {name: [mean per step]} (NaN gaps are skipped).

@@ -309,7 +309,8 @@ def load_model_record(model) -> dict | None:
     except json.JSONDecodeError as error:
         raise ReportInputError(f"{config_path}: not JSON ({error.msg})") from None
     record.update(head=config.get("head", "scalar"), trained_cot_tokens=config.get("trained_cot_tokens"))
-    for source, key in ((folder / "evaluation" / "accuracy.json", "reward_range"), (folder / "reward_range.json", None)):
+    sources = ((folder / "evaluation" / "accuracy.json", "reward_range"), (folder / "reward_range.json", None))
+    for source, key in sources:
         if source.is_file():
             try:
                 data = json.loads(source.read_text())

@@ -150,7 +150,8 @@ def _card(row: dict, rank, group: str, keys: list, media: Media) -> str:
     if row["error"]:
         body = f'<div class="reward" style="color:var(--bad)">failed</div><div>{esc(row["error"])}</div>'
     else:
-        uncertainty = f' <span class="muted">± {fmt(row["uncertainty"])}</span>' if row["uncertainty"] is not None else ""
+        uncertainty = (f' <span class="muted">± {fmt(row["uncertainty"])}</span>' if row["uncertainty"] is not None
+                       else "")
         parse = (f'<div class="parse-error">CoT not parsed: {esc(row["parse_error"])}</div>' if row["parse_error"]
                  else "")
         place = (f'<div class="rank">rank {rank[0]} of {rank[1]}' + (f', {fmt(rank[2], 4)} from the best' if rank[0] > 1
@@ -159,9 +160,11 @@ def _card(row: dict, rank, group: str, keys: list, media: Media) -> str:
                 f'{_dims_html(row["dimensional_scores"])}{parse}'
                 + (f'<div class="cot">{esc(row["cot"].strip())}</div>' if row["cot"] else
                    '<div class="muted">scored without a CoT</div>'))
-    classes = "card" + (" error" if row["error"] else "") + (" unparsed" if row["parse_error"] and not row["error"] else "")
+    classes = "card" + (" error" if row["error"] else "") + \
+        (" unparsed" if row["parse_error"] and not row["error"] else "")
     return (f'<div class="{classes}" data-group="{group}" {attributes}>{video}<div class="meta">'
-            f'<div class="prompt card-prompt">{esc(row["prompt"])}</div><div class="muted" title="{esc(row["video"])}">{esc(Path(row["video"]).name)}</div>'
+            f'<div class="prompt card-prompt">{esc(row["prompt"])}</div>'
+            f'<div class="muted" title="{esc(row["video"])}">{esc(Path(row["video"]).name)}</div>'
             f'{body}</div></div>')
 
 
