@@ -281,3 +281,149 @@ def test_stage2_geometry_errors_name_the_flags():
         _geometry(config, 8)
     with pytest.raises(UserError, match="--actor-batch-size 7"):
         TrainConfig(model="m", train_data="d", output_dir="o", stage=2, actor_batch_size=7).resolve()
+
+
+# ---------------------------------------------------------------------- what trains, and which verdict the BT term reads
+def _official_rows(pairs, gsb, gsb_result):
+    """The pairs as official stage-2 JSONL rows: `videos`, `prompt`, `GSB` and the ground-truth `answer` JSON."""
+    rows = []
+    for pair, column, verdict in zip(pairs, gsb, gsb_result):
+        answer = {"video_1_scores": pair.scores_a, "video_2_scores": pair.scores_b, "gsb_result": verdict}
+        rows.append({"videos": [pair.video_a, pair.video_b], "prompt": pair.prompt, "GSB": column,
+                     "answer": f"<answer>{json.dumps(answer)}</answer>"})
+    return rows
+
+
+def test_stage2_bt_label_from_gsb_result_by_default_gsb_column_as_option(stage1, tmp_path, monkeypatch):
+    """Official: the auxiliary BT term reads `gsb_result` in the answer JSON ("Video 1 is better" or "A", "Video 2 is
+    better" or "B"), not the GSB column; --bt-label label reads the column."""
+    from descore_plugin.training import trainer as trainer_module
+
+    pairs = load_pairs(stage1["data"])[:1]
+    path = tmp_path / "official.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in _official_rows(pairs, ["A"], ["B"])))
+    loaded = load_pairs(path, require_scores=True)[0]
+    assert loaded.label == "A" and loaded.answer_label == "B"
+    for written, expected in (("Video 1 is better", "A"), ("A", "A"), ("Video 2 is better", "B"), ("same", "tie")):
+        path.write_text(json.dumps(_official_rows(pairs, [""], [written])[0]) + "\n")
+        assert load_pairs(path, require_scores=True)[0].answer_label == expected, written
+        assert load_pairs(path, require_scores=True)[0].label == expected  # no GSB: the label is that verdict too
+    path.write_text("".join(json.dumps(row) + "\n" for row in _official_rows(pairs, ["A"], ["B"])))
+
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / "bt", train_data=str(path), bt_weight=1.0))
+    assert trainer.config.bt_label == "answer"
+    seen = []
+    real = trainer_module.bradley_terry_loss
+    monkeypatch.setattr(trainer_module, "bradley_terry_loss",
+                        lambda chosen, rejected, *a: seen.append((chosen.detach(), rejected.detach())) or real(chosen, rejected))
+    batch = trainer.stage2_inputs(trainer.batch_for(0))
+    trainer.rollouts = trainer._rollout_batch(0)
+    trainer.stage2_loss(0, batch)
+    trainer.config.bt_label = "label"
+    trainer.stage2_loss(0, batch)
+    (answer_chosen, answer_rejected), (label_chosen, label_rejected) = seen
+    torch.testing.assert_close(answer_chosen, label_rejected)  # answer says B, the GSB column says A
+    torch.testing.assert_close(answer_rejected, label_chosen)
+    assert not torch.equal(answer_chosen, answer_rejected)
+
+
+@pytest.mark.parametrize("rows", ["all", "reward_token"])
+def test_stage2_full_fine_tuning_trains_every_embedding_row_by_default(stage1, tmp_path, rows):
+    """Official stage 2 (full fine-tuning): every input-embedding row and the output head train (no restore of the
+    other rows); --train-embeddings reward_token keeps every row but <Reward> as it was."""
+    overrides = {} if rows == "all" else {"train_embeddings": "reward_token"}
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / rows, learning_rate=1e-2, **overrides))
+    assert trainer.config.train_embeddings == rows
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    weight = model.vlm.get_input_embeddings().weight
+    before = weight.detach().clone()
+    head_before = model.vlm.lm_head.weight.detach().clone()
+    trainer.train()
+    others = torch.ones(len(before), dtype=torch.bool)
+    others[model.reward_token_id] = False
+    moved = (weight.detach() != before).any(-1)
+    assert model.vlm.lm_head.weight.requires_grad and not torch.equal(model.vlm.lm_head.weight.detach(), head_before)
+    if rows == "all":
+        assert trainer.trainable_row is None and moved[others].sum() > 10  # the rows of the tokens it saw
+    else:
+        assert trainer.trainable_row is not None and not moved[others].any() and moved[model.reward_token_id]
+
+
+def rounded_away_share(trainer) -> float:
+    """One optimiser step of `trainer`: the share of the weight elements AdamW moved (a non-zero first moment) whose
+    stored value did not change, i.e. whose update rounded away in the weights' dtype."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    trainer.config.max_steps = 1
+    trainer.train()
+    stepped = unchanged = 0
+    for param, old in zip(params, before):
+        state = trainer.optimizer.optimizer.state.get(param, {})
+        if "exp_avg" not in state:
+            continue
+        moved = state["exp_avg"] != 0
+        stepped += int(moved.sum())
+        unchanged += int((moved & (param.detach() == old)).sum())
+    return unchanged / stepped
+
+
+@pytest.mark.parametrize("pure_bf16", [False, True])
+def test_pure_bf16_rounds_most_updates_away_at_the_official_learning_rate(stage1, tmp_path, pure_bf16):
+    """--pure-bf16 (the official stage-2 numerics: bf16 weights and AdamW states, no float32 copy): at lr 1e-6 most
+    weight updates round away; the default float32 weights take every one."""
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / str(pure_bf16), learning_rate=1e-6,
+                                    pure_bf16=pure_bf16))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert model.head.weight.dtype == (torch.bfloat16 if pure_bf16 else torch.float32)
+    share = rounded_away_share(trainer)
+    print(f"pure_bf16={pure_bf16}: {share:.4f} of the stepped weight elements unchanged after one step at lr 1e-6")
+    if pure_bf16:
+        assert share > 0.9
+    else:
+        assert share < 0.01
+
+
+# ---------------------------------------------------------------------- a start that cannot learn is refused
+def test_stage2_refuses_a_start_whose_cots_do_not_parse(stage1, tmp_path, capsys):
+    """A random tiny model writes no <answer>: stage 2 stops before step 1 with one line naming the way out, and
+    leaves no run directory behind; --allow-unparsed-cots starts anyway."""
+    main = recipe("train_rm.py")
+    out = tmp_path / "refused"
+    argv = ["--stage", "2", "--model", str(stage1["full"]), "--train-data", str(stage1["data"]), "--output-dir",
+            str(out), "--max-steps", "1", "--batch-size", "1", "--rollout-batch-size", "1", "--actor-batch-size", "2",
+            "--num-rollouts", "2", "--max-new-tokens", "6", "--log-with", "none", "--save-steps", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # after the progress bars of loading: one error line, no traceback
+    lines = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("train_rm.py: error: --stage 2: the starting model"), lines
+    assert "--allow-unparsed-cots" in lines[0] and "--lm-loss-weight" in lines[0]
+    assert not out.exists()
+    assert main(argv + ["--allow-unparsed-cots"]) == 0
+
+
+def test_stage2_starts_from_a_judge_that_writes_its_answer(tmp_path, caplog):
+    """The shipped demo judge writes readable answers: stage 2 starts without the escape flag, and records the CoT
+    length it trains on (its rollout limit) in the model it saves."""
+    demo = runpy.run_path(str(RECIPES / "train_demo_judge.py"), run_name="recipe")
+    data = write_dataset(tmp_path / "data", 4, seed=3, defects=demo["DEFECTS"], world=demo["WORLD"], progress=False)
+    config = TrainConfig(stage=2, model=str(RECIPES / "demo_judge"), train_data=str(data),
+                         output_dir=str(tmp_path / "s2"), max_steps=1, batch_size=1, rollout_batch_size=1,
+                         actor_batch_size=2, num_rollouts=2, max_new_tokens=demo["MAX_NEW_TOKENS"], save_steps=0,
+                         log_with=None, learning_rate=1e-6)
+    with caplog.at_level("INFO"):
+        trainer = Trainer(config)
+    assert "readable <answer> for" in caplog.text
+    trainer.train()
+    assert DeScoreReward.from_pretrained(tmp_path / "s2").config.trained_cot_tokens == demo["MAX_NEW_TOKENS"]
+
+
+def test_stage1_records_the_longest_training_cot(stage1, tiny_dirs, tmp_path):
+    """The saved stage-1 model's config holds the longest CoT of its training pairs, in tokens: scoring sizes its
+    default CoT limit to it (twice that), instead of the 4,096-token bound."""
+    pairs = load_pairs(stage1["data"])
+    model = DeScoreReward.from_pretrained(stage1["full"])
+    cots = [c for p in pairs for c in (p.cot_a, p.cot_b) if c]
+    longest = max(len(model.tokenizer(c)["input_ids"]) for c in cots)
+    assert model.config.trained_cot_tokens == longest > 0
+    assert model.config.cot_token_limit() == min(model.config.max_new_tokens, 2 * longest)
