@@ -22,7 +22,8 @@ class DeScoreConfig:
     """"scalar": Linear(hidden, 1, bias=False) (the paper). "distribution": Linear(hidden, num_bins, bias=False),
     softmax over score bins, reward = expectation, uncertainty = std (Z-Reward, arXiv 2606.09076; our option)."""
     score_bins: tuple = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
-    """Bin centres of the distribution head: the 1-5 rubric in half points (Z-Reward's 9-level scale)."""
+    """Bin centres of the distribution head: DeScore's 1-5 overall score in half points, 9 levels. Our choice: the
+    DeScore rubric writes its overall score as 1.00-5.00, and Z-Reward's distributions are over its own image rubric."""
     head_dtype: str = "float32"
     """The head runs in float32 on the (possibly bf16) hidden state; our choice, for stable small reward gaps."""
 
