@@ -295,6 +295,8 @@ def create_app(model, config: ServeConfig | None = None):
     async def _request_error(request, error: RequestError):
         if isinstance(error, ClientGone):
             logger.info("a client went away; %s", error.message)
+        else:  # some clients show only the status (Flow-Factory, OpenRLHF): the reason is in the server's log too
+            logger.warning("%s %s: %d %s", request.method, request.url.path, error.status, error.message)
         return JSONResponse({"detail": error.message, "error": error.message}, status_code=error.status,
                             headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
 
