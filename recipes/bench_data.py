@@ -31,7 +31,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from descore_plugin.utils.args import ConfigParser, help_field
 
 HERE = Path(__file__).resolve()
 
@@ -150,16 +153,16 @@ def write_table(path: Path, videos: list[Path], prompt: str):
         writer.writerows([str(v), prompt] for v in videos)
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and every flag's default."""
+@dataclass
+class BenchDataArguments:
+    json: str | None = help_field("the JSON file the ratios are written to (required to measure; default: none)")
+    work_dir: str = help_field("data, models and runs go here", "outputs/bench_data_work")
+    child: list[str] | None = help_field(argparse.SUPPRESS)  # a measured subprocess: KIND ARGS... (internal)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
-    parser.add_argument("--json", help="the JSON file the ratios are written to (required)")
-    parser.add_argument("--work-dir", default="outputs/bench_data_work", help="data, models and runs go here")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser = ConfigParser(BenchDataArguments, prog="bench_data.py", description=__doc__)
+    (args,) = parser.parse_args_into_dataclasses(argv)
     if args.child:
         kind, rest = args.child[0], args.child[1:]
         if kind == "train":

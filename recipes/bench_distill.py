@@ -12,9 +12,9 @@
 Goal: the student within 2 points of the teacher at 5x or more speed.
 """
 
-import argparse
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,8 @@ from descore_plugin.evaluation.metrics import accuracy_with_ties, accuracy_witho
 from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.training.trainer import TrainConfig, Trainer
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import positive_float, positive_int
 
 
 def evaluate(model, pairs, think: bool, batch_size: int) -> dict:
@@ -42,30 +44,26 @@ def evaluate(model, pairs, think: bool, batch_size: int) -> dict:
             "accuracy_without_ties": accuracy_without_ties(margins, labels), "seconds": seconds}
 
 
+@dataclass
+class BenchDistillArguments:
+    json: str = help_field("results file", "outputs/bench_distill.json")
+    work_dir: str = help_field("data sets and models go here", "outputs/bench_distill")
+    train_pairs: int = help_field("synthetic training pairs", 800, check=positive_int)
+    eval_pairs: int = help_field("held-out pairs", 100, check=positive_int)
+    defects: list[str] = help_field("dimensions the synthetic pairs differ in", ["subject", "dynamics", "style"])
+    teacher_steps: int = help_field("teacher (stage-1) training steps", 1500, check=positive_int)
+    distill_steps: int = help_field("student distillation steps", 600, check=positive_int)
+    batch_size: int = help_field("pairs per training step", 16, check=positive_int)
+    learning_rate: float = help_field("teacher and student", 1e-3, check=positive_float)
+    num_cot_samples: int = help_field("teacher CoTs sampled per video for the distillation target", 4,
+                                      check=positive_int)
+    student_hidden: int = help_field("64: same size as the teacher; 32: smaller", 64, check=positive_int)
+    score_batch_size: int = help_field("videos per scoring call", 16, check=positive_int)
+    seed: int = help_field("data, initialisation and training seed", 0)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default="outputs/bench_distill.json", help="results file (default: %(default)s)")
-    parser.add_argument("--work-dir", default="outputs/bench_distill",
-                        help="data sets and models go here (default: %(default)s)")
-    parser.add_argument("--train-pairs", type=int, default=800, help="synthetic training pairs (default: %(default)s)")
-    parser.add_argument("--eval-pairs", type=int, default=100, help="held-out pairs (default: %(default)s)")
-    parser.add_argument("--defects", nargs="+", default=["subject", "dynamics", "style"],
-                        help="dimensions the synthetic pairs differ in (default: %(default)s)")
-    parser.add_argument("--teacher-steps", type=int, default=1500,
-                        help="teacher (stage-1) training steps (default: %(default)s)")
-    parser.add_argument("--distill-steps", type=int, default=600,
-                        help="student distillation steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="pairs per training step (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="teacher and student (default: %(default)s)")
-    parser.add_argument("--num-cot-samples", type=int, default=4,
-                        help="teacher CoTs sampled per video for the distillation target (default: %(default)s)")
-    parser.add_argument("--student-hidden", type=int, default=64,
-                        help="64: same size as the teacher; 32: smaller (default: %(default)s)")
-    parser.add_argument("--score-batch-size", type=int, default=16,
-                        help="videos per scoring call (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="data, initialisation and training seed (default: %(default)s)")
-    args = parser.parse_args(argv)
+    (args,) = parse_config(BenchDistillArguments, argv, prog="bench_distill.py", description=__doc__)
 
     work = Path(args.work_dir)
     train = write_dataset(work / "train", args.train_pairs, seed=args.seed + 1, defects=tuple(args.defects))
@@ -91,7 +89,7 @@ def main(argv=None):
         "student_accuracy_without_ties": student["accuracy_without_ties"],
         "student_speedup": teacher["seconds"] / student["seconds"],
         "teacher_scoring_seconds": teacher["seconds"], "student_scoring_seconds": student["seconds"],
-        "settings": vars(args),
+        "settings": asdict(args),
     }
     print(f"{'':10s} {'acc w/o ties':>13s} {'acc w/ ties':>12s} {'scoring s':>10s}")
     for name, row in (("teacher", teacher), ("student", student)):

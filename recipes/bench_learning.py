@@ -33,9 +33,9 @@ direction and background of `synthetic.WorldConfig`, defects subject, dynamics a
 What the tiny model learns on this CPU, and how fast: docs/benchmarks.md.
 """
 
-import argparse
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rol
 from descore_plugin.testing.synthetic import WorldConfig, write_dataset
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.training.trainer import TrainConfig, Trainer
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import non_negative_int, positive_float, positive_int
 
 WORLDS = {
     "small": dict(world=WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",)),
@@ -56,48 +58,37 @@ WORLDS = {
 RUNS = ("no_cot", "cot", "cot_masked", "stage2")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="outputs/bench_learning",
-                        help="datasets, models, JSON and PNG go here (default: %(default)s)")
-    parser.add_argument("--world", choices=sorted(WORLDS), default="small",
-                        help="synthetic world (see above) (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="one model init, data set and training per seed (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1500,
-                        help="stage-1 optimizer steps of every run (default: %(default)s)")
-    parser.add_argument("--stage2-steps", type=int, default=100, help="stage-2 optimizer steps (default: %(default)s)")
-    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
-                        help="which runs (stage2 needs cot) (default: %(default)s)")
-    parser.add_argument("--train-pairs", type=int, default=600,
-                        help="synthetic training pairs per seed (default: %(default)s)")
-    parser.add_argument("--eval-pairs", type=int, default=200, help="held-out pairs per seed (default: %(default)s)")
-    parser.add_argument("--eval-tie-rate", type=float, default=0.1,
-                        help="fraction of held-out pairs that are ties (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=100,
-                        help="held-out evaluation every N steps (curves) (default: %(default)s)")
-    parser.add_argument("--prompt-template", default='Judge the video against "{prompt}".\n',
-                        help="judge instruction of the tiny model (text with {prompt}, or a path); 'compact' = the package's (default: %(default)s)")
-    parser.add_argument("--lm-loss-weight", type=float, default=4.0,
-                        help="next-token loss weight of the CoT runs (default: %(default)s)")
-    parser.add_argument("--warmup-steps", type=int, default=120,
-                        help="stage-1 lr warm-up (then constant, as officially) (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16,
-                        help="pairs per step (calibration probe: 16) (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="stage 1 (calibration probe: 1e-3) (default: %(default)s)")
-    parser.add_argument("--stage2-learning-rate", type=float, default=1e-4,
-                        help="stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more drift off) (default: %(default)s)")
-    parser.add_argument("--stage2-batch-size", type=int, default=4,
-                        help="pairs per stage-2 step (default: %(default)s)")
-    parser.add_argument("--num-rollouts", type=int, default=8,
-                        help="stage-2 rollouts per video (official 8; 4 was too noisy here) (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=160,
-                        help="CoT length limit (synthetic CoTs: ~112 tokens) (default: %(default)s)")
-    parser.add_argument("--reward-rollouts", type=int, default=4,
-                        help="sampled CoTs per held-out video for the rollout reward (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    return parser.parse_args(argv)
+@dataclass
+class BenchLearningArguments:
+    output_dir: str = help_field("datasets, models, JSON and PNG go here", "outputs/bench_learning")
+    world: str = help_field("synthetic world (see above)", "small", choices=sorted(WORLDS))
+    seeds: list[int] = help_field("one model init, data set and training per seed", [0])
+    steps: int = help_field("stage-1 optimizer steps of every run", 1500, check=positive_int)
+    stage2_steps: int = help_field("stage-2 optimizer steps", 100, check=non_negative_int)
+    runs: list[str] = help_field("which runs (stage2 needs cot)", list(RUNS), choices=RUNS)
+    train_pairs: int = help_field("synthetic training pairs per seed", 600, check=positive_int)
+    eval_pairs: int = help_field("held-out pairs per seed", 200, check=positive_int)
+    eval_tie_rate: float = help_field("fraction of held-out pairs that are ties", 0.1)
+    eval_every: int = help_field("held-out evaluation every N steps (curves)", 100, check=positive_int)
+    prompt_template: str = help_field("judge instruction of the tiny model (text with {prompt}, or a path); "
+                                      "'compact' = the package's", 'Judge the video against "{prompt}".\n')
+    lm_loss_weight: float = help_field("next-token loss weight of the CoT runs", 4.0)
+    warmup_steps: int = help_field("stage-1 lr warm-up (then constant, as officially)", 120, check=non_negative_int)
+    batch_size: int = help_field("pairs per step (calibration probe: 16)", 16, check=positive_int)
+    learning_rate: float = help_field("stage 1 (calibration probe: 1e-3)", 1e-3, check=positive_float)
+    stage2_learning_rate: float = help_field("stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more "
+                                             "drift off)", 1e-4, check=positive_float)
+    stage2_batch_size: int = help_field("pairs per stage-2 step", 4, check=positive_int)
+    num_rollouts: int = help_field("stage-2 rollouts per video (official 8; 4 was too noisy here)", 8,
+                                   check=positive_int)
+    max_new_tokens: int = help_field("CoT length limit (synthetic CoTs: ~112 tokens)", 160, check=positive_int)
+    reward_rollouts: int = help_field("sampled CoTs per held-out video for the rollout reward", 4, check=positive_int)
+    threads: int | None = help_field("torch.set_num_threads (default: torch's own)", check=positive_int)
+
+
+def parse_args(argv=None) -> BenchLearningArguments:
+    (args,) = parse_config(BenchLearningArguments, argv, prog="bench_learning.py", description=__doc__.split("\n\n")[0])
+    return args
 
 
 def make_world(root: Path, args, seed: int) -> dict:
@@ -285,7 +276,7 @@ def main(argv=None):
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     rows = summarise(per_seed)
     print_table(rows)
-    (out / "bench_learning.json").write_text(json.dumps({"args": vars(args), "summary": rows, "per_seed": per_seed}, indent=2))
+    (out / "bench_learning.json").write_text(json.dumps({"args": asdict(args), "summary": rows, "per_seed": per_seed}, indent=2))
     plot(per_seed, out / "learning_curves.png")
     print(f"wrote {out / 'bench_learning.json'} and {out / 'learning_curves.png'}")
 
