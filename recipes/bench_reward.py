@@ -30,11 +30,11 @@ The sizes: "tiny" is `init_tiny`'s default (text hidden 64 x 2 layers, vision 64
 more, larger frames and a bigger vision tower, so that re-running the vision tower weighs more, as in real models.
 """
 
-import argparse
 import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,34 +43,31 @@ from descore_plugin import DeScoreReward
 from descore_plugin.testing.synthetic import WorldConfig, generate_pairs
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.data.video import load_videos
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import device_name, positive_int
 
 BATCH = 8  # videos per batch for every batched measurement (and the number of videos scored one by one)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", required=True, help="write the results to this JSON file (required)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--new-tokens", type=int, default=64,
-                        help="CoT length: every generation writes exactly this many (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=9,
-                        help="timed runs of each path (medians are reported) (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
-    parser.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl",
-                        help="Qwen-VL family of the small model (default: %(default)s)")
-    parser.add_argument("--small-hidden", type=int, default=128,
-                        help="text hidden size of the small model (default: %(default)s)")
-    parser.add_argument("--small-layers", type=int, default=4,
-                        help="text layers of the small model (default: %(default)s)")
-    parser.add_argument("--small-vision-hidden", type=int, default=128,
-                        help="vision hidden size of the small model (default: %(default)s)")
-    parser.add_argument("--small-vision-depth", type=int, default=4,
-                        help="vision blocks of the small model (default: %(default)s)")
-    parser.add_argument("--small-frames", type=int, default=16,
-                        help="frames per video for the small model (default: %(default)s)")
-    parser.add_argument("--small-side", type=int, default=112,
-                        help="frame height = width (pixels) for the small model (default: %(default)s)")
-    return parser.parse_args(argv)
+@dataclass
+class BenchRewardArguments:
+    json: str = help_field("write the results to this JSON file", required=True)
+    threads: int | None = help_field("torch.set_num_threads (default: torch's own)", check=positive_int)
+    new_tokens: int = help_field("CoT length: every generation writes exactly this many", 64, check=positive_int)
+    repeats: int = help_field("timed runs of each path (medians are reported)", 9, check=positive_int)
+    device: str = help_field("cpu or cuda[:i]", "cpu", check=device_name)
+    backbone: str = help_field("Qwen-VL family of the small model", "qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    small_hidden: int = help_field("text hidden size of the small model", 128, check=positive_int)
+    small_layers: int = help_field("text layers of the small model", 4, check=positive_int)
+    small_vision_hidden: int = help_field("vision hidden size of the small model", 128, check=positive_int)
+    small_vision_depth: int = help_field("vision blocks of the small model", 4, check=positive_int)
+    small_frames: int = help_field("frames per video for the small model", 16, check=positive_int)
+    small_side: int = help_field("frame height = width (pixels) for the small model", 112, check=positive_int)
+
+
+def parse_args(argv=None) -> BenchRewardArguments:
+    (args,) = parse_config(BenchRewardArguments, argv, prog="bench_reward.py", description=__doc__.split("\n\n")[0])
+    return args
 
 
 def model_sizes(args) -> dict:

@@ -20,7 +20,6 @@ request, which batching cannot share, so no-think gains less there than on a rea
 Without --model the tiny model is written to a temporary folder and all three use it.
 """
 
-import argparse
 import base64
 import io
 import itertools
@@ -33,10 +32,14 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import device_name, positive_float, positive_int
 
 
 def _free_port() -> int:
@@ -156,28 +159,24 @@ def _summary(runs) -> dict:
             "server_cpu_ms_per_video": round(float(np.median([cpu for _, _, cpu in runs])) * 1000, 3)}
 
 
+@dataclass
+class BenchServerArguments:
+    json: str = help_field("where to write the results (JSON)", required=True)
+    model: str | None = help_field("checkpoint directory (default: the tiny model, written here)")
+    device: str | None = help_field("device of the servers and the in-process model (default: cuda if available, "
+                                    "else cpu)", check=device_name)
+    clients: int = help_field("concurrent clients", 8, check=positive_int)
+    requests: int = help_field("requests per client and round (one video each)", 16, check=positive_int)
+    rounds: int = help_field("turns each server takes (the ratio is their median)", 5, check=positive_int)
+    max_batch_size: int = help_field("the micro-batching server's batch limit", 8, check=positive_int)
+    max_wait_ms: float = help_field("the micro-batching server's wait", 10.0, check=positive_float)
+    max_new_tokens: int = help_field("CoT length limit of the think requests", 16, check=positive_int)
+    frames: int = help_field("frames per video", 8, check=positive_int)
+    size: int = help_field("frame height and width", 56, check=positive_int)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", required=True, help="where to write the results (JSON) (required)")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the tiny model, written here)")
-    parser.add_argument("--device", default=None,
-                        help="device of the servers and the in-process model (default: cuda if available, else cpu)")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=16,
-                        help="requests per client and round (one video each) (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="turns each server takes (the ratio is their median) (default: %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, default=8,
-                        help="the micro-batching server's batch limit (default: %(default)s)")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0,
-                        help="the micro-batching server's wait (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=16,
-                        help="CoT length limit of the think requests (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=8, help="frames per video (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=56, help="frame height and width (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if min(args.clients, args.requests, args.rounds) < 1:
-        parser.error("--clients, --requests and --rounds must be at least 1")
+    (args,) = parse_config(BenchServerArguments, argv, prog="bench_server.py", description=__doc__)
 
     from descore_plugin.modeling.model import DeScoreReward
 
