@@ -223,9 +223,10 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: in
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e6e9ee"/>')
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">'
                      f'{value:.{decimals}f}</text>')
-    every = max(1, math.ceil(len(steps) / 8))  # at most ~8 step labels, the last one always
+    every = max(1, math.ceil(len(steps) / 8))  # at most ~8 step labels, the last one always (its neighbour
+    last = len(steps) - 1                       # label dropped when the two would touch)
     for i, step in enumerate(steps):
-        if i % every == 0 or i == len(steps) - 1:
+        if i == last or (i % every == 0 and (last - i >= every / 2 or i == 0)):
             parts.append(f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
                          f'fill="#5f6b7a">{step}</text>')
     parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - bottom + 30}" font-size="11" '
