@@ -18,15 +18,17 @@ every checkpoint and the held-out accuracy with the model's own CoT (`recipes/de
 of another seed).
 """
 
-import argparse
 import json
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from descore_plugin.testing.synthetic import WorldConfig, write_dataset
 from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.errors import non_negative_int, positive_int
 
 SHIPPED = Path(__file__).resolve().parent / "demo_judge"
 WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
@@ -64,23 +66,23 @@ def naming_rate(model_dir, pairs) -> float:
     return sum(n["colour"] and n["motion"] for n in named) / len(named)
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and every flag's default."""
+@dataclass
+class JudgeArguments:
+    output_dir: str = help_field("where the trained judge goes (replaced)", str(SHIPPED))
+    work_dir: str | None = help_field("data and the training runs (default: a temporary dir)")
+    steps: int = help_field("stage-1 steps", 1400, check=positive_int)
+    select_every: int = help_field("validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is "
+                                   "shipped", 200, check=positive_int)
+    stage2_steps: int = help_field("stage-2 steps after the selected checkpoint", 0, check=non_negative_int)
+    train_pairs: int = help_field("synthetic training pairs", 600, check=positive_int)
+    validation_pairs: int = help_field("pairs the checkpoint is selected on", 100, check=positive_int)
+    held_out_pairs: int = help_field("held-out pairs evaluated at the end", 200, check=positive_int)
+    seed: int = help_field("model initialisation and training seed", 0)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
-    parser.add_argument("--output-dir", default=str(SHIPPED), help="where the trained judge goes (replaced)")
-    parser.add_argument("--work-dir", default=None, help="data and the training runs (default: a temporary dir)")
-    parser.add_argument("--steps", type=int, default=1400, help="stage-1 steps")
-    parser.add_argument("--select-every", type=int, default=200,
-                        help="validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is shipped")
-    parser.add_argument("--stage2-steps", type=int, default=0, help="stage-2 steps after the selected checkpoint")
-    parser.add_argument("--train-pairs", type=int, default=600, help="synthetic training pairs")
-    parser.add_argument("--validation-pairs", type=int, default=100, help="pairs the checkpoint is selected on")
-    parser.add_argument("--held-out-pairs", type=int, default=200, help="held-out pairs evaluated at the end")
-    parser.add_argument("--seed", type=int, default=0, help="model initialisation and training seed")
-    return parser.parse_args(argv)
+def parse_args(argv=None) -> JudgeArguments:
+    (args,) = parse_config(JudgeArguments, argv, prog="train_demo_judge.py", description=__doc__)
+    return args
 
 
 def _eval_records(run_dir: Path) -> list[dict]:
