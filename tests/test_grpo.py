@@ -341,6 +341,62 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
         assert not torch.equal(stats["ratio"], torch.ones_like(stats["ratio"]))
 
 
+def test_zero_advantage_videos_leave_the_loss_kl_included(tiny_dir):
+    """flow_grpo's Wan trainer drops videos whose advantage is 0: with every advantage 0, --mask-zero-advantages
+    leaves the LoRA exactly as it was (no KL pull either); without it the KL to the reference moves it."""
+    def lora_after_update(mask: bool) -> list[torch.Tensor]:
+        pipe = wan.load_wan_pipeline(tiny_dir)
+        torch.manual_seed(0)
+        parameters = wan.add_lora(pipe.transformer, rank=4, alpha=4.0)
+        with torch.no_grad():  # policy != reference, so that the KL term has a gradient
+            for parameter in parameters:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+        config = WanGRPOConfig("flow_grpo", group_size=2, mask_zero_advantages=mask, kl_beta=0.5)
+        trainer = trainer_for(pipe, small(tiny_dir), config, pipe.transformer,
+                              torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.0))
+        batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
+        before = [p.detach().clone() for p in parameters]
+        summary = trainer.update(batch, torch.zeros(4), micro_batch_size=2)
+        assert summary["kl"] > 0 and trainer.optimizer_steps == 2
+        return [torch.equal(a, b) for a, b in zip(before, parameters)]
+
+    assert all(lora_after_update(mask=True))
+    assert not all(lora_after_update(mask=False))
+
+
+def test_lora_ema_follows_flow_grpos_rule():
+    """flow_grpo's EMAModuleWrapper(decay 0.9, update_step_interval 8): after optimiser step n, when (n + 1) % 8 == 0,
+    ema += (1 - min((1 + n) / (10 + n), 0.9)) (w - ema). With w = n after step n: updates at n = 7 and 15 only."""
+    from descore_plugin.integrations.post_training import LoraEMA
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    ema = LoraEMA([weight], decay=0.9, interval=8, names=["w"])
+    for n in range(1, 17):
+        with torch.no_grad():
+            weight.fill_(float(n))
+        ema.update(n)
+        if n == 7:  # d = 8 / 17: ema = (9 / 17) 7
+            assert ema.shadow[0].tolist() == pytest.approx([63 / 17] * 2)
+    # n = 15: d = min(16 / 25, 0.9) = 0.64: ema = 63/17 + 0.36 (15 - 63/17)
+    assert ema.shadow[0].tolist() == pytest.approx([63 / 17 + 0.36 * (15 - 63 / 17)] * 2)
+    assert ema.current_decay(1000) == 0.9
+    with ema.applied():  # evaluation and publishing see the EMA, training its own weights again after
+        assert weight.tolist() == pytest.approx([63 / 17 + 0.36 * (15 - 63 / 17)] * 2)
+    assert weight.tolist() == [16.0, 16.0]
+    state = ema.state_dict()
+    assert list(state) == ["w"]
+    fresh = LoraEMA([weight], names=["w"])
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.shadow[0], ema.shadow[0])
+
+
+def test_flow_grpo_preset_has_its_wan_trainers_habits_and_longcat_not():
+    flow, longcat = WanGRPOConfig("flow_grpo"), WanGRPOConfig("longcat")
+    assert (flow.ema, flow.untrained_steps, flow.mask_zero_advantages) == (True, 2, True)
+    assert (longcat.ema, longcat.untrained_steps, longcat.mask_zero_advantages) == (False, 0, False)
+    assert WanGRPOConfig("flow_grpo", ema=False, untrained_steps=0).ema is False  # options
+
+
 def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
     """GRPO on the tiny Wan against analytic:redness; returns the rewards of 32 fresh ODE samples on fixed noise
     from the base model (adapter disabled) and from the trained model: paired videos."""

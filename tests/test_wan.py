@@ -180,3 +180,39 @@ def test_teaching_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(wan.WanInputError, match="init-tiny-wan"):
         wan.load_wan_pipeline(tmp_path / "empty")
+
+
+def test_reward_cot_cap_and_check_rewards_scored_only_at_evaluation(tiny_dir, tiny_dirs, tmp_path):
+    """--reward-max-new-tokens caps DeScore's CoT in a Wan recipe; --check NAME is scored on the evaluation videos
+    (eval/NAME, scores.jsonl) and never trained on (no reward/NAME, not in the advantages)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from descore_plugin.integrations.post_training import (WanRunConfig, build_rewards, config_from_argv,
+                                                           post_train)
+
+    judge = str(tiny_dirs["qwen2_5_vl"])
+    run = WanRunConfig(pipeline=str(tiny_dir), prompts="p.txt", reward=["analytic:redness"], reward_model=judge,
+                       reward_max_new_tokens=3, check=["descore", "analytic:brightness"])
+    trained, evaluated = build_rewards(run, "cpu", torch.float32)
+    assert trained.names == ["analytic:redness"] and len(trained.rewards) == 1
+    assert evaluated.names == ["analytic:redness", "descore", "analytic:brightness"]
+    assert [r.score_kwargs["max_new_tokens"] for r in evaluated.rewards if hasattr(r, "score_kwargs")] == [3]
+
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    result = post_train(config_from_argv("flow_grpo", [
+        "--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"), "--output-dir", str(tmp_path / "run"),
+        "--reward", "analytic:redness", "--check", "descore", "analytic:brightness", "--reward-model", judge,
+        "--reward-max-new-tokens", "3", "--max-steps", "1", "--group-size", "2", "--prompts-per-step", "1",
+        "--height", "32", "--width", "32", "--eval-prompts", "1", "--eval-videos-per-prompt", "1", "--lora-rank", "2",
+        "--lora-alpha", "2"]))  # 9 frames: the judge reads 8
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert set(k for k in train[0] if k.startswith("reward/")) == {"reward/analytic:redness"}
+    assert {"eval/descore", "eval/analytic:brightness", "eval/analytic:redness"} <= set(result.metrics)
+    lines = [json.loads(line) for line in (result.output_dir / "samples" / "step-000001" / "scores.jsonl")
+             .read_text().splitlines()]
+    assert {"descore", "analytic:brightness", "analytic:redness"} <= set(lines[0]["scores"])
+    tokenizer = AutoTokenizer.from_pretrained(judge)
+    assert 0 < len(tokenizer(lines[0]["cot"], add_special_tokens=False).input_ids) <= 4  # 3 new tokens, re-tokenised
