@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from conftest import BACKBONES, PROMPTS
-from descore_plugin import DeScoreReward
+from descore_plugin import DeScoreConfig, DeScoreReward
 from descore_plugin.modeling.model import HEAD_NAME
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.data.video import load_videos
@@ -470,3 +470,24 @@ def test_loading_and_scoring_a_stage1_model_on_a_plain_base_prints_no_warning(tm
         DeScoreReward.from_pretrained(tmp_path / "stage1")
     assert any("is_gradient_checkpointing" in str(w.message) for w in caught)
     assert "multivariate normal" in capfd.readouterr().err + caplog.text
+
+
+def test_cot_limit_defaults_to_twice_the_trained_cot_length(tiny_dirs, sample_videos, tmp_path):
+    """Scoring's default CoT limit: 2 x DeScoreConfig.trained_cot_tokens (kept through save/load), capped by
+    max_new_tokens; max_new_tokens (official 4,096) when the trained length is unknown; max_new_tokens= wins."""
+    model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    assert model.config.trained_cot_tokens is None  # unknown: the limit is max_new_tokens (the tiny models: 256)
+    assert model.config.cot_token_limit() == model.config.max_new_tokens == 256
+    model.config.trained_cot_tokens = 5
+    model.save_pretrained(tmp_path / "m")
+    model = DeScoreReward.from_pretrained(tmp_path / "m")
+    assert model.config.trained_cot_tokens == 5 and model.config.cot_token_limit() == 10
+    asked = []
+    generate = model._generate
+    model._generate = lambda batch, max_new_tokens, **kw: asked.append(max_new_tokens) or generate(batch, max_new_tokens, **kw)
+    model.score(sample_videos[:1], ["a red square"])
+    model.score(sample_videos[:1], ["a red square"], max_new_tokens=3)
+    assert asked == [10, 3]
+    assert DeScoreConfig(trained_cot_tokens=3000).cot_token_limit() == 4096 == DeScoreConfig().cot_token_limit()
+    with pytest.raises(ValueError, match="trained_cot_tokens"):
+        DeScoreConfig(trained_cot_tokens=0)
