@@ -150,7 +150,7 @@ def test_detect_kind_and_a_clear_error_otherwise(tmp_path, runs):
     ('{"prompt": "p", "reward": 1}', "line 1: field 'video' is missing"),
     ('{"video": "v.mp4", "prompt": "p", "reward": 1, "dimensional_scores": {"style": "x"}}',
      "field 'dimensional_scores.style'"),
-    ("not json", "line 1: not JSON"),
+    ("not json", "line 1: malformed JSON"),
 ])
 def test_bad_scored_rows_are_named(tmp_path, line, message):
     path = tmp_path / "s.jsonl"

@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from descore_plugin.utils.errors import UserError, prepare_output_dir, set_resume_hint
+from descore_plugin.utils.jsonl import read_jsonl
 
 __all__ = ["ScoreItem", "ScoreUsageError", "expand_inputs", "score_rows", "score_command", "VIDEO_SUFFIXES"]
 
@@ -100,16 +101,7 @@ def _read_table(path: Path) -> list[ScoreItem]:
             columns = reader.fieldnames or []
             rows = [(f"{path.name}, row {n}", row) for n, row in enumerate(reader, start=1)]
     else:
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ScoreUsageError(f"{path.name}, line {n}: malformed JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise ScoreUsageError(f"{path.name}, line {n}: expected a JSON object per line")
-                rows.append((f"{path.name}, line {n}", record))
+        rows = [(f"{path.name}, line {n}", record) for n, record in read_jsonl(path, ScoreUsageError, name=path.name)]
         columns = sorted({key for _, record in rows for key in record})
     if "video" not in columns and rows:
         return _read_pair_file(path)

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.jsonl import read_jsonl
 from descore_plugin.modeling.prompt import DIMENSIONS
 
 __all__ = ["LABELS", "DataError", "Pair", "load_pairs", "save_pairs"]
@@ -222,23 +223,10 @@ def _read_csv(path: Path) -> list[tuple[str, dict]]:
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    with open(path, encoding="utf-8-sig") as file:
-        lines = file.read().splitlines()
-    if not any(line.strip() for line in lines):
+    rows = read_jsonl(path, DataError, name=path.name)
+    if not rows:
         raise DataError(f"{path}: file is empty")
-    records = []
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}, line {line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: malformed JSON ({error.msg} at char {error.pos})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
-        records.append((where, record))
-    return records
+    return [(f"{path.name}, line {line_number}", record) for line_number, record in rows]
 
 
 def _parse_record(record: dict, where: str, folder: Path, label_column: str | None = None) -> Pair:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.jsonl import read_jsonl
 
 __all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "load_model_record",
            "training_curves", "KINDS"]
@@ -61,19 +62,7 @@ def _looks_like_json_lines(path: Path) -> bool:
 
 
 def _read_json_lines(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ReportInputError(f"{path}, line {number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ReportInputError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
+    return read_jsonl(path, ReportInputError)
 
 
 def _number(value, where: str, field: str, optional: bool = True):
