@@ -210,7 +210,7 @@ def main(argv=None):
                        for label, batch in (("batched", args.max_batch_size), ("unbatched", 1))}
             rounds = {"batched": [], "unbatched": []}
             try:
-                for label, (_, url) in servers.items():
+                for _, url in servers.values():
                     _warm_up(url, bodies)
                 for _ in range(args.rounds):
                     for label, (process, url) in servers.items():
