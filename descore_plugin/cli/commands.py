@@ -81,7 +81,10 @@ def _replace_own_output(out_dir, ours) -> None:
     from descore_plugin.utils.errors import prepare_output_dir
 
     path = Path(out_dir)
-    prepare_output_dir(path, resume=None, overwrite=path.is_dir() and ours(path), what=f"OUT_DIR {out_dir}", ours=ours)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not ours(path)):
+        raise UserError(f"OUT_DIR {out_dir}: already exists and was not written by this command; refusing to replace "
+                        "it: choose another OUT_DIR")
+    prepare_output_dir(path, resume=None, overwrite=True, what=f"OUT_DIR {out_dir}")
 
 
 # ------------------------------------------------------------------------------------------------------------- annotate
@@ -378,7 +381,9 @@ def _add_serve_arguments(parser):
     parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
     parser.add_argument("--api-key", default=default_api_key(),
-                        help="Bearer key clients must send (default: $DESCORE_API_KEY); required off loopback")
+                        help="key clients must send (default: $DESCORE_API_KEY): header 'Authorization: Bearer KEY', "
+                             "or in the URL as ?api_key=KEY (OpenRLHF, flow_grpo) or the path prefix /key/KEY "
+                             "(Flow-Factory); required off loopback")
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                         help="most videos scored in one batch (default: %(default)s)")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
