@@ -239,3 +239,26 @@ def test_unreachable_endpoint_is_one_line(demo_world, tmp_path, capsys):
                    str(tmp_path / "x.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err[-1].startswith("descore annotate: error: --teacher") and "--teacher-model" in err[-1]
+
+
+def test_make_synthetic_demo_world_as_videoalign_csv(tmp_path, capsys):
+    """`descore make-synthetic --world demo --format videoalign`: labels only, in VideoAlign's columns, the demo
+    judge's world; a folder the command did not write is refused, its own output replaced."""
+    out = tmp_path / "va"
+    assert main(["make-synthetic", str(out), "--num-pairs", "3", "--seed", "4", "--world", "demo",
+                 "--format", "videoalign"]) == 0
+    assert not (out / "pairs.jsonl").exists()
+    with open(out / "pairs.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["path_A", "path_B", "prompt", "Overall"] and len(rows) == 3
+    pairs = load_pairs(out / "pairs.csv")
+    assert all(p.cot_a is None and p.scores_a is None for p in pairs)
+    assert all(p.prompt.endswith("square moving right on a dark background") for p in pairs)
+    assert main(["make-synthetic", str(out), "--num-pairs", "2", "--world", "demo"]) == 0  # its own output: replaced
+    assert len(load_pairs(out / "pairs.jsonl")) == 2 and not (out / "pairs.csv").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["make-synthetic", str(mine), "--num-pairs", "2"]) == 2
+    assert "not written by this command" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
