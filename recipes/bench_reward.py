@@ -44,6 +44,7 @@ from descore_plugin.testing.synthetic import WorldConfig, generate_pairs
 from descore_plugin.testing.tiny import init_tiny
 from descore_plugin.data.video import load_videos
 from descore_plugin.utils.args import help_field, parse_config
+from descore_plugin.utils.device import to_device
 from descore_plugin.utils.errors import device_name, positive_int
 
 BATCH = 8  # videos per batch for every batched measurement (and the number of videos scored one by one)
@@ -136,8 +137,7 @@ def timed(function, device: str) -> float:
 def measure(model: DeScoreReward, videos: list, prompts: list[str], new_tokens: int, repeats: int, device: str) -> dict:
     """Time every path on one batch of 8 videos: median seconds per path and the ratios (see the module docstring)."""
     loaded = load_videos(videos, num_frames=model.config.num_frames)
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-             for k, v in model.encode_prompts(loaded, prompts).items()}
+    batch = to_device(model.encode_prompts(loaded, prompts), device)
     prompt_length = batch["input_ids"].shape[1]
     generate_kwargs = record_generate_call(model, batch, new_tokens)
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from descore_plugin.utils.device import to_device
 from descore_plugin.utils.files import atomic_directory
 from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.data.video import Video, load_video, resize_frames, split_videos
@@ -424,12 +425,12 @@ class DeScoreReward(nn.Module):
             chunk = slice(start, start + batch_size)
             decoded = [load_video(source, name=f"videos[{start + i}]", **sampling)
                        for i, source in enumerate(video_list[chunk])]
-            batch = _to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk]), self.device)
+            batch = to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk]), self.device)
             two_pass = self.config.pixel_budget("cot") != self.config.pixel_budget("inference")
             if cots is None and think and two_pass:
                 # The official pipeline: the CoT from its own encoding of the video, then a full scoring pass.
-                cot_batch = _to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk], stage="cot"),
-                                       self.device)
+                cot_batch = to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk], stage="cot"),
+                                      self.device)
                 _, generated, lengths, _ = self._generate(cot_batch, self._cap_new_tokens(max_new_tokens, cot_batch),
                                                           **generation)
                 cot_ids = [generated[i, : lengths[i]] for i in range(len(lengths))]
@@ -644,10 +645,6 @@ def _check_positive_int(value, name: str):
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:

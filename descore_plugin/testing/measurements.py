@@ -9,6 +9,7 @@ import numpy as np
 
 from descore_plugin.data.pairs import Pair
 from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties
+from descore_plugin.utils.device import to_device
 
 __all__ = ["annotator_cot_accuracy", "mean_rollout_reward"]
 
@@ -58,7 +59,7 @@ def mean_rollout_reward(model, pairs: list[Pair], load, rollouts: int = 4, max_n
         for start in range(0, len(keys), batch_size):
             rows = [key for key in keys[start:start + batch_size] for _ in range(rollouts)]
             batch = model.encode_prompts([load(path) for path, _ in rows], [prompt for _, prompt in rows])
-            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, model.device)
             cot_ids = model.sample_cots(batch, max_new_tokens or model.config.max_new_tokens, temperature=1.0)["cot_ids"]
             texts = model.tokenizer.batch_decode(cot_ids, skip_special_tokens=True)
             rewards += [rollout_reward(text, truth[key])["reward"] for text, key in zip(texts, rows)]
