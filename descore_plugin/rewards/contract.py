@@ -15,6 +15,8 @@ from. Names:
     descore:uncertainty   the std of the score distribution (distribution head only)
     analytic:brightness   mean pixel value, optimum 1 (a white video)          (tests, the demo: a known optimum)
     analytic:redness      mean of R - (G + B) / 2, optimum 1 (pure red)
+    world:truth           the share of a synthetic-world prompt's attributes the video shows, in [0, 1]
+                          (descore_plugin.rewards.world: read from the pixels; an upper bound for a judge)
 
 One call of a DeScore reward runs the judge ONCE and returns all its names; the loops pick the names they train
 on with `RewardSet` (a list of NAME[=WEIGHT]). A user's own reward is any callable of this shape.
@@ -154,7 +156,15 @@ def redness(videos, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     return {"analytic:redness": (videos[:, :, 0] - 0.5 * (videos[:, :, 1] + videos[:, :, 2])).mean(dim=(1, 2, 3))}
 
 
-ANALYTIC_REWARDS: dict[str, Reward] = {"analytic:brightness": brightness, "analytic:redness": redness}
+def world_truth(videos, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """world:truth (descore_plugin.rewards.world): the share of the world prompt's attributes the video shows."""
+    from descore_plugin.rewards.world import world_truth as measure
+
+    return measure(videos, prompts)
+
+
+ANALYTIC_REWARDS: dict[str, Reward] = {"analytic:brightness": brightness, "analytic:redness": redness,
+                                       "world:truth": world_truth}
 
 
 # ----------------------------------------------------------------------------------------------------------------
