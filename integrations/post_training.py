@@ -51,6 +51,7 @@ from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE, generation
 from descore_plugin.training.loop import LoopConfig, RunLoop, RunResult
 from descore_plugin.training.runs import RunError
 from descore_plugin.utils import errors
+from descore_plugin.utils.seeding import STREAMS, epoch_order, seed_of  # noqa: F401 (the methods import them here)
 
 logger = logging.getLogger(__name__)
 
@@ -139,28 +140,7 @@ class PostTrainingConfig:
 SHARED_CONFIGS = (WanRunConfig, LoopConfig, AdapterConfig, EvalConfig, wan.WanGenerationConfig)
 
 
-# ------------------------------------------------------------------------------------------------- seeds and prompts
-STREAMS = {"step": 7, "pair_batches": 11, "step_prompts": 13, "eval_noise": 17, "nft": 19}
-"""Named random streams; the numbers are the salts earlier runs used, so their results are unchanged."""
-
-
-def seed_of(seed: int, stream: str, *parts: int) -> int:
-    """A 32-bit seed that is a function of (seed, stream, parts) only: runs resume exactly on any number of
-    processes, and two streams never share draws."""
-    return int(np.random.SeedSequence([int(seed), STREAMS[stream], *(int(p) for p in parts)]).generate_state(1)[0])
-
-
-def epoch_order(items: list, count: int, seed: int, stream: str, rank: int, position: int, *parts: int) -> list:
-    """The `position`-th draw of `count` items: epochs of permutations seeded by (seed, stream, rank, parts, epoch),
-    a function of the position only, so a resumed run draws the same."""
-    chosen = []
-    for slot in range(position * count, (position + 1) * count):
-        epoch, offset = divmod(slot, len(items))
-        order = np.random.default_rng([seed, STREAMS[stream], rank, *parts, epoch]).permutation(len(items))
-        chosen.append(items[int(order[offset])])
-    return chosen
-
-
+# ------------------------------------------------------------------------------------------------------- prompts
 def read_prompts(path) -> list[str]:
     """A prompt file: one prompt per line; trailing blank lines are ignored, a blank line inside is an error."""
     path = Path(path)

@@ -23,7 +23,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,6 +30,7 @@ from descore_plugin.utils.errors import UserError, run_main
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
 from descore_plugin.data.video import write_video
+from descore_plugin.utils.seeding import seed_of
 
 DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
               "dynamic_degree"]
@@ -136,7 +136,8 @@ def read_prompts(path) -> list[str]:
 
 
 def video_seed(seed: int, prompt_index: int, video_index: int) -> int:
-    return int(np.random.SeedSequence([seed, 17, prompt_index, video_index]).generate_state(1)[0])
+    """The initial noise of a prompt's video: the same for the base and the trained model (a paired comparison)."""
+    return seed_of(seed, "eval_noise", prompt_index, video_index)
 
 
 def generate_videos(args, generation: wan.WanGenerationConfig, prompts: list[str], lora: str | None,

@@ -64,3 +64,42 @@ def test_help_shows_the_description_as_written_and_every_default(capsys):
                   "model sizes (default: [1, 2])", "a short run (default: False)",
                   "the same as --think false (default: not given)"):
         assert entry in text, entry
+
+
+# ------------------------------------------------------------------------------------------------ seeding, JSON lines
+def test_named_streams_keep_the_numbers_earlier_runs_drew_and_never_share_draws():
+    import numpy as np
+
+    from descore_plugin.utils.seeding import STREAMS, epoch_order, seed_of, stream_salt
+
+    # the registered names are the salts the runs used before they had names: the same seeds, bit for bit
+    assert seed_of(5, "step", 1, 2) == int(np.random.SeedSequence([5, 7, 1, 2]).generate_state(1)[0])
+    assert seed_of(5, "eval_noise", 3, 4) == int(np.random.SeedSequence([5, 17, 3, 4]).generate_state(1)[0])
+    # any other name is hashed: stable across processes, and distinct from every registered salt
+    assert stream_salt("dpo/noise") == 1717651895 and stream_salt("dpo/noise") not in STREAMS.values()
+    seeds = {seed_of(0, stream, 0) for stream in [*STREAMS, "dpo/noise", "nft/noise"]}
+    assert len(seeds) == len(STREAMS) + 2
+    # epoch_order: a function of the position only (a resumed run draws the same), each epoch a permutation
+    items = list("abcdefg")
+    draws = [epoch_order(items, 3, 0, "step_prompts", 0, position) for position in range(7)]
+    assert draws[4] == epoch_order(items, 3, 0, "step_prompts", 0, 4)
+    flat = [item for draw in draws for item in draw]
+    assert sorted(flat[:7]) == items and sorted(flat[7:14]) == items
+
+
+def test_read_jsonl_names_the_file_and_line(tmp_path):
+    from descore_plugin.utils.errors import UserError
+    from descore_plugin.utils.jsonl import read_jsonl
+
+    class MyError(UserError):
+        pass
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('\ufeff{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")  # a byte-order mark, a blank line
+    assert read_jsonl(path) == [(1, {"a": 1}), (3, {"a": 2})]
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(MyError, match=r"^rows.jsonl, line 2: malformed JSON \(Expecting value at char 7\)$"):
+        read_jsonl(path, MyError, name="rows.jsonl")
+    path.write_text('[1, 2]\n')
+    with pytest.raises(UserError, match=r"rows.jsonl, line 1: expected a JSON object per line, got list"):
+        read_jsonl(path)
