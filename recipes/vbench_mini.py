@@ -1,0 +1,410 @@
+r"""VBench in miniature: post-train the shipped world Wan with the DeScore judge (and baselines), measured by the
+synthetic world's truth on training prompts and on HELD-OUT prompts (scenes never used in pre- or post-training).
+
+    python recipes/vbench_mini.py --output-dir outputs/vbench_mini                 # every run, 3 seeds
+    python recipes/vbench_mini.py --output-dir outputs/vbench_mini --quick         # base + Flow-DPO + LongCat, judge
+    python recipes/vbench_mini.py --output-dir OUT --seeds 0 --runs base flow_dpo/judge flow_dpo/truth
+
+Runs are named `<method>/<reward>` (methods flow_dpo, longcat, nft; rewards judge = DeScore with its CoT, as the
+paper; judge_no_cot = the same judge's masked-CoT path; student = a distilled no-CoT student (--student);
+discriminative = a no-CoT Bradley-Terry judge trained on the same world pairs (--discriminative); truth = the
+world:truth reward itself, an upper bound; redness = analytic:redness, a control that should NOT improve fidelity),
+plus `base`, the generator as shipped. Each post-training run is the public recipe's own code, called in-process with
+the flags a user would give it:
+
+    accelerate launch recipes/wan_flow_dpo.py --pipeline recipes/world_wan --reward-model recipes/demo_judge \
+        --prompts OUT/prompts/train.txt --output-dir OUT/runs/flow_dpo_judge/seed-0 ...   (`command` in results.json)
+
+Measured per run and seed, on fresh videos of plain `WanPipeline.from_pretrained(PIPELINE)` +
+`pipe.load_lora_weights(LORA)` from the same fixed noises for every run (descore_plugin/evaluation/world_truth.py):
+the VBench-like columns (subject, colour, dynamics, direction, background, temporal flicker, camera steadiness,
+dynamic degree, all as asked) on the training prompts and on the held-out prompts, the judge's reward (think) next
+to the world:truth reward of the same videos, sample diversity (mean absolute pixel difference between videos of the
+same prompt: a collapse drives it to 0), and steps to reach each level (the run's evaluations of world:truth every
+--eval-every steps, a --check the run logs but never trains on).
+
+Writes OUT/results.json, OUT/results.md (mean +- standard error over seeds), OUT/report/<run>/seed-S/index.html
+(`descore report` of each run: the base model's and the checkpoints' fixed-prompt sample grids, curves, flags).
+A run that cannot be run (no student given, ...) is listed as "not run" with its reason; nothing is invented.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from descore_plugin.utils.args import help_field, parse_config
+
+ROOT = Path(__file__).resolve().parent
+SHIPPED_PIPELINE = ROOT / "world_wan"
+SHIPPED_JUDGE = ROOT / "demo_judge"
+METHODS = ("flow_dpo", "longcat", "nft")
+REWARDS = ("judge", "judge_no_cot", "student", "discriminative", "truth", "redness")
+QUICK_RUNS = ("base", "flow_dpo/judge", "longcat/judge")
+RECIPES = {"flow_dpo": "recipes/wan_flow_dpo.py", "longcat": "recipes/wan_flow_grpo.py --algorithm longcat",
+           "nft": "recipes/wan_nft.py"}
+JUDGE_MAX_NEW_TOKENS = 160
+"""The judge's CoT cap (the world's CoTs are about 112 tokens)."""
+LEVELS = (0.05, 0.10, 0.20)
+"""Gains in world:truth (over the run's own step-0 evaluation) whose first step is reported (sample efficiency)."""
+
+
+@dataclass
+class BenchArguments:
+    output_dir: str = help_field("results.json, results.md, the runs and their reports go here", required=True)
+    seeds: list[int] = help_field("seeds of the post-training runs and of the measurement noises", [0, 1, 2],
+                                  nargs="+")
+    quick: bool = help_field(f"one seed (the first of --seeds), runs {' '.join(QUICK_RUNS)} only, fewer prompts", False)
+    runs: list[str] | None = help_field("run names to do (default: all; with --quick: the quick ones), e.g. base "
+                                        "flow_dpo/judge nft/truth", None, nargs="+")
+    pipeline: str = help_field("the world generator (a diffusers WanPipeline folder)", str(SHIPPED_PIPELINE))
+    judge: str = help_field("the DeScore judge (checkpoint directory)", str(SHIPPED_JUDGE))
+    student: str | None = help_field("a distilled no-CoT student (recipes/distill_student.py output); unset: the "
+                                     "student rows are 'not run'", None)
+    discriminative: str | None = help_field("a no-CoT Bradley-Terry judge trained on the world's pairs; unset: the "
+                                            "discriminative rows are 'not run'", None)
+    train_prompts: int = help_field("training prompts (scenes of pre-training) post-trained on and measured", 16)
+    held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
+    videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
+    steps: int | None = help_field("post-training steps of every run (unset: each method's default here)", None)
+    eval_every: int = help_field("the runs evaluate world:truth on their first --eval-prompts prompts every N steps",
+                                 10)
+    eval_prompts: int = help_field("prompts of each run's own evaluations (steps to level)", 8)
+    overwrite: bool = help_field("redo runs whose results exist (default: reuse them, so a killed benchmark resumes)",
+                                 False)
+
+
+METHOD_STEPS = {"flow_dpo": 40, "longcat": 20, "nft": 20}
+"""Default steps per method (this benchmark's choice, sized for two CPU cores)."""
+
+
+def method_flags(method: str) -> list[str]:
+    """This benchmark's settings of each method for a tiny generator (the recipes' defaults are sized for
+    Wan-2.1-1.3B: learning rate 5e-6 and rank 64 barely move a 1M-parameter transformer in 40 steps)."""
+    common = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "all"]
+    if method == "flow_dpo":
+        return common + ["--learning-rate", "1e-3", "--videos-per-prompt", "8", "--generation-batch-size", "16",
+                         "--batch-size", "8"]
+    if method == "longcat":
+        return common + ["--learning-rate", "1e-3", "--group-size", "8", "--prompts-per-step", "2"]
+    if method == "nft":
+        return common + ["--learning-rate", "1e-3", "--group-size", "8", "--prompts-per-step", "2"]
+    raise ValueError(method)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def prompt_sets(train_count: int, held_out_count: int) -> tuple[list[str], list[str]]:
+    """Training prompts (scenes of pre-training, every 8th for a spread of colours, directions, backgrounds) and
+    held-out prompts (the scenes the generator never saw captioned)."""
+    from descore_plugin.testing import world_wan
+
+    training = world_wan.training_scenes()
+    stride = max(1, len(training) // max(1, train_count))
+    train = [scene.prompt for scene in training[::stride][:train_count]]
+    held_out = [scene.prompt for scene in world_wan.held_out_scenes()[:held_out_count]]
+    return train, held_out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measuring a generator (base, or base + LoRA) on fixed noises
+
+
+def load_generator(pipeline: str, lora: str | None = None):
+    """Plain diffusers: WanPipeline.from_pretrained(pipeline) [+ pipe.load_lora_weights(lora)]."""
+    from diffusers import WanPipeline
+
+    from descore_plugin.testing.tiny_wan import generation_defaults
+
+    pipe = WanPipeline.from_pretrained(pipeline, torch_dtype=torch.float32)
+    if lora is not None:
+        pipe.load_lora_weights(lora)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.bench_generation = generation_defaults(pipeline)  # frames, size, steps, guidance it was trained for
+    return pipe
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_size: int = 16) -> torch.Tensor:
+    """videos_per_prompt videos per prompt, (N, F, C, H, W) in [0, 1]; video k of prompt i starts from the noise of
+    seed (seed, i, k), so every run is measured on the same noises."""
+    from descore_plugin.integrations.post_training import seed_of
+
+    generation = pipe.bench_generation
+    jobs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(videos_per_prompt)]
+    out = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(seed_of(seed, "vbench_mini", i, k)) for i, k, _ in chunk]
+        result = pipe(prompt=[p for _, _, p in chunk], negative_prompt=[generation.negative_prompt] * len(chunk),
+                      num_frames=generation.num_frames, height=generation.height, width=generation.width,
+                      num_inference_steps=generation.num_inference_steps, guidance_scale=generation.guidance_scale,
+                      max_sequence_length=generation.max_sequence_length, generator=generators, output_type="pt")
+        out.append(result.frames.float().clamp(0, 1))
+    return torch.cat(out)
+
+
+def diversity(videos: torch.Tensor, videos_per_prompt: int) -> float:
+    """Mean absolute pixel difference (in [0, 1]) between the videos of the same prompt, averaged over prompts."""
+    if videos_per_prompt < 2:
+        return math.nan
+    groups = videos.reshape(-1, videos_per_prompt, *videos.shape[1:])
+    values = []
+    for group in groups:
+        for a in range(videos_per_prompt):
+            for b in range(a + 1, videos_per_prompt):
+                values.append(float((group[a] - group[b]).abs().mean()))
+    return float(np.mean(values))
+
+
+def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge) -> dict:
+    """World-truth columns, the judge's reward and world:truth of the same videos, and diversity."""
+    from descore_plugin.evaluation import world_truth
+
+    videos = sample(pipe, prompts, videos_per_prompt, seed)
+    repeated = [p for p in prompts for _ in range(videos_per_prompt)]
+    readings = world_truth.read_videos(videos)
+    columns = world_truth.vbench_columns(None, repeated, readings=readings)
+    checks = [world_truth.as_asked(r, world_truth.parse_prompt(p)) for r, p in zip(readings, repeated)]
+    truth = [sum(c[name] for name in world_truth.CHECKS) / len(world_truth.CHECKS) for c in checks]
+    out = {"columns": columns, "truth_reward": float(np.mean(truth)), "diversity": diversity(videos, videos_per_prompt)}
+    if judge is not None:
+        scored = judge.score(videos, repeated, think=True, batch_size=16, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
+        rewards = scored.rewards.float()
+        out["judge_reward"] = float(rewards.mean())
+        out["judge_reward_stderr"] = float(rewards.std() / math.sqrt(len(rewards))) if len(rewards) > 1 else math.nan
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Post-training runs: the public recipes' code
+
+
+def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
+    """The --reward flags of a run, or the reason it cannot run."""
+    if reward == "judge":
+        return ["--reward", "descore", "--reward-model", args.judge, "--reward-max-new-tokens",
+                str(JUDGE_MAX_NEW_TOKENS)]
+    if reward == "judge_no_cot":
+        return ["--reward", "descore", "--reward-model", args.judge, "--no-think"]
+    if reward in ("student", "discriminative"):
+        model = getattr(args, reward)
+        if not model:
+            return (f"no --{reward} given (a no-CoT {'student distilled from the judge' if reward == 'student' else 'Bradley-Terry judge'} "
+                    f"of the world's pairs); not trained in this benchmark's time")
+        return ["--reward", "descore", "--reward-model", model, "--no-think"]
+    if reward == "truth":
+        return ["--reward", "world:truth"]
+    if reward == "redness":
+        return ["--reward", "analytic:redness"]
+    raise ValueError(reward)
+
+
+def run_argv(method: str, reward_args: list[str], args: BenchArguments, prompts_file: Path, run_dir: Path,
+             seed: int) -> list[str]:
+    steps = args.steps or METHOD_STEPS[method]
+    return ["--pipeline", args.pipeline, "--prompts", str(prompts_file), "--output-dir", str(run_dir), "--overwrite",
+            "--max-steps", str(steps), "--eval-every", str(args.eval_every), "--checkpoint-every", str(steps),
+            "--eval-prompts", str(min(args.eval_prompts, args.train_prompts)), "--eval-videos-per-prompt", "1",
+            "--seed", str(seed), "--check", "world:truth", *reward_args, *method_flags(method)]
+
+
+def post_train_run(method: str, argv: list[str]):
+    """The recipe's own entry: `post_train(config_from_argv(METHOD, argv))`, what recipes/wan_*.py run."""
+    from descore_plugin.integrations.post_training import config_from_argv, post_train
+
+    return post_train(config_from_argv(method, argv, prog=RECIPES[method].split()[0]))
+
+
+def steps_to_level(run_dir: Path) -> dict:
+    """From the run's evaluations of world:truth: its step-0 value and the first step reaching +each of LEVELS."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = sorted((row["step"], row["eval/world:truth"]) for row in rows
+                   if row.get("kind") == "eval" and row.get("eval/world:truth") is not None)
+    if not evals:
+        return {}
+    start = evals[0][1]
+    reached = {}
+    for level in LEVELS:
+        hits = [step for step, value in evals if value >= start + level - 1e-9]
+        reached[f"+{level:.2f}"] = hits[0] if hits else None
+    return {"start": start, "curve": evals, "first_step": reached}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return float(values[0]), math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def summarise(run: dict) -> dict:
+    """Mean and standard error over seeds of each figure of a run."""
+    seeds = [s for s in run["seeds"].values() if "held_out" in s]
+    if not seeds:
+        return {}
+    summary = {}
+    for split in ("train", "held_out"):
+        for column in seeds[0][split]["columns"]:
+            if column == "num_videos":
+                continue
+            summary[f"{split}/{column}"] = mean_stderr([s[split]["columns"][column]["mean"] for s in seeds])
+        for key in ("truth_reward", "judge_reward", "diversity"):
+            summary[f"{split}/{key}"] = mean_stderr([s[split].get(key, math.nan) for s in seeds])
+    return summary
+
+
+def fmt(pair) -> str:
+    mean, stderr = pair
+    if mean is None or math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" if math.isnan(stderr) else f"{mean:.3f} ± {stderr:.3f}"
+
+
+TABLE_COLUMNS = [("held_out/all_as_asked", "held-out all as asked"), ("held_out/colour", "colour"),
+                 ("held_out/direction", "direction"), ("held_out/subject", "subject"),
+                 ("held_out/dynamics", "dynamics"), ("held_out/background", "background"),
+                 ("held_out/temporal_flicker", "flicker-free"), ("held_out/camera_steadiness", "camera steady"),
+                 ("held_out/dynamic_degree", "dynamic degree"), ("train/all_as_asked", "train all as asked"),
+                 ("held_out/judge_reward", "judge reward (held-out)"), ("held_out/truth_reward", "world:truth"),
+                 ("held_out/diversity", "diversity")]
+
+
+def markdown(results: dict) -> str:
+    lines = ["| run | seeds | " + " | ".join(title for _, title in TABLE_COLUMNS) + " | steps to +0.05 / +0.10 |",
+             "|---" * (len(TABLE_COLUMNS) + 3) + "|"]
+    for name, run in results["runs"].items():
+        if "not_run" in run:
+            lines.append(f"| {name} | not run: {run['not_run']} |" + " |" * (len(TABLE_COLUMNS) + 1))
+            continue
+        summary = run.get("summary", {})
+        steps = []
+        for seed in run["seeds"].values():
+            first = seed.get("steps_to_level", {}).get("first_step", {})
+            steps.append(f"{first.get('+0.05')}/{first.get('+0.10')}" if first else "-")
+        lines.append(f"| {name} | {len(run['seeds'])} | " + " | ".join(fmt(summary.get(key, (math.nan, math.nan)))
+                                                                  for key, _ in TABLE_COLUMNS)
+                     + f" | {', '.join(steps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, results: dict) -> None:
+    from descore_plugin.utils.files import atomic_write_text
+
+    for run in results["runs"].values():
+        if "seeds" in run:
+            run["summary"] = summarise(run)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    atomic_write_text(out / "results.md", markdown(results))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def planned_runs(args: BenchArguments) -> list[str]:
+    if args.runs:
+        known = {"base"} | {f"{m}/{r}" for m in METHODS for r in REWARDS}
+        unknown = [name for name in args.runs if name not in known]
+        if unknown:
+            raise SystemExit(f"vbench_mini.py: error: --runs {unknown[0]}: not a run (base or METHOD/REWARD with "
+                             f"METHOD in {', '.join(METHODS)}, REWARD in {', '.join(REWARDS)})")
+        return ["base"] + [name for name in args.runs if name != "base"]
+    if args.quick:
+        return list(QUICK_RUNS)
+    return ["base"] + [f"{m}/{r}" for m in METHODS for r in REWARDS]
+
+
+def main(argv=None) -> int:
+    (args,) = parse_config(BenchArguments, argv, prog="vbench_mini.py", description=__doc__)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # the tiny models are overhead-bound: one thread is as fast, and far faster on a busy machine
+    from descore_plugin import DeScoreReward
+    from descore_plugin.report import write_report
+
+    started = time.time()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.quick:
+        args.train_prompts, args.held_out_prompts = min(args.train_prompts, 8), min(args.held_out_prompts, 8)
+        args.videos_per_prompt = min(args.videos_per_prompt, 4)
+    train, held_out = prompt_sets(args.train_prompts, args.held_out_prompts)
+    (out / "prompts").mkdir(exist_ok=True)
+    prompts_file = out / "prompts" / "train.txt"
+    prompts_file.write_text("\n".join(train) + "\n")
+    (out / "prompts" / "held_out.txt").write_text("\n".join(held_out) + "\n")
+    judge = DeScoreReward.from_pretrained(args.judge)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    results = {"benchmark": "recipes/vbench_mini.py", "arguments": asdict(args), "seeds": seeds,
+               "prompts": {"train": train, "held_out": held_out}, "runs": {}}
+
+    def measure_both(pipe, seed):
+        return {"train": measure(pipe, train, args.videos_per_prompt, seed, judge),
+                "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge)}
+
+    for name in planned_runs(args):
+        entry = results["runs"].setdefault(name, {"seeds": {}})
+        if name == "base":
+            pipe = load_generator(args.pipeline)
+            for seed in seeds:
+                old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
+                entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
+                print(f"base seed {seed}: held-out all as asked "
+                      f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}")
+            write_results(out, results)
+            continue
+        method, reward = name.split("/")
+        flags = reward_flags(reward, args)
+        if isinstance(flags, str):
+            results["runs"][name] = {"not_run": flags}
+            write_results(out, results)
+            continue
+        for seed in seeds:
+            run_dir = out / "runs" / f"{method}_{reward}" / f"seed-{seed}"
+            old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
+            if old and not args.overwrite and (run_dir / "pytorch_lora_weights.safetensors").is_file():
+                entry["seeds"][str(seed)] = old
+                continue
+            argv_run = run_argv(method, flags, args, prompts_file, run_dir, seed)
+            began = time.time()
+            print(f"\n{name} seed {seed}: accelerate launch {RECIPES[method]} {shlex.join(argv_run)}")
+            post_train_run(method, argv_run)
+            seconds = time.time() - began
+            pipe = load_generator(args.pipeline, str(run_dir))
+            record = {**measure_both(pipe, seed), "lora": str(run_dir), "train_seconds": seconds,
+                      "steps_to_level": steps_to_level(run_dir),
+                      "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}"}
+            trained = {"judge": "descore", "judge_no_cot": "descore", "student": "descore",
+                       "discriminative": "descore", "truth": "world:truth", "redness": "analytic:redness"}[reward]
+            record["report"] = str(write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}",
+                                                reward=trained, checks=["world:truth"]))
+            entry["seeds"][str(seed)] = record
+            print(f"{name} seed {seed}: held-out all as asked {record['held_out']['columns']['all_as_asked']['mean']:.3f}"
+                  f" in {seconds:.0f} s of post-training")
+            write_results(out, results)
+    results["wall_seconds"] = time.time() - started
+    write_results(out, results)
+    print("\n" + markdown(results))
+    print(f"vbench_mini done in {results['wall_seconds']:.0f} s: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
