@@ -69,6 +69,8 @@ SUBSTITUTIONS = [
     (r"^(descore score (?!.*--no-think).*)$", r"\1 --max-new-tokens 8"),  # CoTs of 8 tokens
     (r"(wan_flow_grpo\.py .*)--max-steps 500", r"\1--max-steps 1 --group-size 2 --eval-prompts 1 "
                                                r"--eval-videos-per-prompt 1"),
+    (r"(wan_nft\.py .*)--max-steps 300", r"\1--max-steps 1 --group-size 2 --prompts-per-step 1 --eval-prompts 1 "
+                                         r"--eval-videos-per-prompt 1 --reward-max-new-tokens 8"),
 ]
 
 

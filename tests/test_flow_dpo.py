@@ -187,6 +187,12 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     ]
     winners, losers = flow_dpo.pair_latents(again[1:2])
     torch.testing.assert_close(winners[0], latents[record.index_w], rtol=0, atol=0)
+    # a round's latents are read once: its batches come from memory (the store could be gone)
+    for path in store.glob("*.safetensors"):
+        path.unlink()
+    in_memory, _ = again.batch(again[1:2])
+    torch.testing.assert_close(in_memory[0], latents[record.index_w], rtol=0, atol=0)
+    assert len(again.scores) == 9 and again.scores[3:6] == entry["scores"]
 
 
 @pytest.mark.slow
@@ -418,7 +424,7 @@ def test_distilled_student_with_uncertainty_builds_dpo_pairs(tiny_dir, tmp_path)
                                    tmp_path / "pairs", progress=False)
     stored = json.loads((tmp_path / "pairs" / "000000.json").read_text())
     uncertainty = stored["named_scores"]["descore:uncertainty"]
-    assert records == [] and len(uncertainty) == 3 and all(u > 0 for u in uncertainty)
+    assert records.records == [] and len(uncertainty) == 3 and all(u > 0 for u in uncertainty)
     with pytest.raises(flow_dpo.PairStoreError, match="needs a reward that reports descore:uncertainty"):
         flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["blue cat"], [1], reward_set(["analytic:redness"]),
                              generation, config, tmp_path / "pairs2", progress=False)
