@@ -58,6 +58,7 @@ from descore_plugin.integrations.wan import (
     initial_noise,
     predict_velocity,
 )
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 
 class PairStoreError(UserError):
@@ -67,10 +68,6 @@ class PairStoreError(UserError):
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -26,7 +26,7 @@ import contextlib
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,6 +35,7 @@ from descore_plugin.utils.errors import UserError
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import (LoraEMA, WanMethod, epoch_order, is_tiny_pipeline,
                                                        pipeline_generation_defaults, seed_of)
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -62,10 +63,6 @@ WAN_PRESETS = {
     "longcat": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
                     shift=12.0, lora_rank=128, lora_alpha=64.0, lora_targets="all"),
 }
-
-
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass

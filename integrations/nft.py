@@ -30,19 +30,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.grpo import fill_missing_rewards
 from descore_plugin.integrations.post_training import LoraEMA, RecipeError, WanMethod, epoch_order, seed_of
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 OLD_ADAPTER = "old"
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -32,7 +32,6 @@ A run directory (`descore_plugin.training.runs` lays it out), plus:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -52,6 +51,8 @@ from descore_plugin.training.loop import LoopConfig, RunLoop, RunResult
 from descore_plugin.training.runs import RunError
 from descore_plugin.utils import errors
 from descore_plugin.utils.seeding import STREAMS, epoch_order, seed_of  # noqa: F401 (the methods import them here)
+from descore_plugin.utils.args import ConfigParser
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ LORA_STATE = "lora"  # checkpoint-N/lora.safetensors
 
 class RecipeError(errors.UserError):
     """A command-line input of a Wan recipe that cannot be used; the message names the flag or the file."""
-
-
-def _help(text: str, default=None, **extra):
-    return field(default=default, metadata={"help": text, **extra})
 
 
 # ---------------------------------------------------------------------------------------------------------- configs
@@ -445,24 +442,13 @@ def method_class(name: str) -> tuple[type, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The recipe's docstring as written, and every flag's default after its help ("required" for a flag without)."""
-
-    def _get_help_string(self, action):
-        if action.required:
-            return f"{action.help} (required)"
-        return super()._get_help_string(action)
-
-
 def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None,
                     help_notes: dict[str, str] | None = None, prog: str | None = None):
-    """Parse dataclasses with transformers' HfArgumentParser (`--help` lists every field's help and default).
+    """Parse dataclasses with the package's argument layer (`utils.args`: transformers' HfArgumentParser, every
+    field's help and default in `--help`, a bad flag or a config's own check one line and exit 2).
     recipe_defaults: defaults of shared fields (the ones --help shows); later_defaults(namespace) -> defaults that
     depend on other flags, applied before the final parse; help_notes: {field: text} added to a field's help."""
-    from transformers import HfArgumentParser
-
-    parser = errors.one_line_errors(HfArgumentParser(dataclass_types, description=description, prog=prog,
-                                                     formatter_class=_HelpFormatter))
+    parser = ConfigParser(list(dataclass_types), prog=prog, description=description)
     parser.set_defaults(**recipe_defaults)
     for action in parser._actions:
         if action.dest in (help_notes or {}):
@@ -470,10 +456,7 @@ def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: di
     if later_defaults is not None:
         known, _ = parser.parse_known_args(argv)
         parser.set_defaults(**later_defaults(known))
-    try:
-        return parser.parse_args_into_dataclasses(argv)
-    except ValueError as error:  # a config's own check (__post_init__), which names the flag
-        raise RecipeError(str(error)) from None
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def recipe_defaults(name: str) -> dict:
@@ -507,6 +490,10 @@ def recipe_main(name: str, prog: str, description: str | None = None, argv=None)
     def train(argv) -> int:
         # errors.run_main shows the package's log lines (utils.logging.setup_logging)
         result = post_train(config_from_argv(name, argv, description, prog))
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            return 0
         rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
         evals = [row for row in rows if row.get("kind") == "eval"]
         for key in [k for k in evals[-1] if k.startswith("eval/") and not k.endswith("_std") and k != "eval/num_items"]:

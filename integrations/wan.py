@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from descore_plugin.utils.files import follow_umask
 from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 WAN_1_3B_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -51,10 +52,6 @@ class WanInputError(UserError):
 # ----------------------------------------------------------------------------------------------------------------
 # Generation settings
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -43,7 +43,6 @@ def test_fields_become_flags_with_their_defaults():
     (["p"], "tool.py: error: the following arguments are required: --json"),
     (["--json", "o"], "tool.py: error: the following arguments are required: pairs"),
     (["p", "--json", "o", "--bogus", "1"], "tool.py: error: unrecognized arguments: --bogus 1"),
-    (["p", "--json", "o", "--repeats", "7"], "tool.py: error: --repeats 7: choose another number of runs"),
     (["p", "--json", "o", "--mode", "some"], "tool.py: error: argument --mode: invalid choice: 'some'"),
 ])
 def test_a_bad_command_line_is_one_line_and_exit_status_2(argv, message, capsys):
@@ -53,6 +52,15 @@ def test_a_bad_command_line_is_one_line_and_exit_status_2(argv, message, capsys)
     assert exit_info.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith(message), err
     assert err.rstrip().endswith("(see tool.py --help)")
+
+
+def test_a_config_check_is_a_user_error_that_run_main_prints_as_one_line(capsys):
+    from descore_plugin.utils.errors import UserError, run_main
+
+    with pytest.raises(UserError, match=r"^--repeats 7: choose another number of runs$"):
+        _parse(["p", "--json", "o", "--repeats", "7"])
+    assert run_main(_parse, "tool.py", ["p", "--json", "o", "--repeats", "7"]) == 2
+    assert capsys.readouterr().err == "tool.py: error: --repeats 7: choose another number of runs\n"
 
 
 def test_help_shows_the_description_as_written_and_every_default(capsys):

@@ -41,6 +41,7 @@ import torch
 
 from descore_plugin.training.runs import Run, checkpoint_step
 from descore_plugin.utils import errors
+from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ VOCABULARY = ("train/", "eval/", "reward/", "time/")
 STATE_FILE = "state.pt"
 LOOP_MAY_CHANGE = ("max_steps", "eval_every", "checkpoint_every", "keep_last")
 """Loop settings a resumed run may change: how long to train and how often to look, not what is trained."""
-
-
-def _help(text: str, default=None, **extra):
-    return field(default=default, metadata={"help": text, **extra})
 
 
 @dataclass

@@ -16,8 +16,8 @@ command line into the dataclasses with the package's command-line contract: a ba
 `--help` prints the description as written and after every flag's help its default, or "(required)". Beyond
 HfArgumentParser: `check=` validates a value where it enters (an `errors.positive_int`-style function, reported as
 `argument --flag: ...`), `positional=True` makes a field a positional argument, every bool flag also has a hidden
-`--no-<flag>`, a dataclass's own check (`__post_init__` raising ValueError) is a one-line error too, and an unknown
-flag is reported by name instead of raising.
+`--no-<flag>`, a dataclass's own check (`__post_init__` raising ValueError) becomes a `UserError` (which
+`errors.run_main` prints as one line, exit status 2), and an unknown flag is reported by name instead of raising.
 """
 
 import argparse
@@ -29,7 +29,8 @@ from types import MappingProxyType
 
 from transformers import HfArgumentParser
 
-from descore_plugin.utils.errors import DEVICE_HELP, DTYPE_HELP, USAGE_EXIT_STATUS, device_name, dtype_name, one_line
+from descore_plugin.utils.errors import (DEVICE_HELP, DTYPE_HELP, USAGE_EXIT_STATUS, UserError, device_name, dtype_name,
+                                         one_line)
 
 __all__ = ["help_field", "HelpFormatter", "ConfigParser", "parse_config", "DeviceArguments"]
 
@@ -43,6 +44,7 @@ def help_field(help: str, default=None, *, default_factory=None, required: bool 
     check: a function str -> value that validates the flag's text (raise argparse.ArgumentTypeError to refuse it).
     positional: a positional argument instead of a flag. argparse_kwargs: passed on to `add_argument` (`choices`,
     `metavar`, `nargs`, `aliases`)."""
+    help = re.sub(r"(?<!%)%(?![(%])", "%%", help)  # a literal "1%" in the text, not an argparse placeholder
     metadata = {"help": help, **argparse_kwargs}
     if check is not None:
         metadata["check"] = check
@@ -63,7 +65,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     def _get_help_string(self, action):
         if action.required:
             return f"{action.help} (required)"
-        if isinstance(action, argparse._StoreFalseAction) or re.search(r"\bdefault\b", action.help or ""):
+        if isinstance(action, argparse._StoreFalseAction) or re.search(r"\(default\b|\bdefault:", action.help or ""):
             return action.help  # `--no-<flag>` (its "default" False would mislead), or a default told in words
         return super()._get_help_string(action)
 
@@ -114,8 +116,10 @@ class ConfigParser(HfArgumentParser):
         kwargs["return_remaining_strings"] = True
         try:
             *outputs, remaining = super().parse_args_into_dataclasses(args, **kwargs)
+        except UserError:
+            raise
         except ValueError as error:  # a dataclass's own check (__post_init__), which names the flag
-            self.error(str(error))
+            raise UserError(str(error)) from None  # errors.run_main prints it as one line, exit status 2
         if remaining:
             self.error(f"unrecognized arguments: {' '.join(remaining)}")
         return tuple(outputs)
