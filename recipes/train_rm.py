@@ -3,7 +3,8 @@
     python recipes/train_rm.py --stage 1 --model DIR_OR_ID --train-data pairs.jsonl --output-dir out/ --max-steps N
     accelerate launch recipes/train_rm.py ...            # many GPUs: DDP / DeepSpeed / FSDP from accelerate config
 
-Every flag is a field of `descore_plugin.training.trainer.TrainConfig` (--help lists each with its meaning and default).
+Every flag is a field of `descore_plugin.training.config.TrainConfig` (--help lists each with its meaning and default);
+--stage picks the trainer (descore_plugin.training.trainer.TRAINERS: stage1, stage2, distill).
 The final model is written to --output-dir itself (DeScoreReward.from_pretrained(DIR) loads it); checkpoints go to
 --output-dir/checkpoint-N; --resume continues exactly from the newest one, --overwrite starts the run again.
 """

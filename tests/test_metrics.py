@@ -156,3 +156,32 @@ def test_accuracy_by_slice():
     assert accuracy_by_slice(margins, labels, slices) == {"all": 0.25, "subject": 0.5, "style": 0.0}
     with pytest.raises(MetricInputError, match="slices has 1 entries but labels has 5"):
         accuracy_by_slice(margins, labels, ["x"])
+
+
+def _official_cold_start_accuracy(rewards_a, rewards_b, labels):
+    """The official cold start's evaluation (its compute_multi_attr_accuracy, on its loader's codes: A 1, B -1, and
+    22 for both 'same' and 'invalid'): argmax over [reward A, reward B], correct where it equals the code, over every
+    row whose code is not 0."""
+    codes = np.array([{"A": 1, "B": -1}.get(label, 22) for label in labels])
+    predictions = np.stack([rewards_a, rewards_b], axis=1)
+    picks = np.where(np.argmax(predictions, axis=1) == 0, 1, -1)
+    valid = codes != 0
+    return float(np.sum((picks == codes) * valid) / np.sum(valid))
+
+
+def test_accuracy_ties_as_errors_exact_and_equal_to_the_official_evaluation():
+    from descore_plugin.evaluation.metrics import accuracy_ties_as_errors
+
+    # picks A, B, A (m = 0 picks A), A, B: correct 1st and 5th; the tie and the invalid row count as errors
+    assert accuracy_ties_as_errors([1.0, -1.0, 0.0, 2.0, -3.0], ["A", "A", "B", "tie", "B"], num_invalid=1) == 2 / 6
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 20))
+        rewards_a, rewards_b = rng.integers(-2, 3, n).astype(float), rng.integers(-2, 3, n).astype(float)
+        labels = list(rng.choice(["A", "B", "tie", "invalid"], n))
+        kept = [i for i, label in enumerate(labels) if label != "invalid"]
+        if not kept:
+            continue
+        ours = accuracy_ties_as_errors(rewards_a[kept] - rewards_b[kept], [labels[i] for i in kept],
+                                       num_invalid=n - len(kept))
+        assert ours == pytest.approx(_official_cold_start_accuracy(rewards_a, rewards_b, labels))

@@ -272,13 +272,13 @@ def test_stage2_geometry_is_global_on_one_and_two_processes(stage1, tmp_path):
 
 
 def test_stage2_geometry_errors_name_the_flags():
-    from descore_plugin.training.trainer import _geometry
+    from descore_plugin.training.stage2 import stage2_geometry
     from descore_plugin.utils.errors import UserError
 
     config = TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve()
-    assert _geometry(config, 1) == (4, 32)  # official: 4 pairs a step, 32 steps per rollout batch of 128 pairs
+    assert stage2_geometry(config, 1) == (4, 32)  # official: 4 pairs a step, 32 steps per rollout batch of 128 pairs
     with pytest.raises(UserError, match="--actor-batch-size 8 .*--batch-size 1 x 8 process"):
-        _geometry(config, 8)
+        stage2_geometry(config, 8)
     with pytest.raises(UserError, match="--actor-batch-size 7"):
         TrainConfig(model="m", train_data="d", output_dir="o", stage=2, actor_batch_size=7).resolve()
 
@@ -297,7 +297,7 @@ def _official_rows(pairs, gsb, gsb_result):
 def test_stage2_bt_label_from_gsb_result_by_default_gsb_column_as_option(stage1, tmp_path, monkeypatch):
     """Official: the auxiliary BT term reads `gsb_result` in the answer JSON ("Video 1 is better" or "A", "Video 2 is
     better" or "B"), not the GSB column; --bt-label label reads the column."""
-    from descore_plugin.training import trainer as trainer_module
+    from descore_plugin.training import stage2 as trainer_module
 
     pairs = load_pairs(stage1["data"])[:1]
     path = tmp_path / "official.jsonl"

@@ -98,6 +98,9 @@ def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
     with pytest.raises(KeyboardInterrupt):
         killed.train()
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
+    from descore_plugin.utils.errors import resume_hint  # what recipes' one Ctrl-C line says
+
+    assert resume_hint().startswith("at step 2; last checkpoint: ") and "checkpoint-2" in resume_hint()
     resumed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers), resume=True)
     assert resumed.resumed and resumed.step == 2
     resumed.train()
