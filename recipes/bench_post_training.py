@@ -19,10 +19,10 @@ On the CPU, the same quantity is rebuilt as resident bytes (parameters, buffers,
 peak of the bytes allocated during the step, read from the torch profiler's memory events ("Total Allocated").
 """
 
-import argparse
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,37 +31,38 @@ from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import flow_dpo
 from descore_plugin.integrations import wan
 from descore_plugin.rewards.contract import reward_set
+from descore_plugin.utils.args import ConfigParser, help_field
+from descore_plugin.utils.errors import device_name, positive_float, positive_int
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", required=True, help="output JSON file (required)")
-    parser.add_argument("--only", nargs="*", default=None, help=f"measurements to run (default: all of "
-                                                                 f"{sorted(MEASUREMENTS)})")
-    parser.add_argument("--pipeline", default=None, help="WanPipeline dir or hub id (default: a tiny one, written now)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)")
-    parser.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's generation defaults")
-    parser.add_argument("--height", type=int, default=None, help="pixels (default: the pipeline's)")
-    parser.add_argument("--width", type=int, default=None, help="pixels (default: the pipeline's)")
-    parser.add_argument("--batch-size", type=int, default=2,
-                        help="pairs per DPO step (2x videos per FM step) (default: %(default)s)")
-    parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (Flow-DPO's 64) (default: %(default)s)")
-    parser.add_argument("--lora-alpha", type=float, default=128.0,
-                        help="LoRA alpha (Flow-DPO's 128) (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, noise and prompts (default: 0)")
-    parser.add_argument("--reward-model", default=None,
-                        help="DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a tiny random "
-                             "one, written now)")
-    parser.add_argument("--gain-steps", type=int, default=20,
-                        help="training steps of each run of reward_gain_per_step (default: %(default)s)")
-    parser.add_argument("--gain-seeds", type=int, default=3,
-                        help="seeds (0..N-1) of reward_gain_per_step; the standard error is over them (default: "
-                             "%(default)s)")
-    parser.add_argument("--gain-methods", nargs="+", default=["nft", "flow_grpo", "longcat", "flow_dpo"],
-                        help="methods of reward_gain_per_step (default: %(default)s)")
-    return parser.parse_args(argv)
+@dataclass
+class BenchPostTrainingArguments:
+    json: str = help_field("output JSON file", required=True)
+    only: list[str] | None = help_field("measurements to run (default: all of them)")
+    pipeline: str | None = help_field("WanPipeline dir or hub id (default: a tiny one, written now)")
+    device: str | None = help_field("cpu or cuda (default: cuda when available)", check=device_name)
+    dtype: str | None = help_field("transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)",
+                                   choices=["float32", "bfloat16"])
+    num_frames: int | None = help_field("default: the pipeline's generation defaults", check=positive_int)
+    height: int | None = help_field("pixels (default: the pipeline's)", check=positive_int)
+    width: int | None = help_field("pixels (default: the pipeline's)", check=positive_int)
+    batch_size: int = help_field("pairs per DPO step (2x videos per FM step)", 2, check=positive_int)
+    lora_rank: int = help_field("LoRA rank (Flow-DPO's 64)", 64, check=positive_int)
+    lora_alpha: float = help_field("LoRA alpha (Flow-DPO's 128)", 128.0, check=positive_float)
+    seed: int = help_field("seed of weights, noise and prompts", 0)
+    reward_model: str | None = help_field("DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a "
+                                          "tiny random one, written now)")
+    gain_steps: int = help_field("training steps of each run of reward_gain_per_step", 20, check=positive_int)
+    gain_seeds: int = help_field("seeds (0..N-1) of reward_gain_per_step; the standard error is over them", 3,
+                                 check=positive_int)
+    gain_methods: list[str] = help_field("methods of reward_gain_per_step", ["nft", "flow_grpo", "longcat", "flow_dpo"])
+
+
+def parse_args(argv=None) -> BenchPostTrainingArguments:
+    parser = ConfigParser(BenchPostTrainingArguments, prog="bench_post_training.py", description=__doc__)
+    parser._option_string_actions["--only"].help = f"measurements to run (default: all of {sorted(MEASUREMENTS)})"
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
