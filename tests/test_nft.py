@@ -184,6 +184,23 @@ def test_nft_raises_the_reward_of_fresh_samples(tiny_dir, tmp_path):
     assert (gain > 0).float().mean() >= 0.85
 
 
+def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
+    """accelerate launch with 2 gloo processes: the old adapter switches on the unwrapped model, gradients sync
+    through DDP; both processes hold the same LoRA after every optimiser step, and it changes at each."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_cpu_threads_per_process", "1", str(ROOT / "tests" / "ddp_checksums.py"), str(tmp_path / "ck"),
+               str(RECIPE), *argv(tiny_dir, tmp_path, "ddp", "--max-steps", "2", "--group-size", "2",
+                                  "--prompts-per-step", "1", "--eval-prompts", "2", "--learning-rate", "1e-2")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [[json.loads(line)["sha256"] for line in (tmp_path / "ck" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert len(ranks[0]) == 2 and ranks[0] == ranks[1] and len(set(ranks[0])) == 2
+    assert result.stdout.count("LoRA in") == 1  # the summary is the main process's
+
+
 def test_recipe_flags_and_one_line_errors(tiny_dir, tmp_path):
     base = argv(tiny_dir, tmp_path, "o", "--max-steps", "1")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
