@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import stat
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
