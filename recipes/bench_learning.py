@@ -262,7 +262,7 @@ def stage1_last_step(per_seed: dict) -> int:
     """The stage-1 step count (the last logged step of cot), where the stage-2 curve starts."""
     for seed_results in per_seed.values():
         if "cot" in seed_results:
-            records = [json.loads(l) for l in Path(seed_results["cot"]["metrics"]).read_text().splitlines()]
+            records = [json.loads(line) for line in Path(seed_results["cot"]["metrics"]).read_text().splitlines()]
             return max(r["step"] for r in records)
     return 0
 

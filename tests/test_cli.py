@@ -184,7 +184,7 @@ def test_bad_videos_stop_training_before_step_1_naming_row_and_field(world, tmp_
     assert "only 2 frames" in skipped[0]["reason"]
     assert "an image, not a video" in skipped[1]["reason"]
     assert "cannot decode" in skipped[2]["reason"]
-    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     _assert_tree_modes(out, 0o644, 0o755)
 
 

@@ -68,7 +68,10 @@ def test_accelerate_gives_each_rank_its_shard(world):
     """Rank r of 2 gets global batches g = 2 * micro_step + r: together the ranks visit the one-process stream, and a
     resumed loader (start micro-step 2) continues exactly where the shard was."""
     stream = [b["pairs"] for b in make_loader(world, stop=8)]  # global batches 0..7 of one process
-    origins = lambda pairs: [p.origin for p in pairs]
+
+    def origins(pairs):
+        return [p.origin for p in pairs]
+
     for rank in range(2):
         shard = prepare_data_loader(make_loader(world, stop=4, processes=2), device=torch.device("cpu"),
                                     num_processes=2, process_index=rank, put_on_device=False)

@@ -518,7 +518,7 @@ def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
     # what the report reads: fixed-prompt samples per evaluation, mp4 + per-video named scores
     samples = resumed / "samples" / "step-000003"
     lines = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
-    assert [(l["index"], l["video"]) for l in lines] == [(0, "000.mp4"), (1, "001.mp4")]
+    assert [(line["index"], line["video"]) for line in lines] == [(0, "000.mp4"), (1, "001.mp4")]
     assert (samples / "001.mp4").stat().st_size > 0 and set(lines[0]["scores"]) == {"analytic:redness"}
     assert lines[0]["scores"]["analytic:redness"] == pytest.approx(rows[-1]["eval/analytic:redness"] * 2
                                                                    - lines[1]["scores"]["analytic:redness"])

@@ -265,7 +265,9 @@ def test_cli_init_tiny_and_score_json(tmp_path):
     clip = (torch.rand(8, 3, 56, 56) * 255).to(torch.uint8)
     write_video(tmp_path / "a.mp4", clip, fps=8)
     write_video(tmp_path / "b.mp4", clip.flip(0), fps=8)
-    run = lambda *args: subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
+
     made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl", "--prompt-template", 'Judge "{prompt}".')
     assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "m" / "descore_config.json").read_text())["prompt_template"] == 'Judge "{prompt}".'
