@@ -569,7 +569,7 @@ class WanGRPOTrainer:
         accelerator, config = self.accelerator, self.config
         part = len(rollout.prompts) // config.updates_per_rollout
         terms = self.micro_batches(rollout, micro_batch_size)
-        keep = (advantage != 0).float() if config.mask_zero_advantages else torch.ones_like(advantage, dtype=torch.float)
+        keep = (advantage != 0).float() if config.mask_zero_advantages else torch.ones(advantage.shape)
         collected: dict[str, list[torch.Tensor]] = {}
         first_update_ratios = []
         self.model.train()
@@ -613,7 +613,8 @@ class GRPOLoopConfig:
     micro_batch_size: int | None = _help(
         "videos per transformer batch in sampling and training; unset: one update's videos", default=None)
     shift: float | None = _help(
-        "scheduler time (flow) shift; unset: the pipeline's (a real pipeline with longcat: its preset 12)", default=None)
+        "scheduler time (flow) shift; unset: the pipeline's (a real pipeline with longcat: its preset 12)",
+        default=None)
 
 
 def _preset_defaults(name: str) -> dict:
@@ -645,7 +646,8 @@ class WanGRPO(WanMethod):
     help_notes = {key: f"--algorithm longcat: {value}" for key, value in _preset_defaults("longcat").items()
                   if value != _preset_defaults("flow_grpo")[key]}
     for _key in WAN_PRESETS["flow_grpo"]["generation"]:
-        help_notes[_key] = "; ".join(filter(None, [help_notes.get(_key), "a tiny pipeline: its generation_defaults.json"]))
+        help_notes[_key] = "; ".join(filter(None, [help_notes.get(_key),
+                                                   "a tiny pipeline: its generation_defaults.json"]))
     del _key
 
     @classmethod

@@ -20,7 +20,8 @@ A run directory (`descore_plugin.training.runs` lays it out), plus:
 
     pytorch_lora_weights.safetensors   the final LoRA in the diffusers format (`pipe.load_lora_weights(DIR)`)
     metrics.jsonl                      train rows (train/..., reward/<name>, time/...) and eval rows:
-                                       eval/<name> (mean over the fixed prompts' videos), eval/<name>_std, eval/num_items
+                                       eval/<name> (mean over the fixed prompts' videos), eval/<name>_std,
+                                       eval/num_items
     samples/step-NNNNNN/               at every evaluation (the start, every --eval-every steps, every checkpoint, the
         VVV.mp4                        end): the fixed-prompt videos (the same prompt and initial noise every time)
         scores.jsonl                   one line per video: {"index", "prompt", "video": "VVV.mp4",
@@ -337,8 +338,8 @@ class WanMethod:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Fresh videos of the evaluation prompts from fixed noise (the same at every evaluation), scored by every
-        reward and check; writes samples/step-N/ (mp4 + scores.jsonl); returns eval/<name>, eval/<name>_std,
-        eval/num_items."""
+        reward and check; writes samples/step-N/ (mp4 + scores.jsonl); returns eval/<name>, eval/<name>_std (the
+        sample std), eval/num_items."""
         from accelerate.utils import gather_object
 
         from descore_plugin.data.video import write_video
@@ -369,9 +370,10 @@ class WanMethod:
         metrics = {"eval/num_items": float(len(lines))}
         for name in self.eval_rewards.names:
             values = np.array([math.nan if line["scores"][name] is None else line["scores"][name] for line in lines])
-            finite = np.isfinite(values).any()
-            metrics[f"eval/{name}"] = float(np.nanmean(values)) if finite else math.nan
-            metrics[f"eval/{name}_std"] = float(np.nanstd(values)) if finite else math.nan
+            count = int(np.isfinite(values).sum())
+            metrics[f"eval/{name}"] = float(np.nanmean(values)) if count else math.nan
+            # the sample std (ddof 1): eval/<name>_std / sqrt(eval/num_items) is the standard error of the mean
+            metrics[f"eval/{name}_std"] = float(np.nanstd(values, ddof=1)) if count > 1 else math.nan
         if self.accelerator.is_main_process:
             (folder / "scores.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         self.transformer.train()

@@ -342,8 +342,10 @@ def measure_reward_gain_per_step(args, workdir: Path) -> dict:
             seconds = time.perf_counter() - started
             base, trained = _fresh_redness(pipeline, None, seed), _fresh_redness(pipeline, out, seed)
             gain = trained - base
-            runs.append({"seed": seed, "gain": float(gain.mean()), "gain_over_base_std": float(gain.mean() / base.std()),
-                         "fraction_improved": float((gain > 0).float().mean()), "seconds_per_step": seconds / args.gain_steps})
+            runs.append({"seed": seed, "gain": float(gain.mean()),
+                         "gain_over_base_std": float(gain.mean() / base.std()),
+                         "fraction_improved": float((gain > 0).float().mean()),
+                         "seconds_per_step": seconds / args.gain_steps})
             print(f"{method} seed {seed}: {runs[-1]}", flush=True)
         gains = [r["gain"] / args.gain_steps for r in runs]
         se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")

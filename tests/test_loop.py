@@ -1,4 +1,5 @@
-"""The one run loop (descore_plugin/training/loop.py) with a tiny method: cadence, vocabulary, resume, publish, Ctrl-C."""
+"""The one run loop (descore_plugin/training/loop.py) with a tiny method: cadence, vocabulary, resume, publish,
+Ctrl-C."""
 
 import json
 from pathlib import Path
@@ -98,8 +99,9 @@ def test_resume_equals_an_uninterrupted_run_and_ctrl_c_is_one_line(tmp_path, cap
     errors.set_resume_hint(None)
     assert errors.run_main(first, "prog") == errors.INTERRUPTED_EXIT_STATUS
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == (f"prog: interrupted; at step 3; last checkpoint: {tmp_path / 'b' / 'checkpoint-2'}; run the same "
-                   f"command with --resume to continue from it")
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"prog: interrupted; at step 3; last checkpoint: {tmp_path / 'b' / 'checkpoint-2'}; run the same command "
+        f"with --resume to continue from it")
     resumed = Regression()
     RunLoop(resumed, LoopConfig(output_dir=str(tmp_path / "b"), max_steps=6, checkpoint_every=2, resume=True)).run()
     assert resumed.calls[0] == ("train", 2)  # the evaluation of step 2 was done before the interrupt

@@ -79,9 +79,10 @@ def test_old_adapter_decay_schedules_and_update():
 
 def test_loss_pulls_toward_the_good_sample_and_away_from_the_bad():
     """With v_old fixed, one gradient step on v lowers the x0 error of an r = 1 sample and raises it for r = 0."""
-    x0, noise, t = torch.randn(2, 8, generator=torch.Generator().manual_seed(0)), torch.randn(2, 8), torch.full((2,), 0.6)
+    generator = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(2, 8, generator=generator), torch.randn(2, 8, generator=generator), torch.full((2,), 0.6)
     x_t = (1 - t[:, None]) * x0 + t[:, None] * noise
-    v_old = noise - x0 + 0.3 * torch.randn(2, 8)  # the old policy's imperfect velocity
+    v_old = noise - x0 + 0.3 * torch.randn(2, 8, generator=generator)  # the old policy's imperfect velocity
     v = v_old.clone().requires_grad_(True)
     nft.nft_loss(v, v_old, x_t, x0, t, torch.tensor([1.0, 0.0]), beta=1.0, adv_clip_max=5.0).loss.backward()
     stepped = v.detach() - 0.01 * v.grad

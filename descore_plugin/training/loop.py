@@ -250,7 +250,8 @@ def save_state(state: dict, directory: Path) -> None:
     rest = {}
     for key, value in state.items():
         if _is_tensor_dict(value):
-            save_file({k: v.detach().cpu().contiguous() for k, v in value.items()}, str(directory / f"{key}.safetensors"))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in value.items()}
+            save_file(tensors, str(directory / f"{key}.safetensors"))
         else:
             rest[key] = value
     torch.save(rest, directory / STATE_FILE)
