@@ -1,4 +1,5 @@
-"""Loading DeScore checkpoints: our directory format, the official release layout, and plain Qwen-VL backbones.
+"""DeScore checkpoints: loading our directory format, the official release layout and plain Qwen-VL backbones, and
+writing ours (`save_model`, what `DeScoreReward.save_pretrained` runs).
 
     load_pretrained(cls, path_or_id, ...)   what `DeScoreReward.from_pretrained` runs: tells the three apart
     new_from_backbone(cls, path_or_id, ...) `DeScoreReward.from_backbone`: a new model on a plain Qwen-VL checkpoint
@@ -14,15 +15,18 @@ messages that every load used to print are silenced here, because they describe 
 """
 
 import contextlib
+import copy
 import json
 import logging
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from descore_plugin.modeling.config import DeScoreConfig
+from descore_plugin.utils.files import atomic_directory
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 CONFIG_NAME = "descore_config.json"
@@ -175,6 +179,59 @@ def load_official(cls, directory: Path, dtype, overrides: dict):
         with quiet_peft():
             model.backbone = PeftModel.from_pretrained(model.backbone, adapter_dir)
     return model
+
+
+def save_model(model, save_directory, save_backbone: bool | None = None, state_dict: dict | None = None):
+    """What `DeScoreReward.save_pretrained` runs (see its docstring)."""
+    config = copy.deepcopy(model.config)
+    config.prompt_template = model.template
+    if save_backbone is None:
+        save_backbone = config.lora_rank == 0 and any(p.requires_grad for p in model.vlm.parameters()) or config.backbone == BACKBONE_DIR
+    with atomic_directory(save_directory) as tmp:
+        if state_dict is None:
+            head, row = model.head.weight, model.reward_token_embedding()
+        else:
+            head, row = state_dict["head.weight"], _reward_token_embedding_from(model, state_dict)
+        tensors = {
+            "head.weight": head.detach().float().cpu().contiguous(),
+            "reward_token_embedding": row.float().cpu().contiguous(),
+        }
+        save_file(tensors, tmp / HEAD_NAME, metadata={"format": "pt", "reward_token": config.reward_token})
+        if hasattr(model.backbone, "peft_config"):
+            backbone_state = None if state_dict is None else _substate(model, state_dict, model.backbone)
+            model.backbone.save_pretrained(tmp / ADAPTER_DIR, state_dict=backbone_state)
+        if save_backbone:
+            vlm_state = None if state_dict is None else _substate(model, state_dict, model.vlm)
+            model.vlm.save_pretrained(tmp / BACKBONE_DIR, state_dict=_backbone_state_dict(model, vlm_state))
+            config.backbone = BACKBONE_DIR
+        model.processor.save_pretrained(tmp)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def _reward_token_embedding_from(model, state_dict: dict) -> torch.Tensor:
+    """`reward_token_embedding()` computed from a full state dict instead of the module's own tensors."""
+    embeddings = model.backbone.get_input_embeddings()
+    ids = torch.tensor([model.reward_token_id])
+    weights = _substate(model, state_dict, embeddings)
+    return torch.func.functional_call(embeddings, weights, (ids,), strict=False).detach()
+
+
+def _backbone_state_dict(model, vlm_state: dict | None = None) -> dict:
+    """The backbone's own weights (from `vlm_state` when given), without peft's adapter tensors and wrapper
+    prefixes."""
+    state = {}
+    for key, value in (model.vlm.state_dict() if vlm_state is None else vlm_state).items():
+        if "lora_" in key or "trainable_tokens_" in key:
+            continue
+        state[key.replace(".token_adapter.base_layer", "").replace(".base_layer", "")] = value
+    return state
+
+
+def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:
+    """The entries of `root`'s state dict that belong to its submodule `module`, keyed relative to it."""
+    prefix = next(name for name, sub in root.named_modules() if sub is module)
+    prefix = f"{prefix}." if prefix else ""
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 # ---------------------------------------------------------------------- helpers

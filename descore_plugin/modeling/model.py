@@ -25,8 +25,6 @@ The instruction may place the video with a `<video>` marker (official data and i
 comes first. A plain Qwen2.5-VL / Qwen3-VL checkpoint loads as a new DeScore model (`from_backbone`).
 """
 
-import copy
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -34,11 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from descore_plugin.utils.device import to_device
-from descore_plugin.utils.files import atomic_directory
 from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.data.video import Video, load_video, resize_frames, split_videos
 from descore_plugin.modeling import loading
@@ -496,46 +492,7 @@ class DeScoreReward(nn.Module):
         fine-tuning or a tiny random model). Atomic: the directory appears complete or not at all.
         state_dict: the model's full state to write instead of its own tensors (keys as `self.state_dict()`), e.g.
         gathered from FSDP shards by `full_state.gather_state`."""
-        config = copy.deepcopy(self.config)
-        config.prompt_template = self.template
-        if save_backbone is None:
-            save_backbone = config.lora_rank == 0 and any(p.requires_grad for p in self.vlm.parameters()) or config.backbone == BACKBONE_DIR
-        with atomic_directory(save_directory) as tmp:
-            if state_dict is None:
-                head, row = self.head.weight, self.reward_token_embedding()
-            else:
-                head, row = state_dict["head.weight"], self._reward_token_embedding_from(state_dict)
-            tensors = {
-                "head.weight": head.detach().float().cpu().contiguous(),
-                "reward_token_embedding": row.float().cpu().contiguous(),
-            }
-            save_file(tensors, tmp / HEAD_NAME, metadata={"format": "pt", "reward_token": config.reward_token})
-            if hasattr(self.backbone, "peft_config"):
-                backbone_state = None if state_dict is None else _substate(self, state_dict, self.backbone)
-                self.backbone.save_pretrained(tmp / ADAPTER_DIR, state_dict=backbone_state)
-            if save_backbone:
-                vlm_state = None if state_dict is None else _substate(self, state_dict, self.vlm)
-                self.vlm.save_pretrained(tmp / BACKBONE_DIR, state_dict=self._backbone_state_dict(vlm_state))
-                config.backbone = BACKBONE_DIR
-            self.processor.save_pretrained(tmp)
-            (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
-
-    def _reward_token_embedding_from(self, state_dict: dict) -> torch.Tensor:
-        """`reward_token_embedding()` computed from a full state dict instead of the module's own tensors."""
-        embeddings = self.backbone.get_input_embeddings()
-        ids = torch.tensor([self.reward_token_id])
-        weights = _substate(self, state_dict, embeddings)
-        return torch.func.functional_call(embeddings, weights, (ids,), strict=False).detach()
-
-    def _backbone_state_dict(self, vlm_state: dict | None = None) -> dict:
-        """The backbone's own weights (from `vlm_state` when given), without peft's adapter tensors and wrapper
-        prefixes."""
-        state = {}
-        for key, value in (self.vlm.state_dict() if vlm_state is None else vlm_state).items():
-            if "lora_" in key or "trainable_tokens_" in key:
-                continue
-            state[key.replace(".token_adapter.base_layer", "").replace(".base_layer", "")] = value
-        return state
+        loading.save_model(self, save_directory, save_backbone=save_backbone, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, path_or_id, device=None, dtype=None, **overrides) -> "DeScoreReward":
@@ -645,10 +602,3 @@ def _check_positive_int(value, name: str):
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:
-    """The entries of `root`'s state dict that belong to its submodule `module`, keyed relative to it."""
-    prefix = next(name for name, sub in root.named_modules() if sub is module)
-    prefix = f"{prefix}." if prefix else ""
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
