@@ -179,11 +179,43 @@ def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge) 
     checks = [world_truth.as_asked(r, world_truth.parse_prompt(p)) for r, p in zip(readings, repeated)]
     truth = [sum(c[name] for name in world_truth.CHECKS) / len(world_truth.CHECKS) for c in checks]
     out = {"columns": columns, "truth_reward": float(np.mean(truth)), "diversity": diversity(videos, videos_per_prompt)}
+    per_video = [{"prompt": p, "checks": c} for p, c in zip(repeated, checks)]
     if judge is not None:
         scored = judge.score(videos, repeated, think=True, batch_size=16, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
         rewards = scored.rewards.float()
         out["judge_reward"] = float(rewards.mean())
         out["judge_reward_stderr"] = float(rewards.std() / math.sqrt(len(rewards))) if len(rewards) > 1 else math.nan
+        for row, reward in zip(per_video, rewards.tolist()):
+            row["judge"] = reward
+    out["per_video"] = per_video
+    return out
+
+
+def judge_pair_accuracy(per_video: list[dict]) -> dict:
+    """The judge's preference accuracy on pairs of the generator's own samples of the same prompt whose world-truth
+    labels differ in colour (one shows the asked colour, the other not) or in motion (one moves the asked way
+    smoothly, the other not), the other of the two agreeing; the video as asked should get the higher reward."""
+    slices = {"colour": lambda c: c["colour"], "motion": lambda c: c["direction"] and c["smooth"]}
+    right = {name: [] for name in slices}
+    by_prompt: dict[str, list[dict]] = {}
+    for row in per_video:
+        by_prompt.setdefault(row["prompt"], []).append(row)
+    for rows in by_prompt.values():
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                first, second = rows[a], rows[b]
+                for name, asked in slices.items():
+                    other = next(f for n, f in slices.items() if n != name)
+                    if asked(first["checks"]) == asked(second["checks"]) or \
+                            other(first["checks"]) != other(second["checks"]):
+                        continue
+                    better, worse = (first, second) if asked(first["checks"]) else (second, first)
+                    right[name].append(better["judge"] > worse["judge"])
+    every = right["colour"] + right["motion"]
+    out = {"num_pairs": len(every), "accuracy": float(np.mean(every)) if every else math.nan}
+    for name, values in right.items():
+        out[f"{name}_pairs"] = len(values)
+        out[f"{name}_accuracy"] = float(np.mean(values)) if values else math.nan
     return out
 
 
@@ -214,10 +246,12 @@ def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
 def run_argv(method: str, reward_args: list[str], args: BenchArguments, prompts_file: Path, run_dir: Path,
              seed: int) -> list[str]:
     steps = args.steps or METHOD_STEPS[method]
+    # world:truth every evaluation (steps to level), a check never trained on; the truth run trains on it and logs it
+    check = [] if "world:truth" in reward_args else ["--check", "world:truth"]
     return ["--pipeline", args.pipeline, "--prompts", str(prompts_file), "--output-dir", str(run_dir), "--overwrite",
             "--max-steps", str(steps), "--eval-every", str(args.eval_every), "--checkpoint-every", str(steps),
             "--eval-prompts", str(min(args.eval_prompts, args.train_prompts)), "--eval-videos-per-prompt", "1",
-            "--seed", str(seed), "--check", "world:truth", *reward_args, *method_flags(method)]
+            "--seed", str(seed), *check, *reward_args, *method_flags(method)]
 
 
 def post_train_run(method: str, argv: list[str]):
@@ -368,6 +402,11 @@ def main(argv=None) -> int:
                 entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
                 print(f"base seed {seed}: held-out all as asked "
                       f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}")
+            samples = [row for seed in seeds for split in ("train", "held_out")
+                       for row in entry["seeds"][str(seed)][split]["per_video"]]
+            results["judge_on_base_samples"] = judge_pair_accuracy(samples)
+            print(f"the judge on pairs of the base generator's samples that differ in colour or motion: "
+                  f"{results['judge_on_base_samples']}")
             write_results(out, results)
             continue
         method, reward = name.split("/")
@@ -393,8 +432,9 @@ def main(argv=None) -> int:
                       "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}"}
             trained = {"judge": "descore", "judge_no_cot": "descore", "student": "descore",
                        "discriminative": "descore", "truth": "world:truth", "redness": "analytic:redness"}[reward]
+            checks = None if trained == "world:truth" else ["world:truth"]
             record["report"] = str(write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}",
-                                                reward=trained, checks=["world:truth"]))
+                                                reward=trained, checks=checks))
             entry["seeds"][str(seed)] = record
             print(f"{name} seed {seed}: held-out all as asked {record['held_out']['columns']['all_as_asked']['mean']:.3f}"
                   f" in {seconds:.0f} s of post-training")

@@ -1,0 +1,79 @@
+"""recipes/vbench_mini.py end to end on the tiny Wan: the runs it records are the public recipes' own runs (the
+recorded command, run through recipes/wan_flow_dpo.py, writes the very same LoRA), the LoRA loads with diffusers'
+own `load_lora_weights`, the figures are fractions with their standard errors, and a run that cannot be run says why
+instead of showing numbers."""
+
+import importlib.util
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def _recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_wan_dir, tmp_path_factory):
+    bench = _recipe("vbench_mini")
+    out = tmp_path_factory.mktemp("vbench_mini")
+    assert bench.main(["--output-dir", str(out), "--pipeline", str(tiny_wan_dir), "--seeds", "0", "--runs", "base",
+                       "flow_dpo/truth", "flow_dpo/student", "--steps", "2", "--eval-every", "1", "--train-prompts",
+                       "2", "--held-out-prompts", "2", "--videos-per-prompt", "2", "--eval-prompts", "2"]) == 0
+    return bench, out, json.loads((out / "results.json").read_text())
+
+
+def test_results_layout_and_figures(bench_run):
+    bench, out, results = bench_run
+    assert list(results["runs"]) == ["base", "flow_dpo/truth", "flow_dpo/student"]
+    assert "not run" not in json.dumps(results["runs"]["flow_dpo/truth"])
+    assert set(results["runs"]["flow_dpo/student"]) == {"not_run"} and "--student" in results["runs"][
+        "flow_dpo/student"]["not_run"]
+    assert results["prompts"]["held_out"] and not set(results["prompts"]["held_out"]) & set(results["prompts"]["train"])
+    for name in ("base", "flow_dpo/truth"):
+        seed = results["runs"][name]["seeds"]["0"]
+        for split in ("train", "held_out"):
+            columns = seed[split]["columns"]
+            assert columns["num_videos"] == 4
+            for column in bench.TABLE_COLUMNS:
+                key = column[0].split("/", 1)[1]
+                if key in columns:
+                    p = columns[key]["mean"]
+                    assert 0.0 <= p <= 1.0 and columns[key]["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / 4))
+            assert math.isfinite(seed[split]["judge_reward"]) and 0.0 <= seed[split]["truth_reward"] <= 1.0
+            assert seed[split]["diversity"] > 0.0  # different noises, different videos
+    run = results["runs"]["flow_dpo/truth"]["seeds"]["0"]
+    assert [step for step, _ in run["steps_to_level"]["curve"]] == [0, 1, 2]
+    assert Path(run["report"]).is_file() and "flow_dpo/truth" in (out / "results.md").read_text()
+    assert "judge_on_base_samples" in results
+
+
+def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
+    """Running the command results.json records with recipes/wan_flow_dpo.py writes the same LoRA, bit for bit."""
+    from diffusers import WanPipeline
+    from safetensors.torch import load_file
+
+    _, _, results = bench_run
+    run = results["runs"]["flow_dpo/truth"]["seeds"]["0"]
+    command = shlex.split(run["command"])
+    assert command[:3] == ["accelerate", "launch", "recipes/wan_flow_dpo.py"]
+    argv = command[3:]
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "again")
+    assert _recipe("wan_flow_dpo").main(argv) == 0
+    ours, again = (load_file(str(Path(d) / "pytorch_lora_weights.safetensors")) for d in (run["lora"], tmp_path / "again"))
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+
+    pipe = WanPipeline.from_pretrained(results["arguments"]["pipeline"])
+    pipe.load_lora_weights(run["lora"])  # diffusers' own loader
+    assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
