@@ -78,9 +78,19 @@ def test_demo_judge_as_teacher_writes_cots_that_parse_and_train_rm_reads(demo_wo
     assert [c.strip() for c in own.cots] == [first.cot_a, first.cot_b]
 
 
-def test_tiny_random_teacher_cots_do_not_parse_and_are_counted(demo_world, tiny_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["descore", "plain"])
+def test_tiny_random_teacher_cots_do_not_parse_and_are_counted(demo_world, tiny_dirs, tmp_path, capsys, kind):
+    """A tiny random DeScore checkpoint, and a plain Qwen-VL checkpoint (no <Reward>, no head: the package's judge
+    instruction), as local teachers."""
+    if kind == "plain":
+        from descore_plugin.testing.tiny import init_tiny_backbone
+
+        teacher = tmp_path / "plain"
+        init_tiny_backbone(teacher, backbone="qwen2_5_vl")
+    else:
+        teacher = tiny_dirs["qwen3_vl"]
     out = tmp_path / "a.jsonl"
-    status = main(["annotate", str(demo_world["jsonl"]), "--teacher", str(tiny_dirs["qwen3_vl"]), "--output", str(out),
+    status = main(["annotate", str(demo_world["jsonl"]), "--teacher", str(teacher), "--output", str(out),
                    "--keep", "all", "--max-new-tokens", "6", "--batch-size", "4"])
     err = capsys.readouterr().err
     assert status == 0, err
@@ -88,12 +98,12 @@ def test_tiny_random_teacher_cots_do_not_parse_and_are_counted(demo_world, tiny_
     rejected = rows_of(rejected_path(out))
     assert [r["reason"] for r in rejected] == ["parse failure"] * 6
     assert "0 of 6 pairs kept" in err and "6 not kept: parse failure" in err
-    model = DeScoreReward.from_pretrained(tiny_dirs["qwen3_vl"])
+    model = DeScoreReward.from_pretrained(teacher)
     pair = demo_world["pairs"][0]
     own = model.score([pair.video_a, pair.video_b], [pair.prompt] * 2, max_new_tokens=6)
     assert [rejected[0].get("cot_a", ""), rejected[0].get("cot_b", "")] == [c.strip() for c in own.cots]
     # an existing output is refused without --resume / --overwrite, and --overwrite starts again
-    assert main(["annotate", str(demo_world["jsonl"]), "--teacher", str(tiny_dirs["qwen3_vl"]), "--output", str(out)]) == 2
+    assert main(["annotate", str(demo_world["jsonl"]), "--teacher", str(teacher), "--output", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
