@@ -19,8 +19,8 @@ import argparse
 import os
 import sys
 
-from descore_plugin.utils.errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int, positive_int,
-                     positive_float, run_main)
+from descore_plugin.utils.errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int,
+                                         positive_float, positive_int, run_main)
 
 
 # ---------------------------------------------------------------------------------------------------------------- score

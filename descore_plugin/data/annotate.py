@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from descore_plugin.data.pairs import Pair, load_pairs
+from descore_plugin.data.pairs import Pair
 from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.utils.errors import UserError
 
@@ -375,8 +375,3 @@ def _rejected_counts(path: Path, folder: Path, keys: set) -> dict:
     for reason in latest.values():
         counts[reason] += 1
     return counts
-
-
-def load_pairs_to_annotate(path, label_column: str | None = None) -> list[Pair]:
-    """Read PAIRS in any format training reads (videos must exist)."""
-    return load_pairs(path, label_column=label_column)
