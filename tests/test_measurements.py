@@ -5,13 +5,12 @@ import torch
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import load_pairs
 from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rollout_reward
-from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.data.video import load_video
 
 
-def test_rollout_reward_is_seeded_and_keeps_the_global_rng(tiny_dirs, tmp_path):
+def test_rollout_reward_is_seeded_and_keeps_the_global_rng(tiny_dirs, synthetic_world):
     model = DeScoreReward.from_pretrained(tiny_dirs["qwen2_5_vl"])
-    pairs = load_pairs(write_dataset(tmp_path / "data", num_pairs=2, seed=0, progress=False))
+    pairs = load_pairs(synthetic_world(2, seed=0))
     load = lambda path: load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)  # noqa: E731
     torch.manual_seed(123)
     state = torch.get_rng_state()
