@@ -13,11 +13,12 @@ Steps, one function each, run in order by `main`:
    pairs_scored.csv, the format of recipes/eval_rm.py).
 3. `step_score_samples`: think, then score a few sample videos; print each prompt, CoT, dimension scores and reward
    next to the synthetic world's truth, and write them as `descore score --json` rows (scores.jsonl).
-4. `step_dpo`: a short Flow-DPO run of a tiny Wan-2.1 pipeline against an analytic reward with a known optimum
-   (redness of the frames: the tiny random Wan cannot draw what a prompt asks for, so a DeScore score of its videos
-   means little), evaluated on fixed prompts at the start, every --dpo-eval-every steps and at the end; the
-   evaluation videos are also scored, as checks that are not trained on, by analytic:brightness and by the judge
-   (with its CoT), which is what the run report's hacking flags compare the optimised reward with.
+4. `step_dpo`: the main job: Flow-DPO (recipes/wan_flow_dpo.py) of the shipped world Wan (recipes/world_wan/, a
+   tiny Wan-2.1 that draws the synthetic world imperfectly) with the judge as the reward, thinking first; its
+   fixed-prompt evaluations are also scored by world:truth (the world's truth read from the pixels), a check it never
+   trains on, which the run report's hacking flags compare the judge's reward with. Prints the world-truth fidelity
+   of fresh videos of HELD-OUT prompts (scenes never captioned in pre-training, never post-trained on) before and
+   after (recipes/vbench_mini.py measures the same way, over seeds and against baselines).
 5. `step_reports`: `descore report` pages of the scored samples, the held-out evaluation and the Flow-DPO run;
    prints the path to open and, last, the held-out figure.
 """
@@ -183,8 +184,10 @@ def score_and_print(model_dir: Path, videos: list, prompts: list[str], truths: l
     return out
 
 
-def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None, seed: int = 0) -> Path:
-    """A short Flow-DPO run of a tiny Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward; its
+def step_dpo_tiny_wan(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None,
+                      seed: int = 0) -> Path:
+    """Without the world generator (recipes/world_wan/ not in this checkout): a short Flow-DPO run of a random tiny
+    Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward; its
     fixed-prompt samples are also scored, with weight 0 (checks, not trained on), by analytic:brightness and, when
     `judge` is given, by the DeScore judge (its CoTs land in the samples' scores.jsonl)."""
     import importlib.util
@@ -212,13 +215,82 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
     return run_dir
 
 
+SHIPPED_WORLD_WAN = Path(__file__).resolve().parent / "world_wan"
+"""The tiny Wan-2.1 that draws the synthetic world, imperfectly (recipes/train_world_wan.py, `make world-wan`)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _vbench_mini():
+    """recipes/vbench_mini.py as a module: the same prompts, sampling and world-truth measurement."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("vbench_mini", Path(__file__).with_name("vbench_mini.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules["vbench_mini"] = recipe  # its dataclasses look their module up
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+def _fidelity_line(columns: dict) -> str:
+    names = ("all_as_asked", "colour", "direction", "subject", "background", "camera_steadiness", "dynamic_degree")
+    return ", ".join(f"{name} {columns[name]['mean']:.2f}" for name in names)
+
+
+def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None, seed: int = 0,
+             pipeline: Path = SHIPPED_WORLD_WAN, prompts: int = 8, held_out_prompts: int = 8,
+             videos_per_prompt: int = 2) -> Path:
+    """Flow-DPO of the shipped world Wan (recipes/world_wan) with the judge as the reward, thinking first (the
+    paper's setting), by the public recipe recipes/wan_flow_dpo.py; world:truth (read from the pixels) is a check the
+    run logs at every evaluation but never trains on. Prints the world-truth fidelity of fresh videos of HELD-OUT
+    prompts (scenes the generator never saw captioned, never post-trained on) before and after."""
+    import importlib.util
+
+    if not (Path(pipeline) / "model_index.json").is_file() or judge is None:
+        print(f"\nno world generator in {pipeline} (`make world-wan` trains it): the post-training step runs on a "
+              f"random tiny Wan against analytic:redness instead")
+        return step_dpo_tiny_wan(work_dir, steps, eval_every, judge=judge, seed=seed)
+    bench = _vbench_mini()
+    train, held_out = bench.prompt_sets(prompts, held_out_prompts)
+    prompts_file = work_dir / "wan_prompts.txt"
+    prompts_file.write_text("\n".join(train) + "\n")
+    spec = importlib.util.spec_from_file_location("wan_flow_dpo", Path(__file__).with_name("wan_flow_dpo.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    before = bench.measure(bench.load_generator(str(pipeline)), held_out, videos_per_prompt, seed, None)
+    print(f"\npost-training: Flow-DPO of the world Wan ({pipeline.name}) for {steps} steps, reward: the judge "
+          f"(think, then score)")
+    print(f"held-out prompts before: {_fidelity_line(before['columns'])} "
+          f"({before['columns']['num_videos']} videos)")
+    run_dir = work_dir / "dpo"
+    options = bench.BenchArguments(output_dir=str(work_dir), pipeline=str(pipeline), judge=str(judge),
+                                   train_prompts=prompts, steps=steps, eval_every=eval_every or steps,
+                                   eval_prompts=min(4, prompts))
+    argv = bench.run_argv("flow_dpo", bench.reward_flags("judge", options), options, prompts_file, run_dir, seed)
+    recipe.main(argv)
+    after = bench.measure(bench.load_generator(str(pipeline), str(run_dir)), held_out, videos_per_prompt, seed, None)
+    print(f"held-out prompts after:  {_fidelity_line(after['columns'])}")
+    gain = after["columns"]["all_as_asked"]["mean"] - before["columns"]["all_as_asked"]["mean"]
+    print(f"world-truth fidelity on held-out prompts (all as asked): {before['columns']['all_as_asked']['mean']:.3f} "
+          f"-> {after['columns']['all_as_asked']['mean']:.3f} ({gain:+.3f})")
+    (work_dir / "dpo_fidelity.json").write_text(json.dumps({"held_out_prompts": held_out, "before": before,
+                                                            "after": after}, indent=2, default=float) + "\n")
+    return run_dir
+
+
 def step_reports(output_dir: Path, sources: dict) -> dict:
-    """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html; the run's
-    optimised reward is analytic:redness, its independent checks the other rewards."""
+    """`descore report` of each of `sources` ({name: path}) into OUTPUT_DIR/report/<name>/index.html; a run's
+    optimised reward and its independent checks are those it recorded (run_args.json)."""
     from descore_plugin.report import write_report
 
-    pages = {name: write_report(path, output_dir / "report" / name,
-                                reward="analytic:redness" if name == "dpo_run" else None)
+    def run_flags(name: str) -> dict:
+        if name != "dpo_run":
+            return {}
+        recorded = json.loads((Path(sources[name]) / "run_args.json").read_text())
+        trained = [spec.split("=")[0] for spec in recorded.get("reward") or ["descore"]]
+        return {"reward": trained[0], "checks": recorded.get("check") or None}
+
+    pages = {name: write_report(path, output_dir / "report" / name, **run_flags(name))
              for name, path in sources.items()}
     print("\nreports (static pages, open in a browser):")
     for name, page in pages.items():

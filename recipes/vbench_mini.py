@@ -233,8 +233,8 @@ def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
     if reward in ("student", "discriminative"):
         model = getattr(args, reward)
         if not model:
-            return (f"no --{reward} given (a no-CoT {'student distilled from the judge' if reward == 'student' else 'Bradley-Terry judge'} "
-                    f"of the world's pairs); not trained in this benchmark's time")
+            what = "student distilled from the judge" if reward == "student" else "Bradley-Terry judge of the world's pairs"
+            return f"no --{reward} given (a no-CoT {what}); not trained in this benchmark's time"
         return ["--reward", "descore", "--reward-model", model, "--no-think"]
     if reward == "truth":
         return ["--reward", "world:truth"]
@@ -368,7 +368,7 @@ def planned_runs(args: BenchArguments) -> list[str]:
 def main(argv=None) -> int:
     (args,) = parse_config(BenchArguments, argv, prog="vbench_mini.py", description=__doc__)
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # the tiny models are overhead-bound: one thread is as fast, and far faster on a busy machine
+        torch.set_num_threads(1)  # the tiny models are overhead-bound: one thread is as fast, faster on a busy machine
     from descore_plugin import DeScoreReward
     from descore_plugin.report import write_report
 
@@ -436,8 +436,8 @@ def main(argv=None) -> int:
             record["report"] = str(write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}",
                                                 reward=trained, checks=checks))
             entry["seeds"][str(seed)] = record
-            print(f"{name} seed {seed}: held-out all as asked {record['held_out']['columns']['all_as_asked']['mean']:.3f}"
-                  f" in {seconds:.0f} s of post-training")
+            fidelity = record["held_out"]["columns"]["all_as_asked"]["mean"]
+            print(f"{name} seed {seed}: held-out all as asked {fidelity:.3f} in {seconds:.0f} s of post-training")
             write_results(out, results)
     results["wall_seconds"] = time.time() - started
     write_results(out, results)

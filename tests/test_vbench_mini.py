@@ -71,7 +71,8 @@ def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
     argv = command[3:]
     argv[argv.index("--output-dir") + 1] = str(tmp_path / "again")
     assert _recipe("wan_flow_dpo").main(argv) == 0
-    ours, again = (load_file(str(Path(d) / "pytorch_lora_weights.safetensors")) for d in (run["lora"], tmp_path / "again"))
+    ours, again = (load_file(str(Path(folder) / "pytorch_lora_weights.safetensors"))
+                   for folder in (run["lora"], tmp_path / "again"))
     assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
 
     pipe = WanPipeline.from_pretrained(results["arguments"]["pipeline"])
