@@ -233,7 +233,7 @@ def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
     if reward in ("student", "discriminative"):
         model = getattr(args, reward)
         if not model:
-            what = "student distilled from the judge" if reward == "student" else "Bradley-Terry judge of the world's pairs"
+            what = "student distilled from the judge" if reward == "student" else "BT judge of the world's pairs"
             return f"no --{reward} given (a no-CoT {what}); not trained in this benchmark's time"
         return ["--reward", "descore", "--reward-model", model, "--no-think"]
     if reward == "truth":
