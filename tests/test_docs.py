@@ -44,6 +44,8 @@ NOT_RUNNABLE = {
                                                                       "stands for the other flags",
     "accelerate launch --config_file recipes/accelerate/": "the 8-GPU DDP / FSDP configurations need 8 GPUs; "
                                                            "their parsing is tested on CPU",
+    "python recipes/vbench_mini.py": "a benchmark of minutes on the shipped world Wan; tests/test_vbench_mini.py runs "
+                                     "it end to end on the tiny Wan",
     "python recipes/bench_": "benchmarks that measure for minutes; tests/test_recipe_help.py runs each one's --help, "
                              "tests/test_flow_dpo.py one of bench_post_training's measurements",
 }
