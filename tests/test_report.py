@@ -485,3 +485,17 @@ def test_the_trained_rewards_come_from_run_args(runs):
     analysis = report.hacking_flags(run)
     assert analysis["primary"] == "descore" and analysis["independent"] == []
     assert report.hacking_flags(run, primary="student")["primary"] == "student"  # --reward wins
+
+
+def test_a_model_named_in_the_rows_is_read_like_model(tmp_path):
+    """Rows that carry `model` (a DeScore folder) get its record without --model; --model wins."""
+    source = report_builders.failing_scored_set(tmp_path)
+    judge = report_builders.judge_folder(tmp_path)
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    source.write_text("".join(json.dumps({**row, "model": str(judge)}) + "\n" for row in rows))
+    page = report.write_report(source, tmp_path / "out").read_text()
+    assert "40 videos it was evaluated on" in page and f"judge: {judge}" in page
+    source.write_text("".join(json.dumps({**row, "model": "org/some-hub-judge"}) + "\n" for row in rows))
+    page = report.write_report(source, tmp_path / "out2").read_text()
+    assert "judge: org/some-hub-judge" in page and "40 videos it was evaluated on" not in page
+    assert "folder is not at hand" in page

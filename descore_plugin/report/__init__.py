@@ -71,7 +71,11 @@ def write_report(path, output_dir, kind: str | None = None, reward: str | None =
     output_dir.mkdir(parents=True, exist_ok=True)
     media = Media(output_dir)
     if kind == "scores":
-        page = scores_page(load_scored_set(path), media, path, load_model_record(model))
+        rows = load_scored_set(path)
+        named = next((row["model"] for row in rows if row["model"]), None)  # a `model` field of the rows
+        record = load_model_record(model) if model is not None else \
+            load_model_record(named) if named and (Path(named) / "descore_config.json").is_file() else None
+        page = scores_page(rows, media, path, record)
     elif kind == "evaluation":
         page = evaluation_page(load_evaluation(path), media, path)
     else:

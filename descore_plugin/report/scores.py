@@ -217,8 +217,9 @@ def scores_page(rows: list, media: Media, source: Path, record: dict | None = No
                  "the same prompt: each card gives its rank within its prompt and its distance from the prompt's "
                  "best.</div>")
     if record is None:
-        body += ('<p class="muted">The judge is not named (pass --model DIR to `descore report`): its training range '
-                 'is unknown, so only CoTs that do not parse can flag it as out of its domain.</p>')
+        who = "The judge's folder is not at hand" if model else "The judge is not named"
+        body += (f'<p class="muted">{who} (pass --model DIR to `descore report`): its training range is unknown, so '
+                 'only CoTs that do not parse can flag it as out of its domain.</p>')
     elif record.get("reward_range") is None:
         body += (f'<p class="muted">{esc(record["name"])} records no reward range (MODEL/evaluation/accuracy.json of '
                  'recipes/eval_rm.py), so only CoTs that do not parse can flag it as out of its domain.</p>')
