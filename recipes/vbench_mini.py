@@ -70,8 +70,9 @@ class BenchArguments:
     judge: str = help_field("the DeScore judge (checkpoint directory)", str(SHIPPED_JUDGE))
     student: str | None = help_field("a distilled no-CoT student (recipes/distill_student.py output); unset: the "
                                      "student rows are 'not run'", None)
-    discriminative: str | None = help_field("a no-CoT Bradley-Terry judge trained on the world's pairs; unset: the "
-                                            "discriminative rows are 'not run'", None)
+    discriminative: str | None = help_field("a no-CoT Bradley-Terry judge of the world's pairs; unset: trained here "
+                                            "(600 steps, OUT/discriminative) when a discriminative run is asked for",
+                                            None)
     train_prompts: int = help_field("training prompts (scenes of pre-training) post-trained on and measured", 16)
     held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
     videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
@@ -243,6 +244,43 @@ def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
     raise ValueError(reward)
 
 
+def train_discriminative(output_dir: Path, steps: int = 600, train_pairs: int = 600, seed: int = 0) -> Path:
+    """The VideoAlign-style baseline: the judge's tiny architecture trained as a plain Bradley-Terry reward model,
+    without any CoT (every CoT masked, no next-token loss), on pairs of the world the generator draws (its size,
+    shapes, directions, backgrounds; one dimension differing per pair), with the demo judge's optimiser settings.
+    Returns the model directory (score it with think=False)."""
+    from descore_plugin.testing import world_wan
+    from descore_plugin.testing.synthetic import write_dataset
+    from descore_plugin.testing.tiny import init_tiny
+    from descore_plugin.training.trainer import TrainConfig, Trainer
+
+    model = output_dir / "model"
+    if (model / "descore_config.json").is_file():
+        return model
+    judge_recipe = _judge_recipe()
+    init_tiny(output_dir / "init", seed=seed, prompt_template=judge_recipe.TEMPLATE)
+    data = write_dataset(output_dir / "train", train_pairs, seed=judge_recipe.TRAIN_SEED,
+                         defects=judge_recipe.DEFECTS, world=world_wan.WORLD, progress=False)
+    Trainer(TrainConfig(model=str(output_dir / "init"), train_data=str(data), output_dir=str(output_dir / "run"),
+                        stage=1, max_steps=steps, warmup_ratio=min(1.0, 120 / steps), batch_size=16,
+                        learning_rate=1e-3, lora_rank=0, train_embeddings="all", cot_mask_prob=1.0, lm_loss_weight=0.0,
+                        save_steps=steps, seed=seed, log_with=None)).train()
+    import shutil
+
+    shutil.copytree(output_dir / "run" / f"checkpoint-{steps}" / "model", model)
+    return model
+
+
+def _judge_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo_judge", ROOT / "train_demo_judge.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo_judge"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_argv(method: str, reward_args: list[str], args: BenchArguments, prompts_file: Path, run_dir: Path,
              seed: int) -> list[str]:
     steps = args.steps or METHOD_STEPS[method]
@@ -410,6 +448,9 @@ def main(argv=None) -> int:
             write_results(out, results)
             continue
         method, reward = name.split("/")
+        if reward == "discriminative" and not args.discriminative:
+            print("training the discriminative baseline (no-CoT Bradley-Terry judge of the world's pairs) ...")
+            args.discriminative = str(train_discriminative(out / "discriminative"))
         flags = reward_flags(reward, args)
         if isinstance(flags, str):
             results["runs"][name] = {"not_run": flags}
