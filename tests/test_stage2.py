@@ -427,3 +427,18 @@ def test_stage1_records_the_longest_training_cot(stage1, tiny_dirs, tmp_path):
     longest = max(len(model.tokenizer(c)["input_ids"]) for c in cots)
     assert model.config.trained_cot_tokens == longest > 0
     assert model.config.cot_token_limit() == min(model.config.max_new_tokens, 2 * longest)
+
+
+def test_runs_that_cannot_learn_are_flagged(stage1, tmp_path, caplog):
+    """A random tiny model: stage 2 warns that every rollout's rule reward is 0, and an evaluation whose CoTs never
+    parse says so (stage 1 and 2 alike)."""
+    with caplog.at_level("WARNING"):
+        Trainer(stage2_config(stage1, "full", tmp_path / "s2")).train()
+    assert "every rollout's rule reward is 0" in caplog.text
+    caplog.clear()
+    config = TrainConfig(stage=1, model=str(stage1["full"]), train_data=str(stage1["data"]),
+                         eval_data=str(stage1["data"]), output_dir=str(tmp_path / "s1"), max_steps=1, batch_size=1,
+                         gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_max_new_tokens=4, log_with=None)
+    with caplog.at_level("WARNING"):
+        logs = Trainer(config).train()
+    assert logs["eval_cot_parse_rate"] == 0.0 and "none of the 12 CoTs the model wrote" in caplog.text
