@@ -216,3 +216,63 @@ def test_reward_cot_cap_and_check_rewards_scored_only_at_evaluation(tiny_dir, ti
     assert {"descore", "analytic:brightness", "analytic:redness"} <= set(lines[0]["scores"])
     tokenizer = AutoTokenizer.from_pretrained(judge)
     assert 0 < len(tokenizer(lines[0]["cot"], add_special_tokens=False).input_ids) <= 4  # 3 new tokens, re-tokenised
+
+
+def test_a_method_is_one_class_registered_and_run_by_the_generic_entry(tiny_dir, tmp_path, capsys):
+    """The protocol a new method implements (config dataclass, prepare, train_step -> metrics, curve names): a
+    plain flow-matching step on the base model's own samples, registered and run through post_train.py's entry."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import load_file
+
+    from descore_plugin.integrations import post_training
+
+    @dataclasses.dataclass
+    class SelfDistillConfig:
+        """A toy method's own flag."""
+
+        videos_per_step: int = dataclasses.field(default=2, metadata={"help": "videos per step"})
+
+    class SelfDistill(post_training.WanMethod):
+        name = "self-distill"
+        curve_names = ("train/loss",)
+        config_classes = (SelfDistillConfig,)
+        defaults = dict(lora_rank=2, lora_alpha=2.0, lora_targets="attention")
+
+        def prepare(self):
+            self.own = self.config.get(SelfDistillConfig)
+
+        def train_step(self, step):
+            generator = torch.Generator().manual_seed(post_training.seed_of(self.run.seed, "self_distill", step))
+            prompts = [p for _, p in self.my_prompts][: self.own.videos_per_step]
+            with wan.disable_adapter(self.transformer):
+                _, x0 = wan.generate(self.pipe, self.prompt_cache, prompts, self.generation, generator=generator)
+            t = torch.rand(len(prompts), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
+            velocity = wan.predict_velocity(self.model, x_t, t * 1000, self.prompt_cache.embed(prompts))
+            loss = (velocity.float() - (noise - x0)).pow(2).mean()
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            return {"train/loss": loss.item()}
+
+    post_training.register_method("self_distill", SelfDistill)
+    try:
+        (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+        assert post_training.main(["self_distill", "--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"),
+                                   "--output-dir", str(tmp_path / "run"), "--reward", "analytic:redness",
+                                   "--max-steps", "2", "--checkpoint-every", "1", "--eval-prompts", "1",
+                                   "--eval-videos-per-prompt", "1", "--videos-per-step", "1"]) == 0
+    finally:
+        del post_training.METHODS["self_distill"]
+    assert "LoRA in" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("eval", 1), ("train", 2),
+                                                      ("eval", 2)]
+    assert json.loads((tmp_path / "run" / "run_args.json").read_text())["videos_per_step"] == 1
+    published = load_file(str(tmp_path / "run" / "pytorch_lora_weights.safetensors"))
+    trained = load_file(str(tmp_path / "run" / "checkpoint-2" / "lora.safetensors"))
+    assert all(torch.equal(published[f"transformer.{k}"], v) for k, v in trained.items())
+    assert post_training.main(["nothing"]) == 2 and "choose one of flow_dpo" in capsys.readouterr().err
