@@ -6,11 +6,10 @@ where a field is left None. `argument_parser` / `parse_train_args` build the com
 HfArgumentParser and the one-line error contract.
 """
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from descore_plugin.utils.errors import UserError, one_line_errors
+from descore_plugin.utils.errors import UserError
 
 __all__ = ["TrainConfig", "STAGE_DEFAULTS", "RM_CHANGEABLE_ON_RESUME", "RewardModelRunArguments", "argument_parser",
            "parse_train_args"]
@@ -283,24 +282,12 @@ class RewardModelRunArguments:
 
 
 def argument_parser(config_class=TrainConfig, description: str = "", prog: str | None = None):
-    """transformers' HfArgumentParser over a TrainConfig (sub)class and RewardModelRunArguments: every field is a flag
-    (`--max-steps` and `--max_steps`) with its help text and default; a bool field also gets `--no-<flag>`.
-    A bad value is one line on stderr and exit status 2."""
-    import argparse
+    """The package's argument layer (`utils.args.ConfigParser`, on transformers' HfArgumentParser) over a TrainConfig
+    (sub)class and RewardModelRunArguments: every field is a flag (`--max-steps` and `--max_steps`) with its help text
+    and default; a bool field also gets `--no-<flag>`. A bad value is one line on stderr and exit status 2."""
+    from descore_plugin.utils.args import ConfigParser
 
-    from transformers import HfArgumentParser
-
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass  # the recipe's docstring as written, and "(default: ...)" after every flag's help
-
-    parser = one_line_errors(HfArgumentParser((config_class, RewardModelRunArguments), prog=prog, description=description,
-                                              formatter_class=Formatter))
-    existing = set(parser._option_string_actions)
-    for spec in dataclasses.fields(config_class):
-        negative = "--no-" + spec.name.replace("_", "-")
-        if "bool" in str(spec.type) and negative not in existing:
-            parser.add_argument(negative, dest=spec.name, action="store_false", help=argparse.SUPPRESS)
-    return parser
+    return ConfigParser([config_class, RewardModelRunArguments], prog=prog, description=description)
 
 
 def parse_train_args(argv=None, config_class=TrainConfig, description: str = "", prog: str | None = None):
