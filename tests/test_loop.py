@@ -125,6 +125,22 @@ def test_an_evaluation_interrupted_after_its_checkpoint_runs_again_on_resume(tmp
     assert [(r["kind"], r["step"]) for r in rows(tmp_path)].count(("eval", 2)) == 1
 
 
+def test_no_evaluation_at_the_start_when_asked_and_no_empty_eval_rows(tmp_path):
+    class Quiet(Regression):
+        evaluate_at_start = False
+
+        def evaluate(self, step):
+            if step < 4:
+                self.calls.append(("eval", step))
+                return {}
+            return super().evaluate(step)
+
+    method = Quiet()
+    RunLoop(method, LoopConfig(output_dir=str(tmp_path), max_steps=4, checkpoint_every=2)).run()
+    assert [c for c in method.calls if c[0] == "eval"] == [("eval", 2), ("eval", 4)]
+    assert [(r["kind"], r["step"]) for r in rows(tmp_path) if r["kind"] == "eval"] == [("eval", 4)]
+
+
 def test_metric_names_outside_the_vocabulary_are_refused(tmp_path):
     class Flat(Regression):
         def train_step(self, step):

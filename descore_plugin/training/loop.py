@@ -75,8 +75,9 @@ class LoopConfig:
 @runtime_checkable
 class Method(Protocol):
     """What a trainer is, to the loop. Attributes: `name` (the progress bar's label), `curve_names` (train/... keys
-    drawn in curves.png), `arguments` (a dict recorded in run_args.json and compared on --resume) and
-    `may_change_on_resume` (argument names that may differ on --resume)."""
+    drawn in curves.png), `arguments` (a dict recorded in run_args.json and compared on --resume),
+    `may_change_on_resume` (argument names that may differ on --resume) and `evaluate_at_start` (default True: an
+    evaluation before the first step)."""
 
     name: str
     curve_names: Sequence[str]
@@ -144,7 +145,8 @@ class RunLoop:
         self.step = self._resume() if config.resume else 0
         self.evaluated = {r["step"] for r in self.run_dir.metrics() if r.get("kind") == "eval"}  # read by all
         accelerator.wait_for_everyone()
-        if self.step < config.max_steps and self.step not in self.evaluated:  # the start, or an interrupted one
+        start = self.step > 0 or getattr(method, "evaluate_at_start", True)
+        if start and self.step < config.max_steps and self.step not in self.evaluated:  # the start, or an interrupted one
             self._evaluate(self.step)
         final = {}
         try:
@@ -212,7 +214,8 @@ class RunLoop:
         metrics = self.method.evaluate(step) or {}
         check_vocabulary(metrics, f"{type(self.method).__name__}.evaluate")
         row = {"kind": "eval", "step": step, **metrics}
-        self.log(row)
+        if metrics:  # a method without evaluation data logs no empty rows
+            self.log(row)
         self.evaluated.add(step)
         if metrics and self.accelerator.is_main_process:
             logger.info("step %d: %s", step, ", ".join(f"{k} = {v:.5g}" for k, v in metrics.items()
