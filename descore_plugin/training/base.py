@@ -35,6 +35,8 @@ from descore_plugin.training.embedding_rows import TrainableRow
 from descore_plugin.training.full_state import gather_state, load_state
 from descore_plugin.training.runs import Run
 from descore_plugin.utils.errors import checkpoint_hint, set_resume_hint
+from descore_plugin.utils.device import to_device as _to  # noqa: F401 (the trainers import it from here)
+from descore_plugin.utils.seeding import torch_seed as _mix
 
 __all__ = ["RewardModelTrainer", "merge_adapter", "plot_rm_curves", "LABEL_SIGN"]
 
@@ -461,14 +463,6 @@ def _float(norm) -> float:
     """A gradient norm as a float (a DTensor under FSDP2 is made whole first)."""
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     return float(norm)
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _mix(*values) -> int:
-    return int(np.random.default_rng(list(values)).integers(2**62))
 
 
 def _jsonable(config) -> dict:

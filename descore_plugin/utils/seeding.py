@@ -16,7 +16,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["STREAMS", "stream_salt", "seed_of", "epoch_order"]
+__all__ = ["STREAMS", "stream_salt", "seed_of", "epoch_order", "torch_seed"]
 
 STREAMS = {
     "step": 7,  # post-training: the sampling and training noise of a step (per rank)
@@ -50,3 +50,10 @@ def epoch_order(items: list, count: int, seed: int, stream: str, rank: int, posi
         order = np.random.default_rng([seed, stream_salt(stream), rank, *parts, epoch]).permutation(len(items))
         chosen.append(items[int(order[offset])])
     return chosen
+
+
+def torch_seed(*values: int) -> int:
+    """A 62-bit seed for `torch.manual_seed` that is a function of `values` only (seed, micro-step, rank, ...): the
+    reward-model trainers' per-step seed of dropout and CoT sampling. Its own formula, not `seed_of`'s, because the
+    trainers' seeded results (and the learning tests' measured accuracies) were drawn with it."""
+    return int(np.random.default_rng([int(value) for value in values]).integers(2**62))
