@@ -30,7 +30,10 @@ def test_bradley_terry_values():
     assert per_row[0] == pytest.approx(math.log(6)) and per_row[1] == pytest.approx(math.log(6))  # -log sigmoid(-ln 5)
     assert per_row[2] == pytest.approx(math.log(1.5))  # 2 ln 6 - ln 24
     d = torch.tensor([0.7])
-    tie = lambda a, b: bradley_terry_ties_loss(a, b, torch.tensor([0])).item()
+
+    def tie(a, b):
+        return bradley_terry_ties_loss(a, b, torch.tensor([0])).item()
+
     assert tie(d, -d) == pytest.approx(tie(-d, d))  # symmetric in d for ties
 
 
@@ -108,7 +111,7 @@ def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)
-    steps = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps[:4] == [1, 2, 3, 4]  # the log has no duplicate of the lost step 3
 
     # Every checkpoint and the final model load with DeScoreReward.from_pretrained and score like the trainer.
@@ -370,7 +373,10 @@ def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(wor
     result["loss"].backward()
     head = [p for p in model.head.parameters()]
     actor = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in head)]
-    norm = lambda params: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+
+    def norm(params):
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+
     raw_head, raw_actor = norm(head).item(), norm(actor).item()
     logs = trainer._clip_gradients()
     assert logs["head_grad_norm"] == pytest.approx(raw_head, rel=1e-5) and logs["grad_norm"] == pytest.approx(raw_actor, rel=1e-5)

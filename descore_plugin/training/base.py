@@ -305,7 +305,7 @@ class RewardModelTrainer:
                     self.optimizer.zero_grad()
                 step_logs.append(result["logs"])
             self.step += 1
-            last_logs = {key: _mean([l[key] for l in step_logs]) for key in step_logs[0]}
+            last_logs = {key: _mean([logs[key] for logs in step_logs]) for key in step_logs[0]}
             last_logs.update(clip_logs)
             last_logs["lr"] = self.scheduler.get_last_lr()[0]
             self._log(last_logs)
