@@ -33,6 +33,10 @@ from descore_plugin.utils.errors import non_negative_int, positive_int
 SHIPPED = Path(__file__).resolve().parent / "demo_judge"
 WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
 """The demo's world: four colours, one shape moving right on a dark background."""
+WORLDS = {"demo": WORLD,
+          "generator": WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)}
+"""--world: the demo's, or the whole world recipes/world_wan draws (9 frames of 32x32, both shapes, four directions
+and backgrounds: descore_plugin/testing/world_wan.py), seen upscaled to 56x56 (see_small_videos_at_trained_size)."""
 DEFECTS = ("subject", "dynamics", "camera", "style")
 """The one dimension each pair's videos differ in: wrong colour, motion, camera shake, flicker."""
 TEMPLATE = 'Judge the video against "{prompt}".\n'
@@ -78,6 +82,9 @@ class JudgeArguments:
     validation_pairs: int = help_field("pairs the checkpoint is selected on", 100, check=positive_int)
     held_out_pairs: int = help_field("held-out pairs evaluated at the end", 200, check=positive_int)
     seed: int = help_field("model initialisation and training seed", 0)
+    world: str = help_field("demo: four colours, one square moving right on a dark background, 8 frames of 56x56 (the "
+                            "shipped judge); generator: the world recipes/world_wan draws (9 frames of 32x32, both "
+                            "shapes, four directions and backgrounds)", "demo", choices=list(WORLDS))
 
 
 def parse_args(argv=None) -> JudgeArguments:
@@ -103,14 +110,16 @@ def _eval_records(run_dir: Path) -> list[dict]:
 
 
 def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200, stage2_steps: int = 0,
-                train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0) -> dict:
+                train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0,
+                world: str = "demo") -> dict:
     """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
     from descore_plugin.training.trainer import TrainConfig, Trainer
 
     work_dir, output_dir = Path(work_dir), Path(output_dir)
     init_tiny(work_dir / "init", seed=seed, prompt_template=TEMPLATE)
     see_small_videos_at_trained_size(work_dir / "init")
-    data = {name: write_dataset(work_dir / name, count, seed=data_seed, defects=DEFECTS, world=WORLD, progress=False)
+    data = {name: write_dataset(work_dir / name, count, seed=data_seed, defects=DEFECTS, world=WORLDS[world],
+                                progress=False)
             for name, count, data_seed in (("train", train_pairs, TRAIN_SEED), ("validation", validation_pairs,
                                                                                  VALIDATION_SEED),
                                            ("held_out", held_out_pairs, HELD_OUT_SEED))}
@@ -124,11 +133,11 @@ def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200
     Trainer(TrainConfig(model=str(work_dir / "init"), train_data=str(data["train"]),
                         eval_data=str(data["validation"]), output_dir=str(work_dir / "stage1"), **stage1)).train()
     counts = {"train_pairs": train_pairs, "validation_pairs": validation_pairs, "held_out_pairs": held_out_pairs}
-    return ship(output_dir, work_dir, data, counts, stage1, stage2_steps, seed)
+    return ship(output_dir, work_dir, data, counts, stage1, stage2_steps, seed, world=world)
 
 
 def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dict, stage2_steps: int = 0,
-         seed: int = 0) -> dict:
+         seed: int = 0, world: str = "demo") -> dict:
     """Select the stage-1 checkpoint on validation, optionally run stage 2 from it, evaluate on the held-out pairs
     and copy the model to `output_dir` with judge.json."""
     from descore_plugin import DeScoreReward
@@ -173,8 +182,11 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
         "data": {**counts,
                  "seeds": {"train": TRAIN_SEED, "validation": VALIDATION_SEED, "held_out": HELD_OUT_SEED},
                  "defects": list(DEFECTS), "prompt_template": TEMPLATE,
-                 "world": {"shapes": list(WORLD.shapes), "directions": list(WORLD.directions),
-                           "backgrounds": list(WORLD.backgrounds)}},
+                 "world": {"shapes": list(WORLDS[world].shapes), "directions": list(WORLDS[world].directions),
+                           "backgrounds": list(WORLDS[world].backgrounds),
+                           **({} if world == "demo" else {"name": world, "num_frames": WORLDS[world].num_frames,
+                                                          "height": WORLDS[world].height,
+                                                          "width": WORLDS[world].width})}},
         "held_out_own_cot": {"accuracy_without_ties": held["accuracy_without_ties"],
                              "accuracy_with_ties": held["accuracy_with_ties"],
                              "by_slice": held.get("accuracy_without_ties_by_slice", {})},
@@ -187,7 +199,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     options = dict(steps=args.steps, select_every=args.select_every, stage2_steps=args.stage2_steps,
                    train_pairs=args.train_pairs, validation_pairs=args.validation_pairs,
-                   held_out_pairs=args.held_out_pairs, seed=args.seed)
+                   held_out_pairs=args.held_out_pairs, seed=args.seed, world=args.world)
     if args.work_dir:
         record = train_judge(args.output_dir, args.work_dir, **options)
     else:
