@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,15 +159,23 @@ def test_doc_commands_run_on_the_tiny_models(tmp_path):
     env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    ran = []
+    ran, seconds = [], {}
     for page, line, command in all_commands():
         if _reason(command) is not None:
             continue
         command = _substitute(command)
+        started = time.perf_counter()
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
+        seconds[f"{page}:{line}"] = time.perf_counter() - started
         assert done.returncode == 0, f"{page}:{line}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
         ran.append(command)
+    # where the time goes (shown with `pytest -s`): a page whose commands cost minutes wants smaller substitutions
+    by_page = {}
+    for where, spent in seconds.items():
+        by_page[where.split(":")[0]] = by_page.get(where.split(":")[0], 0.0) + spent
+    print("\ndocs commands, seconds per page:", {page: round(spent) for page, spent in by_page.items()})
+    print("slowest:", sorted(((round(s), w) for w, s in seconds.items()), reverse=True)[:8])
     assert any("train_rm.py --stage 2" in c for c in ran) and any("wan_flow_grpo.py" in c for c in ran)
     assert (tmp_path / "runs" / "stage2" / "descore_config.json").is_file()
     assert (tmp_path / "eval" / "accuracy.json").is_file()
