@@ -15,20 +15,22 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import grpo, wan
+from descore_plugin.integrations.flow_sde import (
+    clipped_policy_loss,
+    gaussian_log_prob,
+    longcat_loss_weights,
+    longcat_step_kl,
+    mean_kl,
+    noise_scale,
+    sde_step,
+)
 from descore_plugin.integrations.grpo import (
     AdvantageError,
     WanGRPOConfig,
-    clipped_policy_loss,
     fill_missing_rewards,
-    gaussian_log_prob,
     group_advantages_population,
-    longcat_loss_weights,
-    longcat_step_kl,
     max_group_std_advantages,
-    mean_kl,
-    noise_scale,
     sde_masks,
-    sde_step,
 )
 from descore_plugin.rewards.contract import reward_set
 
