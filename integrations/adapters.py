@@ -24,8 +24,8 @@ def _reward(model, device, dtype, think: bool, batch_size: int, **score_kwargs) 
     model = model if model is not None else os.environ.get("DESCORE_MODEL")
     if not model:
         raise ValueError("no DeScore model: pass model='DIR_OR_ID_OR_URL' or set the DESCORE_MODEL environment variable")
-    return rewards.descore_reward(model, think=think, batch_size=batch_size, device=device, dtype=dtype,
-                                  **score_kwargs)
+    return rewards.descore_reward_function(model, think=think, batch_size=batch_size, device=device, dtype=dtype,
+                                           **score_kwargs)
 
 
 def flow_grpo_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore",

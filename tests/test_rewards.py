@@ -9,8 +9,9 @@ from conftest import PROMPTS
 from descore_plugin import DeScoreReward
 from descore_plugin.modeling.model import RewardOutput
 from descore_plugin.modeling.prompt import DIMENSIONS
-from descore_plugin.rewards.contract import (DESCORE_NAMES, RewardError, brightness, call_reward, descore_reward,
-                                    load_reward_model, redness, reward_set, scores_from_output)
+from descore_plugin.rewards.contract import (DESCORE_NAMES, RewardError, brightness, call_reward,
+                                             descore_reward_function, load_reward_model, redness, reward_set,
+                                             scores_from_output)
 
 
 class FakeScorer:
@@ -29,7 +30,7 @@ class FakeScorer:
 
 def test_descore_names_and_nan_for_unparsed_answers():
     scorer = FakeScorer()
-    reward = descore_reward(scorer, think=True)
+    reward = descore_reward_function(scorer, think=True)
     scores = reward(torch.rand(2, 5, 3, 8, 8), ["a", "b"])
     assert list(scores) == list(DESCORE_NAMES)
     assert scores["descore"].tolist() == [0.5, -1.0] and scores["descore:overall"][0] == 4.0
@@ -92,7 +93,7 @@ def test_analytic_rewards_exact_values():
 def test_load_reward_model_local_and_remote(tiny_dirs, sample_videos):
     model = load_reward_model(str(tiny_dirs["qwen2_5_vl"]), device="cpu")
     assert isinstance(model, DeScoreReward)
-    scores = descore_reward(str(tiny_dirs["qwen2_5_vl"]), think=False)(sample_videos, PROMPTS)
+    scores = descore_reward_function(str(tiny_dirs["qwen2_5_vl"]), think=False)(sample_videos, PROMPTS)
     expected = model.score(sample_videos, PROMPTS, think=False).rewards
     torch.testing.assert_close(scores["descore"], expected, atol=1e-5, rtol=0)
     from descore_plugin.serving.client import RemoteReward

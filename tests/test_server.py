@@ -229,8 +229,8 @@ def test_reward_contract_loads_a_server_url(model, server, sample_videos):
     rewards = pytest.importorskip("descore_plugin.rewards.contract")  # the post-training reward contract
     scorer = rewards.load_reward_model(server.url)
     assert isinstance(scorer, RemoteReward)
-    remote = rewards.descore_reward(scorer, think=False)(sample_videos, PROMPTS)
-    local = rewards.descore_reward(model, think=False)(sample_videos, PROMPTS)
+    remote = rewards.descore_reward_function(scorer, think=False)(sample_videos, PROMPTS)
+    local = rewards.descore_reward_function(model, think=False)(sample_videos, PROMPTS)
     assert remote.keys() == local.keys()
     torch.testing.assert_close(remote["descore"], local["descore"], atol=1e-5, rtol=0)
 

@@ -5,7 +5,7 @@ from descore_plugin.rewards.contract import (  # noqa: F401
     load_reward_model,
     scores_from_output,
     DeScoreRewardFunction,
-    descore_reward,
+    descore_reward_function,
     brightness,
     redness,
     call_reward,

@@ -26,7 +26,8 @@ combined score is NaN; GRPO gives it advantage 0 for that reward (Flow-GRPO: the
 before the weighted sum; LongCat: its per-reward advantage is 0). An infinite score is an error.
 
 The framework adapters (`integrations/flow_grpo.py`: flow_grpo's reward factory, DanceGRPO's path scorer, TRL's
-reward function) are thin wrappers over `descore_reward`.
+reward function) are thin wrappers over `descore_reward_function` (named apart from flow_grpo's factory
+`integrations.flow_grpo.descore_reward(device, model=...)`, the name flow_grpo configs import).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class DeScoreRewardFunction:
     def __init__(self, scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
                  **score_kwargs):
         if not hasattr(scorer, "score"):
-            raise RewardError(f"descore_reward: {type(scorer).__name__} has no .score(videos, prompts, think=...)")
+            raise RewardError(f"descore_reward_function: {type(scorer).__name__} has no "
+                              f".score(videos, prompts, think=...)")
         self.scorer, self.think, self.batch_size = scorer, think, batch_size
         self.score_kwargs = dict(score_kwargs, max_new_tokens=max_new_tokens) if max_new_tokens else score_kwargs
         self.last_output = None
@@ -117,8 +119,8 @@ class DeScoreRewardFunction:
         return scores_from_output(self.last_output)
 
 
-def descore_reward(model_or_scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                   device="cpu", dtype=None, **score_kwargs) -> DeScoreRewardFunction:
+def descore_reward_function(model_or_scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
+                            device="cpu", dtype=None, **score_kwargs) -> DeScoreRewardFunction:
     """DeScore as a reward of the contract.
 
     model_or_scorer: anything with `.score(videos, prompts, think=...) -> RewardOutput` (a DeScoreReward, a
@@ -277,8 +279,8 @@ def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, devi
     weights = check_rewards(specs, reward_model, think, extra)
     rewards: list[Reward] = []
     if any(name.startswith("descore") for name in weights):
-        rewards.append(descore_reward(reward_model, think=think, device=device, dtype=dtype, batch_size=batch_size,
-                                      max_new_tokens=max_new_tokens))
+        rewards.append(descore_reward_function(reward_model, think=think, device=device, dtype=dtype,
+                                               batch_size=batch_size, max_new_tokens=max_new_tokens))
     rewards += [ANALYTIC_REWARDS[name] for name in weights if name in ANALYTIC_REWARDS]
     rewards += [extra[name] for name in weights if name in extra]
     return RewardSet(weights=weights, rewards=rewards)
