@@ -5,8 +5,9 @@ r"""VBench evaluation of a Wan pipeline before and after post-training (the five
 
 1. Generation (this environment): for the base model and for the model with the LoRA, `--videos-per-prompt` videos
    per prompt (VBench standard: 5) named `{prompt}-{i}.mp4` (VBench's naming) in OUTPUT/videos/{base,trained}/.
-   Video i of a prompt starts from the same noise for both models (paired comparison). Existing files are kept,
-   so an interrupted run resumes.
+   Video i of a prompt starts from the same noise for both models (paired comparison). An existing --output-dir
+   is refused unless --resume (its videos are kept and only the missing ones generated: an interrupted run, or a
+   rerun once VBench is installed) or --overwrite (deleted, then everything generated again).
 2. Scoring (VBench's own environment: vbench 0.1.5 pins transformers 4.33.2 and numpy < 2, which cannot live next
    to this package): `VBench(device, full_info, out).evaluate(videos, name, dimension_list, mode)` run by
    --vbench-python in a subprocess, for subject_consistency, background_consistency, aesthetic_quality,
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.utils.errors import UserError, run_main
+from descore_plugin.utils.errors import UserError, prepare_output_dir, run_main
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
 from descore_plugin.data.video import write_video
@@ -35,6 +36,7 @@ from descore_plugin.utils.seeding import seed_of
 DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
               "dynamic_degree"]
 EXIT_VBENCH_MISSING = 3
+OUTPUTS = {"videos", "vbench_results", "vbench_table.md", "vbench_table.json"}  # what --output-dir receives
 
 # Files VBench 0.1.5 loads from VBENCH_CACHE_DIR (default ~/.cache/vbench) per dimension, with their sources.
 VBENCH_WEIGHTS = {
@@ -88,7 +90,12 @@ class VBenchArguments:
     prompts: str = field(default=None, metadata={"help": "prompt file, one per line (e.g. VBench's "
                                                          "all_dimension.txt)", "required": True})
     output_dir: str = field(default=None, metadata={"help": "videos/, vbench_results/ and vbench_table.{md,json} go "
-                                                            "here; existing videos are kept (resume)", "required": True})
+                                                            "here; an existing one needs --resume or --overwrite",
+                                                    "required": True})
+    resume: bool = field(default=False, metadata={"help": "continue an existing --output-dir: its videos are kept, "
+                                                          "only the missing ones are generated"})
+    overwrite: bool = field(default=False, metadata={"help": "delete an existing --output-dir (one this script "
+                                                             "wrote) and start again"})
     lora: str | None = field(default=None, metadata={"help": "directory with pytorch_lora_weights.safetensors (the "
                                                              "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"})
     videos_per_prompt: int = field(default=5, metadata={"help": "videos per prompt (VBench standard: 5)"})
@@ -189,8 +196,8 @@ VBench pins transformers 4.33.2 and numpy < 2, so install it in its own environm
     python3.10 -m venv ~/vbench-env
     ~/vbench-env/bin/pip install torch torchvision      # the build matching your CUDA driver
     ~/vbench-env/bin/pip install vbench==0.1.5 "transformers==4.33.2" "numpy<2" decord
-then rerun this command with --vbench-python ~/vbench-env/bin/python (or export VBENCH_PYTHON); the videos that
-exist are not generated again."""
+then rerun this command with --resume --vbench-python ~/vbench-env/bin/python (or export VBENCH_PYTHON); the
+videos that exist are not generated again."""
 
 
 def missing_weights(dimensions: list[str]) -> list[tuple[Path, str]]:
@@ -203,8 +210,9 @@ def weights_message(missing: list[tuple[Path, str]], videos: list[Path]) -> str:
     lines = "\n".join(f"    {path}\n        from {source}" for path, source in missing)
     return f"""VBench model weights are missing (VBench 0.1.5 reads them from $VBENCH_CACHE_DIR, default ~/.cache/vbench):
 {lines}
-Download them to those paths (offline machines), or rerun with --vbench-download to let VBench fetch them itself
-(needs internet). The generated videos are saved in {", ".join(str(v) for v in videos)}."""
+Download them to those paths (offline machines) and rerun with --resume, or rerun with --resume --vbench-download
+to let VBench fetch them itself (needs internet).
+The generated videos are saved in {", ".join(str(v) for v in videos)}."""
 
 
 def run_vbench(args, videos_dir: Path, name: str, results_dir: Path) -> dict[str, float]:
@@ -243,6 +251,9 @@ def main(argv=None) -> int:
     args, generation = parse_args(argv)
     prompts = read_prompts(args.prompts)
     output_dir = Path(args.output_dir)
+    # What this script writes there: anything else means the folder is the user's, which --overwrite must not delete.
+    prepare_output_dir(output_dir, resume=args.resume, overwrite=args.overwrite, what=f"--output-dir {output_dir}",
+                       ours=lambda path: {p.name for p in path.iterdir()} <= OUTPUTS)
     models = {"base": None} | ({"trained": args.lora} if args.lora else {})
     videos = {name: output_dir / "videos" / name for name in models}
     for name, lora in models.items():

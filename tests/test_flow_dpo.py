@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import flow_dpo, wan
 from descore_plugin.rewards.contract import ANALYTIC_REWARDS, RewardSet, reward_set
+from descore_plugin.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "wan_flow_dpo.py"
@@ -371,8 +372,19 @@ def test_eval_vbench_generates_named_videos_then_explains_missing_vbench(tiny_di
     other_seed = frames(tmp_path / "eval" / "videos" / "base" / f"{prompts[0]}-0.mp4")
     assert np.abs(base.astype(int) - other_seed.astype(int)).mean() > 0.5  # seeds differ per index
 
-    assert script.main(argv) == script.EXIT_VBENCH_MISSING  # resumed: nothing generated again
+    assert "--resume" in captured.err  # the rerun it teaches continues the folder
+    with pytest.raises(UserError, match="eval already exists; pass --resume to continue it or --overwrite"):
+        script.main(argv)  # an existing output folder is never silently reused
+    assert script.main(argv + ["--resume"]) == script.EXIT_VBENCH_MISSING  # resumed: nothing generated again
     assert "base: 0 videos generated" in capsys.readouterr().out
+    (tmp_path / "eval" / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match="not written by this command"):
+        script.main(argv + ["--overwrite"])  # a folder holding something else is not deleted
+    (tmp_path / "eval" / "notes.txt").unlink()
+    stale = tmp_path / "eval" / "videos" / "base" / f"{prompts[0]}-0.mp4"
+    stale.write_bytes(b"stale")
+    assert script.main(argv + ["--overwrite"]) == script.EXIT_VBENCH_MISSING
+    assert "base: 4 videos generated" in capsys.readouterr().out and stale.stat().st_size > 5  # started again
 
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "vbench_cache"))
     missing = script.missing_weights(script.DIMENSIONS)
