@@ -46,14 +46,16 @@ class RecipeArguments:
     output_dir: str = help_field("where the diffusers folder is written (replaced atomically)", str(SHIPPED))
     work_dir: str = help_field("training states, the VAE between phases and the cached latents",
                                "outputs/world_wan_work")
-    phase: str = help_field("vae, transformer (needs the VAE in --work-dir) or all", "all",
-                            choices=["vae", "transformer", "all"])
+    phase: str = help_field("vae, transformer (needs the VAE in --work-dir), all, or measure (measure the folder in "
+                            "--output-dir again at --guidance-scale / --num-inference-steps and record them there: "
+                            "the guidance tunes its fidelity without retraining)", "all",
+                            choices=["vae", "transformer", "all", "measure"])
     resume: bool = help_field("continue each phase from its last state in --work-dir", False)
     seed: int = help_field("seed of the data, the initial weights and every batch", 0)
     num_inference_steps: int = help_field("sampler steps recorded in generation_defaults.json and used to measure",
                                           10)
     guidance_scale: float = help_field("CFG scale recorded in generation_defaults.json and used to measure", 3.0)
-    final_eval_samples: int = help_field("held-out samples of the final fidelity measurement", 128)
+    final_eval_samples: int = help_field("held-out samples of the final fidelity measurement", 32)
     progress: bool = help_field("tqdm progress bars", True)
 
 
@@ -75,7 +77,7 @@ def vae_phase(args: RecipeArguments, vae_config: ww.VaeConfig, train: ww.VaeTrai
     reconstruction = ww.reconstruct(vae, validation_frames)
     agreement = ww.attribute_agreement([ww.read_attributes(f) for f in reconstruction],
                                        [ww.read_attributes(f) for f in validation_frames])
-    mean, std = ww.set_latent_statistics(vae, ww.encode_clips(vae, train_frames[:1024]))
+    mean, std = ww.set_latent_statistics(vae, ww.encode_clips(vae, train_frames[:256]))
     with atomic_directory(work / "vae") as tmp:
         vae.save_pretrained(tmp)
     report = {"history": history, "validation_psnr": round(ww.psnr(validation_frames, reconstruction), 3),
@@ -153,6 +155,32 @@ def write_folder(args, pipe, configs: dict, vae_report: dict, generator_report: 
     return Path(args.output_dir)
 
 
+def remeasure(args) -> Path:
+    """Measure the written folder again at --guidance-scale / --num-inference-steps and record them in it."""
+    from diffusers import WanPipeline
+
+    from descore_plugin.testing.world_wan import write_model_card
+
+    out = Path(args.output_dir)
+    record = json.loads((out / "training.json").read_text())
+    pipe = WanPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    fidelity = measure(pipe, args, args.final_eval_samples, seed=2)
+    print(f"generator: held-out fidelity {fidelity} (guidance {args.guidance_scale}, {args.num_inference_steps} steps)")
+    generation = json.loads((out / GENERATION_DEFAULTS_FILE).read_text())
+    generation.update(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    record["generator"]["held_out_fidelity"] = fidelity
+    record["settings"]["recipe"].update(num_inference_steps=args.num_inference_steps,
+                                        guidance_scale=args.guidance_scale,
+                                        final_eval_samples=args.final_eval_samples)
+    record.setdefault("remeasured", []).append({"guidance_scale": args.guidance_scale,
+                                                "num_inference_steps": args.num_inference_steps, **fidelity})
+    atomic_write_text(out / GENERATION_DEFAULTS_FILE, json.dumps(generation, indent=2) + "\n")
+    atomic_write_text(out / "training.json", json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(out / "README.md", write_model_card(record, generation))
+    return out
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args, vae_config, vae_train, generator_config, generator_train, noise = parse_args(argv)
@@ -163,6 +191,9 @@ def main(argv=None) -> int:
                "caption_noise": asdict(noise)}
     if args.phase in ("vae", "all"):
         vae_phase(args, vae_config, vae_train)
+    if args.phase == "measure":
+        out = remeasure(args)
+        print(f"measured {out} again")
     if args.phase in ("transformer", "all"):
         vae_report = json.loads((work / "vae_report.json").read_text())
         generator_report = transformer_phase(args, generator_config, generator_train, noise)

@@ -1,0 +1,147 @@
+"""The tiny Wan that draws the synthetic world (descore_plugin/testing/world_wan.py, recipes/world_wan/)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from descore_plugin.testing import world_wan as ww
+from descore_plugin.testing.synthetic import Clip, render_clips
+
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "world_wan"
+
+
+def test_tokenizer_keeps_every_world_word_as_one_token():
+    tokenizer = ww.world_tokenizer()
+    for scene in ww.all_scenes():
+        words = scene.prompt.split()
+        assert tokenizer.tokenize(scene.prompt) == [f"▁{word}" for word in words]
+        ids = tokenizer(scene.prompt).input_ids
+        assert ids[-1] == tokenizer.eos_token_id and len(ids) == len(words) + 1
+        assert tokenizer.unk_token_id not in ids
+    assert len(set(tokenizer.convert_tokens_to_ids([f"▁{word}" for word in ww.WORLD_WORDS]))) == len(ww.WORLD_WORDS)
+    # Other text still tokenizes (letter by letter), never as a silent <unk>.
+    assert tokenizer.unk_token_id not in tokenizer("a purple cat").input_ids
+
+
+def test_caption_noise_shares_are_exact():
+    noise = ww.CaptionNoise(wrong_colour=0.3, wrong_shape=0.1, reverse=0.2, other_direction=0.1, jump=0.05,
+                            stutter=0.05, wrong_background=0.15, half_background=0.05, flicker=0.1, grain=0.05,
+                            slight_shake=0.05, shake=0.05)
+    scenes = ww.all_scenes()
+    captions = [scenes[i % len(scenes)] for i in range(200)]
+    examples = ww.sample_noisy_clips(captions, noise, seed=3)
+    assert [example.caption for example in examples] == captions
+    clips = [example.clip for example in examples]
+
+    def count(predicate):
+        return sum(bool(predicate(example.caption, example.clip)) for example in examples)
+
+    assert count(lambda cap, clip: clip.colour != cap.colour) == 60
+    assert count(lambda cap, clip: clip.shape != cap.shape) == 20
+    assert count(lambda cap, clip: clip.colour != cap.colour and clip.shape != cap.shape) == 0
+    assert count(lambda cap, clip: clip.motion == "reverse") == 40
+    assert count(lambda cap, clip: clip.scene.direction != cap.direction) == 20  # the other axis
+    assert count(lambda cap, clip: clip.motion == "jump") == 10
+    assert count(lambda cap, clip: clip.motion == "stutter") == 10
+    assert count(lambda cap, clip: clip.background != cap.background) == 30
+    assert count(lambda cap, clip: clip.second_background is not None) == 10
+    assert count(lambda cap, clip: clip.light == "flicker") == 20
+    assert count(lambda cap, clip: clip.light == "noise") == 10
+    assert count(lambda cap, clip: clip.camera == "slight shake") == 10
+    assert count(lambda cap, clip: clip.camera == "shake") == 10
+    # Seeded: the same call gives the same clips; another seed moves the defects.
+    assert ww.sample_noisy_clips(captions, noise, seed=3) == examples
+    assert [e.clip for e in ww.sample_noisy_clips(captions, noise, seed=4)] != clips
+    with pytest.raises(ValueError, match="subject shares"):
+        ww.CaptionNoise(wrong_colour=0.8, wrong_shape=0.3).check()
+
+
+def test_attribute_probe_reads_rendered_clips():
+    scenes = ww.all_scenes()
+    clips = [Clip(scene, scene.colour, scene.shape, "smooth", "steady", scene.background, None, light, seed=i)
+             for i, (scene, light) in enumerate(zip(scenes[::3], ["steady", "flicker"] * 30))]
+    reads = [ww.read_attributes(frames) for frames in render_clips(clips, ww.WORLD)]
+    truth = [ww.clip_attributes(clip) for clip in clips]
+    assert ww.attribute_agreement(reads, truth)["all"] == 1.0
+
+
+def test_vae_forward_is_the_chunked_vae():
+    """Two calls (first frame, the rest) give what diffusers' chunked encode / decode give."""
+    vae = ww.build_vae(ww.VaeConfig(base_dim=4), seed=0).eval()
+    pixels = torch.rand(2, 3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        reconstruction, mu, _ = ww.vae_forward(vae, pixels, sample=False)
+        expected_mu = vae.encode(pixels).latent_dist.mode()
+        expected = vae.decode(expected_mu).sample
+    assert mu.shape == (2, 16, 5, 16, 16)
+    torch.testing.assert_close(mu, expected_mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reconstruction.clamp(-1, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_vae_run(tmp_path, name, stop_after=None, resume=False):
+    frames = render_clips(ww.sample_vae_clips(12, seed=0), ww.WORLD)
+    vae = ww.build_vae(ww.VaeConfig(base_dim=4), seed=0)
+    config = ww.VaeTrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=2)
+    history = ww.train_vae(vae, frames[:8], frames[8:], config, tmp_path / name, seed=1, resume=resume,
+                           stop_after=stop_after, progress=False)
+    return vae, history
+
+
+def test_vae_training_resume_equals_uninterrupted(tmp_path):
+    straight, history = _tiny_vae_run(tmp_path, "straight")
+    _tiny_vae_run(tmp_path, "resumed", stop_after=2)
+    resumed, resumed_history = _tiny_vae_run(tmp_path, "resumed", resume=True)
+    assert history["step"] == resumed_history["step"] == [2, 4]
+    assert history["psnr"] == resumed_history["psnr"]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _tiny_generator_run(tmp_path, name, stop_after=None, resume=False):
+    tokenizer = ww.world_tokenizer()
+    config = ww.GeneratorConfig(num_layers=1, num_attention_heads=2, attention_head_dim=12, ffn_dim=16,
+                                text_d_model=16, text_layers=1, text_heads=2)
+    pipe = ww.build_pipeline(tokenizer, ww.build_text_encoder(tokenizer, config), ww.build_vae(ww.VaeConfig(
+        base_dim=4)), ww.build_transformer(config), ww.build_scheduler(config))
+    latents = torch.randn(6, 16, 5, 16, 16, generator=torch.Generator().manual_seed(0)).half()
+    prompts = [scene.prompt for scene in ww.all_scenes()[:6]]
+    train = ww.GeneratorTrainConfig(gen_steps=4, gen_batch_size=3, gen_eval_every=2, gen_warmup_steps=1)
+    history = ww.train_generator(pipe, latents, prompts, train, config, tmp_path / name, seed=2, resume=resume,
+                                 stop_after=stop_after, progress=False)
+    return pipe, history
+
+
+def test_generator_training_resume_equals_uninterrupted(tmp_path):
+    straight, history = _tiny_generator_run(tmp_path, "straight")
+    _tiny_generator_run(tmp_path, "resumed", stop_after=2)
+    resumed, resumed_history = _tiny_generator_run(tmp_path, "resumed", resume=True)
+    assert history["loss"] == resumed_history["loss"]
+    for module in ("transformer", "text_encoder"):
+        for (name, a), (_, b) in zip(getattr(straight, module).state_dict().items(),
+                                     getattr(resumed, module).state_dict().items()):
+            assert torch.equal(a, b), f"{module}.{name}"
+
+
+def test_shipped_world_wan_loads_with_plain_diffusers_and_generates():
+    from diffusers import WanPipeline
+
+    generation = json.loads((SHIPPED / "generation_defaults.json").read_text())
+    pipe = WanPipeline.from_pretrained(SHIPPED)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a red square moving right on a dark background", num_frames=generation["num_frames"],
+                  height=generation["height"], width=generation["width"], num_inference_steps=2,
+                  guidance_scale=generation["guidance_scale"], output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, generation["num_frames"], 3, generation["height"], generation["width"])
+    assert (generation["num_frames"], generation["height"], generation["width"]) == (
+        ww.WORLD.num_frames, ww.WORLD.height, ww.WORLD.width)
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    # The tokenizer shipped is the world's: every world word one token.
+    assert pipe.tokenizer.tokenize("a blue circle moving up on a gradient background") == [
+        "▁a", "▁blue", "▁circle", "▁moving", "▁up", "▁on", "▁a", "▁gradient", "▁background"]
+    total = sum(path.stat().st_size for path in SHIPPED.rglob("*") if path.is_file())
+    assert total <= 20 * 2**20
+    assert not list(SHIPPED.rglob("*.bin"))  # safetensors only
