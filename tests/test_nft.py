@@ -95,9 +95,9 @@ def test_loss_pulls_toward_the_good_sample_and_away_from_the_bad():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tiny_wan_dir):
     torch.set_num_threads(1)
-    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan_nft"), seed=0)
+    return tiny_wan_dir  # conftest's (write_tiny_wan(seed=0)), shared by the post-training tests: read only
 
 
 def argv(tiny_dir, tmp_path, output, *extra):

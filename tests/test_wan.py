@@ -15,9 +15,9 @@ PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tiny_wan_dir):
     torch.set_num_threads(1)
-    return tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("tiny_wan"), seed=0)
+    return tiny_wan_dir  # conftest's (write_tiny_wan(seed=0)), shared by the post-training tests: read only
 
 
 @pytest.fixture()
