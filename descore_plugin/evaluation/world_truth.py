@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from descore_plugin.testing.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, OPPOSITE, Scene, WorldConfig
+from descore_plugin.testing.clips import BACKGROUNDS, COLOURS, DIRECTIONS, OPPOSITE, Scene, WorldConfig
 
 __all__ = [
     "ReaderConfig",
