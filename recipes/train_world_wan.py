@@ -96,7 +96,8 @@ def pretraining_data(args: RecipeArguments, vae, train: ww.GeneratorTrainConfig,
     captions = [scenes[int(i)] for i in rng.integers(len(scenes), size=train.gen_clips)]
     examples = ww.sample_noisy_clips(captions, noise, seed=args.seed)
     prompts = [example.prompt for example in examples]
-    key = {"clips": train.gen_clips, "seed": args.seed, "noise": asdict(noise)}
+    key = {"clips": train.gen_clips, "seed": args.seed, "noise": asdict(noise),
+           "vae": [list(vae.config.latents_mean), list(vae.config.latents_std)]}  # latents of THIS VAE only
     if cache.is_file():
         stored = torch.load(cache, weights_only=False)
         if stored["key"] == key:

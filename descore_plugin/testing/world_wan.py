@@ -344,7 +344,7 @@ def vae_forward(vae, pixels: torch.Tensor, generator: torch.Generator | None = N
 
 @dataclass
 class VaeTrainConfig:
-    steps: int = _help("VAE optimiser steps", 150)
+    steps: int = _help("VAE optimiser steps", 800)
     batch_size: int = _help("clips per VAE step (> 1: torch's batch-1 Conv3d falls back to a slow kernel)", 4)
     learning_rate: float = _help("AdamW learning rate of the VAE (constant after a linear warm-up)", 1e-3)
     warmup_steps: int = _help("linear warm-up steps of the VAE learning rate", 50)
