@@ -23,13 +23,17 @@ from descore_plugin import rewards
 def _reward(model, device, dtype, think: bool, batch_size: int, **score_kwargs) -> rewards.DeScoreRewardFunction:
     model = model if model is not None else os.environ.get("DESCORE_MODEL")
     if not model:
-        raise ValueError("no DeScore model: pass model='DIR_OR_ID_OR_URL' or set the DESCORE_MODEL environment variable")
-    return rewards.descore_reward_function(model, think=think, batch_size=batch_size, device=device, dtype=dtype,
-                                           **score_kwargs)
+        raise ValueError(
+            "no DeScore model: pass model='DIR_OR_ID_OR_URL' or set the DESCORE_MODEL environment variable"
+        )
+    return rewards.descore_reward_function(
+        model, think=think, batch_size=batch_size, device=device, dtype=dtype, **score_kwargs
+    )
 
 
-def flow_grpo_reward(device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore",
-                     **score_kwargs):
+def flow_grpo_reward(
+    device, model=None, think: bool = True, batch_size: int = 8, dtype=None, name: str = "descore", **score_kwargs
+):
     """Flow-GRPO reward factory: `fn(images, prompts, metadata) -> (scores (B,) float32 numpy, info)`.
 
     name: which named score is the reward ("descore", "descore:overall", "descore:<dimension>"; see
@@ -52,8 +56,16 @@ def flow_grpo_reward(device, model=None, think: bool = True, batch_size: int = 8
 class DanceGRPOReward:
     """Path-based scorer for DanceGRPO-style code: `reward(video_paths, prompts) -> list[float]` (NaN = no score)."""
 
-    def __init__(self, model=None, device="cpu", think: bool = True, batch_size: int = 8, dtype=None,
-                 name: str = "descore", **score_kwargs):
+    def __init__(
+        self,
+        model=None,
+        device="cpu",
+        think: bool = True,
+        batch_size: int = 8,
+        dtype=None,
+        name: str = "descore",
+        **score_kwargs,
+    ):
         self.reward = _reward(model, device, dtype, think, batch_size, **score_kwargs)
         self.name = name
 
@@ -72,8 +84,14 @@ def _message_text(item) -> str:
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
-def trl_descore_reward(model=None, device="cpu", video_column: str = "video", dtype=None, name: str = "descore",
-                       prompt_column: str | None = None):
+def trl_descore_reward(
+    model=None,
+    device="cpu",
+    video_column: str = "video",
+    dtype=None,
+    name: str = "descore",
+    prompt_column: str | None = None,
+):
     """A TRL GRPOTrainer reward function: `fn(prompts, completions, **columns) -> list[float | None]`.
 
     TRL's GRPO trains a text policy; here the policy is the judge itself: each completion is a CoT about the video in

@@ -36,9 +36,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,18 +48,18 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from descore_plugin.integrations.post_training import WanMethod, epoch_order, seed_of
-from descore_plugin.utils.files import follow_umask
-from descore_plugin.utils.errors import UserError
-from descore_plugin.rewards.contract import RewardSet
 from descore_plugin.integrations.wan import (
-    WanGenerationConfig,
     PromptCache,
+    WanGenerationConfig,
     disable_adapter,
     generate,
     initial_noise,
     predict_velocity,
 )
+from descore_plugin.rewards.contract import RewardSet
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
+from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.files import follow_umask
 
 
 class PairStoreError(UserError):
@@ -75,13 +76,18 @@ class PairConfig:
     """How preference pairs are built from sampled videos."""
 
     videos_per_prompt: int = _help("K videos sampled per prompt (the paper: several)", 4)
-    pair_selection: Literal["best_worst", "margin"] = _help("best_worst: one pair (highest, lowest score) per prompt; margin: every pair whose "
-                                "score gap exceeds --pair-margin", "best_worst")
+    pair_selection: Literal["best_worst", "margin"] = _help(
+        "best_worst: one pair (highest, lowest score) per prompt; margin: every pair whose "
+        "score gap exceeds --pair-margin",
+        "best_worst",
+    )
     pair_margin: float = _help("a pair needs score_w - score_l > margin (ties never make a pair)", 0.0)
     generation_batch_size: int = _help("videos per sampling batch (memory; results do not depend on it)", 4)
     uncertainty_scale: float = _help(
         "with a distribution-head DeScore (descore:uncertainty), a pair also needs a gap > scale * "
-        "sqrt(std_w^2 + std_l^2): gaps the reward model is unsure of make no pair (our option; 0 = off)", 0.0)
+        "sqrt(std_w^2 + std_l^2): gaps the reward model is unsure of make no pair (our option; 0 = off)",
+        0.0,
+    )
 
     def check(self) -> None:
         if self.pair_selection not in ("best_worst", "margin"):
@@ -97,9 +103,12 @@ class FlowDPOConfig:
     beta: float = _help("constant KL weight (the paper's 500; with the per-element MEAN squared error)", 500.0)
     timestep_schedule: Literal["shifted", "logit_normal"] = _help(
         "shifted: t from the pipeline scheduler's shifted 1000-step training grid at a logit-normal index (flow_grpo's "
-        "DPO); logit_normal: t = sigmoid(logit_mean + logit_std N(0, 1)) without shift (SD3's default)", "shifted")
-    timestep_shift: float | None = _help("flow shift of the 'shifted' schedule; unset: the pipeline scheduler's "
-                                         "(Wan-2.1 480p: 3.0)", None)
+        "DPO); logit_normal: t = sigmoid(logit_mean + logit_std N(0, 1)) without shift (SD3's default)",
+        "shifted",
+    )
+    timestep_shift: float | None = _help(
+        "flow shift of the 'shifted' schedule; unset: the pipeline scheduler's (Wan-2.1 480p: 3.0)", None
+    )
     logit_mean: float = _help("mean of the logit-normal draw", 0.0)
     logit_std: float = _help("std of the logit-normal draw", 1.0)
     num_train_timesteps: int = _help("transformer timestep = t * num_train_timesteps (the Wan schedulers' scale)", 1000)
@@ -108,7 +117,9 @@ class FlowDPOConfig:
         if self.timestep_schedule not in ("shifted", "logit_normal"):
             raise PairStoreError(f"--timestep-schedule must be shifted or logit_normal, got {self.timestep_schedule!r}")
         if self.timestep_schedule == "shifted" and not self.timestep_shift:
-            raise PairStoreError("timestep_schedule 'shifted' needs timestep_shift (the pipeline scheduler's flow shift)")
+            raise PairStoreError(
+                "timestep_schedule 'shifted' needs timestep_shift (the pipeline scheduler's flow shift)"
+            )
 
 
 def scheduler_shift(scheduler) -> float:
@@ -121,8 +132,14 @@ def scheduler_shift(scheduler) -> float:
 # (a) Pair building
 # ----------------------------------------------------------------------------------------------------------------
 
-def select_pairs(scores: Sequence[float], selection: str = "best_worst", margin: float = 0.0,
-                 uncertainty: Sequence[float] | None = None, uncertainty_scale: float = 0.0) -> list[tuple[int, int]]:
+
+def select_pairs(
+    scores: Sequence[float],
+    selection: str = "best_worst",
+    margin: float = 0.0,
+    uncertainty: Sequence[float] | None = None,
+    uncertainty_scale: float = 0.0,
+) -> list[tuple[int, int]]:
     """(winner, loser) index pairs from the K scores of one prompt (see PairConfig). A NaN score (no score) is never
     in a pair."""
     scores = [float(s) for s in scores]
@@ -178,8 +195,10 @@ class PairRound:
 
     def batch(self, records: Sequence[PairRecord]) -> tuple[torch.Tensor, torch.Tensor]:
         """(winners, losers) latents of `records`, each (B, C, F', h, w) float32."""
-        return (torch.stack([self.latents[(r.prompt_id, r.index_w)] for r in records]),
-                torch.stack([self.latents[(r.prompt_id, r.index_l)] for r in records]))
+        return (
+            torch.stack([self.latents[(r.prompt_id, r.index_w)] for r in records]),
+            torch.stack([self.latents[(r.prompt_id, r.index_l)] for r in records]),
+        )
 
 
 def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
@@ -190,10 +209,21 @@ def _atomic_save(write: Callable[[Path], None], path: Path) -> None:
 
 
 @torch.no_grad()
-def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[str], prompt_ids: Sequence[int],
-                rewards: RewardSet, generation: WanGenerationConfig, config: PairConfig, store_dir: str | Path,
-                seed: int = 0, round_index: int = 0, solver: str = "scheduler", progress: bool = True
-                ) -> PairRound:
+def build_pairs(
+    pipe,
+    transformer,
+    prompt_cache: PromptCache,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[int],
+    rewards: RewardSet,
+    generation: WanGenerationConfig,
+    config: PairConfig,
+    store_dir: str | Path,
+    seed: int = 0,
+    round_index: int = 0,
+    solver: str = "scheduler",
+    progress: bool = True,
+) -> PairRound:
     """Sample K videos per prompt with `transformer` (as it is: wrap the call in `disable_adapter` for the base
     model), score them with `rewards`, select pairs, and store `{prompt_id:06d}.safetensors` (latents) + `.json`
     (prompt, every named score, the weighted score, pairs, CoTs) in `store_dir`. Prompts whose JSON exists are
@@ -213,8 +243,15 @@ def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[
         videos, latents = [], []
         for start in range(0, config.videos_per_prompt, config.generation_batch_size):
             chunk = noise[start : start + config.generation_batch_size].to(device)
-            chunk_videos, chunk_latents = generate(pipe, prompt_cache, [prompt] * len(chunk), generation,
-                                                   transformer=transformer, latents=chunk, solver=solver)
+            chunk_videos, chunk_latents = generate(
+                pipe,
+                prompt_cache,
+                [prompt] * len(chunk),
+                generation,
+                transformer=transformer,
+                latents=chunk,
+                solver=solver,
+            )
             videos.append(chunk_videos)
             latents.append(chunk_latents.float().cpu())
         videos, latents = torch.cat(videos), torch.cat(latents)
@@ -222,30 +259,43 @@ def build_pairs(pipe, transformer, prompt_cache: PromptCache, prompts: Sequence[
         scores = rewards.combined(named)
         uncertainty = named.get("descore:uncertainty")
         if config.uncertainty_scale > 0 and uncertainty is None:
-            raise PairStoreError("--uncertainty-scale > 0 needs a reward that reports descore:uncertainty "
-                                 "(a DeScore model with the distribution head)")
-        pairs = select_pairs(scores.tolist(), config.pair_selection, config.pair_margin,
-                             None if uncertainty is None else uncertainty.tolist(), config.uncertainty_scale)
+            raise PairStoreError(
+                "--uncertainty-scale > 0 needs a reward that reports descore:uncertainty "
+                "(a DeScore model with the distribution head)"
+            )
+        pairs = select_pairs(
+            scores.tolist(),
+            config.pair_selection,
+            config.pair_margin,
+            None if uncertainty is None else uncertainty.tolist(),
+            config.uncertainty_scale,
+        )
         record = {
             "prompt_id": prompt_id,
             "prompt": prompt,
             "round": round_index,
             "seed": prompt_seed(seed, round_index, prompt_id),
             "scores": [None if math.isnan(v) else v for v in scores.tolist()],
-            "named_scores": {name: [None if math.isnan(v) else v for v in value.tolist()]
-                             for name, value in named.items()},
+            "named_scores": {
+                name: [None if math.isnan(v) else v for v in value.tolist()] for name, value in named.items()
+            },
             "pairs": pairs,
             "cots": rewards.last_cots(),
         }
         latents_path = store_dir / f"{prompt_id:06d}.safetensors"
         _atomic_save(lambda p, latents=latents: save_file({"latents": latents.contiguous()}, str(p)), latents_path)
-        _atomic_save(lambda p, record=record: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json")
+        _atomic_save(
+            lambda p, record=record: p.write_text(json.dumps(record) + "\n"), store_dir / f"{prompt_id:06d}.json"
+        )
         made[prompt_id] = (record, latents)
     return load_pair_store(store_dir, prompt_ids, made)
 
 
-def load_pair_store(store_dir: str | Path, prompt_ids: Sequence[int] | None = None,
-                    in_memory: dict[int, tuple[dict, torch.Tensor]] | None = None) -> PairRound:
+def load_pair_store(
+    store_dir: str | Path,
+    prompt_ids: Sequence[int] | None = None,
+    in_memory: dict[int, tuple[dict, torch.Tensor]] | None = None,
+) -> PairRound:
     """The pairs stored in `store_dir` (for `prompt_ids`, or all), in prompt order, each JSON and latents file read
     once; `in_memory` {prompt_id: (entry, latents)} holds prompts just generated (not read back)."""
     store_dir = Path(store_dir)
@@ -268,10 +318,17 @@ def load_pair_store(store_dir: str | Path, prompt_ids: Sequence[int] | None = No
         if entry["pairs"] and stored is None:
             stored = load_file(str(store_dir / f"{prompt_id:06d}.safetensors"))["latents"]
         for index_w, index_l in entry["pairs"]:
-            records.append(PairRecord(prompt_id=prompt_id, prompt=entry["prompt"],
-                                      latents_file=store_dir / f"{prompt_id:06d}.safetensors", index_w=index_w,
-                                      index_l=index_l, score_w=entry["scores"][index_w],
-                                      score_l=entry["scores"][index_l]))
+            records.append(
+                PairRecord(
+                    prompt_id=prompt_id,
+                    prompt=entry["prompt"],
+                    latents_file=store_dir / f"{prompt_id:06d}.safetensors",
+                    index_w=index_w,
+                    index_l=index_l,
+                    score_w=entry["scores"][index_w],
+                    score_l=entry["scores"][index_l],
+                )
+            )
             for index in (index_w, index_l):
                 latents[(prompt_id, index)] = stored[index]
     return PairRound(records, scores, latents)
@@ -392,7 +449,12 @@ def flow_dpo_step(
         reference = predict_velocity(transformer, hidden_states, timesteps, embeds)
     policy = predict_velocity(model, hidden_states, timesteps, embeds)
     output = flow_dpo_loss(
-        policy[:batch_size], policy[batch_size:], reference[:batch_size], reference[batch_size:], target_w, target_l,
+        policy[:batch_size],
+        policy[batch_size:],
+        reference[:batch_size],
+        reference[batch_size:],
+        target_w,
+        target_l,
         config.beta,
     )
     output.timesteps = t.detach().cpu()
@@ -415,7 +477,6 @@ def flow_matching_step(
     return per_sample_mse(prediction, target).mean()
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # (c) The method: recipes/wan_flow_dpo.py = recipes/post_train.py flow_dpo
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,8 +487,9 @@ class DPOLoopConfig:
     """The Flow-DPO loop."""
 
     batch_size: int = _help("pairs per process per step", 4)
-    online_every: int = _help("regenerate the pairs with the current policy every N steps (0: offline, the base "
-                              "model's pairs)", 0)
+    online_every: int = _help(
+        "regenerate the pairs with the current policy every N steps (0: offline, the base model's pairs)", 0
+    )
     max_grad_norm: float = _help("gradient clipping", 1.0)
 
 
@@ -446,8 +508,14 @@ class FlowDPO(WanMethod):
     name = "Flow-DPO"
     curve_names = ("train/loss", "train/implicit_accuracy")
     config_classes = (PairConfig, FlowDPOConfig, DPOLoopConfig)
-    defaults = dict(learning_rate=5e-6, lora_rank=64, lora_alpha=128.0, lora_targets="attention",
-                    checkpoint_every=100, solver="scheduler")
+    defaults = dict(
+        learning_rate=5e-6,
+        lora_rank=64,
+        lora_alpha=128.0,
+        lora_targets="attention",
+        checkpoint_every=100,
+        solver="scheduler",
+    )
     """Flow-DPO paper: learning rate 5e-6 (1.3B+ models), LoRA rank 64 / alpha 128 on the attention projections."""
 
     def check(self) -> None:
@@ -461,19 +529,36 @@ class FlowDPO(WanMethod):
             self.dpo.timestep_shift = scheduler_shift(self.pipe.scheduler)
         self.dpo.check()
         run = self.run
-        self.store_root = self.loop.run_dir.cache_dir("pairs", {
-            "pipeline": run.pipeline, "reward": run.reward, "reward_model": run.reward_model, "think": run.think,
-            "generation": asdict(self.generation), "pairs": asdict(self.pairs), "seed": run.seed,
-            "solver": self.evaluation.solver, "online_every": self.options.online_every})
+        self.store_root = self.loop.run_dir.cache_dir(
+            "pairs",
+            {
+                "pipeline": run.pipeline,
+                "reward": run.reward,
+                "reward_model": run.reward_model,
+                "think": run.think,
+                "generation": asdict(self.generation),
+                "pairs": asdict(self.pairs),
+                "seed": run.seed,
+                "solver": self.evaluation.solver,
+                "online_every": self.options.online_every,
+            },
+        )
         self.round_index, self.round = None, None
 
     def _build_round(self, round_index: int) -> PairRound:
         store = self.store_root / f"round_{round_index:04d}"
         ids, prompts = [i for i, _ in self.my_prompts], [p for _, p in self.my_prompts]
         self.transformer.eval()
-        build = dict(rewards=self.rewards, generation=self.generation, config=self.pairs, store_dir=store,
-                     seed=self.run.seed, round_index=round_index, solver=self.evaluation.solver,
-                     progress=self.accelerator.is_main_process)
+        build = dict(
+            rewards=self.rewards,
+            generation=self.generation,
+            config=self.pairs,
+            store_dir=store,
+            seed=self.run.seed,
+            round_index=round_index,
+            solver=self.evaluation.solver,
+            progress=self.accelerator.is_main_process,
+        )
         if round_index == 0:  # the base model's videos (exactly the base model, even after a resume)
             with disable_adapter(self.transformer):
                 pairs = build_pairs(self.pipe, self.transformer, self.prompt_cache, prompts, ids, **build)
@@ -484,7 +569,8 @@ class FlowDPO(WanMethod):
         if not pairs.records:
             raise PairStoreError(
                 f"{store}: no pair on process {self.rank} (all scores of its {len(prompts)} prompts tie, differ by <= "
-                f"--pair-margin {self.pairs.pair_margin} or are missing); use more prompts or --videos-per-prompt")
+                f"--pair-margin {self.pairs.pair_margin} or are missing); use more prompts or --videos-per-prompt"
+            )
         return pairs
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -498,20 +584,39 @@ class FlowDPO(WanMethod):
                 metrics["reward/" + "+".join(self.rewards.names)] = float(np.nanmean(scores))
                 metrics["train/pairs_per_process"] = float(len(self.round))
         position = step - self.round_index * every
-        batch = epoch_order(self.round.records, self.options.batch_size, self.run.seed, "pair_batches", self.rank,
-                            position, self.round_index)
+        batch = epoch_order(
+            self.round.records,
+            self.options.batch_size,
+            self.run.seed,
+            "pair_batches",
+            self.rank,
+            position,
+            self.round_index,
+        )
         winners, losers = self.round.batch(batch)
         output = flow_dpo_step(
-            self.model, self.transformer, winners.to(self.device), losers.to(self.device),
-            self.prompt_cache.embed([r.prompt for r in batch]).to(self.device), self.dpo,
-            generator=torch.Generator().manual_seed(seed_of(self.run.seed, "step", self.rank, step)))
+            self.model,
+            self.transformer,
+            winners.to(self.device),
+            losers.to(self.device),
+            self.prompt_cache.embed([r.prompt for r in batch]).to(self.device),
+            self.dpo,
+            generator=torch.Generator().manual_seed(seed_of(self.run.seed, "step", self.rank, step)),
+        )
         self.accelerator.backward(output.loss)
         grad_norm = self.accelerator.clip_grad_norm_(self.lora_parameters, self.options.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**metrics, "train/loss": output.loss.item(), "train/implicit_accuracy": output.implicit_accuracy,
-                "train/mse_w": output.mse_w, "train/mse_l": output.mse_l, "train/ref_mse_w": output.ref_mse_w,
-                "train/ref_mse_l": output.ref_mse_l, "train/inside": output.inside.mean().item(),
-                "train/pair_gap": float(np.mean([r.score_w - r.score_l for r in batch])),
-                "train/grad_norm": float(grad_norm), "train/round": float(self.round_index)}
-
+        return {
+            **metrics,
+            "train/loss": output.loss.item(),
+            "train/implicit_accuracy": output.implicit_accuracy,
+            "train/mse_w": output.mse_w,
+            "train/mse_l": output.mse_l,
+            "train/ref_mse_w": output.ref_mse_w,
+            "train/ref_mse_l": output.ref_mse_l,
+            "train/inside": output.inside.mean().item(),
+            "train/pair_gap": float(np.mean([r.score_w - r.score_l for r in batch])),
+            "train/grad_norm": float(grad_norm),
+            "train/round": float(self.round_index),
+        }

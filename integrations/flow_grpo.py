@@ -2,8 +2,12 @@
 (and `:descore_reward_remote`). The adapters themselves live in `integrations/adapters.py`; the GRPO algorithm in
 `integrations/grpo.py`."""
 
-from descore_plugin.integrations.adapters import (DanceGRPOReward, descore_reward_remote, flow_grpo_reward,
-                                                  trl_descore_reward)
+from descore_plugin.integrations.adapters import (
+    DanceGRPOReward,
+    descore_reward_remote,
+    flow_grpo_reward,
+    trl_descore_reward,
+)
 
 descore_reward = flow_grpo_reward  # the name in users' flow_grpo configs: flow_grpo's reward factory
 

@@ -50,8 +50,17 @@ class SDEStep:
     noise_scale: torch.Tensor
 
 
-def sde_step(velocity, sample, sigma, sigma_next, *, noise_scale, diffusion_cap: float | None = None,
-             prev_sample: torch.Tensor | None = None, generator: torch.Generator | None = None) -> SDEStep:
+def sde_step(
+    velocity,
+    sample,
+    sigma,
+    sigma_next,
+    *,
+    noise_scale,
+    diffusion_cap: float | None = None,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> SDEStep:
     """Euler-Maruyama of dx = [v + s_t^2 / (2t) (x + (1 - t) v)] dt + s_t dW (Flow-GRPO sec. 4):
 
         mean = x (1 + s_t^2 dt / (2t)) + v (1 + s_t^2 (1 - t) / (2t)) dt,   std = s_t sqrt(-dt).

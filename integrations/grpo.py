@@ -31,13 +31,25 @@ from typing import Literal
 
 import torch
 
-from descore_plugin.utils.errors import UserError
 from descore_plugin.integrations import wan
-from descore_plugin.integrations.flow_sde import (clipped_policy_loss, gaussian_log_prob, longcat_loss_weights,
-                                                  mean_kl, noise_scale, sde_step)
-from descore_plugin.integrations.post_training import (LoraEMA, WanMethod, epoch_order, is_tiny_pipeline,
-                                                       pipeline_generation_defaults, seed_of)
+from descore_plugin.integrations.flow_sde import (
+    clipped_policy_loss,
+    gaussian_log_prob,
+    longcat_loss_weights,
+    mean_kl,
+    noise_scale,
+    sde_step,
+)
+from descore_plugin.integrations.post_training import (
+    LoraEMA,
+    WanMethod,
+    epoch_order,
+    is_tiny_pipeline,
+    pipeline_generation_defaults,
+    seed_of,
+)
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
+from descore_plugin.utils.errors import UserError
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -47,23 +59,57 @@ PRESETS = {
     # Flow-GRPO (arXiv 2505.05470) with the settings of flow_grpo's Wan-2.1 trainer and preset
     # (scripts/train_wan2_1.py, config/grpo.py::general_ocr_wan2_1). ema, untrained_steps and mask_zero_advantages
     # are that trainer's, not the paper's: options (off in longcat).
-    "flow_grpo": dict(shared_noise=False, noise_schedule="linear", noise_level=1.0, critical_steps=None,
-                      diffusion_cap=None, advantage="group", adv_clip=5.0, loss_weighting="uniform", kl_beta=0.004,
-                      updates_per_rollout=2, ema=True, untrained_steps=2, mask_zero_advantages=True),
+    "flow_grpo": dict(
+        shared_noise=False,
+        noise_schedule="linear",
+        noise_level=1.0,
+        critical_steps=None,
+        diffusion_cap=None,
+        advantage="group",
+        adv_clip=5.0,
+        loss_weighting="uniform",
+        kl_beta=0.004,
+        updates_per_rollout=2,
+        ema=True,
+        untrained_steps=2,
+        mask_zero_advantages=True,
+    ),
     # LongCat-GRPO (LongCat-Video report, arXiv 2510.22200, sec. 3.3 and app. A.1)
-    "longcat": dict(shared_noise=True, noise_schedule="sqrt", noise_level=1.0, critical_steps=6, diffusion_cap=0.45,
-                    advantage="max_group_std", adv_clip=None, loss_weighting="lambda", kl_beta=3e-4,
-                    updates_per_rollout=1, ema=False, untrained_steps=0, mask_zero_advantages=False),
+    "longcat": dict(
+        shared_noise=True,
+        noise_schedule="sqrt",
+        noise_level=1.0,
+        critical_steps=6,
+        diffusion_cap=0.45,
+        advantage="max_group_std",
+        adv_clip=None,
+        loss_weighting="lambda",
+        kl_beta=3e-4,
+        updates_per_rollout=1,
+        ema=False,
+        untrained_steps=0,
+        mask_zero_advantages=False,
+    ),
 }
 """Each algorithm's settings of `WanGRPOConfig`; WAN_PRESETS holds its generation, scheduler shift and LoRA."""
 
 WAN_PRESETS = {
     # flow_grpo config/grpo.py general_ocr_wan2_1 (flow shift: the pipeline's)
-    "flow_grpo": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=20, guidance_scale=4.5),
-                      shift=None, lora_rank=32, lora_alpha=64.0, lora_targets="attention"),
+    "flow_grpo": dict(
+        generation=dict(num_frames=33, height=240, width=416, num_inference_steps=20, guidance_scale=4.5),
+        shift=None,
+        lora_rank=32,
+        lora_alpha=64.0,
+        lora_targets="attention",
+    ),
     # arXiv 2510.22200 app. A.1 (16 steps, time shift 12, CFG 4, LoRA 128 / 64 on all linears); size: flow_grpo's
-    "longcat": dict(generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
-                    shift=12.0, lora_rank=128, lora_alpha=64.0, lora_targets="all"),
+    "longcat": dict(
+        generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
+        shift=12.0,
+        lora_rank=128,
+        lora_alpha=64.0,
+        lora_targets="all",
+    ),
 }
 
 
@@ -74,55 +120,83 @@ class WanGRPOConfig:
 
     algorithm: Literal["flow_grpo", "longcat"] = _help(
         "preset for the fields left unset: flow_grpo (Flow-GRPO, flow_grpo's Wan trainer) or longcat (LongCat-GRPO)",
-        default="flow_grpo")
+        default="flow_grpo",
+    )
     group_size: int = _help("videos sampled per prompt (both papers: 4)", default=4)
     shared_noise: bool | None = _help(
-        "the videos of a prompt start from the same initial noise (flow_grpo: False; longcat: True)", default=None)
+        "the videos of a prompt start from the same initial noise (flow_grpo: False; longcat: True)", default=None
+    )
     noise_schedule: Literal["linear", "sqrt"] | None = _help(
         "s_t of the SDE step: 'linear' = a (s_min + (s_max - s_min) t) with s_max = sigmas[1], s_min = sigmas[-1] "
         "(flow_grpo's Wan trainer); 'sqrt' = a sqrt(t / (1 - t)) (Flow-GRPO paper, SD3; LongCat). flow_grpo: linear; "
-        "longcat: sqrt", default=None)
+        "longcat: sqrt",
+        default=None,
+    )
     noise_level: float | None = _help(
         "a, the factor of the noise schedule (flow_grpo Wan: 1 with 'linear'; flow_grpo SD3 uses 0.7 with 'sqrt'; "
-        "longcat: 1)", default=None)
+        "longcat: 1)",
+        default=None,
+    )
     sde_window: list[int] | None = _help(
         "START END: SDE steps (trained) are START..END-1. Unset: flow_grpo samples every step with the SDE and trains "
-        "the first T-1 (its timestep_fraction 0.99); with --critical-steps one step per prompt instead", default=None)
+        "the first T-1 (its timestep_fraction 0.99); with --critical-steps one step per prompt instead",
+        default=None,
+    )
     critical_steps: int | None = _help(
         "T': one SDE step per prompt, drawn uniformly among the first T' steps, Euler elsewhere (longcat: 6, clamped "
-        "to the step count with a warning); 0 = off (flow_grpo)", default=None)
+        "to the step count with a warning); 0 = off (flow_grpo)",
+        default=None,
+    )
     diffusion_cap: float | None = _help(
-        "tau: the diffusion term s_t sqrt(|dt|) is capped at tau (longcat: 0.45); 0 = off (flow_grpo)", default=None)
+        "tau: the diffusion term s_t sqrt(|dt|) is capped at tau (longcat: 0.45); 0 = off (flow_grpo)", default=None
+    )
     advantage: Literal["group", "max_group_std"] | None = _help(
         "group: rewards summed with their weights, then (r - group mean) / (group std + 1e-4) (flow_grpo); "
         "max_group_std: each reward's (r - group mean) / (largest group std on all processes), then the weighted sum "
-        "of these advantages (longcat)", default=None)
+        "of these advantages (longcat)",
+        default=None,
+    )
     adv_clip: float | None = _help("advantages clamped to +-adv_clip (flow_grpo: 5); 0 = off (longcat)", default=None)
     loss_weighting: Literal["uniform", "lambda", "noise_over_sqrt_dt"] | None = _help(
         "uniform: policy + beta KL (the Flow-GRPO paper, flow_grpo's SD3 trainer; flow_grpo preset); lambda: "
         "lambda_policy policy + beta lambda_KL KL with lambda_KL = t / (|dt| (1 - t)), lambda_policy = "
         "sqrt(lambda_KL) (longcat); noise_over_sqrt_dt: the policy term times s_t / sqrt(|dt|), as flow_grpo's Wan "
-        "trainer does", default=None)
-    clip_range: float = _help("PPO clip of the probability ratio (flow_grpo Wan: 1e-3; longcat gives none)",
-                              default=1e-3)
-    kl_beta: float | None = _help("weight of the KL to the reference (flow_grpo Wan: 0.004; longcat: 3e-4)",
-                                  default=None)
+        "trainer does",
+        default=None,
+    )
+    clip_range: float = _help(
+        "PPO clip of the probability ratio (flow_grpo Wan: 1e-3; longcat gives none)", default=1e-3
+    )
+    kl_beta: float | None = _help(
+        "weight of the KL to the reference (flow_grpo Wan: 0.004; longcat: 3e-4)", default=None
+    )
     updates_per_rollout: int | None = _help(
         "optimiser steps per rollout batch; the videos are split into that many parts, every update after the first "
-        "is off-policy (flow_grpo Wan: 2; longcat: 1)", default=None)
+        "is off-policy (flow_grpo Wan: 2; longcat: 1)",
+        default=None,
+    )
     max_grad_norm: float = _help("gradient clipping (flow_grpo: 1.0)", default=1.0)
     ema: bool | None = _help(
         "evaluate and publish an EMA of the LoRA weights (flow_grpo's Wan trainer: decay 0.9, updated every 8 "
-        "optimiser steps; not in the paper); flow_grpo: True; longcat: False", default=None)
-    ema_decay: float = _help("the EMA's largest decay d: ema += (1 - min((1 + n) / (10 + n), d)) (w - ema) after "
-                             "optimiser step n (flow_grpo: 0.9)", default=0.9)
+        "optimiser steps; not in the paper); flow_grpo: True; longcat: False",
+        default=None,
+    )
+    ema_decay: float = _help(
+        "the EMA's largest decay d: ema += (1 - min((1 + n) / (10 + n), d)) (w - ema) after "
+        "optimiser step n (flow_grpo: 0.9)",
+        default=0.9,
+    )
     ema_interval: int = _help("the EMA is updated when (n + 1) %% interval == 0 (flow_grpo Wan: 8)", default=8)
     untrained_steps: int | None = _help(
         "the first N steps sample and score rollouts but do not train (flow_grpo's Wan trainer skips its first 2 "
-        "epochs; not in the paper); flow_grpo: 2; longcat: 0", default=None)
+        "epochs; not in the paper); flow_grpo: 2; longcat: 0",
+        default=None,
+    )
     mask_zero_advantages: bool | None = _help(
         "videos whose advantage is exactly 0 (a group without spread) leave the loss, KL included, and the mean is "
-        "over the others (flow_grpo's Wan trainer; not in the paper); flow_grpo: True; longcat: False", default=None)
+        "over the others (flow_grpo's Wan trainer; not in the paper); flow_grpo: True; longcat: False",
+        default=None,
+    )
 
     def __post_init__(self):
         if self.algorithm not in PRESETS:
@@ -138,8 +212,10 @@ class WanGRPOConfig:
             if len(self.sde_window) != 2:
                 raise ValueError(f"--sde-window {self.sde_window}: give START END")
             if self.critical_steps is not None:
-                raise ValueError("--sde-window and --critical-steps both choose the SDE steps: give one (with "
-                                 "--algorithm longcat, --critical-steps 0 turns the critical step off)")
+                raise ValueError(
+                    "--sde-window and --critical-steps both choose the SDE steps: give one (with "
+                    "--algorithm longcat, --critical-steps 0 turns the critical step off)"
+                )
         if self.group_size < 2:
             raise ValueError(f"--group-size {self.group_size}: advantages compare the videos of a prompt, need >= 2")
 
@@ -173,8 +249,10 @@ class AdvantageError(UserError):
 
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if rewards.ndim != 1 or rewards.numel() % group_size != 0:
-        raise AdvantageError(f"expected a 1-D tensor of rewards whose length is a multiple of the group size "
-                             f"{group_size} (the samples of a prompt next to each other), got {tuple(rewards.shape)}")
+        raise AdvantageError(
+            f"expected a 1-D tensor of rewards whose length is a multiple of the group size "
+            f"{group_size} (the samples of a prompt next to each other), got {tuple(rewards.shape)}"
+        )
     return rewards.float().reshape(-1, group_size)
 
 
@@ -248,8 +326,11 @@ def critical_steps(config: WanGRPOConfig, num_steps: int) -> int | None:
     if config.critical_steps is None:
         return None
     if config.critical_steps > num_steps:
-        warnings.warn(f"--critical-steps {config.critical_steps} > --num-inference-steps {num_steps}: using "
-                      f"{num_steps} (pass --critical-steps to choose)", stacklevel=3)
+        warnings.warn(
+            f"--critical-steps {config.critical_steps} > --num-inference-steps {num_steps}: using "
+            f"{num_steps} (pass --critical-steps to choose)",
+            stacklevel=3,
+        )
         return num_steps
     return config.critical_steps
 
@@ -275,7 +356,7 @@ def sde_masks(config: WanGRPOConfig, num_steps: int, num_prompts: int, generator
         return sde, sde
     sde[:] = True
     trained = sde.clone()
-    trained[:, max(1, int(num_steps * 0.99)):] = False
+    trained[:, max(1, int(num_steps * 0.99)) :] = False
     return sde, trained
 
 
@@ -314,8 +395,19 @@ class WanGRPOTrainer:
     transformer batch in sampling and training (the same in both, so the first update's ratio is exactly 1).
     """
 
-    def __init__(self, config: WanGRPOConfig, accelerator, pipe, model, transformer, optimizer, prompt_cache,
-                 generation, rewards, micro_batch_size: int | None = None):
+    def __init__(
+        self,
+        config: WanGRPOConfig,
+        accelerator,
+        pipe,
+        model,
+        transformer,
+        optimizer,
+        prompt_cache,
+        generation,
+        rewards,
+        micro_batch_size: int | None = None,
+    ):
         self.config, self.accelerator, self.pipe = config, accelerator, pipe
         self.model, self.transformer, self.optimizer = model, transformer, optimizer
         self.prompt_cache, self.generation, self.rewards = prompt_cache, generation, rewards
@@ -327,11 +419,15 @@ class WanGRPOTrainer:
     def check_batching(self, num_videos: int) -> int:
         """The micro-batch size; raises ValueError unless the videos split evenly into updates and micro-batches."""
         if self.config.noise_level <= 0:
-            raise ValueError(f"noise_level={self.config.noise_level}: training needs SDE steps with a > 0 (0 is the ODE)")
+            raise ValueError(
+                f"noise_level={self.config.noise_level}: training needs SDE steps with a > 0 (0 is the ODE)"
+            )
         updates = self.config.updates_per_rollout
         if updates < 1 or num_videos % updates != 0:
-            raise ValueError(f"updates_per_rollout={updates}: the {num_videos} videos of a rollout batch (prompts per "
-                             f"process x group_size {self.config.group_size}) must split evenly into that many updates")
+            raise ValueError(
+                f"updates_per_rollout={updates}: the {num_videos} videos of a rollout batch (prompts per "
+                f"process x group_size {self.config.group_size}) must split evenly into that many updates"
+            )
         size = self.micro_batch_size or num_videos // updates
         if (num_videos // updates) % size != 0:
             raise ValueError(f"micro_batch_size={size}: must divide the {num_videos // updates} videos of one update")
@@ -355,8 +451,13 @@ class WanGRPOTrainer:
             metrics[f"reward/{name}"] = float(torch.nanmean(value.float()))
         metrics["train/advantage_abs_mean"] = float(advantage.abs().mean())
         metrics["train/zero_advantage_fraction"] = float((advantage == 0).float().mean())
-        metrics.update({"time/sample": sampled - started, "time/reward": scored - sampled,
-                        "time/train": time.perf_counter() - scored})
+        metrics.update(
+            {
+                "time/sample": sampled - started,
+                "time/reward": scored - sampled,
+                "time/train": time.perf_counter() - scored,
+            }
+        )
         return metrics
 
     def _embeds(self, prompts: list[str]):
@@ -373,8 +474,9 @@ class WanGRPOTrainer:
         steps = generation.num_inference_steps
         grid = wan.flow_grid(self.pipe.scheduler, steps, device=device)
         noise = group_noise(config, self.pipe, len(prompts), generation, generator)
-        sde, trained = (m.repeat_interleave(config.group_size, dim=0)
-                        for m in sde_masks(config, steps, len(prompts), generator))
+        sde, trained = (
+            m.repeat_interleave(config.group_size, dim=0) for m in sde_masks(config, steps, len(prompts), generator)
+        )
         video_prompts = [p for p in prompts for _ in range(config.group_size)]
         log_probs = torch.zeros(len(video_prompts), steps)
         trajectories, videos = [], []
@@ -385,23 +487,39 @@ class WanGRPOTrainer:
             x = noise[rows].to(device)
             trajectory = [x]
             for i in range(steps):
-                velocity = wan.predict_velocity(self.transformer, x, grid.timesteps[i], embeds, negative,
-                                                generation.guidance_scale)
+                velocity = wan.predict_velocity(
+                    self.transformer, x, grid.timesteps[i], embeds, negative, generation.guidance_scale
+                )
                 mask = sde[rows, i].to(device)
                 scale = noise_scale(grid.sigmas[i], grid.sigmas, config.noise_schedule, config.noise_level)
                 scale = (mask.float() * scale).reshape(-1, *([1] * (x.ndim - 1)))  # 0 = the exact Euler step
-                step = sde_step(velocity, x, grid.sigmas[i], grid.sigmas[i + 1], noise_scale=scale,
-                                diffusion_cap=config.diffusion_cap, generator=generator)
+                step = sde_step(
+                    velocity,
+                    x,
+                    grid.sigmas[i],
+                    grid.sigmas[i + 1],
+                    noise_scale=scale,
+                    diffusion_cap=config.diffusion_cap,
+                    generator=generator,
+                )
                 if mask.any():
                     log_probs[rows][mask.cpu(), i] = gaussian_log_prob(
-                        step.prev_sample[mask], step.mean[mask], step.std[mask]).cpu()
+                        step.prev_sample[mask], step.mean[mask], step.std[mask]
+                    ).cpu()
                 x = step.prev_sample
                 trajectory.append(x)
             trajectories.append(torch.stack(trajectory, dim=1).cpu())
             videos.append(wan.decode_latents(self.pipe, x).cpu())
-        return Rollout(prompts=video_prompts, trajectory=torch.cat(trajectories), sde_mask=sde, train_mask=trained,
-                       log_probs=log_probs, sigmas=grid.sigmas.cpu(), timesteps=grid.timesteps.cpu(),
-                       videos=torch.cat(videos))
+        return Rollout(
+            prompts=video_prompts,
+            trajectory=torch.cat(trajectories),
+            sde_mask=sde,
+            train_mask=trained,
+            log_probs=log_probs,
+            sigmas=grid.sigmas.cpu(),
+            timesteps=grid.timesteps.cpu(),
+            videos=torch.cat(videos),
+        )
 
     def micro_batches(self, rollout: Rollout, micro_batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, steps) of every trained (video, step) term, cut along the sampler's own video chunks, so that the
@@ -437,22 +555,36 @@ class WanGRPOTrainer:
         guidance = self.generation.guidance_scale
 
         velocity = wan.predict_velocity(self.model, x, timestep, embeds, negative, guidance)
-        step = sde_step(velocity, x, sigma, sigma_next, noise_scale=scale, diffusion_cap=config.diffusion_cap,
-                        prev_sample=x_next)
+        step = sde_step(
+            velocity, x, sigma, sigma_next, noise_scale=scale, diffusion_cap=config.diffusion_cap, prev_sample=x_next
+        )
         log_prob = gaussian_log_prob(x_next, step.mean, step.std)
-        policy, ratio = clipped_policy_loss(log_prob, rollout.log_probs[rows, steps].to(device),
-                                            advantage[rows].to(device), config.clip_range)
+        policy, ratio = clipped_policy_loss(
+            log_prob, rollout.log_probs[rows, steps].to(device), advantage[rows].to(device), config.clip_range
+        )
         kl = torch.zeros_like(policy)
         if config.kl_beta > 0:
             with torch.no_grad(), wan.disable_adapter(self.transformer):
                 ref_velocity = wan.predict_velocity(self.transformer, x, timestep, embeds, negative, guidance)
-            ref = sde_step(ref_velocity, x, sigma, sigma_next, noise_scale=scale, diffusion_cap=config.diffusion_cap,
-                           prev_sample=x_next)
+            ref = sde_step(
+                ref_velocity,
+                x,
+                sigma,
+                sigma_next,
+                noise_scale=scale,
+                diffusion_cap=config.diffusion_cap,
+                prev_sample=x_next,
+            )
             kl = mean_kl(step.mean, ref.mean, step.std)
         w_policy, w_kl = loss_weights(config, sigma, sigma_next, scale, rollout.sigmas)
         loss = w_policy.to(device) * policy + config.kl_beta * w_kl.to(device) * kl
-        stats = {"ratio": ratio.detach(), "kl": kl.detach(), "policy_loss": policy.detach(), "loss": loss.detach(),
-                 "clipped": ((ratio.detach() - 1).abs() > config.clip_range).float()}
+        stats = {
+            "ratio": ratio.detach(),
+            "kl": kl.detach(),
+            "policy_loss": policy.detach(),
+            "loss": loss.detach(),
+            "clipped": ((ratio.detach() - 1).abs() > config.clip_range).float(),
+        }
         return loss, stats
 
     def update(self, rollout: Rollout, advantage: torch.Tensor, micro_batch_size: int) -> dict[str, float]:
@@ -506,10 +638,11 @@ class GRPOLoopConfig:
 
     prompts_per_step: int = _help("prompts per process per step (our default)", default=2)
     micro_batch_size: int | None = _help(
-        "videos per transformer batch in sampling and training; unset: one update's videos", default=None)
+        "videos per transformer batch in sampling and training; unset: one update's videos", default=None
+    )
     shift: float | None = _help(
-        "scheduler time (flow) shift; unset: the pipeline's (a real pipeline with longcat: its preset 12)",
-        default=None)
+        "scheduler time (flow) shift; unset: the pipeline's (a real pipeline with longcat: its preset 12)", default=None
+    )
 
 
 def _preset_defaults(name: str) -> dict:
@@ -535,14 +668,19 @@ class WanGRPO(WanMethod):
     name = "GRPO"
     curve_names = ("train/kl", "train/clipped", "train/policy_loss")
     config_classes = (WanGRPOConfig, GRPOLoopConfig)
-    defaults = dict(learning_rate=1e-4, weight_decay=1e-4, checkpoint_every=50, solver="euler",
-                    **_preset_defaults("flow_grpo"))
+    defaults = dict(
+        learning_rate=1e-4, weight_decay=1e-4, checkpoint_every=50, solver="euler", **_preset_defaults("flow_grpo")
+    )
     """flow_grpo's Wan preset and LongCat: learning rate 1e-4; AdamW weight decay 1e-4 (flow_grpo's base config)."""
-    help_notes = {key: f"--algorithm longcat: {value}" for key, value in _preset_defaults("longcat").items()
-                  if value != _preset_defaults("flow_grpo")[key]}
+    help_notes = {
+        key: f"--algorithm longcat: {value}"
+        for key, value in _preset_defaults("longcat").items()
+        if value != _preset_defaults("flow_grpo")[key]
+    }
     for _key in WAN_PRESETS["flow_grpo"]["generation"]:
-        help_notes[_key] = "; ".join(filter(None, [help_notes.get(_key),
-                                                   "a tiny pipeline: its generation_defaults.json"]))
+        help_notes[_key] = "; ".join(
+            filter(None, [help_notes.get(_key), "a tiny pipeline: its generation_defaults.json"])
+        )
     del _key
 
     @classmethod
@@ -550,9 +688,13 @@ class WanGRPO(WanMethod):
         """LoRA, scheduler shift and generation follow --algorithm (a tiny pipeline keeps its own generation)."""
         preset = WAN_PRESETS[known.algorithm]
         generation = pipeline_generation_defaults(known.pipeline, preset["generation"])
-        return {**generation, "lora_rank": preset["lora_rank"], "lora_alpha": preset["lora_alpha"],
-                "lora_targets": preset["lora_targets"],
-                "shift": None if is_tiny_pipeline(known.pipeline) else preset["shift"]}
+        return {
+            **generation,
+            "lora_rank": preset["lora_rank"],
+            "lora_alpha": preset["lora_alpha"],
+            "lora_targets": preset["lora_targets"],
+            "shift": None if is_tiny_pipeline(known.pipeline) else preset["shift"],
+        }
 
     def check(self) -> None:
         super().check()
@@ -564,18 +706,34 @@ class WanGRPO(WanMethod):
             config = self.pipe.scheduler.config
             key = "flow_shift" if "flow_shift" in config else "shift"
             self.pipe.scheduler = type(self.pipe.scheduler).from_config(config, **{key: self.options.shift})
-        self.trainer = WanGRPOTrainer(self.algorithm, self.accelerator, self.pipe, self.model, self.transformer,
-                                      self.optimizer, self.prompt_cache, self.generation, self.rewards,
-                                      self.options.micro_batch_size)
+        self.trainer = WanGRPOTrainer(
+            self.algorithm,
+            self.accelerator,
+            self.pipe,
+            self.model,
+            self.transformer,
+            self.optimizer,
+            self.prompt_cache,
+            self.generation,
+            self.rewards,
+            self.options.micro_batch_size,
+        )
         self.eval_batch_size = self.trainer.check_batching(self.options.prompts_per_step * self.algorithm.group_size)
         if self.algorithm.ema:
-            self.ema = LoraEMA(self.lora_parameters, self.algorithm.ema_decay, self.algorithm.ema_interval,
-                               self.lora_names)
+            self.ema = LoraEMA(
+                self.lora_parameters, self.algorithm.ema_decay, self.algorithm.ema_interval, self.lora_names
+            )
             self.trainer.ema = self.ema
 
     def train_step(self, step: int) -> dict[str, float]:
-        prompts = epoch_order([p for _, p in self.my_prompts], self.options.prompts_per_step, self.run.seed,
-                              "step_prompts", self.rank, step)
+        prompts = epoch_order(
+            [p for _, p in self.my_prompts],
+            self.options.prompts_per_step,
+            self.run.seed,
+            "step_prompts",
+            self.rank,
+            step,
+        )
         generator = torch.Generator().manual_seed(seed_of(self.run.seed, "step", self.rank, step))
         return self.trainer.step(prompts, generator, train=step >= self.algorithm.untrained_steps)
 
@@ -584,4 +742,3 @@ class WanGRPO(WanMethod):
 
     def load_extra_state(self, state: dict) -> None:
         self.trainer.optimizer_steps = int(state["optimizer_steps"])
-

@@ -48,20 +48,32 @@ class NFTConfig:
 
     group_size: int = _help("videos sampled per prompt (official Wan: 12)", 12)
     prompts_per_step: int = _help("prompts per process per step (our default)", 2)
-    nft_beta: float = _help("beta of the implicit policies v+ = beta v + (1 - beta) v_old, v- = (1 + beta) v_old - "
-                            "beta v (official Wan: 1.0)", 1.0)
+    nft_beta: float = _help(
+        "beta of the implicit policies v+ = beta v + (1 - beta) v_old, v- = (1 + beta) v_old - "
+        "beta v (official Wan: 1.0)",
+        1.0,
+    )
     adv_clip_max: float = _help("advantages clipped to +-adv_clip_max before the map to [0, 1] (official: 5)", 5.0)
     kl_beta: float = _help("weight of mean (v - v_ref)^2 to the adapters-off reference (official Wan: 1e-4)", 1e-4)
-    decay_type: int = _help("the old adapter's decay schedule: 0 (d = 0), 1 (min(0.001 n, 0.5); official Wan), 2 (0 "
-                            "until 75 steps, then +0.0075 per step up to 0.999)", 1)
-    timestep_fraction: float = _help("train on int(T x fraction) of the sampler's T timesteps per video (official: "
-                                     "0.99, i.e. T - 1 of them)", 0.99)
-    sample_solver: str = _help("deterministic sampler of the training videos: dpm2 (DPM-Solver++ 2M on the flow "
-                               "sigmas, official Wan), scheduler (the pipeline's own), euler", "dpm2")
-    global_std: bool = _help("normalise by the std of all rewards of the step (official); False: each group's own std",
-                             True)
-    ema: bool = _help("evaluate and publish an EMA of the trained LoRA (official train.ema: decay 0.9, every step)",
-                      True)
+    decay_type: int = _help(
+        "the old adapter's decay schedule: 0 (d = 0), 1 (min(0.001 n, 0.5); official Wan), 2 (0 "
+        "until 75 steps, then +0.0075 per step up to 0.999)",
+        1,
+    )
+    timestep_fraction: float = _help(
+        "train on int(T x fraction) of the sampler's T timesteps per video (official: 0.99, i.e. T - 1 of them)", 0.99
+    )
+    sample_solver: str = _help(
+        "deterministic sampler of the training videos: dpm2 (DPM-Solver++ 2M on the flow "
+        "sigmas, official Wan), scheduler (the pipeline's own), euler",
+        "dpm2",
+    )
+    global_std: bool = _help(
+        "normalise by the std of all rewards of the step (official); False: each group's own std", True
+    )
+    ema: bool = _help(
+        "evaluate and publish an EMA of the trained LoRA (official train.ema: decay 0.9, every step)", True
+    )
     ema_decay: float = _help("the EMA's largest decay (official: 0.9)", 0.9)
     max_grad_norm: float = _help("gradient clipping (official: 1.0)", 1.0)
     micro_batch_size: int | None = _help("videos per training forward; unset: all of the step's videos", None)
@@ -90,8 +102,9 @@ def old_decay(step: int, decay_type: int = 1) -> float:
     return 0.0 if step < flat else min((step - flat) * rate, cap)
 
 
-def nft_advantages(rewards: torch.Tensor, group_size: int, global_std: bool = True, gather=None,
-                   eps: float = 1e-4) -> torch.Tensor:
+def nft_advantages(
+    rewards: torch.Tensor, group_size: int, global_std: bool = True, gather=None, eps: float = 1e-4
+) -> torch.Tensor:
     """(r - group mean) / (std + eps) with the population std of every reward of the step on all processes
     (global_std, the official tracker's setting) or of the group. rewards (N,), groups next to each other; NaN ->
     the group's mean first (no signal)."""
@@ -132,8 +145,9 @@ def _adaptive_error(x0_prediction: torch.Tensor, x0: torch.Tensor) -> torch.Tens
     return _mean(error**2 / weight.to(error.dtype))
 
 
-def nft_loss(velocity, old_velocity, x_t, x0, t, r, beta: float, adv_clip_max: float, ref_velocity=None,
-             kl_beta: float = 0.0) -> NFTLoss:
+def nft_loss(
+    velocity, old_velocity, x_t, x0, t, r, beta: float, adv_clip_max: float, ref_velocity=None, kl_beta: float = 0.0
+) -> NFTLoss:
     """The DiffusionNFT loss (arXiv 2509.16117 sec. 3.2; the module docstring). velocity: the trained prediction
     (with gradient); old_velocity: the old adapter's; x_t, x0 (B, ...); t, r (B,). float32 arithmetic."""
     velocity, old_velocity = velocity.float(), old_velocity.detach().float()
@@ -195,9 +209,15 @@ def dpm2_scheduler(scheduler):
 
     config = scheduler.config
     shift = float(config["flow_shift"] if "flow_shift" in config else config.get("shift", 1.0))
-    return DPMSolverMultistepScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000), solver_order=2,
-                                       prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-                                       algorithm_type="dpmsolver++", lower_order_final=True)
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=config.get("num_train_timesteps", 1000),
+        solver_order=2,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        algorithm_type="dpmsolver++",
+        lower_order_final=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,11 +231,20 @@ class DiffusionNFT(WanMethod):
     name = "DiffusionNFT"
     curve_names = ("train/policy_loss", "train/kl", "train/old_decay")
     config_classes = (NFTConfig,)
-    defaults = dict(learning_rate=3e-4, weight_decay=1e-4, lora_rank=32, lora_alpha=64.0, lora_targets="attention",
-                    checkpoint_every=50, solver="scheduler")
+    defaults = dict(
+        learning_rate=3e-4,
+        weight_decay=1e-4,
+        lora_rank=32,
+        lora_alpha=64.0,
+        lora_targets="attention",
+        checkpoint_every=50,
+        solver="scheduler",
+    )
     """Official base config: AdamW lr 3e-4, weight decay 1e-4; the Wan trainer's LoRA r 32 / alpha 64 on q/k/v/o."""
-    help_notes = {"num_inference_steps": "official Wan NFT: 6 sampling steps (eval 15)",
-                  "guidance_scale": "official Wan NFT: 2.5 when sampling (the training forward is CFG-free)"}
+    help_notes = {
+        "num_inference_steps": "official Wan NFT: 6 sampling steps (eval 15)",
+        "guidance_scale": "official Wan NFT: 2.5 when sampling (the training forward is CFG-free)",
+    }
 
     @classmethod
     def later_defaults(cls, known) -> dict:
@@ -255,12 +284,19 @@ class DiffusionNFT(WanMethod):
         try:
             for start in range(0, len(video_prompts), size):
                 chunk = video_prompts[start : start + size]
-                negative = self.prompt_cache.negative(len(chunk)).to(device) \
-                    if self.generation.guidance_scale > 1 else None
-                output = wan.sample(self.transformer, self.sampler, noise[start : start + size].to(device),
-                                    self.prompt_cache.embed(chunk).to(device), negative,
-                                    self.generation.num_inference_steps, self.generation.guidance_scale,
-                                    solver="euler" if nft.sample_solver == "euler" else "scheduler")
+                negative = (
+                    self.prompt_cache.negative(len(chunk)).to(device) if self.generation.guidance_scale > 1 else None
+                )
+                output = wan.sample(
+                    self.transformer,
+                    self.sampler,
+                    noise[start : start + size].to(device),
+                    self.prompt_cache.embed(chunk).to(device),
+                    negative,
+                    self.generation.num_inference_steps,
+                    self.generation.guidance_scale,
+                    solver="euler" if nft.sample_solver == "euler" else "scheduler",
+                )
                 latents.append(output.latents.float())
         finally:
             self.transformer.set_adapter("default")
@@ -269,23 +305,38 @@ class DiffusionNFT(WanMethod):
     def train_step(self, step: int) -> dict[str, float]:
         nft, device = self.nft, self.device
         started = time.perf_counter()
-        prompts = epoch_order([p for _, p in self.my_prompts], nft.prompts_per_step, self.run.seed, "step_prompts",
-                              self.rank, step)
+        prompts = epoch_order(
+            [p for _, p in self.my_prompts], nft.prompts_per_step, self.run.seed, "step_prompts", self.rank, step
+        )
         generator = torch.Generator().manual_seed(seed_of(self.run.seed, "nft", self.rank, step))
         x0 = self.sample(prompts, generator)
         video_prompts = [p for p in prompts for _ in range(nft.group_size)]
         sampled = time.perf_counter()
-        videos = torch.cat([wan.decode_latents(self.pipe, x0[i : i + self.micro_batch_size])
-                            for i in range(0, len(x0), self.micro_batch_size)])
+        videos = torch.cat(
+            [
+                wan.decode_latents(self.pipe, x0[i : i + self.micro_batch_size])
+                for i in range(0, len(x0), self.micro_batch_size)
+            ]
+        )
         scores = self.rewards(videos, video_prompts)
         scored = time.perf_counter()
-        advantages = nft_advantages(self.rewards.combined(scores), nft.group_size, nft.global_std,
-                                    lambda x: self.accelerator.gather(x.to(device)).cpu())
+        advantages = nft_advantages(
+            self.rewards.combined(scores),
+            nft.group_size,
+            nft.global_std,
+            lambda x: self.accelerator.gather(x.to(device)).cpu(),
+        )
         r = optimality_weight(advantages, nft.adv_clip_max)
         summary = self.update(x0, video_prompts, r, generator)
-        return {**summary, **self.reward_metrics(scores), "train/advantage_abs_mean": float(advantages.abs().mean()),
-                "train/optimality_mean": float(r.mean()), "time/sample": sampled - started,
-                "time/reward": scored - sampled, "time/train": time.perf_counter() - scored}
+        return {
+            **summary,
+            **self.reward_metrics(scores),
+            "train/advantage_abs_mean": float(advantages.abs().mean()),
+            "train/optimality_mean": float(r.mean()),
+            "time/sample": sampled - started,
+            "time/reward": scored - sampled,
+            "time/train": time.perf_counter() - scored,
+        }
 
     def update(self, x0: torch.Tensor, prompts: list[str], r: torch.Tensor, generator) -> dict[str, float]:
         """One optimiser step over every (video, training timestep) term, then the old adapter's update."""
@@ -314,14 +365,31 @@ class DiffusionNFT(WanMethod):
             last = index == len(terms) - 1
             with self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext():
                 velocity = wan.predict_velocity(self.model, x_t, timestep, embeds)
-                output = nft_loss(velocity, old, x_t, clean, t, r[rows].to(device), nft.nft_beta, nft.adv_clip_max,
-                                  reference, nft.kl_beta)
+                output = nft_loss(
+                    velocity,
+                    old,
+                    x_t,
+                    clean,
+                    t,
+                    r[rows].to(device),
+                    nft.nft_beta,
+                    nft.adv_clip_max,
+                    reference,
+                    nft.kl_beta,
+                )
                 self.accelerator.backward(output.loss / len(terms))
-            for key, value in (("policy_loss", output.policy), ("kl", output.kl), ("positive", output.positive.mean()),
-                               ("negative", output.negative.mean())):
+            for key, value in (
+                ("policy_loss", output.policy),
+                ("kl", output.kl),
+                ("positive", output.positive.mean()),
+                ("negative", output.negative.mean()),
+            ):
                 stats[key] += float(value.detach()) / len(terms)
-        grad_norm = self.accelerator.clip_grad_norm_(self.lora_parameters, nft.max_grad_norm) \
-            if nft.max_grad_norm else torch.zeros(())
+        grad_norm = (
+            self.accelerator.clip_grad_norm_(self.lora_parameters, nft.max_grad_norm)
+            if nft.max_grad_norm
+            else torch.zeros(())
+        )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
@@ -330,12 +398,16 @@ class DiffusionNFT(WanMethod):
         if self.ema is not None:
             self.ema.update(self.optimizer_steps)
         return {f"train/{key}": value for key, value in stats.items()} | {
-            "train/grad_norm": float(grad_norm), "train/old_decay": decay}
+            "train/grad_norm": float(grad_norm),
+            "train/old_decay": decay,
+        }
 
     def extra_state(self) -> dict:
         names = [n.replace(".default.", ".") for n in self.lora_names]
-        return {"lora_old": {n: p.detach().clone() for n, p in zip(names, self.old_parameters)},
-                "optimizer_steps": self.optimizer_steps}
+        return {
+            "lora_old": {n: p.detach().clone() for n, p in zip(names, self.old_parameters)},
+            "optimizer_steps": self.optimizer_steps,
+        }
 
     def load_extra_state(self, state: dict) -> None:
         names = [n.replace(".default.", ".") for n in self.lora_names]

@@ -51,9 +51,9 @@ from descore_plugin.testing.tiny_wan import GENERATION_DEFAULTS_FILE, generation
 from descore_plugin.training.loop import LoopConfig, RunLoop, RunResult
 from descore_plugin.training.runs import RunError
 from descore_plugin.utils import errors
-from descore_plugin.utils.seeding import STREAMS, epoch_order, seed_of  # noqa: F401 (the methods import them here)
 from descore_plugin.utils.args import ConfigParser
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
+from descore_plugin.utils.seeding import STREAMS, epoch_order, seed_of  # noqa: F401 (the methods import them here)
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +69,45 @@ class RecipeError(errors.UserError):
 class WanRunConfig:
     """Inputs and rewards."""
 
-    pipeline: str = _help(f"WanPipeline directory or hub id (e.g. {wan.WAN_1_3B_ID}; a tiny one: descore "
-                          f"init-tiny-wan DIR)", required=True)
-    prompts: str = _help("text file, one prompt per line (blank lines are an error); the first --eval-prompts are "
-                         "also the evaluation prompts", required=True)
+    pipeline: str = _help(
+        f"WanPipeline directory or hub id (e.g. {wan.WAN_1_3B_ID}; a tiny one: descore init-tiny-wan DIR)",
+        required=True,
+    )
+    prompts: str = _help(
+        "text file, one prompt per line (blank lines are an error); the first --eval-prompts are "
+        "also the evaluation prompts",
+        required=True,
+    )
     reward: list[str] | None = _help(
         "NAME[=WEIGHT], repeatable: descore, descore:overall, descore:<subject|dynamics|camera|environment|style>, "
-        "analytic:brightness, analytic:redness; unset: descore", action="extend", nargs="+")
-    reward_model: str | None = _help("DeScore checkpoint directory, hub id or http(s)://host:port of `descore serve`; "
-                                     "needed only by descore rewards (trained or --check)")
-    think: bool = _help("DeScore writes its CoT before scoring (--no-think: the masked-CoT fast path, only the "
-                        "descore reward)", default=True)
+        "analytic:brightness, analytic:redness; unset: descore",
+        action="extend",
+        nargs="+",
+    )
+    reward_model: str | None = _help(
+        "DeScore checkpoint directory, hub id or http(s)://host:port of `descore serve`; "
+        "needed only by descore rewards (trained or --check)"
+    )
+    think: bool = _help(
+        "DeScore writes its CoT before scoring (--no-think: the masked-CoT fast path, only the descore reward)",
+        default=True,
+    )
     reward_max_new_tokens: int | None = _help(
         "cap on the length of DeScore's CoT, in tokens (unset: the reward model's own limit); a small cap keeps a "
-        "tiny or CPU judge from stalling a step")
+        "tiny or CPU judge from stalling a step"
+    )
     check: list[str] | None = _help(
         "NAME, repeatable: an independent check reward, scored on the evaluation videos (eval/NAME, "
         "samples/step-N/scores.jsonl) but never trained on; e.g. --check analytic:brightness, or a descore name "
-        "when you train on another reward", action="extend", nargs="+")
-    dtype: str | None = _help("transformer / text encoder dtype: float32 or bfloat16 (default: bfloat16 on CUDA, "
-                              "float32 elsewhere; fp16 breaks Wan videos)", choices=["float32", "bfloat16"])
+        "when you train on another reward",
+        action="extend",
+        nargs="+",
+    )
+    dtype: str | None = _help(
+        "transformer / text encoder dtype: float32 or bfloat16 (default: bfloat16 on CUDA, "
+        "float32 elsewhere; fp16 breaks Wan videos)",
+        choices=["float32", "bfloat16"],
+    )
     seed: int = _help("seed of the LoRA initialisation, noises, timesteps and prompt order", default=0)
 
 
@@ -100,10 +119,10 @@ class AdapterConfig:
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     lora_rank: int | None = _help("LoRA rank")
     lora_alpha: float | None = _help("LoRA alpha (scale alpha / rank)")
-    lora_targets: str | None = _help("attention: q/k/v/o of self- and cross-attention; all: also the FFN linears",
-                                     choices=["attention", "all"])
-    gradient_checkpointing: bool = _help("recompute activations in the backward pass (memory for time)",
-                                         default=False)
+    lora_targets: str | None = _help(
+        "attention: q/k/v/o of self- and cross-attention; all: also the FFN linears", choices=["attention", "all"]
+    )
+    gradient_checkpointing: bool = _help("recompute activations in the backward pass (memory for time)", default=False)
 
 
 @dataclass
@@ -112,9 +131,12 @@ class EvalConfig:
 
     eval_prompts: int = _help("the first N prompts of --prompts are the evaluation prompts", default=8)
     eval_videos_per_prompt: int = _help("videos per evaluation prompt (each with its own fixed noise)", default=2)
-    solver: str = _help("ODE sampler of the evaluation videos (and of Flow-DPO's pair videos): scheduler (the "
-                        "pipeline's, as pipe() does) or euler (the ODE of GRPO's SDE)", default="scheduler",
-                        choices=["scheduler", "euler"])
+    solver: str = _help(
+        "ODE sampler of the evaluation videos (and of Flow-DPO's pair videos): scheduler (the "
+        "pipeline's, as pipe() does) or euler (the ODE of GRPO's SDE)",
+        default="scheduler",
+        choices=["scheduler", "euler"],
+    )
 
 
 @dataclass
@@ -187,8 +209,9 @@ def build_rewards(run: WanRunConfig, device, dtype) -> tuple[reward_lib.RewardSe
     model = run.reward_model
     if model is not None and any(n.startswith("descore") for n in specs + checks) and isinstance(model, str):
         model = reward_lib.load_reward_model(model, device=device, dtype=dtype)
-    options = dict(reward_model=model, think=run.think, device=device, dtype=dtype,
-                   max_new_tokens=run.reward_max_new_tokens)
+    options = dict(
+        reward_model=model, think=run.think, device=device, dtype=dtype, max_new_tokens=run.reward_max_new_tokens
+    )
     trained = reward_lib.reward_set(specs, **options)
     if not checks:
         return trained, trained
@@ -287,32 +310,39 @@ class WanMethod:
         run, adapter = self.run, self.adapter
         self.loop, self.accelerator = loop, loop.accelerator
         self.device, self.rank = self.accelerator.device, self.accelerator.process_index
-        self.dtype = getattr(torch, run.dtype) if run.dtype else (
-            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = (
+            getattr(torch, run.dtype)
+            if run.dtype
+            else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        )
         self.rewards, self.eval_rewards = build_rewards(run, self.device, self.dtype)
         self.pipe = wan.load_wan_pipeline(run.pipeline, device=self.device, dtype=self.dtype)
         with self.accelerator.split_between_processes(list(enumerate(self.prompts))) as mine:
             self.my_prompts = list(mine)
         if not self.my_prompts:
-            raise RecipeError(f"--prompts {run.prompts}: {len(self.prompts)} prompts for "
-                              f"{self.accelerator.num_processes} processes")
+            raise RecipeError(
+                f"--prompts {run.prompts}: {len(self.prompts)} prompts for {self.accelerator.num_processes} processes"
+            )
         self.eval_prompts = self.prompts[: self.evaluation.eval_prompts] * self.evaluation.eval_videos_per_prompt
         # prompt embeddings once (kept on the CPU: 4 MB per prompt for the real model); then the encoder leaves
-        self.prompt_cache = wan.PromptCache(self.pipe, self.generation.max_sequence_length,
-                                            self.generation.negative_prompt, device="cpu")
-        self.prompt_cache.precompute([p for _, p in self.my_prompts] + self.eval_prompts
-                                     + [self.generation.negative_prompt], progress=self.accelerator.is_main_process)
+        self.prompt_cache = wan.PromptCache(
+            self.pipe, self.generation.max_sequence_length, self.generation.negative_prompt, device="cpu"
+        )
+        self.prompt_cache.precompute(
+            [p for _, p in self.my_prompts] + self.eval_prompts + [self.generation.negative_prompt],
+            progress=self.accelerator.is_main_process,
+        )
         self.pipe.text_encoder.to("cpu")
         self.transformer = self.pipe.transformer
         torch.manual_seed(run.seed)  # the LoRA A matrices: the same in every run and on every process
         targets = wan.WAN_ATTENTION_TARGETS if adapter.lora_targets == "attention" else wan.WAN_ALL_LINEAR_TARGETS
-        self.lora_parameters = wan.add_lora(self.transformer, rank=adapter.lora_rank, alpha=adapter.lora_alpha,
-                                            target_modules=targets)
+        self.lora_parameters = wan.add_lora(
+            self.transformer, rank=adapter.lora_rank, alpha=adapter.lora_alpha, target_modules=targets
+        )
         self.lora_names = [name for name, p in self.transformer.named_parameters() if p.requires_grad]
         if adapter.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(self.lora_parameters, lr=adapter.learning_rate,
-                                      weight_decay=adapter.weight_decay)
+        optimizer = torch.optim.AdamW(self.lora_parameters, lr=adapter.learning_rate, weight_decay=adapter.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(self.transformer, optimizer)
         self.prepare()
 
@@ -348,24 +378,46 @@ class WanMethod:
         folder = self.loop.output_dir / "samples" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         size = self.eval_batch_size
-        with self.evaluated_weights(), \
-                self.accelerator.split_between_processes(list(enumerate(self.eval_prompts))) as jobs:
+        with (
+            self.evaluated_weights(),
+            self.accelerator.split_between_processes(list(enumerate(self.eval_prompts))) as jobs,
+        ):
             lines = []
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
-                noise = torch.cat([wan.initial_noise(self.pipe, 1, self.generation, generator=torch.Generator()
-                                                     .manual_seed(seed_of(self.run.seed, "eval_noise", index)))
-                                   for index, _ in chunk])
+                noise = torch.cat(
+                    [
+                        wan.initial_noise(
+                            self.pipe,
+                            1,
+                            self.generation,
+                            generator=torch.Generator().manual_seed(seed_of(self.run.seed, "eval_noise", index)),
+                        )
+                        for index, _ in chunk
+                    ]
+                )
                 prompts = [prompt for _, prompt in chunk]
-                videos, _ = wan.generate(self.pipe, self.prompt_cache, prompts, self.generation,
-                                         transformer=self.transformer, latents=noise.to(self.device),
-                                         solver=self.evaluation.solver)
+                videos, _ = wan.generate(
+                    self.pipe,
+                    self.prompt_cache,
+                    prompts,
+                    self.generation,
+                    transformer=self.transformer,
+                    latents=noise.to(self.device),
+                    solver=self.evaluation.solver,
+                )
                 scores, cots = self.eval_rewards(videos, prompts), self.eval_rewards.last_cots()
                 for row, (index, prompt) in enumerate(chunk):
                     write_video(folder / f"{index:03d}.mp4", videos[row], fps=16)
-                    lines.append({"index": index, "prompt": prompt, "video": f"{index:03d}.mp4",
-                                  "scores": {name: _number(value[row]) for name, value in scores.items()},
-                                  **({"cot": cots[row]} if cots is not None else {})})
+                    lines.append(
+                        {
+                            "index": index,
+                            "prompt": prompt,
+                            "video": f"{index:03d}.mp4",
+                            "scores": {name: _number(value[row]) for name, value in scores.items()},
+                            **({"cot": cots[row]} if cots is not None else {}),
+                        }
+                    )
         lines = sorted((line for part in gather_object([lines]) for line in part), key=lambda line: line["index"])
         metrics = {"eval/num_items": float(len(lines))}
         for name in self.eval_rewards.names:
@@ -381,8 +433,11 @@ class WanMethod:
 
     def reward_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:
         """reward/<name>: this process's mean of the training samples' rewards (the loop averages the processes)."""
-        return {f"reward/{name}": float(torch.nanmean(value.float())) for name, value in scores.items()
-                if name in self.rewards.weights}
+        return {
+            f"reward/{name}": float(torch.nanmean(value.float()))
+            for name, value in scores.items()
+            if name in self.rewards.weights
+        }
 
     # ------------------------------------------------------------------ state and publish
     def extra_state(self) -> dict:
@@ -392,8 +447,10 @@ class WanMethod:
         pass
 
     def state_dict(self) -> dict:
-        state = {LORA_STATE: {k: v.contiguous() for k, v in wan.lora_state_dict(self.transformer).items()},
-                 "optimizer": self.optimizer.state_dict()}
+        state = {
+            LORA_STATE: {k: v.contiguous() for k, v in wan.lora_state_dict(self.transformer).items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
         if self.ema is not None:
             state["lora_ema"] = self.ema.state_dict()
         return {**state, **self.extra_state()}
@@ -444,8 +501,15 @@ def method_class(name: str) -> tuple[type, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
-def parse_arguments(dataclass_types, argv, description: str, recipe_defaults: dict, later_defaults=None,
-                    help_notes: dict[str, str] | None = None, prog: str | None = None):
+def parse_arguments(
+    dataclass_types,
+    argv,
+    description: str,
+    recipe_defaults: dict,
+    later_defaults=None,
+    help_notes: dict[str, str] | None = None,
+    prog: str | None = None,
+):
     """Parse dataclasses with the package's argument layer (`utils.args`: transformers' HfArgumentParser, every
     field's help and default in `--help`, a bad flag or a config's own check one line and exit 2).
     recipe_defaults: defaults of shared fields (the ones --help shows); later_defaults(namespace) -> defaults that
@@ -467,12 +531,20 @@ def recipe_defaults(name: str) -> dict:
     return {**cls.defaults, **defaults}
 
 
-def config_from_argv(name: str, argv=None, description: str | None = None, prog: str | None = None
-                     ) -> PostTrainingConfig:
+def config_from_argv(
+    name: str, argv=None, description: str | None = None, prog: str | None = None
+) -> PostTrainingConfig:
     """The PostTrainingConfig of `METHOD`'s flags (as `post_train.py METHOD` parses them)."""
     cls, _ = method_class(name)
-    parsed = parse_arguments(SHARED_CONFIGS + tuple(cls.config_classes), argv, description or cls.__doc__,
-                             recipe_defaults(name), cls.later_defaults, cls.help_notes, prog=prog)
+    parsed = parse_arguments(
+        SHARED_CONFIGS + tuple(cls.config_classes),
+        argv,
+        description or cls.__doc__,
+        recipe_defaults(name),
+        cls.later_defaults,
+        cls.help_notes,
+        prog=prog,
+    )
     run, loop, adapter, evaluation, generation, *own = parsed
     return PostTrainingConfig(name, run, loop, adapter, evaluation, generation, tuple(own))
 
@@ -489,6 +561,7 @@ def post_train(config: PostTrainingConfig, accelerator=None) -> RunResult:
 
 def recipe_main(name: str, prog: str, description: str | None = None, argv=None) -> int:
     """A recipe's main: parse METHOD's flags, run, print a summary; a user error is one line and exit 2."""
+
     def train(argv) -> int:
         # errors.run_main shows the package's log lines (utils.logging.setup_logging)
         result = post_train(config_from_argv(name, argv, description, prog))
@@ -499,8 +572,10 @@ def recipe_main(name: str, prog: str, description: str | None = None, argv=None)
         rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
         evals = [row for row in rows if row.get("kind") == "eval"]
         for key in [k for k in evals[-1] if k.startswith("eval/") and not k.endswith("_std") and k != "eval/num_items"]:
-            print(f"{key[5:]} of the fixed prompts: {evals[0].get(key)} (step {evals[0]['step']}) -> "
-                  f"{evals[-1].get(key)} (step {evals[-1]['step']})")
+            print(
+                f"{key[5:]} of the fixed prompts: {evals[0].get(key)} (step {evals[0]['step']}) -> "
+                f"{evals[-1].get(key)} (step {evals[-1]['step']})"
+            )
         print(f"LoRA in {result.output_dir}")
         return 0
 
@@ -510,8 +585,10 @@ def recipe_main(name: str, prog: str, description: str | None = None, argv=None)
 def main(argv=None) -> int:
     """`post_train.py METHOD [flags]`: METHOD is one of METHODS; `post_train.py METHOD --help` lists its flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = (f"post_train.py METHOD [flags]: METHOD is one of {', '.join(METHODS)}; `post_train.py METHOD --help` "
-             f"lists its own flags too. The flags every method shares:")
+    usage = (
+        f"post_train.py METHOD [flags]: METHOD is one of {', '.join(METHODS)}; `post_train.py METHOD --help` "
+        f"lists its own flags too. The flags every method shares:"
+    )
     if argv[:1] in (["-h"], ["--help"]):
         parse_arguments(SHARED_CONFIGS, ["--help"], usage, {}, prog="post_train.py METHOD")  # exits 0
     if not argv or argv[0] not in METHODS:
@@ -521,10 +598,33 @@ def main(argv=None) -> int:
     return recipe_main(argv[0], f"post_train.py {argv[0]}", None, argv[1:])
 
 
-__all__ = ["WanRunConfig", "AdapterConfig", "EvalConfig", "LoopConfig", "PostTrainingConfig", "WanMethod", "LoraEMA",
-           "METHODS", "register_method", "method_class", "config_from_argv", "post_train", "recipe_main", "main",
-           "parse_arguments", "pipeline_generation_defaults", "read_prompts", "seed_of", "epoch_order", "STREAMS",
-           "build_rewards", "check_reward_flags", "RecipeError", "RunError", "RunResult"]
+__all__ = [
+    "WanRunConfig",
+    "AdapterConfig",
+    "EvalConfig",
+    "LoopConfig",
+    "PostTrainingConfig",
+    "WanMethod",
+    "LoraEMA",
+    "METHODS",
+    "register_method",
+    "method_class",
+    "config_from_argv",
+    "post_train",
+    "recipe_main",
+    "main",
+    "parse_arguments",
+    "pipeline_generation_defaults",
+    "read_prompts",
+    "seed_of",
+    "epoch_order",
+    "STREAMS",
+    "build_rewards",
+    "check_reward_flags",
+    "RecipeError",
+    "RunError",
+    "RunResult",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,17 +21,17 @@ normalised; videos are (B, F, C=3, H, W) floats in [0, 1], as `WanPipeline(..., 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.utils.files import follow_umask
-from descore_plugin.utils.errors import UserError
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
+from descore_plugin.utils.errors import UserError
+from descore_plugin.utils.files import follow_umask
 
 WAN_1_3B_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -63,8 +63,9 @@ class WanGenerationConfig:
     height: int = _help("pixels; a multiple of 16 (VAE factor 8 x patch 2)", 480)
     width: int = _help("pixels; a multiple of 16", 832)
     num_inference_steps: int = _help("sampler steps T on the scheduler's sigma grid", 50)
-    guidance_scale: float = _help("classifier-free guidance w: v = v_uncond + w (v_cond - v_uncond); <= 1 disables it",
-                                  5.0)
+    guidance_scale: float = _help(
+        "classifier-free guidance w: v = v_uncond + w (v_cond - v_uncond); <= 1 disables it", 5.0
+    )
     max_sequence_length: int = _help("UMT5 text tokens per prompt (padded / truncated)", 512)
     negative_prompt: str = _help("the unconditional prompt of CFG (WanPipeline's default is empty)", "")
 
@@ -89,6 +90,7 @@ def check_video_size(num_frames: int, height: int, width: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Pipelines: tiny and real
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def load_wan_pipeline(path_or_id: str | Path = WAN_1_3B_ID, device: str | torch.device = "cpu", dtype=None):
     """Load a WanPipeline from a hub id or a directory; transformer and text encoder in `dtype`, the VAE in float32.
@@ -350,8 +352,13 @@ def predict_velocity(
     timestep = torch.as_tensor(timestep, device=latents.device).expand(latents.shape[0])
 
     def forward(embeds):
-        return transformer(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=embeds,
-                           attention_kwargs=attention_kwargs, return_dict=False)[0]
+        return transformer(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=embeds,
+            attention_kwargs=attention_kwargs,
+            return_dict=False,
+        )[0]
 
     velocity = forward(prompt_embeds)
     if guidance_scale > 1.0:
@@ -462,14 +469,15 @@ def generate(
     return decode_latents(pipe, output.latents), output.latents
 
 
-
-
 def __getattr__(name):
     # `GenerationConfig` was this module's name for WanGenerationConfig; it is transformers' name for another thing.
     if name == "GenerationConfig":
         import warnings
 
-        warnings.warn("descore_plugin.integrations.wan.GenerationConfig is now WanGenerationConfig", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "descore_plugin.integrations.wan.GenerationConfig is now WanGenerationConfig",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return WanGenerationConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,8 +45,13 @@ def peak_rss_mb() -> float:
 
 def child(argv: list[str], env_extra: dict | None = None, launcher: list[str] | None = None) -> dict:
     """Run this file with `--child ...` in a fresh process; its last stdout line is a JSON result."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env_extra or {}),
+    }
     command = (launcher or [sys.executable]) + [str(HERE), "--child", *map(str, argv)]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -58,9 +63,21 @@ def child(argv: list[str], env_extra: dict | None = None, launcher: list[str] | 
 def child_train(model, data, out, steps, workers, batch_size):
     from descore_plugin.training.trainer import TrainConfig, Trainer
 
-    config = TrainConfig(model=model, train_data=data, output_dir=out, max_steps=steps, batch_size=batch_size,
-                         gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=8, lora_alpha=16,
-                         save_steps=0, log_with=None, num_workers=workers, seed=0)
+    config = TrainConfig(
+        model=model,
+        train_data=data,
+        output_dir=out,
+        max_steps=steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-4,
+        lora_rank=8,
+        lora_alpha=16,
+        save_steps=0,
+        log_with=None,
+        num_workers=workers,
+        seed=0,
+    )
     trainer = Trainer(config, overwrite=True)
     start = time.perf_counter()
     trainer.train()  # the steps, then one final checkpoint of the tiny model
@@ -71,15 +88,24 @@ def child_train(model, data, out, steps, workers, batch_size):
 def child_loader(model_dir, data, steps, workers, batch_size):
     """The stage-1 input alone (decode, sample, processor, CoTs appended) for `steps` batches: its seconds."""
     from descore_plugin import DeScoreReward
-    from descore_plugin.data.pairs import load_pairs
     from descore_plugin.data.loader import InputEncoder, PairCollator, pair_loader
+    from descore_plugin.data.pairs import load_pairs
 
     model = DeScoreReward.from_pretrained(model_dir)
     pairs = [p for p in load_pairs(data) if p.label in ("A", "B")]
     collate = PairCollator(InputEncoder(model), 1, seed=0, cot_mask_prob=0.5)
-    loader = pair_loader(pairs, fps=model.config.fps, num_frames=model.config.num_frames, batch_size=batch_size,
-                         seed=0, start_micro_step=0, stop_micro_step=steps, num_processes=1, collate=collate,
-                         num_workers=workers)
+    loader = pair_loader(
+        pairs,
+        fps=model.config.fps,
+        num_frames=model.config.num_frames,
+        batch_size=batch_size,
+        seed=0,
+        start_micro_step=0,
+        stop_micro_step=steps,
+        num_processes=1,
+        collate=collate,
+        num_workers=workers,
+    )
     start = time.perf_counter()
     count = sum(1 for _ in loader)
     return {"seconds": time.perf_counter() - start, "batches": count}
@@ -88,8 +114,9 @@ def child_loader(model_dir, data, steps, workers, batch_size):
 def child_score(model, table, out):
     from descore_plugin.cli import main
 
-    status = main(["score", table, "--output", out, "--model", model, "--no-think", "--num-workers", "0",
-                   "--batch-size", "8"])
+    status = main(
+        ["score", table, "--output", out, "--model", model, "--no-think", "--num-workers", "0", "--batch-size", "8"]
+    )
     rows = sum(1 for _ in open(out))
     return {"peak_rss_mb": peak_rss_mb(), "status": status, "rows": rows}
 
@@ -102,8 +129,8 @@ def child_shard(model_dir, data, mode):
     from torch.nn.parallel import DistributedDataParallel
 
     from descore_plugin import DeScoreReward
-    from descore_plugin.data.pairs import load_pairs
     from descore_plugin.data.loader import InputEncoder, PairCollator, PairDataset, PairOrder
+    from descore_plugin.data.pairs import load_pairs
     from descore_plugin.training.losses import bradley_terry_loss
 
     dist.init_process_group("gloo")
@@ -203,13 +230,17 @@ def main(argv=None) -> int:
         print(f"stage 1 over {videos} videos ({steps} steps) ...", flush=True)
         runs[videos] = child(["train", model, sets[videos], work / f"run_{videos}", steps, 0, batch])
     results["rss_2000_over_200"] = runs[2000]["peak_rss_mb"] / runs[200]["peak_rss_mb"]
-    results["peak_rss_mb_200_videos"], results["peak_rss_mb_2000_videos"] = runs[200]["peak_rss_mb"], runs[2000]["peak_rss_mb"]
+    results["peak_rss_mb_200_videos"], results["peak_rss_mb_2000_videos"] = (
+        runs[200]["peak_rss_mb"],
+        runs[2000]["peak_rss_mb"],
+    )
 
     speed = {}
     for workers in (0, 2, 0, 2):  # interleaved, so that load from other processes hits both alike
         print(f"40 steps with {workers} loader workers ...", flush=True)
         speed.setdefault(workers, []).append(
-            child(["train", model, sets[200], work / f"speed_{workers}", 40, workers, batch])["steps_per_second"])
+            child(["train", model, sets[200], work / f"speed_{workers}", 40, workers, batch])["steps_per_second"]
+        )
     results["steps_per_second_workers0"], results["steps_per_second_workers2"] = max(speed[0]), max(speed[2])
     results["steps_workers2_over_workers0"] = max(speed[2]) / max(speed[0])
     # Why: the share of an in-process step that building the input takes, and how busy the machine was.
@@ -228,7 +259,10 @@ def main(argv=None) -> int:
         scores[count] = child(["score", model, table, out])
         assert scores[count]["status"] == 0 and scores[count]["rows"] == count, scores[count]
     results["score_stream_peak_rss_ratio"] = scores[1000]["peak_rss_mb"] / scores[100]["peak_rss_mb"]
-    results["score_peak_rss_mb_100"], results["score_peak_rss_mb_1000"] = scores[100]["peak_rss_mb"], scores[1000]["peak_rss_mb"]
+    results["score_peak_rss_mb_100"], results["score_peak_rss_mb_1000"] = (
+        scores[100]["peak_rss_mb"],
+        scores[1000]["peak_rss_mb"],
+    )
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     memory = {}

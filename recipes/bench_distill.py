@@ -40,8 +40,11 @@ def evaluate(model, pairs, think: bool, batch_size: int) -> dict:
     reward = dict(zip(keys, out.rewards.tolist()))
     margins = [reward[(p.video_a, p.prompt)] - reward[(p.video_b, p.prompt)] for p in pairs]
     labels = [p.label for p in pairs]
-    return {"accuracy_with_ties": accuracy_with_ties(margins, labels),
-            "accuracy_without_ties": accuracy_without_ties(margins, labels), "seconds": seconds}
+    return {
+        "accuracy_with_ties": accuracy_with_ties(margins, labels),
+        "accuracy_without_ties": accuracy_without_ties(margins, labels),
+        "seconds": seconds,
+    }
 
 
 @dataclass
@@ -55,8 +58,9 @@ class BenchDistillArguments:
     distill_steps: int = help_field("student distillation steps", 600, check=positive_int)
     batch_size: int = help_field("pairs per training step", 16, check=positive_int)
     learning_rate: float = help_field("teacher and student", 1e-3, check=positive_float)
-    num_cot_samples: int = help_field("teacher CoTs sampled per video for the distillation target", 4,
-                                      check=positive_int)
+    num_cot_samples: int = help_field(
+        "teacher CoTs sampled per video for the distillation target", 4, check=positive_int
+    )
     student_hidden: int = help_field("64: same size as the teacher; 32: smaller", 64, check=positive_int)
     score_batch_size: int = help_field("videos per scoring call", 16, check=positive_int)
     seed: int = help_field("data, initialisation and training seed", 0)
@@ -69,15 +73,43 @@ def main(argv=None):
     train = write_dataset(work / "train", args.train_pairs, seed=args.seed + 1, defects=tuple(args.defects))
     held_out = write_dataset(work / "eval", args.eval_pairs, seed=args.seed + 2, defects=tuple(args.defects))
     init_tiny(work / "teacher_init", head="distribution", seed=args.seed)
-    common = dict(batch_size=args.batch_size, gradient_accumulation_steps=1, learning_rate=args.learning_rate,
-                  lora_rank=0, train_embeddings="all", save_steps=0, log_with=None, seed=args.seed)
-    Trainer(TrainConfig(model=str(work / "teacher_init"), train_data=str(train), output_dir=str(work / "teacher"),
-                        max_steps=args.teacher_steps, lm_loss_weight=1.0, cot_mask_prob=0.5, **common), overwrite=True).train()
+    common = dict(
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.learning_rate,
+        lora_rank=0,
+        train_embeddings="all",
+        save_steps=0,
+        log_with=None,
+        seed=args.seed,
+    )
+    Trainer(
+        TrainConfig(
+            model=str(work / "teacher_init"),
+            train_data=str(train),
+            output_dir=str(work / "teacher"),
+            max_steps=args.teacher_steps,
+            lm_loss_weight=1.0,
+            cot_mask_prob=0.5,
+            **common,
+        ),
+        overwrite=True,
+    ).train()
     small = {} if args.student_hidden == 64 else dict(hidden=args.student_hidden, vision_hidden=args.student_hidden)
     init_tiny(work / "student_init", head="distribution", seed=args.seed + 1, **small)
-    Trainer(TrainConfig(stage=3, model=str(work / "student_init"), teacher=str(work / "teacher"), train_data=str(train),
-                        output_dir=str(work / "student"), max_steps=args.distill_steps,
-                        num_cot_samples=args.num_cot_samples, **common), overwrite=True).train()
+    Trainer(
+        TrainConfig(
+            stage=3,
+            model=str(work / "student_init"),
+            teacher=str(work / "teacher"),
+            train_data=str(train),
+            output_dir=str(work / "student"),
+            max_steps=args.distill_steps,
+            num_cot_samples=args.num_cot_samples,
+            **common,
+        ),
+        overwrite=True,
+    ).train()
 
     pairs = load_pairs(held_out)
     teacher = evaluate(DeScoreReward.from_pretrained(work / "teacher"), pairs, True, args.score_batch_size)
@@ -88,12 +120,15 @@ def main(argv=None):
         "student_accuracy_with_ties": student["accuracy_with_ties"],
         "student_accuracy_without_ties": student["accuracy_without_ties"],
         "student_speedup": teacher["seconds"] / student["seconds"],
-        "teacher_scoring_seconds": teacher["seconds"], "student_scoring_seconds": student["seconds"],
+        "teacher_scoring_seconds": teacher["seconds"],
+        "student_scoring_seconds": student["seconds"],
         "settings": asdict(args),
     }
     print(f"{'':10s} {'acc w/o ties':>13s} {'acc w/ ties':>12s} {'scoring s':>10s}")
     for name, row in (("teacher", teacher), ("student", student)):
-        print(f"{name:10s} {row['accuracy_without_ties']:13.3f} {row['accuracy_with_ties']:12.3f} {row['seconds']:10.2f}")
+        print(
+            f"{name:10s} {row['accuracy_without_ties']:13.3f} {row['accuracy_with_ties']:12.3f} {row['seconds']:10.2f}"
+        )
     print(f"student_speedup = {result['student_speedup']:.1f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))

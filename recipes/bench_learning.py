@@ -49,10 +49,16 @@ from descore_plugin.utils.args import help_field, parse_config
 from descore_plugin.utils.errors import non_negative_int, positive_float, positive_int
 
 WORLDS = {
-    "small": dict(world=WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",)),
-                  defects=("subject", "dynamics", "camera", "style")),
-    "two_colours": dict(world=WorldConfig(colours=("red", "blue"), shapes=("square",), directions=("right",),
-                                          backgrounds=("dark",), object_size=20), defects=("subject", "style")),
+    "small": dict(
+        world=WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",)),
+        defects=("subject", "dynamics", "camera", "style"),
+    ),
+    "two_colours": dict(
+        world=WorldConfig(
+            colours=("red", "blue"), shapes=("square",), directions=("right",), backgrounds=("dark",), object_size=20
+        ),
+        defects=("subject", "style"),
+    ),
     "full": dict(world=WorldConfig(), defects=("subject", "dynamics", "style")),
 }
 RUNS = ("no_cot", "cot", "cot_masked", "stage2")
@@ -70,17 +76,23 @@ class BenchLearningArguments:
     eval_pairs: int = help_field("held-out pairs per seed", 200, check=positive_int)
     eval_tie_rate: float = help_field("fraction of held-out pairs that are ties", 0.1)
     eval_every: int = help_field("held-out evaluation every N steps (curves)", 100, check=positive_int)
-    prompt_template: str = help_field("judge instruction of the tiny model (text with {prompt}, or a path); "
-                                      "'compact' = the package's", 'Judge the video against "{prompt}".\n')
+    prompt_template: str = help_field(
+        "judge instruction of the tiny model (text with {prompt}, or a path); 'compact' = the package's",
+        'Judge the video against "{prompt}".\n',
+    )
     lm_loss_weight: float = help_field("next-token loss weight of the CoT runs", 4.0)
     warmup_steps: int = help_field("stage-1 lr warm-up (then constant, as officially)", 120, check=non_negative_int)
     batch_size: int = help_field("pairs per step (calibration probe: 16)", 16, check=positive_int)
     learning_rate: float = help_field("stage 1 (calibration probe: 1e-3)", 1e-3, check=positive_float)
-    stage2_learning_rate: float = help_field("stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more "
-                                             "drift off)", 1e-4, check=positive_float)
+    stage2_learning_rate: float = help_field(
+        "stage 2 (official 1e-6 is for 8B models; on the tiny model 3e-4 and more drift off)",
+        1e-4,
+        check=positive_float,
+    )
     stage2_batch_size: int = help_field("pairs per stage-2 step", 4, check=positive_int)
-    num_rollouts: int = help_field("stage-2 rollouts per video (official 8; 4 was too noisy here)", 8,
-                                   check=positive_int)
+    num_rollouts: int = help_field(
+        "stage-2 rollouts per video (official 8; 4 was too noisy here)", 8, check=positive_int
+    )
     max_new_tokens: int = help_field("CoT length limit (synthetic CoTs: ~112 tokens)", 160, check=positive_int)
     reward_rollouts: int = help_field("sampled CoTs per held-out video for the rollout reward", 4, check=positive_int)
     threads: int | None = help_field("torch.set_num_threads (default: torch's own)", check=positive_int)
@@ -99,37 +111,73 @@ def make_world(root: Path, args, seed: int) -> dict:
         template = None if args.prompt_template == "compact" else args.prompt_template
         init_tiny(paths["model"], seed=seed, prompt_template=template)
     if not paths["train"].is_file():
-        write_dataset(paths["train"].parent, args.train_pairs, seed=1000 + seed, defects=spec["defects"],
-                      world=spec["world"])
+        write_dataset(
+            paths["train"].parent, args.train_pairs, seed=1000 + seed, defects=spec["defects"], world=spec["world"]
+        )
     if not paths["eval"].is_file():
-        write_dataset(paths["eval"].parent, args.eval_pairs, seed=2000 + seed, defects=spec["defects"],
-                      tie_rate=args.eval_tie_rate, world=spec["world"])
+        write_dataset(
+            paths["eval"].parent,
+            args.eval_pairs,
+            seed=2000 + seed,
+            defects=spec["defects"],
+            tie_rate=args.eval_tie_rate,
+            world=spec["world"],
+        )
     return paths
 
 
 def stage1_config(args, paths: dict, out: Path, seed: int, run: str) -> TrainConfig:
     masked = {"no_cot": 1.0, "cot": 0.0, "cot_masked": 0.5}[run]
     return TrainConfig(
-        model=str(paths["model"]), train_data=str(paths["train"]), eval_data=str(paths["eval"]), output_dir=str(out),
-        stage=1, max_steps=args.steps, warmup_ratio=args.warmup_steps / args.steps, batch_size=args.batch_size,
+        model=str(paths["model"]),
+        train_data=str(paths["train"]),
+        eval_data=str(paths["eval"]),
+        output_dir=str(out),
+        stage=1,
+        max_steps=args.steps,
+        warmup_ratio=args.warmup_steps / args.steps,
+        batch_size=args.batch_size,
         gradient_accumulation_steps=1,
-        learning_rate=args.learning_rate, lora_rank=0, train_embeddings="all", cot_mask_prob=masked,
-        lm_loss_weight=0.0 if run == "no_cot" else args.lm_loss_weight, eval_steps=args.eval_every, eval_think=run != "no_cot",
-        eval_max_new_tokens=args.max_new_tokens, save_steps=0, seed=seed, log_with=None,
-        max_grad_norm=1.0, undecided_rows="drop",  # the regime docs/benchmarks.md's numbers were measured with
+        learning_rate=args.learning_rate,
+        lora_rank=0,
+        train_embeddings="all",
+        cot_mask_prob=masked,
+        lm_loss_weight=0.0 if run == "no_cot" else args.lm_loss_weight,
+        eval_steps=args.eval_every,
+        eval_think=run != "no_cot",
+        eval_max_new_tokens=args.max_new_tokens,
+        save_steps=0,
+        seed=seed,
+        log_with=None,
+        max_grad_norm=1.0,
+        undecided_rows="drop",  # the regime docs/benchmarks.md's numbers were measured with
     )
 
 
 def stage2_config(args, paths: dict, start: Path, out: Path, seed: int) -> TrainConfig:
     return TrainConfig(
-        model=str(start), train_data=str(paths["train"]), eval_data=str(paths["eval"]), output_dir=str(out), stage=2,
-        max_steps=args.stage2_steps, batch_size=args.stage2_batch_size, gradient_accumulation_steps=1,
-        learning_rate=args.stage2_learning_rate, lora_rank=0, train_embeddings="all", num_rollouts=args.num_rollouts,
-        max_new_tokens=args.max_new_tokens, eval_steps=max(1, args.stage2_steps // 4),
-        rollout_batch_size=args.stage2_batch_size, actor_batch_size=2 * args.stage2_batch_size,  # one update a batch
+        model=str(start),
+        train_data=str(paths["train"]),
+        eval_data=str(paths["eval"]),
+        output_dir=str(out),
+        stage=2,
+        max_steps=args.stage2_steps,
+        batch_size=args.stage2_batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.stage2_learning_rate,
+        lora_rank=0,
+        train_embeddings="all",
+        num_rollouts=args.num_rollouts,
+        max_new_tokens=args.max_new_tokens,
+        eval_steps=max(1, args.stage2_steps // 4),
+        rollout_batch_size=args.stage2_batch_size,
+        actor_batch_size=2 * args.stage2_batch_size,  # one update a batch
         grad_norm_groups="joint",
         eval_think=True,
-        eval_max_new_tokens=args.max_new_tokens, save_steps=0, seed=seed, log_with=None,
+        eval_max_new_tokens=args.max_new_tokens,
+        save_steps=0,
+        seed=seed,
+        log_with=None,
     )
 
 
@@ -138,8 +186,14 @@ def unwrap(trainer: Trainer):
 
 
 def rollout_reward_of(trainer: Trainer, args, seed: int) -> float:
-    return mean_rollout_reward(unwrap(trainer), trainer.eval_pairs, trainer.videos, rollouts=args.reward_rollouts,
-                               max_new_tokens=args.max_new_tokens, seed=seed)
+    return mean_rollout_reward(
+        unwrap(trainer),
+        trainer.eval_pairs,
+        trainer.videos,
+        rollouts=args.reward_rollouts,
+        max_new_tokens=args.max_new_tokens,
+        seed=seed,
+    )
 
 
 def evaluate(trainer: Trainer, think: bool) -> dict:
@@ -177,9 +231,16 @@ def run_seed(args, seed: int) -> dict:
     return results
 
 
-COLUMNS = [("accuracy_without_ties", "acc"), ("accuracy_with_ties", "acc+ties"), ("accuracy_subject", "subject"),
-           ("accuracy_style", "style"), ("accuracy_dynamics", "dynamics"), ("accuracy_camera", "camera"), ("cot_parse_rate", "parse"),
-           ("rollout_reward", "rollout R")]
+COLUMNS = [
+    ("accuracy_without_ties", "acc"),
+    ("accuracy_with_ties", "acc+ties"),
+    ("accuracy_subject", "subject"),
+    ("accuracy_style", "style"),
+    ("accuracy_dynamics", "dynamics"),
+    ("accuracy_camera", "camera"),
+    ("cot_parse_rate", "parse"),
+    ("rollout_reward", "rollout R"),
+]
 
 
 def summarise(per_seed: dict) -> list[dict]:
@@ -187,12 +248,19 @@ def summarise(per_seed: dict) -> list[dict]:
     rows = []
     for run in RUNS:
         for mode in ("no_cot", "own_cot", "annotator_cot"):
-            found = [seed_results[run] for seed_results in per_seed.values()
-                     if run in seed_results and mode in seed_results[run]["scored"]]
+            found = [
+                seed_results[run]
+                for seed_results in per_seed.values()
+                if run in seed_results and mode in seed_results[run]["scored"]
+            ]
             if not found:
                 continue
-            row = {"run": run, "scored_with": mode, "seeds": len(found),
-                   "seconds": float(np.mean([r["seconds"] for r in found]))}
+            row = {
+                "run": run,
+                "scored_with": mode,
+                "seeds": len(found),
+                "seconds": float(np.mean([r["seconds"] for r in found])),
+            }
             for key, _ in COLUMNS:
                 values = [r["scored"][mode][key] for r in found if key in r["scored"][mode]]
                 if values:
@@ -204,7 +272,9 @@ def summarise(per_seed: dict) -> list[dict]:
 def print_table(rows: list[dict]):
     present = [(key, title) for key, title in COLUMNS if any(key in row for row in rows)]
     width = 17 if any(row["seeds"] > 1 for row in rows) else 9
-    header = f"{'run':<11} {'scored with':<13} " + " ".join(f"{title:>{width}}" for _, title in present) + f" {'train s':>8}"
+    header = (
+        f"{'run':<11} {'scored with':<13} " + " ".join(f"{title:>{width}}" for _, title in present) + f" {'train s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -230,10 +300,14 @@ def plot(per_seed: dict, png: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("eval_accuracy_without_ties", "held-out accuracy (no ties)"),
-              ("eval_accuracy_subject", "held-out: wrong-colour pairs"),
-              ("bt_loss", "Bradley-Terry loss"), ("lm_loss", "CoT next-token loss"),
-              ("rollout_reward", "stage-2 rollout reward (training batches)"), ("eval_cot_parse_rate", "generated CoTs that parse")]
+    panels = [
+        ("eval_accuracy_without_ties", "held-out accuracy (no ties)"),
+        ("eval_accuracy_subject", "held-out: wrong-colour pairs"),
+        ("bt_loss", "Bradley-Terry loss"),
+        ("lm_loss", "CoT next-token loss"),
+        ("rollout_reward", "stage-2 rollout reward (training batches)"),
+        ("eval_cot_parse_rate", "generated CoTs that parse"),
+    ]
     colours = dict(zip(RUNS, ("tab:grey", "tab:blue", "tab:green", "tab:red")))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, title) in zip(axes.flat, panels):
@@ -246,7 +320,7 @@ def plot(per_seed: dict, png: Path):
                 if key in SMOOTHED and len(points) > 20:  # per-step training values: running mean
                     window = max(2, len(points) // 25)
                     values = np.convolve([v for _, v in points], np.ones(window) / window, mode="valid")
-                    points = list(zip([step for step, _ in points][window - 1:], values))
+                    points = list(zip([step for step, _ in points][window - 1 :], values))
                 if points:
                     ax.plot(*zip(*points), color=colours[run], alpha=0.8, label=run if seed == min(per_seed) else None)
         ax.set_title(title)
@@ -276,7 +350,9 @@ def main(argv=None):
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     rows = summarise(per_seed)
     print_table(rows)
-    (out / "bench_learning.json").write_text(json.dumps({"args": asdict(args), "summary": rows, "per_seed": per_seed}, indent=2))
+    (out / "bench_learning.json").write_text(
+        json.dumps({"args": asdict(args), "summary": rows, "per_seed": per_seed}, indent=2)
+    )
     plot(per_seed, out / "learning_curves.png")
     print(f"wrote {out / 'bench_learning.json'} and {out / 'learning_curves.png'}")
 

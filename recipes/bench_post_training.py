@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from descore_plugin.testing import tiny_wan
-from descore_plugin.integrations import flow_dpo
-from descore_plugin.integrations import wan
+from descore_plugin.integrations import flow_dpo, wan
 from descore_plugin.rewards.contract import reward_set
+from descore_plugin.testing import tiny_wan
 from descore_plugin.utils.args import ConfigParser, help_field
 from descore_plugin.utils.errors import device_name, positive_float, positive_int
 
@@ -41,8 +40,9 @@ class BenchPostTrainingArguments:
     only: list[str] | None = help_field("measurements to run (default: all of them)")
     pipeline: str | None = help_field("WanPipeline dir or hub id (default: a tiny one, written now)")
     device: str | None = help_field("cpu or cuda (default: cuda when available)", check=device_name)
-    dtype: str | None = help_field("transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)",
-                                   choices=["float32", "bfloat16"])
+    dtype: str | None = help_field(
+        "transformer dtype (default: bfloat16 on CUDA, float32 on the CPU)", choices=["float32", "bfloat16"]
+    )
     num_frames: int | None = help_field("default: the pipeline's generation defaults", check=positive_int)
     height: int | None = help_field("pixels (default: the pipeline's)", check=positive_int)
     width: int | None = help_field("pixels (default: the pipeline's)", check=positive_int)
@@ -50,11 +50,13 @@ class BenchPostTrainingArguments:
     lora_rank: int = help_field("LoRA rank (Flow-DPO's 64)", 64, check=positive_int)
     lora_alpha: float = help_field("LoRA alpha (Flow-DPO's 128)", 128.0, check=positive_float)
     seed: int = help_field("seed of weights, noise and prompts", 0)
-    reward_model: str | None = help_field("DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a "
-                                          "tiny random one, written now)")
+    reward_model: str | None = help_field(
+        "DeScore dir, hub id or http(s)://host:port for reward_share_* (default: a tiny random one, written now)"
+    )
     gain_steps: int = help_field("training steps of each run of reward_gain_per_step", 20, check=positive_int)
-    gain_seeds: int = help_field("seeds (0..N-1) of reward_gain_per_step; the standard error is over them", 3,
-                                 check=positive_int)
+    gain_seeds: int = help_field(
+        "seeds (0..N-1) of reward_gain_per_step; the standard error is over them", 3, check=positive_int
+    )
     gain_methods: list[str] = help_field("methods of reward_gain_per_step", ["nft", "flow_grpo", "longcat", "flow_dpo"])
 
 
@@ -147,8 +149,9 @@ def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
     prompt_embeds = cache.embed(prompts)
     pipe.text_encoder.to("cpu")
     torch.manual_seed(args.seed)
-    lora = wan.add_lora(transformer, rank=args.lora_rank, alpha=args.lora_alpha,
-                        target_modules=wan.WAN_ATTENTION_TARGETS)
+    lora = wan.add_lora(
+        transformer, rank=args.lora_rank, alpha=args.lora_alpha, target_modules=wan.WAN_ATTENTION_TARGETS
+    )
     optimizer = torch.optim.AdamW(lora, lr=1e-4)
     config = flow_dpo.FlowDPOConfig(timestep_shift=flow_dpo.scheduler_shift(pipe.scheduler))
     generator = torch.Generator().manual_seed(args.seed)
@@ -158,8 +161,9 @@ def measure_dpo_ref_memory_ratio(args, workdir: Path) -> dict:
     both, both_embeds = torch.cat([winners, losers]), torch.cat([prompt_embeds, prompt_embeds])
 
     def dpo_step():
-        output = flow_dpo.flow_dpo_step(transformer, transformer, winners, losers, prompt_embeds, config,
-                                        torch.Generator().manual_seed(1))
+        output = flow_dpo.flow_dpo_step(
+            transformer, transformer, winners, losers, prompt_embeds, config, torch.Generator().manual_seed(1)
+        )
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -223,8 +227,9 @@ def _grpo_step_seconds(args, workdir: Path, config, rewards_for, iterations: int
     phases = {key: statistics.median(run[f"time/{key}"] for run in runs) for key in ("sample", "reward", "train")}
     phases["videos_per_step"] = len(prompts) * config.group_size
     phases["num_inference_steps"] = generation.num_inference_steps
-    phases["latent_shape"] = list(wan.latent_shape(pipe, 1, generation.num_frames, generation.height,
-                                                   generation.width))[1:]
+    phases["latent_shape"] = list(
+        wan.latent_shape(pipe, 1, generation.num_frames, generation.height, generation.width)
+    )[1:]
     phases["device"] = str(device)
     return phases
 
@@ -271,8 +276,13 @@ def _reward_share(args, workdir: Path, think: bool) -> dict:
     phases = _grpo_step_seconds(args, workdir, grpo.WanGRPOConfig("flow_grpo"), descore, iterations=2)
     share = phases["reward"] / (phases["sample"] + phases["reward"] + phases["train"])
     key = "reward_share_think" if think else "reward_share_nothink"
-    return {key: share, key.replace("reward_share", "reward_share_detail"): {
-        **phases, "reward_model": str(args.reward_model or "tiny random DeScore (descore init-tiny)")}}
+    return {
+        key: share,
+        key.replace("reward_share", "reward_share_detail"): {
+            **phases,
+            "reward_model": str(args.reward_model or "tiny random DeScore (descore init-tiny)"),
+        },
+    }
 
 
 def measure_reward_share_think(args, workdir: Path) -> dict:
@@ -294,8 +304,16 @@ GAIN_FLAGS = {
     "nft": ["--group-size", "8", "--prompts-per-step", "4", "--no-ema"],
     "flow_grpo": ["--group-size", "8", "--prompts-per-step", "4", "--ema", "false", "--untrained-steps", "0"],
     "longcat": ["--group-size", "8", "--prompts-per-step", "4", "--critical-steps", "3"],
-    "flow_dpo": ["--videos-per-prompt", "8", "--generation-batch-size", "8", "--online-every", "1", "--batch-size",
-                 "4"],
+    "flow_dpo": [
+        "--videos-per-prompt",
+        "8",
+        "--generation-batch-size",
+        "8",
+        "--online-every",
+        "1",
+        "--batch-size",
+        "4",
+    ],
 }
 
 
@@ -308,8 +326,13 @@ def _fresh_redness(pipeline: str, lora_dir, seed: int) -> torch.Tensor:
     if lora_dir is not None:
         pipe.load_lora_weights(str(lora_dir))
     prompts = list(tiny_wan.TINY_CORPUS[:4]) * 8
-    videos, _ = wan.generate(pipe, wan.PromptCache(pipe, generation.max_sequence_length), prompts, generation,
-                             generator=torch.Generator().manual_seed(1000 + seed))
+    videos, _ = wan.generate(
+        pipe,
+        wan.PromptCache(pipe, generation.max_sequence_length),
+        prompts,
+        generation,
+        generator=torch.Generator().manual_seed(1000 + seed),
+    )
     return reward_set(["analytic:redness"])(videos, prompts)["analytic:redness"]
 
 
@@ -332,33 +355,81 @@ def measure_reward_gain_per_step(args, workdir: Path) -> dict:
         runs = []
         for seed in range(args.gain_seeds):
             out = workdir / f"gain-{method}-{seed}"
-            argv = ["--pipeline", pipeline, "--prompts", str(prompts), "--output-dir", str(out), "--reward",
-                    "analytic:redness", "--max-steps", str(args.gain_steps), "--checkpoint-every",
-                    str(args.gain_steps), "--num-frames", "5", "--height", "16", "--width", "16", "--eval-prompts",
-                    "1", "--eval-videos-per-prompt", "1", "--lora-rank", "4", "--lora-alpha", "4", "--lora-targets",
-                    "all", "--learning-rate", "1e-2", "--seed", str(seed), *GAIN_FLAGS[method]]
+            argv = [
+                "--pipeline",
+                pipeline,
+                "--prompts",
+                str(prompts),
+                "--output-dir",
+                str(out),
+                "--reward",
+                "analytic:redness",
+                "--max-steps",
+                str(args.gain_steps),
+                "--checkpoint-every",
+                str(args.gain_steps),
+                "--num-frames",
+                "5",
+                "--height",
+                "16",
+                "--width",
+                "16",
+                "--eval-prompts",
+                "1",
+                "--eval-videos-per-prompt",
+                "1",
+                "--lora-rank",
+                "4",
+                "--lora-alpha",
+                "4",
+                "--lora-targets",
+                "all",
+                "--learning-rate",
+                "1e-2",
+                "--seed",
+                str(seed),
+                *GAIN_FLAGS[method],
+            ]
             started = time.perf_counter()
             post_train(config_from_argv(method, argv))
             seconds = time.perf_counter() - started
             base, trained = _fresh_redness(pipeline, None, seed), _fresh_redness(pipeline, out, seed)
             gain = trained - base
-            runs.append({"seed": seed, "gain": float(gain.mean()),
-                         "gain_over_base_std": float(gain.mean() / base.std()),
-                         "fraction_improved": float((gain > 0).float().mean()),
-                         "seconds_per_step": seconds / args.gain_steps})
+            runs.append(
+                {
+                    "seed": seed,
+                    "gain": float(gain.mean()),
+                    "gain_over_base_std": float(gain.mean() / base.std()),
+                    "fraction_improved": float((gain > 0).float().mean()),
+                    "seconds_per_step": seconds / args.gain_steps,
+                }
+            )
             print(f"{method} seed {seed}: {runs[-1]}", flush=True)
         gains = [r["gain"] / args.gain_steps for r in runs]
         se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
-        results[method] = {"gain_per_step": statistics.mean(gains), "gain_per_step_se": se,
-                           "gain_over_base_std": statistics.mean(r["gain_over_base_std"] for r in runs),
-                           "fraction_improved": statistics.mean(r["fraction_improved"] for r in runs),
-                           "seconds_per_step": statistics.mean(r["seconds_per_step"] for r in runs), "runs": runs}
-    ratio = results["nft"]["gain_per_step"] / results["flow_grpo"]["gain_per_step"] \
-        if {"nft", "flow_grpo"} <= set(results) else float("nan")
-    return {"reward_gain_per_step": ratio, "reward_gain_per_step_detail": {
-        "methods": results, "steps": args.gain_steps, "seeds": list(range(args.gain_seeds)),
-        "budget": "4 prompts x 8 videos per step, LoRA r4/a4 all linears, AdamW lr 1e-2, 5x16x16, analytic:redness",
-        "headline": "nft gain per step / flow_grpo gain per step"}}
+        results[method] = {
+            "gain_per_step": statistics.mean(gains),
+            "gain_per_step_se": se,
+            "gain_over_base_std": statistics.mean(r["gain_over_base_std"] for r in runs),
+            "fraction_improved": statistics.mean(r["fraction_improved"] for r in runs),
+            "seconds_per_step": statistics.mean(r["seconds_per_step"] for r in runs),
+            "runs": runs,
+        }
+    ratio = (
+        results["nft"]["gain_per_step"] / results["flow_grpo"]["gain_per_step"]
+        if {"nft", "flow_grpo"} <= set(results)
+        else float("nan")
+    )
+    return {
+        "reward_gain_per_step": ratio,
+        "reward_gain_per_step_detail": {
+            "methods": results,
+            "steps": args.gain_steps,
+            "seeds": list(range(args.gain_seeds)),
+            "budget": "4 prompts x 8 videos per step, LoRA r4/a4 all linears, AdamW lr 1e-2, 5x16x16, analytic:redness",
+            "headline": "nft gain per step / flow_grpo gain per step",
+        },
+    }
 
 
 MEASUREMENTS = {

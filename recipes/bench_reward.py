@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 
 from descore_plugin import DeScoreReward
+from descore_plugin.data.video import load_videos
 from descore_plugin.testing.synthetic import WorldConfig, generate_pairs
 from descore_plugin.testing.tiny import init_tiny
-from descore_plugin.data.video import load_videos
 from descore_plugin.utils.args import help_field, parse_config
 from descore_plugin.utils.device import to_device
 from descore_plugin.utils.errors import device_name, positive_int
@@ -73,8 +73,12 @@ def parse_args(argv=None) -> BenchRewardArguments:
 
 def model_sizes(args) -> dict:
     """name -> (init_tiny size arguments, frames per video, frame side in pixels)."""
-    small = dict(hidden=args.small_hidden, layers=args.small_layers, vision_hidden=args.small_vision_hidden,
-                 vision_depth=args.small_vision_depth)
+    small = dict(
+        hidden=args.small_hidden,
+        layers=args.small_layers,
+        vision_hidden=args.small_vision_hidden,
+        vision_depth=args.small_vision_depth,
+    )
     return {"tiny": ({}, 8, 56), "small": (small, args.small_frames, args.small_side)}
 
 
@@ -162,8 +166,9 @@ def measure(model: DeScoreReward, videos: list, prompts: list[str], new_tokens: 
         return model(**model.append_cots(batch, [None] * len(prompts)))
 
     def score(batch_size):
-        return lambda: model.score(videos, prompts, think=True, batch_size=batch_size, max_new_tokens=new_tokens,
-                                   min_new_tokens=new_tokens)
+        return lambda: model.score(
+            videos, prompts, think=True, batch_size=batch_size, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )
 
     # Same lengths everywhere, and the cached reward equals the official full forward.
     ours, theirs = think_then_score(), official()
@@ -209,20 +214,28 @@ def measure(model: DeScoreReward, videos: list, prompts: list[str], new_tokens: 
     }
 
 
-RATIOS = [("think_overhead_ratio", "<= 1.05"), ("official_over_ours", "> 1"), ("nothink_speedup", ""),
-          ("batch8_over_batch1", "")]
+RATIOS = [
+    ("think_overhead_ratio", "<= 1.05"),
+    ("official_over_ours", "> 1"),
+    ("nothink_speedup", ""),
+    ("batch8_over_batch1", ""),
+]
 CROSS_CHECKS = [("think_overhead_ratio_paired", "<= 1.05")]
 
 
 def print_table(results: dict):
     names = list(results)
     print(f"\n{'':36}" + "".join(f"{name:>14}" for name in names))
-    rows = [("parameters (total)", lambda r: f"{r['parameters']['total']:,}"),
-            ("parameters (vision tower)", lambda r: f"{r['parameters']['vision']:,}"),
-            ("frames x side", lambda r: f"{r['frames']} x {r['side']}"),
-            ("prompt tokens (video + text)", lambda r: str(r["prompt_tokens"]))]
-    rows += [(f"t {name} (ms)", lambda r, name=name: f"{1000 * r['seconds'][name]:.1f}")
-             for name in ("generate", "think", "official", "no_think", "score_batch8", "score_batch1")]
+    rows = [
+        ("parameters (total)", lambda r: f"{r['parameters']['total']:,}"),
+        ("parameters (vision tower)", lambda r: f"{r['parameters']['vision']:,}"),
+        ("frames x side", lambda r: f"{r['frames']} x {r['side']}"),
+        ("prompt tokens (video + text)", lambda r: str(r["prompt_tokens"])),
+    ]
+    rows += [
+        (f"t {name} (ms)", lambda r, name=name: f"{1000 * r['seconds'][name]:.1f}")
+        for name in ("generate", "think", "official", "no_think", "score_batch8", "score_batch1")
+    ]
     rows += [(f"{name} {goal}".strip(), lambda r, name=name: f"{r[name]:.3f}") for name, goal in RATIOS + CROSS_CHECKS]
     for label, cell in rows:
         print(f"{label:36}" + "".join(f"{cell(results[name]):>14}" for name in names))
@@ -239,8 +252,13 @@ def main(argv=None):
             model = build_model(Path(root) / name, sizes, frames, side, args.backbone, args.device)
             videos, prompts = sample_videos(frames, side)
             result = measure(model, videos, prompts, args.new_tokens, args.repeats, args.device)
-            results[name] = {"parameters": count_parameters(model), "sizes": sizes, "frames": frames, "side": side,
-                             **result}
+            results[name] = {
+                "parameters": count_parameters(model),
+                "sizes": sizes,
+                "frames": frames,
+                "side": side,
+                **result,
+            }
             print(f"{name}: " + ", ".join(f"{key} {result[key]:.3f}" for key, _ in RATIOS), flush=True)
             del model
     print_table(results)

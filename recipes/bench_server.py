@@ -52,9 +52,24 @@ def _start_server(model_dir, max_batch_size, max_wait_ms, device):
     port = _free_port()
     # --dedupe-seconds 0 and a distinct prompt per request (`_run_clients`): every request is scored, none is
     # answered from an identical earlier one
-    command = [sys.executable, "-m", "descore_plugin.cli", "serve", "--model", str(model_dir), "--port", str(port),
-               "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning",
-               "--dedupe-seconds", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "descore_plugin.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--max-wait-ms",
+        str(max_wait_ms),
+        "--log-level",
+        "warning",
+        "--dedupe-seconds",
+        "0",
+    ]
     if device:
         command += ["--device", device]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -122,8 +137,12 @@ _request_numbers = itertools.count()
 def _body(video, prompt, think, max_new_tokens) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, video.numpy(), allow_pickle=False)
-    body = {"videos": [{"npy": base64.b64encode(buffer.getvalue()).decode()}], "prompts": [prompt + " " + UNIQUE.decode()],
-            "think": think, "max_new_tokens": max_new_tokens}
+    body = {
+        "videos": [{"npy": base64.b64encode(buffer.getvalue()).decode()}],
+        "prompts": [prompt + " " + UNIQUE.decode()],
+        "think": think,
+        "max_new_tokens": max_new_tokens,
+    }
     return json.dumps(body).encode()
 
 
@@ -134,9 +153,14 @@ def _inprocess(model, videos, prompt, think, args) -> float:
     model.score(stream[:8], [prompt] * 8, think=think, max_new_tokens=args.max_new_tokens)  # warm-up
     started = time.perf_counter()
     for start in range(0, total, args.max_batch_size):
-        chunk = stream[start:start + args.max_batch_size]
-        model.score(chunk, [prompt] * len(chunk), think=think, batch_size=args.max_batch_size,
-                    max_new_tokens=args.max_new_tokens)
+        chunk = stream[start : start + args.max_batch_size]
+        model.score(
+            chunk,
+            [prompt] * len(chunk),
+            think=think,
+            batch_size=args.max_batch_size,
+            max_new_tokens=args.max_new_tokens,
+        )
     return total / (time.perf_counter() - started)
 
 
@@ -153,18 +177,22 @@ def _warm_up(url, bodies):
 def _summary(runs) -> dict:
     """Median throughput over the rounds; latency percentiles over every request of every round."""
     ms = np.concatenate([np.array(latencies) for _, latencies, _ in runs]) * 1000
-    return {"videos_per_s": round(float(np.median([throughput for throughput, _, _ in runs])), 2),
-            "p50_latency_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_latency_ms": round(float(np.percentile(ms, 99)), 2), "requests": len(ms),
-            "server_cpu_ms_per_video": round(float(np.median([cpu for _, _, cpu in runs])) * 1000, 3)}
+    return {
+        "videos_per_s": round(float(np.median([throughput for throughput, _, _ in runs])), 2),
+        "p50_latency_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_latency_ms": round(float(np.percentile(ms, 99)), 2),
+        "requests": len(ms),
+        "server_cpu_ms_per_video": round(float(np.median([cpu for _, _, cpu in runs])) * 1000, 3),
+    }
 
 
 @dataclass
 class BenchServerArguments:
     json: str = help_field("where to write the results (JSON)", required=True)
     model: str | None = help_field("checkpoint directory (default: the tiny model, written here)")
-    device: str | None = help_field("device of the servers and the in-process model (default: cuda if available, "
-                                    "else cpu)", check=device_name)
+    device: str | None = help_field(
+        "device of the servers and the in-process model (default: cuda if available, else cpu)", check=device_name
+    )
     clients: int = help_field("concurrent clients", 8, check=positive_int)
     requests: int = help_field("requests per client and round (one video each)", 16, check=positive_int)
     rounds: int = help_field("turns each server takes (the ratio is their median)", 5, check=positive_int)
@@ -188,26 +216,37 @@ def main(argv=None):
             model_dir = Path(scratch) / "tiny"
             init_tiny(model_dir)
         generator = torch.Generator().manual_seed(0)
-        videos = [(torch.rand(args.frames, 3, args.size, args.size, generator=generator) * 255).to(torch.uint8)
-                  for _ in range(32)]
+        videos = [
+            (torch.rand(args.frames, 3, args.size, args.size, generator=generator) * 255).to(torch.uint8)
+            for _ in range(32)
+        ]
         prompt = "a red square moving right"
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = DeScoreReward.from_pretrained(model_dir, device=device,
-                                              dtype="bfloat16" if device.startswith("cuda") else None)
+        model = DeScoreReward.from_pretrained(
+            model_dir, device=device, dtype="bfloat16" if device.startswith("cuda") else None
+        )
         report = {
-            "clients": args.clients, "requests_per_client_per_round": args.requests, "rounds": args.rounds, "videos_per_request": 1,
-            "video": f"{args.frames}x3x{args.size}x{args.size} uint8", "device": device,
-            "model": str(args.model or "built-in tiny"), "cpu_threads": torch.get_num_threads(),
-            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+            "clients": args.clients,
+            "requests_per_client_per_round": args.requests,
+            "rounds": args.rounds,
+            "videos_per_request": 1,
+            "video": f"{args.frames}x3x{args.size}x{args.size} uint8",
+            "device": device,
+            "model": str(args.model or "built-in tiny"),
+            "cpu_threads": torch.get_num_threads(),
+            "max_batch_size": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms,
         }
         for think in (False, True):
             mode = "think" if think else "no_think"
             bodies = [_body(video, prompt, think, args.max_new_tokens) for video in videos]
             # Both servers stay up and take turns, round after round, so that a change in the machine's load hits
             # both alike; the reported ratio is the median of the per-round ratios.
-            servers = {label: _start_server(model_dir, batch, args.max_wait_ms if batch > 1 else 0, args.device)
-                       for label, batch in (("batched", args.max_batch_size), ("unbatched", 1))}
+            servers = {
+                label: _start_server(model_dir, batch, args.max_wait_ms if batch > 1 else 0, args.device)
+                for label, batch in (("batched", args.max_batch_size), ("unbatched", 1))
+            }
             rounds = {"batched": [], "unbatched": []}
             try:
                 for _, url in servers.values():
@@ -217,7 +256,9 @@ def main(argv=None):
                         rounds[label].append(_run_clients(url, bodies, args.clients, args.requests, process.pid))
                 import httpx
 
-                batch_sizes = {label: httpx.get(f"{url}/info").json()["batch_sizes"] for label, (_, url) in servers.items()}
+                batch_sizes = {
+                    label: httpx.get(f"{url}/info").json()["batch_sizes"] for label, (_, url) in servers.items()
+                }
             finally:
                 for process, _ in servers.values():
                     process.terminate()
@@ -229,8 +270,9 @@ def main(argv=None):
                 **results,
                 "batched_over_unbatched_per_round": [round(r, 3) for r in ratios],
                 "batched_over_unbatched": round(float(np.median(ratios)), 3),
-                "server_cpu_unbatched_over_batched": round(results["unbatched"]["server_cpu_ms_per_video"]
-                                                           / results["batched"]["server_cpu_ms_per_video"], 3),
+                "server_cpu_unbatched_over_batched": round(
+                    results["unbatched"]["server_cpu_ms_per_video"] / results["batched"]["server_cpu_ms_per_video"], 3
+                ),
                 "inprocess_videos_per_s": round(inprocess, 2),
                 "server_over_inprocess": round(results["batched"]["videos_per_s"] / inprocess, 3),
             }

@@ -53,8 +53,9 @@ class DemoArguments:
 
     output_dir: str = help_field("held-out data, results and reports go here", "outputs/demo")
     judge: str = help_field("the judge's checkpoint directory", str(SHIPPED_JUDGE))
-    train_judge: bool = help_field("train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~15 min)",
-                                   False)
+    train_judge: bool = help_field(
+        "train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~15 min)", False
+    )
     held_out_pairs: int = help_field("held-out pairs scored with the judge's CoT", 100, check=positive_int)
     num_samples: int = help_field("sample pairs scored and printed (2 videos each)", 6, check=positive_int)
     dpo_steps: int = help_field("Flow-DPO steps (0: skip post-training)", 60, check=non_negative_int)
@@ -63,8 +64,12 @@ class DemoArguments:
 
 
 def parse_args(argv=None) -> DemoArguments:
-    (args,) = parse_config(DemoArguments, argv, prog="demo.py",
-                           description="DeScore demo: a tiny judge that works, scored samples, Flow-DPO, HTML reports")
+    (args,) = parse_config(
+        DemoArguments,
+        argv,
+        prog="demo.py",
+        description="DeScore demo: a tiny judge that works, scored samples, Flow-DPO, HTML reports",
+    )
     return args
 
 
@@ -73,23 +78,35 @@ def step_judge(judge: str, output_dir: Path, train: bool, seed: int = 0) -> Path
     if train:
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("train_demo_judge",
-                                                      Path(__file__).with_name("train_demo_judge.py"))
+        spec = importlib.util.spec_from_file_location(
+            "train_demo_judge", Path(__file__).with_name("train_demo_judge.py")
+        )
         recipe = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(recipe)
-        recipe.main(["--output-dir", str(output_dir / "judge"), "--work-dir", str(output_dir / "judge_training"),
-                     "--seed", str(seed)])
+        recipe.main(
+            [
+                "--output-dir",
+                str(output_dir / "judge"),
+                "--work-dir",
+                str(output_dir / "judge_training"),
+                "--seed",
+                str(seed),
+            ]
+        )
         return output_dir / "judge"
     judge = Path(judge)
     if not (judge / "descore_config.json").is_file():
-        raise SystemExit(f"demo: no judge in {judge}; train one with `python recipes/train_demo_judge.py` or pass "
-                         f"--train-judge")
+        raise SystemExit(
+            f"demo: no judge in {judge}; train one with `python recipes/train_demo_judge.py` or pass --train-judge"
+        )
     record = judge / "judge.json"
     if record.is_file():
         info = json.loads(record.read_text())
-        print(f"judge: {judge} (trained by {info['recipe']}: stage 1, CoT loss weight "
-              f"{info['stage1']['lm_loss_weight']:g}, lr {info['stage1']['learning_rate']:g}, step "
-              f"{info['selected_stage1_step']} selected on validation pairs)")
+        print(
+            f"judge: {judge} (trained by {info['recipe']}: stage 1, CoT loss weight "
+            f"{info['stage1']['lm_loss_weight']:g}, lr {info['stage1']['learning_rate']:g}, step "
+            f"{info['selected_stage1_step']} selected on validation pairs)"
+        )
     return judge
 
 
@@ -119,22 +136,33 @@ def step_held_out(judge: Path, output_dir: Path, num_pairs: int) -> dict:
     from descore_plugin.evaluation.preference import evaluate_pairs, write_evaluation
 
     world, defects = _world()
-    pairs = load_pairs(write_dataset(output_dir / "held_out", num_pairs, seed=DEMO_HELD_OUT_SEED, defects=defects,
-                                     world=world, progress=False))
+    pairs = load_pairs(
+        write_dataset(
+            output_dir / "held_out", num_pairs, seed=DEMO_HELD_OUT_SEED, defects=defects, world=world, progress=False
+        )
+    )
     model = DeScoreReward.from_pretrained(judge)
     print(f"\nheld-out: {num_pairs} pairs the judge never saw, scored with its own CoT ...")
     result = evaluate_pairs(model, pairs, think=True, batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
     write_evaluation(result, output_dir / "evaluation")
-    named = [cot_names_what_is_seen(row[f"cot_{side}"], getattr(pair, f"cot_{side}"))
-             for row, pair in zip(result["rows"], pairs) for side in ("a", "b")]
+    named = [
+        cot_names_what_is_seen(row[f"cot_{side}"], getattr(pair, f"cot_{side}"))
+        for row, pair in zip(result["rows"], pairs)
+        for side in ("a", "b")
+    ]
     result["cot_names_colour"] = sum(n["colour"] for n in named) / len(named)
     result["cot_names_motion"] = sum(n["motion"] for n in named) / len(named)
-    slices = ", ".join(f"{name} {value:.2f}" for name, value in result["accuracy_without_ties_by_slice"].items()
-                       if name != "all")
-    print(f"held-out accuracy with its own CoT: {result['accuracy_without_ties']:.3f} without ties, "
-          f"{result['accuracy_with_ties']:.3f} with ties ({result['num_pairs']} pairs; by slice: {slices})")
-    print(f"its CoT names the colour and shape seen in {result['cot_names_colour']:.1%} of the videos and the motion "
-          f"in {result['cot_names_motion']:.1%}")
+    slices = ", ".join(
+        f"{name} {value:.2f}" for name, value in result["accuracy_without_ties_by_slice"].items() if name != "all"
+    )
+    print(
+        f"held-out accuracy with its own CoT: {result['accuracy_without_ties']:.3f} without ties, "
+        f"{result['accuracy_with_ties']:.3f} with ties ({result['num_pairs']} pairs; by slice: {slices})"
+    )
+    print(
+        f"its CoT names the colour and shape seen in {result['cot_names_colour']:.1%} of the videos and the motion "
+        f"in {result['cot_names_motion']:.1%}"
+    )
     return result
 
 
@@ -146,8 +174,16 @@ def step_score_samples(judge: Path, output_dir: Path, num_pairs: int, seed: int 
     """Think, then score 2 * num_pairs sample videos (held-out world, another seed); print each next to its truth;
     write them as `descore score --json` rows to OUTPUT_DIR/scores.jsonl."""
     world, defects = _world()
-    pairs = load_pairs(write_dataset(output_dir / "samples", num_pairs, seed=DEMO_HELD_OUT_SEED + 1 + seed,
-                                     defects=defects, world=world, progress=False))
+    pairs = load_pairs(
+        write_dataset(
+            output_dir / "samples",
+            num_pairs,
+            seed=DEMO_HELD_OUT_SEED + 1 + seed,
+            defects=defects,
+            world=world,
+            progress=False,
+        )
+    )
     videos = [video for pair in pairs for video in pair.videos]
     prompts = [pair.prompt for pair in pairs for _ in range(2)]
     truths = [scores for pair in pairs for scores in (pair.scores_a, pair.scores_b)]
@@ -155,9 +191,15 @@ def step_score_samples(judge: Path, output_dir: Path, num_pairs: int, seed: int 
     path = output_dir / "scores.jsonl"
     with open(path, "w") as handle:
         for index, (video, prompt) in enumerate(zip(videos, prompts)):
-            record = {"video": video, "prompt": prompt, "reward": float(out.rewards[index]), "cot": out.cots[index],
-                      "dimensional_scores": out.dimensional_scores[index], "overall_score": out.overall_scores[index],
-                      "parse_error": out.parse_errors[index]}
+            record = {
+                "video": video,
+                "prompt": prompt,
+                "reward": float(out.rewards[index]),
+                "cot": out.cots[index],
+                "dimensional_scores": out.dimensional_scores[index],
+                "overall_score": out.overall_scores[index],
+                "parse_error": out.parse_errors[index],
+            }
             if out.uncertainty is not None:
                 record["uncertainty"] = float(out.uncertainty[index])
             handle.write(json.dumps(record) + "\n")
@@ -184,8 +226,9 @@ def score_and_print(model_dir: Path, videos: list, prompts: list[str], truths: l
     return out
 
 
-def step_dpo_tiny_wan(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None,
-                      seed: int = 0) -> Path:
+def step_dpo_tiny_wan(
+    work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None, seed: int = 0
+) -> Path:
     """Without the world generator (recipes/world_wan/ not in this checkout): a short Flow-DPO run of a random tiny
     Wan-2.1 (recipes/wan_flow_dpo.py) against the analytic redness reward; its
     fixed-prompt samples are also scored, with weight 0 (checks, not trained on), by analytic:brightness and, when
@@ -208,10 +251,38 @@ def step_dpo_tiny_wan(work_dir: Path, steps: int, eval_every: int = 0, judge: Pa
     checks = ["--reward", "analytic:brightness=0"]
     if judge is not None:
         checks += ["--reward", "descore=0", "--reward-model", str(judge)]
-    recipe.main(["--pipeline", str(pipeline), "--reward", "analytic:redness", *checks, "--prompts", str(prompts_file),
-                 "--output-dir", str(run_dir), "--overwrite", "--max-steps", str(steps), "--learning-rate", "1e-2",
-                 "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "all", "--videos-per-prompt", "8",
-                 "--generation-batch-size", "8", "--eval-every", str(eval_every), "--seed", str(seed)])
+    recipe.main(
+        [
+            "--pipeline",
+            str(pipeline),
+            "--reward",
+            "analytic:redness",
+            *checks,
+            "--prompts",
+            str(prompts_file),
+            "--output-dir",
+            str(run_dir),
+            "--overwrite",
+            "--max-steps",
+            str(steps),
+            "--learning-rate",
+            "1e-2",
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-targets",
+            "all",
+            "--videos-per-prompt",
+            "8",
+            "--generation-batch-size",
+            "8",
+            "--eval-every",
+            str(eval_every),
+            "--seed",
+            str(seed),
+        ]
+    )
     return run_dir
 
 
@@ -237,9 +308,17 @@ def _fidelity_line(columns: dict) -> str:
     return ", ".join(f"{name} {columns[name]['mean']:.2f}" for name in names)
 
 
-def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None = None, seed: int = 0,
-             pipeline: Path = SHIPPED_WORLD_WAN, prompts: int = 8, held_out_prompts: int = 8,
-             videos_per_prompt: int = 2) -> Path:
+def step_dpo(
+    work_dir: Path,
+    steps: int,
+    eval_every: int = 0,
+    judge: Path | None = None,
+    seed: int = 0,
+    pipeline: Path = SHIPPED_WORLD_WAN,
+    prompts: int = 8,
+    held_out_prompts: int = 8,
+    videos_per_prompt: int = 2,
+) -> Path:
     """Flow-DPO of the shipped world Wan (recipes/world_wan) with the judge as the reward, thinking first (the
     paper's setting), by the public recipe recipes/wan_flow_dpo.py; world:truth (read from the pixels) is a check the
     run logs at every evaluation but never trains on. Prints the world-truth fidelity of fresh videos of HELD-OUT
@@ -247,8 +326,10 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
     import importlib.util
 
     if not (Path(pipeline) / "model_index.json").is_file() or judge is None:
-        print(f"\nno world generator in {pipeline} (`make world-wan` trains it): the post-training step runs on a "
-              f"random tiny Wan against analytic:redness instead")
+        print(
+            f"\nno world generator in {pipeline} (`make world-wan` trains it): the post-training step runs on a "
+            f"random tiny Wan against analytic:redness instead"
+        )
         return step_dpo_tiny_wan(work_dir, steps, eval_every, judge=judge, seed=seed)
     bench = _vbench_mini()
     train, held_out = bench.prompt_sets(prompts, held_out_prompts)
@@ -258,23 +339,33 @@ def step_dpo(work_dir: Path, steps: int, eval_every: int = 0, judge: Path | None
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     before = bench.measure(bench.load_generator(str(pipeline)), held_out, videos_per_prompt, seed, None)
-    print(f"\npost-training: Flow-DPO of the world Wan ({pipeline.name}) for {steps} steps, reward: the judge "
-          f"(think, then score)")
-    print(f"held-out prompts before: {_fidelity_line(before['columns'])} "
-          f"({before['columns']['num_videos']} videos)")
+    print(
+        f"\npost-training: Flow-DPO of the world Wan ({pipeline.name}) for {steps} steps, reward: the judge "
+        f"(think, then score)"
+    )
+    print(f"held-out prompts before: {_fidelity_line(before['columns'])} ({before['columns']['num_videos']} videos)")
     run_dir = work_dir / "dpo"
-    options = bench.BenchArguments(output_dir=str(work_dir), pipeline=str(pipeline), judge=str(judge),
-                                   train_prompts=prompts, steps=steps, eval_every=eval_every or steps,
-                                   eval_prompts=min(4, prompts))
+    options = bench.BenchArguments(
+        output_dir=str(work_dir),
+        pipeline=str(pipeline),
+        judge=str(judge),
+        train_prompts=prompts,
+        steps=steps,
+        eval_every=eval_every or steps,
+        eval_prompts=min(4, prompts),
+    )
     argv = bench.run_argv("flow_dpo", bench.reward_flags("judge", options), options, prompts_file, run_dir, seed)
     recipe.main(argv)
     after = bench.measure(bench.load_generator(str(pipeline), str(run_dir)), held_out, videos_per_prompt, seed, None)
     print(f"held-out prompts after:  {_fidelity_line(after['columns'])}")
     gain = after["columns"]["all_as_asked"]["mean"] - before["columns"]["all_as_asked"]["mean"]
-    print(f"world-truth fidelity on held-out prompts (all as asked): {before['columns']['all_as_asked']['mean']:.3f} "
-          f"-> {after['columns']['all_as_asked']['mean']:.3f} ({gain:+.3f})")
-    (work_dir / "dpo_fidelity.json").write_text(json.dumps({"held_out_prompts": held_out, "before": before,
-                                                            "after": after}, indent=2, default=float) + "\n")
+    print(
+        f"world-truth fidelity on held-out prompts (all as asked): {before['columns']['all_as_asked']['mean']:.3f} "
+        f"-> {after['columns']['all_as_asked']['mean']:.3f} ({gain:+.3f})"
+    )
+    (work_dir / "dpo_fidelity.json").write_text(
+        json.dumps({"held_out_prompts": held_out, "before": before, "after": after}, indent=2, default=float) + "\n"
+    )
     return run_dir
 
 
@@ -290,8 +381,9 @@ def step_reports(output_dir: Path, sources: dict) -> dict:
         trained = [spec.split("=")[0] for spec in recorded.get("reward") or ["descore"]]
         return {"reward": trained[0], "checks": recorded.get("check") or None}
 
-    pages = {name: write_report(path, output_dir / "report" / name, **run_flags(name))
-             for name, path in sources.items()}
+    pages = {
+        name: write_report(path, output_dir / "report" / name, **run_flags(name)) for name, path in sources.items()
+    }
     print("\nreports (static pages, open in a browser):")
     for name, page in pages.items():
         print(f"  {name:<11} {page.resolve()}")
@@ -316,9 +408,11 @@ def main(argv=None):
         sources["dpo_run"] = step_dpo(output_dir, args.dpo_steps, args.dpo_eval_every, judge=judge, seed=args.seed)
     step_reports(output_dir, sources)
     print(f"\ndemo done in {time.perf_counter() - started:.1f} s (outputs in {output_dir})")
-    print(f"held-out accuracy of the demo's judge (own CoT, {held_out['num_pairs']} pairs it never saw): "
-          f"{held_out['accuracy_without_ties']:.3f}; its CoT names the colour seen in "
-          f"{held_out['cot_names_colour']:.0%} of the videos, the motion in {held_out['cot_names_motion']:.0%}")
+    print(
+        f"held-out accuracy of the demo's judge (own CoT, {held_out['num_pairs']} pairs it never saw): "
+        f"{held_out['accuracy_without_ties']:.3f}; its CoT names the colour seen in "
+        f"{held_out['cot_names_colour']:.0%} of the videos, the motion in {held_out['cot_names_motion']:.0%}"
+    )
 
 
 if __name__ == "__main__":

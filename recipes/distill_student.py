@@ -15,23 +15,35 @@ recipes/train_rm.py (TrainConfig), with --student as another name of --model and
 import sys
 from dataclasses import dataclass, field
 
-from descore_plugin.utils.errors import run_main
 from descore_plugin.training.trainer import TrainConfig, parse_train_args, run_training
+from descore_plugin.utils.errors import run_main
 
 
 @dataclass
 class DistillConfig(TrainConfig):
     """TrainConfig with the distillation defaults."""
 
-    model: str = field(default="", metadata={"help": "The student checkpoint to start from (also --student).",
-                                             "aliases": ["--student"], "required": True})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "The student checkpoint to start from (also --student).",
+            "aliases": ["--student"],
+            "required": True,
+        },
+    )
     stage: int = field(default=3, metadata={"help": "3: distillation (the reason for this recipe).", "choices": [3]})
-    cot_mask_prob: float = field(default=1.0, metadata={
-        "help": "Unused in distillation (the student never sees a CoT); kept at 1 so that stage-1 tools agree."})
+    cot_mask_prob: float = field(
+        default=1.0,
+        metadata={
+            "help": "Unused in distillation (the student never sees a CoT); kept at 1 so that stage-1 tools agree."
+        },
+    )
 
 
 def main(argv=None) -> int:
-    config, run_args = parse_train_args(argv, config_class=DistillConfig, description=__doc__, prog="distill_student.py")
+    config, run_args = parse_train_args(
+        argv, config_class=DistillConfig, description=__doc__, prog="distill_student.py"
+    )
     return run_training(config, run_args, "distill_student.py")
 
 

@@ -44,23 +44,37 @@ class EvalArguments:
 
     pairs: str = help_field("pair file (.csv or .jsonl) in any format descore_plugin.data.pairs reads", positional=True)
     model: str = help_field("DeScore checkpoint directory or hub id", required=True)
-    output_dir: str = help_field("where accuracy.json and pairs_scored.csv go (refused if it exists, unless "
-                                 "--overwrite)", required=True)
+    output_dir: str = help_field(
+        "where accuracy.json and pairs_scored.csv go (refused if it exists, unless --overwrite)", required=True
+    )
     overwrite: bool = help_field("replace an existing evaluation in --output-dir (off: refuse)", False)
     no_think: bool = help_field("score without a CoT (the masked-CoT fast path)", False)
     batch_size: int = help_field("videos per forward / generate call", 8, check=positive_int)
-    max_new_tokens: int | None = help_field("CoT length limit in tokens (default: the model's, sized to the CoTs it "
-                                            "was trained on; recorded in accuracy.json)", check=positive_int)
-    num_frames: int | None = help_field("override the model's frames per video (default: the model's)",
-                                        check=positive_int)
-    fps: float | None = help_field("override the model's frame SAMPLING rate (frames kept per second of video, not the "
-                                   "file's rate; default: the model's)", check=positive_float)
-    prompt_template: str | None = help_field("judge instruction file (text with {prompt}, or the official one with "
-                                             "[insert prompt here]); default: the checkpoint's own")
-    label_column: str | None = help_field("VideoAlign / VideoGen-RewardBench files: the label column (default: "
-                                          "Overall; e.g. TA)")
-    skip_bad_rows: bool = help_field("leave out the pairs whose videos do not decode (listed in "
-                                     "OUTPUT_DIR/skipped_rows.jsonl) instead of stopping before scoring", False)
+    max_new_tokens: int | None = help_field(
+        "CoT length limit in tokens (default: the model's, sized to the CoTs it "
+        "was trained on; recorded in accuracy.json)",
+        check=positive_int,
+    )
+    num_frames: int | None = help_field(
+        "override the model's frames per video (default: the model's)", check=positive_int
+    )
+    fps: float | None = help_field(
+        "override the model's frame SAMPLING rate (frames kept per second of video, not the "
+        "file's rate; default: the model's)",
+        check=positive_float,
+    )
+    prompt_template: str | None = help_field(
+        "judge instruction file (text with {prompt}, or the official one with "
+        "[insert prompt here]); default: the checkpoint's own"
+    )
+    label_column: str | None = help_field(
+        "VideoAlign / VideoGen-RewardBench files: the label column (default: Overall; e.g. TA)"
+    )
+    skip_bad_rows: bool = help_field(
+        "leave out the pairs whose videos do not decode (listed in "
+        "OUTPUT_DIR/skipped_rows.jsonl) instead of stopping before scoring",
+        False,
+    )
 
 
 def parse_args(argv=None) -> EvalArguments:
@@ -80,36 +94,48 @@ def main(argv=None) -> int:
         overrides.update(fps=args.fps, num_frames=None)
     if args.prompt_template is not None:
         overrides.update(prompt_template=args.prompt_template)
-    prepare_output_dir(args.output_dir, resume=None, overwrite=args.overwrite, what=f"--output-dir {args.output_dir}",
-                       ours=lambda path: (path / "accuracy.json").is_file() or (path / SKIPPED_ROWS_FILE).is_file())
+    prepare_output_dir(
+        args.output_dir,
+        resume=None,
+        overwrite=args.overwrite,
+        what=f"--output-dir {args.output_dir}",
+        ours=lambda path: (path / "accuracy.json").is_file() or (path / SKIPPED_ROWS_FILE).is_file(),
+    )
     pairs = load_pairs(args.pairs, label_column=args.label_column)
     with blame(f"--model {args.model}"):
         model = DeScoreReward.from_pretrained(args.model, device=device, dtype=dtype, **overrides)
+
     # Every distinct video decoded once up front (and let go: memory stays bounded), so that a bad one stops the
     # run before any scoring, naming its row and field.
     def check(path):
         load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)
 
     report = Path(args.output_dir) / SKIPPED_ROWS_FILE
-    pairs, _, skipped = check_training_videos(pairs, None, check, train_data=args.pairs, skip=args.skip_bad_rows,
-                                              report_path=report)
+    pairs, _, skipped = check_training_videos(
+        pairs, None, check, train_data=args.pairs, skip=args.skip_bad_rows, report_path=report
+    )
     if args.skip_bad_rows:
         write_skipped_rows(report, skipped)
-    result = evaluate_pairs(model, pairs, think=not args.no_think, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens)
+    result = evaluate_pairs(
+        model, pairs, think=not args.no_think, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
     result.update(model=args.model, pairs=args.pairs)
     accuracy_path, csv_path = write_evaluation(result, args.output_dir)
-    print(f"{result['num_pairs']} pairs ({result['num_pairs_without_ties']} without ties, "
-          f"{result['num_pairs_invalid']} invalid left out), {result['num_videos_scored']} videos scored, "
-          f"think={result['think']}")
+    print(
+        f"{result['num_pairs']} pairs ({result['num_pairs_without_ties']} without ties, "
+        f"{result['num_pairs_invalid']} invalid left out), {result['num_videos_scored']} videos scored, "
+        f"think={result['think']}"
+    )
     without = result["accuracy_without_ties"]
     print(f"accuracy with ties:    {result['accuracy_with_ties']:.4f}")
     print("accuracy without ties: " + ("n/a (every pair is a tie)" if without is None else f"{without:.4f}"))
     for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
         print(f"  slice {name:<14} {value:.4f}")
     if result.get("cot_parse_rate") is not None:
-        print(f"CoTs parsed: {result['num_cots'] - result['num_cots_unparsed']} of {result['num_cots']} "
-              f"(max_new_tokens {result['max_new_tokens']})")
+        print(
+            f"CoTs parsed: {result['num_cots'] - result['num_cots_unparsed']} of {result['num_cots']} "
+            f"(max_new_tokens {result['max_new_tokens']})"
+        )
     print(f"wrote {accuracy_path} and {csv_path}")
     return 0
 

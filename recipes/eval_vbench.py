@@ -27,41 +27,54 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from descore_plugin.utils.errors import UserError, prepare_output_dir, run_main
+from descore_plugin.data.video import write_video
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
-from descore_plugin.data.video import write_video
+from descore_plugin.utils.errors import UserError, prepare_output_dir, run_main
 from descore_plugin.utils.seeding import seed_of
 
-DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
-              "dynamic_degree"]
+DIMENSIONS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality", "dynamic_degree"]
 EXIT_VBENCH_MISSING = 3
 OUTPUTS = {"videos", "vbench_results", "vbench_table.md", "vbench_table.json"}  # what --output-dir receives
 
 # Files VBench 0.1.5 loads from VBENCH_CACHE_DIR (default ~/.cache/vbench) per dimension, with their sources.
 VBENCH_WEIGHTS = {
     "subject_consistency": [
-        ("dino_model/dino_vitbase16_pretrain.pth",
-         "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+        (
+            "dino_model/dino_vitbase16_pretrain.pth",
+            "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+        ),
         ("dino_model/facebookresearch_dino_main", "git clone https://github.com/facebookresearch/dino (a directory)"),
     ],
     "background_consistency": [
-        ("clip_model/ViT-B-32.pt", "https://openaipublic.azureedge.net/clip/models/"
-         "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"),
+        (
+            "clip_model/ViT-B-32.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+        ),
     ],
     "aesthetic_quality": [
-        ("clip_model/ViT-L-14.pt", "https://openaipublic.azureedge.net/clip/models/"
-         "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt"),
-        ("aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth",
-         "https://github.com/LAION-AI/aesthetic-predictor/raw/main/sa_0_4_vit_l_14_linear.pth"),
+        (
+            "clip_model/ViT-L-14.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        ),
+        (
+            "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth",
+            "https://github.com/LAION-AI/aesthetic-predictor/raw/main/sa_0_4_vit_l_14_linear.pth",
+        ),
     ],
     "imaging_quality": [
-        ("pyiqa_model/musiq_spaq_ckpt-358bb6af.pth",
-         "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/musiq_spaq_ckpt-358bb6af.pth"),
+        (
+            "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth",
+            "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/musiq_spaq_ckpt-358bb6af.pth",
+        ),
     ],
     "dynamic_degree": [
-        ("raft_model/models/raft-things.pth",
-         "unzip of https://dl.dropboxusercontent.com/s/4j4z58wuv8o0mfz/models.zip into raft_model/"),
+        (
+            "raft_model/models/raft-things.pth",
+            "unzip of https://dl.dropboxusercontent.com/s/4j4z58wuv8o0mfz/models.zip into raft_model/",
+        ),
     ],
 }
 
@@ -85,43 +98,83 @@ class VBenchInputError(UserError):
 class VBenchArguments:
     """What to generate and how to score it (generation settings: wan.WanGenerationConfig's flags)."""
 
-    pipeline: str = field(default=None, metadata={"help": f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})",
-                                                   "required": True})
-    prompts: str = field(default=None, metadata={"help": "prompt file, one per line (e.g. VBench's "
-                                                         "all_dimension.txt)", "required": True})
-    output_dir: str = field(default=None, metadata={"help": "videos/, vbench_results/ and vbench_table.{md,json} go "
-                                                            "here; an existing one needs --resume or --overwrite",
-                                                    "required": True})
-    resume: bool = field(default=False, metadata={"help": "continue an existing --output-dir: its videos are kept, "
-                                                          "only the missing ones are generated"})
-    overwrite: bool = field(default=False, metadata={"help": "delete an existing --output-dir (one this script "
-                                                             "wrote) and start again"})
-    lora: str | None = field(default=None, metadata={"help": "directory with pytorch_lora_weights.safetensors (the "
-                                                             "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"})
+    pipeline: str = field(
+        default=None, metadata={"help": f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})", "required": True}
+    )
+    prompts: str = field(
+        default=None, metadata={"help": "prompt file, one per line (e.g. VBench's all_dimension.txt)", "required": True}
+    )
+    output_dir: str = field(
+        default=None,
+        metadata={
+            "help": "videos/, vbench_results/ and vbench_table.{md,json} go "
+            "here; an existing one needs --resume or --overwrite",
+            "required": True,
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue an existing --output-dir: its videos are kept, only the missing ones are generated"
+        },
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "delete an existing --output-dir (one this script wrote) and start again"}
+    )
+    lora: str | None = field(
+        default=None,
+        metadata={
+            "help": "directory with pytorch_lora_weights.safetensors (the "
+            "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"
+        },
+    )
     videos_per_prompt: int = field(default=5, metadata={"help": "videos per prompt (VBench standard: 5)"})
     seed: int = field(default=0, metadata={"help": "video i of prompt p starts from noise seeded by (seed, p, i)"})
     fps: float = field(default=16.0, metadata={"help": "frame rate written in the mp4 (Wan-2.1: 16)"})
     batch_size: int = field(default=4, metadata={"help": "videos per sampling batch"})
     device: str | None = field(default=None, metadata={"help": "generation device (unset: cuda when available)"})
-    dtype: str | None = field(default=None, metadata={"help": "transformer dtype (unset: bfloat16 on CUDA, float32 "
-                                                              "elsewhere)", "choices": ["float32", "bfloat16"]})
-    vbench_python: str = field(default=os.environ.get("VBENCH_PYTHON", sys.executable), metadata={
-        "help": "python of the environment where vbench is installed ($VBENCH_PYTHON, else this interpreter)"})
-    vbench_device: str | None = field(default=None, metadata={"help": "device VBench scores on (unset: cuda if "
-                                                                      "available)"})
-    vbench_mode: str = field(default="custom_input", metadata={
-        "help": "custom_input works for any prompt file (the five dimensions ignore prompts); vbench_standard needs "
-                "the VBench prompt suite", "choices": ["custom_input", "vbench_standard"]})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "transformer dtype (unset: bfloat16 on CUDA, float32 elsewhere)",
+            "choices": ["float32", "bfloat16"],
+        },
+    )
+    vbench_python: str = field(
+        default=os.environ.get("VBENCH_PYTHON", sys.executable),
+        metadata={
+            "help": "python of the environment where vbench is installed ($VBENCH_PYTHON, else this interpreter)"
+        },
+    )
+    vbench_device: str | None = field(
+        default=None, metadata={"help": "device VBench scores on (unset: cuda if available)"}
+    )
+    vbench_mode: str = field(
+        default="custom_input",
+        metadata={
+            "help": "custom_input works for any prompt file (the five dimensions ignore prompts); vbench_standard needs "
+            "the VBench prompt suite",
+            "choices": ["custom_input", "vbench_standard"],
+        },
+    )
     full_info_json: str | None = field(default=None, metadata={"help": "VBench_full_info.json (unset: vbench's own)"})
-    dimensions: list[str] = field(default_factory=lambda: list(DIMENSIONS), metadata={
-        "help": "VBench dimensions to score", "choices": DIMENSIONS})
-    vbench_download: bool = field(default=False, metadata={"help": "let VBench download missing weights itself "
-                                                                   "(needs internet on the scoring machine)"})
+    dimensions: list[str] = field(
+        default_factory=lambda: list(DIMENSIONS), metadata={"help": "VBench dimensions to score", "choices": DIMENSIONS}
+    )
+    vbench_download: bool = field(
+        default=False,
+        metadata={"help": "let VBench download missing weights itself (needs internet on the scoring machine)"},
+    )
 
 
 def parse_args(argv=None) -> tuple[VBenchArguments, wan.WanGenerationConfig]:
-    return parse_arguments((VBenchArguments, wan.WanGenerationConfig), argv, __doc__, {},
-                           lambda known: pipeline_generation_defaults(known.pipeline))
+    return parse_arguments(
+        (VBenchArguments, wan.WanGenerationConfig),
+        argv,
+        __doc__,
+        {},
+        lambda known: pipeline_generation_defaults(known.pipeline),
+    )
 
 
 def read_prompts(path) -> list[str]:
@@ -147,14 +200,19 @@ def video_seed(seed: int, prompt_index: int, video_index: int) -> int:
     return seed_of(seed, "eval_noise", prompt_index, video_index)
 
 
-def generate_videos(args, generation: wan.WanGenerationConfig, prompts: list[str], lora: str | None,
-                    videos_dir: Path) -> int:
+def generate_videos(
+    args, generation: wan.WanGenerationConfig, prompts: list[str], lora: str | None, videos_dir: Path
+) -> int:
     """Write `{prompt}-{i}.mp4` for every prompt and i; returns the number of videos generated now."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     generation.check()
-    jobs = [(p, i) for p, prompt in enumerate(prompts) for i in range(args.videos_per_prompt)
-            if not (videos_dir / f"{prompt}-{i}.mp4").is_file()]
+    jobs = [
+        (p, i)
+        for p, prompt in enumerate(prompts)
+        for i in range(args.videos_per_prompt)
+        if not (videos_dir / f"{prompt}-{i}.mp4").is_file()
+    ]
     if not jobs:
         return 0
     pipe = wan.load_wan_pipeline(args.pipeline, device=device, dtype=dtype)
@@ -165,12 +223,17 @@ def generate_videos(args, generation: wan.WanGenerationConfig, prompts: list[str
     cache = wan.PromptCache(pipe, generation.max_sequence_length, generation.negative_prompt)
     for start in tqdm(range(0, len(jobs), args.batch_size), desc=f"videos -> {videos_dir}"):
         chunk = jobs[start : start + args.batch_size]
-        noise = torch.cat([
-            wan.initial_noise(pipe, 1, generation, generator=torch.Generator().manual_seed(video_seed(args.seed, p, i)))
-            for p, i in chunk
-        ])
-        videos, _ = wan.generate(pipe, cache, [prompts[p] for p, _ in chunk], generation, latents=noise.to(device),
-                                 solver="scheduler")
+        noise = torch.cat(
+            [
+                wan.initial_noise(
+                    pipe, 1, generation, generator=torch.Generator().manual_seed(video_seed(args.seed, p, i))
+                )
+                for p, i in chunk
+            ]
+        )
+        videos, _ = wan.generate(
+            pipe, cache, [prompts[p] for p, _ in chunk], generation, latents=noise.to(device), solver="scheduler"
+        )
         for (p, i), video in zip(chunk, videos.cpu()):
             write_video(videos_dir / f"{prompts[p]}-{i}.mp4", video, fps=args.fps)
     return len(jobs)
@@ -202,8 +265,12 @@ videos that exist are not generated again."""
 
 def missing_weights(dimensions: list[str]) -> list[tuple[Path, str]]:
     cache_dir = Path(os.environ.get("VBENCH_CACHE_DIR", Path.home() / ".cache" / "vbench"))
-    return [(cache_dir / relative, source) for dimension in dimensions for relative, source in VBENCH_WEIGHTS[dimension]
-            if not (cache_dir / relative).exists()]
+    return [
+        (cache_dir / relative, source)
+        for dimension in dimensions
+        for relative, source in VBENCH_WEIGHTS[dimension]
+        if not (cache_dir / relative).exists()
+    ]
 
 
 def weights_message(missing: list[tuple[Path, str]], videos: list[Path]) -> str:
@@ -217,8 +284,15 @@ The generated videos are saved in {", ".join(str(v) for v in videos)}."""
 
 def run_vbench(args, videos_dir: Path, name: str, results_dir: Path) -> dict[str, float]:
     device = args.vbench_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    job = {"device": device, "full_info": args.full_info_json, "output_dir": str(results_dir),
-           "videos": str(videos_dir), "name": name, "dimensions": args.dimensions, "mode": args.vbench_mode}
+    job = {
+        "device": device,
+        "full_info": args.full_info_json,
+        "output_dir": str(results_dir),
+        "videos": str(videos_dir),
+        "name": name,
+        "dimensions": args.dimensions,
+        "mode": args.vbench_mode,
+    }
     subprocess.run([args.vbench_python, "-c", VBENCH_DRIVER, json.dumps(job)], check=True)
     results_file = results_dir / f"{name}_eval_results.json"
     raw = json.loads(results_file.read_text())
@@ -252,8 +326,13 @@ def main(argv=None) -> int:
     prompts = read_prompts(args.prompts)
     output_dir = Path(args.output_dir)
     # What this script writes there: anything else means the folder is the user's, which --overwrite must not delete.
-    prepare_output_dir(output_dir, resume=args.resume, overwrite=args.overwrite, what=f"--output-dir {output_dir}",
-                       ours=lambda path: {p.name for p in path.iterdir()} <= OUTPUTS)
+    prepare_output_dir(
+        output_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        what=f"--output-dir {output_dir}",
+        ours=lambda path: {p.name for p in path.iterdir()} <= OUTPUTS,
+    )
     models = {"base": None} | ({"trained": args.lora} if args.lora else {})
     videos = {name: output_dir / "videos" / name for name in models}
     for name, lora in models.items():

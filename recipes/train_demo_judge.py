@@ -33,8 +33,7 @@ from descore_plugin.utils.errors import non_negative_int, positive_int
 SHIPPED = Path(__file__).resolve().parent / "demo_judge"
 WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
 """The demo's world: four colours, one shape moving right on a dark background."""
-WORLDS = {"demo": WORLD,
-          "generator": WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)}
+WORLDS = {"demo": WORLD, "generator": WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)}
 """--world: the demo's, or the whole world recipes/world_wan draws (9 frames of 32x32, both shapes, four directions
 and backgrounds: descore_plugin/testing/world_wan.py), seen upscaled to 56x56 (see_small_videos_at_trained_size)."""
 DEFECTS = ("subject", "dynamics", "camera", "style")
@@ -54,8 +53,10 @@ def cot_names_what_is_seen(cot: str | None, annotator_cot: str) -> dict:
     """Does a CoT name the colour (and shape) and the motion that the annotator's CoT of the same video names?"""
     seen, truth = _SUBJECT.search(cot or ""), _SUBJECT.search(annotator_cot)
     motion, true_motion = _DYNAMICS.search(cot or ""), _DYNAMICS.search(annotator_cot)
-    return {"colour": bool(seen and truth and seen.groups() == truth.groups()),
-            "motion": bool(motion and true_motion and motion.group(1).strip() == true_motion.group(1).strip())}
+    return {
+        "colour": bool(seen and truth and seen.groups() == truth.groups()),
+        "motion": bool(motion and true_motion and motion.group(1).strip() == true_motion.group(1).strip()),
+    }
 
 
 def naming_rate(model_dir, pairs) -> float:
@@ -63,8 +64,12 @@ def naming_rate(model_dir, pairs) -> float:
     from descore_plugin import DeScoreReward
 
     model = DeScoreReward.from_pretrained(model_dir)
-    out = model.score([v for p in pairs for v in p.videos], [p.prompt for p in pairs for _ in range(2)],
-                      batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
+    out = model.score(
+        [v for p in pairs for v in p.videos],
+        [p.prompt for p in pairs for _ in range(2)],
+        batch_size=16,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
     truths = [cot for p in pairs for cot in (p.cot_a, p.cot_b)]
     named = [cot_names_what_is_seen(cot, truth) for cot, truth in zip(out.cots, truths)]
     return sum(n["colour"] and n["motion"] for n in named) / len(named)
@@ -75,16 +80,23 @@ class JudgeArguments:
     output_dir: str = help_field("where the trained judge goes (replaced)", str(SHIPPED))
     work_dir: str | None = help_field("data and the training runs (default: a temporary dir)")
     steps: int = help_field("stage-1 steps", 1400, check=positive_int)
-    select_every: int = help_field("validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is "
-                                   "shipped", 200, check=positive_int)
+    select_every: int = help_field(
+        "validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is shipped",
+        200,
+        check=positive_int,
+    )
     stage2_steps: int = help_field("stage-2 steps after the selected checkpoint", 0, check=non_negative_int)
     train_pairs: int = help_field("synthetic training pairs", 600, check=positive_int)
     validation_pairs: int = help_field("pairs the checkpoint is selected on", 100, check=positive_int)
     held_out_pairs: int = help_field("held-out pairs evaluated at the end", 200, check=positive_int)
     seed: int = help_field("model initialisation and training seed", 0)
-    world: str = help_field("demo: four colours, one square moving right on a dark background, 8 frames of 56x56 (the "
-                            "shipped judge); generator: the world recipes/world_wan draws (9 frames of 32x32, both "
-                            "shapes, four directions and backgrounds)", "demo", choices=list(WORLDS))
+    world: str = help_field(
+        "demo: four colours, one square moving right on a dark background, 8 frames of 56x56 (the "
+        "shipped judge); generator: the world recipes/world_wan draws (9 frames of 32x32, both "
+        "shapes, four directions and backgrounds)",
+        "demo",
+        choices=list(WORLDS),
+    )
 
 
 def parse_args(argv=None) -> JudgeArguments:
@@ -109,35 +121,78 @@ def _eval_records(run_dir: Path) -> list[dict]:
     return [row for row in rows if "eval_accuracy_without_ties" in row]
 
 
-def train_judge(output_dir, work_dir, steps: int = 1400, select_every: int = 200, stage2_steps: int = 0,
-                train_pairs: int = 600, validation_pairs: int = 100, held_out_pairs: int = 200, seed: int = 0,
-                world: str = "demo") -> dict:
+def train_judge(
+    output_dir,
+    work_dir,
+    steps: int = 1400,
+    select_every: int = 200,
+    stage2_steps: int = 0,
+    train_pairs: int = 600,
+    validation_pairs: int = 100,
+    held_out_pairs: int = 200,
+    seed: int = 0,
+    world: str = "demo",
+) -> dict:
     """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
     from descore_plugin.training.trainer import TrainConfig, Trainer
 
     work_dir, output_dir = Path(work_dir), Path(output_dir)
     init_tiny(work_dir / "init", seed=seed, prompt_template=TEMPLATE)
     see_small_videos_at_trained_size(work_dir / "init")
-    data = {name: write_dataset(work_dir / name, count, seed=data_seed, defects=DEFECTS, world=WORLDS[world],
-                                progress=False)
-            for name, count, data_seed in (("train", train_pairs, TRAIN_SEED), ("validation", validation_pairs,
-                                                                                 VALIDATION_SEED),
-                                           ("held_out", held_out_pairs, HELD_OUT_SEED))}
+    data = {
+        name: write_dataset(
+            work_dir / name, count, seed=data_seed, defects=DEFECTS, world=WORLDS[world], progress=False
+        )
+        for name, count, data_seed in (
+            ("train", train_pairs, TRAIN_SEED),
+            ("validation", validation_pairs, VALIDATION_SEED),
+            ("held_out", held_out_pairs, HELD_OUT_SEED),
+        )
+    }
     stage1 = dict(
-        stage=1, max_steps=steps, warmup_ratio=min(1.0, 120 / steps), batch_size=16, gradient_accumulation_steps=1,
-        learning_rate=1e-3, lora_rank=0, train_embeddings="all", cot_mask_prob=0.0, lm_loss_weight=4.0,
-        eval_think=True, eval_max_new_tokens=MAX_NEW_TOKENS, eval_steps=select_every, save_steps=select_every,
-        save_total_limit=steps // max(1, select_every) + 1, seed=seed, log_with=None,
-        max_grad_norm=1.0, undecided_rows="drop",  # the regime the shipped judge was trained with
+        stage=1,
+        max_steps=steps,
+        warmup_ratio=min(1.0, 120 / steps),
+        batch_size=16,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        lora_rank=0,
+        train_embeddings="all",
+        cot_mask_prob=0.0,
+        lm_loss_weight=4.0,
+        eval_think=True,
+        eval_max_new_tokens=MAX_NEW_TOKENS,
+        eval_steps=select_every,
+        save_steps=select_every,
+        save_total_limit=steps // max(1, select_every) + 1,
+        seed=seed,
+        log_with=None,
+        max_grad_norm=1.0,
+        undecided_rows="drop",  # the regime the shipped judge was trained with
     )
-    Trainer(TrainConfig(model=str(work_dir / "init"), train_data=str(data["train"]),
-                        eval_data=str(data["validation"]), output_dir=str(work_dir / "stage1"), **stage1)).train()
+    Trainer(
+        TrainConfig(
+            model=str(work_dir / "init"),
+            train_data=str(data["train"]),
+            eval_data=str(data["validation"]),
+            output_dir=str(work_dir / "stage1"),
+            **stage1,
+        )
+    ).train()
     counts = {"train_pairs": train_pairs, "validation_pairs": validation_pairs, "held_out_pairs": held_out_pairs}
     return ship(output_dir, work_dir, data, counts, stage1, stage2_steps, seed, world=world)
 
 
-def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dict, stage2_steps: int = 0,
-         seed: int = 0, world: str = "demo") -> dict:
+def ship(
+    output_dir: Path,
+    work_dir: Path,
+    data: dict,
+    counts: dict,
+    stage1: dict,
+    stage2_steps: int = 0,
+    seed: int = 0,
+    world: str = "demo",
+) -> dict:
     """Select the stage-1 checkpoint on validation, optionally run stage 2 from it, evaluate on the held-out pairs
     and copy the model to `output_dir` with judge.json."""
     from descore_plugin import DeScoreReward
@@ -145,51 +200,94 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
     from descore_plugin.evaluation.preference import evaluate_pairs
     from descore_plugin.training.trainer import TrainConfig, Trainer
 
-    validation = {row["step"]: row["eval_accuracy_without_ties"] for row in _eval_records(work_dir / "stage1")
-                  if row["step"] <= stage1["max_steps"]}
+    validation = {
+        row["step"]: row["eval_accuracy_without_ties"]
+        for row in _eval_records(work_dir / "stage1")
+        if row["step"] <= stage1["max_steps"]
+    }
     best = max(validation.values())
     tied = sorted(step for step, value in validation.items() if value == best)
     naming = {}
     if len(tied) > 1:  # equal accuracy: the checkpoint whose CoTs name what the videos show most often
         validation_pairs = load_pairs(data["validation"])
-        naming = {step: naming_rate(work_dir / "stage1" / f"checkpoint-{step}" / "model", validation_pairs)
-                  for step in tied}
+        naming = {
+            step: naming_rate(work_dir / "stage1" / f"checkpoint-{step}" / "model", validation_pairs) for step in tied
+        }
     best_step = max(tied, key=lambda step: naming.get(step, 0.0))  # the earliest of equals
     selected = work_dir / "stage1" / f"checkpoint-{best_step}" / "model"
-    print(f"validation accuracy (own CoT) by step: {validation}; CoTs naming colour and motion: {naming}; "
-          f"selected step {best_step}")
+    print(
+        f"validation accuracy (own CoT) by step: {validation}; CoTs naming colour and motion: {naming}; "
+        f"selected step {best_step}"
+    )
     stage2 = None
     if stage2_steps:
-        stage2 = dict(stage=2, max_steps=stage2_steps, batch_size=4, rollout_batch_size=64, actor_batch_size=8,
-                      grad_norm_groups="joint",  # the regime the shipped judge was trained with
-                      learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
-                      max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=seed,
-                      log_with=None)
-        Trainer(TrainConfig(model=str(selected), train_data=str(data["train"]), eval_data=str(data["validation"]),
-                            output_dir=str(work_dir / "stage2"), **stage2)).train()
+        stage2 = dict(
+            stage=2,
+            max_steps=stage2_steps,
+            batch_size=4,
+            rollout_batch_size=64,
+            actor_batch_size=8,
+            grad_norm_groups="joint",  # the regime the shipped judge was trained with
+            learning_rate=1e-4,
+            lora_rank=0,
+            train_embeddings="all",
+            num_rollouts=8,
+            max_new_tokens=MAX_NEW_TOKENS,
+            eval_max_new_tokens=MAX_NEW_TOKENS,
+            save_steps=0,
+            seed=seed,
+            log_with=None,
+        )
+        Trainer(
+            TrainConfig(
+                model=str(selected),
+                train_data=str(data["train"]),
+                eval_data=str(data["validation"]),
+                output_dir=str(work_dir / "stage2"),
+                **stage2,
+            )
+        ).train()
         selected = work_dir / "stage2" / f"checkpoint-{stage2_steps}" / "model"
     judge = DeScoreReward.from_pretrained(selected)
-    held = evaluate_pairs(judge, load_pairs(data["held_out"]), think=True, batch_size=16,
-                          max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    held = evaluate_pairs(
+        judge, load_pairs(data["held_out"]), think=True, batch_size=16, max_new_tokens=MAX_NEW_TOKENS, progress=False
+    )
     if output_dir.exists():
         shutil.rmtree(output_dir)
     shutil.copytree(selected, output_dir)  # the model only, not optimizer state
     record = {
         "recipe": "recipes/train_demo_judge.py",
-        "stage1": stage1, "stage2": stage2, "selected_stage1_step": best_step,
+        "stage1": stage1,
+        "stage2": stage2,
+        "selected_stage1_step": best_step,
         "validation_accuracy_by_step": validation,
         "validation_cot_naming_by_step": naming,
-        "data": {**counts,
-                 "seeds": {"train": TRAIN_SEED, "validation": VALIDATION_SEED, "held_out": HELD_OUT_SEED},
-                 "defects": list(DEFECTS), "prompt_template": TEMPLATE,
-                 "world": {"shapes": list(WORLDS[world].shapes), "directions": list(WORLDS[world].directions),
-                           "backgrounds": list(WORLDS[world].backgrounds),
-                           **({} if world == "demo" else {"name": world, "num_frames": WORLDS[world].num_frames,
-                                                          "height": WORLDS[world].height,
-                                                          "width": WORLDS[world].width})}},
-        "held_out_own_cot": {"accuracy_without_ties": held["accuracy_without_ties"],
-                             "accuracy_with_ties": held["accuracy_with_ties"],
-                             "by_slice": held.get("accuracy_without_ties_by_slice", {})},
+        "data": {
+            **counts,
+            "seeds": {"train": TRAIN_SEED, "validation": VALIDATION_SEED, "held_out": HELD_OUT_SEED},
+            "defects": list(DEFECTS),
+            "prompt_template": TEMPLATE,
+            "world": {
+                "shapes": list(WORLDS[world].shapes),
+                "directions": list(WORLDS[world].directions),
+                "backgrounds": list(WORLDS[world].backgrounds),
+                **(
+                    {}
+                    if world == "demo"
+                    else {
+                        "name": world,
+                        "num_frames": WORLDS[world].num_frames,
+                        "height": WORLDS[world].height,
+                        "width": WORLDS[world].width,
+                    }
+                ),
+            },
+        },
+        "held_out_own_cot": {
+            "accuracy_without_ties": held["accuracy_without_ties"],
+            "accuracy_with_ties": held["accuracy_with_ties"],
+            "by_slice": held.get("accuracy_without_ties_by_slice", {}),
+        },
     }
     (output_dir / "judge.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -197,17 +295,26 @@ def ship(output_dir: Path, work_dir: Path, data: dict, counts: dict, stage1: dic
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    options = dict(steps=args.steps, select_every=args.select_every, stage2_steps=args.stage2_steps,
-                   train_pairs=args.train_pairs, validation_pairs=args.validation_pairs,
-                   held_out_pairs=args.held_out_pairs, seed=args.seed, world=args.world)
+    options = dict(
+        steps=args.steps,
+        select_every=args.select_every,
+        stage2_steps=args.stage2_steps,
+        train_pairs=args.train_pairs,
+        validation_pairs=args.validation_pairs,
+        held_out_pairs=args.held_out_pairs,
+        seed=args.seed,
+        world=args.world,
+    )
     if args.work_dir:
         record = train_judge(args.output_dir, args.work_dir, **options)
     else:
         with tempfile.TemporaryDirectory(prefix="demo_judge_") as work:
             record = train_judge(args.output_dir, work, **options)
     held = record["held_out_own_cot"]
-    print(f"held-out accuracy with its own CoT: {held['accuracy_without_ties']:.3f} without ties "
-          f"(by slice: {', '.join(f'{k} {v:.2f}' for k, v in held['by_slice'].items())}); judge in {args.output_dir}")
+    print(
+        f"held-out accuracy with its own CoT: {held['accuracy_without_ties']:.3f} without ties "
+        f"(by slice: {', '.join(f'{k} {v:.2f}' for k, v in held['by_slice'].items())}); judge in {args.output_dir}"
+    )
     return 0
 
 

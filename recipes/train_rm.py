@@ -11,8 +11,8 @@ The final model is written to --output-dir itself (DeScoreReward.from_pretrained
 
 import sys
 
-from descore_plugin.utils.errors import run_main
 from descore_plugin.training.trainer import parse_train_args, run_training
+from descore_plugin.utils.errors import run_main
 
 
 def main(argv=None) -> int:

@@ -44,25 +44,38 @@ SHIPPED = Path(__file__).resolve().parent / "world_wan"
 @dataclass
 class RecipeArguments:
     output_dir: str = help_field("where the diffusers folder is written (replaced atomically)", str(SHIPPED))
-    work_dir: str = help_field("training states, the VAE between phases and the cached latents",
-                               "outputs/world_wan_work")
-    phase: str = help_field("vae, transformer (needs the VAE in --work-dir), all, or measure (measure the folder in "
-                            "--output-dir again at --guidance-scale / --num-inference-steps and record them there: "
-                            "the guidance tunes its fidelity without retraining)", "all",
-                            choices=["vae", "transformer", "all", "measure"])
+    work_dir: str = help_field(
+        "training states, the VAE between phases and the cached latents", "outputs/world_wan_work"
+    )
+    phase: str = help_field(
+        "vae, transformer (needs the VAE in --work-dir), all, or measure (measure the folder in "
+        "--output-dir again at --guidance-scale / --num-inference-steps and record them there: "
+        "the guidance tunes its fidelity without retraining)",
+        "all",
+        choices=["vae", "transformer", "all", "measure"],
+    )
     resume: bool = help_field("continue each phase from its last state in --work-dir", False)
     seed: int = help_field("seed of the data, the initial weights and every batch", 0)
-    num_inference_steps: int = help_field("sampler steps recorded in generation_defaults.json and used to measure",
-                                          10)
+    num_inference_steps: int = help_field("sampler steps recorded in generation_defaults.json and used to measure", 10)
     guidance_scale: float = help_field("CFG scale recorded in generation_defaults.json and used to measure", 3.0)
     final_eval_samples: int = help_field("held-out samples of the final fidelity measurement", 32)
     progress: bool = help_field("tqdm progress bars", True)
 
 
 def parse_args(argv=None):
-    return parse_config([RecipeArguments, ww.VaeConfig, ww.VaeTrainConfig, ww.GeneratorConfig,
-                         ww.GeneratorTrainConfig, ww.CaptionNoise], argv, prog="train_world_wan.py",
-                        description=__doc__)
+    return parse_config(
+        [
+            RecipeArguments,
+            ww.VaeConfig,
+            ww.VaeTrainConfig,
+            ww.GeneratorConfig,
+            ww.GeneratorTrainConfig,
+            ww.CaptionNoise,
+        ],
+        argv,
+        prog="train_world_wan.py",
+        description=__doc__,
+    )
 
 
 def vae_phase(args: RecipeArguments, vae_config: ww.VaeConfig, train: ww.VaeTrainConfig) -> dict:
@@ -72,17 +85,30 @@ def vae_phase(args: RecipeArguments, vae_config: ww.VaeConfig, train: ww.VaeTrai
     validation_clips = ww.sample_vae_clips(train.validation_clips, seed=args.seed * 10 + 2)
     train_frames, validation_frames = render_clips(train_clips, ww.WORLD), render_clips(validation_clips, ww.WORLD)
     vae = ww.build_vae(vae_config, seed=args.seed)
-    history = ww.train_vae(vae, train_frames, validation_frames, train, work / "vae_state", seed=args.seed,
-                           resume=args.resume, progress=args.progress)
+    history = ww.train_vae(
+        vae,
+        train_frames,
+        validation_frames,
+        train,
+        work / "vae_state",
+        seed=args.seed,
+        resume=args.resume,
+        progress=args.progress,
+    )
     reconstruction = ww.reconstruct(vae, validation_frames)
-    agreement = ww.attribute_agreement([ww.read_attributes(f) for f in reconstruction],
-                                       [ww.read_attributes(f) for f in validation_frames])
+    agreement = ww.attribute_agreement(
+        [ww.read_attributes(f) for f in reconstruction], [ww.read_attributes(f) for f in validation_frames]
+    )
     mean, std = ww.set_latent_statistics(vae, ww.encode_clips(vae, train_frames[:256]))
     with atomic_directory(work / "vae") as tmp:
         vae.save_pretrained(tmp)
-    report = {"history": history, "validation_psnr": round(ww.psnr(validation_frames, reconstruction), 3),
-              "attribute_agreement": agreement, "seconds": round(time.time() - began, 1),
-              "parameters": sum(p.numel() for p in vae.parameters())}
+    report = {
+        "history": history,
+        "validation_psnr": round(ww.psnr(validation_frames, reconstruction), 3),
+        "attribute_agreement": agreement,
+        "seconds": round(time.time() - began, 1),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+    }
     atomic_write_text(work / "vae_report.json", json.dumps(report, indent=2) + "\n")
     print(f"VAE: validation PSNR {report['validation_psnr']:.2f} dB, attributes kept {agreement}")
     return report
@@ -96,8 +122,12 @@ def pretraining_data(args: RecipeArguments, vae, train: ww.GeneratorTrainConfig,
     captions = [scenes[int(i)] for i in rng.integers(len(scenes), size=train.gen_clips)]
     examples = ww.sample_noisy_clips(captions, noise, seed=args.seed)
     prompts = [example.prompt for example in examples]
-    key = {"clips": train.gen_clips, "seed": args.seed, "noise": asdict(noise),
-           "vae": [list(vae.config.latents_mean), list(vae.config.latents_std)]}  # latents of THIS VAE only
+    key = {
+        "clips": train.gen_clips,
+        "seed": args.seed,
+        "noise": asdict(noise),
+        "vae": [list(vae.config.latents_mean), list(vae.config.latents_std)],
+    }  # latents of THIS VAE only
     if cache.is_file():
         stored = torch.load(cache, weights_only=False)
         if stored["key"] == key:
@@ -113,13 +143,15 @@ def pretraining_data(args: RecipeArguments, vae, train: ww.GeneratorTrainConfig,
 def measure(pipe, args: RecipeArguments, count: int, seed: int) -> dict:
     held_out = ww.held_out_scenes()
     scenes = [held_out[i % len(held_out)] for i in range(count)]
-    frames = ww.generate_clips(pipe, [scene.prompt for scene in scenes], args.num_inference_steps,
-                               args.guidance_scale, seed=seed)
+    frames = ww.generate_clips(
+        pipe, [scene.prompt for scene in scenes], args.num_inference_steps, args.guidance_scale, seed=seed
+    )
     return ww.prompt_fidelity(frames, scenes)
 
 
-def transformer_phase(args, generator_config: ww.GeneratorConfig, train: ww.GeneratorTrainConfig,
-                      noise: ww.CaptionNoise) -> dict:
+def transformer_phase(
+    args, generator_config: ww.GeneratorConfig, train: ww.GeneratorTrainConfig, noise: ww.CaptionNoise
+) -> dict:
     from diffusers import AutoencoderKLWan
 
     work = Path(args.work_dir)
@@ -129,12 +161,25 @@ def transformer_phase(args, generator_config: ww.GeneratorConfig, train: ww.Gene
     vae = AutoencoderKLWan.from_pretrained(work / "vae").eval()
     latents, prompts = pretraining_data(args, vae, train, noise)
     tokenizer = ww.world_tokenizer()
-    pipe = ww.build_pipeline(tokenizer, ww.build_text_encoder(tokenizer, generator_config, seed=args.seed), vae,
-                             ww.build_transformer(generator_config, seed=args.seed),
-                             ww.build_scheduler(generator_config))
-    history = ww.train_generator(pipe, latents, prompts, train, generator_config, work / "generator_state",
-                                 seed=args.seed, resume=args.resume, progress=args.progress,
-                                 evaluate=lambda p: measure(p, args, train.gen_eval_samples, seed=1))
+    pipe = ww.build_pipeline(
+        tokenizer,
+        ww.build_text_encoder(tokenizer, generator_config, seed=args.seed),
+        vae,
+        ww.build_transformer(generator_config, seed=args.seed),
+        ww.build_scheduler(generator_config),
+    )
+    history = ww.train_generator(
+        pipe,
+        latents,
+        prompts,
+        train,
+        generator_config,
+        work / "generator_state",
+        seed=args.seed,
+        resume=args.resume,
+        progress=args.progress,
+        evaluate=lambda p: measure(p, args, train.gen_eval_samples, seed=1),
+    )
     final = measure(pipe, args, args.final_eval_samples, seed=2)
     print(f"generator: held-out fidelity {final}")
     return {"pipe": pipe, "history": history, "held_out_fidelity": final, "seconds": round(time.time() - began, 1)}
@@ -143,11 +188,22 @@ def transformer_phase(args, generator_config: ww.GeneratorConfig, train: ww.Gene
 def write_folder(args, pipe, configs: dict, vae_report: dict, generator_report: dict) -> Path:
     from descore_plugin.testing.world_wan import write_model_card
 
-    generation = {"num_frames": ww.WORLD.num_frames, "height": ww.WORLD.height, "width": ww.WORLD.width,
-                  "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
-                  "max_sequence_length": configs["generator"]["max_sequence_length"], "negative_prompt": ""}
-    record = {"recipe": "recipes/train_world_wan.py", "world": asdict(ww.WORLD), "settings": configs,
-              "vae": vae_report, "generator": {k: v for k, v in generator_report.items() if k != "pipe"}}
+    generation = {
+        "num_frames": ww.WORLD.num_frames,
+        "height": ww.WORLD.height,
+        "width": ww.WORLD.width,
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "max_sequence_length": configs["generator"]["max_sequence_length"],
+        "negative_prompt": "",
+    }
+    record = {
+        "recipe": "recipes/train_world_wan.py",
+        "world": asdict(ww.WORLD),
+        "settings": configs,
+        "vae": vae_report,
+        "generator": {k: v for k, v in generator_report.items() if k != "pipe"},
+    }
     with atomic_directory(args.output_dir) as tmp:
         pipe.save_pretrained(tmp)
         (Path(tmp) / GENERATION_DEFAULTS_FILE).write_text(json.dumps(generation, indent=2) + "\n")
@@ -171,11 +227,14 @@ def remeasure(args) -> Path:
     generation = json.loads((out / GENERATION_DEFAULTS_FILE).read_text())
     generation.update(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     record["generator"]["held_out_fidelity"] = fidelity
-    record["settings"]["recipe"].update(num_inference_steps=args.num_inference_steps,
-                                        guidance_scale=args.guidance_scale,
-                                        final_eval_samples=args.final_eval_samples)
-    record.setdefault("remeasured", []).append({"guidance_scale": args.guidance_scale,
-                                                "num_inference_steps": args.num_inference_steps, **fidelity})
+    record["settings"]["recipe"].update(
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        final_eval_samples=args.final_eval_samples,
+    )
+    record.setdefault("remeasured", []).append(
+        {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps, **fidelity}
+    )
     atomic_write_text(out / GENERATION_DEFAULTS_FILE, json.dumps(generation, indent=2) + "\n")
     atomic_write_text(out / "training.json", json.dumps(record, indent=2, default=str) + "\n")
     atomic_write_text(out / "README.md", write_model_card(record, generation))
@@ -187,9 +246,14 @@ def main(argv=None) -> int:
     args, vae_config, vae_train, generator_config, generator_train, noise = parse_args(argv)
     torch.manual_seed(args.seed)
     work = Path(args.work_dir)
-    configs = {"recipe": asdict(args), "vae": asdict(vae_config), "vae_train": asdict(vae_train),
-               "generator": asdict(generator_config), "generator_train": asdict(generator_train),
-               "caption_noise": asdict(noise)}
+    configs = {
+        "recipe": asdict(args),
+        "vae": asdict(vae_config),
+        "vae_train": asdict(vae_train),
+        "generator": asdict(generator_config),
+        "generator_train": asdict(generator_train),
+        "caption_noise": asdict(noise),
+    }
     if args.phase in ("vae", "all"):
         vae_phase(args, vae_config, vae_train)
     if args.phase == "measure":

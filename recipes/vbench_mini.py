@@ -50,8 +50,11 @@ SHIPPED_JUDGE = ROOT / "demo_judge"
 METHODS = ("flow_dpo", "longcat", "nft")
 REWARDS = ("judge", "judge_no_cot", "student", "discriminative", "truth", "redness")
 QUICK_RUNS = ("base", "flow_dpo/judge", "longcat/judge")
-RECIPES = {"flow_dpo": "recipes/wan_flow_dpo.py", "longcat": "recipes/wan_flow_grpo.py --algorithm longcat",
-           "nft": "recipes/wan_nft.py"}
+RECIPES = {
+    "flow_dpo": "recipes/wan_flow_dpo.py",
+    "longcat": "recipes/wan_flow_grpo.py --algorithm longcat",
+    "nft": "recipes/wan_nft.py",
+}
 JUDGE_MAX_NEW_TOKENS = 160
 """The judge's CoT cap (the world's CoTs are about 112 tokens)."""
 LEVELS = (0.05, 0.10, 0.20)
@@ -61,27 +64,34 @@ LEVELS = (0.05, 0.10, 0.20)
 @dataclass
 class BenchArguments:
     output_dir: str = help_field("results.json, results.md, the runs and their reports go here", required=True)
-    seeds: list[int] = help_field("seeds of the post-training runs and of the measurement noises", [0, 1, 2],
-                                  nargs="+")
+    seeds: list[int] = help_field("seeds of the post-training runs and of the measurement noises", [0, 1, 2], nargs="+")
     quick: bool = help_field(f"one seed (the first of --seeds), runs {' '.join(QUICK_RUNS)} only, fewer prompts", False)
-    runs: list[str] | None = help_field("run names to do (default: all; with --quick: the quick ones), e.g. base "
-                                        "flow_dpo/judge nft/truth", None, nargs="+")
+    runs: list[str] | None = help_field(
+        "run names to do (default: all; with --quick: the quick ones), e.g. base flow_dpo/judge nft/truth",
+        None,
+        nargs="+",
+    )
     pipeline: str = help_field("the world generator (a diffusers WanPipeline folder)", str(SHIPPED_PIPELINE))
     judge: str = help_field("the DeScore judge (checkpoint directory)", str(SHIPPED_JUDGE))
-    student: str | None = help_field("a distilled no-CoT student (recipes/distill_student.py output); unset: the "
-                                     "student rows are 'not run'", None)
-    discriminative: str | None = help_field("a no-CoT Bradley-Terry judge of the world's pairs; unset: trained here "
-                                            "(600 steps, OUT/discriminative) when a discriminative run is asked for",
-                                            None)
+    student: str | None = help_field(
+        "a distilled no-CoT student (recipes/distill_student.py output); unset: the student rows are 'not run'", None
+    )
+    discriminative: str | None = help_field(
+        "a no-CoT Bradley-Terry judge of the world's pairs; unset: trained here "
+        "(600 steps, OUT/discriminative) when a discriminative run is asked for",
+        None,
+    )
     train_prompts: int = help_field("training prompts (scenes of pre-training) post-trained on and measured", 16)
     held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
     videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
     steps: int | None = help_field("post-training steps of every run (unset: each method's default here)", None)
-    eval_every: int = help_field("the runs evaluate world:truth on their first --eval-prompts prompts every N steps",
-                                 10)
+    eval_every: int = help_field(
+        "the runs evaluate world:truth on their first --eval-prompts prompts every N steps", 10
+    )
     eval_prompts: int = help_field("prompts of each run's own evaluations (steps to level)", 8)
-    overwrite: bool = help_field("redo runs whose results exist (default: reuse them, so a killed benchmark resumes)",
-                                 False)
+    overwrite: bool = help_field(
+        "redo runs whose results exist (default: reuse them, so a killed benchmark resumes)", False
+    )
 
 
 METHOD_STEPS = {"flow_dpo": 40, "longcat": 20, "nft": 20}
@@ -93,8 +103,16 @@ def method_flags(method: str) -> list[str]:
     Wan-2.1-1.3B: learning rate 5e-6 and rank 64 barely move a 1M-parameter transformer in 40 steps)."""
     common = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "all"]
     if method == "flow_dpo":
-        return common + ["--learning-rate", "1e-3", "--videos-per-prompt", "8", "--generation-batch-size", "16",
-                         "--batch-size", "8"]
+        return common + [
+            "--learning-rate",
+            "1e-3",
+            "--videos-per-prompt",
+            "8",
+            "--generation-batch-size",
+            "16",
+            "--batch-size",
+            "8",
+        ]
     if method == "longcat":
         return common + ["--learning-rate", "1e-3", "--group-size", "8", "--prompts-per-step", "2"]
     if method == "nft":
@@ -148,10 +166,18 @@ def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_si
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed_of(seed, "vbench_mini", i, k)) for i, k, _ in chunk]
-        result = pipe(prompt=[p for _, _, p in chunk], negative_prompt=[generation.negative_prompt] * len(chunk),
-                      num_frames=generation.num_frames, height=generation.height, width=generation.width,
-                      num_inference_steps=generation.num_inference_steps, guidance_scale=generation.guidance_scale,
-                      max_sequence_length=generation.max_sequence_length, generator=generators, output_type="pt")
+        result = pipe(
+            prompt=[p for _, _, p in chunk],
+            negative_prompt=[generation.negative_prompt] * len(chunk),
+            num_frames=generation.num_frames,
+            height=generation.height,
+            width=generation.width,
+            num_inference_steps=generation.num_inference_steps,
+            guidance_scale=generation.guidance_scale,
+            max_sequence_length=generation.max_sequence_length,
+            generator=generators,
+            output_type="pt",
+        )
         out.append(result.frames.float().clamp(0, 1))
     return torch.cat(out)
 
@@ -207,8 +233,9 @@ def judge_pair_accuracy(per_video: list[dict]) -> dict:
                 first, second = rows[a], rows[b]
                 for name, asked in slices.items():
                     other = next(f for n, f in slices.items() if n != name)
-                    if asked(first["checks"]) == asked(second["checks"]) or \
-                            other(first["checks"]) != other(second["checks"]):
+                    if asked(first["checks"]) == asked(second["checks"]) or other(first["checks"]) != other(
+                        second["checks"]
+                    ):
                         continue
                     better, worse = (first, second) if asked(first["checks"]) else (second, first)
                     right[name].append(better["judge"] > worse["judge"])
@@ -227,8 +254,14 @@ def judge_pair_accuracy(per_video: list[dict]) -> dict:
 def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
     """The --reward flags of a run, or the reason it cannot run."""
     if reward == "judge":
-        return ["--reward", "descore", "--reward-model", args.judge, "--reward-max-new-tokens",
-                str(JUDGE_MAX_NEW_TOKENS)]
+        return [
+            "--reward",
+            "descore",
+            "--reward-model",
+            args.judge,
+            "--reward-max-new-tokens",
+            str(JUDGE_MAX_NEW_TOKENS),
+        ]
     if reward == "judge_no_cot":
         return ["--reward", "descore", "--reward-model", args.judge, "--no-think"]
     if reward in ("student", "discriminative"):
@@ -259,12 +292,33 @@ def train_discriminative(output_dir: Path, steps: int = 600, train_pairs: int = 
         return model
     judge_recipe = _judge_recipe()
     init_tiny(output_dir / "init", seed=seed, prompt_template=judge_recipe.TEMPLATE)
-    data = write_dataset(output_dir / "train", train_pairs, seed=judge_recipe.TRAIN_SEED,
-                         defects=judge_recipe.DEFECTS, world=world_wan.WORLD, progress=False)
-    Trainer(TrainConfig(model=str(output_dir / "init"), train_data=str(data), output_dir=str(output_dir / "run"),
-                        stage=1, max_steps=steps, warmup_ratio=min(1.0, 120 / steps), batch_size=16,
-                        learning_rate=1e-3, lora_rank=0, train_embeddings="all", cot_mask_prob=1.0, lm_loss_weight=0.0,
-                        save_steps=steps, seed=seed, log_with=None)).train()
+    data = write_dataset(
+        output_dir / "train",
+        train_pairs,
+        seed=judge_recipe.TRAIN_SEED,
+        defects=judge_recipe.DEFECTS,
+        world=world_wan.WORLD,
+        progress=False,
+    )
+    Trainer(
+        TrainConfig(
+            model=str(output_dir / "init"),
+            train_data=str(data),
+            output_dir=str(output_dir / "run"),
+            stage=1,
+            max_steps=steps,
+            warmup_ratio=min(1.0, 120 / steps),
+            batch_size=16,
+            learning_rate=1e-3,
+            lora_rank=0,
+            train_embeddings="all",
+            cot_mask_prob=1.0,
+            lm_loss_weight=0.0,
+            save_steps=steps,
+            seed=seed,
+            log_with=None,
+        )
+    ).train()
     import shutil
 
     shutil.copytree(output_dir / "run" / f"checkpoint-{steps}" / "model", model)
@@ -281,15 +335,36 @@ def _judge_recipe():
     return module
 
 
-def run_argv(method: str, reward_args: list[str], args: BenchArguments, prompts_file: Path, run_dir: Path,
-             seed: int) -> list[str]:
+def run_argv(
+    method: str, reward_args: list[str], args: BenchArguments, prompts_file: Path, run_dir: Path, seed: int
+) -> list[str]:
     steps = args.steps or METHOD_STEPS[method]
     # world:truth every evaluation (steps to level), a check never trained on; the truth run trains on it and logs it
     check = [] if "world:truth" in reward_args else ["--check", "world:truth"]
-    return ["--pipeline", args.pipeline, "--prompts", str(prompts_file), "--output-dir", str(run_dir), "--overwrite",
-            "--max-steps", str(steps), "--eval-every", str(args.eval_every), "--checkpoint-every", str(steps),
-            "--eval-prompts", str(min(args.eval_prompts, args.train_prompts)), "--eval-videos-per-prompt", "1",
-            "--seed", str(seed), *check, *reward_args, *method_flags(method)]
+    return [
+        "--pipeline",
+        args.pipeline,
+        "--prompts",
+        str(prompts_file),
+        "--output-dir",
+        str(run_dir),
+        "--overwrite",
+        "--max-steps",
+        str(steps),
+        "--eval-every",
+        str(args.eval_every),
+        "--checkpoint-every",
+        str(steps),
+        "--eval-prompts",
+        str(min(args.eval_prompts, args.train_prompts)),
+        "--eval-videos-per-prompt",
+        "1",
+        "--seed",
+        str(seed),
+        *check,
+        *reward_args,
+        *method_flags(method),
+    ]
 
 
 def post_train_run(method: str, argv: list[str]):
@@ -302,8 +377,11 @@ def post_train_run(method: str, argv: list[str]):
 def steps_to_level(run_dir: Path) -> dict:
     """From the run's evaluations of world:truth: its step-0 value and the first step reaching +each of LEVELS."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = sorted((row["step"], row["eval/world:truth"]) for row in rows
-                   if row.get("kind") == "eval" and row.get("eval/world:truth") is not None)
+    evals = sorted(
+        (row["step"], row["eval/world:truth"])
+        for row in rows
+        if row.get("kind") == "eval" and row.get("eval/world:truth") is not None
+    )
     if not evals:
         return {}
     start = evals[0][1]
@@ -350,18 +428,28 @@ def fmt(pair) -> str:
     return f"{mean:.3f}" if math.isnan(stderr) else f"{mean:.3f} ± {stderr:.3f}"
 
 
-TABLE_COLUMNS = [("held_out/all_as_asked", "held-out all as asked"), ("held_out/colour", "colour"),
-                 ("held_out/direction", "direction"), ("held_out/subject", "subject"),
-                 ("held_out/dynamics", "dynamics"), ("held_out/background", "background"),
-                 ("held_out/temporal_flicker", "flicker-free"), ("held_out/camera_steadiness", "camera steady"),
-                 ("held_out/dynamic_degree", "dynamic degree"), ("train/all_as_asked", "train all as asked"),
-                 ("held_out/judge_reward", "judge reward (held-out)"), ("held_out/truth_reward", "world:truth"),
-                 ("held_out/diversity", "diversity")]
+TABLE_COLUMNS = [
+    ("held_out/all_as_asked", "held-out all as asked"),
+    ("held_out/colour", "colour"),
+    ("held_out/direction", "direction"),
+    ("held_out/subject", "subject"),
+    ("held_out/dynamics", "dynamics"),
+    ("held_out/background", "background"),
+    ("held_out/temporal_flicker", "flicker-free"),
+    ("held_out/camera_steadiness", "camera steady"),
+    ("held_out/dynamic_degree", "dynamic degree"),
+    ("train/all_as_asked", "train all as asked"),
+    ("held_out/judge_reward", "judge reward (held-out)"),
+    ("held_out/truth_reward", "world:truth"),
+    ("held_out/diversity", "diversity"),
+]
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | seeds | " + " | ".join(title for _, title in TABLE_COLUMNS) + " | steps to +0.05 / +0.10 |",
-             "|---" * (len(TABLE_COLUMNS) + 3) + "|"]
+    lines = [
+        "| run | seeds | " + " | ".join(title for _, title in TABLE_COLUMNS) + " | steps to +0.05 / +0.10 |",
+        "|---" * (len(TABLE_COLUMNS) + 3) + "|",
+    ]
     for name, run in results["runs"].items():
         if "not_run" in run:
             lines.append(f"| {name} | not run: {run['not_run']} |" + " |" * (len(TABLE_COLUMNS) + 1))
@@ -371,9 +459,11 @@ def markdown(results: dict) -> str:
         for seed in run["seeds"].values():
             first = seed.get("steps_to_level", {}).get("first_step", {})
             steps.append(f"{first.get('+0.05')}/{first.get('+0.10')}" if first else "-")
-        lines.append(f"| {name} | {len(run['seeds'])} | " + " | ".join(fmt(summary.get(key, (math.nan, math.nan)))
-                                                                  for key, _ in TABLE_COLUMNS)
-                     + f" | {', '.join(steps)} |")
+        lines.append(
+            f"| {name} | {len(run['seeds'])} | "
+            + " | ".join(fmt(summary.get(key, (math.nan, math.nan))) for key, _ in TABLE_COLUMNS)
+            + f" | {', '.join(steps)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -395,8 +485,10 @@ def planned_runs(args: BenchArguments) -> list[str]:
         known = {"base"} | {f"{m}/{r}" for m in METHODS for r in REWARDS}
         unknown = [name for name in args.runs if name not in known]
         if unknown:
-            raise SystemExit(f"vbench_mini.py: error: --runs {unknown[0]}: not a run (base or METHOD/REWARD with "
-                             f"METHOD in {', '.join(METHODS)}, REWARD in {', '.join(REWARDS)})")
+            raise SystemExit(
+                f"vbench_mini.py: error: --runs {unknown[0]}: not a run (base or METHOD/REWARD with "
+                f"METHOD in {', '.join(METHODS)}, REWARD in {', '.join(REWARDS)})"
+            )
         return ["base"] + [name for name in args.runs if name != "base"]
     if args.quick:
         return list(QUICK_RUNS)
@@ -424,12 +516,19 @@ def main(argv=None) -> int:
     (out / "prompts" / "held_out.txt").write_text("\n".join(held_out) + "\n")
     judge = DeScoreReward.from_pretrained(args.judge)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    results = {"benchmark": "recipes/vbench_mini.py", "arguments": asdict(args), "seeds": seeds,
-               "prompts": {"train": train, "held_out": held_out}, "runs": {}}
+    results = {
+        "benchmark": "recipes/vbench_mini.py",
+        "arguments": asdict(args),
+        "seeds": seeds,
+        "prompts": {"train": train, "held_out": held_out},
+        "runs": {},
+    }
 
     def measure_both(pipe, seed):
-        return {"train": measure(pipe, train, args.videos_per_prompt, seed, judge),
-                "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge)}
+        return {
+            "train": measure(pipe, train, args.videos_per_prompt, seed, judge),
+            "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge),
+        }
 
     for name in planned_runs(args):
         entry = results["runs"].setdefault(name, {"seeds": {}})
@@ -438,13 +537,21 @@ def main(argv=None) -> int:
             for seed in seeds:
                 old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
                 entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
-                print(f"base seed {seed}: held-out all as asked "
-                      f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}")
-            samples = [row for seed in seeds for split in ("train", "held_out")
-                       for row in entry["seeds"][str(seed)][split]["per_video"]]
+                print(
+                    f"base seed {seed}: held-out all as asked "
+                    f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}"
+                )
+            samples = [
+                row
+                for seed in seeds
+                for split in ("train", "held_out")
+                for row in entry["seeds"][str(seed)][split]["per_video"]
+            ]
             results["judge_on_base_samples"] = judge_pair_accuracy(samples)
-            print(f"the judge on pairs of the base generator's samples that differ in colour or motion: "
-                  f"{results['judge_on_base_samples']}")
+            print(
+                f"the judge on pairs of the base generator's samples that differ in colour or motion: "
+                f"{results['judge_on_base_samples']}"
+            )
             write_results(out, results)
             continue
         method, reward = name.split("/")
@@ -468,14 +575,27 @@ def main(argv=None) -> int:
             post_train_run(method, argv_run)
             seconds = time.time() - began
             pipe = load_generator(args.pipeline, str(run_dir))
-            record = {**measure_both(pipe, seed), "lora": str(run_dir), "train_seconds": seconds,
-                      "steps_to_level": steps_to_level(run_dir),
-                      "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}"}
-            trained = {"judge": "descore", "judge_no_cot": "descore", "student": "descore",
-                       "discriminative": "descore", "truth": "world:truth", "redness": "analytic:redness"}[reward]
+            record = {
+                **measure_both(pipe, seed),
+                "lora": str(run_dir),
+                "train_seconds": seconds,
+                "steps_to_level": steps_to_level(run_dir),
+                "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}",
+            }
+            trained = {
+                "judge": "descore",
+                "judge_no_cot": "descore",
+                "student": "descore",
+                "discriminative": "descore",
+                "truth": "world:truth",
+                "redness": "analytic:redness",
+            }[reward]
             checks = None if trained == "world:truth" else ["world:truth"]
-            record["report"] = str(write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}",
-                                                reward=trained, checks=checks))
+            record["report"] = str(
+                write_report(
+                    run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}", reward=trained, checks=checks
+                )
+            )
             entry["seeds"][str(seed)] = record
             fidelity = record["held_out"]["columns"]["all_as_asked"]["mean"]
             print(f"{name} seed {seed}: held-out all as asked {fidelity:.3f} in {seconds:.0f} s of post-training")

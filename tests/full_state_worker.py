@@ -52,7 +52,9 @@ def shard(model):
 
 def full_params(model) -> dict:
     """Every parameter as a full tensor (a collective on sharded models)."""
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
+    return {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()
+    }
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -105,16 +107,20 @@ def one_row_training(model_dir: str, batch: dict, reward_id: int) -> dict:
         with torch.no_grad():
             official.vlm.get_input_embeddings().weight[frozen] = start_rows[frozen]
     embeddings = {name: full_params(m)[embedding_name(m)] for name, m in (("sharded", model), ("whole", whole))}
-    return {"row_sharded": is_sharded(model),
-            "row_local_holds_reward": local_index is not None,
-            "row_embedding_rows": start_rows.shape[0], "row_embedding_name": embedding_name(start),
-            "row_frozen_unchanged": {n: bool(torch.equal(e[frozen], start_rows[frozen])) for n, e in embeddings.items()},
-            "row_reward_moved": {n: float((e[reward_id] - start_rows[reward_id]).abs().max())
-                                 for n, e in embeddings.items()},
-            "row_sharded_vs_whole": max_difference(full_params(model), full_params(whole)),
-            "row_whole_vs_official": max_difference(full_params(whole), full_params(official)),
-            "row_other_moved": max_difference(full_params(whole), full_params(start)),
-            "row_decay_left_in_group": [g["weight_decay"] for _, o, _ in runs for g in o.param_groups]}
+    return {
+        "row_sharded": is_sharded(model),
+        "row_local_holds_reward": local_index is not None,
+        "row_embedding_rows": start_rows.shape[0],
+        "row_embedding_name": embedding_name(start),
+        "row_frozen_unchanged": {n: bool(torch.equal(e[frozen], start_rows[frozen])) for n, e in embeddings.items()},
+        "row_reward_moved": {
+            n: float((e[reward_id] - start_rows[reward_id]).abs().max()) for n, e in embeddings.items()
+        },
+        "row_sharded_vs_whole": max_difference(full_params(model), full_params(whole)),
+        "row_whole_vs_official": max_difference(full_params(whole), full_params(official)),
+        "row_other_moved": max_difference(full_params(whole), full_params(start)),
+        "row_decay_left_in_group": [g["weight_decay"] for _, o, _ in runs for g in o.param_groups],
+    }
 
 
 def main(model_dir: str, out: str):
@@ -144,12 +150,17 @@ def main(model_dir: str, out: str):
         save_file(state.trainable, checkpoint / "trainable.safetensors")
         torch.save(state.optimizer, checkpoint / "optimizer.pt")
         whole.save_pretrained(out / "whole")
-        save_file({n: p.detach().contiguous() for n, p in whole.named_parameters() if p.requires_grad},
-                  out / "whole_trainable.safetensors")
+        save_file(
+            {n: p.detach().contiguous() for n, p in whole.named_parameters() if p.requires_grad},
+            out / "whole_trainable.safetensors",
+        )
         saved_optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
         expected = named_optimizer_state(whole, whole_optimizer)
-        optimizer_file_difference = max(float((saved_optimizer[n][k] - s[k]).abs().max())
-                                        for n, s in expected.items() for k in ("exp_avg", "exp_avg_sq", "step"))
+        optimizer_file_difference = max(
+            float((saved_optimizer[n][k] - s[k]).abs().max())
+            for n, s in expected.items()
+            for k in ("exp_avg", "exp_avg_sq", "step")
+        )
         optimizer_file_names = sorted(saved_optimizer) == sorted(expected)
     dist.barrier()
 
@@ -166,24 +177,39 @@ def main(model_dir: str, out: str):
     regathered_report = {}
     if rank == 0:
         regathered_report = dict(
-            regathered_trainable_equal=all(torch.equal(regathered.trainable[n], state.trainable[n])
-                                           for n in state.trainable),
+            regathered_trainable_equal=all(
+                torch.equal(regathered.trainable[n], state.trainable[n]) for n in state.trainable
+            ),
             regathered_optimizer_names=sorted(regathered.optimizer["state"]) == sorted(state.optimizer["state"]),
             regathered_optimizer_unequal=[
-                f"{n}:{k}" for n in state.optimizer["state"] for k in ("exp_avg", "exp_avg_sq", "step")
-                if not torch.equal(regathered.optimizer["state"][n][k], state.optimizer["state"][n][k])])
+                f"{n}:{k}"
+                for n in state.optimizer["state"]
+                for k in ("exp_avg", "exp_avg_sq", "step")
+                if not torch.equal(regathered.optimizer["state"][n][k], state.optimizer["state"][n][k])
+            ],
+        )
     step(whole, whole_optimizer, batch)  # one more step on each: equal only if the AdamW moments came back
     step(fresh, fresh_optimizer, batch)
     continued_difference = max_difference(full_params(fresh), full_params(whole))
-    result = {"rank": rank, "sharded": is_sharded(model), "trained_difference": trained_difference,
-              "before_load_difference": before, "restored_difference": restored_difference,
-              "continued_difference": continued_difference, "restored_steps": restored_steps,
-              "optimizer_entries": len(local_state), "local_moment_share": local_numel / full_numel,
-              "empty_off_main": rank == 0 or (not state.model and not state.trainable and not state.optimizer)}
+    result = {
+        "rank": rank,
+        "sharded": is_sharded(model),
+        "trained_difference": trained_difference,
+        "before_load_difference": before,
+        "restored_difference": restored_difference,
+        "continued_difference": continued_difference,
+        "restored_steps": restored_steps,
+        "optimizer_entries": len(local_state),
+        "local_moment_share": local_numel / full_numel,
+        "empty_off_main": rank == 0 or (not state.model and not state.trainable and not state.optimizer),
+    }
     result.update(regathered_report)
     if rank == 0:
-        result.update(optimizer_file_difference=optimizer_file_difference, optimizer_file_names=optimizer_file_names,
-                      whole_optimizer_entries=len(named_optimizer_state(whole, whole_optimizer)))
+        result.update(
+            optimizer_file_difference=optimizer_file_difference,
+            optimizer_file_names=optimizer_file_names,
+            whole_optimizer_entries=len(named_optimizer_state(whole, whole_optimizer)),
+        )
     numbered = out / "numbered"  # an unsharded run's checkpoint: refused on every process, none left waiting
     if rank == 0:
         numbered.mkdir()

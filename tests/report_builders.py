@@ -21,15 +21,23 @@ from pathlib import Path
 import numpy as np
 
 from descore_plugin.data.pairs import load_pairs
-from descore_plugin.evaluation.preference import write_evaluation
-from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
-from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.data.video import write_video
+from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.evaluation.preference import write_evaluation
+from descore_plugin.testing.synthetic import write_dataset
 
 DIMENSIONS = ("subject", "dynamics", "camera", "environment", "style")
 RUN_STEPS = (0, 50, 100, 150)
-RUN_PROMPTS = ("a red square", "a blue circle", "a green square", "a yellow circle", "a red circle", "a blue square",
-               "a green circle", "a yellow square")
+RUN_PROMPTS = (
+    "a red square",
+    "a blue circle",
+    "a green square",
+    "a yellow circle",
+    "a red circle",
+    "a blue square",
+    "a green circle",
+    "a yellow square",
+)
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 40)}
 
 
@@ -39,11 +47,27 @@ def scored_set(root: Path, num_pairs: int = 4) -> Path:
     pairs = load_pairs(write_dataset(root / "data", num_pairs, seed=0, progress=False))
     rows = []
     for index, pair in enumerate(pairs):
-        for video, cot, scores in ((pair.video_a, pair.cot_a, pair.scores_a), (pair.video_b, pair.cot_b, pair.scores_b)):
-            rows.append({"video": video, "prompt": pair.prompt, "reward": round(sum(scores.values()) / 5 - 1 + 0.01 * index, 4),
-                         "cot": cot, "dimensional_scores": scores, "uncertainty": round(0.05 + 0.02 * index, 3)})
-    rows.append({"video": str(root / "data" / "videos" / "gone.mp4"), "prompt": pairs[0].prompt,
-                 "error": "gone.mp4: no such file"})
+        for video, cot, scores in (
+            (pair.video_a, pair.cot_a, pair.scores_a),
+            (pair.video_b, pair.cot_b, pair.scores_b),
+        ):
+            rows.append(
+                {
+                    "video": video,
+                    "prompt": pair.prompt,
+                    "reward": round(sum(scores.values()) / 5 - 1 + 0.01 * index, 4),
+                    "cot": cot,
+                    "dimensional_scores": scores,
+                    "uncertainty": round(0.05 + 0.02 * index, 3),
+                }
+            )
+    rows.append(
+        {
+            "video": str(root / "data" / "videos" / "gone.mp4"),
+            "prompt": pairs[0].prompt,
+            "error": "gone.mp4: no such file",
+        }
+    )
     path = root / "scores.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -56,10 +80,23 @@ def judge_folder(root: Path, head: str = "scalar", mean: float = 0.0, std: float
     folder = root / "judge"
     (folder / "evaluation").mkdir(parents=True)
     (folder / "descore_config.json").write_text(json.dumps(DeScoreConfig(head=head, backbone="backbone").to_dict()))
-    (folder / "evaluation" / "accuracy.json").write_text(json.dumps({
-        "accuracy_with_ties": 0.9, "accuracy_without_ties": 0.9, "num_pairs": 20,
-        "reward_range": {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std, "num_videos": 40,
-                         "data": "validation pairs"}}))
+    (folder / "evaluation" / "accuracy.json").write_text(
+        json.dumps(
+            {
+                "accuracy_with_ties": 0.9,
+                "accuracy_without_ties": 0.9,
+                "num_pairs": 20,
+                "reward_range": {
+                    "mean": mean,
+                    "std": std,
+                    "min": mean - 2 * std,
+                    "max": mean + 2 * std,
+                    "num_videos": 40,
+                    "data": "validation pairs",
+                },
+            }
+        )
+    )
     return folder
 
 
@@ -73,11 +110,18 @@ def failing_scored_set(root: Path) -> Path:
     for index, (video, reward) in enumerate(zip([v for pair in videos for v in pair], rewards)):
         prompt = "a red square moving right" if index < 3 else "a blue circle moving left"
         parsed = index == 4
-        rows.append({"video": video, "prompt": prompt, "reward": reward,
-                     "cot": "Seen: subject 2.\n<answer>{\"overall_score\": 3}</answer>" if parsed else "sq sq ed ed ed",
-                     "dimensional_scores": {"subject": 2} if parsed else {},
-                     "overall_score": 3.0 if parsed else None, "uncertainty": None,
-                     "parse_error": None if parsed else "no <answer> block in the CoT"})
+        rows.append(
+            {
+                "video": video,
+                "prompt": prompt,
+                "reward": reward,
+                "cot": 'Seen: subject 2.\n<answer>{"overall_score": 3}</answer>' if parsed else "sq sq ed ed ed",
+                "dimensional_scores": {"subject": 2} if parsed else {},
+                "overall_score": 3.0 if parsed else None,
+                "uncertainty": None,
+                "parse_error": None if parsed else "no <answer> block in the CoT",
+            }
+        )
     path = root / "failing_scores.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -97,20 +141,44 @@ def evaluation(root: Path, num_pairs: int = 8, wrong: tuple = (1, 4)) -> Path:
             preferred_reward, other_reward = other_reward - 0.3, preferred_reward
         reward_a, reward_b = (preferred_reward, other_reward) if pair.label == "A" else (other_reward, preferred_reward)
         unparsed = index == wrong[0]
-        rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
-                     "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
-                     "cot_a": pair.cot_a, "cot_b": "the the the" if unparsed else pair.cot_b,
-                     "parse_error_a": None, "parse_error_b": "no <answer> block" if unparsed else None,
-                     "scores_a": pair.scores_a, "scores_b": pair.scores_b})
+        rows.append(
+            {
+                "video_a": pair.video_a,
+                "video_b": pair.video_b,
+                "prompt": pair.prompt,
+                "label": pair.label,
+                "slice": pair.slice,
+                "reward_a": reward_a,
+                "reward_b": reward_b,
+                "margin": reward_a - reward_b,
+                "cot_a": pair.cot_a,
+                "cot_b": "the the the" if unparsed else pair.cot_b,
+                "parse_error_a": None,
+                "parse_error_b": "no <answer> block" if unparsed else None,
+                "scores_a": pair.scores_a,
+                "scores_b": pair.scores_b,
+            }
+        )
     margins = np.array([row["margin"] for row in rows])
     labels = [row["label"] for row in rows]
-    result = {"accuracy_with_ties": accuracy_with_ties(margins, labels),
-              "accuracy_without_ties": accuracy_without_ties(margins, labels), "num_pairs": len(rows),
-              "accuracy_ties_as_errors": float(np.mean([(m >= 0) == (label == "A") for m, label in zip(margins, labels)])),
-              "num_pairs_without_ties": len(rows), "num_pairs_invalid": 0, "num_videos_scored": 2 * len(rows),
-              "think": True, "rows": rows, "model": str(root / "judge"), "pairs": str(data), "max_new_tokens": 256,
-              "num_cots": 2 * len(rows), "num_cots_unparsed": 1, "cot_parse_rate": 1 - 1 / (2 * len(rows)),
-              "accuracy_without_ties_by_slice": accuracy_by_slice(margins, labels, [r["slice"] for r in rows])}
+    result = {
+        "accuracy_with_ties": accuracy_with_ties(margins, labels),
+        "accuracy_without_ties": accuracy_without_ties(margins, labels),
+        "num_pairs": len(rows),
+        "accuracy_ties_as_errors": float(np.mean([(m >= 0) == (label == "A") for m, label in zip(margins, labels)])),
+        "num_pairs_without_ties": len(rows),
+        "num_pairs_invalid": 0,
+        "num_videos_scored": 2 * len(rows),
+        "think": True,
+        "rows": rows,
+        "model": str(root / "judge"),
+        "pairs": str(data),
+        "max_new_tokens": 256,
+        "num_cots": 2 * len(rows),
+        "num_cots_unparsed": 1,
+        "cot_parse_rate": 1 - 1 / (2 * len(rows)),
+        "accuracy_without_ties_by_slice": accuracy_by_slice(margins, labels, [r["slice"] for r in rows]),
+    }
     write_evaluation(result, root / "eval")
     return root / "eval"
 
@@ -132,10 +200,12 @@ def _frames(prompt: str, wash: float, index: int, size: int = 32, frames: int = 
 
 def _cot(prompt: str, style: float, washed: bool) -> str:
     light = "over-exposed washed-out frames" if washed else "steady light"
-    return (f"Expect: {prompt} moving right on a grey background, steady camera, steady light.\n"
-            f"Seen: subject {prompt}: 2; dynamics moving right: 2; camera steady camera: 2; environment grey "
-            f"background: 2; style {light}: {int(round(style))}.\n"
-            f'<answer>{{"dimensional_scores": {{"style": {int(round(style))}}}, "overall_score": 3.0}}</answer>')
+    return (
+        f"Expect: {prompt} moving right on a grey background, steady camera, steady light.\n"
+        f"Seen: subject {prompt}: 2; dynamics moving right: 2; camera steady camera: 2; environment grey "
+        f"background: 2; style {light}: {int(round(style))}.\n"
+        f'<answer>{{"dimensional_scores": {{"style": {int(round(style))}}}, "overall_score": 3.0}}</answer>'
+    )
 
 
 def run(root: Path, hacked: bool, videos: bool = True, seed: int = 0) -> Path:
@@ -165,12 +235,17 @@ def run(root: Path, hacked: bool, videos: bool = True, seed: int = 0) -> Path:
             cot = _cot(prompt, style, washed)
             folder = run_dir / "samples" / f"step-{step:06d}"
             if videos:
-                write_video(folder / f"{index:03d}.mp4", _frames(prompt, 0.8 * progress if washed else 0.0, index), fps=8)
+                write_video(
+                    folder / f"{index:03d}.mp4", _frames(prompt, 0.8 * progress if washed else 0.0, index), fps=8
+                )
             # the recipes' layout: samples/step-N/scores.jsonl, videos relative to it, the step from the folder
-            per_step.setdefault(folder, []).append({"index": index, "prompt": prompt, "video": f"{index:03d}.mp4",
-                                                    "scores": scores, "cot": cot})
+            per_step.setdefault(folder, []).append(
+                {"index": index, "prompt": prompt, "video": f"{index:03d}.mp4", "scores": scores, "cot": cot}
+            )
             rewards.append(scores["descore"])
-        metrics.append({"kind": "eval", "step": step, "eval/descore": float(np.mean(rewards)), "num_videos": len(rewards)})
+        metrics.append(
+            {"kind": "eval", "step": step, "eval/descore": float(np.mean(rewards)), "num_videos": len(rewards)}
+        )
         if step:
             metrics.append({"kind": "train", "step": step, "loss": 0.69 - 0.1 * progress})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics))

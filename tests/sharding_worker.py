@@ -27,8 +27,13 @@ def main(model_dir: str, video: str, out: str):
     local = sum(p.to_local().numel() * p.element_size() for p in reference.parameters())
     full = sum(p.numel() * p.element_size() for p in whole.parameters())
     units = sum(1 for m in reference.modules() if type(m).__name__.startswith("FSDP"))
-    result = {"rank": rank, "local_bytes": local, "full_bytes": full, "units": units,
-              "max_reward_difference": float((got - expected).abs().max())}
+    result = {
+        "rank": rank,
+        "local_bytes": local,
+        "full_bytes": full,
+        "units": units,
+        "max_reward_difference": float((got - expected).abs().max()),
+    }
     with open(f"{out}.{rank}.json", "w") as handle:
         json.dump(result, handle)
     dist.destroy_process_group()

@@ -64,14 +64,27 @@ def test_frozen_reference_is_sharded_over_two_cpu_processes(tiny_dirs, tmp_path)
     from descore_plugin.data.video import write_video
 
     video = tmp_path / "clip.mp4"
-    write_video(video, (torch.rand(8, 3, 56, 56, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8), fps=8)
+    write_video(
+        video, (torch.rand(8, 3, 56, 56, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8), fps=8
+    )
     args, _ = launch_args("fsdp")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(WORKER), str(tiny_dirs["qwen3_vl"]), str(video), str(tmp_path / "rank")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(WORKER),
+        str(tiny_dirs["qwen3_vl"]),
+        str(video),
+        str(tmp_path / "rank"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]

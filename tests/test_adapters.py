@@ -1,15 +1,14 @@
 """Each framework adapter called exactly as its framework calls it, on the tiny model."""
 
-
 import numpy as np
 import pytest
 import torch
-
 from conftest import PROMPTS
+
 from descore_plugin import DeScoreReward
+from descore_plugin.data.video import write_video
 from descore_plugin.integrations.flow_grpo import DanceGRPOReward, descore_reward, trl_descore_reward
 from descore_plugin.modeling.model import RewardOutput
-from descore_plugin.data.video import write_video
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +68,33 @@ def test_trl_reward_called_as_grpo_trainer_calls_it(model, sample_videos):
     from transformers import TrainerState
 
     fn = trl_descore_reward(model=model, prompt_column="caption")
-    prompts = [[{"role": "system", "content": [{"type": "text", "text": "You judge videos."}]},
-                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe, then judge."}]}]
-               for _ in PROMPTS]
-    completions = [[{"role": "assistant", "content": [{"type": "text", "text": "The square "}, {"type": "text",
-                                                                                         "text": "is red."}]}],
-                   [{"role": "assistant", "content": "It moves left."}], [{"role": "assistant", "content": ""}]]
-    rewards = fn(prompts=prompts, completions=completions, completion_ids=[[1, 2], [3], []], video=list(sample_videos),
-                 caption=list(PROMPTS), trainer_state=TrainerState(global_step=3),
-                 log_extra=lambda column, values: None, log_metric=lambda name, value: None)
+    prompts = [
+        [
+            {"role": "system", "content": [{"type": "text", "text": "You judge videos."}]},
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe, then judge."}]},
+        ]
+        for _ in PROMPTS
+    ]
+    completions = [
+        [
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "The square "}, {"type": "text", "text": "is red."}],
+            }
+        ],
+        [{"role": "assistant", "content": "It moves left."}],
+        [{"role": "assistant", "content": ""}],
+    ]
+    rewards = fn(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=[[1, 2], [3], []],
+        video=list(sample_videos),
+        caption=list(PROMPTS),
+        trainer_state=TrainerState(global_step=3),
+        log_extra=lambda column, values: None,
+        log_metric=lambda name, value: None,
+    )
     expected = model.score(sample_videos, PROMPTS, cots=["The square is red.", "It moves left.", ""]).rewards
     assert rewards == pytest.approx(expected.tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="no 'caption' column"):

@@ -49,14 +49,19 @@ def demo_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("annotate")
     jsonl = write_dataset(root / "data", 6, seed=11, defects=DEMO_DEFECTS, world=DEMO_WORLD, progress=False)
     pairs = load_pairs(jsonl)
-    return {"root": root, "jsonl": jsonl, "pairs": pairs,
-            "csv": write_videoalign_csv(pairs, root / "data" / "videoalign.csv")}
+    return {
+        "root": root,
+        "jsonl": jsonl,
+        "pairs": pairs,
+        "csv": write_videoalign_csv(pairs, root / "data" / "videoalign.csv"),
+    }
 
 
 def test_demo_judge_as_teacher_writes_cots_that_parse_and_train_rm_reads(demo_world, tmp_path, capsys):
     out = tmp_path / "annotated.jsonl"
-    status = main(["annotate", str(demo_world["csv"]), "--teacher", str(DEMO_JUDGE), "--output", str(out),
-                   "--batch-size", "6"])
+    status = main(
+        ["annotate", str(demo_world["csv"]), "--teacher", str(DEMO_JUDGE), "--output", str(out), "--batch-size", "6"]
+    )
     err = capsys.readouterr().err
     assert status == 0, err
     kept = load_pairs(out, require_scores=True)  # what recipes/train_rm.py stage 1 and 2 read
@@ -90,8 +95,22 @@ def test_tiny_random_teacher_cots_do_not_parse_and_are_counted(demo_world, tiny_
     else:
         teacher = tiny_dirs["qwen3_vl"]
     out = tmp_path / "a.jsonl"
-    status = main(["annotate", str(demo_world["jsonl"]), "--teacher", str(teacher), "--output", str(out),
-                   "--keep", "all", "--max-new-tokens", "6", "--batch-size", "4"])
+    status = main(
+        [
+            "annotate",
+            str(demo_world["jsonl"]),
+            "--teacher",
+            str(teacher),
+            "--output",
+            str(out),
+            "--keep",
+            "all",
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "4",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 0, err
     assert out.read_text() == ""  # nothing parses: nothing to train on
@@ -152,11 +171,14 @@ class ChatServer:
             if key in self.fail:
                 raise HTTPException(status_code=500, detail="CUDA out of memory")
             text = self.answers.get(key, "I cannot judge this video.")
-            return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
+            return {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+            }
 
         import uvicorn
 
@@ -197,8 +219,18 @@ def test_chat_endpoint_error_row_disagreement_parse_failure_and_resume(demo_worl
     server.fail.add(digest(pairs[3].video_a))
     try:
         out = tmp_path / "cots.jsonl"
-        command = ["annotate", str(demo_world["csv"]), "--teacher", server.url, "--output", str(out),
-                   "--api-key", "sk-test", "--batch-size", "3"]
+        command = [
+            "annotate",
+            str(demo_world["csv"]),
+            "--teacher",
+            server.url,
+            "--output",
+            str(out),
+            "--api-key",
+            "sk-test",
+            "--batch-size",
+            "3",
+        ]
         assert main(command) == 1  # a teacher error: rerun with --resume
         err = capsys.readouterr().err
         assert "3 of 6 pairs kept" in err and "1 not kept: parse failure" in err
@@ -206,8 +238,11 @@ def test_chat_endpoint_error_row_disagreement_parse_failure_and_resume(demo_worl
         assert len(server.requests) == 12
         rejected = {r["prompt"] + r["video_a"]: r for r in rows_of(rejected_path(out))}
         reasons = {(Path(r["video_a"]).name, r["reason"]) for r in rejected.values()}
-        assert reasons == {(Path(pairs[1].video_a).name, "disagreement"), (Path(pairs[2].video_a).name, "parse failure"),
-                           (Path(pairs[3].video_a).name, "error")}
+        assert reasons == {
+            (Path(pairs[1].video_a).name, "disagreement"),
+            (Path(pairs[2].video_a).name, "parse failure"),
+            (Path(pairs[3].video_a).name, "error"),
+        }
         error_row = next(r for r in rejected.values() if r["reason"] == "error")
         assert "HTTP 500" in error_row["detail"] and "CUDA out of memory" in error_row["detail"]
         kept = load_pairs(out, require_scores=True)
@@ -228,14 +263,49 @@ def test_chat_endpoint_error_row_disagreement_parse_failure_and_resume(demo_worl
 
         # Frames instead of a video part (image-only models); the model name given, not listed.
         frames_out = tmp_path / "frames.jsonl"
-        assert main(["annotate", str(demo_world["jsonl"]), "--teacher", server.url + "/chat/completions",
-                     "--output", str(frames_out), "--api-key", "sk-test", "--video-as", "frames", "--num-frames", "4",
-                     "--teacher-model", "judge-vl", "--keep", "all"]) == 0
+        assert (
+            main(
+                [
+                    "annotate",
+                    str(demo_world["jsonl"]),
+                    "--teacher",
+                    server.url + "/chat/completions",
+                    "--output",
+                    str(frames_out),
+                    "--api-key",
+                    "sk-test",
+                    "--video-as",
+                    "frames",
+                    "--num-frames",
+                    "4",
+                    "--teacher-model",
+                    "judge-vl",
+                    "--keep",
+                    "all",
+                ]
+            )
+            == 0
+        )
         body = server.requests[-1]
         assert [p["type"] for p in body["messages"][0]["content"]].count("image_url") == 4
         # A wrong key: every pair is an error row naming the HTTP status.
-        assert main(["annotate", str(demo_world["jsonl"]), "--teacher", server.url, "--output",
-                     str(tmp_path / "k.jsonl"), "--api-key", "wrong", "--teacher-model", "judge-vl"]) == 1
+        assert (
+            main(
+                [
+                    "annotate",
+                    str(demo_world["jsonl"]),
+                    "--teacher",
+                    server.url,
+                    "--output",
+                    str(tmp_path / "k.jsonl"),
+                    "--api-key",
+                    "wrong",
+                    "--teacher-model",
+                    "judge-vl",
+                ]
+            )
+            == 1
+        )
         assert all("HTTP 401" in r["detail"] for r in rows_of(rejected_path(tmp_path / "k.jsonl")))
     finally:
         server.close()
@@ -245,8 +315,16 @@ def test_unreachable_endpoint_is_one_line(demo_world, tmp_path, capsys):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    status = main(["annotate", str(demo_world["jsonl"]), "--teacher", f"http://127.0.0.1:{port}", "--output",
-                   str(tmp_path / "x.jsonl")])
+    status = main(
+        [
+            "annotate",
+            str(demo_world["jsonl"]),
+            "--teacher",
+            f"http://127.0.0.1:{port}",
+            "--output",
+            str(tmp_path / "x.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err[-1].startswith("descore annotate: error: --teacher") and "--teacher-model" in err[-1]
 
@@ -255,8 +333,12 @@ def test_make_synthetic_demo_world_as_videoalign_csv(tmp_path, capsys):
     """`descore make-synthetic --world demo --format videoalign`: labels only, in VideoAlign's columns, the demo
     judge's world; a folder the command did not write is refused, its own output replaced."""
     out = tmp_path / "va"
-    assert main(["make-synthetic", str(out), "--num-pairs", "3", "--seed", "4", "--world", "demo",
-                 "--format", "videoalign"]) == 0
+    assert (
+        main(
+            ["make-synthetic", str(out), "--num-pairs", "3", "--seed", "4", "--world", "demo", "--format", "videoalign"]
+        )
+        == 0
+    )
     assert not (out / "pairs.jsonl").exists()
     with open(out / "pairs.csv", newline="") as file:
         rows = list(csv.DictReader(file))

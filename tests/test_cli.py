@@ -16,10 +16,10 @@ import pytest
 import torch
 from helpers.run import run_python
 
-from descore_plugin.utils.files import atomic_directory, atomic_write_text, current_umask, follow_umask
 from descore_plugin.data.pairs import DataError, load_pairs
-from descore_plugin.utils.errors import UserError, device_name, dtype_name, run_main
 from descore_plugin.data.video import VideoInputError, load_video, write_video
+from descore_plugin.utils.errors import UserError, device_name, dtype_name, run_main
+from descore_plugin.utils.files import atomic_directory, atomic_write_text, current_umask, follow_umask
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -72,8 +72,15 @@ def _pairs_csv(path: Path, rows: list[dict]) -> Path:
 def _bad_rows_csv(world) -> Path:
     """Rows 1, 2, 4, 6 good; row 3 a 2-frame mp4 (the model samples 8), row 5 an image, row 7 a corrupt file."""
     good = world["good"]
-    rows = [good[0], good[1], {**good[2], "video_b": "videos/two_frames.mp4"}, good[3],
-            {**good[0], "video_a": "videos/still.png"}, good[1], {**good[2], "video_b": "videos/corrupt.mp4"}]
+    rows = [
+        good[0],
+        good[1],
+        {**good[2], "video_b": "videos/two_frames.mp4"},
+        good[3],
+        {**good[0], "video_a": "videos/still.png"},
+        good[1],
+        {**good[2], "video_b": "videos/corrupt.mp4"},
+    ]
     return _pairs_csv(world["root"] / "data" / "with_bad_rows.csv", rows)
 
 
@@ -85,20 +92,62 @@ def test_user_errors_are_one_line_with_exit_status_2(world, tmp_path):
     write_tiny_wan(tmp_path / "wan")
     (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
     video = sorted(world["videos"].glob("0*_a.mp4"))[0]
-    wan_args = ["--pipeline", tmp_path / "wan", "--reward-model", "analytic:redness", "--prompts",
-                tmp_path / "prompts.txt", "--output-dir", tmp_path / "out", "--max-steps", "1"]
-    train = ["--model", world["model"], "--train-data", world["root"] / "data" / "pairs.jsonl",
-             "--output-dir", tmp_path / "rm"]
+    wan_args = [
+        "--pipeline",
+        tmp_path / "wan",
+        "--reward-model",
+        "analytic:redness",
+        "--prompts",
+        tmp_path / "prompts.txt",
+        "--output-dir",
+        tmp_path / "out",
+        "--max-steps",
+        "1",
+    ]
+    train = [
+        "--model",
+        world["model"],
+        "--train-data",
+        world["root"] / "data" / "pairs.jsonl",
+        "--output-dir",
+        tmp_path / "rm",
+    ]
     cases = {
-        "device": (["-m", "descore_plugin.cli", "score", video, "--prompt", "p", "--model", world["model"],
-                    "--device", "cuda"], ["descore score: error: argument --device", "no CUDA GPU", "--device cpu"]),
+        "device": (
+            [
+                "-m",
+                "descore_plugin.cli",
+                "score",
+                video,
+                "--prompt",
+                "p",
+                "--model",
+                world["model"],
+                "--device",
+                "cuda",
+            ],
+            ["descore score: error: argument --device", "no CUDA GPU", "--device cpu"],
+        ),
         "dpo_frames": ([RECIPES / "wan_flow_dpo.py", *wan_args, "--num-frames", "8"], ["wan_flow_dpo.py", "4k + 1"]),
-        "grpo_dtype": ([RECIPES / "wan_flow_grpo.py", *wan_args, "--dtype", "fp17"],
-                       ["wan_flow_grpo.py", "argument --dtype", "invalid choice: 'fp17'"]),
+        "grpo_dtype": (
+            [RECIPES / "wan_flow_grpo.py", *wan_args, "--dtype", "fp17"],
+            ["wan_flow_grpo.py", "argument --dtype", "invalid choice: 'fp17'"],
+        ),
         "train_batch": ([RECIPES / "train_rm.py", *train, "--batch-size", "0"], ["train_rm.py", "--batch-size 0"]),
         "distill": ([RECIPES / "distill_student.py", *train, "--max-steps", "1"], ["distill_student.py", "--teacher"]),
-        "eval_batch": ([RECIPES / "eval_rm.py", world["root"] / "data" / "pairs.jsonl", "--model", world["model"],
-                        "--output-dir", tmp_path / "ev", "--batch-size", "0"], ["eval_rm.py", "argument --batch-size"]),
+        "eval_batch": (
+            [
+                RECIPES / "eval_rm.py",
+                world["root"] / "data" / "pairs.jsonl",
+                "--model",
+                world["model"],
+                "--output-dir",
+                tmp_path / "ev",
+                "--batch-size",
+                "0",
+            ],
+            ["eval_rm.py", "argument --batch-size"],
+        ),
     }
     if torch.cuda.is_available():  # the GPU-less case cannot be produced here
         del cases["device"]
@@ -109,13 +158,16 @@ def test_user_errors_are_one_line_with_exit_status_2(world, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "rm").exists()  # nothing started
 
 
-@pytest.mark.parametrize("flags, fragments", [
-    (["--dtype", "fp17"], ["descore score: error: argument --dtype", "bfloat16 (bf16)"]),
-    (["--batch-size", "0"], ["argument --batch-size: 0 must be at least 1"]),
-    (["--max-new-tokens", "-3"], ["argument --max-new-tokens"]),
-    (["--prompt", "q"], ["2 --prompt flags for 1 videos"]),
-    (["--model", "/no/such/model"], ["/no/such/model: no such directory"]),
-])
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--dtype", "fp17"], ["descore score: error: argument --dtype", "bfloat16 (bf16)"]),
+        (["--batch-size", "0"], ["argument --batch-size: 0 must be at least 1"]),
+        (["--max-new-tokens", "-3"], ["argument --max-new-tokens"]),
+        (["--prompt", "q"], ["2 --prompt flags for 1 videos"]),
+        (["--model", "/no/such/model"], ["/no/such/model: no such directory"]),
+    ],
+)
 def test_score_user_errors_in_process(world, capsys, flags, fragments):
     """The same contract, cheaply in-process: `descore score` user errors exit 2 with one line."""
     from descore_plugin import cli
@@ -146,6 +198,7 @@ def test_argument_types_accept_the_usual_names():
 
 def test_run_main_keeps_tracebacks_for_bugs(capsys):
     """A UserError is one line and 2; any other exception (a bug) propagates with its traceback."""
+
     def user(argv):
         raise UserError("--prompts p.txt: line 2 is empty;\n  remove it")
 
@@ -163,13 +216,34 @@ def test_run_main_keeps_tracebacks_for_bugs(capsys):
 def test_bad_videos_stop_training_before_step_1_naming_row_and_field(world, tmp_path):
     csv_path = _bad_rows_csv(world)
     out = tmp_path / "run"
-    base = [RECIPES / "train_rm.py", "--model", world["model"], "--train-data", csv_path, "--max-steps", "1",
-            "--batch-size", "1", "--gradient-accumulation-steps", "1", "--lora-rank", "0", "--save-steps", "0",
-            "--log-with", "none"]
+    base = [
+        RECIPES / "train_rm.py",
+        "--model",
+        world["model"],
+        "--train-data",
+        csv_path,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--gradient-accumulation-steps",
+        "1",
+        "--lora-rank",
+        "0",
+        "--save-steps",
+        "0",
+        "--log-with",
+        "none",
+    ]
     failed = _run([*base, "--output-dir", out])
     line = _assert_one_line_user_error(
-        failed, "with_bad_rows.csv, row 3, field 'video_b'", "two_frames.mp4",
-        "only 2 frames", "(3 rows have unusable videos)", "--skip-bad-rows")
+        failed,
+        "with_bad_rows.csv, row 3, field 'video_b'",
+        "two_frames.mp4",
+        "only 2 frames",
+        "(3 rows have unusable videos)",
+        "--skip-bad-rows",
+    )
     assert "step" not in line
     assert not out.exists()  # checked before the run directory is opened: the fixed data starts a fresh run
 
@@ -179,7 +253,10 @@ def test_bad_videos_stop_training_before_step_1_naming_row_and_field(world, tmp_
     assert f"left out 3 of 7 rows of {csv_path}" in done.stderr
     skipped = [json.loads(line) for line in (out / "skipped_rows.jsonl").read_text().splitlines()]
     assert [(s["row"], s["field"], Path(s["file"]).name) for s in skipped] == [
-        (3, "video_b", "two_frames.mp4"), (5, "video_a", "still.png"), (7, "video_b", "corrupt.mp4")]
+        (3, "video_b", "two_frames.mp4"),
+        (5, "video_a", "still.png"),
+        (7, "video_b", "corrupt.mp4"),
+    ]
     assert all(s["data"] == str(csv_path) for s in skipped)
     assert "only 2 frames" in skipped[0]["reason"]
     assert "an image, not a video" in skipped[1]["reason"]
@@ -194,8 +271,11 @@ def test_label_column_and_directory_errors(world, tmp_path):
     folder = world["root"] / "data"
     header = "path_A,path_B,prompt,VQ,TA\n"
     (folder / "align.csv").write_text(header + f"{good['video_a']},{good['video_b']},a prompt,B,A\n")
-    with pytest.raises(DataError, match=r"align.csv, row 1: no label column 'Overall' \(columns: VQ, TA\); "
-                                        r"choose .* --label-column"):
+    with pytest.raises(
+        DataError,
+        match=r"align.csv, row 1: no label column 'Overall' \(columns: VQ, TA\); "
+        r"choose .* --label-column",
+    ):
         load_pairs(folder / "align.csv")
     assert load_pairs(folder / "align.csv", label_column="TA")[0].label == "A"
     assert load_pairs(folder / "align.csv", label_column="VQ")[0].label == "B"
@@ -219,8 +299,25 @@ def test_score_takes_one_prompt_per_video(world, capsys):
     from descore_plugin import cli
 
     videos = sorted(str(p) for p in world["videos"].glob("0000[01]_a.mp4"))
-    assert cli.main(["score", *videos, "--prompt", "first", "--prompt", "second", "--model", str(world["model"]),
-                     "--no-think", "--json", "--dtype", "fp32"]) == 0
+    assert (
+        cli.main(
+            [
+                "score",
+                *videos,
+                "--prompt",
+                "first",
+                "--prompt",
+                "second",
+                "--model",
+                str(world["model"]),
+                "--no-think",
+                "--json",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["video"], r["prompt"]) for r in records] == [(videos[0], "first"), (videos[1], "second")]
 
@@ -228,8 +325,11 @@ def test_score_takes_one_prompt_per_video(world, capsys):
 # ------------------------------------------------------------------------------------------------ files follow umask
 def _assert_tree_modes(root: Path, file_mode: int, dir_mode: int):
     entries = list(root.rglob("*"))
-    wrong = [(str(p.relative_to(root)), oct(stat.S_IMODE(p.stat().st_mode))) for p in entries
-             if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != (dir_mode if p.is_dir() else file_mode)]
+    wrong = [
+        (str(p.relative_to(root)), oct(stat.S_IMODE(p.stat().st_mode)))
+        for p in entries
+        if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != (dir_mode if p.is_dir() else file_mode)
+    ]
     assert not wrong, wrong
 
 
@@ -239,8 +339,8 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     private temporary files (mkstemp, mkdtemp, safetensors)."""
     from safetensors.torch import save_file
 
-    from descore_plugin.testing.tiny_wan import write_tiny_wan
     from descore_plugin.testing.tiny import init_tiny, init_tiny_backbone
+    from descore_plugin.testing.tiny_wan import write_tiny_wan
 
     old = os.umask(mask)
     try:
@@ -271,8 +371,14 @@ def test_eval_rm_checks_every_video_before_scoring(world, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("eval_rm", RECIPES / "eval_rm.py")
     eval_rm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_rm)
-    argv = [str(_bad_rows_csv(world)), "--model", str(world["model"]), "--output-dir", str(tmp_path / "ev"),
-            "--no-think"]
+    argv = [
+        str(_bad_rows_csv(world)),
+        "--model",
+        str(world["model"]),
+        "--output-dir",
+        str(tmp_path / "ev"),
+        "--no-think",
+    ]
     assert run_main(eval_rm.main, "eval_rm.py", argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("eval_rm.py: error: with_bad_rows.csv, row 3, field 'video_b'") and "3 rows" in err, err
@@ -295,8 +401,15 @@ def _interrupt_when(command: list, ready, cwd) -> "subprocess.CompletedProcess":
 
     from helpers.run import offline_env
 
-    process = subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd, env=offline_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, *map(str, command)],
+        cwd=cwd,
+        env=offline_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         while not ready() and process.poll() is None and time.time() < deadline:
@@ -323,9 +436,24 @@ def _assert_one_interrupted_line(result, prog: str, *fragments) -> str:
 
 def test_ctrl_c_on_score_names_the_output_and_resume(world, tmp_path):
     out = tmp_path / "scores.jsonl"
-    command = ["-m", "descore_plugin.cli", "score", world["root"] / "data" / "videos", "--prompt", "a red square",
-               "--model", world["model"], "--output", out, "--max-new-tokens", "400", "--batch-size", "1",
-               "--num-workers", "1"]
+    command = [
+        "-m",
+        "descore_plugin.cli",
+        "score",
+        world["root"] / "data" / "videos",
+        "--prompt",
+        "a red square",
+        "--model",
+        world["model"],
+        "--output",
+        out,
+        "--max-new-tokens",
+        "400",
+        "--batch-size",
+        "1",
+        "--num-workers",
+        "1",
+    ]
     result = _interrupt_when(command, lambda: out.is_file() and out.read_text().count("\n") >= 1, tmp_path)
     _assert_one_interrupted_line(result, "descore score", str(out), "--resume")
     rows = out.read_text().splitlines()
@@ -334,14 +462,33 @@ def test_ctrl_c_on_score_names_the_output_and_resume(world, tmp_path):
 
 def test_ctrl_c_on_training_names_the_last_checkpoint(world, tmp_path):
     out = tmp_path / "run"
-    command = [RECIPES / "train_rm.py", "--stage", "1", "--model", world["model"], "--train-data",
-               world["root"] / "data" / "pairs.jsonl", "--output-dir", out, "--max-steps", "100000",
-               "--save-steps", "1", "--save-total-limit", "2", "--gradient-accumulation-steps", "1"]
-    result = _interrupt_when(command, lambda: any((out / f"checkpoint-{n}" / "run_state.json").is_file()
-                                                  for n in (2, 3, 4, 5)), tmp_path)
+    command = [
+        RECIPES / "train_rm.py",
+        "--stage",
+        "1",
+        "--model",
+        world["model"],
+        "--train-data",
+        world["root"] / "data" / "pairs.jsonl",
+        "--output-dir",
+        out,
+        "--max-steps",
+        "100000",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+    ]
+    result = _interrupt_when(
+        command, lambda: any((out / f"checkpoint-{n}" / "run_state.json").is_file() for n in (2, 3, 4, 5)), tmp_path
+    )
     line = _assert_one_interrupted_line(result, "train_rm.py", "last checkpoint: ", "--resume")
     named = Path(line.split("last checkpoint: ", 1)[1].split(";", 1)[0])
     assert named.parent == out and (named / "run_state.json").is_file()
-    newest = max((p for p in out.glob("checkpoint-*") if (p / "run_state.json").is_file()),
-                 key=lambda p: int(p.name.split("-")[1]))
+    newest = max(
+        (p for p in out.glob("checkpoint-*") if (p / "run_state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     assert named == newest

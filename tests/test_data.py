@@ -64,7 +64,11 @@ def test_native_round_trip(folder, extension):
 
 
 def test_official_descore_csv(folder):
-    answer = "<answer>```json\n" + json.dumps({"video_1_scores": SCORES_A, "video_2_scores": SCORES_B, "verdict": "Video 2 is better"}) + "\n```</answer>"
+    answer = (
+        "<answer>```json\n"
+        + json.dumps({"video_1_scores": SCORES_A, "video_2_scores": SCORES_B, "verdict": "Video 2 is better"})
+        + "\n```</answer>"
+    )
     path = write_csv(
         folder / "official.csv",
         ["videos", "problem", "prompt", "CoT_A", "CoT_B", "GSB", "answer"],
@@ -77,7 +81,13 @@ def test_official_descore_csv(folder):
     )
     first, second, third, fourth = load_pairs(path)
     assert first.video_a == str(folder / "videos" / "a.mp4") and first.video_b == str(folder / "videos" / "b.mp4")
-    assert (first.prompt, first.instruction, first.cot_a, first.cot_b, first.label) == ("a cat", "You are a judge.", "cot a", "cot b", "B")
+    assert (first.prompt, first.instruction, first.cot_a, first.cot_b, first.label) == (
+        "a cat",
+        "You are a judge.",
+        "cot a",
+        "cot b",
+        "B",
+    )
     assert first.scores_a == SCORES_A and first.scores_b == SCORES_B
     assert second.label == "tie" and second.cot_a is None and second.scores_a is None
     assert third.label == "invalid"
@@ -86,7 +96,10 @@ def test_official_descore_csv(folder):
 
 def test_official_stage2_jsonl_with_plain_json_answer(folder):
     answer = json.dumps({"video_1_scores": SCORES_A, "video_2_scores": SCORES_B, "result": "Both are the same"})
-    path = write_jsonl(folder / "rl.jsonl", [{"videos": ["videos/a.mp4", "videos/b.mp4"], "problem": "judge", "prompt": "p", "answer": answer}])
+    path = write_jsonl(
+        folder / "rl.jsonl",
+        [{"videos": ["videos/a.mp4", "videos/b.mp4"], "problem": "judge", "prompt": "p", "answer": answer}],
+    )
     (pair,) = load_pairs(path, require_scores=True)
     assert pair.label == "tie" and pair.scores_a == SCORES_A
 
@@ -107,7 +120,10 @@ def test_videoalign_csv(folder):
 @pytest.mark.parametrize("extension", ["csv", "jsonl"])
 def test_genai_bench(folder, extension):
     votes = ["leftvote", "rightvote", "tievote", "bothbad_vote"]
-    records = [{"prompt": "a cat", "left_video": "videos/a.mp4", "right_video": "videos/b.mp4", "vote_type": vote} for vote in votes]
+    records = [
+        {"prompt": "a cat", "left_video": "videos/a.mp4", "right_video": "videos/b.mp4", "vote_type": vote}
+        for vote in votes
+    ]
     if extension == "csv":
         path = write_csv(folder / "genai.csv", list(records[0]), [list(record.values()) for record in records])
     else:
@@ -117,16 +133,22 @@ def test_genai_bench(folder, extension):
     assert pairs[0].videos == (str(folder / "videos" / "a.mp4"), str(folder / "videos" / "b.mp4"))
 
 
-def test_relative_paths_resolve_against_the_file_folder_not_the_working_directory(folder, tmp_path_factory, monkeypatch):
+def test_relative_paths_resolve_against_the_file_folder_not_the_working_directory(
+    folder, tmp_path_factory, monkeypatch
+):
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     absolute_b = str(folder / "videos" / "b.mp4")
-    path = write_jsonl(folder / "p.jsonl", [{"video_a": "videos/../videos/a.mp4", "video_b": absolute_b, "prompt": "p", "label": "A"}])
+    path = write_jsonl(
+        folder / "p.jsonl", [{"video_a": "videos/../videos/a.mp4", "video_b": absolute_b, "prompt": "p", "label": "A"}]
+    )
     (pair,) = load_pairs(path)
     assert pair.video_a == str(folder / "videos" / "a.mp4") and pair.video_b == absolute_b
 
 
 def test_check_videos_false_skips_the_existence_check(folder):
-    path = write_jsonl(folder / "p.jsonl", [{"video_a": "gone.mp4", "video_b": "videos/b.mp4", "prompt": "p", "label": "B"}])
+    path = write_jsonl(
+        folder / "p.jsonl", [{"video_a": "gone.mp4", "video_b": "videos/b.mp4", "prompt": "p", "label": "B"}]
+    )
     assert load_pairs(path, check_videos=False)[0].video_a == str(folder / "gone.mp4")
 
 
@@ -144,19 +166,50 @@ def native(**overrides):
     "records, message",
     [
         ([native(), native(label="C")], r"p.jsonl, line 2, field 'label': 'C' is not one of A, B, tie, invalid"),
-        ([native(video_b="videos/missing.mp4")], r"p.jsonl, line 1, field 'video_b': video file not found: .*missing.mp4 \(relative paths resolve against"),
+        (
+            [native(video_b="videos/missing.mp4")],
+            r"p.jsonl, line 1, field 'video_b': video file not found: .*missing.mp4 \(relative paths resolve against",
+        ),
         ([native(prompt="")], r"line 1, field 'prompt': missing or empty"),
-        ([native(scores_a={**SCORES_A, "style": 3})], r"line 1, field 'scores_a': 'style' = 3 is not one of 0, 1, 2, \"N/A\""),
+        (
+            [native(scores_a={**SCORES_A, "style": 3})],
+            r"line 1, field 'scores_a': 'style' = 3 is not one of 0, 1, 2, \"N/A\"",
+        ),
         ([native(scores_a="{not json")], r"line 1, field 'scores_a': malformed JSON"),
         ([native(scores_b={"subject": 2})], r"line 1, field 'scores_b': needs exactly the keys .*missing \['dynamics'"),
         ([native(labels="A")], r"line 1: unknown fields \['labels'\]"),
         ([{"a": 1}], r"line 1: cannot tell the format from the fields \['a'\]"),
-        ([{"videos": ["videos/a.mp4"], "prompt": "p", "GSB": "A"}], r"line 1, field 'videos': expected a list of two paths"),
-        ([{"videos": ["videos/a.mp4", "videos/b.mp4"], "prompt": "p", "GSB": "better"}], r"line 1, field 'GSB': 'better' is not one of A, B, same, invalid"),
-        ([{"videos": ["videos/a.mp4", "videos/b.mp4"], "prompt": "p"}], r"line 1, field 'GSB': missing, and no verdict"),
-        ([{"videos": ["videos/a.mp4", "videos/b.mp4"], "prompt": "p", "GSB": "A", "answer": "{\"video_1_scores\": {}}"}], r"line 1, field 'answer': the ground-truth JSON has no 'video_2_scores'"),
-        ([{"path_A": "videos/a.mp4", "path_B": "videos/b.mp4", "prompt": "p", "Overall": "tie"}], r"line 1, field 'Overall': 'tie' is not one of A, B, same"),
-        ([{"left_video": "videos/a.mp4", "right_video": "videos/b.mp4", "prompt": "p", "vote_type": "up"}], r"line 1, field 'vote_type': 'up' is not one of leftvote"),
+        (
+            [{"videos": ["videos/a.mp4"], "prompt": "p", "GSB": "A"}],
+            r"line 1, field 'videos': expected a list of two paths",
+        ),
+        (
+            [{"videos": ["videos/a.mp4", "videos/b.mp4"], "prompt": "p", "GSB": "better"}],
+            r"line 1, field 'GSB': 'better' is not one of A, B, same, invalid",
+        ),
+        (
+            [{"videos": ["videos/a.mp4", "videos/b.mp4"], "prompt": "p"}],
+            r"line 1, field 'GSB': missing, and no verdict",
+        ),
+        (
+            [
+                {
+                    "videos": ["videos/a.mp4", "videos/b.mp4"],
+                    "prompt": "p",
+                    "GSB": "A",
+                    "answer": '{"video_1_scores": {}}',
+                }
+            ],
+            r"line 1, field 'answer': the ground-truth JSON has no 'video_2_scores'",
+        ),
+        (
+            [{"path_A": "videos/a.mp4", "path_B": "videos/b.mp4", "prompt": "p", "Overall": "tie"}],
+            r"line 1, field 'Overall': 'tie' is not one of A, B, same",
+        ),
+        (
+            [{"left_video": "videos/a.mp4", "right_video": "videos/b.mp4", "prompt": "p", "vote_type": "up"}],
+            r"line 1, field 'vote_type': 'up' is not one of leftvote",
+        ),
     ],
 )
 def test_jsonl_errors(folder, records, message):
@@ -179,11 +232,15 @@ def test_malformed_and_empty_files(folder):
     (folder / "list.jsonl").write_text("[1, 2]\n")
     with pytest.raises(DataError, match=r"list.jsonl, line 1: expected a JSON object per line, got list"):
         load_pairs(folder / "list.jsonl")
-    (folder / "extra.csv").write_text("video_a,video_b,prompt,label\nvideos/a.mp4,videos/b.mp4,p,A\nvideos/a.mp4,videos/b.mp4,p,A,oops\n")
+    (folder / "extra.csv").write_text(
+        "video_a,video_b,prompt,label\nvideos/a.mp4,videos/b.mp4,p,A\nvideos/a.mp4,videos/b.mp4,p,A,oops\n"
+    )
     with pytest.raises(DataError, match=r"extra.csv, row 2: has 5 fields but the header has 4"):
         load_pairs(folder / "extra.csv")
     (folder / "short.csv").write_text("video_a,video_b,prompt,label\nvideos/a.mp4,videos/b.mp4\n")
-    with pytest.raises(DataError, match=r"short.csv, row 1: has fewer fields than the header; missing \['prompt', 'label'\]"):
+    with pytest.raises(
+        DataError, match=r"short.csv, row 1: has fewer fields than the header; missing \['prompt', 'label'\]"
+    ):
         load_pairs(folder / "short.csv")
     (folder / "empty.csv").write_text("")
     with pytest.raises(DataError, match=r"empty.csv: file is empty"):
@@ -218,8 +275,18 @@ def test_save_rejects_bad_labels_and_keeps_outside_paths_absolute(folder, tmp_pa
 def test_official_ground_truth_as_strings_is_read_and_kept_as_written(folder):
     as_strings = {name: (value if value == "N/A" else str(value)) for name, value in SCORES_A.items()}
     answer = "<answer>" + json.dumps({"video_1_scores": as_strings, "video_2_scores": SCORES_B}) + "</answer>"
-    path = write_jsonl(folder / "rl.jsonl", [{"videos": ["videos/a.mp4", "videos/b.mp4"], "problem": "judge <video> well",
-                                              "prompt": "p", "GSB": "A", "answer": answer}])
+    path = write_jsonl(
+        folder / "rl.jsonl",
+        [
+            {
+                "videos": ["videos/a.mp4", "videos/b.mp4"],
+                "problem": "judge <video> well",
+                "prompt": "p",
+                "GSB": "A",
+                "answer": answer,
+            }
+        ],
+    )
     (pair,) = load_pairs(path, require_scores=True)
     assert pair.scores_a == as_strings and pair.scores_b == SCORES_B  # the official reward compares with ==
     assert pair.instruction == "judge <video> well"

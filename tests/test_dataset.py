@@ -7,10 +7,10 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 
 from descore_plugin import DeScoreReward
+from descore_plugin.data.loader import InputEncoder, PairCollator, PairOrder, VideoCache, pair_loader, stream_videos
 from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
-from descore_plugin.data.loader import (InputEncoder, PairCollator, PairOrder, VideoCache, pair_loader, stream_videos)
-from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.data.video import load_video
+from descore_plugin.testing.synthetic import write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,18 @@ def world(tmp_path_factory, tiny_dirs):
 def make_loader(world, start=0, stop=6, processes=1, workers=0, seed=7, batch_size=2, pairs=None):
     model = world["model"]
     collate = PairCollator(InputEncoder(model), processes, seed, cot_mask_prob=0.5, with_labels=True)
-    return pair_loader(pairs or world["pairs"], fps=model.config.fps, num_frames=model.config.num_frames,
-                       batch_size=batch_size, seed=seed, start_micro_step=start, stop_micro_step=stop,
-                       num_processes=processes, collate=collate, num_workers=workers)
+    return pair_loader(
+        pairs or world["pairs"],
+        fps=model.config.fps,
+        num_frames=model.config.num_frames,
+        batch_size=batch_size,
+        seed=seed,
+        start_micro_step=start,
+        stop_micro_step=stop,
+        num_processes=processes,
+        collate=collate,
+        num_workers=workers,
+    )
 
 
 def test_pair_order_is_one_permutation_per_epoch():
@@ -46,8 +55,11 @@ def test_collated_inputs_equal_the_model_encoding(world):
     masked = np.random.default_rng([7, 3, 0]).random(2) < 0.5  # the coin the training step used to draw
     assert batch["micro_step"] == 3 and batch["rank"] == 0 and batch["masked"].tolist() == masked.tolist()
     videos = [load_video(p.video_a, fps=model.config.fps, num_frames=model.config.num_frames) for p in pairs] + [
-        load_video(p.video_b, fps=model.config.fps, num_frames=model.config.num_frames) for p in pairs]
-    cots = [None if m else p.cot_a for p, m in zip(pairs, masked)] + [None if m else p.cot_b for p, m in zip(pairs, masked)]
+        load_video(p.video_b, fps=model.config.fps, num_frames=model.config.num_frames) for p in pairs
+    ]
+    cots = [None if m else p.cot_a for p, m in zip(pairs, masked)] + [
+        None if m else p.cot_b for p, m in zip(pairs, masked)
+    ]
     expected = model.append_cots(model.encode_prompts(videos, [p.prompt for p in pairs] * 2), cots, with_labels=True)
     assert batch["inputs"].keys() == expected.keys()
     for key in expected:
@@ -73,13 +85,23 @@ def test_accelerate_gives_each_rank_its_shard(world):
         return [p.origin for p in pairs]
 
     for rank in range(2):
-        shard = prepare_data_loader(make_loader(world, stop=4, processes=2), device=torch.device("cpu"),
-                                    num_processes=2, process_index=rank, put_on_device=False)
+        shard = prepare_data_loader(
+            make_loader(world, stop=4, processes=2),
+            device=torch.device("cpu"),
+            num_processes=2,
+            process_index=rank,
+            put_on_device=False,
+        )
         got = list(shard)
         assert [(b["micro_step"], b["rank"]) for b in got] == [(m, rank) for m in range(4)]
         assert [origins(b["pairs"]) for b in got] == [origins(stream[2 * m + rank]) for m in range(4)]
-        resumed = prepare_data_loader(make_loader(world, start=2, stop=4, processes=2), device=torch.device("cpu"),
-                                      num_processes=2, process_index=rank, put_on_device=False)
+        resumed = prepare_data_loader(
+            make_loader(world, start=2, stop=4, processes=2),
+            device=torch.device("cpu"),
+            num_processes=2,
+            process_index=rank,
+            put_on_device=False,
+        )
         assert [origins(b["pairs"]) for b in resumed] == [origins(b["pairs"]) for b in got[2:]]
 
 
@@ -130,9 +152,12 @@ def test_score_decodes_chunk_by_chunk(world, monkeypatch):
 
     model, events = world["model"], []
     real_load, real_encode = model_module.load_video, model.encode_prompts
-    monkeypatch.setattr(model_module, "load_video", lambda source, **kw: events.append("decode") or real_load(source, **kw))
-    monkeypatch.setattr(model, "encode_prompts",
-                        lambda *args, **kw: events.append("encode") or real_encode(*args, **kw))
+    monkeypatch.setattr(
+        model_module, "load_video", lambda source, **kw: events.append("decode") or real_load(source, **kw)
+    )
+    monkeypatch.setattr(
+        model, "encode_prompts", lambda *args, **kw: events.append("encode") or real_encode(*args, **kw)
+    )
     paths = [p.video_a for p in world["pairs"][:3]]
     streamed = model.score(paths, ["a red square"] * 3, think=False, batch_size=2).rewards
     assert events == ["decode", "decode", "encode", "decode", "encode"]

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from descore_plugin import DeScoreReward
-from descore_plugin.training.losses import distillation_loss, pointwise_distribution_loss, score_gap_loss
 from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.losses import distillation_loss, pointwise_distribution_loss, score_gap_loss
 from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill_student.py"
@@ -25,7 +25,9 @@ def test_distribution_losses_exact():
     # A sharp target at a bin centre: the loss is the -log prob of that bin.
     logits = torch.tensor([[0.0, 1.0, 2.0]])
     expected = -logits.log_softmax(-1)[0, 1]
-    assert pointwise_distribution_loss(logits, torch.tensor([2.0]), bins, sigma=0.01).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pointwise_distribution_loss(logits, torch.tensor([2.0]), bins, sigma=0.01).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
     assert score_gap_loss(torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([1.0])).item() == 0.0
 
 
@@ -40,9 +42,19 @@ def setup(tmp_path_factory):
 
 def test_stage1_trains_the_distribution_head(setup, tmp_path):
     root, data = setup
-    config = TrainConfig(model=str(root / "teacher"), train_data=str(data), output_dir=str(tmp_path / "s1"), max_steps=3,
-                         batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, save_steps=0,
-                         cot_mask_prob=0.0, log_with=None)
+    config = TrainConfig(
+        model=str(root / "teacher"),
+        train_data=str(data),
+        output_dir=str(tmp_path / "s1"),
+        max_steps=3,
+        batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        lora_rank=0,
+        save_steps=0,
+        cot_mask_prob=0.0,
+        log_with=None,
+    )
     logs = Trainer(config).train()
     assert {"distribution_loss", "score_gap_loss", "bt_loss"} <= set(logs)
     assert DeScoreReward.from_pretrained(tmp_path / "s1").config.head == "distribution"
@@ -50,10 +62,23 @@ def test_stage1_trains_the_distribution_head(setup, tmp_path):
 
 def test_student_learns_the_teacher_distribution_without_cot(setup, tmp_path):
     root, data = setup
-    config = TrainConfig(stage=3, model=str(root / "student"), teacher=str(root / "teacher"), train_data=str(data),
-                         output_dir=str(tmp_path / "student"), max_steps=40, batch_size=3, gradient_accumulation_steps=1,
-                         learning_rate=3e-3, lora_rank=0, train_embeddings="all", num_cot_samples=2,
-                         teacher_max_new_tokens=6, save_steps=20, log_with=None)
+    config = TrainConfig(
+        stage=3,
+        model=str(root / "student"),
+        teacher=str(root / "teacher"),
+        train_data=str(data),
+        output_dir=str(tmp_path / "student"),
+        max_steps=40,
+        batch_size=3,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-3,
+        lora_rank=0,
+        train_embeddings="all",
+        num_cot_samples=2,
+        teacher_max_new_tokens=6,
+        save_steps=20,
+        log_with=None,
+    )
     trainer = Trainer(config)
     targets = load_file(tmp_path / "student" / "teacher_targets.safetensors")["targets"]
     assert targets.shape == (12, 9)  # 6 pairs x 2 videos, 9 score bins
@@ -62,17 +87,46 @@ def test_student_learns_the_teacher_distribution_without_cot(setup, tmp_path):
     logs = trainer.train()
     assert logs["distill_loss"] < 0.5 * first, (first, logs["distill_loss"])
     student = DeScoreReward.from_pretrained(tmp_path / "student")
-    out = student.score([p for p in []] or [str(x) for x in sorted((root / "data" / "videos").glob("*.mp4"))[:2]],
-                        ["a red square"] * 2, think=False)
+    out = student.score(
+        [p for p in []] or [str(x) for x in sorted((root / "data" / "videos").glob("*.mp4"))[:2]],
+        ["a red square"] * 2,
+        think=False,
+    )
     assert out.uncertainty is not None and out.cots is None
 
 
 def test_distill_recipe_command_line(setup, tmp_path):
     root, data = setup
-    args = [sys.executable, str(RECIPE), "--teacher", str(root / "teacher"), "--student", str(root / "student"),
-            "--train-data", str(data), "--output-dir", str(tmp_path / "cli"), "--max-steps", "2", "--batch-size", "2",
-            "--gradient-accumulation-steps", "1", "--num-cot-samples", "2", "--teacher-max-new-tokens", "4",
-            "--learning-rate", "1e-3", "--seed", "1", "--lora-rank", "0", "--log-with", "none"]
+    args = [
+        sys.executable,
+        str(RECIPE),
+        "--teacher",
+        str(root / "teacher"),
+        "--student",
+        str(root / "student"),
+        "--train-data",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "cli"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+        "--num-cot-samples",
+        "2",
+        "--teacher-max-new-tokens",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--seed",
+        "1",
+        "--lora-rank",
+        "0",
+        "--log-with",
+        "none",
+    ]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert DeScoreReward.from_pretrained(tmp_path / "cli").vlm.config.text_config.hidden_size == 32

@@ -20,8 +20,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 # The order in which the pages' commands run; a docs page missing here runs after these, by name.
-ORDER = ["scoring", "training", "distillation", "post_training", "serving", "scale", "reports", "differences",
-         "benchmarks"]
+ORDER = [
+    "scoring",
+    "training",
+    "distillation",
+    "post_training",
+    "serving",
+    "scale",
+    "reports",
+    "differences",
+    "benchmarks",
+]
 
 
 def pages() -> list[Path]:
@@ -31,8 +40,12 @@ def pages() -> list[Path]:
 
 def all_commands() -> list[tuple[str, int, str]]:
     """(page, line, command) for every command of every page, in the order they run."""
-    return [(page.relative_to(ROOT).as_posix(), line, command)
-            for page in pages() for line, command in bash_commands(page.read_text())]
+    return [
+        (page.relative_to(ROOT).as_posix(), line, command)
+        for page in pages()
+        for line, command in bash_commands(page.read_text())
+    ]
+
 
 # A command starting with one of these is not run here, for the reason given.
 NOT_RUNNABLE = {
@@ -42,13 +55,13 @@ NOT_RUNNABLE = {
     "for i in": "one server per GPU on an 8-GPU node",
     "python -m openrlhf": "OpenRLHF's trainer, another project; `...` stands for its own flags",
     "python recipes/wan_flow_grpo.py --reward-model http://rm-node": "needs a running server on another node; `...` "
-                                                                      "stands for the other flags",
+    "stands for the other flags",
     "accelerate launch --config_file recipes/accelerate/": "the 8-GPU DDP / FSDP configurations need 8 GPUs; "
-                                                           "their parsing is tested on CPU",
+    "their parsing is tested on CPU",
     "python recipes/vbench_mini.py": "a benchmark of minutes on the shipped world Wan; tests/test_vbench_mini.py runs "
-                                     "it end to end on the tiny Wan",
+    "it end to end on the tiny Wan",
     "python recipes/bench_": "benchmarks that measure for minutes; tests/test_recipe_help.py runs each one's --help, "
-                             "tests/test_flow_dpo.py one of bench_post_training's measurements",
+    "tests/test_flow_dpo.py one of bench_post_training's measurements",
 }
 
 TINY_MODEL = "tiny-model"  # written by the fixture with `descore init-tiny`: any DeScore checkpoint would do
@@ -59,21 +72,37 @@ SUBSTITUTIONS = [
     (r"--num-pairs (2000|200|20)\b", "--num-pairs 4"),
     # stage 1 and stage 2: one step; stage 2 with short rollouts and small groups
     (r"(train_rm\.py --stage 1 .*)--max-steps 1000", r"\1--max-steps 1 --gradient-accumulation-steps 1"),
-    (r"(train_rm\.py --stage 2 .*)--max-steps 200", r"\1--max-steps 1 --rollout-batch-size 1 --actor-batch-size 2 "
-                                                     r"--num-rollouts 2 --max-new-tokens 8 --allow-unparsed-cots"),
+    (
+        r"(train_rm\.py --stage 2 .*)--max-steps 200",
+        r"\1--max-steps 1 --rollout-batch-size 1 --actor-batch-size 2 "
+        r"--num-rollouts 2 --max-new-tokens 8 --allow-unparsed-cots",
+    ),
     (r"(eval_rm\.py .*)--output-dir eval/", r"\1--output-dir eval/ --max-new-tokens 8"),
-    (r"--max-steps 500 --num-cot-samples 4", "--max-steps 1 --num-cot-samples 1 --teacher-max-new-tokens 8 "
-                                             "--gradient-accumulation-steps 1"),
+    (
+        r"--max-steps 500 --num-cot-samples 4",
+        "--max-steps 1 --num-cot-samples 1 --teacher-max-new-tokens 8 --gradient-accumulation-steps 1",
+    ),
     # post-training: one step, two videos a prompt, one evaluation video, the DeScore reward without a CoT
-    (r"^accelerate launch recipes/", "accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no "
-                                     "--dynamo_backend no --cpu recipes/"),
-    (r"(wan_flow_dpo\.py .*)--max-steps 1000", r"\1--max-steps 1 --videos-per-prompt 2 --batch-size 1 "
-                                               r"--eval-prompts 1 --eval-videos-per-prompt 1 --no-think"),
+    (
+        r"^accelerate launch recipes/",
+        "accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no --cpu recipes/",
+    ),
+    (
+        r"(wan_flow_dpo\.py .*)--max-steps 1000",
+        r"\1--max-steps 1 --videos-per-prompt 2 --batch-size 1 "
+        r"--eval-prompts 1 --eval-videos-per-prompt 1 --no-think",
+    ),
     (r"^(descore score (?!.*--no-think).*)$", r"\1 --max-new-tokens 8"),  # CoTs of 8 tokens
-    (r"(wan_flow_grpo\.py .*)--max-steps 500", r"\1--max-steps 1 --group-size 2 --eval-prompts 1 "
-                                               r"--eval-videos-per-prompt 1"),
-    (r"(wan_nft\.py .*)--max-steps 300", r"\1--max-steps 1 --group-size 2 --prompts-per-step 1 --eval-prompts 1 "
-                                         r"--eval-videos-per-prompt 1 --reward-max-new-tokens 8"),
+    (
+        r"(wan_flow_grpo\.py .*)--max-steps 500",
+        r"\1--max-steps 1 --group-size 2 --eval-prompts 1 "
+        r"--eval-videos-per-prompt 1",
+    ),
+    (
+        r"(wan_nft\.py .*)--max-steps 300",
+        r"\1--max-steps 1 --group-size 2 --prompts-per-step 1 --eval-prompts 1 "
+        r"--eval-videos-per-prompt 1 --reward-max-new-tokens 8",
+    ),
 ]
 
 
@@ -152,21 +181,36 @@ def test_doc_commands_run_on_the_tiny_models(tmp_path):
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
     tools = tmp_path / ".bin"  # `python`, `descore` and `accelerate` of this interpreter
     tools.mkdir()
-    for name, module in (("python", None), ("descore", "descore_plugin.cli"),
-                         ("accelerate", "accelerate.commands.accelerate_cli")):
+    for name, module in (
+        ("python", None),
+        ("descore", "descore_plugin.cli"),
+        ("accelerate", "accelerate.commands.accelerate_cli"),
+    ):
         (tools / name).write_text(f'#!/bin/sh\nexec {sys.executable} {"-m " + module if module else ""} "$@"\n')
         (tools / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(ROOT),
+    }
     ran, seconds = [], {}
     for page, line, command in all_commands():
         if _reason(command) is not None:
             continue
         command = _substitute(command)
         started = time.perf_counter()
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         seconds[f"{page}:{line}"] = time.perf_counter() - started
         assert done.returncode == 0, f"{page}:{line}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
         ran.append(command)
@@ -190,10 +234,15 @@ def test_doc_commands_run_on_the_tiny_models(tmp_path):
         assert (tmp_path / "report" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("```bash\na --x 1 \\\n    --y 2   # note\n# only a comment\nb 'q # not a comment'\n```\n",
-     [(2, "a --x 1 --y 2"), (5, "b 'q # not a comment'")]),
-    ("```bash\nfor i in 0 1; do\n  echo $i &\ndone\n```\n", [(2, "for i in 0 1; do\necho $i &\ndone")]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "```bash\na --x 1 \\\n    --y 2   # note\n# only a comment\nb 'q # not a comment'\n```\n",
+            [(2, "a --x 1 --y 2"), (5, "b 'q # not a comment'")],
+        ),
+        ("```bash\nfor i in 0 1; do\n  echo $i &\ndone\n```\n", [(2, "for i in 0 1; do\necho $i &\ndone")]),
+    ],
+)
 def test_command_extraction(text, expected):
     assert bash_commands(text) == expected

@@ -12,8 +12,8 @@ import pytest
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import Pair, load_pairs
-from descore_plugin.evaluation.preference import CSV_COLUMNS, evaluate_pairs, write_evaluation
 from descore_plugin.evaluation.metrics import accuracy_by_slice, accuracy_with_ties, accuracy_without_ties
+from descore_plugin.evaluation.preference import CSV_COLUMNS, evaluate_pairs, write_evaluation
 from descore_plugin.testing.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,12 @@ def test_each_unique_video_is_scored_once_and_margins_are_reward_differences(mod
     kept = pairs[:6]
     assert len(result["rows"]) == len(kept) and len(result["margins"]) == len(kept)
     for pair, row, margin in zip(kept, result["rows"], result["margins"]):
-        assert (row["video_a"], row["video_b"], row["prompt"], row["label"]) == (pair.video_a, pair.video_b, pair.prompt, pair.label)
+        assert (row["video_a"], row["video_b"], row["prompt"], row["label"]) == (
+            pair.video_a,
+            pair.video_b,
+            pair.prompt,
+            pair.label,
+        )
         assert row["reward_a"] == pytest.approx(reference[(pair.video_a, pair.prompt)], abs=1e-5)
         assert row["reward_b"] == pytest.approx(reference[(pair.video_b, pair.prompt)], abs=1e-5)
         assert margin == row["margin"] == row["reward_a"] - row["reward_b"]
@@ -138,12 +143,24 @@ def test_recipe_on_a_genai_bench_file_with_think(dataset, tiny_dirs, tmp_path):
     pairs = load_pairs(dataset)
     folder = Path(dataset).parent
     rows = [
-        {"left_video": os.path.relpath(pairs[0].video_a, folder), "right_video": os.path.relpath(pairs[0].video_b, folder),
-         "prompt": pairs[0].prompt, "vote_type": "leftvote"},
-        {"left_video": os.path.relpath(pairs[0].video_b, folder), "right_video": os.path.relpath(pairs[0].video_a, folder),
-         "prompt": pairs[0].prompt, "vote_type": "rightvote"},
-        {"left_video": os.path.relpath(pairs[1].video_a, folder), "right_video": os.path.relpath(pairs[1].video_b, folder),
-         "prompt": pairs[1].prompt, "vote_type": "bothbad_vote"},
+        {
+            "left_video": os.path.relpath(pairs[0].video_a, folder),
+            "right_video": os.path.relpath(pairs[0].video_b, folder),
+            "prompt": pairs[0].prompt,
+            "vote_type": "leftvote",
+        },
+        {
+            "left_video": os.path.relpath(pairs[0].video_b, folder),
+            "right_video": os.path.relpath(pairs[0].video_a, folder),
+            "prompt": pairs[0].prompt,
+            "vote_type": "rightvote",
+        },
+        {
+            "left_video": os.path.relpath(pairs[1].video_a, folder),
+            "right_video": os.path.relpath(pairs[1].video_b, folder),
+            "prompt": pairs[1].prompt,
+            "vote_type": "bothbad_vote",
+        },
     ]
     genai = folder / "genai.csv"
     with open(genai, "w", newline="") as file:
@@ -152,9 +169,22 @@ def test_recipe_on_a_genai_bench_file_with_think(dataset, tiny_dirs, tmp_path):
         writer.writerows(rows)
     out = tmp_path / "eval"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "eval_rm.py"), str(genai), "--model", str(tiny_dirs["qwen2_5_vl"]),
-         "--output-dir", str(out), "--max-new-tokens", "4", "--batch-size", "2"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "eval_rm.py"),
+            str(genai),
+            "--model",
+            str(tiny_dirs["qwen2_5_vl"]),
+            "--output-dir",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "accuracy.json").read_text())
@@ -174,9 +204,19 @@ def test_recipe_reports_a_bad_pair_file(tiny_dirs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"video_a": "a.mp4", "video_b": "b.mp4", "prompt": "x", "label": "C"}) + "\n")
     run = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "eval_rm.py"), str(bad), "--model", str(tiny_dirs["qwen2_5_vl"]),
-         "--output-dir", str(tmp_path / "eval"), "--no-think"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "eval_rm.py"),
+            str(bad),
+            "--model",
+            str(tiny_dirs["qwen2_5_vl"]),
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--no-think",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert run.returncode == 2 and "bad.jsonl, line 1, field 'label'" in run.stderr
     assert not (tmp_path / "eval").exists()

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import flow_dpo, wan
 from descore_plugin.rewards.contract import ANALYTIC_REWARDS, RewardSet, reward_set
+from descore_plugin.testing import tiny_wan
 from descore_plugin.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +70,9 @@ def test_first_loss_is_ln2_and_reference_is_the_base_model(tiny_dir):
     embeds = wan.PromptCache(pipe, 32).embed(["a red ball", "a cat"])
     config = flow_dpo.FlowDPOConfig(timestep_shift=flow_dpo.scheduler_shift(pipe.scheduler))
 
-    output = flow_dpo.flow_dpo_step(transformer, transformer, winners, losers, embeds, config,
-                                    torch.Generator().manual_seed(0))
+    output = flow_dpo.flow_dpo_step(
+        transformer, transformer, winners, losers, embeds, config, torch.Generator().manual_seed(0)
+    )
     assert output.loss.item() == pytest.approx(math.log(2), abs=1e-7)  # LoRA B = 0: policy == reference
     assert output.implicit_accuracy == 0.0 and (output.inside == 0).all()
     assert output.mse_w == output.ref_mse_w and output.mse_l == output.ref_mse_l
@@ -88,14 +89,16 @@ def test_first_loss_is_ln2_and_reference_is_the_base_model(tiny_dir):
     with torch.no_grad():
         torch.testing.assert_close(reference, wan.predict_velocity(base, x, timesteps, embeds), rtol=0, atol=0)
         assert (wan.predict_velocity(transformer, x, timesteps, embeds) - reference).abs().max() > 1e-4
-    perturbed = flow_dpo.flow_dpo_step(transformer, transformer, winners, losers, embeds, config,
-                                       torch.Generator().manual_seed(0))
+    perturbed = flow_dpo.flow_dpo_step(
+        transformer, transformer, winners, losers, embeds, config, torch.Generator().manual_seed(0)
+    )
     assert abs(perturbed.loss.item() - math.log(2)) > 1e-4
     assert perturbed.ref_mse_w == output.ref_mse_w  # same noise and t from the same generator state
 
     # Winner == loser: shared noise and t make the two error differences identical, whatever the adapter.
-    tie = flow_dpo.flow_dpo_step(transformer, transformer, winners, winners.clone(), embeds, config,
-                                 torch.Generator().manual_seed(3))
+    tie = flow_dpo.flow_dpo_step(
+        transformer, transformer, winners, winners.clone(), embeds, config, torch.Generator().manual_seed(3)
+    )
     assert tie.loss.item() == pytest.approx(math.log(2), abs=1e-7) and (tie.inside == 0).all()
 
 
@@ -114,8 +117,9 @@ def test_loss_formula_with_per_sample_mean_mse():
 
 
 def test_timesteps_logit_normal_and_shifted_like_flow_grpo_dpo():
-    t = flow_dpo.sample_timesteps(20000, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"),
-                                  torch.Generator().manual_seed(0))
+    t = flow_dpo.sample_timesteps(
+        20000, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"), torch.Generator().manual_seed(0)
+    )
     logits = torch.log(t / (1 - t))
     assert 0 < t.min() and t.max() < 1
     assert abs(logits.mean().item()) < 0.03 and abs(logits.std().item() - 1) < 0.03
@@ -124,8 +128,9 @@ def test_timesteps_logit_normal_and_shifted_like_flow_grpo_dpo():
 
     config = flow_dpo.FlowDPOConfig(timestep_shift=3.0)
     shifted = flow_dpo.sample_timesteps(5, config, torch.Generator().manual_seed(1))
-    u = flow_dpo.sample_timesteps(5, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"),
-                                  torch.Generator().manual_seed(1))
+    u = flow_dpo.sample_timesteps(
+        5, flow_dpo.FlowDPOConfig(timestep_schedule="logit_normal"), torch.Generator().manual_seed(1)
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     expected = scheduler.sigmas[(u * 1000).long()]
     torch.testing.assert_close(shifted, expected.float(), rtol=0, atol=1e-6)
@@ -164,8 +169,9 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     prompts, ids = ["a red ball", "a cat", "a dog"], [0, 1, 2]
     config = flow_dpo.PairConfig(videos_per_prompt=3, generation_batch_size=2)
     store = tmp_path / "pairs"
-    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, rewards, generation,
-                                   config, store, seed=5, progress=False)
+    records = flow_dpo.build_pairs(
+        pipe, pipe.transformer, cache, prompts, ids, rewards, generation, config, store, seed=5, progress=False
+    )
     assert calls == [3, 3, 3] and len(records) == 3
     entry = json.loads((store / "000001.json").read_text())
     assert entry["prompt"] == "a cat" and entry["cots"] == ["cot 0", "cot 1", "cot 2"] and len(entry["scores"]) == 3
@@ -180,8 +186,9 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     assert entry["named_scores"]["analytic:redness"] == entry["scores"]
 
     (store / "000001.json").unlink()  # as if interrupted before prompt 1 was written
-    again = flow_dpo.build_pairs(pipe, pipe.transformer, cache, prompts, ids, rewards, generation,
-                                 config, store, seed=5, progress=False)
+    again = flow_dpo.build_pairs(
+        pipe, pipe.transformer, cache, prompts, ids, rewards, generation, config, store, seed=5, progress=False
+    )
     assert calls == [3, 3, 3, 3]  # only the missing prompt was generated again
     assert [(r.prompt_id, r.index_w, r.index_l, r.score_w) for r in again] == [
         (r.prompt_id, r.index_w, r.index_l, r.score_w) for r in records
@@ -202,12 +209,40 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
     with the saved LoRA over the base pipeline, on noise never used in training (24 prompts x 8 videos, 100 steps)."""
     recipe = _load_recipe()
     out = tmp_path / "run"
-    recipe.main([
-        "--pipeline", str(tiny_dir), "--reward", "analytic:redness", "--prompts", str(prompts_file),
-        "--output-dir", str(out), "--max-steps", "100", "--learning-rate", "1e-2", "--lora-rank", "8",
-        "--lora-alpha", "16", "--lora-targets", "all", "--videos-per-prompt", "8", "--generation-batch-size", "8",
-        "--eval-prompts", "4", "--eval-videos-per-prompt", "1", "--checkpoint-every", "100", "--seed", "0",
-    ])
+    recipe.main(
+        [
+            "--pipeline",
+            str(tiny_dir),
+            "--reward",
+            "analytic:redness",
+            "--prompts",
+            str(prompts_file),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "100",
+            "--learning-rate",
+            "1e-2",
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-targets",
+            "all",
+            "--videos-per-prompt",
+            "8",
+            "--generation-batch-size",
+            "8",
+            "--eval-prompts",
+            "4",
+            "--eval-videos-per-prompt",
+            "1",
+            "--checkpoint-every",
+            "100",
+            "--seed",
+            "0",
+        ]
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
     assert len(train) == 100 and train[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-7)
@@ -216,16 +251,27 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
 
     generation = tiny_wan.generation_defaults(tiny_dir)
     fresh_prompts = [line for line in prompts_file.read_text().splitlines()][:16] * 2
-    noise = wan.initial_noise(pipe := wan.load_wan_pipeline(tiny_dir), 32, generation,
-                              generator=torch.Generator().manual_seed(12345))
+    noise = wan.initial_noise(
+        pipe := wan.load_wan_pipeline(tiny_dir), 32, generation, generator=torch.Generator().manual_seed(12345)
+    )
 
     def rewards(pipeline):
-        videos = torch.cat([
-            pipeline(fresh_prompts[i : i + 8], num_frames=9, height=64, width=64, num_inference_steps=6,
-                     guidance_scale=5.0, latents=noise[i : i + 8].clone(), max_sequence_length=32,
-                     output_type="pt").frames
-            for i in range(0, 32, 8)
-        ])
+        videos = torch.cat(
+            [
+                pipeline(
+                    fresh_prompts[i : i + 8],
+                    num_frames=9,
+                    height=64,
+                    width=64,
+                    num_inference_steps=6,
+                    guidance_scale=5.0,
+                    latents=noise[i : i + 8].clone(),
+                    max_sequence_length=32,
+                    output_type="pt",
+                ).frames
+                for i in range(0, 32, 8)
+            ]
+        )
         return ANALYTIC_REWARDS["analytic:redness"](videos, fresh_prompts)["analytic:redness"], videos
 
     base_rewards, _ = rewards(pipe)
@@ -233,8 +279,10 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
     trained.load_lora_weights(out)
     trained_rewards, trained_videos = rewards(trained)
     gain = (trained_rewards - base_rewards).mean().item()
-    print(f"redness of 32 fresh samples: base {base_rewards.mean():.5f} -> trained {trained_rewards.mean():.5f} "
-          f"(gain {gain:.5f}, base std {base_rewards.std():.5f})")
+    print(
+        f"redness of 32 fresh samples: base {base_rewards.mean():.5f} -> trained {trained_rewards.mean():.5f} "
+        f"(gain {gain:.5f}, base std {base_rewards.std():.5f})"
+    )
     assert gain > 0.003  # about one standard deviation of the base model's samples (0.003)
     assert (trained_rewards > base_rewards).float().mean() >= 0.8  # paired on the same noise
 
@@ -250,12 +298,41 @@ def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, 
 def _small_run(recipe, tiny_dir, prompts_file, out, max_steps, extra=()):
     extra = list(extra)
     reward = ["--reward", "analytic:redness"] if "--reward" not in extra else []
-    assert recipe.main([
-        "--pipeline", str(tiny_dir), *reward, "--prompts", str(prompts_file),
-        "--output-dir", str(out), "--max-steps", str(max_steps), "--learning-rate", "1e-2", "--lora-rank", "4",
-        "--lora-alpha", "8", "--videos-per-prompt", "2", "--batch-size", "2", "--eval-prompts", "1",
-        "--eval-videos-per-prompt", "1", "--checkpoint-every", "3", "--online-every", "4", *extra,
-    ]) == 0
+    assert (
+        recipe.main(
+            [
+                "--pipeline",
+                str(tiny_dir),
+                *reward,
+                "--prompts",
+                str(prompts_file),
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                str(max_steps),
+                "--learning-rate",
+                "1e-2",
+                "--lora-rank",
+                "4",
+                "--lora-alpha",
+                "8",
+                "--videos-per-prompt",
+                "2",
+                "--batch-size",
+                "2",
+                "--eval-prompts",
+                "1",
+                "--eval-videos-per-prompt",
+                "1",
+                "--checkpoint-every",
+                "3",
+                "--online-every",
+                "4",
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path):
@@ -289,8 +366,23 @@ def test_rerun_is_refused_and_pairs_are_keyed_by_what_made_them(tiny_dir, tmp_pa
     prompts.write_text("\n".join(tiny_wan.TINY_CORPUS[:2]) + "\n")
     recipe = _load_recipe()
     _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 1)
-    assert recipe.main(["--pipeline", str(tiny_dir), "--reward", "analytic:brightness", "--prompts", str(prompts),
-                        "--output-dir", str(tmp_path / "run"), "--max-steps", "1"]) == 2
+    assert (
+        recipe.main(
+            [
+                "--pipeline",
+                str(tiny_dir),
+                "--reward",
+                "analytic:brightness",
+                "--prompts",
+                str(prompts),
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
     _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 2, ["--resume"])  # --max-steps may change
     with pytest.raises(AssertionError):  # another reward on --resume is refused, naming the flag
@@ -311,19 +403,56 @@ def test_accelerate_two_processes_keep_lora_identical(tiny_dir, tmp_path):
         # torchrun launcher on the CPU; ACCELERATE_USE_CPU selects gloo DDP (accelerate's MULTI_CPU). The `--cpu`
         # flag would instead go through mpirun, which needs a hostfile. The test helper records each process's
         # weights after every optimiser step.
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-        str(ROOT / "tests" / "ddp_checksums.py"), str(tmp_path / "checksums"), str(RECIPE),
-        "--pipeline", str(tiny_dir), "--reward", "analytic:redness", "--prompts", str(prompts),
-        "--output-dir", str(out), "--max-steps", "3", "--learning-rate", "1e-2", "--lora-rank", "4",
-        "--lora-alpha", "8", "--videos-per-prompt", "2", "--batch-size", "1", "--eval-prompts", "2",
-        "--eval-videos-per-prompt", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        str(ROOT / "tests" / "ddp_checksums.py"),
+        str(tmp_path / "checksums"),
+        str(RECIPE),
+        "--pipeline",
+        str(tiny_dir),
+        "--reward",
+        "analytic:redness",
+        "--prompts",
+        str(prompts),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-2",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--videos-per-prompt",
+        "2",
+        "--batch-size",
+        "1",
+        "--eval-prompts",
+        "2",
+        "--eval-videos-per-prompt",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     checksums = {
-        rank: [json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{rank}.jsonl").read_text().splitlines()]
+        rank: [
+            json.loads(line)["sha256"]
+            for line in (tmp_path / "checksums" / f"rank{rank}.jsonl").read_text().splitlines()
+        ]
         for rank in (0, 1)
     }
     assert len(checksums[0]) == 3 and checksums[0] == checksums[1]  # identical LoRA on both ranks after every step
@@ -351,8 +480,20 @@ def test_eval_vbench_generates_named_videos_then_explains_missing_vbench(tiny_di
     prompts = ["a red ball bouncing on a green field", "a cat walking in the snow, close-up shot"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
     script = _load_script("eval_vbench")
-    argv = ["--pipeline", str(tiny_dir), "--lora", str(tmp_path / "lora"), "--prompts", str(tmp_path / "prompts.txt"),
-            "--output-dir", str(tmp_path / "eval"), "--videos-per-prompt", "2", "--vbench-python", sys.executable]
+    argv = [
+        "--pipeline",
+        str(tiny_dir),
+        "--lora",
+        str(tmp_path / "lora"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--output-dir",
+        str(tmp_path / "eval"),
+        "--videos-per-prompt",
+        "2",
+        "--vbench-python",
+        sys.executable,
+    ]
     assert script.main(argv) == script.EXIT_VBENCH_MISSING  # this environment has no vbench (by design)
     captured = capsys.readouterr()
     assert "vbench==0.1.5" in captured.err and "--vbench-python" in captured.err
@@ -388,7 +529,9 @@ def test_eval_vbench_generates_named_videos_then_explains_missing_vbench(tiny_di
 
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "vbench_cache"))
     missing = script.missing_weights(script.DIMENSIONS)
-    assert len(missing) == 7 and missing[0][0] == tmp_path / "vbench_cache" / "dino_model" / "dino_vitbase16_pretrain.pth"
+    assert (
+        len(missing) == 7 and missing[0][0] == tmp_path / "vbench_cache" / "dino_model" / "dino_vitbase16_pretrain.pth"
+    )
     (tmp_path / "vbench_cache" / "clip_model").mkdir(parents=True)
     (tmp_path / "vbench_cache" / "clip_model" / "ViT-B-32.pt").write_bytes(b"weights")
     assert len(script.missing_weights(["background_consistency", "dynamic_degree"])) == 1
@@ -432,11 +575,22 @@ def test_distilled_student_with_uncertainty_builds_dpo_pairs(tiny_dir, tmp_path)
     generation = tiny_wan.generation_defaults(tiny_dir)
     cache = wan.PromptCache(pipe, max_sequence_length=generation.max_sequence_length)
     config = flow_dpo.PairConfig(videos_per_prompt=3, uncertainty_scale=1e6)  # an absurd scale drops every pair
-    records = flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["red cat"], [0], rewards, generation, config,
-                                   tmp_path / "pairs", progress=False)
+    records = flow_dpo.build_pairs(
+        pipe, pipe.transformer, cache, ["red cat"], [0], rewards, generation, config, tmp_path / "pairs", progress=False
+    )
     stored = json.loads((tmp_path / "pairs" / "000000.json").read_text())
     uncertainty = stored["named_scores"]["descore:uncertainty"]
     assert records.records == [] and len(uncertainty) == 3 and all(u > 0 for u in uncertainty)
     with pytest.raises(flow_dpo.PairStoreError, match="needs a reward that reports descore:uncertainty"):
-        flow_dpo.build_pairs(pipe, pipe.transformer, cache, ["blue cat"], [1], reward_set(["analytic:redness"]),
-                             generation, config, tmp_path / "pairs2", progress=False)
+        flow_dpo.build_pairs(
+            pipe,
+            pipe.transformer,
+            cache,
+            ["blue cat"],
+            [1],
+            reward_set(["analytic:redness"]),
+            generation,
+            config,
+            tmp_path / "pairs2",
+            progress=False,
+        )

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from accelerate.utils.launch import prepare_multi_gpu_env
 from safetensors.torch import load_file
+from test_accelerate_configs import launch_args
 
 from descore_plugin import DeScoreReward
-from test_accelerate_configs import launch_args
 
 WORKER = Path(__file__).resolve().parent / "full_state_worker.py"
 
@@ -25,8 +25,18 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tm
         port = probe.getsockname()[1]
     args, _ = launch_args("fsdp")
     env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(WORKER), str(tiny_dirs["qwen3_vl"]), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(WORKER),
+        str(tiny_dirs["qwen3_vl"]),
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]
@@ -69,14 +79,16 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tm
     for name, value in whole_state.items():
         assert value.shape == start.state_dict()[name].shape and torch.equal(saved_state[name], value), name
     assert not torch.equal(saved.head.weight, start.head.weight)  # trained, not the start weights
-    head, whole_head = (load_file(d / "reward_head.safetensors") for d in (tmp_path / "checkpoint" / "model",
-                                                                           tmp_path / "whole"))
+    head, whole_head = (
+        load_file(d / "reward_head.safetensors") for d in (tmp_path / "checkpoint" / "model", tmp_path / "whole")
+    )
     for key in ("head.weight", "reward_token_embedding"):
         assert torch.equal(head[key], whole_head[key]), key
 
     # The same checkpoint resumes an unsharded model (one process, DDP): the named optimizer state is renumbered.
-    from descore_plugin.training.full_state import load_state
     from full_state_worker import optimizer_for, trainable_model
+
+    from descore_plugin.training.full_state import load_state
 
     model = trainable_model(str(tiny_dirs["qwen3_vl"]))
     optimizer = optimizer_for(model)

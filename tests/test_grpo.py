@@ -13,7 +13,6 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.flow_sde import (
     clipped_policy_loss,
@@ -33,6 +32,7 @@ from descore_plugin.integrations.grpo import (
     sde_masks,
 )
 from descore_plugin.rewards.contract import reward_set
+from descore_plugin.testing import tiny_wan
 
 # ---------------------------------------------------------------- the SDE step
 
@@ -74,8 +74,9 @@ def test_wan_linear_schedule_one_step_exact_values():
     assert s.item() == pytest.approx(0.0 + (0.8 - 0.0) * 0.5)  # 0.4: grows linearly with t
     step = sde_step(v, x, t, t_next, noise_scale=s, generator=torch.Generator().manual_seed(0))
     # by hand: s = 0.4, dt = -0.3: x * (1 - 0.16 * 0.3 / 1) + v * (1 + 0.16 * 0.5 / 1) * (-0.3)
-    assert step.mean.tolist()[0] == pytest.approx([1.0 * 0.952 + 0.5 * 1.08 * -0.3, -2.0 * 0.952 + 3.0 * 1.08 * -0.3],
-                                                   abs=1e-6)
+    assert step.mean.tolist()[0] == pytest.approx(
+        [1.0 * 0.952 + 0.5 * 1.08 * -0.3, -2.0 * 0.952 + 3.0 * 1.08 * -0.3], abs=1e-6
+    )
     assert step.std.item() == pytest.approx(0.4 * math.sqrt(0.3), rel=1e-6)
     assert noise_scale(torch.tensor([1.0, 0.0]), sigmas, "linear", 2.0).tolist() == pytest.approx([1.6, 0.0])
 
@@ -86,10 +87,18 @@ def test_sde_mean_and_std_match_the_formula_on_numbers():
     t, t_next, a = 0.6, 0.4, 0.7
     s = a * math.sqrt(t / (1 - t))
     dt = t_next - t
-    mean = [xi * (1 + s * s * dt / (2 * t)) + vi * (1 + s * s * (1 - t) / (2 * t)) * dt
-            for xi, vi in zip([1.0, -2.0], [0.5, 3.0])]
-    step = sde_step(v, x, t, t_next, noise_scale=noise_scale(t, torch.tensor([1.0, 0.99]), "sqrt", a),
-                    generator=torch.Generator().manual_seed(0))
+    mean = [
+        xi * (1 + s * s * dt / (2 * t)) + vi * (1 + s * s * (1 - t) / (2 * t)) * dt
+        for xi, vi in zip([1.0, -2.0], [0.5, 3.0])
+    ]
+    step = sde_step(
+        v,
+        x,
+        t,
+        t_next,
+        noise_scale=noise_scale(t, torch.tensor([1.0, 0.99]), "sqrt", a),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(step.mean, torch.tensor([mean]), atol=1e-6)
     assert step.std.item() == pytest.approx(s * math.sqrt(-dt), rel=1e-6)
     noise = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
@@ -100,10 +109,13 @@ def test_log_prob_equals_hand_computed_gaussian_density():
     x = torch.tensor([[0.3, -1.2, 2.0]])
     mean = torch.tensor([[0.0, -1.0, 1.5]])
     std = torch.tensor(0.5)
-    by_hand = sum(
-        math.log(1 / (0.5 * math.sqrt(2 * math.pi)) * math.exp(-((xi - mi) ** 2) / (2 * 0.25)))
-        for xi, mi in zip([0.3, -1.2, 2.0], [0.0, -1.0, 1.5])
-    ) / 3
+    by_hand = (
+        sum(
+            math.log(1 / (0.5 * math.sqrt(2 * math.pi)) * math.exp(-((xi - mi) ** 2) / (2 * 0.25)))
+            for xi, mi in zip([0.3, -1.2, 2.0], [0.0, -1.0, 1.5])
+        )
+        / 3
+    )
     assert gaussian_log_prob(x, mean, std).item() == pytest.approx(by_hand, abs=1e-6)
 
 
@@ -145,8 +157,9 @@ def test_longcat_velocity_kl_equals_the_kl_of_the_step_means():
     torch.manual_seed(0)
     x, v, v_ref = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
     sigma, sigma_next = torch.tensor([1.0, 0.5]), torch.tensor([0.9, 0.45])
-    kwargs = dict(noise_scale=noise_scale(sigma, torch.tensor([1.0, 0.9]), "sqrt", 1.0).reshape(-1, 1),
-                  diffusion_cap=0.45)
+    kwargs = dict(
+        noise_scale=noise_scale(sigma, torch.tensor([1.0, 0.9]), "sqrt", 1.0).reshape(-1, 1), diffusion_cap=0.45
+    )
     step, ref = sde_step(v, x, sigma, sigma_next, **kwargs), sde_step(v_ref, x, sigma, sigma_next, **kwargs)
     by_means = mean_kl(step.mean, ref.mean, step.std)
     by_velocity = longcat_step_kl(v, v_ref, sigma, sigma_next, step.noise_scale.reshape(-1))
@@ -229,10 +242,21 @@ def test_flow_grpo_sums_rewards_longcat_sums_advantages():
 
 def test_one_config_presets_and_one_place_per_difference():
     flow, longcat = WanGRPOConfig("flow_grpo"), WanGRPOConfig("longcat")
-    assert (flow.shared_noise, flow.noise_schedule, flow.critical_steps, flow.advantage, flow.kl_beta) == \
-        (False, "linear", None, "group", 0.004)
-    assert (longcat.shared_noise, longcat.noise_schedule, longcat.critical_steps, longcat.diffusion_cap,
-            longcat.advantage, longcat.loss_weighting) == (True, "sqrt", 6, 0.45, "max_group_std", "lambda")
+    assert (flow.shared_noise, flow.noise_schedule, flow.critical_steps, flow.advantage, flow.kl_beta) == (
+        False,
+        "linear",
+        None,
+        "group",
+        0.004,
+    )
+    assert (
+        longcat.shared_noise,
+        longcat.noise_schedule,
+        longcat.critical_steps,
+        longcat.diffusion_cap,
+        longcat.advantage,
+        longcat.loss_weighting,
+    ) == (True, "sqrt", 6, 0.45, "max_group_std", "lambda")
     mixed = WanGRPOConfig("longcat", noise_schedule="linear", diffusion_cap=0)  # a field means the same for both
     assert mixed.noise_schedule == "linear" and mixed.diffusion_cap is None
     with pytest.raises(ValueError, match="--sde-window and --critical-steps"):
@@ -301,13 +325,29 @@ def test_noise_level_zero_rollout_is_the_euler_ode_sampler(tiny_dir):
     noise = wan.initial_noise(pipe, 4, generation, generator=torch.Generator().manual_seed(0))
     prompts = [p for p in PROMPTS[:2] for _ in range(2)]
     cache = trainer.prompt_cache
-    ode = wan.sample(pipe.transformer, pipe.scheduler, noise, cache.embed(prompts), cache.negative(4),
-                     generation.num_inference_steps, generation.guidance_scale, return_trajectory=True)
+    ode = wan.sample(
+        pipe.transformer,
+        pipe.scheduler,
+        noise,
+        cache.embed(prompts),
+        cache.negative(4),
+        generation.num_inference_steps,
+        generation.guidance_scale,
+        return_trajectory=True,
+    )
     assert batch.sde_mask.all()  # every step went through sde_step (with a = 0)
     assert torch.equal(batch.trajectory, torch.stack(ode.trajectory, dim=1))
-    expected = pipe(prompts, num_frames=5, height=16, width=16, num_inference_steps=generation.num_inference_steps,
-                    guidance_scale=generation.guidance_scale, latents=noise.clone(), output_type="latent",
-                    max_sequence_length=generation.max_sequence_length).frames
+    expected = pipe(
+        prompts,
+        num_frames=5,
+        height=16,
+        width=16,
+        num_inference_steps=generation.num_inference_steps,
+        guidance_scale=generation.guidance_scale,
+        latents=noise.clone(),
+        output_type="latent",
+        max_sequence_length=generation.max_sequence_length,
+    ).frames
     torch.testing.assert_close(batch.trajectory[:, -1], expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="noise_level=0.0: training needs SDE steps"):
         trainer.check_batching(4)
@@ -322,10 +362,11 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
     with torch.no_grad():  # a LoRA that already changes the model, so that policy != reference
         for parameter in parameters:
             parameter.add_(0.05 * torch.randn_like(parameter))
-    config = {"flow_grpo": WanGRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7),
-              "longcat": WanGRPOConfig("longcat", group_size=4, critical_steps=4),
-              "flow_grpo_wan_weights": WanGRPOConfig("flow_grpo", group_size=4, loss_weighting="noise_over_sqrt_dt"),
-              }[algorithm]
+    config = {
+        "flow_grpo": WanGRPOConfig("flow_grpo", group_size=4, noise_schedule="sqrt", noise_level=0.7),
+        "longcat": WanGRPOConfig("longcat", group_size=4, critical_steps=4),
+        "flow_grpo_wan_weights": WanGRPOConfig("flow_grpo", group_size=4, loss_weighting="noise_over_sqrt_dt"),
+    }[algorithm]
     trainer = trainer_for(pipe, generation, config, transformer, torch.optim.AdamW(parameters, lr=1e-2))
     batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
     if algorithm == "longcat":  # one critical step per prompt, shared initial noise per group
@@ -346,6 +387,7 @@ def test_on_policy_ratio_is_exactly_one_before_the_first_update(tiny_dir, algori
 def test_zero_advantage_videos_leave_the_loss_kl_included(tiny_dir):
     """flow_grpo's Wan trainer drops videos whose advantage is 0: with every advantage 0, --mask-zero-advantages
     leaves the LoRA exactly as it was (no KL pull either); without it the KL to the reference moves it."""
+
     def lora_after_update(mask: bool) -> list[torch.Tensor]:
         pipe = wan.load_wan_pipeline(tiny_dir)
         torch.manual_seed(0)
@@ -354,8 +396,9 @@ def test_zero_advantage_videos_leave_the_loss_kl_included(tiny_dir):
             for parameter in parameters:
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
         config = WanGRPOConfig("flow_grpo", group_size=2, mask_zero_advantages=mask, kl_beta=0.5)
-        trainer = trainer_for(pipe, small(tiny_dir), config, pipe.transformer,
-                              torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.0))
+        trainer = trainer_for(
+            pipe, small(tiny_dir), config, pipe.transformer, torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.0)
+        )
         batch = trainer.sample(PROMPTS[:2], torch.Generator().manual_seed(0), micro_batch_size=4)
         before = [p.detach().clone() for p in parameters]
         summary = trainer.update(batch, torch.zeros(4), micro_batch_size=2)
@@ -417,8 +460,14 @@ def train_tiny(tiny_dir, config, learning_rate, iterations, seed=0):
     eval_prompts = list(PROMPTS) * 8
 
     def fresh():
-        videos, _ = wan.generate(pipe, trainer.prompt_cache, eval_prompts, generation, transformer=transformer,
-                                 generator=torch.Generator().manual_seed(1000 + seed))
+        videos, _ = wan.generate(
+            pipe,
+            trainer.prompt_cache,
+            eval_prompts,
+            generation,
+            transformer=transformer,
+            generator=torch.Generator().manual_seed(1000 + seed),
+        )
         return rewards(videos, eval_prompts)["analytic:redness"]
 
     trained = fresh()
@@ -456,10 +505,38 @@ RECIPE = ROOT / "recipes" / "wan_flow_grpo.py"
 def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out", checksums=None):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    args = [str(RECIPE), "--algorithm", algorithm, "--pipeline", str(tiny_dir), "--reward", "analytic:redness",
-            "--prompts", str(prompts), "--output-dir", str(tmp_path / output), "--num-frames", "5", "--height", "16",
-            "--width", "16", "--learning-rate", "1e-2", "--lora-rank", "4", "--lora-alpha", "4", "--eval-prompts", "2",
-            "--eval-videos-per-prompt", "1", "--seed", "0", *extra]
+    args = [
+        str(RECIPE),
+        "--algorithm",
+        algorithm,
+        "--pipeline",
+        str(tiny_dir),
+        "--reward",
+        "analytic:redness",
+        "--prompts",
+        str(prompts),
+        "--output-dir",
+        str(tmp_path / output),
+        "--num-frames",
+        "5",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--learning-rate",
+        "1e-2",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--eval-prompts",
+        "2",
+        "--eval-videos-per-prompt",
+        "1",
+        "--seed",
+        "0",
+        *extra,
+    ]
     if checksums is not None:  # the test helper records each process's weights after every optimiser step
         args = [str(ROOT / "tests" / "ddp_checksums.py"), str(checksums), *args]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -467,9 +544,23 @@ def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out",
         command = [sys.executable, *args]
     else:  # torchrun launcher on the CPU: ACCELERATE_USE_CPU selects gloo DDP (accelerate's MULTI_CPU)
         env["ACCELERATE_USE_CPU"] = "1"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--num_cpu_threads_per_process", "1", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--num_cpu_threads_per_process",
+            "1",
+            *args,
+        ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / output
@@ -477,11 +568,27 @@ def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out",
 
 @pytest.mark.parametrize("algorithm", ["flow_grpo", "longcat"])
 def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path, algorithm):
-    out = run_recipe(tiny_dir, tmp_path, algorithm, "--max-steps", "3", "--group-size", "4", "--micro-batch-size",
-                     "2", "--num-inference-steps", "4", "--untrained-steps", "0", processes=2,
-                     checksums=tmp_path / "checksums")
-    ranks = [[json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{r}.jsonl").read_text().splitlines()]
-             for r in (0, 1)]
+    out = run_recipe(
+        tiny_dir,
+        tmp_path,
+        algorithm,
+        "--max-steps",
+        "3",
+        "--group-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--num-inference-steps",
+        "4",
+        "--untrained-steps",
+        "0",
+        processes=2,
+        checksums=tmp_path / "checksums",
+    )
+    ranks = [
+        [json.loads(line)["sha256"] for line in (tmp_path / "checksums" / f"rank{r}.jsonl").read_text().splitlines()]
+        for r in (0, 1)
+    ]
     updates = 3 * WanGRPOConfig(algorithm).updates_per_rollout
     assert len(ranks[0]) == updates and ranks[0] == ranks[1]  # identical on both processes after every update
     assert len(set(ranks[0])) == updates  # the weights do change at every update
@@ -513,8 +620,14 @@ def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
     assert not all(torch.equal(a[f"transformer.{k}"], raw[k]) for k in raw)
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     # eval 0, train 1-2, eval 2 (the end of the first run), then the resumed run appended train 3 and eval 3
-    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2),
-                                                      ("train", 3), ("eval", 3)]
+    assert [(r["kind"], r["step"]) for r in rows] == [
+        ("eval", 0),
+        ("train", 1),
+        ("train", 2),
+        ("eval", 2),
+        ("train", 3),
+        ("eval", 3),
+    ]
     assert [r["train/trained"] for r in rows if r["kind"] == "train"] == [0.0, 1.0, 1.0]
     assert (resumed / "curves.png").stat().st_size > 0 and (resumed / "checkpoint-3").is_dir()
     # what the report reads: fixed-prompt samples per evaluation, mp4 + per-video named scores
@@ -522,8 +635,9 @@ def test_recipe_resumes_exactly_and_writes_a_diffusers_lora(tiny_dir, tmp_path):
     lines = [json.loads(line) for line in (samples / "scores.jsonl").read_text().splitlines()]
     assert [(line["index"], line["video"]) for line in lines] == [(0, "000.mp4"), (1, "001.mp4")]
     assert (samples / "001.mp4").stat().st_size > 0 and set(lines[0]["scores"]) == {"analytic:redness"}
-    assert lines[0]["scores"]["analytic:redness"] == pytest.approx(rows[-1]["eval/analytic:redness"] * 2
-                                                                   - lines[1]["scores"]["analytic:redness"])
+    assert lines[0]["scores"]["analytic:redness"] == pytest.approx(
+        rows[-1]["eval/analytic:redness"] * 2 - lines[1]["scores"]["analytic:redness"]
+    )
 
     pipe = wan.load_wan_pipeline(tiny_dir)
     pipe.load_lora_weights(str(full))
@@ -540,14 +654,27 @@ def test_recipe_flags_errors_and_help(tiny_dir, tmp_path):
     spec = __import__("importlib.util").util.spec_from_file_location("wan_flow_grpo", RECIPE)
     recipe = __import__("importlib.util").util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    base = ["--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"), "--output-dir", str(tmp_path / "o"),
-            "--max-steps", "1"]
+    base = [
+        "--pipeline",
+        str(tiny_dir),
+        "--prompts",
+        str(tmp_path / "p.txt"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "1",
+    ]
     (tmp_path / "p.txt").write_text("a red ball\n")
     assert recipe.main([*base, "--algorithm", "longcat", "--sde-window", "0", "2"]) == 2  # one line, no traceback
     assert recipe.main([*base, "--reward", "descore:subject=2", "analytic:redness"]) == 2  # needs --reward-model
     assert not (tmp_path / "o").exists()  # refused before the run directory exists
-    result = subprocess.run([sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     flags = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")]
     assert len(flags) > 40 and "--critical_steps" in flags and "--tau" not in result.stdout
     blocks = result.stdout.split("\n  --")[1:]

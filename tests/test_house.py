@@ -19,8 +19,12 @@ def _prints_outside_entry_points(path: Path) -> list[int]:
     def visit(node, in_main: bool):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             in_main = in_main or node.name == "main" or node.name.endswith("_main")
-        if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
-                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "print" and not in_main):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "print"
+            and not in_main
+        ):
             found.append(node.lineno)
         for child in ast.iter_child_nodes(node):
             visit(child, in_main)
@@ -45,13 +49,17 @@ def test_library_modules_log_instead_of_printing():
 
 def test_module_loggers_are_named_after_their_module():
     """`logging.getLogger(__name__)` (or accelerate's get_logger(__name__)): a user silences a module by its name."""
+
     def named_by_a_string(node) -> bool:
         function = getattr(node, "func", None)
         name = getattr(function, "attr", getattr(function, "id", None))
         return name in ("getLogger", "get_logger") and bool(node.args) and isinstance(node.args[0], ast.Constant)
 
-    literal = [path.relative_to(ROOT).as_posix() for path in LIBRARY if path.name != "logging.py"
-               and any(named_by_a_string(node) for node in ast.walk(ast.parse(path.read_text())))]
+    literal = [
+        path.relative_to(ROOT).as_posix()
+        for path in LIBRARY
+        if path.name != "logging.py" and any(named_by_a_string(node) for node in ast.walk(ast.parse(path.read_text())))
+    ]
     assert not literal, f"loggers named by a string instead of __name__: {literal}"
 
 
@@ -77,8 +85,10 @@ def test_setup_logging_prints_info_on_stdout_and_warnings_on_stderr(capsys):
 
 def test_prints_outside_entry_points_reader(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    print('x')\n\n"
-                      "def main():\n    print('ok')\n    def inner():\n        print('ok')\n\n"
-                      "if __name__ == '__main__':\n    print('ok')\n\n"
-                      "class A:\n    def g(self):\n        self.accelerator.print('x')\n")
+    module.write_text(
+        "def f():\n    print('x')\n\n"
+        "def main():\n    print('ok')\n    def inner():\n        print('ok')\n\n"
+        "if __name__ == '__main__':\n    print('ok')\n\n"
+        "class A:\n    def g(self):\n        self.accelerator.print('x')\n"
+    )
     assert _prints_outside_entry_points(module) == [2, 14]

@@ -62,15 +62,31 @@ def world(tmp_path_factory):
 
 def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weight: float, eval_think: bool) -> dict:
     return dict(
-        model=str(world["model"]), train_data=str(world["train"]), eval_data=str(world["eval"]),
-        output_dir=str(world["root"] / name), stage=1, max_steps=steps, warmup_ratio=WARMUP_STEPS / steps, batch_size=16,
-        gradient_accumulation_steps=1, learning_rate=1e-3, lora_rank=0, train_embeddings="all",
-        cot_mask_prob=cot_mask_prob, lm_loss_weight=lm_loss_weight, eval_think=eval_think,
-        eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
-        max_grad_norm=1.0, undecided_rows="drop",  # the regime these numbers were measured with (not the official)
+        model=str(world["model"]),
+        train_data=str(world["train"]),
+        eval_data=str(world["eval"]),
+        output_dir=str(world["root"] / name),
+        stage=1,
+        max_steps=steps,
+        warmup_ratio=WARMUP_STEPS / steps,
+        batch_size=16,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        lora_rank=0,
+        train_embeddings="all",
+        cot_mask_prob=cot_mask_prob,
+        lm_loss_weight=lm_loss_weight,
+        eval_think=eval_think,
+        eval_max_new_tokens=MAX_NEW_TOKENS,
+        save_steps=0,
+        seed=0,
+        log_with=None,
+        max_grad_norm=1.0,
+        undecided_rows="drop",  # the regime these numbers were measured with (not the official)
         # In-process input, every one of the 1,200 tiny videos (~90 MB decoded) decoded once: on a busy 2-core machine
         # loader workers only compete with the training step for the cores (recipes/bench_data.py).
-        num_workers=0, video_cache_bytes=128 * 2**20,
+        num_workers=0,
+        video_cache_bytes=128 * 2**20,
     )
 
 
@@ -102,15 +118,22 @@ def evaluate(trainer: Trainer, think: bool) -> dict:
 
 def annotator_cot_accuracy(trainer: Trainer) -> dict:
     """Held-out accuracy per slice when the head reads the annotator's CoT (teacher forcing)."""
-    return measurements.annotator_cot_accuracy(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
-                                             trainer.videos)
+    return measurements.annotator_cot_accuracy(
+        trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs, trainer.videos
+    )
 
 
 def mean_rollout_reward(trainer: Trainer) -> float:
     """Mean rule-based reward of 4 CoTs sampled at temperature 1 for each of 96 held-out videos (same videos and
     sampling seed for every model)."""
-    return measurements.mean_rollout_reward(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_pairs,
-                                          trainer.videos, rollouts=4, max_new_tokens=MAX_NEW_TOKENS, limit=96)
+    return measurements.mean_rollout_reward(
+        trainer.accelerator.unwrap_model(trainer.model),
+        trainer.eval_pairs,
+        trainer.videos,
+        rollouts=4,
+        max_new_tokens=MAX_NEW_TOKENS,
+        limit=96,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +161,38 @@ def trainings(world):
         returncode = process.wait()
         log.close()
     assert returncode == 0, (world["root"] / "subprocess.log").read_text()[-3000:]
-    return {"cot": cot, "baseline": final_eval(baseline_args["output_dir"]), "masked": final_eval(masked_args["output_dir"])}
+    return {
+        "cot": cot,
+        "baseline": final_eval(baseline_args["output_dir"]),
+        "masked": final_eval(masked_args["output_dir"]),
+    }
 
 
 @pytest.fixture(scope="module")
 def stage2(world, trainings):
     config = TrainConfig(
-        model=str(world["root"] / "cot"), train_data=str(world["train"]), eval_data=str(world["eval"]),
-        output_dir=str(world["root"] / "stage2"), stage=2, max_steps=STAGE2_STEPS, batch_size=4,
-        gradient_accumulation_steps=1, learning_rate=1e-4, lora_rank=0, train_embeddings="all", num_rollouts=8,
-        max_new_tokens=MAX_NEW_TOKENS, eval_max_new_tokens=MAX_NEW_TOKENS, save_steps=0, seed=0, log_with=None,
-        rollout_batch_size=4, actor_batch_size=8,  # one update per rollout batch, the regime these numbers were
+        model=str(world["root"] / "cot"),
+        train_data=str(world["train"]),
+        eval_data=str(world["eval"]),
+        output_dir=str(world["root"] / "stage2"),
+        stage=2,
+        max_steps=STAGE2_STEPS,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-4,
+        lora_rank=0,
+        train_embeddings="all",
+        num_rollouts=8,
+        max_new_tokens=MAX_NEW_TOKENS,
+        eval_max_new_tokens=MAX_NEW_TOKENS,
+        save_steps=0,
+        seed=0,
+        log_with=None,
+        rollout_batch_size=4,
+        actor_batch_size=8,  # one update per rollout batch, the regime these numbers were
         grad_norm_groups="joint",  # measured with (official: 128 pairs a rollout batch, actor and head clipped apart)
-        num_workers=0, video_cache_bytes=128 * 2**20,
+        num_workers=0,
+        video_cache_bytes=128 * 2**20,
     )
     trainer = Trainer(config)
     logs = trainer.train()  # ends with the held-out evaluation, scored with the model's own CoT

@@ -46,12 +46,19 @@ class Regression:
         self.calls.append(("eval", step))
         published = (Path(self.loop.output_dir) / "weights.pt").is_file()
         error = (self.weight.detach() - self.target).pow(2)
-        return {"eval/closeness": -error.mean().item(), "eval/closeness_std": error.std().item(),
-                "eval/num_items": 3.0, "eval/published_before": float(published)}
+        return {
+            "eval/closeness": -error.mean().item(),
+            "eval/closeness_std": error.std().item(),
+            "eval/num_items": 3.0,
+            "eval/published_before": float(published),
+        }
 
     def state_dict(self):
-        return {"weights": {"weight": self.weight.detach().clone()}, "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        return {
+            "weights": {"weight": self.weight.detach().clone()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state):
         with torch.no_grad():
@@ -70,20 +77,32 @@ def rows(out):
 def test_cadence_vocabulary_curves_and_publish_before_the_final_evaluation(tmp_path):
     method = Regression()
     assert isinstance(method, Method)
-    result = RunLoop(method, LoopConfig(output_dir=str(tmp_path / "run"), max_steps=5, checkpoint_every=2,
-                                        eval_every=0)).run()
+    result = RunLoop(
+        method, LoopConfig(output_dir=str(tmp_path / "run"), max_steps=5, checkpoint_every=2, eval_every=0)
+    ).run()
     assert result.step == 5 and result.metrics["eval/published_before"] == 1.0
     # evaluation at the start, after each checkpoint (2, 4) and at the end, after the publish
     assert [c for c in method.calls if c[0] == "eval"] == [("eval", 0), ("eval", 2), ("eval", 4), ("eval", 5)]
     logged = rows(tmp_path / "run")
-    assert [(r["kind"], r["step"]) for r in logged] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2),
-                                                        ("train", 3), ("train", 4), ("eval", 4), ("train", 5),
-                                                        ("eval", 5)]
+    assert [(r["kind"], r["step"]) for r in logged] == [
+        ("eval", 0),
+        ("train", 1),
+        ("train", 2),
+        ("eval", 2),
+        ("train", 3),
+        ("train", 4),
+        ("eval", 4),
+        ("train", 5),
+        ("eval", 5),
+    ]
     for row in logged:
         assert all(k in ("kind", "step") or k.startswith(("train/", "eval/", "reward/", "time/")) for k in row)
     assert all("time/step" in r and r["train/loss"] == -r["reward/closeness"] for r in logged if r["kind"] == "train")
-    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4",
-                                                                             "checkpoint-5"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-5",
+    ]
     assert (tmp_path / "run" / "checkpoint-5" / "weights.safetensors").is_file()
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
@@ -93,15 +112,17 @@ def test_resume_equals_an_uninterrupted_run_and_ctrl_c_is_one_line(tmp_path, cap
     RunLoop(straight, LoopConfig(output_dir=str(tmp_path / "a"), max_steps=6, checkpoint_every=2)).run()
 
     def first(argv):
-        RunLoop(Regression(interrupt_at=3), LoopConfig(output_dir=str(tmp_path / "b"), max_steps=6,
-                                                       checkpoint_every=2)).run()
+        RunLoop(
+            Regression(interrupt_at=3), LoopConfig(output_dir=str(tmp_path / "b"), max_steps=6, checkpoint_every=2)
+        ).run()
 
     errors.set_resume_hint(None)
     assert errors.run_main(first, "prog") == errors.INTERRUPTED_EXIT_STATUS
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"prog: interrupted; at step 3; last checkpoint: {tmp_path / 'b' / 'checkpoint-2'}; run the same command "
-        f"with --resume to continue from it")
+        f"with --resume to continue from it"
+    )
     resumed = Regression()
     RunLoop(resumed, LoopConfig(output_dir=str(tmp_path / "b"), max_steps=6, checkpoint_every=2, resume=True)).run()
     assert resumed.calls[0] == ("train", 2)  # the evaluation of step 2 was done before the interrupt
@@ -151,8 +172,12 @@ def test_metric_names_outside_the_vocabulary_are_refused(tmp_path):
 
 
 def test_state_files_split_tensor_dicts_into_safetensors(tmp_path):
-    state = {"lora": {"a": torch.ones(2)}, "optimizer": {"state": {}, "lr": 0.1}, "rng": torch.get_rng_state(),
-             "step_counter": 3}
+    state = {
+        "lora": {"a": torch.ones(2)},
+        "optimizer": {"state": {}, "lr": 0.1},
+        "rng": torch.get_rng_state(),
+        "step_counter": 3,
+    }
     save_state(state, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.safetensors", "state.pt"]
     loaded = load_state(tmp_path)
@@ -161,7 +186,9 @@ def test_state_files_split_tensor_dicts_into_safetensors(tmp_path):
 
 
 def test_curves_draw_evaluations_rewards_and_training_curves(tmp_path):
-    rows_ = [{"kind": "eval", "step": 0, "eval/r": 0.1, "eval/r_std": 0.2, "eval/num_items": 4},
-             {"kind": "train", "step": 1, "train/loss": 0.5, "reward/r": 0.2},
-             {"kind": "eval", "step": 1, "eval/r": None, "eval/r_std": None, "eval/num_items": 4}]
+    rows_ = [
+        {"kind": "eval", "step": 0, "eval/r": 0.1, "eval/r_std": 0.2, "eval/num_items": 4},
+        {"kind": "train", "step": 1, "train/loss": 0.5, "reward/r": 0.2},
+        {"kind": "eval", "step": 1, "eval/r": None, "eval/r_std": None, "eval/num_items": 4},
+    ]
     assert write_curves(rows_, tmp_path / "c.png", ["train/loss", "train/absent"]).stat().st_size > 1000

@@ -4,8 +4,8 @@ import torch
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import load_pairs
-from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rollout_reward
 from descore_plugin.data.video import load_video
+from descore_plugin.testing.measurements import annotator_cot_accuracy, mean_rollout_reward
 
 
 def test_rollout_reward_is_seeded_and_keeps_the_global_rng(tiny_dirs, synthetic_world):

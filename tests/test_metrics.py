@@ -182,6 +182,7 @@ def test_accuracy_ties_as_errors_exact_and_equal_to_the_official_evaluation():
         kept = [i for i, label in enumerate(labels) if label != "invalid"]
         if not kept:
             continue
-        ours = accuracy_ties_as_errors(rewards_a[kept] - rewards_b[kept], [labels[i] for i in kept],
-                                       num_invalid=n - len(kept))
+        ours = accuracy_ties_as_errors(
+            rewards_a[kept] - rewards_b[kept], [labels[i] for i in kept], num_invalid=n - len(kept)
+        )
         assert ours == pytest.approx(_official_cold_start_accuracy(rewards_a, rewards_b, labels))

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 import torch
+from conftest import BACKBONES, PROMPTS
 from safetensors.torch import load_file
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from conftest import BACKBONES, PROMPTS
 from descore_plugin import DeScoreConfig, DeScoreReward
+from descore_plugin.data.video import load_videos
 from descore_plugin.modeling.model import HEAD_NAME
 from descore_plugin.testing.tiny import init_tiny
-from descore_plugin.data.video import load_videos
 
 
 class ForceEnd(LogitsProcessor):
@@ -45,7 +45,9 @@ def test_cached_think_equals_uncached_forward_when_rows_end_at_different_lengths
     assert [len(ids) for ids in cached["cot_ids"]] == [3, 9, 0]
     for row in range(3):
         single = model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1])
-        full = model(**model.append_cots(single, [cached["cot_ids"][row]]))  # video, instruction, CoT, <Reward>: no cache
+        full = model(
+            **model.append_cots(single, [cached["cot_ids"][row]])
+        )  # video, instruction, CoT, <Reward>: no cache
         torch.testing.assert_close(cached["rewards"][row], full["rewards"][0], atol=1e-4, rtol=0)
 
 
@@ -65,8 +67,10 @@ def test_think_false_equals_empty_cot(model, sample_videos):
 
 
 def test_supplied_cot_changes_the_reward_and_is_parsed(model, sample_videos):
-    cot = 'The square is red. <answer>{"dimensional_scores": {"subject": 2, "dynamics": 1, "camera": "N/A", ' \
-          '"environment": 2, "style": 2}, "overall_score": 3.5}</answer>'
+    cot = (
+        'The square is red. <answer>{"dimensional_scores": {"subject": 2, "dynamics": 1, "camera": "N/A", '
+        '"environment": 2, "style": 2}, "overall_score": 3.5}</answer>'
+    )
     out = model.score(sample_videos[:2], PROMPTS[:2], cots=[cot, "garbage"])
     assert out.dimensional_scores[0]["dynamics"] == 1 and out.overall_scores[0] == 3.5 and out.parse_errors[0] is None
     assert out.dimensional_scores[1] is None and out.parse_errors[1] == "no <answer> block"
@@ -134,17 +138,27 @@ def official_release(tiny_dir, out, key="rm_head.weight"):
 def test_official_release_layout_loads(tiny_dirs, sample_videos, tmp_path, key):
     """Official DeScore release: LoRA adapter folder + rm_head.pth, tokenizer with <Reward>, loaded weights_only."""
     ours = official_release(tiny_dirs["qwen2_5_vl"], tmp_path / "official", key)
-    loaded = DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56,
-                                           min_pixels=28 * 28, prompt_template=ours.template)
+    loaded = DeScoreReward.from_pretrained(
+        tmp_path / "official",
+        num_frames=8,
+        fps=None,
+        max_pixels=56 * 56,
+        min_pixels=28 * 28,
+        prompt_template=ours.template,
+    )
     assert loaded.config.layout == "user"
     ours.config.layout = "user"
     expected = ours.score(sample_videos, PROMPTS, think=False).rewards
     torch.testing.assert_close(loaded.score(sample_videos, PROMPTS, think=False).rewards, expected, atol=1e-5, rtol=0)
     with pytest.warns(UserWarning, match="pass prompt_template="):
-        DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28)
+        DeScoreReward.from_pretrained(
+            tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28
+        )
 
 
-OFFICIAL_STYLE_TEMPLATE = "You judge videos.\n- Text Prompt: [insert prompt here]\n- Video: <video>\nThink, then answer.\n"
+OFFICIAL_STYLE_TEMPLATE = (
+    "You judge videos.\n- Text Prompt: [insert prompt here]\n- Video: <video>\nThink, then answer.\n"
+)
 
 
 @pytest.mark.parametrize("family", BACKBONES)
@@ -152,8 +166,14 @@ def test_official_release_is_scored_in_the_official_inference_layout(tiny_dirs, 
     """One user turn [instruction text, video, text, CoT + <Reward>], no assistant header, exactly the tokens the
     official inference builds; the KV-cache path gives the value of a full forward over them."""
     official_release(tiny_dirs[family], tmp_path / "official")
-    model = DeScoreReward.from_pretrained(tmp_path / "official", num_frames=8, fps=None, max_pixels=56 * 56,
-                                          min_pixels=28 * 28, prompt_template=OFFICIAL_STYLE_TEMPLATE)
+    model = DeScoreReward.from_pretrained(
+        tmp_path / "official",
+        num_frames=8,
+        fps=None,
+        max_pixels=56 * 56,
+        min_pixels=28 * 28,
+        prompt_template=OFFICIAL_STYLE_TEMPLATE,
+    )
     videos = load_videos(sample_videos, num_frames=8)
     batch = model.encode_prompts(videos, PROMPTS)
     ends = [3, None, 0]  # rows end at different lengths; row 2 writes an empty CoT
@@ -161,8 +181,11 @@ def test_official_release_is_scored_in_the_official_inference_layout(tiny_dirs, 
     cached = model.generate_and_score(batch, max_new_tokens=7, logits_processor=forced)
     assert [len(ids) for ids in cached["cot_ids"]] == [3, 7, 0]
     for row in range(3):  # the cached continuation equals a full forward over [user turn, CoT, <Reward>]
-        full = model(**model.append_cots(model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1]),
-                                         [cached["cot_ids"][row]]))
+        full = model(
+            **model.append_cots(
+                model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1]), [cached["cot_ids"][row]]
+            )
+        )
         torch.testing.assert_close(cached["rewards"][row], full["rewards"][0], atol=1e-4, rtol=0)
 
     # The tokens are those the official inference builds from the decoded CoT text (chat template, no generation
@@ -171,17 +194,34 @@ def test_official_release_is_scored_in_the_official_inference_layout(tiny_dirs, 
     for row in range(2):
         instruction = OFFICIAL_STYLE_TEMPLATE.replace("[insert prompt here]", PROMPTS[row])
         before, after = instruction.split("<video>")
-        messages = [{"role": "user", "content": [{"type": "text", "text": before}, {"type": "video"},
-                                                 {"type": "text", "text": after}, {"type": "text", "text": cot + "<Reward>"}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": before},
+                    {"type": "video"},
+                    {"type": "text", "text": after},
+                    {"type": "text", "text": cot + "<Reward>"},
+                ],
+            }
+        ]
         text = model.processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
         assert "assistant" not in text
-        reference = model.processor(text=[text], videos=[batch_video(model, videos[row])], video_metadata=[videos[row].metadata()],
-                                    do_sample_frames=False, do_resize=False, return_tensors="pt")
+        reference = model.processor(
+            text=[text],
+            videos=[batch_video(model, videos[row])],
+            video_metadata=[videos[row].metadata()],
+            do_sample_frames=False,
+            do_resize=False,
+            return_tensors="pt",
+        )
         ours = model.append_cots(model.encode_prompts(videos[row : row + 1], PROMPTS[row : row + 1]), [cot])
         ids = reference["input_ids"][0].tolist()
         end = ids.index(model.reward_token_id) + 1
         assert ours["input_ids"][0].tolist() == ids[:end]  # the same tokens up to <Reward>; the turn's end follows
-        torch.testing.assert_close(model(**ours)["rewards"][0], model(**dict(reference))["rewards"][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(**ours)["rewards"][0], model(**dict(reference))["rewards"][0], atol=1e-5, rtol=0
+        )
         scored = model.score(videos[row : row + 1], PROMPTS[row : row + 1], cots=[cot])
         torch.testing.assert_close(scored.rewards[0], model(**ours)["rewards"][0], atol=1e-5, rtol=0)
 
@@ -240,8 +280,13 @@ def test_checkpoint_errors(tiny_dirs, tmp_path):
     twice = tmp_path / "twice"
     shutil.copytree(tiny_dirs["qwen2_5_vl"], twice)
     tok = json.loads((twice / "tokenizer.json").read_text())
-    tok["added_tokens"].append({**next(t for t in tok["added_tokens"] if t["content"] == "<Reward>"),
-                                "id": max(t["id"] for t in tok["added_tokens"]) + 1, "content": "<Reward> "})
+    tok["added_tokens"].append(
+        {
+            **next(t for t in tok["added_tokens"] if t["content"] == "<Reward>"),
+            "id": max(t["id"] for t in tok["added_tokens"]) + 1,
+            "content": "<Reward> ",
+        }
+    )
     (twice / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ValueError, match="more than once"):
         DeScoreReward.from_pretrained(twice)
@@ -250,8 +295,16 @@ def test_checkpoint_errors(tiny_dirs, tmp_path):
 def test_unsupported_backbone_family(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "text_only")
+    Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path / "text_only")
     from descore_plugin.modeling.model import _load_backbone
 
     with pytest.raises(ValueError, match="is a 'qwen2' model; DeScore supports qwen2_5_vl, qwen3_vl"):
@@ -265,14 +318,25 @@ def test_cli_init_tiny_and_score_json(tmp_path):
     clip = (torch.rand(8, 3, 56, 56) * 255).to(torch.uint8)
     write_video(tmp_path / "a.mp4", clip, fps=8)
     write_video(tmp_path / "b.mp4", clip.flip(0), fps=8)
+
     def run(*args):
         return subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
 
     made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl", "--prompt-template", 'Judge "{prompt}".')
     assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "m" / "descore_config.json").read_text())["prompt_template"] == 'Judge "{prompt}".'
-    scored = run("score", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "--prompt", "a red square",
-                 "--model", str(tmp_path / "m"), "--json", "--max-new-tokens", "5")
+    scored = run(
+        "score",
+        str(tmp_path / "a.mp4"),
+        str(tmp_path / "b.mp4"),
+        "--prompt",
+        "a red square",
+        "--model",
+        str(tmp_path / "m"),
+        "--json",
+        "--max-new-tokens",
+        "5",
+    )
     assert scored.returncode == 0, scored.stderr
     records = [json.loads(line) for line in scored.stdout.splitlines() if line.startswith("{")]
     assert [r["video"] for r in records] == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
@@ -287,8 +351,12 @@ def test_video_tokens_and_reward_do_not_depend_on_batch_mates(tiny_dirs, family)
     is resized on its own budget, and the processor does not resize again)."""
     model = DeScoreReward.from_pretrained(tiny_dirs[family], fps=2.0)
     generator = torch.Generator().manual_seed(1)
-    videos = [torch.rand(16, 3, 56, 56, generator=generator), torch.rand(48, 3, 64, 96, generator=generator),
-              torch.rand(33, 3, 40, 40, generator=generator), torch.rand(130, 3, 56, 56, generator=generator)]
+    videos = [
+        torch.rand(16, 3, 56, 56, generator=generator),
+        torch.rand(48, 3, 64, 96, generator=generator),
+        torch.rand(33, 3, 40, 40, generator=generator),
+        torch.rand(130, 3, 56, 56, generator=generator),
+    ]
     prompts = PROMPTS + ["a long video"]
     loaded = load_videos(videos, fps=2.0)
     assert [len(v.frames) for v in loaded] == [4, 6, 4, 16]
@@ -316,7 +384,10 @@ def test_plain_qwen_vl_checkpoint_becomes_a_descore_model(tmp_path, sample_video
     old_rows = vlm.get_input_embeddings().weight.detach().clone()  # (V, H)
     torch.manual_seed(0)
     model = DeScoreReward.from_pretrained(plain, num_frames=8, max_pixels=56 * 56, min_pixels=28 * 28)
-    assert model.reward_token_id == len(old_rows) and model.tokenizer.convert_ids_to_tokens(model.reward_token_id) == "<Reward>"
+    assert (
+        model.reward_token_id == len(old_rows)
+        and model.tokenizer.convert_ids_to_tokens(model.reward_token_id) == "<Reward>"
+    )
     rows = model.vlm.get_input_embeddings().weight.detach()
     assert rows.shape[0] == len(old_rows) + 1 and torch.equal(rows[:-1], old_rows)
     torch.testing.assert_close(rows[-1], old_rows.mean(0), atol=1e-4, rtol=0)
@@ -363,9 +434,23 @@ def test_score_and_from_pretrained_arguments_are_honoured_or_refused_by_name(tin
         model.score(clip, PROMPTS[:1], think=False, temperature=0.5)
     with pytest.raises(ValueError, match="batch_size=0 must be a positive int"):
         model.score(clip, PROMPTS[:1], batch_size=0)
-    with pytest.warns(UserWarning, match="max_new_tokens=1000000000 exceeds the .* tokens the model's 4096-token context"):
-        out = model.score(clip, PROMPTS[:1], max_new_tokens=10**9, logits_processor=LogitsProcessorList(
-            [ForceEnd([2], model._eos_ids()[0], model.encode_prompts(load_videos(clip, num_frames=8), PROMPTS[:1])["input_ids"].shape[1])]))
+    with pytest.warns(
+        UserWarning, match="max_new_tokens=1000000000 exceeds the .* tokens the model's 4096-token context"
+    ):
+        out = model.score(
+            clip,
+            PROMPTS[:1],
+            max_new_tokens=10**9,
+            logits_processor=LogitsProcessorList(
+                [
+                    ForceEnd(
+                        [2],
+                        model._eos_ids()[0],
+                        model.encode_prompts(load_videos(clip, num_frames=8), PROMPTS[:1])["input_ids"].shape[1],
+                    )
+                ]
+            ),
+        )
     assert len(out.cots) == 1
 
 
@@ -374,7 +459,19 @@ def test_cli_init_from_a_plain_backbone(tmp_path, sample_videos, capsys):
 
     assert main(["init-tiny", str(tmp_path / "plain"), "--plain", "--backbone", "qwen3_vl"]) == 0
     assert not (tmp_path / "plain" / "descore_config.json").exists() and (tmp_path / "plain" / "config.json").is_file()
-    assert main(["init", str(tmp_path / "descore"), "--backbone", str(tmp_path / "plain"), "--prompt-template", "Judge {prompt}."]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(tmp_path / "descore"),
+                "--backbone",
+                str(tmp_path / "plain"),
+                "--prompt-template",
+                "Judge {prompt}.",
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "descore" / "backbone").exists()  # refers to the backbone, no copy of its weights
     model = DeScoreReward.from_pretrained(tmp_path / "descore", num_frames=8, max_pixels=56 * 56, min_pixels=28 * 28)
     assert model.config.backbone == str((tmp_path / "plain").resolve()) and model.template == "Judge {prompt}."
@@ -387,8 +484,8 @@ def test_cli_init_from_a_plain_backbone(tmp_path, sample_videos, capsys):
 def test_evaluation_scores_with_the_rows_instruction(tiny_dirs, tmp_path):
     """The official CSV's `problem` (Pair.instruction, video at its <video> marker) is what evaluation scores with."""
     from descore_plugin.data.pairs import Pair
-    from descore_plugin.evaluation.preference import evaluate_pairs
     from descore_plugin.data.video import write_video
+    from descore_plugin.evaluation.preference import evaluate_pairs
 
     generator = torch.Generator().manual_seed(2)
     paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
@@ -398,19 +495,27 @@ def test_evaluation_scores_with_the_rows_instruction(tiny_dirs, tmp_path):
     instruction = "Judge the video <video> against: a red square moving right."
     pair = Pair(str(paths[0]), str(paths[1]), "a red square moving right", "A", instruction=instruction)
     row = evaluate_pairs(model, [pair], think=False, progress=False)["rows"][0]
-    with_instruction = model.score([str(p) for p in paths], [pair.prompt] * 2, think=False, instructions=[instruction] * 2)
+    with_instruction = model.score(
+        [str(p) for p in paths], [pair.prompt] * 2, think=False, instructions=[instruction] * 2
+    )
     assert [row["reward_a"], row["reward_b"]] == pytest.approx(with_instruction.rewards.tolist(), abs=1e-6)
-    assert not torch.allclose(with_instruction.rewards, model.score([str(p) for p in paths], [pair.prompt] * 2, think=False).rewards)
+    assert not torch.allclose(
+        with_instruction.rewards, model.score([str(p) for p in paths], [pair.prompt] * 2, think=False).rewards
+    )
 
 
 def test_official_checkpoint_generates_its_cot_from_its_own_encoding(tiny_dirs, sample_videos, tmp_path):
     """As the official inference: the CoT is generated from the video at qwen-vl-utils' default budget, then a full
     pass scores [instruction, video at the scoring budget, CoT, <Reward>]."""
     official_release(tiny_dirs["qwen3_vl"], tmp_path / "official")
-    kwargs = dict(num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28, prompt_template=OFFICIAL_STYLE_TEMPLATE)
+    kwargs = dict(
+        num_frames=8, fps=None, max_pixels=56 * 56, min_pixels=28 * 28, prompt_template=OFFICIAL_STYLE_TEMPLATE
+    )
     default = DeScoreReward.from_pretrained(tmp_path / "official", **kwargs)
     assert (default.config.cot_min_pixels, default.config.cot_max_pixels) == (128 * 28 * 28, 768 * 28 * 28)
-    model = DeScoreReward.from_pretrained(tmp_path / "official", cot_min_pixels=84 * 84, cot_max_pixels=112 * 112, **kwargs)
+    model = DeScoreReward.from_pretrained(
+        tmp_path / "official", cot_min_pixels=84 * 84, cot_max_pixels=112 * 112, **kwargs
+    )
     videos = load_videos(sample_videos, num_frames=8)
     out = model.score(videos, PROMPTS, max_new_tokens=4)
     cot_batch = model.encode_prompts(videos, PROMPTS, stage="cot")
@@ -430,7 +535,9 @@ def test_row_instruction_places_the_video_and_is_trimmed_for_rollouts(model, sam
     rollout = model.encode_prompts(videos, PROMPTS[:1], [instruction], stage="rollout")
     text = model.tokenizer.decode(plain["input_ids"][0])
     assert text.index("Judge this: ") < text.index("<|vision_start|>") < text.index(" is it a red square?")
-    assert model.tokenizer.decode(rollout["input_ids"][0]) == text.replace("\n  Judge", "Judge").replace("?  \n<|im_end|>", "?<|im_end|>")
+    assert model.tokenizer.decode(rollout["input_ids"][0]) == text.replace("\n  Judge", "Judge").replace(
+        "?  \n<|im_end|>", "?<|im_end|>"
+    )
     with pytest.raises(ValueError, match="holds <video> 2 times"):
         model.encode_prompts(videos, PROMPTS[:1], ["<video> and <video>"])
 
@@ -460,15 +567,17 @@ def test_loading_and_scoring_a_stage1_model_on_a_plain_base_prints_no_warning(tm
     # Without the quieting both come back: what this test guards against.
     import contextlib
 
-    from descore_plugin.modeling import loading, model as model_module
+    from descore_plugin.modeling import loading
+    from descore_plugin.modeling import model as model_module
 
     logging.Logger.warning_once.cache_clear() if hasattr(logging.Logger, "warning_once") else None
     with warnings.catch_warnings(record=True) as caught, contextlib.ExitStack() as stack, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
         for module in (loading, model_module):
             stack.enter_context(pytest.MonkeyPatch.context()).setattr(module, "quiet_peft", contextlib.nullcontext)
-            stack.enter_context(pytest.MonkeyPatch.context()).setattr(module, "quiet_embedding_resize",
-                                                                      contextlib.nullcontext)
+            stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+                module, "quiet_embedding_resize", contextlib.nullcontext
+            )
         DeScoreReward.from_pretrained(tmp_path / "stage1")
     assert any("is_gradient_checkpointing" in str(w.message) for w in caught)
     assert "multivariate normal" in capfd.readouterr().err + caplog.text
@@ -486,7 +595,9 @@ def test_cot_limit_defaults_to_twice_the_trained_cot_length(tiny_dirs, sample_vi
     assert model.config.trained_cot_tokens == 5 and model.config.cot_token_limit() == 10
     asked = []
     generate = model._generate
-    model._generate = lambda batch, max_new_tokens, **kw: asked.append(max_new_tokens) or generate(batch, max_new_tokens, **kw)
+    model._generate = lambda batch, max_new_tokens, **kw: (
+        asked.append(max_new_tokens) or generate(batch, max_new_tokens, **kw)
+    )
     model.score(sample_videos[:1], ["a red square"])
     model.score(sample_videos[:1], ["a red square"], max_new_tokens=3)
     assert asked == [10, 3]

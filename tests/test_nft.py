@@ -29,8 +29,9 @@ def test_loss_on_a_tiny_example_by_hand():
     # one video of two latent elements: x0 = [1, -1], x_t = [0.5, 0.5] at t = 0.5; v = [0, 2], v_old = [1, 1]
     x0, x_t, t = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([0.5])
     v, v_old, v_ref = torch.tensor([[0.0, 2.0]], requires_grad=True), torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2)
-    out = nft.nft_loss(v, v_old, x_t, x0, t, torch.tensor([0.75]), beta=1.0, adv_clip_max=5.0, ref_velocity=v_ref,
-                       kl_beta=0.1)
+    out = nft.nft_loss(
+        v, v_old, x_t, x0, t, torch.tensor([0.75]), beta=1.0, adv_clip_max=5.0, ref_velocity=v_ref, kl_beta=0.1
+    )
     # beta 1: v+ = v = [0, 2] -> x0+ = [0.5, -0.5], error [-0.5, 0.5]: L+ = mean(0.25) / mean|.| 0.5 = 0.5
     #         v- = 2 v_old - v = [2, 0] -> x0- = [-0.5, 0.5], error [-1.5, 1.5]: L- = 2.25 / 1.5 = 1.5
     # policy = 5 (0.75 x 0.5 + 0.25 x 1.5) / 1 = 3.75;  kl = mean([0, 4]) = 2;  loss = 3.75 + 0.1 x 2 = 3.95
@@ -57,7 +58,8 @@ def test_advantages_and_the_optimality_weight_by_hand():
     torch.testing.assert_close(nft.nft_advantages(rewards, 4), torch.tensor(expected))
     own = nft.nft_advantages(rewards, 4, global_std=False)  # each group's population std: sqrt(3.5) and sqrt(3)
     assert own[3].item() == pytest.approx(3 / (math.sqrt(3.5) + 1e-4)) and own[7].item() == pytest.approx(
-        3 / (math.sqrt(3) + 1e-4))
+        3 / (math.sqrt(3) + 1e-4)
+    )
     # a NaN takes its group's mean: no signal
     with_nan = nft.nft_advantages(torch.tensor([1.0, float("nan"), 3.0, 2.0]), 4)
     assert with_nan[1].item() == 0.0 and torch.isfinite(with_nan).all()
@@ -67,10 +69,12 @@ def test_advantages_and_the_optimality_weight_by_hand():
 
 
 def test_old_adapter_decay_schedules_and_update():
-    assert [nft.old_decay(n, 1) for n in (0, 1, 100, 499, 500, 10_000)] == pytest.approx([0, 0.001, 0.1, 0.499, 0.5,
-                                                                                         0.5])
+    assert [nft.old_decay(n, 1) for n in (0, 1, 100, 499, 500, 10_000)] == pytest.approx(
+        [0, 0.001, 0.1, 0.499, 0.5, 0.5]
+    )
     assert [nft.old_decay(n, 2) for n in (0, 74, 75, 76, 100, 208, 300)] == pytest.approx(
-        [0, 0, 0, 0.0075, 0.1875, 0.9975, 0.999])
+        [0, 0, 0, 0.0075, 0.1875, 0.9975, 0.999]
+    )
     assert [nft.old_decay(n, 0) for n in (0, 50, 5000)] == [0.0, 0.0, 0.0]
     old, new = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -2.0])]
     nft.update_old(old, new, 0.25)  # old <- 0.25 old + 0.75 new
@@ -103,9 +107,33 @@ def tiny_dir(tiny_wan_dir):
 def argv(tiny_dir, tmp_path, output, *extra):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    return ["--pipeline", str(tiny_dir), "--reward", "analytic:redness", "--prompts", str(prompts), "--output-dir",
-            str(tmp_path / output), "--num-frames", "5", "--height", "16", "--width", "16", "--lora-rank", "4",
-            "--lora-alpha", "4", "--eval-prompts", "1", "--eval-videos-per-prompt", "1", "--seed", "0", *extra]
+    return [
+        "--pipeline",
+        str(tiny_dir),
+        "--reward",
+        "analytic:redness",
+        "--prompts",
+        str(prompts),
+        "--output-dir",
+        str(tmp_path / output),
+        "--num-frames",
+        "5",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--eval-prompts",
+        "1",
+        "--eval-videos-per-prompt",
+        "1",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def test_old_adapter_is_a_copy_and_is_what_samples(tiny_dir):
@@ -138,8 +166,9 @@ def test_recipe_resume_equals_uninterrupted_and_publishes_the_ema(tiny_dir, tmp_
     flags = ("--checkpoint-every", "2", "--group-size", "2", "--prompts-per-step", "2", "--learning-rate", "1e-2")
     full = post_train(config_from_argv("nft", argv(tiny_dir, tmp_path, "full", "--max-steps", "3", *flags)))
     post_train(config_from_argv("nft", argv(tiny_dir, tmp_path, "resumed", "--max-steps", "2", *flags)))
-    resumed = post_train(config_from_argv("nft", argv(tiny_dir, tmp_path, "resumed", "--max-steps", "3", "--resume",
-                                                      *flags)))
+    resumed = post_train(
+        config_from_argv("nft", argv(tiny_dir, tmp_path, "resumed", "--max-steps", "3", "--resume", *flags))
+    )
     assert full.step == resumed.step == 3 and "eval/analytic:redness" in resumed.metrics
     for name in ("lora", "lora_old", "lora_ema"):
         a, b = (load_file(str(run.output_dir / "checkpoint-3" / f"{name}.safetensors")) for run in (full, resumed))
@@ -150,7 +179,10 @@ def test_recipe_resume_equals_uninterrupted_and_publishes_the_ema(tiny_dir, tmp_
         return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if r["kind"] == "train"]
 
     assert train_rows(full) == train_rows(resumed) and [r["train/old_decay"] for r in train_rows(full)] == [
-        0.001, 0.002, 0.003]
+        0.001,
+        0.002,
+        0.003,
+    ]
     # the old adapter after 3 steps is the EMA d_n old + (1 - d_n) new of the trained one: not the trained one
     lora, old = (load_file(str(full.output_dir / "checkpoint-3" / f"{n}.safetensors")) for n in ("lora", "lora_old"))
     assert any(not torch.equal(lora[k], old[k]) for k in lora)
@@ -165,9 +197,26 @@ def test_nft_raises_the_reward_of_fresh_samples(tiny_dir, tmp_path):
     """DiffusionNFT against analytic:redness (optimum: pure red), 20 steps of 4 prompts x 8 videos (a third of the
     GRPO tests' 60): the published LoRA raises the reward of fresh samples on noise never used in training.
     Measured (seeds 0, 1): see docs/benchmarks.md."""
-    result = post_train(config_from_argv("nft", argv(tiny_dir, tmp_path, "run", "--max-steps", "20", "--group-size",
-                                                     "8", "--prompts-per-step", "4", "--learning-rate", "1e-2",
-                                                     "--checkpoint-every", "20")))
+    result = post_train(
+        config_from_argv(
+            "nft",
+            argv(
+                tiny_dir,
+                tmp_path,
+                "run",
+                "--max-steps",
+                "20",
+                "--group-size",
+                "8",
+                "--prompts-per-step",
+                "4",
+                "--learning-rate",
+                "1e-2",
+                "--checkpoint-every",
+                "20",
+            ),
+        )
+    )
     pipe = wan.load_wan_pipeline(tiny_dir)
     generation = tiny_wan.generation_defaults(tiny_dir)
     generation.num_frames, generation.height, generation.width = 5, 16, 16
@@ -188,16 +237,47 @@ def test_nft_raises_the_reward_of_fresh_samples(tiny_dir, tmp_path):
 def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
     """accelerate launch with 2 gloo processes: the old adapter switches on the unwrapped model, gradients sync
     through DDP; both processes hold the same LoRA after every optimiser step, and it changes at each."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", str(ROOT / "tests" / "ddp_checksums.py"), str(tmp_path / "ck"),
-               str(RECIPE), *argv(tiny_dir, tmp_path, "ddp", "--max-steps", "2", "--group-size", "2",
-                                  "--prompts-per-step", "1", "--eval-prompts", "2", "--learning-rate", "1e-2")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        str(ROOT / "tests" / "ddp_checksums.py"),
+        str(tmp_path / "ck"),
+        str(RECIPE),
+        *argv(
+            tiny_dir,
+            tmp_path,
+            "ddp",
+            "--max-steps",
+            "2",
+            "--group-size",
+            "2",
+            "--prompts-per-step",
+            "1",
+            "--eval-prompts",
+            "2",
+            "--learning-rate",
+            "1e-2",
+        ),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [[json.loads(line)["sha256"] for line in (tmp_path / "ck" / f"rank{r}.jsonl").read_text().splitlines()]
-             for r in (0, 1)]
+    ranks = [
+        [json.loads(line)["sha256"] for line in (tmp_path / "ck" / f"rank{r}.jsonl").read_text().splitlines()]
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == 2 and ranks[0] == ranks[1] and len(set(ranks[0])) == 2
     assert result.stdout.count("LoRA in") == 1  # the summary is the main process's
 
@@ -205,11 +285,19 @@ def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
 def test_recipe_flags_and_one_line_errors(tiny_dir, tmp_path):
     base = argv(tiny_dir, tmp_path, "o", "--max-steps", "1")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    bad = subprocess.run([sys.executable, str(RECIPE), *base, "--decay-type", "3"], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
-        "wan_nft.py: error: --decay-type must be 0, 1 or 2, got 3"
-    both = subprocess.run([sys.executable, str(RECIPE), *base, "--check", "analytic:redness"], capture_output=True,
-                          text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, str(RECIPE), *base, "--decay-type", "3"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip().splitlines()[-1] == "wan_nft.py: error: --decay-type must be 0, 1 or 2, got 3"
+    )
+    both = subprocess.run(
+        [sys.executable, str(RECIPE), *base, "--check", "analytic:redness"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert both.returncode == 2 and "--check analytic:redness: also a trained --reward" in both.stderr
     assert not (tmp_path / "o").exists()  # refused before the run directory exists

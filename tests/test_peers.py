@@ -94,12 +94,15 @@ def test_openrlhf_v0_9_0_sends_the_rollout_batch_in_one_request(model, server):
     # the experience maker: batch_decode(prompt + response ids + end of turn, skip_special_tokens=False)
     prompt_ids = tokenizer(JUDGE, add_special_tokens=False).input_ids
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    queries = tokenizer.batch_decode([prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [end]
-                                      for c in cots], skip_special_tokens=False)
+    queries = tokenizer.batch_decode(
+        [prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [end] for c in cots], skip_special_tokens=False
+    )
     labels = [_label(v, t) for v, t in zip(videos, texts)]
     labels[3] = _label(videos[3], texts[3], video_fps=4)  # a per-sample source frame rate
     before = _stats(server)
-    remote = openrlhf.RemoteRewardModel.remote(SimpleNamespace(micro_rollout_batch_size=8), [f"{server.url}/get_reward"])
+    remote = openrlhf.RemoteRewardModel.remote(
+        SimpleNamespace(micro_rollout_batch_size=8), [f"{server.url}/get_reward"]
+    )
     (reply,) = remote.get_rewards.remote(queries, [JUDGE] * count, labels)
     expected = model.score(videos, texts, cots=cots).rewards
     expected[3] = model.score([videos[3]], [texts[3]], cots=[cots[3]], video_fps=4).rewards[0]
@@ -111,7 +114,9 @@ def test_openrlhf_v0_9_0_sends_the_rollout_batch_in_one_request(model, server):
     assert after["peak_queued"] <= after["window"] < count  # fed to the queue a window at a time
     # two URLs: ceil(40 / 2) each, answers concatenated in order (the second slice is answered from the recent
     # results: nothing is scored twice)
-    two = openrlhf.RemoteRewardModel.remote(SimpleNamespace(micro_rollout_batch_size=8), [f"{server.url}/get_reward"] * 2)
+    two = openrlhf.RemoteRewardModel.remote(
+        SimpleNamespace(micro_rollout_batch_size=8), [f"{server.url}/get_reward"] * 2
+    )
     replies = two.get_rewards.remote(queries, [JUDGE] * count, labels)
     assert [len(r["rewards"]) for r in replies] == [20, 20]
     np.testing.assert_allclose(replies[0]["rewards"] + replies[1]["rewards"], reply["rewards"], atol=1e-6)
@@ -146,8 +151,9 @@ def test_openrlhf_agent_cuts_the_response_at_any_templates_end_of_turn(model, se
     llama = AutoTokenizer.from_pretrained(tiny_dirs["qwen2_5_vl"])  # the same vocabulary + Llama-3's end of turn
     llama.add_special_tokens({"additional_special_tokens": ["<|eot_id|>"]})
     frames = _video(50)
-    executor = agent.SingleTurnAgentExecutor(remote_rm_url=[f"{server.url}/get_reward",
-                                                                     f"{nan_server.url}/get_reward"])  # all to the first URL
+    executor = agent.SingleTurnAgentExecutor(
+        remote_rm_url=[f"{server.url}/get_reward", f"{nan_server.url}/get_reward"]
+    )  # all to the first URL
     for tokenizer, end_token in ((qwen, "<|im_end|>"), (llama, "<|eot_id|>")):
         end = tokenizer.convert_tokens_to_ids(end_token)
         output = _execute(executor, tokenizer, COTS[0], _label(frames, PROMPTS[0]), end)
@@ -162,9 +168,15 @@ def test_openrlhf_agent_cuts_the_response_at_any_templates_end_of_turn(model, se
     nan_executor = agent.SingleTurnAgentExecutor(remote_rm_url=f"{nan_server.url}/get_reward")
     output = _execute(nan_executor, qwen, COTS[1], _label(frames, PROMPTS[1]), end, max_length=12 + 9)
     assert math.isnan(output["reward"][0]) and output["extra_logs"] == {"descore_failed": [1.0]}
-    direct = requests.post(f"{nan_server.url}/get_reward", timeout=10, json={
-        "query": [qwen.decode(output["observation_tokens"], skip_special_tokens=False)], "prompts": [JUDGE],
-        "labels": [_label(frames, PROMPTS[1])]}).json()
+    direct = requests.post(
+        f"{nan_server.url}/get_reward",
+        timeout=10,
+        json={
+            "query": [qwen.decode(output["observation_tokens"], skip_special_tokens=False)],
+            "prompts": [JUDGE],
+            "labels": [_label(frames, PROMPTS[1])],
+        },
+    ).json()
     assert direct["errors"][0].startswith("query[0]: its prompt is not a verbatim part of its query")
     # under --on-bad-video error the request fails (422, naming the sample): the agent leaves reward None
     before = _stats(server)["videos_scored"]
@@ -190,9 +202,12 @@ def test_openrlhf_agent_uses_every_replica_behind_the_first_url(model, tiny_dirs
 
             ids = tokenizer(COTS[2], add_special_tokens=False).input_ids + [end]
             params = SimpleNamespace(max_tokens=len(ids), logprobs=None)
-            return await asyncio.gather(*[
-                executor.execute(JUDGE, _label(f, PROMPTS[0]), params, 4096, tokenizer, _engine(tokenizer, ids))
-                for f in frames])
+            return await asyncio.gather(
+                *[
+                    executor.execute(JUDGE, _label(f, PROMPTS[0]), params, 4096, tokenizer, _engine(tokenizer, ids))
+                    for f in frames
+                ]
+            )
 
         outputs = loader.run(all_samples())
         stats = _stats(running)
@@ -263,18 +278,26 @@ def test_flow_grpo_client_numpy_prompts_pass_and_refusals_are_readable(model, se
     from requests.adapters import HTTPAdapter, Retry
 
     session = requests.Session()
-    session.mount("http://", HTTPAdapter(max_retries=Retry(total=3, backoff_factor=1, status_forcelist=[500],
-                                                           allowed_methods=False)))
+    session.mount(
+        "http://",
+        HTTPAdapter(max_retries=Retry(total=3, backoff_factor=1, status_forcelist=[500], allowed_methods=False)),
+    )
     videos = [_video(90), _video(91)]
     prompts = np.array_split(np.array(PROMPTS[:2]), 1)[0]
     assert isinstance(prompts, np.ndarray) and prompts.dtype.kind == "U"
-    body = {"videos": [_npy(videos[0]), [_jpeg(f) for f in videos[1]]], "prompts": prompts, "think": False,
-            "video_fps": [4, None]}
+    body = {
+        "videos": [_npy(videos[0]), [_jpeg(f) for f in videos[1]]],
+        "prompts": prompts,
+        "think": False,
+        "video_fps": [4, None],
+    }
     response = session.post(server.url, data=pickle.dumps(body), timeout=120)
     outputs = pickle.loads(response.content)["outputs"]
     frames_1 = np.stack([np.asarray(PIL.Image.open(io.BytesIO(_jpeg(f)))) for f in videos[1]])
-    expected = [float(model.score([videos[0]], [PROMPTS[0]], think=False, video_fps=4).rewards[0]),
-                float(model.score([frames_1], [PROMPTS[1]], think=False).rewards[0])]
+    expected = [
+        float(model.score([videos[0]], [PROMPTS[0]], think=False, video_fps=4).rewards[0]),
+        float(model.score([frames_1], [PROMPTS[1]], think=False).rewards[0]),
+    ]
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
 
 
@@ -295,19 +318,25 @@ class _Evil:
 def test_pickle_refusals_and_bad_video_policy(model, server, nan_server, tmp_path):
     marker = tmp_path / "pwned"
     good, bad = _npy(_video(95)), _npy(_video(96, frames=1))
-    cases = [({"videos": [_Evil(str(marker))], "prompts": ["x"]}, 400, "refused global io.open"),
-             ({"videos": [good], "prompts": np.array([object()], dtype=object)}, 400, "refused"),
-             ({"videos": [good], "prompts": np.array(["x"]), "extra": np.array([1, None], dtype=object)}, 400,
-              "refused a numpy dtype object"),
-             ({"videos": [good, bad], "prompts": np.array(["x", "y"])}, 422, "videos[1]: has only 1 frame")]
+    cases = [
+        ({"videos": [_Evil(str(marker))], "prompts": ["x"]}, 400, "refused global io.open"),
+        ({"videos": [good], "prompts": np.array([object()], dtype=object)}, 400, "refused"),
+        (
+            {"videos": [good], "prompts": np.array(["x"]), "extra": np.array([1, None], dtype=object)},
+            400,
+            "refused a numpy dtype object",
+        ),
+        ({"videos": [good, bad], "prompts": np.array(["x", "y"])}, 422, "videos[1]: has only 1 frame"),
+    ]
     for body, status, message in cases:
         response = requests.post(server.url, data=pickle.dumps(body), timeout=60)
         assert response.status_code == status and message in response.text, response.text
     assert not marker.exists()
     reply = pickle.loads(requests.post(nan_server.url, data=pickle.dumps(cases[-1][0]), timeout=60).content)
     assert math.isnan(reply["outputs"][1]) and reply["errors"][1].startswith("videos[1]")
-    assert reply["outputs"][0] == pytest.approx(float(model.score([_video(95)], ["x"], think=False).rewards[0]),
-                                                abs=1e-5)
+    assert reply["outputs"][0] == pytest.approx(
+        float(model.score([_video(95)], ["x"], think=False).rewards[0]), abs=1e-5
+    )
 
 
 # ---------------------------------------------------------------------- work for nobody
@@ -322,10 +351,15 @@ def test_retry_storm_scores_each_video_once_and_gone_clients_are_dropped(model):
     config = ServeConfig(port=0, allow_pickle=True, max_batch_size=2, max_wait_ms=5, think=False)
     body = pickle.dumps({"videos": [_npy(v) for v in videos], "prompts": ["x"] * 6})
     with BackgroundServer(Slow(model, 0.25), config) as running:
+
         def client(_):
             session = requests.Session()
-            session.mount("http://", HTTPAdapter(max_retries=Retry(total=6, backoff_factor=0, status_forcelist=[500],
-                                                                   allowed_methods=False)))
+            session.mount(
+                "http://",
+                HTTPAdapter(
+                    max_retries=Retry(total=6, backoff_factor=0, status_forcelist=[500], allowed_methods=False)
+                ),
+            )
             return pickle.loads(session.post(running.url, data=body, timeout=0.6).content)["outputs"]
 
         with ThreadPoolExecutor(4) as pool:
@@ -353,13 +387,20 @@ def test_prefixes_and_per_video_rates_on_score(model, server):
     """/score takes video_fps per video (inside the video's object) and per request; a file refuses one."""
     frames = _video(110)
     spec = {"npy": base64.b64encode(_npy(frames)).decode()}
-    reply = requests.post(f"{server.url}/no-think/score", timeout=60, json={
-        "videos": [dict(spec, video_fps=4), spec], "prompts": ["x", "x"]}).json()
-    expected = [float(model.score([frames], ["x"], think=False, video_fps=4).rewards[0]),
-                float(model.score([frames], ["x"], think=False).rewards[0])]
+    reply = requests.post(
+        f"{server.url}/no-think/score",
+        timeout=60,
+        json={"videos": [dict(spec, video_fps=4), spec], "prompts": ["x", "x"]},
+    ).json()
+    expected = [
+        float(model.score([frames], ["x"], think=False, video_fps=4).rewards[0]),
+        float(model.score([frames], ["x"], think=False).rewards[0]),
+    ]
     assert reply["rewards"] == pytest.approx(expected, abs=1e-5) and reply["cots"] is None
-    for bad, field in (({"npy": spec["npy"], "video_fps": -1}, "videos[0].video_fps"),
-                       ({"npy": spec["npy"], "fps": 4}, "videos[0]")):
+    for bad, field in (
+        ({"npy": spec["npy"], "video_fps": -1}, "videos[0].video_fps"),
+        ({"npy": spec["npy"], "fps": 4}, "videos[0]"),
+    ):
         response = requests.post(f"{server.url}/score", json={"videos": [bad], "prompts": ["x"]}, timeout=60)
         assert response.status_code == 422 and field in response.json()["detail"]
     response = requests.post(f"{server.url}/video_fps/abc/score", json={"videos": [spec], "prompts": ["x"]})
@@ -367,12 +408,17 @@ def test_prefixes_and_per_video_rates_on_score(model, server):
     assert requests.get(f"{server.url}/think/key/anything/health", timeout=5).json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("template, end", [("<|im_start|>user\nJudge.<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
-                                           ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
-                                           ("<start_of_turn>model\n", "<end_of_turn>"),
-                                           ("<|assistant|>\n", "<|end|>"),
-                                           ("[INST] Judge. [/INST]", "</s>"),
-                                           ("<｜Assistant｜>", "<｜end▁of▁sentence｜>")])
+@pytest.mark.parametrize(
+    "template, end",
+    [
+        ("<|im_start|>user\nJudge.<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
+        ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+        ("<start_of_turn>model\n", "<end_of_turn>"),
+        ("<|assistant|>\n", "<|end|>"),
+        ("[INST] Judge. [/INST]", "</s>"),
+        ("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+    ],
+)
 def test_response_locator_knows_the_common_end_of_turn_tokens(template, end):
     from descore_plugin.serving.protocols import ResponseLocator
 

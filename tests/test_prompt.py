@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from descore_plugin.modeling.prompt import DIMENSIONS, ParsedAnswer, default_template, format_answer, load_template, parse_answer
+from descore_plugin.modeling.prompt import (
+    DIMENSIONS,
+    ParsedAnswer,
+    default_template,
+    format_answer,
+    load_template,
+    parse_answer,
+)
 
 GOOD_SCORES = {"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 2, "style": 0}
 
@@ -32,7 +39,11 @@ def test_format_answer_round_trips_and_keeps_dimension_order():
 
 
 def test_whitespace_and_text_around_the_json_are_tolerated():
-    text = "<answer>\n  Final verdict: " + json.dumps({"dimensional_scores": GOOD_SCORES, "overall_score": 2}) + " \n</answer> bye"
+    text = (
+        "<answer>\n  Final verdict: "
+        + json.dumps({"dimensional_scores": GOOD_SCORES, "overall_score": 2})
+        + " \n</answer> bye"
+    )
     parsed = parse_answer(text)
     assert parsed == ParsedAnswer(GOOD_SCORES, 2.0, None)
     assert isinstance(parsed.overall_score, float)
@@ -88,8 +99,17 @@ def test_missing_closing_tag_after_a_closed_block_takes_the_unclosed_last_one():
 
 
 # ---------------------------------------------------------------------- parse_answer: malformed answers
-@pytest.mark.parametrize("text", ["", "The video is great. Overall 5.", '{"dimensional_scores": {}, "overall_score": 5}',
-                                  "<answ", "</answer>", "<ANSWER>{}</ANSWER>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "The video is great. Overall 5.",
+        '{"dimensional_scores": {}, "overall_score": 5}',
+        "<answ",
+        "</answer>",
+        "<ANSWER>{}</ANSWER>",
+    ],
+)
 def test_missing_answer_block(text):
     assert parse_answer(text) == ParsedAnswer(None, None, "no <answer> block")
 
@@ -99,18 +119,29 @@ def test_no_json_object_after_the_tag(body):
     assert parse_answer(f"<answer>{body}</answer>") == ParsedAnswer(None, None, "no JSON object after <answer>")
 
 
-@pytest.mark.parametrize("body", ['{"dimensional_scores": {"subject": 2,}, "overall_score": 3}',
-                                  "{'dimensional_scores': {}, 'overall_score': 3}",
-                                  '{"dimensional_scores": {"subject": 2}, "overall_score": 3',  # unbalanced, ends with }
-                                  "{not json}"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"dimensional_scores": {"subject": 2,}, "overall_score": 3}',
+        "{'dimensional_scores': {}, 'overall_score': 3}",
+        '{"dimensional_scores": {"subject": 2}, "overall_score": 3',  # unbalanced, ends with }
+        "{not json}",
+    ],
+)
 def test_invalid_json(body):
     parsed = parse_answer(f"<answer>{body}</answer>")
     assert parsed.dimensional_scores is None and parsed.overall_score is None
     assert parsed.error.startswith("invalid JSON after <answer>: ") and " at char " in parsed.error
 
 
-@pytest.mark.parametrize("payload", [{"overall_score": 4.0}, {"dimensional_scores": [2, 2, 2, 2, 2], "overall_score": 4.0},
-                                     {"dimensional_scores": "all good", "overall_score": 4.0}])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"overall_score": 4.0},
+        {"dimensional_scores": [2, 2, 2, 2, 2], "overall_score": 4.0},
+        {"dimensional_scores": "all good", "overall_score": 4.0},
+    ],
+)
 def test_missing_dimensional_scores_object_keeps_the_overall(payload):
     parsed = parse_answer("<answer>" + json.dumps(payload) + "</answer>")
     assert parsed == ParsedAnswer(None, 4.0, "missing 'dimensional_scores' object")
@@ -166,15 +197,15 @@ GARBAGE = [
     "<answer><answer><answer>",
     "<answer>{}</answer>",
     "<answer>{{{{}}}}</answer>",
-    "<answer>{\"dimensional_scores\": null, \"overall_score\": null}</answer>",
-    "<answer>{\"dimensional_scores\": {\"subject\": NaN}}</answer>",
-    "<answer>{\"overall_score\": \"\\ud800\"}</answer>",  # a lone surrogate
-    "<answer>\x00\x01\x02{\"a\": 1}\xff</answer>",
+    '<answer>{"dimensional_scores": null, "overall_score": null}</answer>',
+    '<answer>{"dimensional_scores": {"subject": NaN}}</answer>',
+    '<answer>{"overall_score": "\\ud800"}</answer>',  # a lone surrogate
+    '<answer>\x00\x01\x02{"a": 1}\xff</answer>',
     "<answer>{" + '"a": ' * 5000 + "}</answer>",
-    "<answer>{\"a\": " + "[" * 100_000 + "]" * 100_000 + "}</answer>",  # nesting deeper than the recursion limit
-    "<answer>{\"overall_score\": 1" + "0" * 400 + "}</answer>",  # an int too large for a float
-    "<answer>{\"overall_score\": 1" + "0" * 5000 + "}</answer>",  # past Python's int-parsing digit limit
-    "<answer>{\"dimensional_scores\": " + json.dumps(GOOD_SCORES) + ", \"overall_score\": 1e999}</answer>",
+    '<answer>{"a": ' + "[" * 100_000 + "]" * 100_000 + "}</answer>",  # nesting deeper than the recursion limit
+    '<answer>{"overall_score": 1' + "0" * 400 + "}</answer>",  # an int too large for a float
+    '<answer>{"overall_score": 1' + "0" * 5000 + "}</answer>",  # past Python's int-parsing digit limit
+    '<answer>{"dimensional_scores": ' + json.dumps(GOOD_SCORES) + ', "overall_score": 1e999}</answer>',
     "<answer>" * 10_000,
 ]
 
@@ -243,13 +274,16 @@ def test_file_without_prompt_field(tmp_path):
         load_template(str(path))
 
 
-@pytest.mark.parametrize("template", [
-    "Judge {prompt} and end with <answer>{json}</answer>",  # an undoubled literal brace pair: unknown field
-    "Judge {prompt} {",  # a lone opening brace
-    "Judge {prompt} }",  # a lone closing brace
-    "Judge {0} for {prompt}",  # a positional field
-    "Judge {prompt!z}",  # a bad conversion
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Judge {prompt} and end with <answer>{json}</answer>",  # an undoubled literal brace pair: unknown field
+        "Judge {prompt} {",  # a lone opening brace
+        "Judge {prompt} }",  # a lone closing brace
+        "Judge {0} for {prompt}",  # a positional field
+        "Judge {prompt!z}",  # a bad conversion
+    ],
+)
 def test_stray_braces(template):
     with pytest.raises(ValueError, match=r"must be a str.format string whose only field is \{prompt\}"):
         load_template(template)
@@ -294,8 +328,8 @@ def block(scores, overall=3.5, fence=False, close=True, after=""):
     ],
 )
 def test_rule_reward_terms_official_and_lenient(text, truth, official, lenient):
-    from descore_plugin.training.losses import rollout_reward
     from descore_plugin.modeling.prompt import answer_agreement
+    from descore_plugin.training.losses import rollout_reward
 
     for parser, (accuracy, form) in (("official", official), ("lenient", lenient)):
         terms = answer_agreement(text, truth, parser)

@@ -41,10 +41,15 @@ def flag_entries(text: str) -> dict[str, str]:
 
 
 def test_flag_entries_reader():
-    text = "options:\n  -h, --help  show\n  --a A       the a (default: 1)\n  --long-flag LONG_FLAG\n" \
-           "              what it is\n              (default: None)\n  --bare\n\nafter\n"
-    assert flag_entries(text) == {"--a": "--a A       the a (default: 1)",
-                                  "--long-flag": "--long-flag LONG_FLAG what it is (default: None)", "--bare": "--bare"}
+    text = (
+        "options:\n  -h, --help  show\n  --a A       the a (default: 1)\n  --long-flag LONG_FLAG\n"
+        "              what it is\n              (default: None)\n  --bare\n\nafter\n"
+    )
+    assert flag_entries(text) == {
+        "--a": "--a A       the a (default: 1)",
+        "--long-flag": "--long-flag LONG_FLAG what it is (default: None)",
+        "--bare": "--bare",
+    }
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -55,7 +60,9 @@ def test_every_flag_has_a_meaning_and_a_default(name, monkeypatch, capsys):
     for flag, entry in entries.items():
         words = entry.split()
         n = 1  # the flag, then its metavar(s) / choices, then the meaning
-        while n < len(words) and (words[n - 1].endswith(",") or re.fullmatch(r"[A-Z_\[\]{}.,0-9-]+|\{.*|\[.*|.*[]}]", words[n])):
+        while n < len(words) and (
+            words[n - 1].endswith(",") or re.fullmatch(r"[A-Z_\[\]{}.,0-9-]+|\{.*|\[.*|.*[]}]", words[n])
+        ):
             n += 1
         meaning = " ".join(words[n:])
         if len(re.sub(r"\((default|required)[^)]*\)", "", meaning).strip()) < 5:
@@ -71,7 +78,9 @@ def test_wan_flow_grpo_help_shows_the_defaults_a_run_gets(monkeypatch, capsys, t
     import argparse
 
     entries = flag_entries(help_text("wan_flow_grpo.py", monkeypatch, capsys))
-    assert entries["--num_frames"].endswith("(default: 33)") and entries["--num_inference_steps"].endswith("(default: 20)")
+    assert entries["--num_frames"].endswith("(default: 33)") and entries["--num_inference_steps"].endswith(
+        "(default: 20)"
+    )
     assert "longcat: 16" in entries["--num_inference_steps"] and "tiny pipeline" in entries["--num_frames"]
     assert "longcat: 128" in entries["--lora_rank"] and entries["--lora_rank"].endswith("(default: 32)")
     assert all(entries[f].endswith("(required)") for f in ("--pipeline", "--prompts", "--output_dir", "--max_steps"))
@@ -79,6 +88,7 @@ def test_wan_flow_grpo_help_shows_the_defaults_a_run_gets(monkeypatch, capsys, t
     real_pipeline = argparse.Namespace(algorithm="flow_grpo", pipeline=str(tmp_path))  # no generation_defaults.json
     effective = recipe["later_defaults"](real_pipeline)
     shown = recipe["RECIPE_DEFAULTS"]
-    assert {key: effective[key] for key in shown if key in effective} == {key: shown[key] for key in shown
-                                                                            if key in effective}
+    assert {key: effective[key] for key in shown if key in effective} == {
+        key: shown[key] for key in shown if key in effective
+    }
     assert {"num_frames", "height", "width", "num_inference_steps", "guidance_scale", "lora_rank"} <= set(shown)

@@ -5,8 +5,8 @@ import json
 import math
 
 import pytest
-
 import report_builders
+
 import descore_plugin.report as report
 from descore_plugin.cli import main as cli
 from descore_plugin.testing.synthetic import write_dataset
@@ -40,8 +40,9 @@ def test_dimension_drop_flags_the_hacked_dimension_only():
 
 def test_independent_check_flags_a_flat_or_falling_check():
     total = [0.0, 0.5, 1.0]
-    flags = report.independent_check_flags(STEPS, total, {"student": [0.5, 0.5, 0.5], "analytic": [0.5, 0.4, 0.2],
-                                                          "second": [0.1, 0.3, 0.6]})
+    flags = report.independent_check_flags(
+        STEPS, total, {"student": [0.5, 0.5, 0.5], "analytic": [0.5, 0.4, 0.2], "second": [0.1, 0.3, 0.6]}
+    )
     assert [(f.series, f.steps) for f in flags] == [("student", [100, 200]), ("analytic", [100, 200])]
     # flat reward: nothing to compare
     assert report.independent_check_flags(STEPS, [0.5, 0.5, 0.5], {"student": [0.5, 0.5, 0.5]}) == []
@@ -60,21 +61,31 @@ def test_uncertainty_flags_a_sustained_rise_only():
 
 def test_phrase_flags_find_the_new_failure_and_ignore_prompt_words():
     def cot(light):
-        return f"Seen: subject fine: 2; style {light}: 1.\n<answer>{{\"overall_score\": 1}}</answer>"
+        return f'Seen: subject fine: 2; style {light}: 1.\n<answer>{{"overall_score": 1}}</answer>'
 
-    base = [(0.1, cot("grainy noise"), "a red square"), (0.2, cot("grainy noise"), "a blue circle"),
-            (0.9, cot("steady light"), "a green square")]
-    hacked = [(0.3, cot("over-exposed washed-out frames"), "a green square"),
-              (0.4, cot("over-exposed washed-out frames"), "a yellow circle"), (1.2, cot("steady light"), "a red circle")]
+    base = [
+        (0.1, cot("grainy noise"), "a red square"),
+        (0.2, cot("grainy noise"), "a blue circle"),
+        (0.9, cot("steady light"), "a green square"),
+    ]
+    hacked = [
+        (0.3, cot("over-exposed washed-out frames"), "a green square"),
+        (0.4, cot("over-exposed washed-out frames"), "a yellow circle"),
+        (1.2, cot("steady light"), "a red circle"),
+    ]
     flags, tables = report.phrase_flags({0: base, 50: hacked}, fraction=2 / 3)
     # the new trigrams chain into one span (with the words next to it that the base never used there either)
-    assert [(f.kind, f.series, f.steps) for f in flags] == [("phrases", "fine style over-exposed washed-out frames",
-                                                             [50])]
+    assert [(f.kind, f.series, f.steps) for f in flags] == [
+        ("phrases", "fine style over-exposed washed-out frames", [50])
+    ]
     top = tables[50][0]
     assert (top["share"], top["base_share"], top["rise"]) == (1.0, 0.0, 1.0)
     # the same complaints on other prompts: no flag (prompt words are masked out of the phrases)
-    clean = [(0.3, cot("grainy noise"), "a green square"), (0.4, cot("grainy noise"), "a yellow circle"),
-             (1.2, cot("steady light"), "a red circle")]
+    clean = [
+        (0.3, cot("grainy noise"), "a green square"),
+        (0.4, cot("grainy noise"), "a yellow circle"),
+        (1.2, cot("steady light"), "a red circle"),
+    ]
     assert report.phrase_flags({0: base, 50: clean}, fraction=2 / 3)[0] == []
     # the answer block's words never count
     assert not any("overall" in row["phrase"] for row in tables[50])
@@ -84,8 +95,10 @@ def test_phrase_flags_find_the_new_failure_and_ignore_prompt_words():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {"hacked": report_builders.run(root, hacked=True, videos=False),
-            "clean": report_builders.run(root, hacked=False, videos=False)}
+    return {
+        "hacked": report_builders.run(root, hacked=True, videos=False),
+        "clean": report_builders.run(root, hacked=False, videos=False),
+    }
 
 
 def test_hacked_run_raises_every_flag_and_the_clean_run_none(runs):
@@ -144,14 +157,19 @@ def test_detect_kind_and_a_clear_error_otherwise(tmp_path, runs):
         report.detect_kind(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"video": "v.mp4", "prompt": "p"}', "line 1: a row needs 'reward'"),
-    ('{"video": "v.mp4", "prompt": "p", "reward": "high"}', "line 1, field 'reward': expected a number"),
-    ('{"prompt": "p", "reward": 1}', "line 1: field 'video' is missing"),
-    ('{"video": "v.mp4", "prompt": "p", "reward": 1, "dimensional_scores": {"style": "x"}}',
-     "field 'dimensional_scores.style'"),
-    ("not json", "line 1: malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"video": "v.mp4", "prompt": "p"}', "line 1: a row needs 'reward'"),
+        ('{"video": "v.mp4", "prompt": "p", "reward": "high"}', "line 1, field 'reward': expected a number"),
+        ('{"prompt": "p", "reward": 1}', "line 1: field 'video' is missing"),
+        (
+            '{"video": "v.mp4", "prompt": "p", "reward": 1, "dimensional_scores": {"style": "x"}}',
+            "field 'dimensional_scores.style'",
+        ),
+        ("not json", "line 1: malformed JSON"),
+    ],
+)
 def test_bad_scored_rows_are_named(tmp_path, line, message):
     path = tmp_path / "s.jsonl"
     path.write_text(line + "\n")
@@ -217,8 +235,17 @@ def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs, capsys):
     spec = importlib.util.spec_from_file_location("eval_rm", Path(__file__).parents[1] / "recipes" / "eval_rm.py")
     eval_rm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_rm)
-    argv = [str(pairs), "--model", str(tiny_dirs["qwen2_5_vl"]), "--output-dir", str(tmp_path / "eval"),
-            "--max-new-tokens", "8", "--device", "cpu"]
+    argv = [
+        str(pairs),
+        "--model",
+        str(tiny_dirs["qwen2_5_vl"]),
+        "--output-dir",
+        str(tmp_path / "eval"),
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert eval_rm.main(argv) == 0
     evaluation = report.load_evaluation(tmp_path / "eval")
     assert len(evaluation["rows"]) == 2 and all(row["cot_a"] and row["cot_b"] for row in evaluation["rows"])
@@ -227,7 +254,9 @@ def test_eval_rm_writes_the_cots_the_report_shows(tmp_path, tiny_dirs, capsys):
     with open(tmp_path / "eval" / "pairs_scored.csv", newline="") as handle:
         csv_rows = list(csv.DictReader(handle))
     unparsed = sum(bool(row[f"parse_error_{side}"]) for row in csv_rows for side in "ab")
-    assert evaluation["num_cots_unparsed"] == unparsed and evaluation["cot_parse_rate"] == pytest.approx(1 - unparsed / 4)
+    assert evaluation["num_cots_unparsed"] == unparsed and evaluation["cot_parse_rate"] == pytest.approx(
+        1 - unparsed / 4
+    )
     rewards = [float(row[f"reward_{side}"]) for row in csv_rows for side in "ab"]
     assert evaluation["reward_range"]["num_videos"] == 4
     assert evaluation["reward_range"]["mean"] == pytest.approx(sum(rewards) / 4)
@@ -266,8 +295,9 @@ def test_shipped_demo_judge_names_the_colour_and_motion(tmp_path):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     world, _ = demo._world()
-    pairs = load_pairs(write_dataset(tmp_path, 4, seed=demo.DEMO_HELD_OUT_SEED, defects=("subject",), world=world,
-                                     progress=False))
+    pairs = load_pairs(
+        write_dataset(tmp_path, 4, seed=demo.DEMO_HELD_OUT_SEED, defects=("subject",), world=world, progress=False)
+    )
     judge = DeScoreReward.from_pretrained(demo.SHIPPED_JUDGE)
     videos = [video for pair in pairs for video in pair.videos]
     out = judge.score(videos, [pair.prompt for pair in pairs for _ in range(2)], max_new_tokens=demo.MAX_NEW_TOKENS)
@@ -306,7 +336,9 @@ def test_judge_warnings_and_ranks(tmp_path):
     assert [kind for kind, _ in report.judge_warnings(clean, judge)] == ["failed"]  # its one missing video
     # ranks within a prompt: rewards -8.9, -6.1, 2.7 | -7.5, 0.4, -5.2
     ranks = report.prompt_ranks(rows)
-    assert ranks[2] == (1, 3, 0.0) and ranks[1] == (2, 3, pytest.approx(-8.8)) and ranks[0] == (3, 3, pytest.approx(-11.6))
+    assert (
+        ranks[2] == (1, 3, 0.0) and ranks[1] == (2, 3, pytest.approx(-8.8)) and ranks[0] == (3, 3, pytest.approx(-11.6))
+    )
     assert ranks[4] == (1, 3, 0.0) and ranks[3] == (3, 3, pytest.approx(-7.9))
 
 
@@ -326,14 +358,30 @@ def test_real_tiny_judge_scores_then_the_page_counts_its_parse_errors(tmp_path, 
     --model`: the page counts exactly the rows whose CoT did not parse, never "0 errors"."""
     data = write_dataset(tmp_path / "data", 2, seed=4, progress=False)
     scores = tmp_path / "scores.jsonl"
-    code = cli(["score", str(data.parent / "videos"), "--prompt", "a red square moving right", "--model",
-                str(tiny_dirs["qwen2_5_vl"]), "--max-new-tokens", "6", "--device", "cpu", "--output", str(scores)])
+    code = cli(
+        [
+            "score",
+            str(data.parent / "videos"),
+            "--prompt",
+            "a red square moving right",
+            "--model",
+            str(tiny_dirs["qwen2_5_vl"]),
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "cpu",
+            "--output",
+            str(scores),
+        ]
+    )
     assert code in (0, 1)
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
     unparsed = sum(1 for row in rows if row.get("parse_error") and not row.get("error"))
     assert unparsed == len(rows) == 4  # six tokens of a random model are no answer block
-    assert cli(["report", str(scores), "--output-dir", str(tmp_path / "out"), "--model",
-                str(tiny_dirs["qwen2_5_vl"])]) == 0
+    assert (
+        cli(["report", str(scores), "--output-dir", str(tmp_path / "out"), "--model", str(tiny_dirs["qwen2_5_vl"])])
+        == 0
+    )
     page = (tmp_path / "out" / "index.html").read_text()
     assert f'<div class="v">{unparsed} of {len(rows)}</div><div class="k">CoTs not parsed</div>' in page
     assert 'data-kind="out_of_domain"' in page and "records no reward range" in page
@@ -377,16 +425,22 @@ class _PairLoss:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return {"train/loss": loss.item(), "train/implicit_accuracy": (inside > 0).float().mean().item(),
-                "reward/toy": inside.mean().item()}
+        return {
+            "train/loss": loss.item(),
+            "train/implicit_accuracy": (inside > 0).float().mean().item(),
+            "reward/toy": inside.mean().item(),
+        }
 
     def evaluate(self, step):
         values = (self.items @ self.weight.detach()).numpy()
         return {"eval/toy": float(values.mean()), "eval/toy_std": float(values.std()), "eval/num_items": 8.0}
 
     def state_dict(self):
-        return {"weights": {"weight": self.weight.detach().clone()}, "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        return {
+            "weights": {"weight": self.weight.detach().clone()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state):
         self.weight.data.copy_(state["weights"]["weight"])
@@ -424,15 +478,20 @@ def test_run_page_reads_the_run_loops_vocabulary(tmp_path):
 def test_older_flat_names_and_rows_without_kind(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    rows = [{"kind": "eval", "step": 0, "eval/r": 0.1, "eval_std/r": 0.2, "num_videos": 5},
-            {"kind": "train", "step": 1, "loss": 0.7, "implicit_accuracy": 0.5},
-            {"step": 2, "train/loss": 0.6, "time/step": 1.5},
-            {"step": 2, "eval/r": 0.4, "eval/r_std": 0.3, "eval/num_items": 9}]
+    rows = [
+        {"kind": "eval", "step": 0, "eval/r": 0.1, "eval_std/r": 0.2, "num_videos": 5},
+        {"kind": "train", "step": 1, "loss": 0.7, "implicit_accuracy": 0.5},
+        {"step": 2, "train/loss": 0.6, "time/step": 1.5},
+        {"step": 2, "eval/r": 0.4, "eval/r_std": 0.3, "eval/num_items": 9},
+    ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = report.load_run(run_dir)
     assert [r["step"] for r in run["evals"]] == [0, 2] and len(run["train"]) == 2
-    assert report.training_curves(run) == {"train/loss": [(1, 0.7), (2, 0.6)], "train/implicit_accuracy": [(1, 0.5)],
-                                           "time/step": [(2, 1.5)]}
+    assert report.training_curves(run) == {
+        "train/loss": [(1, 0.7), (2, 0.6)],
+        "train/implicit_accuracy": [(1, 0.5)],
+        "time/step": [(2, 1.5)],
+    }
     from descore_plugin.report.run import axis_range, change_in_se, standard_errors
 
     steps, series = report.run_series(run)
@@ -464,7 +523,9 @@ def test_check_scores_the_saved_samples_after_the_fact(tmp_path):
     analysis = report.hacking_flags(run, independent=["analytic:brightness"])
     brightness = analysis["series"]["analytic:brightness"]
     assert report.change(brightness[0], brightness[-1]).direction == 1
-    assert not [f for f in analysis["flags"] if f.kind == "independent_check" and report_builders.RUN_STEPS[-1] in f.steps]
+    assert not [
+        f for f in analysis["flags"] if f.kind == "independent_check" and report_builders.RUN_STEPS[-1] in f.steps
+    ]
     with pytest.raises(report.ReportInputError, match="--check descore:overall: .* needs --model"):
         report.write_report(clean, tmp_path / "out2", checks=["descore:overall"])
     with pytest.raises(report.ReportInputError, match="--check nonsense: the run logged no such score"):

@@ -14,16 +14,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import report_builders
+
 from descore_plugin.report import write_report
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
-         "--window-size=1400,1000")
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--mute-audio",
+    "--window-size=1400,1000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,8 @@ def _visible_cards(browser):
     """[(group id, reward or None)] of the visible cards, in page order."""
     return browser.execute_script(
         "return Array.from(document.querySelectorAll('#cards .card')).filter(c => c.offsetParent !== null)"
-        ".map(c => [c.parentElement.parentElement.id, c.dataset.kReward === '' ? null : parseFloat(c.dataset.kReward)])")
+        ".map(c => [c.parentElement.parentElement.id, c.dataset.kReward === '' ? null : parseFloat(c.dataset.kReward)])"
+    )
 
 
 def test_sorting_and_grouping_the_scored_set(browser, pages):
@@ -138,9 +150,13 @@ def test_scores_page_says_what_failed(browser, pages):
     """The out-of-domain judge: 5 of 6 CoTs unparsed, rewards far outside its recorded range; the page says so at
     the top, names the judge and the data, shows no mean reward, and puts each prompt's three videos in one row."""
     open_page(browser, pages["failing"])
-    tiles = {browser.execute_script("return arguments[0].querySelector('.k').textContent", tile):
-             (tile.find_element("css selector", ".v").text, "bad" in tile.get_attribute("class"))
-             for tile in browser.find_elements("css selector", ".tile")}
+    tiles = {
+        browser.execute_script("return arguments[0].querySelector('.k').textContent", tile): (
+            tile.find_element("css selector", ".v").text,
+            "bad" in tile.get_attribute("class"),
+        )
+        for tile in browser.find_elements("css selector", ".tile")
+    }
     assert tiles["CoTs not parsed"] == ("5 of 6", True) and tiles["videos that failed"] == ("0", False)
     assert not any("mean" in label for label in tiles) and "errors" not in tiles
     kinds = [flag.get_attribute("data-kind") for flag in browser.find_elements("css selector", "#warnings .flag")]
@@ -156,7 +172,9 @@ def test_scores_page_says_what_failed(browser, pages):
     for group in browser.find_elements("css selector", ".group[data-prompt]"):
         boxes = browser.execute_script(
             "return Array.from(arguments[0].querySelectorAll('video')).map(v => v.getBoundingClientRect())"
-            ".map(r => [r.top, r.left, r.width])", group)
+            ".map(r => [r.top, r.left, r.width])",
+            group,
+        )
         assert len(boxes) == 3 and len({round(top) for top, _, _ in boxes}) == 1, boxes
         assert [left for _, left, _ in boxes] == sorted(left for _, left, _ in boxes) and boxes[0][2] > 100
     ranks = [e.text for e in browser.find_elements("css selector", ".rank")]
@@ -164,8 +182,10 @@ def test_scores_page_says_what_failed(browser, pages):
 
 
 def _tile_values(browser) -> dict:
-    return {tile.find_element("css selector", ".k").text: tile.find_element("css selector", ".v").text
-            for tile in browser.find_elements("css selector", ".tile")}
+    return {
+        tile.find_element("css selector", ".k").text: tile.find_element("css selector", ".v").text
+        for tile in browser.find_elements("css selector", ".tile")
+    }
 
 
 def test_evaluation_page_names_model_data_and_truth(browser, pages):
@@ -188,8 +208,9 @@ def test_evaluation_page_names_model_data_and_truth(browser, pages):
 
 def test_run_page_curves_have_error_bands_and_honest_axes(browser, pages):
     open_page(browser, pages["run"])
-    charts = {chart.get_attribute("aria-label"): chart
-              for chart in browser.find_elements("css selector", "#eval-curves svg")}
+    charts = {
+        chart.get_attribute("aria-label"): chart for chart in browser.find_elements("css selector", "#eval-curves svg")
+    }
     optimised = charts["descore (optimised)"]
     band = optimised.find_element("css selector", "polygon.se-band")
     assert band.rect["height"] > 2  # a visible band around the mean
@@ -201,7 +222,8 @@ def test_run_page_curves_have_error_bands_and_honest_axes(browser, pages):
     student = charts["student (independent check)"]  # flat noise: the axis spans >= 6 SE, the change is ~0 SE
     note = student.find_element("css selector", "text.note").text
     assert abs(float(note.rsplit("(", 1)[1].split(" ")[0])) < 3
-    training = {chart.get_attribute("aria-label") for chart in
-                browser.find_elements("css selector", "#training-curves svg")}
+    training = {
+        chart.get_attribute("aria-label") for chart in browser.find_elements("css selector", "#training-curves svg")
+    }
     assert "train/loss" in training
     assert "student" in browser.find_element("id", "checks").text

@@ -4,14 +4,22 @@ import math
 
 import pytest
 import torch
-
 from conftest import PROMPTS
+
 from descore_plugin import DeScoreReward
 from descore_plugin.modeling.model import RewardOutput
 from descore_plugin.modeling.prompt import DIMENSIONS
-from descore_plugin.rewards.contract import (DESCORE_NAMES, RewardError, brightness, call_reward,
-                                             descore_reward_function, load_reward_model, redness, reward_set,
-                                             scores_from_output)
+from descore_plugin.rewards.contract import (
+    DESCORE_NAMES,
+    RewardError,
+    brightness,
+    call_reward,
+    descore_reward_function,
+    load_reward_model,
+    redness,
+    reward_set,
+    scores_from_output,
+)
 
 
 class FakeScorer:
@@ -23,9 +31,13 @@ class FakeScorer:
     def score(self, videos, prompts, think=True, batch_size=8, **kwargs):
         self.calls += 1
         return RewardOutput(
-            rewards=torch.tensor([0.5, -1.0]), cots=["<answer>...</answer>", "no answer"],
+            rewards=torch.tensor([0.5, -1.0]),
+            cots=["<answer>...</answer>", "no answer"],
             dimensional_scores=[{"subject": 2, "dynamics": 1, "camera": "N/A", "environment": 0, "style": 2}, None],
-            overall_scores=[4.0, None], parse_errors=[None, "no <answer> block"], uncertainty=torch.tensor([0.1, 0.2]))
+            overall_scores=[4.0, None],
+            parse_errors=[None, "no <answer> block"],
+            uncertainty=torch.tensor([0.1, 0.2]),
+        )
 
 
 def test_descore_names_and_nan_for_unparsed_answers():

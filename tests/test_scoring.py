@@ -34,21 +34,34 @@ def test_table_with_bad_rows_scores_the_rest(world, tmp_path, capsys):
     broken.write_bytes(b"\x00" * 64)
     good = world["videos"][:3]
     table = tmp_path / "table.csv"
-    lines = ["video,prompt,extra", f"{good[0]},a red square,x", f"{broken},a blue circle,y", "missing.mp4,a red square,",
-             f"{good[1]},,", f"{good[2]},a green square moving up,z"]
+    lines = [
+        "video,prompt,extra",
+        f"{good[0]},a red square,x",
+        f"{broken},a blue circle,y",
+        "missing.mp4,a red square,",
+        f"{good[1]},,",
+        f"{good[2]},a green square moving up,z",
+    ]
     table.write_text("\n".join(lines) + "\n")
     out = tmp_path / "scores.jsonl"
     assert run(world, table, "--output", out, "--no-think") == 1  # some rows failed
     rows = rows_of(out)
-    assert [r["video"] for r in rows] == [str(good[0]), str(broken), str(tmp_path / "missing.mp4"), str(good[1]),
-                                          str(good[2])]
+    assert [r["video"] for r in rows] == [
+        str(good[0]),
+        str(broken),
+        str(tmp_path / "missing.mp4"),
+        str(good[1]),
+        str(good[2]),
+    ]
     assert "broken.mp4" in rows[1]["error"] and "cannot decode" in rows[1]["error"]
     assert "missing.mp4" in rows[2]["error"] and "not found" in rows[2]["error"]
     assert rows[3]["error"] == "table.csv, row 4: empty prompt in column 'prompt'"
     scored = [rows[0], rows[4]]
     assert all("error" not in r and "cot" not in r for r in scored)  # --no-think: no CoT
     model = DeScoreReward.from_pretrained(world["model"])
-    expected = model.score([str(good[0]), str(good[2])], ["a red square", "a green square moving up"], think=False).rewards
+    expected = model.score(
+        [str(good[0]), str(good[2])], ["a red square", "a green square moving up"], think=False
+    ).rewards
     torch.testing.assert_close(torch.tensor([r["reward"] for r in scored]), expected, atol=1e-5, rtol=0)
     assert "5 rows, 3 failed" in capsys.readouterr().err
 
@@ -60,16 +73,37 @@ def test_folder_resume_writes_no_row_twice(world, tmp_path):
     assert run(world, folder, "--prompt", "a red square", "--output", out, "--max-new-tokens", "4") == 0
     full = rows_of(out)
     assert [r["video"] for r in full] == sorted(str(p) for p in folder.glob("*.mp4"))  # notes.txt skipped
-    assert set(full[0]) == {"video", "prompt", "reward", "cot", "dimensional_scores", "overall_score", "parse_error",
-                            "uncertainty"}
+    assert set(full[0]) == {
+        "video",
+        "prompt",
+        "reward",
+        "cot",
+        "dimensional_scores",
+        "overall_score",
+        "parse_error",
+        "uncertainty",
+    }
 
     killed = tmp_path / "killed.jsonl"  # a run killed while writing its third row
     text = out.read_text().splitlines(keepends=True)
     killed.write_text(text[0] + text[1] + text[2][:20])
-    assert run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed,
-               "--max-new-tokens", "4") == 2  # an existing output: --resume or --overwrite
-    assert run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed,
-               "--max-new-tokens", "4", "--resume") == 0
+    assert (
+        run(world, str(folder / "*.mp4"), "--prompt", "a red square", "--output", killed, "--max-new-tokens", "4") == 2
+    )  # an existing output: --resume or --overwrite
+    assert (
+        run(
+            world,
+            str(folder / "*.mp4"),
+            "--prompt",
+            "a red square",
+            "--output",
+            killed,
+            "--max-new-tokens",
+            "4",
+            "--resume",
+        )
+        == 0
+    )
     resumed = rows_of(killed)
     assert [r["video"] for r in resumed] == [r["video"] for r in full]
     for got, want in zip(resumed, full):
@@ -91,16 +125,24 @@ def test_positional_videos_print_as_before(world, capsys):
     assert f"== {video}" in printed and "reward: " in printed
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{table}", "--prompt", "p"], "drop --prompt"),
-    (["{tmp}/none-*.mp4", "--prompt", "p"], "matches no file"),
-    (["{video}"], "--prompt is required"),
-    (["{bad_table}"], "no 'prompt' column"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{table}", "--prompt", "p"], "drop --prompt"),
+        (["{tmp}/none-*.mp4", "--prompt", "p"], "matches no file"),
+        (["{video}"], "--prompt is required"),
+        (["{bad_table}"], "no 'prompt' column"),
+    ],
+)
 def test_usage_errors_exit_2(world, tmp_path, capsys, args, message):
     (tmp_path / "t.jsonl").write_text(json.dumps({"video": str(world["videos"][0]), "prompt": "p"}) + "\n")
     (tmp_path / "bad.csv").write_text("video\nx.mp4\n")
-    fill = {"table": tmp_path / "t.jsonl", "tmp": tmp_path, "video": world["videos"][0], "bad_table": tmp_path / "bad.csv"}
+    fill = {
+        "table": tmp_path / "t.jsonl",
+        "tmp": tmp_path,
+        "video": world["videos"][0],
+        "bad_table": tmp_path / "bad.csv",
+    }
     args = [a.format(**fill) for a in args]
     assert run(world, *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -124,14 +166,29 @@ def test_pair_files_of_every_training_format_score_each_video_once(world, tmp_pa
     files["videoalign"] = tmp_path / "videoalign.csv"
     votes = {"A": "leftvote", "B": "rightvote"}
     files["genai"] = tmp_path / "genai.jsonl"
-    files["genai"].write_text("".join(json.dumps({"left_video": p.video_a, "right_video": p.video_b, "prompt": p.prompt,
-                                                   "vote_type": votes[p.label]}) + "\n" for p in pairs))
+    files["genai"].write_text(
+        "".join(
+            json.dumps(
+                {"left_video": p.video_a, "right_video": p.video_b, "prompt": p.prompt, "vote_type": votes[p.label]}
+            )
+            + "\n"
+            for p in pairs
+        )
+    )
     with open(tmp_path / "official.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["videos", "problem", "prompt", "CoT_A", "CoT_B", "GSB"])
         for p in pairs:
-            w.writerow([json.dumps([p.video_a, p.video_b]), "Judge <video> for {}".format(p.prompt), p.prompt, p.cot_a,
-                        p.cot_b, p.label])
+            w.writerow(
+                [
+                    json.dumps([p.video_a, p.video_b]),
+                    f"Judge <video> for {p.prompt}",
+                    p.prompt,
+                    p.cot_a,
+                    p.cot_b,
+                    p.label,
+                ]
+            )
     files["official"] = tmp_path / "official.csv"
     files["ours"] = world["root"] / "data" / "pairs.jsonl"
     expected_keys = [(v, p.prompt) for p in pairs for v in p.videos]

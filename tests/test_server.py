@@ -60,8 +60,15 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model, folders):
-    config = ServeConfig(port=0, allow_paths=(str(folders["allowed"]),), allow_pickle=True, max_request_mb=2,
-                         max_frames=64, max_videos_per_request=16, max_wait_ms=20)
+    config = ServeConfig(
+        port=0,
+        allow_paths=(str(folders["allowed"]),),
+        allow_pickle=True,
+        max_request_mb=2,
+        max_frames=64,
+        max_videos_per_request=16,
+        max_wait_ms=20,
+    )
     with BackgroundServer(model, config) as running:
         yield running
 
@@ -118,11 +125,14 @@ def test_remote_reward_has_the_in_process_signature(model, server, sample_videos
     # the source frame rate of in-memory frames is served (8 frames at 2 fps: 8 sampled; at 16 fps: 4)
     frames = [_video(11).numpy(), _video(12).permute(0, 2, 3, 1).numpy()]
     served = remote.score(frames, PROMPTS[:2], think=False, video_fps=2)
-    torch.testing.assert_close(served.rewards, model.score(frames, PROMPTS[:2], think=False, video_fps=2).rewards,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        served.rewards, model.score(frames, PROMPTS[:2], think=False, video_fps=2).rewards, atol=1e-5, rtol=0
+    )
     assert (served.rewards - model.score(frames, PROMPTS[:2], think=False).rewards).abs().max() > 1e-4
-    bad = requests.post(f"{server.url}/score", json={"videos": [_npy_b64(_video(1).numpy())], "prompts": ["x"],
-                                                      "instructions": "not a list"})
+    bad = requests.post(
+        f"{server.url}/score",
+        json={"videos": [_npy_b64(_video(1).numpy())], "prompts": ["x"], "instructions": "not a list"},
+    )
     assert bad.status_code == 422 and "instructions" in bad.json()["detail"]
 
 
@@ -141,8 +151,9 @@ def test_remote_reward_names_failed_files_as_in_process(model, server, folders, 
     out = remote.score([good, corrupt, good], ["x", "y", "z"], think=False, on_error="nan", batch_size=2)
     assert torch.isnan(out.rewards[1]) and not torch.isnan(out.rewards[[0, 2]]).any()
     assert out.parse_errors[1].startswith("videos[1] (") and out.parse_errors[0] is None
-    torch.testing.assert_close(out.rewards[[0, 2]], model.score([good, good], ["x", "z"], think=False).rewards,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.rewards[[0, 2]], model.score([good, good], ["x", "z"], think=False).rewards, atol=1e-5, rtol=0
+    )
 
 
 def test_flow_factory_health_and_compute(model, server, sample_videos):
@@ -157,8 +168,14 @@ def test_flow_factory_health_and_compute(model, server, sample_videos):
         PIL.Image.fromarray(array).save(buffer, format="PNG")
         return base64.b64encode(buffer.getvalue()).decode()
 
-    payload = {"prompt": PROMPTS, "image": None, "video": [[frame_b64(f) for f in v] for v in sample_videos],
-               "condition_images": None, "condition_videos": None, "kwargs": {"think": False}}
+    payload = {
+        "prompt": PROMPTS,
+        "image": None,
+        "video": [[frame_b64(f) for f in v] for v in sample_videos],
+        "condition_images": None,
+        "condition_videos": None,
+        "kwargs": {"think": False},
+    }
     response = session.post(f"{server.url}/compute", json=payload, timeout=60.0)
     response.raise_for_status()
     data = response.json()
@@ -179,11 +196,14 @@ def test_openrlhf_get_reward(model, server, folders, sample_videos):
     "rewards" (and "scores", "extra_logs"). The response after the prompt is the CoT; labels carry the video."""
     judge_prompt = "<|im_start|>user\nJudge the video.<|im_end|>\n<|im_start|>assistant\n"
     cots = ["The square is red and moves right.", "No circle is visible."]
-    labels = [json.dumps({"video": {"npy": _npy_b64(_video(5).numpy())}, "prompt": PROMPTS[0]}),
-              {"video": str(folders["allowed"] / "ok.mp4"), "prompt": PROMPTS[1]}]
+    labels = [
+        json.dumps({"video": {"npy": _npy_b64(_video(5).numpy())}, "prompt": PROMPTS[0]}),
+        {"video": str(folders["allowed"] / "ok.mp4"), "prompt": PROMPTS[1]},
+    ]
     data = {"query": [judge_prompt + c for c in cots], "prompts": [judge_prompt] * 2, "labels": labels}
-    response = requests.post(f"{server.url}/get_reward", json=data, headers={"Content-Type": "application/json"},
-                             timeout=180)
+    response = requests.post(
+        f"{server.url}/get_reward", json=data, headers={"Content-Type": "application/json"}, timeout=180
+    )
     response.raise_for_status()
     reply = response.json()
     expected = model.score([_video(5), str(folders["allowed"] / "ok.mp4")], PROMPTS[:2], cots=cots).rewards
@@ -194,8 +214,9 @@ def test_openrlhf_get_reward(model, server, folders, sample_videos):
     tokenizer = model.tokenizer
     prompt_ids = tokenizer(judge_prompt, add_special_tokens=False).input_ids
     pad, end = tokenizer.pad_token_id, model._eos_ids()[0]
-    sequences = [[pad] * 2 + prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [end] + [pad] * 3
-                 for c in cots]
+    sequences = [
+        [pad] * 2 + prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [end] + [pad] * 3 for c in cots
+    ]
     queries = tokenizer.batch_decode(sequences, skip_special_tokens=False)
     assert queries[0].startswith(tokenizer.pad_token) and queries[0].endswith(tokenizer.pad_token)
     data = {"query": queries, "prompts": [judge_prompt] * 2, "labels": labels}
@@ -218,8 +239,9 @@ def test_flow_grpo_remote_factory_matches_in_process_factory(model, server, samp
     # think=True: the same named scores, CoTs and `name` choice as the in-process factory
     remote_fn = descore_reward_remote(server.url, think=True, max_new_tokens=6, name="descore:overall")
     local_fn = descore_reward("cpu", model=model, think=True, max_new_tokens=6, name="descore:overall")
-    (scores, info), (local_scores, local_info) = [f(sample_videos, PROMPTS, [{} for _ in PROMPTS])
-                                                  for f in (remote_fn, local_fn)]
+    (scores, info), (local_scores, local_info) = [
+        f(sample_videos, PROMPTS, [{} for _ in PROMPTS]) for f in (remote_fn, local_fn)
+    ]
     assert info.keys() == local_info.keys() and info["cots"] == local_info["cots"]
     np.testing.assert_array_equal(np.isnan(scores), np.isnan(local_scores))
     np.testing.assert_allclose(info["descore"], local_info["descore"], atol=1e-5)
@@ -258,8 +280,10 @@ def test_pickle_protocol_plain_data_only(model, server, folders, tmp_path):
     assert reply["errors"] == [None, None] and reply["outputs"] == reply["scores"]  # flow_grpo reads "outputs"
 
     marker = tmp_path / "pwned"
-    for evil, why in (({"videos": [_Evil(str(marker))], "prompts": ["x"]}, b"refused global io.open"),
-                      ({"videos": [mp4], "prompts": np.array(["x"], dtype=object)}, b"refused a numpy dtype object")):
+    for evil, why in (
+        ({"videos": [_Evil(str(marker))], "prompts": ["x"]}, b"refused global io.open"),
+        ({"videos": [mp4], "prompts": np.array(["x"], dtype=object)}, b"refused a numpy dtype object"),
+    ):
         response = requests.post(server.url, data=pickle.dumps(evil))
         assert response.status_code == 400 and why in response.content, response.content
     assert not marker.exists()
@@ -300,8 +324,12 @@ def test_size_and_length_limits(server):
     many = {"videos": [{"npy": _npy_b64(_video(0).numpy())}] * 17, "prompts": "x", "think": False}
     response = requests.post(url, json=many)
     assert response.status_code == 413 and "--max-videos-per-request" in response.json()["detail"]
-    for body, field in (({"videos": [], "prompts": []}, "videos"), ({"videos": [{"npy": "AA=="}], "prompts": [1]}, "prompts[0]"),
-                        ({"videos": [{"zip": "AA=="}], "prompts": ["x"]}, "videos[0]"), ({"vids": []}, "unknown fields")):
+    for body, field in (
+        ({"videos": [], "prompts": []}, "videos"),
+        ({"videos": [{"npy": "AA=="}], "prompts": [1]}, "prompts[0]"),
+        ({"videos": [{"zip": "AA=="}], "prompts": ["x"]}, "videos[0]"),
+        ({"vids": []}, "unknown fields"),
+    ):
         response = requests.post(url, json=body)
         assert response.status_code == 422 and field in response.json()["detail"], response.text
     assert requests.post(url, data=b"{not json").status_code == 400
@@ -317,21 +345,32 @@ def test_server_paths_stay_inside_allow_paths(model, server, keyed_server, folde
     assert ok.status_code == 200
     expected = model.score([str(folders["allowed"] / "ok.mp4")], ["x"], think=False).rewards
     assert ok.json()["rewards"][0] == pytest.approx(float(expected[0]), abs=1e-5)
-    for escape in (folders["outside"] / "secret.mp4", folders["allowed"] / ".." / "outside" / "secret.mp4",
-                   folders["allowed"] / "link.mp4", "/etc/passwd"):
+    for escape in (
+        folders["outside"] / "secret.mp4",
+        folders["allowed"] / ".." / "outside" / "secret.mp4",
+        folders["allowed"] / "link.mp4",
+        "/etc/passwd",
+    ):
         response = ask(escape)
         assert response.status_code == 403 and "outside the folders" in response.json()["detail"], escape
     missing = ask(folders["allowed"] / "nope.mp4").json()
     assert missing["rewards"] == [None] and missing["errors"][0].endswith("file not found.")
-    disabled = requests.post(f"{keyed_server.url}/score", headers={"Authorization": "Bearer s3cret"},
-                             json={"videos": [{"path": str(folders["allowed"] / "ok.mp4")}], "prompts": ["x"]})
+    disabled = requests.post(
+        f"{keyed_server.url}/score",
+        headers={"Authorization": "Bearer s3cret"},
+        json={"videos": [{"path": str(folders["allowed"] / "ok.mp4")}], "prompts": ["x"]},
+    )
     assert disabled.status_code == 403 and "--allow-paths" in disabled.json()["detail"]
 
 
 def test_corrupt_video_fails_alone(model, server):
-    videos = [{"npy": _npy_b64(_video(8).numpy())}, {"mp4": base64.b64encode(os.urandom(5000)).decode()},
-              {"npy": base64.b64encode(b"\x93NUMPYgarbage").decode()}, {"npy": _npy_b64(np.zeros((8, 3, 56, 56), np.int64))},
-              {"npy": _npy_b64(_video(9).numpy())}]
+    videos = [
+        {"npy": _npy_b64(_video(8).numpy())},
+        {"mp4": base64.b64encode(os.urandom(5000)).decode()},
+        {"npy": base64.b64encode(b"\x93NUMPYgarbage").decode()},
+        {"npy": _npy_b64(np.zeros((8, 3, 56, 56), np.int64))},
+        {"npy": _npy_b64(_video(9).numpy())},
+    ]
     reply = requests.post(f"{server.url}/score", json={"videos": videos, "prompts": "x", "think": False}).json()
     assert [e is None for e in reply["errors"]] == [True, False, False, False, True]
     assert "videos[1]: cannot decode the file" in reply["errors"][1] and "descore-serve-" not in reply["errors"][1]
@@ -402,8 +441,12 @@ def test_cli_serves_the_tiny_model_and_refuses_open_binds():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # two replicas (one per listed device) behind the one port
-    process = subprocess.Popen(command + ["--port", str(port), "--log-level", "warning", "--devices", "cpu,cpu"],
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command + ["--port", str(port), "--log-level", "warning", "--devices", "cpu,cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -431,8 +474,11 @@ def test_load_sixteen_clients(model, server):
     shapes = [(8, 56, 56), (8, 48, 64), (12, 56, 56), (16, 40, 40), (10, 64, 48)]
     pool_videos = [_video(100 + i, *shapes[i % len(shapes)]) for i in range(15)]
     prompts = ["a red square moving right", "a blue circle", "a green square moving up on a white background"]
-    local_no_think = {(v, p): float(model.score([pool_videos[v]], [prompts[p]], think=False).rewards[0])
-                      for v in range(len(pool_videos)) for p in range(3)}
+    local_no_think = {
+        (v, p): float(model.score([pool_videos[v]], [prompts[p]], think=False).rewards[0])
+        for v in range(len(pool_videos))
+        for p in range(3)
+    }
     think_cases = [(v, 0) for v in range(0, 15, 3)]
     local_think = {}
     for v, p in think_cases:
@@ -461,9 +507,14 @@ def test_load_sixteen_clients(model, server):
         r, think, items = plan
         session = getattr(session_local, "session", None) or requests.Session()
         session_local.session = session
-        body = {"videos": [{"npy": encoded[i[0]]} if i else {"mp4": base64.b64encode(b"junk%d" % r).decode()}
-                           for i in items],
-                "prompts": [prompts[i[1]] if i else "junk" for i in items], "think": think, "max_new_tokens": 8}
+        body = {
+            "videos": [
+                {"npy": encoded[i[0]]} if i else {"mp4": base64.b64encode(b"junk%d" % r).decode()} for i in items
+            ],
+            "prompts": [prompts[i[1]] if i else "junk" for i in items],
+            "think": think,
+            "max_new_tokens": 8,
+        }
         return r, session.post(f"{server.url}/score", json=body, timeout=60)
 
     started = time.monotonic()
@@ -497,5 +548,7 @@ def test_load_sixteen_clients(model, server):
     distinct = {(think, item) for _, think, items in requests_plan for item in items if item is not None}
     assert scored <= len(distinct)
     assert max(int(size) for size in stats["batch_sizes"]) > 1  # concurrent requests were batched together
-    print(f"load test: 256 requests, {good} videos ({scored} scored) in {elapsed:.1f} s; batch sizes "
-          f"{stats['batch_sizes']}")
+    print(
+        f"load test: 256 requests, {good} videos ({scored} scored) in {elapsed:.1f} s; batch sizes "
+        f"{stats['batch_sizes']}"
+    )

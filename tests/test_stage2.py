@@ -11,9 +11,14 @@ import torch
 from descore_plugin import DeScoreReward
 from descore_plugin.cli import main as descore_main
 from descore_plugin.data.pairs import load_pairs
-from descore_plugin.training.losses import group_advantages_unbiased, grpo_policy_loss, kl_low_variance, ppo_dual_clip_loss
 from descore_plugin.testing.synthetic import write_dataset
 from descore_plugin.testing.tiny import init_tiny
+from descore_plugin.training.losses import (
+    group_advantages_unbiased,
+    grpo_policy_loss,
+    kl_low_variance,
+    ppo_dual_clip_loss,
+)
 from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -30,9 +35,20 @@ def stage1(tmp_path_factory, tiny_dirs):
     data = write_dataset(root / "data", 6, seed=5, progress=False)
     runs = {}
     for name, rank in (("lora", 4), ("full", 0)):
-        config = TrainConfig(stage=1, model=str(tiny_dirs["qwen2_5_vl"]), train_data=str(data),
-                             output_dir=str(root / name), max_steps=2, batch_size=2, gradient_accumulation_steps=1,
-                             learning_rate=1e-2, lora_rank=rank, lora_alpha=8, save_steps=0, log_with=None)
+        config = TrainConfig(
+            stage=1,
+            model=str(tiny_dirs["qwen2_5_vl"]),
+            train_data=str(data),
+            output_dir=str(root / name),
+            max_steps=2,
+            batch_size=2,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-2,
+            lora_rank=rank,
+            lora_alpha=8,
+            save_steps=0,
+            log_with=None,
+        )
         Trainer(config).train()
         runs[name] = root / name
     assert (runs["lora"] / "adapter").is_dir() and not (runs["full"] / "adapter").exists()
@@ -46,14 +62,20 @@ def test_ppo_dual_clip_exact():
     old = torch.full((3, 4), -2.0)
     logp = old + log_ratio
     out = ppo_dual_clip_loss(logp, old, torch.tensor([1.0, -1.0, -2.0]), clip_low=0.2, clip_high=0.3, clip_dual=3.0)
-    expected = torch.tensor([
-        [-1.0, -1.3, -0.5, -1.3],  # A > 0: max(-A r, -A clip(r)): the gain stops at r = 1.3
-        [1.0, 1.5, 0.8, 3.0],      # A < 0: pessimistic bound, then at most -A * 3 (dual clip) at r = 5
-        [2.0, 3.0, 1.6, 6.0],
-    ])
+    expected = torch.tensor(
+        [
+            [-1.0, -1.3, -0.5, -1.3],  # A > 0: max(-A r, -A clip(r)): the gain stops at r = 1.3
+            [1.0, 1.5, 0.8, 3.0],  # A < 0: pessimistic bound, then at most -A * 3 (dual clip) at r = 5
+            [2.0, 3.0, 1.6, 6.0],
+        ]
+    )
     torch.testing.assert_close(out["loss"], expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(out["ratio"][0], torch.tensor([1.0, 1.5, 0.5, 5.0]), atol=1e-6, rtol=0)
-    assert out["clipped"].tolist() == [[False, True, False, True], [False, False, True, True], [False, False, True, True]]
+    assert out["clipped"].tolist() == [
+        [False, True, False, True],
+        [False, False, True, True],
+        [False, False, True, True],
+    ]
 
 
 def test_kl_low_variance_exact_and_clamped():
@@ -82,9 +104,23 @@ def test_grpo_policy_loss_token_mean_over_the_mini_batch():
 
 
 def stage2_config(stage1, start, out, **overrides):
-    values = dict(stage=2, model=str(stage1[start]), train_data=str(stage1["data"]), output_dir=str(out), max_steps=1,
-                  batch_size=1, num_rollouts=2, max_new_tokens=6, kl_coef=0.1, rollout_batch_size=1, actor_batch_size=2,
-                  learning_rate=1e-3, save_steps=0, log_with=None, allow_unparsed_cots=True)
+    values = dict(
+        stage=2,
+        model=str(stage1[start]),
+        train_data=str(stage1["data"]),
+        output_dir=str(out),
+        max_steps=1,
+        batch_size=1,
+        num_rollouts=2,
+        max_new_tokens=6,
+        kl_coef=0.1,
+        rollout_batch_size=1,
+        actor_batch_size=2,
+        learning_rate=1e-3,
+        save_steps=0,
+        log_with=None,
+        allow_unparsed_cots=True,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -123,8 +159,9 @@ def test_stage2_from_stage1_checkpoint(stage1, start, lora_rank, tmp_path):
     after = trained.score(videos, prompts, think=False).rewards
     assert not torch.allclose(after, expected, atol=1e-6)  # it trained, and the result loads
     if lora_rank is None:  # the frozen reference did not move
-        torch.testing.assert_close(trainer.reference.score(videos, prompts, think=False).rewards, expected,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            trainer.reference.score(videos, prompts, think=False).rewards, expected, atol=1e-5, rtol=0
+        )
 
 
 def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
@@ -134,24 +171,99 @@ def test_pipeline_stage1_stage2_eval_distill_score(tmp_path, capsys):
     init_tiny(tmp_path / "M")
     small = ["--batch-size", "1", "--gradient-accumulation-steps", "1", "--log-with", "none", "--save-steps", "0"]
     train = recipe("train_rm.py")
-    assert train(["--stage", "1", "--model", str(tmp_path / "M"), "--train-data", str(data), "--output-dir",
-                  str(tmp_path / "s1"), "--max-steps", "2", "--lora-rank", "4", *small]) == 0
-    assert train(["--stage", "2", "--model", str(tmp_path / "s1"), "--train-data", str(data), "--output-dir",
-                  str(tmp_path / "s2"), "--max-steps", "1", "--num-rollouts", "2", "--max-new-tokens", "8", "--rollout-batch-size", "1",
-                  "--actor-batch-size", "2", "--allow-unparsed-cots",
-                  *small]) == 0
-    assert recipe("eval_rm.py")([str(data), "--model", str(tmp_path / "s2"), "--output-dir", str(tmp_path / "eval"),
-                                 "--max-new-tokens", "8"]) == 0
+    assert (
+        train(
+            [
+                "--stage",
+                "1",
+                "--model",
+                str(tmp_path / "M"),
+                "--train-data",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "s1"),
+                "--max-steps",
+                "2",
+                "--lora-rank",
+                "4",
+                *small,
+            ]
+        )
+        == 0
+    )
+    assert (
+        train(
+            [
+                "--stage",
+                "2",
+                "--model",
+                str(tmp_path / "s1"),
+                "--train-data",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "s2"),
+                "--max-steps",
+                "1",
+                "--num-rollouts",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--rollout-batch-size",
+                "1",
+                "--actor-batch-size",
+                "2",
+                "--allow-unparsed-cots",
+                *small,
+            ]
+        )
+        == 0
+    )
+    assert (
+        recipe("eval_rm.py")(
+            [
+                str(data),
+                "--model",
+                str(tmp_path / "s2"),
+                "--output-dir",
+                str(tmp_path / "eval"),
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     accuracy = json.loads((tmp_path / "eval" / "accuracy.json").read_text())
     assert accuracy["num_pairs"] == 6
-    assert recipe("distill_student.py")(["--teacher", str(tmp_path / "s2"), "--student", str(tmp_path / "M"),
-                                         "--train-data", str(data), "--output-dir", str(tmp_path / "student"),
-                                         "--max-steps", "1", "--num-cot-samples", "1", "--teacher-max-new-tokens", "4",
-                                         *small]) == 0
+    assert (
+        recipe("distill_student.py")(
+            [
+                "--teacher",
+                str(tmp_path / "s2"),
+                "--student",
+                str(tmp_path / "M"),
+                "--train-data",
+                str(data),
+                "--output-dir",
+                str(tmp_path / "student"),
+                "--max-steps",
+                "1",
+                "--num-cot-samples",
+                "1",
+                "--teacher-max-new-tokens",
+                "4",
+                *small,
+            ]
+        )
+        == 0
+    )
     video = str(sorted((tmp_path / "data" / "videos").glob("*.mp4"))[0])
     capsys.readouterr()
-    assert descore_main(["score", video, "--prompt", "a red square", "--model", str(tmp_path / "student"),
-                         "--no-think", "--json"]) == 0
+    assert (
+        descore_main(
+            ["score", video, "--prompt", "a red square", "--model", str(tmp_path / "student"), "--no-think", "--json"]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert isinstance(record["reward"], float)
 
@@ -185,8 +297,9 @@ def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, 
     """Two micro-batches of one mini-batch, before any update (ratio 1, KL 0, so the per-token loss is -A): their
     policy terms add up to the token mean over the MINI-batch, each micro-batch carries its own mean BT term, and
     the loss handed to accelerate is scaled back up by the accumulation count (accelerate divides by it)."""
-    trainer = Trainer(stage2_config(stage1, "full", tmp_path / "r", actor_batch_size=4, rollout_batch_size=2,
-                                    bt_weight=0.5))
+    trainer = Trainer(
+        stage2_config(stage1, "full", tmp_path / "r", actor_batch_size=4, rollout_batch_size=2, bt_weight=0.5)
+    )
     assert trainer.accumulation == 2 and trainer.steps_per_rollout == 1
     trainer.rollouts = trainer._rollout_batch(0)
     micros = trainer.rollouts["micro"]
@@ -211,8 +324,10 @@ def test_rollout_reward_official_parser_by_default_lenient_as_option():
     from descore_plugin.training.losses import rollout_reward
 
     truth = {"subject": 2, "dynamics": 1, "camera": 2, "environment": 2, "style": "N/A"}
-    strings = '<answer>{"dimensional_scores": {"subject": "2", "dynamics": "1", "camera": 2, "environment": 2, ' \
-              '"style": "N/A"}, "overall_score": 4.0}</answer>'
+    strings = (
+        '<answer>{"dimensional_scores": {"subject": "2", "dynamics": "1", "camera": 2, "environment": 2, '
+        '"style": "N/A"}, "overall_score": 4.0}</answer>'
+    )
     assert TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve().rule_parser == "official"
     official, lenient = rollout_reward(strings, truth), rollout_reward(strings, truth, parser="lenient")
     assert official == pytest.approx({"reward": 0.7 * 0.6 + 0.1, "accuracy": 0.6, "format": 1.0, "length": 0.0})
@@ -235,8 +350,19 @@ def _geometry_run(model, pairs, out, processes: int) -> list[dict]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-               str(port), str(GEOMETRY_WORKER), str(model), str(pairs), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(port),
+        str(GEOMETRY_WORKER),
+        str(model),
+        str(pairs),
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank.{r}.json").read_text()) for r in range(processes)]
@@ -289,8 +415,14 @@ def _official_rows(pairs, gsb, gsb_result):
     rows = []
     for pair, column, verdict in zip(pairs, gsb, gsb_result):
         answer = {"video_1_scores": pair.scores_a, "video_2_scores": pair.scores_b, "gsb_result": verdict}
-        rows.append({"videos": [pair.video_a, pair.video_b], "prompt": pair.prompt, "GSB": column,
-                     "answer": f"<answer>{json.dumps(answer)}</answer>"})
+        rows.append(
+            {
+                "videos": [pair.video_a, pair.video_b],
+                "prompt": pair.prompt,
+                "GSB": column,
+                "answer": f"<answer>{json.dumps(answer)}</answer>",
+            }
+        )
     return rows
 
 
@@ -314,8 +446,11 @@ def test_stage2_bt_label_from_gsb_result_by_default_gsb_column_as_option(stage1,
     assert trainer.config.bt_label == "answer"
     seen = []
     real = trainer_module.bradley_terry_loss
-    monkeypatch.setattr(trainer_module, "bradley_terry_loss",
-                        lambda chosen, rejected, *a: seen.append((chosen.detach(), rejected.detach())) or real(chosen, rejected))
+    monkeypatch.setattr(
+        trainer_module,
+        "bradley_terry_loss",
+        lambda chosen, rejected, *a: seen.append((chosen.detach(), rejected.detach())) or real(chosen, rejected),
+    )
     batch = trainer.stage2_inputs(trainer.batch_for(0))
     trainer.rollouts = trainer._rollout_batch(0)
     trainer.stage2_loss(0, batch)
@@ -372,8 +507,7 @@ def rounded_away_share(trainer) -> float:
 def test_pure_bf16_rounds_most_updates_away_at_the_official_learning_rate(stage1, tmp_path, pure_bf16):
     """--pure-bf16 (the official stage-2 numerics: bf16 weights and AdamW states, no float32 copy): at lr 1e-6 most
     weight updates round away; the default float32 weights take every one."""
-    trainer = Trainer(stage2_config(stage1, "full", tmp_path / str(pure_bf16), learning_rate=1e-6,
-                                    pure_bf16=pure_bf16))
+    trainer = Trainer(stage2_config(stage1, "full", tmp_path / str(pure_bf16), learning_rate=1e-6, pure_bf16=pure_bf16))
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert model.head.weight.dtype == (torch.bfloat16 if pure_bf16 else torch.float32)
     share = rounded_away_share(trainer)
@@ -390,9 +524,32 @@ def test_stage2_refuses_a_start_whose_cots_do_not_parse(stage1, tmp_path, capsys
     leaves no run directory behind; --allow-unparsed-cots starts anyway."""
     main = recipe("train_rm.py")
     out = tmp_path / "refused"
-    argv = ["--stage", "2", "--model", str(stage1["full"]), "--train-data", str(stage1["data"]), "--output-dir",
-            str(out), "--max-steps", "1", "--batch-size", "1", "--rollout-batch-size", "1", "--actor-batch-size", "2",
-            "--num-rollouts", "2", "--max-new-tokens", "6", "--log-with", "none", "--save-steps", "0"]
+    argv = [
+        "--stage",
+        "2",
+        "--model",
+        str(stage1["full"]),
+        "--train-data",
+        str(stage1["data"]),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--rollout-batch-size",
+        "1",
+        "--actor-batch-size",
+        "2",
+        "--num-rollouts",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--log-with",
+        "none",
+        "--save-steps",
+        "0",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err  # after the progress bars of loading: one error line, no traceback
     lines = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
@@ -407,10 +564,21 @@ def test_stage2_starts_from_a_judge_that_writes_its_answer(tmp_path, caplog):
     length it trains on (its rollout limit) in the model it saves."""
     demo = runpy.run_path(str(RECIPES / "train_demo_judge.py"), run_name="recipe")
     data = write_dataset(tmp_path / "data", 4, seed=3, defects=demo["DEFECTS"], world=demo["WORLD"], progress=False)
-    config = TrainConfig(stage=2, model=str(RECIPES / "demo_judge"), train_data=str(data),
-                         output_dir=str(tmp_path / "s2"), max_steps=1, batch_size=1, rollout_batch_size=1,
-                         actor_batch_size=2, num_rollouts=2, max_new_tokens=demo["MAX_NEW_TOKENS"], save_steps=0,
-                         log_with=None, learning_rate=1e-6)
+    config = TrainConfig(
+        stage=2,
+        model=str(RECIPES / "demo_judge"),
+        train_data=str(data),
+        output_dir=str(tmp_path / "s2"),
+        max_steps=1,
+        batch_size=1,
+        rollout_batch_size=1,
+        actor_batch_size=2,
+        num_rollouts=2,
+        max_new_tokens=demo["MAX_NEW_TOKENS"],
+        save_steps=0,
+        log_with=None,
+        learning_rate=1e-6,
+    )
     with caplog.at_level("INFO"):
         trainer = Trainer(config)
     assert "readable <answer> for" in caplog.text
@@ -436,9 +604,20 @@ def test_runs_that_cannot_learn_are_flagged(stage1, tmp_path, caplog):
         Trainer(stage2_config(stage1, "full", tmp_path / "s2")).train()
     assert "every rollout's rule reward is 0" in caplog.text
     caplog.clear()
-    config = TrainConfig(stage=1, model=str(stage1["full"]), train_data=str(stage1["data"]),
-                         eval_data=str(stage1["data"]), output_dir=str(tmp_path / "s1"), max_steps=1, batch_size=1,
-                         gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_max_new_tokens=4, log_with=None)
+    config = TrainConfig(
+        stage=1,
+        model=str(stage1["full"]),
+        train_data=str(stage1["data"]),
+        eval_data=str(stage1["data"]),
+        output_dir=str(tmp_path / "s1"),
+        max_steps=1,
+        batch_size=1,
+        gradient_accumulation_steps=1,
+        lora_rank=2,
+        save_steps=0,
+        eval_max_new_tokens=4,
+        log_with=None,
+    )
     with caplog.at_level("WARNING"):
         logs = Trainer(config).train()
     assert logs["eval_cot_parse_rate"] == 0.0 and "none of the 12 CoTs the model wrote" in caplog.text

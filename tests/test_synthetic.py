@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from descore_plugin.data.pairs import load_pairs
+from descore_plugin.data.video import load_video
 from descore_plugin.modeling.prompt import DIMENSIONS, parse_answer
 from descore_plugin.testing.synthetic import (
     BACKGROUNDS,
@@ -23,7 +24,6 @@ from descore_plugin.testing.synthetic import (
     write_cot,
     write_dataset,
 )
-from descore_plugin.data.video import load_video
 
 CLEAN = {name: 2 for name in DIMENSIONS}
 SCENE = Scene("red", "square", "right", "dark")
@@ -96,7 +96,9 @@ def test_render_shape_dtype_and_determinism():
 
 def test_clean_clip_shows_the_prompted_colour_and_background_only():
     for seed in range(8):
-        scene = Scene(list(COLOURS)[seed % 4], "square", list(DIRECTIONS)[seed % 4], ("dark", "light", "grey")[seed % 3])
+        scene = Scene(
+            list(COLOURS)[seed % 4], "square", list(DIRECTIONS)[seed % 4], ("dark", "light", "grey")[seed % 3]
+        )
         frames = render_clip(clip_with(seed, scene))
         background = np.asarray(BACKGROUNDS[scene.background][0], dtype=np.uint8)
         is_background = (frames == background[None, :, None, None]).all(axis=1)
@@ -198,9 +200,15 @@ def test_cot_states_what_is_seen_and_its_answer_parses_to_the_truth():
         '"overall_score": 2.9}</answer>'
     )
     batch = generate_pairs(200, seed=1, tie_rate=0.1, mild_rate=0.5, shared_defect_rate=0.5)
-    for cot, scores, overall in zip(batch.cots_a + batch.cots_b, batch.scores_a + batch.scores_b, [*batch.overall_a, *batch.overall_b]):
+    for cot, scores, overall in zip(
+        batch.cots_a + batch.cots_b, batch.scores_a + batch.scores_b, [*batch.overall_a, *batch.overall_b]
+    ):
         parsed = parse_answer(cot)
-        assert parsed.error is None and parsed.dimensional_scores == scores and parsed.overall_score == pytest.approx(overall)
+        assert (
+            parsed.error is None
+            and parsed.dimensional_scores == scores
+            and parsed.overall_score == pytest.approx(overall)
+        )
         assert len(cot.split("<answer>")[0].split()) < 60
 
 
@@ -283,7 +291,10 @@ def test_write_dataset_round_trips_through_the_pair_format(tmp_path):
     jsonl = write_dataset(tmp_path / "world", 6, seed=9, tie_rate=0.3, mild_rate=0.3, write_csv=True, progress=False)
     assert jsonl == tmp_path / "world" / "pairs.jsonl"
     pairs = load_pairs(jsonl, require_scores=True)
-    assert pairs == [dataclasses.replace(pair, origin=pairs[i].origin) for i, pair in enumerate(load_pairs(tmp_path / "world" / "pairs.csv"))]
+    assert pairs == [
+        dataclasses.replace(pair, origin=pairs[i].origin)
+        for i, pair in enumerate(load_pairs(tmp_path / "world" / "pairs.csv"))
+    ]
     specs = sample_pairs(6, seed=9, tie_rate=0.3, mild_rate=0.3)
     for pair, spec in zip(pairs, specs):
         assert pair.label == spec.label and pair.slice == spec.slice and pair.prompt == spec.prompt

@@ -12,10 +12,15 @@ import torch
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
-from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, group_advantages_unbiased, kl_low_variance,
-                                   rollout_reward)
 from descore_plugin.modeling.prompt import format_answer
 from descore_plugin.testing.synthetic import write_dataset
+from descore_plugin.training.losses import (
+    bradley_terry_loss,
+    bradley_terry_ties_loss,
+    group_advantages_unbiased,
+    kl_low_variance,
+    rollout_reward,
+)
 from descore_plugin.training.trainer import TrainConfig, Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_rm.py"
@@ -68,11 +73,26 @@ def world(tmp_path_factory, tiny_dirs):
 
 
 def make_config(world, out, **overrides):
-    values = dict(model=str(world["model"]), train_data=str(world["train"]), eval_data=str(world["eval"]),
-                  output_dir=str(out), max_steps=4, batch_size=2, gradient_accumulation_steps=1,
-                  learning_rate=1e-3, lora_rank=4, lora_alpha=8, save_steps=2, lm_loss_weight=0.5,
-                  eval_think=False, log_with=None, seed=3,
-                  rollout_batch_size=1, actor_batch_size=2, allow_unparsed_cots=True)  # stage 2: one pair a step
+    values = dict(
+        model=str(world["model"]),
+        train_data=str(world["train"]),
+        eval_data=str(world["eval"]),
+        output_dir=str(out),
+        max_steps=4,
+        batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        lora_rank=4,
+        lora_alpha=8,
+        save_steps=2,
+        lm_loss_weight=0.5,
+        eval_think=False,
+        log_with=None,
+        seed=3,
+        rollout_batch_size=1,
+        actor_batch_size=2,
+        allow_unparsed_cots=True,
+    )  # stage 2: one pair a step
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -127,8 +147,9 @@ def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
 
 
 def test_stage1_trains_every_trainable_group(world, tmp_path):
-    trainer = Trainer(make_config(world, tmp_path / "s1", max_steps=2, save_steps=0, train_vision=True,
-                                  cot_mask_prob=0.0))
+    trainer = Trainer(
+        make_config(world, tmp_path / "s1", max_steps=2, save_steps=0, train_vision=True, cot_mask_prob=0.0)
+    )
     before = trainable_state(trainer)
     groups = {g["name"] for g in trainer.optimizer.param_groups}
     assert groups == {"head", "vision", "embeddings", "other"}
@@ -142,8 +163,18 @@ def test_stage1_trains_every_trainable_group(world, tmp_path):
 def test_full_fine_tuning_moves_only_the_reward_embedding_row(world, tmp_path):
     """--lora-rank 0: the <Reward> row is the only input embedding row that trains, weight decay included (the
     sharded run is pinned by tests/test_full_state.py)."""
-    trainer = Trainer(make_config(world, tmp_path / "full", lora_rank=0, max_steps=2, save_steps=0, eval_data=None,
-                                  weight_decay=0.1, cot_mask_prob=0.0))
+    trainer = Trainer(
+        make_config(
+            world,
+            tmp_path / "full",
+            lora_rank=0,
+            max_steps=2,
+            save_steps=0,
+            eval_data=None,
+            weight_decay=0.1,
+            cot_mask_prob=0.0,
+        )
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     weight = model.vlm.get_input_embeddings().weight
     before = weight.detach().clone()
@@ -160,9 +191,21 @@ def test_full_fine_tuning_moves_only_the_reward_embedding_row(world, tmp_path):
 def test_output_head_trains_only_where_a_loss_reads_the_logits(world, tmp_path, stage, lm_loss_weight, trains):
     """Full fine-tuning: lm_head gets a gradient only from stage 2's policy or the CoT next-token loss; trainable
     without one, it would sit in the optimizer unused, and DDP refuses parameters that receive no gradient."""
-    trainer = Trainer(make_config(world, tmp_path / "head", stage=stage, lora_rank=0, lm_loss_weight=lm_loss_weight,
-                                  max_steps=1, batch_size=1, num_rollouts=2, max_new_tokens=4, save_steps=0,
-                                  eval_data=None))
+    trainer = Trainer(
+        make_config(
+            world,
+            tmp_path / "head",
+            stage=stage,
+            lora_rank=0,
+            lm_loss_weight=lm_loss_weight,
+            max_steps=1,
+            batch_size=1,
+            num_rollouts=2,
+            max_new_tokens=4,
+            save_steps=0,
+            eval_data=None,
+        )
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert model.vlm.lm_head.weight.requires_grad is trains
     assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.requires_grad
@@ -170,8 +213,20 @@ def test_output_head_trains_only_where_a_loss_reads_the_logits(world, tmp_path, 
 
 def test_stage2_first_step_is_on_policy(world, tmp_path):
     """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step."""
-    trainer = Trainer(make_config(world, tmp_path / "s2", stage=2, max_steps=1, batch_size=1, num_rollouts=2,
-                                  max_new_tokens=6, kl_coef=0.1, save_steps=0, eval_data=None))
+    trainer = Trainer(
+        make_config(
+            world,
+            tmp_path / "s2",
+            stage=2,
+            max_steps=1,
+            batch_size=1,
+            num_rollouts=2,
+            max_new_tokens=6,
+            kl_coef=0.1,
+            save_steps=0,
+            eval_data=None,
+        )
+    )
     assert trainer.config.train_vision is False and trainer.config.weight_decay == 1e-2
     logs = trainer.train()
     assert logs["ratio"] == 1.0 and logs["kl"] == 0.0
@@ -211,14 +266,40 @@ def test_data_errors_before_training(world, tmp_path):
 
 def test_recipe_command_line(world, tmp_path):
     out = tmp_path / "cli"
-    args = [sys.executable, str(RECIPE), "--stage", "1", "--model", str(world["model"]), "--train-data",
-            str(world["train"]), "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2",
-            "--gradient-accumulation-steps", "1", "--lora-rank", "0", "--learning-rate", "1e-5", "--save-steps", "1",
-            "--no-eval-think", "--log-with", "tensorboard"]
+    args = [
+        sys.executable,
+        str(RECIPE),
+        "--stage",
+        "1",
+        "--model",
+        str(world["model"]),
+        "--train-data",
+        str(world["train"]),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+        "--lora-rank",
+        "0",
+        "--learning-rate",
+        "1e-5",
+        "--save-steps",
+        "1",
+        "--no-eval-think",
+        "--log-with",
+        "tensorboard",
+    ]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"^done: .*\blr=1e-05\b", done.stdout, re.MULTILINE), done.stdout[-500:]  # small values shown
-    assert (out / "descore_config.json").is_file() and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "descore_config.json").is_file() and sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
     assert list((out / "logs").rglob("events.out.tfevents*"))
     again = subprocess.run(args + ["--resume", "--max-steps", "3"], capture_output=True, text=True)
     assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-2000:]
@@ -260,19 +341,31 @@ def test_eval_recipe_help_describes_every_flag(capsys):
         main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--model", "--output-dir", "--no-think", "--batch-size", "--max-new-tokens", "--num-frames", "--fps",
-                 "--device", "--dtype"):
+    for flag in (
+        "--model",
+        "--output-dir",
+        "--no-think",
+        "--batch-size",
+        "--max-new-tokens",
+        "--num-frames",
+        "--fps",
+        "--device",
+        "--dtype",
+    ):
         assert flag in text, flag
     assert "(default: 8)" in text
 
 
-@pytest.mark.parametrize("name, argv", [
-    ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--loss", "foo"]),
-    ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--max-steps", "ten"]),
-    ("train_rm.py", ["--train-data", "d", "--output-dir", "o"]),
-    ("distill_student.py", ["--student", "m", "--train-data", "d", "--output-dir", "o", "--num-cot-samples", "x"]),
-    ("eval_rm.py", ["pairs.csv", "--model", "m", "--output-dir", "o", "--batch-size", "eight"]),
-])
+@pytest.mark.parametrize(
+    "name, argv",
+    [
+        ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--loss", "foo"]),
+        ("train_rm.py", ["--model", "m", "--train-data", "d", "--output-dir", "o", "--max-steps", "ten"]),
+        ("train_rm.py", ["--train-data", "d", "--output-dir", "o"]),
+        ("distill_student.py", ["--student", "m", "--train-data", "d", "--output-dir", "o", "--num-cot-samples", "x"]),
+        ("eval_rm.py", ["pairs.csv", "--model", "m", "--output-dir", "o", "--batch-size", "eight"]),
+    ],
+)
 def test_bad_flag_value_is_one_line_exit_2(name, argv, capsys):
     with pytest.raises(SystemExit) as done:
         recipe_main(name)(argv)
@@ -283,9 +376,26 @@ def test_bad_flag_value_is_one_line_exit_2(name, argv, capsys):
 
 def test_existing_run_refused_and_resume_checks_flags(world, tmp_path, capsys):
     main = recipe_main("train_rm.py")
-    args = ["--model", str(world["model"]), "--train-data", str(world["train"]), "--output-dir", str(tmp_path / "run"),
-            "--max-steps", "1", "--batch-size", "1", "--gradient-accumulation-steps", "1", "--lora-rank", "2",
-            "--save-steps", "0", "--log-with", "none"]
+    args = [
+        "--model",
+        str(world["model"]),
+        "--train-data",
+        str(world["train"]),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--gradient-accumulation-steps",
+        "1",
+        "--lora-rank",
+        "2",
+        "--save-steps",
+        "0",
+        "--log-with",
+        "none",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2
@@ -311,10 +421,22 @@ def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path
     ties = sum(p.label == "tie" for p in pairs)
     assert ties > 0
     with caplog.at_level("WARNING"):
-        trainer = Trainer(TrainConfig(model=str(tiny_dirs["qwen2_5_vl"]), train_data=path, eval_data=path,
-                                      output_dir=str(tmp_path / "out"), max_steps=1, batch_size=1,
-                                      gradient_accumulation_steps=1, lora_rank=2, save_steps=0, eval_think=False,
-                                      log_with=None, undecided_rows=undecided_rows))
+        trainer = Trainer(
+            TrainConfig(
+                model=str(tiny_dirs["qwen2_5_vl"]),
+                train_data=path,
+                eval_data=path,
+                output_dir=str(tmp_path / "out"),
+                max_steps=1,
+                batch_size=1,
+                gradient_accumulation_steps=1,
+                lora_rank=2,
+                save_steps=0,
+                eval_think=False,
+                log_with=None,
+                undecided_rows=undecided_rows,
+            )
+        )
     message = caplog.text
     assert "1 labelled 'invalid'" in message and f"{ties} ties (--loss bt has no term" in message
     if undecided_rows == "drop":
@@ -339,9 +461,20 @@ def _stage1_step_gradient(world, tmp_path, undecided_rows, labels):
     for pair, label in zip(pairs, labels):
         pair.label = label
     save_pairs(tmp_path / f"{undecided_rows}.jsonl", pairs)
-    trainer = Trainer(make_config(world, tmp_path / f"run-{undecided_rows}", train_data=str(tmp_path / f"{undecided_rows}.jsonl"),
-                                  eval_data=None, max_steps=1, batch_size=len(pairs) if undecided_rows == "zero_loss" else 1,
-                                  cot_mask_prob=0.0, lm_loss_weight=0.0, undecided_rows=undecided_rows, num_workers=0))
+    trainer = Trainer(
+        make_config(
+            world,
+            tmp_path / f"run-{undecided_rows}",
+            train_data=str(tmp_path / f"{undecided_rows}.jsonl"),
+            eval_data=None,
+            max_steps=1,
+            batch_size=len(pairs) if undecided_rows == "zero_loss" else 1,
+            cot_mask_prob=0.0,
+            lm_loss_weight=0.0,
+            undecided_rows=undecided_rows,
+            num_workers=0,
+        )
+    )
     batch = trainer.batch_for(0)
     result = trainer.stage1_loss(batch, None)
     result["loss"].backward()
@@ -366,8 +499,9 @@ def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(wor
     assert TrainConfig(model="m", train_data="d", output_dir="o").resolve().max_grad_norm == 0.0
     stage2 = TrainConfig(model="m", train_data="d", output_dir="o", stage=2).resolve()
     assert stage2.max_grad_norm == 1.0 and stage2.grad_norm_groups == "actor_and_head"
-    trainer = Trainer(make_config(world, tmp_path / "clip", max_steps=1, eval_data=None, max_grad_norm=1e-6,
-                                  cot_mask_prob=0.0))
+    trainer = Trainer(
+        make_config(world, tmp_path / "clip", max_steps=1, eval_data=None, max_grad_norm=1e-6, cot_mask_prob=0.0)
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     result = trainer.stage1_loss(trainer.batch_for(0), None)
     result["loss"].backward()
@@ -379,7 +513,9 @@ def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(wor
 
     raw_head, raw_actor = norm(head).item(), norm(actor).item()
     logs = trainer._clip_gradients()
-    assert logs["head_grad_norm"] == pytest.approx(raw_head, rel=1e-5) and logs["grad_norm"] == pytest.approx(raw_actor, rel=1e-5)
+    assert logs["head_grad_norm"] == pytest.approx(raw_head, rel=1e-5) and logs["grad_norm"] == pytest.approx(
+        raw_actor, rel=1e-5
+    )
     assert norm(head).item() == pytest.approx(1e-6, rel=1e-3) and norm(actor).item() == pytest.approx(1e-6, rel=1e-3)
     trainer.config.grad_norm_groups = "joint"  # ours: one norm over both, so the two parts keep their proportion
     for p in model.parameters():

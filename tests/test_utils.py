@@ -31,20 +31,24 @@ def test_fields_become_flags_with_their_defaults():
     (args,) = _parse(["p.jsonl", "--json", "out.json"])
     assert args == _Arguments("p.jsonl", "out.json", 9, [1, 2], False, True, "best")
     assert _Arguments(json="a").sizes is not _Arguments(json="b").sizes  # a list default is copied per instance
-    (args,) = _parse(["p.jsonl", "--json=o", "--repeats", "3", "--sizes", "4", "5", "--quick", "--no-think",
-                      "--mode", "all"])
+    (args,) = _parse(
+        ["p.jsonl", "--json=o", "--repeats", "3", "--sizes", "4", "5", "--quick", "--no-think", "--mode", "all"]
+    )
     assert (args.repeats, args.sizes, args.quick, args.think, args.mode) == (3, [4, 5], True, False, "all")
     (args,) = _parse(["p.jsonl", "--json", "o", "--no-quick", "--think", "false"])
     assert (args.quick, args.think) == (False, False)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["p", "--json", "o", "--repeats", "0"], "tool.py: error: argument --repeats: 0 must be at least 1"),
-    (["p"], "tool.py: error: the following arguments are required: --json"),
-    (["--json", "o"], "tool.py: error: the following arguments are required: pairs"),
-    (["p", "--json", "o", "--bogus", "1"], "tool.py: error: unrecognized arguments: --bogus 1"),
-    (["p", "--json", "o", "--mode", "some"], "tool.py: error: argument --mode: invalid choice: 'some'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["p", "--json", "o", "--repeats", "0"], "tool.py: error: argument --repeats: 0 must be at least 1"),
+        (["p"], "tool.py: error: the following arguments are required: --json"),
+        (["--json", "o"], "tool.py: error: the following arguments are required: pairs"),
+        (["p", "--json", "o", "--bogus", "1"], "tool.py: error: unrecognized arguments: --bogus 1"),
+        (["p", "--json", "o", "--mode", "some"], "tool.py: error: argument --mode: invalid choice: 'some'"),
+    ],
+)
 def test_a_bad_command_line_is_one_line_and_exit_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parse(argv)
@@ -68,9 +72,14 @@ def test_help_shows_the_description_as_written_and_every_default(capsys):
         _parse(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "What it does. tool.py PAIRS --json X" in text
-    for entry in ("the pair file (required)", "where the numbers go (required)", "runs of each path (default: 9)",
-                  "model sizes (default: [1, 2])", "a short run (default: False)",
-                  "the same as --think false (default: not given)"):
+    for entry in (
+        "the pair file (required)",
+        "where the numbers go (required)",
+        "runs of each path (default: 9)",
+        "model sizes (default: [1, 2])",
+        "a short run (default: False)",
+        "the same as --think false (default: not given)",
+    ):
         assert entry in text, entry
 
 
@@ -108,6 +117,6 @@ def test_read_jsonl_names_the_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(MyError, match=r"^rows.jsonl, line 2: malformed JSON \(Expecting value at char 7\)$"):
         read_jsonl(path, MyError, name="rows.jsonl")
-    path.write_text('[1, 2]\n')
+    path.write_text("[1, 2]\n")
     with pytest.raises(UserError, match=r"rows.jsonl, line 1: expected a JSON object per line, got list"):
         read_jsonl(path)

@@ -28,9 +28,35 @@ def _recipe(name: str):
 def bench_run(tiny_wan_dir, tmp_path_factory):
     bench = _recipe("vbench_mini")
     out = tmp_path_factory.mktemp("vbench_mini")
-    assert bench.main(["--output-dir", str(out), "--pipeline", str(tiny_wan_dir), "--seeds", "0", "--runs", "base",
-                       "flow_dpo/truth", "flow_dpo/student", "--steps", "2", "--eval-every", "1", "--train-prompts",
-                       "2", "--held-out-prompts", "2", "--videos-per-prompt", "2", "--eval-prompts", "2"]) == 0
+    assert (
+        bench.main(
+            [
+                "--output-dir",
+                str(out),
+                "--pipeline",
+                str(tiny_wan_dir),
+                "--seeds",
+                "0",
+                "--runs",
+                "base",
+                "flow_dpo/truth",
+                "flow_dpo/student",
+                "--steps",
+                "2",
+                "--eval-every",
+                "1",
+                "--train-prompts",
+                "2",
+                "--held-out-prompts",
+                "2",
+                "--videos-per-prompt",
+                "2",
+                "--eval-prompts",
+                "2",
+            ]
+        )
+        == 0
+    )
     return bench, out, json.loads((out / "results.json").read_text())
 
 
@@ -38,8 +64,10 @@ def test_results_layout_and_figures(bench_run):
     bench, out, results = bench_run
     assert list(results["runs"]) == ["base", "flow_dpo/truth", "flow_dpo/student"]
     assert "not run" not in json.dumps(results["runs"]["flow_dpo/truth"])
-    assert set(results["runs"]["flow_dpo/student"]) == {"not_run"} and "--student" in results["runs"][
-        "flow_dpo/student"]["not_run"]
+    assert (
+        set(results["runs"]["flow_dpo/student"]) == {"not_run"}
+        and "--student" in results["runs"]["flow_dpo/student"]["not_run"]
+    )
     assert results["prompts"]["held_out"] and not set(results["prompts"]["held_out"]) & set(results["prompts"]["train"])
     for name in ("base", "flow_dpo/truth"):
         seed = results["runs"][name]["seeds"]["0"]
@@ -71,8 +99,10 @@ def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
     argv = command[3:]
     argv[argv.index("--output-dir") + 1] = str(tmp_path / "again")
     assert _recipe("wan_flow_dpo").main(argv) == 0
-    ours, again = (load_file(str(Path(folder) / "pytorch_lora_weights.safetensors"))
-                   for folder in (run["lora"], tmp_path / "again"))
+    ours, again = (
+        load_file(str(Path(folder) / "pytorch_lora_weights.safetensors"))
+        for folder in (run["lora"], tmp_path / "again")
+    )
     assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
 
     pipe = WanPipeline.from_pretrained(results["arguments"]["pipeline"])

@@ -70,8 +70,15 @@ def test_images_and_empty_videos_are_refused(total):
 
 @pytest.mark.parametrize(
     "height, width, factor, min_pixels, max_pixels",
-    [(480, 832, 28, 3136, 200704), (480, 832, 32, 3136, 307200), (56, 56, 28, 784, 3136), (64, 96, 28, 784, 3136),
-     (17, 300, 28, 3136, 200704), (1080, 1920, 28, 131072, 200704), (720, 1280, 32, 3136, 200704)],
+    [
+        (480, 832, 28, 3136, 200704),
+        (480, 832, 32, 3136, 307200),
+        (56, 56, 28, 784, 3136),
+        (64, 96, 28, 784, 3136),
+        (17, 300, 28, 3136, 200704),
+        (1080, 1920, 28, 131072, 200704),
+        (720, 1280, 32, 3136, 200704),
+    ],
 )
 def test_smart_resize_matches_qwen_vl_utils(height, width, factor, min_pixels, max_pixels):
     from qwen_vl_utils.vision_process import smart_resize as oracle
@@ -92,7 +99,8 @@ def test_file_frames_and_sizes_equal_qwen_vl_utils_fetch_video(tmp_path, monkeyp
     for fps, factor, min_pixels, max_pixels in [(2.0, 28, 784, 3136), (2.0, 32, 1024, 2048), (4.0, 28, 3136, 200704)]:
         expected, metadata = vision_process.fetch_video(
             {"video": str(path), "fps": fps, "min_pixels": min_pixels, "max_pixels": max_pixels},
-            image_patch_size=factor // 2, return_video_metadata=True,
+            image_patch_size=factor // 2,
+            return_video_metadata=True,
         )
         video = resize_frames(load_video(path, fps=fps, backend="decord"), factor, min_pixels, max_pixels)
         assert video.indices == metadata["frames_indices"]

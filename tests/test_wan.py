@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
-from descore_plugin.testing import tiny_wan
 from descore_plugin.integrations import wan
+from descore_plugin.testing import tiny_wan
 
 PROMPTS = ["a red ball bouncing on a green field", "a cat walking in the snow at night"]
 
@@ -88,14 +88,23 @@ def test_euler_trajectory_follows_the_sigma_grid(pipe):
     cache = wan.PromptCache(pipe, generation.max_sequence_length)
     noise = _noise(pipe, generation)
     embeds, negative = cache.embed(PROMPTS), cache.negative(2)
-    output = wan.sample(pipe.transformer, pipe.scheduler, noise, embeds, negative, generation.num_inference_steps,
-                        generation.guidance_scale, return_trajectory=True)
+    output = wan.sample(
+        pipe.transformer,
+        pipe.scheduler,
+        noise,
+        embeds,
+        negative,
+        generation.num_inference_steps,
+        generation.guidance_scale,
+        return_trajectory=True,
+    )
     grid = wan.flow_grid(pipe.scheduler, generation.num_inference_steps)
     assert output.grid.sigmas.tolist() == grid.sigmas.tolist() and len(output.trajectory) == len(grid) + 1
     with torch.no_grad():
         for i in range(len(grid)):
-            velocity = wan.predict_velocity(pipe.transformer, output.trajectory[i], grid.timesteps[i], embeds,
-                                            negative, generation.guidance_scale)
+            velocity = wan.predict_velocity(
+                pipe.transformer, output.trajectory[i], grid.timesteps[i], embeds, negative, generation.guidance_scale
+            )
             step = wan.euler_step(output.trajectory[i], velocity, grid.sigmas[i], grid.sigmas[i + 1])
             torch.testing.assert_close(step, output.trajectory[i + 1], rtol=0, atol=0)
     with pytest.raises(wan.WanInputError, match="solver must be"):
@@ -189,30 +198,71 @@ def test_reward_cot_cap_and_check_rewards_scored_only_at_evaluation(tiny_dir, ti
 
     from transformers import AutoTokenizer
 
-    from descore_plugin.integrations.post_training import (WanRunConfig, build_rewards, config_from_argv,
-                                                           post_train)
+    from descore_plugin.integrations.post_training import WanRunConfig, build_rewards, config_from_argv, post_train
 
     judge = str(tiny_dirs["qwen2_5_vl"])
-    run = WanRunConfig(pipeline=str(tiny_dir), prompts="p.txt", reward=["analytic:redness"], reward_model=judge,
-                       reward_max_new_tokens=3, check=["descore", "analytic:brightness"])
+    run = WanRunConfig(
+        pipeline=str(tiny_dir),
+        prompts="p.txt",
+        reward=["analytic:redness"],
+        reward_model=judge,
+        reward_max_new_tokens=3,
+        check=["descore", "analytic:brightness"],
+    )
     trained, evaluated = build_rewards(run, "cpu", torch.float32)
     assert trained.names == ["analytic:redness"] and len(trained.rewards) == 1
     assert evaluated.names == ["analytic:redness", "descore", "analytic:brightness"]
     assert [r.score_kwargs["max_new_tokens"] for r in evaluated.rewards if hasattr(r, "score_kwargs")] == [3]
 
     (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
-    result = post_train(config_from_argv("flow_grpo", [
-        "--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"), "--output-dir", str(tmp_path / "run"),
-        "--reward", "analytic:redness", "--check", "descore", "analytic:brightness", "--reward-model", judge,
-        "--reward-max-new-tokens", "3", "--max-steps", "1", "--group-size", "2", "--prompts-per-step", "1",
-        "--height", "32", "--width", "32", "--eval-prompts", "1", "--eval-videos-per-prompt", "1", "--lora-rank", "2",
-        "--lora-alpha", "2"]))  # 9 frames: the judge reads 8
+    result = post_train(
+        config_from_argv(
+            "flow_grpo",
+            [
+                "--pipeline",
+                str(tiny_dir),
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--reward",
+                "analytic:redness",
+                "--check",
+                "descore",
+                "analytic:brightness",
+                "--reward-model",
+                judge,
+                "--reward-max-new-tokens",
+                "3",
+                "--max-steps",
+                "1",
+                "--group-size",
+                "2",
+                "--prompts-per-step",
+                "1",
+                "--height",
+                "32",
+                "--width",
+                "32",
+                "--eval-prompts",
+                "1",
+                "--eval-videos-per-prompt",
+                "1",
+                "--lora-rank",
+                "2",
+                "--lora-alpha",
+                "2",
+            ],
+        )
+    )  # 9 frames: the judge reads 8
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
     assert set(k for k in train[0] if k.startswith("reward/")) == {"reward/analytic:redness"}
     assert {"eval/descore", "eval/analytic:brightness", "eval/analytic:redness"} <= set(result.metrics)
-    lines = [json.loads(line) for line in (result.output_dir / "samples" / "step-000001" / "scores.jsonl")
-             .read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (result.output_dir / "samples" / "step-000001" / "scores.jsonl").read_text().splitlines()
+    ]
     assert {"descore", "analytic:brightness", "analytic:redness"} <= set(lines[0]["scores"])
     tokenizer = AutoTokenizer.from_pretrained(judge)
     assert 0 < len(tokenizer(lines[0]["cot"], add_special_tokens=False).input_ids) <= 4  # 3 new tokens, re-tokenised
@@ -261,16 +311,37 @@ def test_a_method_is_one_class_registered_and_run_by_the_generic_entry(tiny_dir,
     post_training.register_method("self_distill", SelfDistill)
     try:
         (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
-        assert post_training.main(["self_distill", "--pipeline", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"),
-                                   "--output-dir", str(tmp_path / "run"), "--reward", "analytic:redness",
-                                   "--max-steps", "2", "--checkpoint-every", "1", "--eval-prompts", "1",
-                                   "--eval-videos-per-prompt", "1", "--videos-per-step", "1"]) == 0
+        assert (
+            post_training.main(
+                [
+                    "self_distill",
+                    "--pipeline",
+                    str(tiny_dir),
+                    "--prompts",
+                    str(tmp_path / "p.txt"),
+                    "--output-dir",
+                    str(tmp_path / "run"),
+                    "--reward",
+                    "analytic:redness",
+                    "--max-steps",
+                    "2",
+                    "--checkpoint-every",
+                    "1",
+                    "--eval-prompts",
+                    "1",
+                    "--eval-videos-per-prompt",
+                    "1",
+                    "--videos-per-step",
+                    "1",
+                ]
+            )
+            == 0
+        )
     finally:
         del post_training.METHODS["self_distill"]
     assert "LoRA in" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("eval", 1), ("train", 2),
-                                                      ("eval", 2)]
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["videos_per_step"] == 1
     published = load_file(str(tmp_path / "run" / "pytorch_lora_weights.safetensors"))
     trained = load_file(str(tmp_path / "run" / "checkpoint-2" / "lora.safetensors"))

@@ -25,8 +25,12 @@ def random_clips(count: int, seed: int, world: WorldConfig, defect_rate: float =
     clips = []
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        scene = Scene(*(options[int(rng.integers(len(options)))]
-                        for options in (world.colours, world.shapes, world.directions, world.backgrounds)))
+        scene = Scene(
+            *(
+                options[int(rng.integers(len(options)))]
+                for options in (world.colours, world.shapes, world.directions, world.backgrounds)
+            )
+        )
         scores = {name: 2 if rng.random() > defect_rate else int(rng.integers(2)) for name in DIMENSIONS}
         clips.append(make_clip(scene, scores, rng, world))
     return clips
@@ -36,7 +40,7 @@ def gaussian_blur(videos: np.ndarray, sigma: float) -> np.ndarray:
     """(N, T, 3, H, W) uint8 -> blurred, edges replicated."""
     x = torch.tensor(videos, dtype=torch.float32)
     radius = int(3 * sigma + 1)
-    kernel = torch.exp(-torch.arange(-radius, radius + 1).float() ** 2 / (2 * sigma**2))
+    kernel = torch.exp(-(torch.arange(-radius, radius + 1).float() ** 2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     n, t, c, h, w = x.shape
     y = torch.nn.functional.pad(x.reshape(-1, 1, h, w), (radius,) * 4, mode="replicate")
@@ -81,15 +85,23 @@ def recovery(clips, videos, world) -> dict:
     return {"every": float(np.mean(every)), **{name: float(np.mean(values)) for name, values in right.items()}}
 
 
-@pytest.mark.parametrize("world,variants", [
-    (GENERATOR_WORLD, ("clean", "blur", "bleed", "low_resolution")),
-    (WorldConfig(), ("clean", "blur")),
-], ids=["generator_world", "judge_world"])
+@pytest.mark.parametrize(
+    "world,variants",
+    [
+        (GENERATOR_WORLD, ("clean", "blur", "bleed", "low_resolution")),
+        (WorldConfig(), ("clean", "blur")),
+    ],
+    ids=["generator_world", "judge_world"],
+)
 def test_recovers_every_attribute_of_rendered_clips(world, variants):
     clips = random_clips(120, seed=0, world=world)
     videos = render_clips(clips, world)
-    degrade = {"clean": lambda v: v, "blur": lambda v: gaussian_blur(v, 0.8), "bleed": colour_bleed,
-               "low_resolution": low_resolution}
+    degrade = {
+        "clean": lambda v: v,
+        "blur": lambda v: gaussian_blur(v, 0.8),
+        "bleed": colour_bleed,
+        "low_resolution": low_resolution,
+    }
     unobservable = sum(bool(world_truth.expected_reading(clip, world)["unobservable"]) for clip in clips)
     assert unobservable < 0.35 * len(clips)  # the validation is not hollowed out by what it excuses
     for variant in variants:
@@ -106,23 +118,39 @@ def test_clean_clips_read_exactly():
     clip = make_clip(scene, clean, np.random.default_rng(0), world)
     reading = world_truth.read_videos(render_clip(clip, world), world)[0]
     assert (reading.colour, reading.shape, reading.direction, reading.motion, reading.dynamic) == (
-        "blue", "circle", "up", "smooth", True)
+        "blue",
+        "circle",
+        "up",
+        "smooth",
+        True,
+    )
     assert (reading.background, reading.second_background, reading.light, reading.camera) == (
-        "gradient", None, "steady", "steady")
+        "gradient",
+        None,
+        "steady",
+        "steady",
+    )
     assert all(world_truth.as_asked(reading, scene).values())
 
     flicker = Clip(scene, "red", "square", "reverse", "steady", "dark", "light", "flicker", seed=3)
     reading = world_truth.read_videos(render_clip(flicker, world), world)[0]
-    assert (reading.colour, reading.shape, reading.direction, reading.background, reading.second_background,
-            reading.light) == ("red", "square", "down", "dark", "light", "flicker")
+    assert (
+        reading.colour,
+        reading.shape,
+        reading.direction,
+        reading.background,
+        reading.second_background,
+        reading.light,
+    ) == ("red", "square", "down", "dark", "light", "flicker")
     checks = world_truth.as_asked(reading, scene)
     assert not any(checks[name] for name in ("colour", "shape", "direction", "background", "light", "flicker_free"))
 
 
 def test_static_and_empty_videos():
     world = GENERATOR_WORLD
-    clip = make_clip(Scene("green", "square", "right", "grey"), {name: 2 for name in DIMENSIONS},
-                     np.random.default_rng(1), world)
+    clip = make_clip(
+        Scene("green", "square", "right", "grey"), {name: 2 for name in DIMENSIONS}, np.random.default_rng(1), world
+    )
     video = render_clip(clip, world)
     static = np.repeat(video[:1], world.num_frames, axis=0)  # the first frame held
     empty = np.broadcast_to(video[:, :, :2, :2].mean(axis=(2, 3), keepdims=True).astype(np.uint8), video.shape)
@@ -130,7 +158,12 @@ def test_static_and_empty_videos():
     assert moving.dynamic and moving.direction == "right"
     assert (frozen.dynamic, frozen.motion, frozen.direction, frozen.colour) == (False, "static", None, "green")
     assert (blank.dynamic, blank.motion, blank.colour, blank.shape, blank.background) == (
-        False, "none", None, None, "grey")
+        False,
+        "none",
+        None,
+        None,
+        "grey",
+    )
 
 
 def test_columns_and_reward_on_known_defects():
@@ -138,15 +171,27 @@ def test_columns_and_reward_on_known_defects():
     scene = Scene("yellow", "square", "left", "light")
     clean = {name: 2 for name in DIMENSIONS}
     rng = np.random.default_rng(5)
-    clips = [make_clip(scene, clean, rng, world), make_clip(scene, clean, rng, world),
-             make_clip(scene, {**clean, "subject": 0}, rng, world),  # another colour
-             make_clip(scene, {**clean, "style": 0}, rng, world)]  # flicker
+    clips = [
+        make_clip(scene, clean, rng, world),
+        make_clip(scene, clean, rng, world),
+        make_clip(scene, {**clean, "subject": 0}, rng, world),  # another colour
+        make_clip(scene, {**clean, "style": 0}, rng, world),
+    ]  # flicker
     videos = torch.tensor(render_clips(clips, world)).float() / 255  # as the pipeline returns them
     prompts = [scene.prompt] * 4
     columns = world_truth.vbench_columns(videos, prompts, world)
     assert columns["num_videos"] == 4
-    expected = {"subject": 0.75, "colour": 0.75, "dynamics": 1.0, "direction": 1.0, "background": 1.0,
-                "temporal_flicker": 0.75, "camera_steadiness": 1.0, "dynamic_degree": 1.0, "all_as_asked": 0.5}
+    expected = {
+        "subject": 0.75,
+        "colour": 0.75,
+        "dynamics": 1.0,
+        "direction": 1.0,
+        "background": 1.0,
+        "temporal_flicker": 0.75,
+        "camera_steadiness": 1.0,
+        "dynamic_degree": 1.0,
+        "all_as_asked": 0.5,
+    }
     for column, value in expected.items():
         assert columns[column]["mean"] == value, column
         assert columns[column]["stderr"] == pytest.approx(math.sqrt(value * (1 - value) / 4))
@@ -163,7 +208,8 @@ def test_columns_and_reward_on_known_defects():
 
 def test_parse_prompt():
     assert world_truth.parse_prompt("a red circle moving down on a gradient background") == Scene(
-        "red", "circle", "down", "gradient")
+        "red", "circle", "down", "gradient"
+    )
     with pytest.raises(world_truth.WorldPromptError, match="unknown colour 'purple'"):
         world_truth.parse_prompt("a purple circle moving down on a gradient background")
 
@@ -171,8 +217,10 @@ def test_parse_prompt():
 SHIPPED_WORLD_WAN = Path(__file__).parents[1] / "recipes" / "world_wan"
 
 
-@pytest.mark.skipif(not (SHIPPED_WORLD_WAN / "vae").is_dir(), reason="recipes/world_wan/ (the shipped world "
-                    "generator, `make world-wan`) is not in this checkout")
+@pytest.mark.skipif(
+    not (SHIPPED_WORLD_WAN / "vae").is_dir(),
+    reason="recipes/world_wan/ (the shipped world generator, `make world-wan`) is not in this checkout",
+)
 def test_recovers_the_attributes_through_the_shipped_vae():
     """Rendered clips encoded and decoded by the shipped generator's VAE (plain diffusers AutoencoderKLWan): the
     measure still reads every observable attribute of >= 95% of them; what it reads on generated videos is then
@@ -184,8 +232,9 @@ def test_recovers_the_attributes_through_the_shipped_vae():
     videos = render_clips(clips, GENERATOR_WORLD)
     with torch.no_grad():
         pixels = torch.tensor(videos).float().div(127.5).sub(1).permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W) in [-1, 1]
-        decoded = torch.cat([vae.decode(vae.encode(pixels[i : i + 16]).latent_dist.mode()).sample
-                             for i in range(0, len(pixels), 16)])
+        decoded = torch.cat(
+            [vae.decode(vae.encode(pixels[i : i + 16]).latent_dist.mode()).sample for i in range(0, len(pixels), 16)]
+        )
     reconstructions = decoded.permute(0, 2, 1, 3, 4).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     figures = recovery(clips, reconstructions, GENERATOR_WORLD)
     assert figures["every"] >= 0.95, figures

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -27,9 +26,20 @@ def test_tokenizer_keeps_every_world_word_as_one_token():
 
 
 def test_caption_noise_shares_are_exact():
-    noise = ww.CaptionNoise(wrong_colour=0.3, wrong_shape=0.1, reverse=0.2, other_direction=0.1, jump=0.05,
-                            stutter=0.05, wrong_background=0.15, half_background=0.05, flicker=0.1, grain=0.05,
-                            slight_shake=0.05, shake=0.05)
+    noise = ww.CaptionNoise(
+        wrong_colour=0.3,
+        wrong_shape=0.1,
+        reverse=0.2,
+        other_direction=0.1,
+        jump=0.05,
+        stutter=0.05,
+        wrong_background=0.15,
+        half_background=0.05,
+        flicker=0.1,
+        grain=0.05,
+        slight_shake=0.05,
+        shake=0.05,
+    )
     scenes = ww.all_scenes()
     captions = [scenes[i % len(scenes)] for i in range(200)]
     examples = ww.sample_noisy_clips(captions, noise, seed=3)
@@ -61,8 +71,10 @@ def test_caption_noise_shares_are_exact():
 
 def test_attribute_probe_reads_rendered_clips():
     scenes = ww.all_scenes()
-    clips = [Clip(scene, scene.colour, scene.shape, "smooth", "steady", scene.background, None, light, seed=i)
-             for i, (scene, light) in enumerate(zip(scenes[::3], ["steady", "flicker"] * 30))]
+    clips = [
+        Clip(scene, scene.colour, scene.shape, "smooth", "steady", scene.background, None, light, seed=i)
+        for i, (scene, light) in enumerate(zip(scenes[::3], ["steady", "flicker"] * 30))
+    ]
     reads = [ww.read_attributes(frames) for frames in render_clips(clips, ww.WORLD)]
     truth = [ww.clip_attributes(clip) for clip in clips]
     assert ww.attribute_agreement(reads, truth)["all"] == 1.0
@@ -85,8 +97,17 @@ def _tiny_vae_run(tmp_path, name, stop_after=None, resume=False):
     frames = render_clips(ww.sample_vae_clips(12, seed=0), ww.WORLD)
     vae = ww.build_vae(ww.VaeConfig(base_dim=4), seed=0)
     config = ww.VaeTrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=2)
-    history = ww.train_vae(vae, frames[:8], frames[8:], config, tmp_path / name, seed=1, resume=resume,
-                           stop_after=stop_after, progress=False)
+    history = ww.train_vae(
+        vae,
+        frames[:8],
+        frames[8:],
+        config,
+        tmp_path / name,
+        seed=1,
+        resume=resume,
+        stop_after=stop_after,
+        progress=False,
+    )
     return vae, history
 
 
@@ -102,15 +123,37 @@ def test_vae_training_resume_equals_uninterrupted(tmp_path):
 
 def _tiny_generator_run(tmp_path, name, stop_after=None, resume=False):
     tokenizer = ww.world_tokenizer()
-    config = ww.GeneratorConfig(num_layers=1, num_attention_heads=2, attention_head_dim=12, ffn_dim=16,
-                                text_d_model=16, text_layers=1, text_heads=2)
-    pipe = ww.build_pipeline(tokenizer, ww.build_text_encoder(tokenizer, config), ww.build_vae(ww.VaeConfig(
-        base_dim=4)), ww.build_transformer(config), ww.build_scheduler(config))
+    config = ww.GeneratorConfig(
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        ffn_dim=16,
+        text_d_model=16,
+        text_layers=1,
+        text_heads=2,
+    )
+    pipe = ww.build_pipeline(
+        tokenizer,
+        ww.build_text_encoder(tokenizer, config),
+        ww.build_vae(ww.VaeConfig(base_dim=4)),
+        ww.build_transformer(config),
+        ww.build_scheduler(config),
+    )
     latents = torch.randn(6, 16, 5, 16, 16, generator=torch.Generator().manual_seed(0)).half()
     prompts = [scene.prompt for scene in ww.all_scenes()[:6]]
     train = ww.GeneratorTrainConfig(gen_steps=4, gen_batch_size=3, gen_eval_every=2, gen_warmup_steps=1)
-    history = ww.train_generator(pipe, latents, prompts, train, config, tmp_path / name, seed=2, resume=resume,
-                                 stop_after=stop_after, progress=False)
+    history = ww.train_generator(
+        pipe,
+        latents,
+        prompts,
+        train,
+        config,
+        tmp_path / name,
+        seed=2,
+        resume=resume,
+        stop_after=stop_after,
+        progress=False,
+    )
     return pipe, history
 
 
@@ -120,8 +163,9 @@ def test_generator_training_resume_equals_uninterrupted(tmp_path):
     resumed, resumed_history = _tiny_generator_run(tmp_path, "resumed", resume=True)
     assert history["loss"] == resumed_history["loss"]
     for module in ("transformer", "text_encoder"):
-        for (name, a), (_, b) in zip(getattr(straight, module).state_dict().items(),
-                                     getattr(resumed, module).state_dict().items()):
+        for (name, a), (_, b) in zip(
+            getattr(straight, module).state_dict().items(), getattr(resumed, module).state_dict().items()
+        ):
             assert torch.equal(a, b), f"{module}.{name}"
 
 
@@ -131,17 +175,35 @@ def test_shipped_world_wan_loads_with_plain_diffusers_and_generates():
     generation = json.loads((SHIPPED / "generation_defaults.json").read_text())
     pipe = WanPipeline.from_pretrained(SHIPPED)
     pipe.set_progress_bar_config(disable=True)
-    frames = pipe("a red square moving right on a dark background", num_frames=generation["num_frames"],
-                  height=generation["height"], width=generation["width"], num_inference_steps=2,
-                  guidance_scale=generation["guidance_scale"], output_type="pt",
-                  generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(
+        "a red square moving right on a dark background",
+        num_frames=generation["num_frames"],
+        height=generation["height"],
+        width=generation["width"],
+        num_inference_steps=2,
+        guidance_scale=generation["guidance_scale"],
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
     assert frames.shape == (1, generation["num_frames"], 3, generation["height"], generation["width"])
     assert (generation["num_frames"], generation["height"], generation["width"]) == (
-        ww.WORLD.num_frames, ww.WORLD.height, ww.WORLD.width)
+        ww.WORLD.num_frames,
+        ww.WORLD.height,
+        ww.WORLD.width,
+    )
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
     # The tokenizer shipped is the world's: every world word one token.
     assert pipe.tokenizer.tokenize("a blue circle moving up on a gradient background") == [
-        "▁a", "▁blue", "▁circle", "▁moving", "▁up", "▁on", "▁a", "▁gradient", "▁background"]
+        "▁a",
+        "▁blue",
+        "▁circle",
+        "▁moving",
+        "▁up",
+        "▁on",
+        "▁a",
+        "▁gradient",
+        "▁background",
+    ]
     total = sum(path.stat().st_size for path in SHIPPED.rglob("*") if path.is_file())
     assert total <= 20 * 2**20
     assert not list(SHIPPED.rglob("*.bin"))  # safetensors only

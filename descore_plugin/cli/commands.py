@@ -19,40 +19,76 @@ import argparse
 import os
 import sys
 
-from descore_plugin.utils.errors import (ArgumentParser, UserError, add_device_arguments, blame, non_negative_int,
-                                         positive_float, positive_int, run_main)
+from descore_plugin.utils.errors import (
+    ArgumentParser,
+    UserError,
+    add_device_arguments,
+    blame,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------- score
 def _add_score(commands):
-    score = commands.add_parser("score", help="score videos against a prompt: CoT, dimension scores, reward",
-                                description="Exit status: 0 every video scored, 1 some row failed, 2 usage error.")
-    score.add_argument("videos", nargs="+", metavar="INPUT",
-                       help="video files (mp4 or any container decord/PyAV reads), folders, glob patterns, or one "
-                            "CSV/JSONL table with `video` and `prompt` columns, or one pair file in any format "
-                            "training reads (descore-plugin, official DeScore, VideoAlign, GenAI-Bench: each video of "
-                            "each pair scored once)")
-    score.add_argument("--prompt", action="append", default=None,
-                       help="the text prompt the videos were generated from: once for all videos, or once per video "
-                            "(repeat it, in the order of the videos)")
-    score.add_argument("--output", default=None,
-                       help="append one JSON row per video to this .jsonl as it goes; an existing file is refused "
-                            "unless --resume (videos already in it are skipped) or --overwrite")
-    score.add_argument("--resume", action="store_true",
-                       help="continue an existing --output: videos already in it are skipped")
-    score.add_argument("--overwrite", action="store_true", help="delete an existing --output and score everything again")
-    score.add_argument("--num-workers", type=non_negative_int, default=2,
-                       help="processes that decode videos ahead of the model (0: in this process)")
-    score.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
-                       help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL)")
+    score = commands.add_parser(
+        "score",
+        help="score videos against a prompt: CoT, dimension scores, reward",
+        description="Exit status: 0 every video scored, 1 some row failed, 2 usage error.",
+    )
+    score.add_argument(
+        "videos",
+        nargs="+",
+        metavar="INPUT",
+        help="video files (mp4 or any container decord/PyAV reads), folders, glob patterns, or one "
+        "CSV/JSONL table with `video` and `prompt` columns, or one pair file in any format "
+        "training reads (descore-plugin, official DeScore, VideoAlign, GenAI-Bench: each video of "
+        "each pair scored once)",
+    )
+    score.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="the text prompt the videos were generated from: once for all videos, or once per video "
+        "(repeat it, in the order of the videos)",
+    )
+    score.add_argument(
+        "--output",
+        default=None,
+        help="append one JSON row per video to this .jsonl as it goes; an existing file is refused "
+        "unless --resume (videos already in it are skipped) or --overwrite",
+    )
+    score.add_argument(
+        "--resume", action="store_true", help="continue an existing --output: videos already in it are skipped"
+    )
+    score.add_argument(
+        "--overwrite", action="store_true", help="delete an existing --output and score everything again"
+    )
+    score.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=2,
+        help="processes that decode videos ahead of the model (0: in this process)",
+    )
+    score.add_argument(
+        "--model",
+        default=os.environ.get("DESCORE_MODEL"),
+        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL)",
+    )
     score.add_argument("--no-think", action="store_true", help="skip the CoT: the masked-CoT fast path")
     score.add_argument("--json", action="store_true", help="print one JSON object per video")
-    score.add_argument("--max-new-tokens", type=positive_int, default=None,
-                       help="CoT length limit (default: the model's)")
+    score.add_argument(
+        "--max-new-tokens", type=positive_int, default=None, help="CoT length limit (default: the model's)"
+    )
     score.add_argument("--batch-size", type=positive_int, default=4, help="videos per forward / generate call")
-    score.add_argument("--prompt-template", default=None,
-                       help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
-                            "default: the checkpoint's own")
+    score.add_argument(
+        "--prompt-template",
+        default=None,
+        help="judge instruction file (text with {prompt}, or the official one with [insert prompt here]); "
+        "default: the checkpoint's own",
+    )
     add_device_arguments(score)
     score.set_defaults(run=_score)
 
@@ -82,56 +118,103 @@ def _replace_own_output(out_dir, ours) -> None:
 
     path = Path(out_dir)
     if path.is_file() or (path.is_dir() and any(path.iterdir()) and not ours(path)):
-        raise UserError(f"OUT_DIR {out_dir}: already exists and was not written by this command; refusing to replace "
-                        "it: choose another OUT_DIR")
+        raise UserError(
+            f"OUT_DIR {out_dir}: already exists and was not written by this command; refusing to replace "
+            "it: choose another OUT_DIR"
+        )
     prepare_output_dir(path, resume=None, overwrite=True, what=f"OUT_DIR {out_dir}")
 
 
 # ------------------------------------------------------------------------------------------------------------- annotate
 def _add_annotate(commands):
     annotate = commands.add_parser(
-        "annotate", help="collect CoTs for preference pairs with a teacher VLM (what stage 1 trains on)",
+        "annotate",
+        help="collect CoTs for preference pairs with a teacher VLM (what stage 1 trains on)",
         description="Asks a teacher for a CoT on each video of each pair in the judge's answer format and writes the "
-                    "kept pairs (CoTs + the teacher's dimension scores, the human label) to OUT.jsonl, a pair file "
-                    "recipes/train_rm.py reads; the others go to OUT.rejected.jsonl with the reason. "
-                    "Exit status: 0 done (a summary of what was kept and why on stderr), 1 some teacher call failed "
-                    "(rerun with --resume to retry them), 2 usage error.")
-    annotate.add_argument("pairs", metavar="PAIRS",
-                          help="pair file in any format training reads (descore-plugin CSV/JSONL, VideoAlign CSV, "
-                               "GenAI-Bench, official DeScore CSV)")
-    annotate.add_argument("--teacher", required=True, metavar="MODEL_OR_URL",
-                          help="a DeScore checkpoint or plain Qwen2.5-VL / Qwen3-VL (hub id or folder), run here; or "
-                               "the base URL of an OpenAI-compatible chat-completions server (vLLM, SGLang, a hosted "
-                               "model), e.g. http://127.0.0.1:8000/v1")
+        "kept pairs (CoTs + the teacher's dimension scores, the human label) to OUT.jsonl, a pair file "
+        "recipes/train_rm.py reads; the others go to OUT.rejected.jsonl with the reason. "
+        "Exit status: 0 done (a summary of what was kept and why on stderr), 1 some teacher call failed "
+        "(rerun with --resume to retry them), 2 usage error.",
+    )
+    annotate.add_argument(
+        "pairs",
+        metavar="PAIRS",
+        help="pair file in any format training reads (descore-plugin CSV/JSONL, VideoAlign CSV, "
+        "GenAI-Bench, official DeScore CSV)",
+    )
+    annotate.add_argument(
+        "--teacher",
+        required=True,
+        metavar="MODEL_OR_URL",
+        help="a DeScore checkpoint or plain Qwen2.5-VL / Qwen3-VL (hub id or folder), run here; or "
+        "the base URL of an OpenAI-compatible chat-completions server (vLLM, SGLang, a hosted "
+        "model), e.g. http://127.0.0.1:8000/v1",
+    )
     annotate.add_argument("--output", required=True, metavar="OUT.jsonl", help="where the kept pairs go (JSONL)")
-    annotate.add_argument("--keep", choices=["agree", "all"], default="agree",
-                          help="agree: only pairs whose teacher verdict (higher overall score) matches the human "
-                               "label; all: every pair whose two CoTs parse (default: %(default)s)")
-    annotate.add_argument("--resume", action="store_true",
-                          help="continue OUT.jsonl: pairs already in it or in OUT.rejected.jsonl are skipped, teacher "
-                               "errors retried")
+    annotate.add_argument(
+        "--keep",
+        choices=["agree", "all"],
+        default="agree",
+        help="agree: only pairs whose teacher verdict (higher overall score) matches the human "
+        "label; all: every pair whose two CoTs parse (default: %(default)s)",
+    )
+    annotate.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT.jsonl: pairs already in it or in OUT.rejected.jsonl are skipped, teacher errors retried",
+    )
     annotate.add_argument("--overwrite", action="store_true", help="delete OUT.jsonl and OUT.rejected.jsonl first")
-    annotate.add_argument("--max-new-tokens", type=positive_int, default=None,
-                          help="CoT length limit (default: a local teacher's own, see `descore score`; 4096 for a URL)")
-    annotate.add_argument("--batch-size", type=positive_int, default=4,
-                          help="videos per generate call (local teacher) or requests in flight (URL) (default: %(default)s)")
-    annotate.add_argument("--prompt-template", default=None,
-                          help="judge instruction (text with {prompt} or a file); default: a local teacher's own, "
-                               "the package's judge prompt for a URL")
-    annotate.add_argument("--label-column", default=None,
-                          help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall)")
-    annotate.add_argument("--teacher-model", default=None,
-                          help="URL teacher: the served model's name (default: the first of GET /v1/models)")
-    annotate.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
-                          help="URL teacher: Bearer key (default: $OPENAI_API_KEY)")
-    annotate.add_argument("--video-as", choices=["video", "frames"], default="video",
-                          help="URL teacher: send each video as a video_url data URL (vLLM / SGLang video models) or "
-                               "as --num-frames sampled frames in image_url parts (image-only models) "
-                               "(default: %(default)s)")
-    annotate.add_argument("--num-frames", type=positive_int, default=8,
-                          help="URL teacher with --video-as frames: frames per video (default: %(default)s)")
-    annotate.add_argument("--timeout", type=positive_float, default=300.0,
-                          help="URL teacher: seconds to wait for one answer (default: %(default)s)")
+    annotate.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="CoT length limit (default: a local teacher's own, see `descore score`; 4096 for a URL)",
+    )
+    annotate.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="videos per generate call (local teacher) or requests in flight (URL) (default: %(default)s)",
+    )
+    annotate.add_argument(
+        "--prompt-template",
+        default=None,
+        help="judge instruction (text with {prompt} or a file); default: a local teacher's own, "
+        "the package's judge prompt for a URL",
+    )
+    annotate.add_argument(
+        "--label-column",
+        default=None,
+        help="VideoAlign / VideoGen-RewardBench files: the label column (default Overall)",
+    )
+    annotate.add_argument(
+        "--teacher-model",
+        default=None,
+        help="URL teacher: the served model's name (default: the first of GET /v1/models)",
+    )
+    annotate.add_argument(
+        "--api-key", default=os.environ.get("OPENAI_API_KEY"), help="URL teacher: Bearer key (default: $OPENAI_API_KEY)"
+    )
+    annotate.add_argument(
+        "--video-as",
+        choices=["video", "frames"],
+        default="video",
+        help="URL teacher: send each video as a video_url data URL (vLLM / SGLang video models) or "
+        "as --num-frames sampled frames in image_url parts (image-only models) "
+        "(default: %(default)s)",
+    )
+    annotate.add_argument(
+        "--num-frames",
+        type=positive_int,
+        default=8,
+        help="URL teacher with --video-as frames: frames per video (default: %(default)s)",
+    )
+    annotate.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=300.0,
+        help="URL teacher: seconds to wait for one answer (default: %(default)s)",
+    )
     add_device_arguments(annotate)
     annotate.set_defaults(run=_annotate)
 
@@ -150,43 +233,69 @@ def _annotate(args) -> int:
         output_to_check = rejected
     else:
         output_to_check = output
-    resuming = prepare_output_dir(output_to_check, resume=args.resume, overwrite=args.overwrite,
-                                  what=f"--output {args.output}")
+    resuming = prepare_output_dir(
+        output_to_check, resume=args.resume, overwrite=args.overwrite, what=f"--output {args.output}"
+    )
     if args.overwrite and os.path.exists(rejected):
         os.remove(rejected)
     local = not args.teacher.startswith(("http://", "https://"))
     device, dtype = default_device_and_dtype(args.device, args.dtype) if local else (None, None)
     with blame(f"--teacher {args.teacher}"):
-        teacher = make_teacher(args.teacher, device=device, dtype=dtype, prompt_template=args.prompt_template,
-                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, model=args.teacher_model,
-                               api_key=args.api_key, video_as=args.video_as, num_frames=args.num_frames,
-                               concurrency=args.batch_size, timeout=args.timeout)
-    print(f"descore annotate: {len(pairs)} pairs of {args.pairs}, teacher {teacher.name}"
-          + (" (resuming)" if resuming else ""), file=sys.stderr)
+        teacher = make_teacher(
+            args.teacher,
+            device=device,
+            dtype=dtype,
+            prompt_template=args.prompt_template,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            model=args.teacher_model,
+            api_key=args.api_key,
+            video_as=args.video_as,
+            num_frames=args.num_frames,
+            concurrency=args.batch_size,
+            timeout=args.timeout,
+        )
+    print(
+        f"descore annotate: {len(pairs)} pairs of {args.pairs}, teacher {teacher.name}"
+        + (" (resuming)" if resuming else ""),
+        file=sys.stderr,
+    )
     set_resume_hint(f"the pairs annotated so far are in {output}; run the same command with --resume to continue")
     summary = annotate_pairs(pairs, teacher, output, keep=args.keep, progress=True)
     for line in summary.lines():
         print(f"descore annotate: {line}", file=sys.stderr)
     print(f"descore annotate: kept pairs in {output}, the others (with the reason) in {rejected}", file=sys.stderr)
     if summary.rejected["error"]:
-        print(f"descore annotate: {summary.rejected['error']} pairs failed at the teacher; rerun with --resume to retry "
-              "them", file=sys.stderr)
+        print(
+            f"descore annotate: {summary.rejected['error']} pairs failed at the teacher; rerun with --resume to retry "
+            "them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------- init
 def _add_init(commands):
-    init = commands.add_parser("init", help="make a new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint",
-                               description="Adds <Reward>, resizes the embeddings, initialises the head as the official "
-                                           "cold start does; OUT_DIR refers to the backbone (no copy of its weights).")
+    init = commands.add_parser(
+        "init",
+        help="make a new DeScore model on a plain Qwen2.5-VL / Qwen3-VL checkpoint",
+        description="Adds <Reward>, resizes the embeddings, initialises the head as the official "
+        "cold start does; OUT_DIR refers to the backbone (no copy of its weights).",
+    )
     init.add_argument("out_dir")
-    init.add_argument("--backbone", required=True,
-                      help="hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or folder written by transformers' save_pretrained")
+    init.add_argument(
+        "--backbone",
+        required=True,
+        help="hub id (e.g. Qwen/Qwen3-VL-8B-Instruct) or folder written by transformers' save_pretrained",
+    )
     init.add_argument("--head", choices=["scalar", "distribution"], default="scalar")
     init.add_argument("--seed", type=int, default=0, help="seeds the head's initialisation")
-    init.add_argument("--prompt-template", default=None,
-                      help="judge instruction, text with {prompt} or a file (default: the package's judge prompt)")
+    init.add_argument(
+        "--prompt-template",
+        default=None,
+        help="judge instruction, text with {prompt} or a file (default: the package's judge prompt)",
+    )
     init.set_defaults(run=_init)
 
 
@@ -211,10 +320,16 @@ def _add_init_tiny(commands):
     tiny.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
     tiny.add_argument("--head", choices=["scalar", "distribution"], default="scalar")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--prompt-template", default=None,
-                      help="judge instruction, text with {prompt} or a file (default: the package's compact one)")
-    tiny.add_argument("--plain", action="store_true",
-                      help="write a plain Qwen-VL checkpoint instead (no <Reward>, no head), as `descore init` takes it")
+    tiny.add_argument(
+        "--prompt-template",
+        default=None,
+        help="judge instruction, text with {prompt} or a file (default: the package's compact one)",
+    )
+    tiny.add_argument(
+        "--plain",
+        action="store_true",
+        help="write a plain Qwen-VL checkpoint instead (no <Reward>, no head), as `descore init` takes it",
+    )
     tiny.set_defaults(run=_init_tiny)
 
 
@@ -232,8 +347,9 @@ def _init_tiny(args) -> int:
         return 0
     from descore_plugin.testing.tiny import init_tiny
 
-    init_tiny(args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed,
-              prompt_template=args.prompt_template)
+    init_tiny(
+        args.out_dir, backbone=args.backbone, head=args.head, seed=args.seed, prompt_template=args.prompt_template
+    )
     print(f"wrote a tiny {args.backbone} DeScore model ({args.head} head) to {args.out_dir}")
     return 0
 
@@ -262,15 +378,23 @@ def _add_make_synthetic(commands):
     synth.add_argument("out_dir")
     synth.add_argument("--num-pairs", type=positive_int, default=200)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--world", choices=["full", "demo"], default="full",
-                       help="full: four colours, two shapes, four directions, four backgrounds, pairs differing in any "
-                            "of the five dimensions; demo: the world the shipped demo judge (recipes/demo_judge) was "
-                            "trained on: one square moving right on a dark background in four colours, pairs "
-                            "differing in colour, motion, camera shake or flicker (default: %(default)s)")
-    synth.add_argument("--format", choices=["descore", "videoalign"], default="descore",
-                       help="descore: pairs.jsonl with CoTs and dimension scores; videoalign: pairs.csv in VideoAlign's "
-                            "columns (path_A, path_B, prompt, Overall): labels only, no CoTs, as most preference data "
-                            "comes (default: %(default)s)")
+    synth.add_argument(
+        "--world",
+        choices=["full", "demo"],
+        default="full",
+        help="full: four colours, two shapes, four directions, four backgrounds, pairs differing in any "
+        "of the five dimensions; demo: the world the shipped demo judge (recipes/demo_judge) was "
+        "trained on: one square moving right on a dark background in four colours, pairs "
+        "differing in colour, motion, camera shake or flicker (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--format",
+        choices=["descore", "videoalign"],
+        default="descore",
+        help="descore: pairs.jsonl with CoTs and dimension scores; videoalign: pairs.csv in VideoAlign's "
+        "columns (path_A, path_B, prompt, Overall): labels only, no CoTs, as most preference data "
+        "comes (default: %(default)s)",
+    )
     synth.set_defaults(run=_make_synthetic)
 
 
@@ -306,8 +430,14 @@ def _write_videoalign_csv(jsonl) -> str:
         writer = csv.writer(file)
         writer.writerow(["path_A", "path_B", "prompt", "Overall"])
         for pair in load_pairs(jsonl):
-            writer.writerow([os.path.relpath(pair.video_a, out.parent), os.path.relpath(pair.video_b, out.parent),
-                             pair.prompt, labels[pair.label]])
+            writer.writerow(
+                [
+                    os.path.relpath(pair.video_a, out.parent),
+                    os.path.relpath(pair.video_b, out.parent),
+                    pair.prompt,
+                    labels[pair.label],
+                ]
+            )
     jsonl.unlink()
     return str(out)
 
@@ -315,23 +445,41 @@ def _write_videoalign_csv(jsonl) -> str:
 # --------------------------------------------------------------------------------------------------------------- report
 def _add_report(commands):
     report = commands.add_parser(
-        "report", help="write OUT/index.html: an HTML page of a scored set, an evaluation or a post-training run")
-    report.add_argument("path", help="`descore score --json` / `--output` JSON lines, a recipes/eval_rm.py output "
-                                     "directory, or a wan_flow_dpo.py / wan_flow_grpo.py run directory")
-    report.add_argument("--output-dir", required=True,
-                        help="where index.html and media/ (the videos) go (refused if it exists, unless --overwrite)")
-    report.add_argument("--overwrite", action="store_true",
-                        help="replace an existing report in --output-dir (default: refuse)")
-    report.add_argument("--model", default=None,
-                        help="scored sets: the DeScore model that scored them (named on the page; the reward range "
-                             "its folder records flags out-of-domain scores); runs: the judge a --check descore... "
-                             "uses")
-    report.add_argument("--reward", default=None,
-                        help="run reports: the optimised reward's score name (default: descore, else the first)")
-    report.add_argument("--check", action="append", default=None,
-                        help="run reports: an independent check (repeat): a score the run logged, or a reward "
-                             "computed now on the run's saved samples (analytic:brightness, analytic:redness, "
-                             "descore... with --model) (default: every other logged reward)")
+        "report", help="write OUT/index.html: an HTML page of a scored set, an evaluation or a post-training run"
+    )
+    report.add_argument(
+        "path",
+        help="`descore score --json` / `--output` JSON lines, a recipes/eval_rm.py output "
+        "directory, or a wan_flow_dpo.py / wan_flow_grpo.py run directory",
+    )
+    report.add_argument(
+        "--output-dir",
+        required=True,
+        help="where index.html and media/ (the videos) go (refused if it exists, unless --overwrite)",
+    )
+    report.add_argument(
+        "--overwrite", action="store_true", help="replace an existing report in --output-dir (default: refuse)"
+    )
+    report.add_argument(
+        "--model",
+        default=None,
+        help="scored sets: the DeScore model that scored them (named on the page; the reward range "
+        "its folder records flags out-of-domain scores); runs: the judge a --check descore... "
+        "uses",
+    )
+    report.add_argument(
+        "--reward",
+        default=None,
+        help="run reports: the optimised reward's score name (default: descore, else the first)",
+    )
+    report.add_argument(
+        "--check",
+        action="append",
+        default=None,
+        help="run reports: an independent check (repeat): a score the run logged, or a reward "
+        "computed now on the run's saved samples (analytic:brightness, analytic:redness, "
+        "descore... with --model) (default: every other logged reward)",
+    )
     add_device_arguments(report, device_help="device of a --check descore judge (default: cuda if available)")
     report.set_defaults(run=_report)
 
@@ -340,10 +488,22 @@ def _report(args) -> int:
     from descore_plugin.report import write_report
     from descore_plugin.utils.errors import prepare_output_dir
 
-    prepare_output_dir(args.output_dir, resume=None, overwrite=args.overwrite, what=f"--output-dir {args.output_dir}",
-                       ours=lambda path: (path / "index.html").is_file())
-    index = write_report(args.path, args.output_dir, reward=args.reward, checks=args.check, model=args.model,
-                         device=args.device, dtype=args.dtype)
+    prepare_output_dir(
+        args.output_dir,
+        resume=None,
+        overwrite=args.overwrite,
+        what=f"--output-dir {args.output_dir}",
+        ours=lambda path: (path / "index.html").is_file(),
+    )
+    index = write_report(
+        args.path,
+        args.output_dir,
+        reward=args.reward,
+        checks=args.check,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+    )
     print(f"wrote {index} (open it in a browser)")
     return 0
 
@@ -359,49 +519,112 @@ def _add_serve_arguments(parser):
     from descore_plugin.serving.server import ServeConfig, default_api_key
 
     defaults = ServeConfig()
-    parser.add_argument("--model", default=os.environ.get("DESCORE_MODEL"),
-                        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
-                             "random model, for trying the protocol)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("DESCORE_MODEL"),
+        help="DeScore checkpoint directory or hub id (default: $DESCORE_MODEL, else the built-in tiny "
+        "random model, for trying the protocol)",
+    )
     add_device_arguments(parser, device_help="the device of a single replica, e.g. cuda:3 (default: cuda if available)")
-    parser.add_argument("--devices", default=None, metavar="D1,D2,...",
-                        help="one model replica per device behind this one port and one queue, e.g. "
-                             "cuda:0,cuda:1,cuda:2,cuda:3 (clients that send everything to one URL still use every "
-                             "GPU); replaces --device")
-    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=defaults.think,
-                        help="scoring mode of requests that do not choose one (Flow-Factory never does): --no-think = "
-                             "the masked-CoT fast path; a client may also pick with the URL prefix /think or "
-                             "/no-think (default: think)")
-    parser.add_argument("--on-bad-video", choices=["error", "nan"], default=defaults.on_bad_video,
-                        help="a video that cannot be scored (or an OpenRLHF response that cannot be located) on "
-                             "/compute, /get_reward and the pickle protocol: error = fail the request naming it "
-                             "(their clients cannot handle a missing score), nan = NaN for it (default: %(default)s)")
-    parser.add_argument("--dedupe-seconds", type=float, default=defaults.dedupe_seconds,
-                        help="keep finished scores this long so that a client's retry of an identical video is not "
-                             "scored again; 0 = off (queued duplicates are always shared) (default: %(default)s)")
-    parser.add_argument("--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)")
-    parser.add_argument("--api-key", default=default_api_key(),
-                        help="key clients must send (default: $DESCORE_API_KEY): header 'Authorization: Bearer KEY', "
-                             "or in the URL as ?api_key=KEY (OpenRLHF, flow_grpo) or the path prefix /key/KEY "
-                             "(Flow-Factory); required off loopback")
-    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                        help="most videos scored in one batch (default: %(default)s)")
-    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                        help="longest wait of the oldest queued video for batch-mates (default: %(default)s)")
-    parser.add_argument("--allow-paths", action="append", default=[], metavar="DIR",
-                        help="a folder whose files requests may name by server path (repeatable; default: none)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="serve yifan123/reward-server's pickle protocol on POST / (no globals unpickled)")
-    parser.add_argument("--max-request-mb", type=float, default=defaults.max_request_mb, help="largest request body, MiB (default: %(default)s)")
-    parser.add_argument("--max-videos-per-request", type=int, default=defaults.max_videos_per_request,
-                        help="most videos in one request (default: %(default)s)")
-    parser.add_argument("--max-frames", type=int, default=defaults.max_frames,
-                        help="most source frames per video, before sampling (default: %(default)s)")
-    parser.add_argument("--max-frame-pixels", type=int, default=defaults.max_frame_pixels,
-                        help="largest uploaded frame area (height x width) (default: %(default)s)")
+    parser.add_argument(
+        "--devices",
+        default=None,
+        metavar="D1,D2,...",
+        help="one model replica per device behind this one port and one queue, e.g. "
+        "cuda:0,cuda:1,cuda:2,cuda:3 (clients that send everything to one URL still use every "
+        "GPU); replaces --device",
+    )
+    parser.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.think,
+        help="scoring mode of requests that do not choose one (Flow-Factory never does): --no-think = "
+        "the masked-CoT fast path; a client may also pick with the URL prefix /think or "
+        "/no-think (default: think)",
+    )
+    parser.add_argument(
+        "--on-bad-video",
+        choices=["error", "nan"],
+        default=defaults.on_bad_video,
+        help="a video that cannot be scored (or an OpenRLHF response that cannot be located) on "
+        "/compute, /get_reward and the pickle protocol: error = fail the request naming it "
+        "(their clients cannot handle a missing score), nan = NaN for it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dedupe-seconds",
+        type=float,
+        default=defaults.dedupe_seconds,
+        help="keep finished scores this long so that a client's retry of an identical video is not "
+        "scored again; 0 = off (queued duplicates are always shared) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default=defaults.host, help="address to bind; non-loopback needs --api-key (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=defaults.port, help="TCP port (0 = any free port) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default_api_key(),
+        help="key clients must send (default: $DESCORE_API_KEY): header 'Authorization: Bearer KEY', "
+        "or in the URL as ?api_key=KEY (OpenRLHF, flow_grpo) or the path prefix /key/KEY "
+        "(Flow-Factory); required off loopback",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=defaults.max_batch_size,
+        help="most videos scored in one batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="longest wait of the oldest queued video for batch-mates (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-paths",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose files requests may name by server path (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="serve yifan123/reward-server's pickle protocol on POST / (no globals unpickled)",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=defaults.max_request_mb,
+        help="largest request body, MiB (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-videos-per-request",
+        type=int,
+        default=defaults.max_videos_per_request,
+        help="most videos in one request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=defaults.max_frames,
+        help="most source frames per video, before sampling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        default=defaults.max_frame_pixels,
+        help="largest uploaded frame area (height x width) (default: %(default)s)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on CoT length (default: the model's)")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                        help="uvicorn's log level (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default: %(default)s)",
+    )
 
 
 def _serve(args):
@@ -422,11 +645,21 @@ def _serve(args):
             raise UserError(f"--allow-paths {folder}: not a directory")
     try:
         config = ServeConfig(
-            host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms, allow_paths=tuple(args.allow_paths), allow_pickle=args.allow_pickle,
-            max_request_mb=args.max_request_mb, max_videos_per_request=args.max_videos_per_request,
-            max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels, max_new_tokens=args.max_new_tokens,
-            think=args.think, on_bad_video=args.on_bad_video, dedupe_seconds=args.dedupe_seconds,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            allow_paths=tuple(args.allow_paths),
+            allow_pickle=args.allow_pickle,
+            max_request_mb=args.max_request_mb,
+            max_videos_per_request=args.max_videos_per_request,
+            max_frames=args.max_frames,
+            max_frame_pixels=args.max_frame_pixels,
+            max_new_tokens=args.max_new_tokens,
+            think=args.think,
+            on_bad_video=args.on_bad_video,
+            dedupe_seconds=args.dedupe_seconds,
         )
     except ValueError as error:  # its message names the setting
         raise UserError(f"--{str(error).split('=')[0].replace('_', '-')}: {error}") from None
@@ -435,8 +668,10 @@ def _serve(args):
     except ValueError as error:  # its message names --host and --api-key
         raise UserError(str(error)) from None
     if config.max_batch_size < 1 or config.max_wait_ms < 0:
-        raise UserError(f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
-                         "need a batch size >= 1 and a wait >= 0")
+        raise UserError(
+            f"--max-batch-size {config.max_batch_size} / --max-wait-ms {config.max_wait_ms:g}: "
+            "need a batch size >= 1 and a wait >= 0"
+        )
     if args.devices is not None:
         if args.device is not None:
             raise UserError("--device and --devices: give one of them (--devices cuda:0,cuda:1 for several replicas)")
@@ -462,10 +697,17 @@ def _serve(args):
         with tempfile.TemporaryDirectory(prefix="descore-tiny-") as folder:
             init_tiny(folder)
             model = [DeScoreReward.from_pretrained(folder, device=d, dtype=dtype) for d in devices]
-        print("descore serve: no --model given: serving the built-in tiny model (random weights, for trying the "
-              "protocol; pass --model DIR_OR_ID for a real one)", file=sys.stderr)
-    print(f"descore serve: http://{config.host}:{config.port} (batches of up to {config.max_batch_size} videos, "
-          f"{config.max_wait_ms:g} ms wait)", file=sys.stderr, flush=True)
+        print(
+            "descore serve: no --model given: serving the built-in tiny model (random weights, for trying the "
+            "protocol; pass --model DIR_OR_ID for a real one)",
+            file=sys.stderr,
+        )
+    print(
+        f"descore serve: http://{config.host}:{config.port} (batches of up to {config.max_batch_size} videos, "
+        f"{config.max_wait_ms:g} ms wait)",
+        file=sys.stderr,
+        flush=True,
+    )
     serve(model, config, log_level=args.log_level)
     return 0
 

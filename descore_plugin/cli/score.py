@@ -78,13 +78,17 @@ def expand_inputs(inputs: list[str], prompts) -> list[ScoreItem]:
         else:
             videos.append(entry)  # a file, or a missing one: scored, or reported in its row
     if not prompts:
-        raise ScoreUsageError("--prompt is required: the text the videos were generated from (or give a CSV/JSONL "
-                              "table with `video` and `prompt` columns)")
+        raise ScoreUsageError(
+            "--prompt is required: the text the videos were generated from (or give a CSV/JSONL "
+            "table with `video` and `prompt` columns)"
+        )
     if len(prompts) == 1:
         prompts = prompts * len(videos)
     elif len(prompts) != len(videos):
-        raise ScoreUsageError(f"{len(prompts)} --prompt flags for {len(videos)} videos: pass one --prompt for all "
-                              "videos, or exactly one per video (in the order of the videos)")
+        raise ScoreUsageError(
+            f"{len(prompts)} --prompt flags for {len(videos)} videos: pass one --prompt for all "
+            "videos, or exactly one per video (in the order of the videos)"
+        )
     items = [ScoreItem(video, prompt) for video, prompt in zip(videos, prompts)]
     for item in items:
         if not item.prompt.strip():
@@ -107,8 +111,10 @@ def _read_table(path: Path) -> list[ScoreItem]:
         return _read_pair_file(path)
     missing = [c for c in ("video", "prompt") if c not in columns]
     if missing:
-        raise ScoreUsageError(f"{path}: no {' and no '.join(repr(c) for c in missing)} column (found {columns}); "
-                              "a table to score has `video` and `prompt` columns")
+        raise ScoreUsageError(
+            f"{path}: no {' and no '.join(repr(c) for c in missing)} column (found {columns}); "
+            "a table to score has `video` and `prompt` columns"
+        )
     if not rows:
         raise ScoreUsageError(f"{path}: has no data rows")
     items = []
@@ -159,14 +165,24 @@ def _done_rows(output: Path) -> tuple[set, int]:
             row = json.loads(line)
             done.add((row["video"], row["prompt"]))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ScoreUsageError(f"{output}, line {n}: not a row of `descore score` (JSON with video and prompt); "
-                                  "choose another --output") from None
+            raise ScoreUsageError(
+                f"{output}, line {n}: not a row of `descore score` (JSON with video and prompt); "
+                "choose another --output"
+            ) from None
         failed += "error" in row
     return done, failed
 
 
-def score_rows(model, items: list[ScoreItem], *, think: bool = True, batch_size: int = 4,
-               max_new_tokens: int | None = None, num_workers: int = 2, progress: bool | None = True):
+def score_rows(
+    model,
+    items: list[ScoreItem],
+    *,
+    think: bool = True,
+    batch_size: int = 4,
+    max_new_tokens: int | None = None,
+    num_workers: int = 2,
+    progress: bool | None = True,
+):
     """Yield one row (dict) per item, in order, scoring `batch_size` decoded videos per `model.score` call; videos
     are decoded in `num_workers` worker processes ahead of the model. A video that fails is an error row.
     progress: show a progress bar (None: only on a terminal)."""
@@ -186,15 +202,25 @@ def score_rows(model, items: list[ScoreItem], *, think: bool = True, batch_size:
             yield {"video": item.video, "prompt": item.prompt, "error": errors[id(item)].error}
 
     order = {id(item): i for i, item in enumerate(items)}
-    chunks = stream_videos([item.video for item in pending], fps=model.config.fps, num_frames=model.config.num_frames,
-                           chunk_size=batch_size, num_workers=num_workers)
+    chunks = stream_videos(
+        [item.video for item in pending],
+        fps=model.config.fps,
+        num_frames=model.config.num_frames,
+        chunk_size=batch_size,
+        num_workers=num_workers,
+    )
     for chunk in chunks:
         decoded = [(pending[v.index], v) for v in chunk]
         good = [(item, v.video) for item, v in decoded if v.error is None]
         out = None
         if good:
-            out = model.score([video for _, video in good], [item.prompt for item, _ in good], think=think,
-                              batch_size=batch_size, max_new_tokens=max_new_tokens)
+            out = model.score(
+                [video for _, video in good],
+                [item.prompt for item, _ in good],
+                think=think,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+            )
         scored = {id(item): k for k, (item, _) in enumerate(good)}
         for item, video_item in decoded:
             yield from emit_until(order[id(item)])
@@ -206,8 +232,12 @@ def score_rows(model, items: list[ScoreItem], *, think: bool = True, batch_size:
             k = scored[id(item)]
             row = {"video": item.video, "prompt": item.prompt, "reward": float(out.rewards[k])}
             if out.cots is not None:
-                row.update(cot=out.cots[k], dimensional_scores=out.dimensional_scores[k],
-                           overall_score=out.overall_scores[k], parse_error=out.parse_errors[k])
+                row.update(
+                    cot=out.cots[k],
+                    dimensional_scores=out.dimensional_scores[k],
+                    overall_score=out.overall_scores[k],
+                    parse_error=out.parse_errors[k],
+                )
             row["uncertainty"] = float(out.uncertainty[k]) if out.uncertainty is not None else None
             yield row
     yield from emit_until(len(items))
@@ -225,8 +255,10 @@ def _print_row(row: dict, as_json: bool):
     if row.get("cot") is not None:
         print(f"CoT: {row['cot'].strip()}")
         scores = row["dimensional_scores"]
-        print("dimension scores: " + (", ".join(f"{k}={v}" for k, v in scores.items()) if scores else
-                                      f"unparsed ({row['parse_error']})"))
+        print(
+            "dimension scores: "
+            + (", ".join(f"{k}={v}" for k, v in scores.items()) if scores else f"unparsed ({row['parse_error']})")
+        )
     uncertainty = f" ± {row['uncertainty']:.3f}" if row.get("uncertainty") is not None else ""
     print(f"reward: {row['reward']:.4f}{uncertainty}", flush=True)
 
@@ -238,11 +270,14 @@ def score_command(args) -> int:
     try:
         items = expand_inputs(args.videos, args.prompt)
         if not args.model:
-            raise ScoreUsageError("no model: pass --model DIR_OR_ID or set DESCORE_MODEL "
-                                  "(try `descore init-tiny tiny/` first)")
+            raise ScoreUsageError(
+                "no model: pass --model DIR_OR_ID or set DESCORE_MODEL (try `descore init-tiny tiny/` first)"
+            )
         if args.batch_size < 1 or args.num_workers < 0:
-            raise ScoreUsageError(f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
-                                  "need a batch of at least 1 and 0 or more workers")
+            raise ScoreUsageError(
+                f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
+                "need a batch of at least 1 and 0 or more workers"
+            )
         output = Path(args.output) if args.output else None
         resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
         if output is not None:
@@ -256,12 +291,23 @@ def score_command(args) -> int:
         print(f"descore score: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     if output is not None and len(todo) < len(items):
-        print(f"{output}: {len(items) - len(todo)} of {len(items)} videos already scored, {len(todo)} to go",
-              file=sys.stderr)
-    rows = score_rows(model, todo, think=not args.no_think, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, num_workers=args.num_workers,
-                      progress=True if output else None) if model is not None else (
-        {"video": item.video, "prompt": item.prompt, "error": item.error} for item in todo)
+        print(
+            f"{output}: {len(items) - len(todo)} of {len(items)} videos already scored, {len(todo)} to go",
+            file=sys.stderr,
+        )
+    rows = (
+        score_rows(
+            model,
+            todo,
+            think=not args.no_think,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            num_workers=args.num_workers,
+            progress=True if output else None,
+        )
+        if model is not None
+        else ({"video": item.video, "prompt": item.prompt, "error": item.error} for item in todo)
+    )
     if output is None:
         for row in rows:
             failed += "error" in row

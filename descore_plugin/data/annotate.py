@@ -40,8 +40,17 @@ from descore_plugin.data.pairs import Pair
 from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.utils.errors import UserError
 
-__all__ = ["KEEP_MODES", "REASONS", "AnnotateSummary", "LocalTeacher", "ChatTeacher", "make_teacher",
-           "annotate_pairs", "rejected_path", "teacher_verdict"]
+__all__ = [
+    "KEEP_MODES",
+    "REASONS",
+    "AnnotateSummary",
+    "LocalTeacher",
+    "ChatTeacher",
+    "make_teacher",
+    "annotate_pairs",
+    "rejected_path",
+    "teacher_verdict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +69,16 @@ class TeacherError(Exception):
 class LocalTeacher:
     """A DeScore checkpoint or a plain Qwen2.5-VL / Qwen3-VL, run here: batched greedy CoT generation."""
 
-    def __init__(self, model, *, device=None, dtype=None, prompt_template: str | None = None,
-                 max_new_tokens: int | None = None, batch_size: int = 4):
+    def __init__(
+        self,
+        model,
+        *,
+        device=None,
+        dtype=None,
+        prompt_template: str | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4,
+    ):
         from descore_plugin.modeling.model import DeScoreReward
 
         overrides = {"prompt_template": prompt_template} if prompt_template else {}
@@ -73,8 +90,14 @@ class LocalTeacher:
     def describe(self, videos: list[str], prompts: list[str], instructions: list) -> list:
         """One CoT (text) per video, or a TeacherError where the video could not be judged."""
         try:
-            out = self.model.score(videos, prompts, think=True, batch_size=self.batch_size,
-                                   max_new_tokens=self.max_new_tokens, instructions=instructions)
+            out = self.model.score(
+                videos,
+                prompts,
+                think=True,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                instructions=instructions,
+            )
             return list(out.cots)
         except UserError as error:  # one bad video in the batch: judge them one by one to find it
             if len(videos) == 1:
@@ -85,12 +108,24 @@ class LocalTeacher:
 class ChatTeacher:
     """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, hosted models)."""
 
-    def __init__(self, url: str, *, model: str | None = None, api_key: str | None = None,
-                 prompt_template: str | None = None, max_new_tokens: int = 4096, video_as: str = "video",
-                 num_frames: int = 8, concurrency: int = 4, timeout: float = 300.0,
-                 repetition_penalty: float | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        prompt_template: str | None = None,
+        max_new_tokens: int = 4096,
+        video_as: str = "video",
+        num_frames: int = 8,
+        concurrency: int = 4,
+        timeout: float = 300.0,
+        repetition_penalty: float | None = None,
+    ):
         if video_as not in ("video", "frames"):
-            raise ValueError(f"video_as={video_as!r}: expected 'video' (a video_url part) or 'frames' (image_url parts)")
+            raise ValueError(
+                f"video_as={video_as!r}: expected 'video' (a video_url part) or 'frames' (image_url parts)"
+            )
         self.endpoint = chat_endpoint(url)
         self.api_key = api_key
         self.template = load_template(prompt_template)
@@ -127,8 +162,9 @@ class ChatTeacher:
         try:
             models = self._post(url, None).get("data") or []
         except TeacherError as error:
-            raise UserError(f"--teacher {self.endpoint}: cannot list the served models ({error}); "
-                            "pass --teacher-model NAME") from None
+            raise UserError(
+                f"--teacher {self.endpoint}: cannot list the served models ({error}); pass --teacher-model NAME"
+            ) from None
         if not models:
             raise UserError(f"--teacher {self.endpoint}: {url} lists no model; pass --teacher-model NAME")
         return models[0]["id"]
@@ -144,9 +180,15 @@ class ChatTeacher:
             elif self.video_as == "video":
                 content.append({"type": "video_url", "video_url": {"url": _data_url(video)}})
             else:
-                content += [{"type": "image_url", "image_url": {"url": url}} for url in _frame_urls(video, self.num_frames)]
-        payload = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                   "max_tokens": self.max_new_tokens, "temperature": 0.0}
+                content += [
+                    {"type": "image_url", "image_url": {"url": url}} for url in _frame_urls(video, self.num_frames)
+                ]
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_new_tokens,
+            "temperature": 0.0,
+        }
         if self.repetition_penalty is not None:  # a vLLM / SGLang sampling extra; hosted APIs may refuse it
             payload["repetition_penalty"] = self.repetition_penalty
         return payload
@@ -202,8 +244,17 @@ def make_teacher(teacher: str, **options):
     """A ChatTeacher for an http(s) URL, else a LocalTeacher (hub id or folder). `options` go to the one chosen;
     those that apply to the other kind only are dropped."""
     if teacher.startswith(("http://", "https://")):
-        keys = ("model", "api_key", "prompt_template", "max_new_tokens", "video_as", "num_frames", "concurrency",
-                "timeout", "repetition_penalty")
+        keys = (
+            "model",
+            "api_key",
+            "prompt_template",
+            "max_new_tokens",
+            "video_as",
+            "num_frames",
+            "concurrency",
+            "timeout",
+            "repetition_penalty",
+        )
         chosen = {k: v for k, v in options.items() if k in keys and v is not None}
         return ChatTeacher(teacher, **chosen)
     keys = ("device", "dtype", "prompt_template", "max_new_tokens", "batch_size")
@@ -238,8 +289,15 @@ def rejected_path(output) -> Path:
     return output.with_name(output.stem + ".rejected" + (output.suffix or ".jsonl"))
 
 
-def annotate_pairs(pairs: list[Pair], teacher, output, *, keep: str = "agree", progress: bool | None = True,
-                   batch_pairs: int | None = None) -> AnnotateSummary:
+def annotate_pairs(
+    pairs: list[Pair],
+    teacher,
+    output,
+    *,
+    keep: str = "agree",
+    progress: bool | None = True,
+    batch_pairs: int | None = None,
+) -> AnnotateSummary:
     """Ask `teacher` for a CoT on each video of each pair and append the kept pairs to `output` (the descore-plugin
     pair format, with cot_a/cot_b and scores_a/scores_b), the others to `rejected_path(output)`. Pairs already in
     either file are skipped (a teacher error is retried). Returns the summary of this file's pairs."""
@@ -257,11 +315,16 @@ def annotate_pairs(pairs: list[Pair], teacher, output, *, keep: str = "agree", p
     todo = [p for p in pairs if _key(p) not in done]
     output.parent.mkdir(parents=True, exist_ok=True)
     step = batch_pairs or max(1, (getattr(teacher, "batch_size", 2) + 1) // 2)
-    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair", desc="annotating",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=len(pairs),
+        initial=len(pairs) - len(todo),
+        unit="pair",
+        desc="annotating",
+        disable=None if progress is None else not progress,
+    )
     with open(output, "a", encoding="utf-8") as kept_file, open(rejected, "a", encoding="utf-8") as rejected_file:
         for start in range(0, len(todo), step):
-            chunk = todo[start: start + step]
+            chunk = todo[start : start + step]
             ask = [p for p in chunk if p.label != "invalid"]
             videos = [v for p in ask for v in p.videos]
             prompts = [p.prompt for p in ask for _ in range(2)]
@@ -269,7 +332,10 @@ def annotate_pairs(pairs: list[Pair], teacher, output, *, keep: str = "agree", p
             answers = iter(teacher.describe(videos, prompts, instructions) if ask else [])
             for pair in chunk:
                 if pair.label == "invalid":
-                    row, reason = _rejected_row(pair, output.parent, "invalid label", "labelled invalid: never trained"), "invalid label"
+                    row, reason = (
+                        _rejected_row(pair, output.parent, "invalid label", "labelled invalid: never trained"),
+                        "invalid label",
+                    )
                 else:
                     row, reason = _judge(pair, next(answers), next(answers), keep, output.parent)
                 if reason is None:
@@ -300,8 +366,10 @@ def _judge(pair: Pair, answer_a, answer_b, keep: str, folder: Path):
             return row, "parse failure"
     verdict = teacher_verdict(parsed_a.overall_score, parsed_b.overall_score)
     if keep == "agree" and verdict != pair.label:
-        detail = (f"teacher says {verdict} (overall {parsed_a.overall_score:g} vs {parsed_b.overall_score:g}), "
-                  f"label {pair.label}")
+        detail = (
+            f"teacher says {verdict} (overall {parsed_a.overall_score:g} vs {parsed_b.overall_score:g}), "
+            f"label {pair.label}"
+        )
         return _rejected_row(pair, folder, "disagreement", detail, cot_a, cot_b), "disagreement"
     row = _pair_row(pair, folder)
     row.update(cot_a=cot_a, cot_b=cot_b, scores_a=parsed_a.dimensional_scores, scores_b=parsed_b.dimensional_scores)
@@ -309,13 +377,25 @@ def _judge(pair: Pair, answer_a, answer_b, keep: str, folder: Path):
 
 
 def _pair_row(pair: Pair, folder: Path) -> dict:
-    return {"video_a": _relative(pair.video_a, folder), "video_b": _relative(pair.video_b, folder),
-            "prompt": pair.prompt, "label": pair.label, "slice": pair.slice, "instruction": pair.instruction}
+    return {
+        "video_a": _relative(pair.video_a, folder),
+        "video_b": _relative(pair.video_b, folder),
+        "prompt": pair.prompt,
+        "label": pair.label,
+        "slice": pair.slice,
+        "instruction": pair.instruction,
+    }
 
 
 def _rejected_row(pair: Pair, folder: Path, reason: str, detail: str, cot_a=None, cot_b=None) -> dict:
-    row = {**_pair_row(pair, folder), "reason": reason, "detail": detail, "cot_a": cot_a, "cot_b": cot_b,
-           "origin": pair.origin}
+    row = {
+        **_pair_row(pair, folder),
+        "reason": reason,
+        "detail": detail,
+        "cot_a": cot_a,
+        "cot_b": cot_b,
+        "origin": pair.origin,
+    }
     return {key: value for key, value in row.items() if value is not None}
 
 
@@ -349,8 +429,9 @@ def _rows(path: Path, what: str) -> list[dict]:
             if not all(k in row for k in ("video_a", "video_b", "prompt")):
                 raise KeyError
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}, line {number}: not a row of `descore annotate` ({what} pairs); "
-                            "choose another --output") from None
+            raise UserError(
+                f"{path}, line {number}: not a row of `descore annotate` ({what} pairs); choose another --output"
+            ) from None
         rows.append(row)
     return rows
 

@@ -25,12 +25,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from descore_plugin.utils.files import atomic_write_text
 from descore_plugin.data.pairs import DataError, Pair
 from descore_plugin.data.video import VideoInputError
+from descore_plugin.utils.files import atomic_write_text
 
-__all__ = ["BadRow", "find_bad_rows", "check_training_videos", "write_skipped_rows", "sampling_settings",
-           "SKIPPED_ROWS_FILE"]
+__all__ = [
+    "BadRow",
+    "find_bad_rows",
+    "check_training_videos",
+    "write_skipped_rows",
+    "sampling_settings",
+    "SKIPPED_ROWS_FILE",
+]
 
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
 
@@ -80,8 +86,15 @@ def _quiet_decoders():
         pass
 
 
-def find_bad_rows(pairs: list[Pair], load, data: str, *, workers: int | None = None, progress: bool = True,
-                  desc: str = "checking videos") -> list[BadRow]:
+def find_bad_rows(
+    pairs: list[Pair],
+    load,
+    data: str,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "checking videos",
+) -> list[BadRow]:
     """Decode every distinct video of `pairs` once with `load` (path -> decoded video, raising VideoInputError),
     `workers` at a time, and return one BadRow per (row, field) whose video failed, in file order."""
     paths = list(dict.fromkeys(path for pair in pairs for path in pair.videos))
@@ -104,9 +117,18 @@ def find_bad_rows(pairs: list[Pair], load, data: str, *, workers: int | None = N
     return bad
 
 
-def check_training_videos(train_pairs: list[Pair], eval_pairs: list[Pair] | None, load, *, train_data: str,
-                          eval_data: str | None = None, skip: bool = False, report_path=None,
-                          main_process: bool = True, workers: int | None = None):
+def check_training_videos(
+    train_pairs: list[Pair],
+    eval_pairs: list[Pair] | None,
+    load,
+    *,
+    train_data: str,
+    eval_data: str | None = None,
+    skip: bool = False,
+    report_path=None,
+    main_process: bool = True,
+    workers: int | None = None,
+):
     """Check the videos of the training (and evaluation) pairs before training starts.
 
     Returns `(train_pairs, eval_pairs, bad_rows)`: without `skip`, a bad video raises DataError naming the first bad
@@ -114,18 +136,22 @@ def check_training_videos(train_pairs: list[Pair], eval_pairs: list[Pair] | None
     says how many, and `bad_rows` lists them (`write_skipped_rows` writes them to `report_path`, once the output
     folder may be written).
     """
-    bad = find_bad_rows(train_pairs, load, train_data, workers=workers, progress=main_process,
-                        desc="checking training videos")
+    bad = find_bad_rows(
+        train_pairs, load, train_data, workers=workers, progress=main_process, desc="checking training videos"
+    )
     if eval_pairs:
-        bad += find_bad_rows(eval_pairs, load, eval_data, workers=workers, progress=main_process,
-                             desc="checking evaluation videos")
+        bad += find_bad_rows(
+            eval_pairs, load, eval_data, workers=workers, progress=main_process, desc="checking evaluation videos"
+        )
     if not bad:
         return train_pairs, eval_pairs, []
     rows = {(b.data, b.row) for b in bad}
     if not skip:
         more = f" ({len(rows)} rows have unusable videos)" if len(rows) > 1 else ""
-        raise DataError(f"{bad[0].message()}{more}; fix or remove the row, or pass --skip-bad-rows to go on with the "
-                        "other rows (the skipped ones are then listed in the output folder)")
+        raise DataError(
+            f"{bad[0].message()}{more}; fix or remove the row, or pass --skip-bad-rows to go on with the "
+            "other rows (the skipped ones are then listed in the output folder)"
+        )
 
     def keep(pairs, data):
         bad_files = {b.file for b in bad if b.data == str(data)}
@@ -134,17 +160,22 @@ def check_training_videos(train_pairs: list[Pair], eval_pairs: list[Pair] | None
     train_kept = keep(train_pairs, train_data)
     eval_kept = keep(eval_pairs, eval_data) if eval_pairs else eval_pairs
     if not train_kept:
-        raise DataError(f"{train_data}: every one of the {len(train_pairs)} rows has an unusable video "
-                        f"(first: {bad[0].message()})")
+        raise DataError(
+            f"{train_data}: every one of the {len(train_pairs)} rows has an unusable video (first: {bad[0].message()})"
+        )
     if eval_pairs and not eval_kept:
-        raise DataError(f"{eval_data}: every one of the {len(eval_pairs)} evaluation rows has an unusable video "
-                        f"(first: {next(b for b in bad if b.data == str(eval_data)).message()})")
+        raise DataError(
+            f"{eval_data}: every one of the {len(eval_pairs)} evaluation rows has an unusable video "
+            f"(first: {next(b for b in bad if b.data == str(eval_data)).message()})"
+        )
     if main_process:
         listed = f"; listed in {report_path}" if report_path is not None else ""
-        logger.warning(f"--skip-bad-rows: left out {len(train_pairs) - len(train_kept)} of {len(train_pairs)} rows of "
-                       f"{train_data}"
-                       + (f" and {len(eval_pairs) - len(eval_kept)} of {len(eval_pairs)} of {eval_data}" if eval_pairs else "")
-                       + f" with unusable videos{listed}")
+        logger.warning(
+            f"--skip-bad-rows: left out {len(train_pairs) - len(train_kept)} of {len(train_pairs)} rows of "
+            f"{train_data}"
+            + (f" and {len(eval_pairs) - len(eval_kept)} of {len(eval_pairs)} of {eval_data}" if eval_pairs else "")
+            + f" with unusable videos{listed}"
+        )
     return train_kept, eval_kept, bad
 
 

@@ -31,11 +31,20 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from descore_plugin.data.pairs import DataError, Pair
-from descore_plugin.modeling.model import DeScoreReward
 from descore_plugin.data.video import Video, load_video
+from descore_plugin.modeling.model import DeScoreReward
 
-__all__ = ["VideoCache", "PairOrder", "PairBatchSampler", "PairDataset", "PairCollator", "InputEncoder",
-           "pair_loader", "stream_videos", "VideoItem"]
+__all__ = [
+    "VideoCache",
+    "PairOrder",
+    "PairBatchSampler",
+    "PairDataset",
+    "PairCollator",
+    "InputEncoder",
+    "pair_loader",
+    "stream_videos",
+    "VideoItem",
+]
 
 
 class VideoCache:
@@ -156,8 +165,14 @@ class PairCollator:
     The masking coin of pair j is rng.random(n)[j] < cot_mask_prob with rng = default_rng([seed, micro_step, rank])
     (one coin per pair: both videos lose their CoT, DeScore Sec. 3.2)."""
 
-    def __init__(self, encoder: InputEncoder | None, num_processes: int, seed: int, cot_mask_prob: float,
-                 with_labels: bool = False):
+    def __init__(
+        self,
+        encoder: InputEncoder | None,
+        num_processes: int,
+        seed: int,
+        cot_mask_prob: float,
+        with_labels: bool = False,
+    ):
         self.encoder, self.num_processes, self.seed = encoder, num_processes, seed
         self.cot_mask_prob, self.with_labels = cot_mask_prob, with_labels
 
@@ -166,26 +181,51 @@ class PairCollator:
         pairs = [item.pair for item in items]
         rng = np.random.default_rng([self.seed, micro_step, rank])
         masked = rng.random(len(pairs)) < self.cot_mask_prob
-        batch = {"pairs": pairs, "videos": [i.video_a for i in items] + [i.video_b for i in items],
-                 "masked": masked, "micro_step": micro_step, "rank": rank}
+        batch = {
+            "pairs": pairs,
+            "videos": [i.video_a for i in items] + [i.video_b for i in items],
+            "masked": masked,
+            "micro_step": micro_step,
+            "rank": rank,
+        }
         if self.encoder is not None:
-            cots = ([None if m else p.cot_a for p, m in zip(pairs, masked)]
-                    + [None if m else p.cot_b for p, m in zip(pairs, masked)])
+            cots = [None if m else p.cot_a for p, m in zip(pairs, masked)] + [
+                None if m else p.cot_b for p, m in zip(pairs, masked)
+            ]
             prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
             encoded = self.encoder.encode_prompts(batch["videos"], prompts, instructions, stage="stage1")
             batch["inputs"] = self.encoder.append_cots(encoded, cots, with_labels=self.with_labels)
         return batch
 
 
-def pair_loader(pairs: list[Pair], *, fps, num_frames, batch_size: int, seed: int, start_micro_step: int,
-                stop_micro_step: int, num_processes: int, collate: PairCollator, num_workers: int = 0,
-                prefetch_factor: int = 2, cache_bytes: int = 0, pin_memory: bool = False) -> DataLoader:
+def pair_loader(
+    pairs: list[Pair],
+    *,
+    fps,
+    num_frames,
+    batch_size: int,
+    seed: int,
+    start_micro_step: int,
+    stop_micro_step: int,
+    num_processes: int,
+    collate: PairCollator,
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    cache_bytes: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """The training DataLoader for micro-steps [start, stop) of every process (prepare it with accelerate to shard)."""
-    sampler = PairBatchSampler(PairOrder(len(pairs), seed), batch_size, start_micro_step * num_processes,
-                               stop_micro_step * num_processes)
-    return DataLoader(PairDataset(pairs, fps, num_frames, cache_bytes), batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, prefetch_factor=prefetch_factor if num_workers else None,
-                      pin_memory=pin_memory)
+    sampler = PairBatchSampler(
+        PairOrder(len(pairs), seed), batch_size, start_micro_step * num_processes, stop_micro_step * num_processes
+    )
+    return DataLoader(
+        PairDataset(pairs, fps, num_frames, cache_bytes),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor if num_workers else None,
+        pin_memory=pin_memory,
+    )
 
 
 # ---------------------------------------------------------------------- scoring streams
@@ -210,8 +250,11 @@ class _VideoList(Dataset):
         is_path = isinstance(source, (str, os.PathLike))
         name = str(source) if is_path else f"videos[{index}]"
         try:
-            video = self.videos(str(source), name=name) if is_path else load_video(
-                source, fps=self.videos.fps, num_frames=self.videos.num_frames, name=name)
+            video = (
+                self.videos(str(source), name=name)
+                if is_path
+                else load_video(source, fps=self.videos.fps, num_frames=self.videos.num_frames, name=name)
+            )
             return VideoItem(index, source, video, None)
         except Exception as error:  # a corrupt or missing file is a row's error, not the end of the stream
             message = str(error)
@@ -222,14 +265,27 @@ def _items(batch):
     return batch
 
 
-def stream_videos(sources: list, *, fps, num_frames, chunk_size: int, num_workers: int = 0, prefetch_factor: int = 2,
-                  cache_bytes: int = 0):
+def stream_videos(
+    sources: list,
+    *,
+    fps,
+    num_frames,
+    chunk_size: int,
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    cache_bytes: int = 0,
+):
     """Yield lists of `VideoItem` (up to chunk_size, in order) for `sources` (paths or in-memory videos), decoded in
     `num_workers` worker processes ahead of the consumer. Failures are returned as items with `error`, never
     raised, so that a caller can report them per video and go on."""
     if not sources:
         return
-    loader = DataLoader(_VideoList(list(sources), fps, num_frames, cache_bytes), batch_size=chunk_size,
-                        shuffle=False, collate_fn=_items, num_workers=num_workers,
-                        prefetch_factor=prefetch_factor if num_workers else None)
+    loader = DataLoader(
+        _VideoList(list(sources), fps, num_frames, cache_bytes),
+        batch_size=chunk_size,
+        shuffle=False,
+        collate_fn=_items,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor if num_workers else None,
+    )
     yield from loader

@@ -61,9 +61,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from descore_plugin.modeling.prompt import DIMENSIONS
 from descore_plugin.utils.errors import UserError
 from descore_plugin.utils.jsonl import read_jsonl
-from descore_plugin.modeling.prompt import DIMENSIONS
 
 __all__ = ["LABELS", "DataError", "Pair", "load_pairs", "save_pairs"]
 
@@ -105,8 +105,9 @@ class Pair:
         return self.video_a, self.video_b
 
 
-def load_pairs(path, *, require_scores: bool = False, check_videos: bool = True,
-               label_column: str | None = None) -> list[Pair]:
+def load_pairs(
+    path, *, require_scores: bool = False, check_videos: bool = True, label_column: str | None = None
+) -> list[Pair]:
     """Read and validate a pair file (.csv or .jsonl) in any format of the module docstring.
 
     require_scores: every row must carry scores_a and scores_b (stage-2 RL needs the per-dimension truth).
@@ -232,8 +233,10 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
 def _parse_record(record: dict, where: str, folder: Path, label_column: str | None = None) -> Pair:
     videoalign = "path_A" in record or "path_B" in record
     if label_column is not None and not videoalign:
-        raise DataError(f"{where}: --label-column {label_column} applies to VideoAlign / VideoGen-RewardBench files "
-                        "(path_A, path_B, ...); this file's format has a fixed label field")
+        raise DataError(
+            f"{where}: --label-column {label_column} applies to VideoAlign / VideoGen-RewardBench files "
+            "(path_A, path_B, ...); this file's format has a fixed label field"
+        )
     if "video_a" in record or "video_b" in record:
         return _parse_native(record, where, folder)
     if "videos" in record:
@@ -330,8 +333,11 @@ def _parse_videoalign(record: dict, where: str, folder: Path, column: str = "Ove
         others = [name for name in record if name not in ("path_A", "path_B", "prompt")]
         raise DataError(
             f"{where}: no label column '{column}' (columns: {', '.join(others)}); "
-            + ("choose the column that holds the A / B / same label with --label-column (e.g. --label-column TA)"
-               if default else "pass one of those to --label-column")
+            + (
+                "choose the column that holds the A / B / same label with --label-column (e.g. --label-column TA)"
+                if default
+                else "pass one of those to --label-column"
+            )
         )
     label = _required_text(record, column, where)
     if label not in _VIDEOALIGN_LABELS:
@@ -409,7 +415,9 @@ def _scores(value, where: str) -> dict | None:
     for name in DIMENSIONS:
         score = value[name]
         if isinstance(score, bool) or not (score in SCORE_VALUES or score in SCORE_STRINGS):
-            raise DataError(f"{where}: '{name}' = {score!r} is not one of 0, 1, 2, \"N/A\" (or the strings \"0\", \"1\", \"2\")")
+            raise DataError(
+                f'{where}: \'{name}\' = {score!r} is not one of 0, 1, 2, "N/A" (or the strings "0", "1", "2")'
+            )
         # Kept as written: the official rule reward compares with `==`, so "2" and 2 are different ground truths.
         scores[name] = int(score) if isinstance(score, float) else score
     return scores

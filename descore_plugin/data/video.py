@@ -34,9 +34,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from descore_plugin.utils.files import follow_umask
 from descore_plugin.utils.errors import UserError
-
+from descore_plugin.utils.files import follow_umask
 
 # Wan 2.1 generates video at 16 frames per second; used for in-memory frames when `video_fps` is not given.
 DEFAULT_VIDEO_FPS = 16.0
@@ -128,8 +127,7 @@ def sample_frame_indices(
             )
         if num_frames > total_frames:
             raise VideoInputError(
-                f"{name}: num_frames={num_frames} but the video has only {total_frames} frames; "
-                "ask for fewer frames."
+                f"{name}: num_frames={num_frames} but the video has only {total_frames} frames; ask for fewer frames."
             )
         num = num_frames
     elif fps is not None:
@@ -177,7 +175,10 @@ def frame_max_pixels(num_frames: int, factor: int, min_pixels: int, max_pixels: 
     """The per-frame pixel ceiling qwen-vl-utils' `fetch_video` applies: the requested `max_pixels`, but at most
     768 tokens per frame and at most a 2/num_frames share of its sequence budget, and never below 1.05 x min_pixels."""
     ceiling = max(
-        min(VIDEO_MAX_TOKENS_PER_FRAME * factor * factor, VIDEO_TOTAL_TOKENS * factor * factor / num_frames * TEMPORAL_PATCH_SIZE),
+        min(
+            VIDEO_MAX_TOKENS_PER_FRAME * factor * factor,
+            VIDEO_TOTAL_TOKENS * factor * factor / num_frames * TEMPORAL_PATCH_SIZE,
+        ),
         int(min_pixels * 1.05),
     )
     return min(max_pixels, ceiling)
@@ -190,8 +191,9 @@ def resize_frames(video: "Video", factor: int, min_pixels: int, max_pixels: int)
     from torchvision.transforms.functional import resize
 
     count, _, height, width = video.frames.shape
-    size = smart_resize(height, width, factor, min_pixels, frame_max_pixels(count, factor, min_pixels, max_pixels),
-                        name=video.name)
+    size = smart_resize(
+        height, width, factor, min_pixels, frame_max_pixels(count, factor, min_pixels, max_pixels), name=video.name
+    )
     frames = video.frames
     if size != (height, width):
         frames = resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
@@ -243,9 +245,14 @@ def load_video(
 
     name = name or "video"
     if video_fps is not None and (
-        isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)) or not math.isfinite(video_fps) or video_fps <= 0
+        isinstance(video_fps, bool)
+        or not isinstance(video_fps, (int, float))
+        or not math.isfinite(video_fps)
+        or video_fps <= 0
     ):
-        raise VideoInputError(f"{name}: video_fps={video_fps!r} (the frame rate of in-memory frames) must be a positive number.")
+        raise VideoInputError(
+            f"{name}: video_fps={video_fps!r} (the frame rate of in-memory frames) must be a positive number."
+        )
     source_fps = float(video_fps) if video_fps is not None else DEFAULT_VIDEO_FPS
     if isinstance(source, (list, tuple)):
         images = _check_pil_frames(source, name)
@@ -268,7 +275,9 @@ def load_video(
             f"{name} has unsupported type {type(source).__name__}; pass a path, a list of PIL images, "
             "or an array/tensor of shape (F, 3, H, W) or (F, H, W, 3)."
         )
-    return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames)
+    return Video(
+        frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames
+    )
 
 
 def split_videos(videos) -> list:
@@ -294,9 +303,7 @@ def split_videos(videos) -> list:
                 f"videos is a 4-D {type(videos).__name__} of shape {tuple(videos.shape)}: one video or a batch of "
                 "images? Wrap one video in a list ([video]) or add the batch dimension (video[None])."
             )
-        raise VideoInputError(
-            f"videos has shape {tuple(videos.shape)}; a batch tensor must be 5-D (B, F, C, H, W)."
-        )
+        raise VideoInputError(f"videos has shape {tuple(videos.shape)}; a batch tensor must be 5-D (B, F, C, H, W).")
     if isinstance(videos, (str, Path)):
         raise VideoInputError(f"videos is a single path ({videos}); wrap it in a list: [path].")
     raise VideoInputError(
@@ -453,7 +460,9 @@ def _load_file(path: Path, *, fps, num_frames, name, backend: str) -> Video:
     }[backend]
     for decode in decoders:
         try:
-            frames, indices, sampled_fps, source_fps, total_frames = decode(path, fps=fps, num_frames=num_frames, name=label)
+            frames, indices, sampled_fps, source_fps, total_frames = decode(
+                path, fps=fps, num_frames=num_frames, name=label
+            )
         except VideoInputError:  # a sampling request this video cannot satisfy: not a decoder failure
             raise
         except ImportError:  # a backend asked for by name must be installed; "auto" moves on without it
@@ -467,7 +476,9 @@ def _load_file(path: Path, *, fps, num_frames, name, backend: str) -> Video:
             failures.append(f"{decode.__name__.removeprefix('_decode_with_')}: {type(error).__name__}: {message}")
             continue
         frames = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
-        return Video(frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames)
+        return Video(
+            frames=frames, fps=sampled_fps, source_fps=source_fps, name=name, indices=indices, total_frames=total_frames
+        )
     raise VideoInputError(
         f"{label}: cannot decode the file (not a video, or corrupt or truncated). " + "; ".join(failures)
     )

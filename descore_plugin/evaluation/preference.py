@@ -23,18 +23,43 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from descore_plugin.data.pairs import Pair
-from descore_plugin.evaluation.metrics import (accuracy_by_slice, accuracy_ties_as_errors, accuracy_with_ties,
-                                               accuracy_without_ties)
+from descore_plugin.evaluation.metrics import (
+    accuracy_by_slice,
+    accuracy_ties_as_errors,
+    accuracy_with_ties,
+    accuracy_without_ties,
+)
 
-__all__ = ["evaluate_pairs", "write_evaluation", "SUMMARY_KEYS",
-           "CSV_COLUMNS"]
+__all__ = ["evaluate_pairs", "write_evaluation", "SUMMARY_KEYS", "CSV_COLUMNS"]
 
-SUMMARY_KEYS = ("accuracy_with_ties", "accuracy_without_ties", "accuracy_ties_as_errors", "num_pairs",
-                "num_pairs_without_ties",
-                "num_pairs_invalid", "num_videos_scored", "think", "accuracy_without_ties_by_slice")
+SUMMARY_KEYS = (
+    "accuracy_with_ties",
+    "accuracy_without_ties",
+    "accuracy_ties_as_errors",
+    "num_pairs",
+    "num_pairs_without_ties",
+    "num_pairs_invalid",
+    "num_videos_scored",
+    "think",
+    "accuracy_without_ties_by_slice",
+)
 """What goes into accuracy.json (the by-slice entry only when some pair carries a slice tag)."""
-CSV_COLUMNS = ("video_a", "video_b", "prompt", "label", "slice", "reward_a", "reward_b", "margin", "cot_a", "cot_b",
-               "parse_error_a", "parse_error_b", "scores_a", "scores_b")
+CSV_COLUMNS = (
+    "video_a",
+    "video_b",
+    "prompt",
+    "label",
+    "slice",
+    "reward_a",
+    "reward_b",
+    "margin",
+    "cot_a",
+    "cot_b",
+    "parse_error_a",
+    "parse_error_b",
+    "scores_a",
+    "scores_b",
+)
 """pairs_scored.csv: parse_error_* says why a CoT did not parse (empty when it did, or without a CoT); scores_* is
 the data's per-dimension truth of the video as JSON (e.g. the synthetic world's true defects), when the pair file
 carries it."""
@@ -58,16 +83,22 @@ def _video_chunks(model, keys: list, batch_size: int, load, num_workers: int):
         return
     from descore_plugin.data.loader import stream_videos
 
-    for items in stream_videos([path for path, *_ in keys], fps=model.config.fps, num_frames=model.config.num_frames,
-                               chunk_size=batch_size, num_workers=num_workers):
+    for items in stream_videos(
+        [path for path, *_ in keys],
+        fps=model.config.fps,
+        num_frames=model.config.num_frames,
+        chunk_size=batch_size,
+        num_workers=num_workers,
+    ):
         failed = [item.error for item in items if item.error]
         if failed:
             raise ValueError(failed[0])
         yield [item.video for item in items]
 
 
-def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load,
-                         num_workers: int = 0) -> dict:
+def _score_unique_videos(
+    model, keys: list, think: bool, batch_size: int, max_new_tokens, progress: bool, load, num_workers: int = 0
+) -> dict:
     """{(real path, prompt, instruction): (reward, CoT or None, why the CoT did not parse or None)}, scoring
     `batch_size` videos per `model.score` call."""
     scored = {}
@@ -76,9 +107,14 @@ def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_ne
         for start, videos in zip(range(0, len(keys), batch_size), chunks):
             chunk = keys[start : start + batch_size]
             instructions = [key[2] for key in chunk]  # passed only when some pair carries one (official CSV)
-            out = model.score(videos, [key[1] for key in chunk], think=think,
-                              **({"instructions": instructions} if any(instructions) else {}),
-                              batch_size=batch_size, max_new_tokens=max_new_tokens)
+            out = model.score(
+                videos,
+                [key[1] for key in chunk],
+                think=think,
+                **({"instructions": instructions} if any(instructions) else {}),
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+            )
             cots = out.cots if out.cots is not None else [None] * len(chunk)
             errors = getattr(out, "parse_errors", None) or [None] * len(chunk)
             for key, reward, cot, error in zip(chunk, out.rewards.tolist(), cots, errors):
@@ -87,8 +123,16 @@ def _score_unique_videos(model, keys: list, think: bool, batch_size: int, max_ne
     return scored
 
 
-def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                   progress: bool = True, load=None, num_workers: int = 0) -> dict:
+def evaluate_pairs(
+    model,
+    pairs: list[Pair],
+    think: bool = True,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+    load=None,
+    num_workers: int = 0,
+) -> dict:
     """Score every unique video of `pairs` once with `model` (a DeScoreReward) and compute preference accuracy.
 
     think: score with the model's own generated CoT (think, then score); False = the masked-CoT fast path.
@@ -108,9 +152,11 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     kept = [pair for pair in pairs if pair.label != "invalid"]
     if not kept:
         raise ValueError(f"all {len(pairs)} pairs are labelled 'invalid': there is nothing to evaluate")
-    keys = list(dict.fromkeys(  # unique, in order of first appearance
-        _video_key(path, pair.prompt, pair.instruction) for pair in kept for path in (pair.video_a, pair.video_b)
-    ))
+    keys = list(
+        dict.fromkeys(  # unique, in order of first appearance
+            _video_key(path, pair.prompt, pair.instruction) for pair in kept for path in (pair.video_a, pair.video_b)
+        )
+    )
     was_training = model.training
     model.eval()
     try:
@@ -122,10 +168,24 @@ def evaluate_pairs(model, pairs: list[Pair], think: bool = True, batch_size: int
     for pair in kept:
         reward_a, cot_a, error_a = scored[_video_key(pair.video_a, pair.prompt, pair.instruction)]
         reward_b, cot_b, error_b = scored[_video_key(pair.video_b, pair.prompt, pair.instruction)]
-        rows.append({"video_a": pair.video_a, "video_b": pair.video_b, "prompt": pair.prompt, "label": pair.label,
-                     "slice": pair.slice, "reward_a": reward_a, "reward_b": reward_b, "margin": reward_a - reward_b,
-                     "cot_a": cot_a, "cot_b": cot_b, "parse_error_a": error_a, "parse_error_b": error_b,
-                     "scores_a": pair.scores_a, "scores_b": pair.scores_b})
+        rows.append(
+            {
+                "video_a": pair.video_a,
+                "video_b": pair.video_b,
+                "prompt": pair.prompt,
+                "label": pair.label,
+                "slice": pair.slice,
+                "reward_a": reward_a,
+                "reward_b": reward_b,
+                "margin": reward_a - reward_b,
+                "cot_a": cot_a,
+                "cot_b": cot_b,
+                "parse_error_a": error_a,
+                "parse_error_b": error_b,
+                "scores_a": pair.scores_a,
+                "scores_b": pair.scores_b,
+            }
+        )
     margins = np.array([row["margin"] for row in rows], dtype=np.float64)
     labels = [row["label"] for row in rows]
     num_without_ties = sum(label != "tie" for label in labels)
@@ -153,14 +213,27 @@ def _scoring_facts(model, scored: dict, think: bool, max_new_tokens) -> dict:
     """The CoT limit the scoring used, the CoT parse rate and the reward range of the scored videos (RUN_FACTS)."""
     rewards = np.array([reward for reward, _, _ in scored.values()], dtype=np.float64)
     rewards = rewards[np.isfinite(rewards)]
-    facts = {"reward_range": {"mean": float(rewards.mean()), "std": float(rewards.std(ddof=1)) if len(rewards) > 1
-                              else 0.0, "min": float(rewards.min()), "max": float(rewards.max()),
-                              "num_videos": int(len(rewards))} if len(rewards) else None}
+    facts = {
+        "reward_range": {
+            "mean": float(rewards.mean()),
+            "std": float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0,
+            "min": float(rewards.min()),
+            "max": float(rewards.max()),
+            "num_videos": int(len(rewards)),
+        }
+        if len(rewards)
+        else None
+    }
     if think:
         config = getattr(model, "config", None)
         limit = getattr(config, "cot_token_limit", None)
-        facts["max_new_tokens"] = max_new_tokens if max_new_tokens is not None else limit() if callable(limit) else \
-            getattr(config, "max_new_tokens", None)
+        facts["max_new_tokens"] = (
+            max_new_tokens
+            if max_new_tokens is not None
+            else limit()
+            if callable(limit)
+            else getattr(config, "max_new_tokens", None)
+        )
         cots = [(cot, error) for _, cot, error in scored.values() if cot is not None]
         facts["num_cots"] = len(cots)
         facts["num_cots_unparsed"] = sum(error is not None for _, error in cots)
@@ -181,6 +254,14 @@ def write_evaluation(result: dict, output_dir) -> tuple[Path, Path]:
         writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in result["rows"]:
-            writer.writerow({key: "" if row.get(key) is None else json.dumps(row[key]) if isinstance(row[key], dict)
-                             else row[key] for key in CSV_COLUMNS})
+            writer.writerow(
+                {
+                    key: ""
+                    if row.get(key) is None
+                    else json.dumps(row[key])
+                    if isinstance(row[key], dict)
+                    else row[key]
+                    for key in CSV_COLUMNS
+                }
+            )
     return accuracy_path, csv_path

@@ -61,8 +61,17 @@ CHECKS = ("colour", "shape", "direction", "smooth", "background", "light", "came
 """The attributes a prompt asks for, each checked by `as_asked`; `truth_scores` is the share of them as asked.
 (The world's prompts ask for a steady camera and steady light implicitly: its annotators expect them.)"""
 
-COLUMNS = ("subject", "colour", "dynamics", "direction", "background", "temporal_flicker", "camera_steadiness",
-           "dynamic_degree", "all_as_asked")
+COLUMNS = (
+    "subject",
+    "colour",
+    "dynamics",
+    "direction",
+    "background",
+    "temporal_flicker",
+    "camera_steadiness",
+    "dynamic_degree",
+    "all_as_asked",
+)
 """VBench-like columns of `vbench_columns`: the fraction of videos where
 subject = colour and shape as asked; colour = colour as asked; dynamics = direction as asked and smooth;
 direction = moving the asked way; background = as asked (no second background); temporal_flicker = no flicker;
@@ -194,8 +203,17 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     out = mask.copy()
     for _ in range(radius):
         padded = np.pad(out, ((0, 0), (1, 1), (1, 1)))
-        out = (padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2] | padded[:, 1:-1, 2:]
-               | padded[:, :-2, :-2] | padded[:, :-2, 2:] | padded[:, 2:, :-2] | padded[:, 2:, 2:] | out)
+        out = (
+            padded[:, :-2, 1:-1]
+            | padded[:, 2:, 1:-1]
+            | padded[:, 1:-1, :-2]
+            | padded[:, 1:-1, 2:]
+            | padded[:, :-2, :-2]
+            | padded[:, :-2, 2:]
+            | padded[:, 2:, :-2]
+            | padded[:, 2:, 2:]
+            | out
+        )
     return out
 
 
@@ -210,8 +228,13 @@ def _fit_frames(frames: np.ndarray, select: np.ndarray, keep: float) -> tuple[li
     return lines, noises
 
 
-def _background(frames: np.ndarray, config: ReaderConfig, names: Sequence[str], first: dict | None = None,
-                exclude: np.ndarray | None = None) -> dict:
+def _background(
+    frames: np.ndarray,
+    config: ReaderConfig,
+    names: Sequence[str],
+    first: dict | None = None,
+    exclude: np.ndarray | None = None,
+) -> dict:
     """Per-frame background model (T, H, W, 3), its names, brightness offsets and the shifts it shows.
 
     First pass (`first` None): lines fitted to the border columns. Second pass: refitted on every pixel away from
@@ -235,8 +258,10 @@ def _background(frames: np.ndarray, config: ReaderConfig, names: Sequence[str], 
         if split:
             for t in range(frames_count):
                 # the boundary column most pixels agree with: closer to the left line before it, the right after
-                closer_left = (np.linalg.norm(frames[t] - left[t][:, None], axis=2)
-                               < np.linalg.norm(frames[t] - right[t][:, None], axis=2)).mean(axis=0)  # (W,)
+                closer_left = (
+                    np.linalg.norm(frames[t] - left[t][:, None], axis=2)
+                    < np.linalg.norm(frames[t] - right[t][:, None], axis=2)
+                ).mean(axis=0)  # (W,)
                 before = np.concatenate([[0.0], np.cumsum(1 - closer_left)])
                 after = np.concatenate([np.cumsum(closer_left[::-1])[::-1], [0.0]])
                 boundary[t] = int(np.argmin(before + after))
@@ -281,9 +306,16 @@ def _background(frames: np.ndarray, config: ReaderConfig, names: Sequence[str], 
     else:
         offset = delta.mean(axis=1)
     shift_x = -(boundary - np.median(boundary)) if split else None
-    return {"model": model, "background": left_name, "second_background": right_name if split else None,
-            "boundary": boundary, "offset": offset, "shift_y": shift_y, "shift_x": shift_x,
-            "noise": float(np.median(noises))}
+    return {
+        "model": model,
+        "background": left_name,
+        "second_background": right_name if split else None,
+        "boundary": boundary,
+        "offset": offset,
+        "shift_y": shift_y,
+        "shift_x": shift_x,
+        "noise": float(np.median(noises)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,9 +362,14 @@ def _object(frames: np.ndarray, background: dict, config: ReaderConfig) -> dict:
             iou_square = (mask & square).sum() / max(1, (mask | square).sum())
             iou_disc = (mask & disc).sum() / max(1, (mask | disc).sum())
             shape_votes.append(float(iou_square - iou_disc))
-    return {"centroids": centroids, "areas": areas, "masks": masks, "shape_votes": shape_votes,
-            "core": np.concatenate(core_pixels) if core_pixels else np.zeros((0, 3), np.float32),
-            "core_background": np.concatenate(core_backgrounds) if core_backgrounds else np.zeros((0, 3), np.float32)}
+    return {
+        "centroids": centroids,
+        "areas": areas,
+        "masks": masks,
+        "shape_votes": shape_votes,
+        "core": np.concatenate(core_pixels) if core_pixels else np.zeros((0, 3), np.float32),
+        "core_background": np.concatenate(core_backgrounds) if core_backgrounds else np.zeros((0, 3), np.float32),
+    }
 
 
 def _nearest_colour(pixel: np.ndarray, background: np.ndarray, names: Sequence[str]) -> str:
@@ -380,8 +417,7 @@ def read_video(frames: np.ndarray, world: WorldConfig | None = None, config: Rea
     present = [t for t, c in enumerate(found["centroids"]) if c is not None]
     colour = shape = None
     if present:
-        colour = _nearest_colour(np.median(found["core"], axis=0), np.median(found["core_background"], axis=0),
-                                 colours)
+        colour = _nearest_colour(np.median(found["core"], axis=0), np.median(found["core_background"], axis=0), colours)
         if len(shapes) == 1:
             shape = shapes[0]
         elif found["shape_votes"]:
@@ -411,8 +447,13 @@ def read_video(frames: np.ndarray, world: WorldConfig | None = None, config: Rea
         sign = float(np.sign(velocity[axis])) or 1.0
         steps = np.diff(track[:, axis]) * sign / np.diff(times)
         sideways = float(np.sqrt(np.mean(residual[:, 1 - axis] ** 2)))
-        features.update(travel=travel, residual_rms=residual_rms, sideways_rms=sideways, velocity=velocity.tolist(),
-                        steps=steps.tolist())
+        features.update(
+            travel=travel,
+            residual_rms=residual_rms,
+            sideways_rms=sideways,
+            velocity=velocity.tolist(),
+            steps=steps.tolist(),
+        )
         dynamic = travel >= config.dynamic or residual_rms >= config.dynamic
         if not dynamic:
             motion = "static"
@@ -434,9 +475,18 @@ def read_video(frames: np.ndarray, world: WorldConfig | None = None, config: Rea
     jitter = max(jitters, default=0.0)
     features["camera_jitter"] = jitter
     camera = "shake" if jitter >= config.shake else "slight shake" if jitter >= config.slight_shake else "steady"
-    return Reading(colour=colour, shape=shape, direction=direction, motion=motion, dynamic=dynamic,
-                   background=background["background"], second_background=background["second_background"],
-                   light=light, camera=camera, features=features)
+    return Reading(
+        colour=colour,
+        shape=shape,
+        direction=direction,
+        motion=motion,
+        dynamic=dynamic,
+        background=background["background"],
+        second_background=background["second_background"],
+        light=light,
+        camera=camera,
+        features=features,
+    )
 
 
 def read_videos(videos, world: WorldConfig | None = None, config: ReaderConfig = ReaderConfig()) -> list[Reading]:
@@ -453,11 +503,17 @@ def parse_prompt(prompt: str) -> Scene:
     """A world prompt ("a red square moving right on a dark background") -> its Scene."""
     match = PROMPT.match(prompt)
     if match is None:
-        raise WorldPromptError(f"prompt {prompt!r} is not a world prompt (\"a <colour> <shape> moving <direction> on "
-                               f"a <background> background\")")
+        raise WorldPromptError(
+            f'prompt {prompt!r} is not a world prompt ("a <colour> <shape> moving <direction> on '
+            f'a <background> background")'
+        )
     colour, shape, direction, background = match.groups()
-    for what, value, known in (("colour", colour, COLOURS), ("shape", shape, ("square", "circle")),
-                               ("direction", direction, DIRECTIONS), ("background", background, BACKGROUNDS)):
+    for what, value, known in (
+        ("colour", colour, COLOURS),
+        ("shape", shape, ("square", "circle")),
+        ("direction", direction, DIRECTIONS),
+        ("background", background, BACKGROUNDS),
+    ):
         if value not in known:
             raise WorldPromptError(f"prompt {prompt!r}: unknown {what} {value!r} (the world has {', '.join(known)})")
     return Scene(colour, shape, direction, background)
@@ -485,8 +541,12 @@ def expected_reading(clip, world: WorldConfig = WorldConfig()) -> dict:
     (2) under a camera that shakes along the direction of travel, a stutter and a smooth motion draw the same kind of
     track; (3) when the whole travel is shorter than four strong shakes (3-6 px a frame: the world's 9x32x32 clips
     travel 16 px), a jumping shape and a shape moving under a strongly shaking camera do too."""
-    direction = {"smooth": clip.scene.direction, "stutter": clip.scene.direction, "jump": None,
-                 "reverse": OPPOSITE[clip.scene.direction]}[clip.motion]
+    direction = {
+        "smooth": clip.scene.direction,
+        "stutter": clip.scene.direction,
+        "jump": None,
+        "reverse": OPPOSITE[clip.scene.direction],
+    }[clip.motion]
     vertical = "gradient" in (clip.background, clip.second_background)  # a ramp shows vertical shifts
     horizontal = clip.second_background is not None  # a split shows horizontal shifts
     unobservable = set()
@@ -498,10 +558,17 @@ def expected_reading(clip, world: WorldConfig = WorldConfig()) -> dict:
     along_visible = vertical if DIRECTIONS[clip.scene.direction][0] else horizontal
     if clip.camera != "steady" and clip.motion in ("smooth", "stutter", "reverse") and not along_visible:
         unobservable.add("motion")
-    return {"colour": clip.colour, "shape": clip.shape, "direction": direction,
-            "motion": {"reverse": "smooth"}.get(clip.motion, clip.motion), "background": clip.background,
-            "second_background": clip.second_background, "light": clip.light, "camera": clip.camera,
-            "unobservable": tuple(sorted(unobservable))}
+    return {
+        "colour": clip.colour,
+        "shape": clip.shape,
+        "direction": direction,
+        "motion": {"reverse": "smooth"}.get(clip.motion, clip.motion),
+        "background": clip.background,
+        "second_background": clip.second_background,
+        "light": clip.light,
+        "camera": clip.camera,
+        "unobservable": tuple(sorted(unobservable)),
+    }
 
 
 def _checks(readings: Sequence[Reading], prompts: Sequence[str]) -> list[dict]:
@@ -517,8 +584,9 @@ def _checks(readings: Sequence[Reading], prompts: Sequence[str]) -> list[dict]:
     return rows
 
 
-def truth_scores(videos, prompts: Sequence[str], world: WorldConfig | None = None,
-                 config: ReaderConfig = ReaderConfig()) -> torch.Tensor:
+def truth_scores(
+    videos, prompts: Sequence[str], world: WorldConfig | None = None, config: ReaderConfig = ReaderConfig()
+) -> torch.Tensor:
     """Per video, the share of CHECKS the video shows as its prompt asks, (B,) float32 in [0, 1]."""
     rows = _checks(read_videos(videos, world, config), prompts)
     return torch.tensor([sum(row[name] for name in CHECKS) / len(CHECKS) for row in rows], dtype=torch.float32)
@@ -539,8 +607,13 @@ def column_values(checks: dict) -> dict[str, bool]:
     }
 
 
-def vbench_columns(videos, prompts: Sequence[str], world: WorldConfig | None = None,
-                   config: ReaderConfig = ReaderConfig(), readings: Sequence[Reading] | None = None) -> dict:
+def vbench_columns(
+    videos,
+    prompts: Sequence[str],
+    world: WorldConfig | None = None,
+    config: ReaderConfig = ReaderConfig(),
+    readings: Sequence[Reading] | None = None,
+) -> dict:
     """VBench-like columns (COLUMNS) of a set of videos and their prompts: {column: {"mean", "stderr"}} plus
     "num_videos"; the standard error of a fraction p over n videos is sqrt(p (1 - p) / n).
     readings: already read videos (then `videos` is not read again)."""

@@ -94,25 +94,38 @@ class DeScoreConfig:
             if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
                 names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
                 raise TypeError(f"DeScoreConfig.{field.name} = {value!r}: expected {names}")
-        positive = ["max_pixels", "min_pixels", "stage1_max_pixels", "stage1_min_pixels", "rollout_max_pixels",
-                    "rollout_min_pixels", "max_new_tokens", "repetition_penalty"]
+        positive = [
+            "max_pixels",
+            "min_pixels",
+            "stage1_max_pixels",
+            "stage1_min_pixels",
+            "rollout_max_pixels",
+            "rollout_min_pixels",
+            "max_new_tokens",
+            "repetition_penalty",
+        ]
         optional = ("fps", "num_frames", "cot_min_pixels", "cot_max_pixels", "trained_cot_tokens")
         for name in positive + [n for n in optional if getattr(self, n) is not None]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"DeScoreConfig.{name} = {getattr(self, name)!r}: must be positive")
         for stage in ("", "stage1_", "rollout_", "cot_"):
-            if None not in (getattr(self, f"{stage}min_pixels"), getattr(self, f"{stage}max_pixels")) and \
-                    getattr(self, f"{stage}min_pixels") > getattr(self, f"{stage}max_pixels"):
-                raise ValueError(f"DeScoreConfig.{stage}min_pixels = {getattr(self, f'{stage}min_pixels')} is larger than "
-                                 f"{stage}max_pixels = {getattr(self, f'{stage}max_pixels')}")
+            if None not in (getattr(self, f"{stage}min_pixels"), getattr(self, f"{stage}max_pixels")) and getattr(
+                self, f"{stage}min_pixels"
+            ) > getattr(self, f"{stage}max_pixels"):
+                raise ValueError(
+                    f"DeScoreConfig.{stage}min_pixels = {getattr(self, f'{stage}min_pixels')} is larger than "
+                    f"{stage}max_pixels = {getattr(self, f'{stage}max_pixels')}"
+                )
         if self.layout not in ("assistant", "user"):
             raise ValueError(f"DeScoreConfig.layout = {self.layout!r}: expected 'assistant' or 'user'")
         if self.head not in ("scalar", "distribution"):
             raise ValueError(f"DeScoreConfig.head = {self.head!r}: expected 'scalar' or 'distribution'")
         self.score_bins = tuple(float(b) for b in self.score_bins)
         if self.fps is not None and self.num_frames is not None:
-            raise ValueError(f"DeScoreConfig: fps={self.fps} and num_frames={self.num_frames} are both set; "
-                             "sample by rate (fps) or by count (num_frames), not both")
+            raise ValueError(
+                f"DeScoreConfig: fps={self.fps} and num_frames={self.num_frames} are both set; "
+                "sample by rate (fps) or by count (num_frames), not both"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -83,8 +83,11 @@ def load_pretrained(cls, path_or_id, device=None, dtype=None, overrides: dict | 
         found = _backbone_type(directory)
         raise FileNotFoundError(
             f"{directory}: not a DeScore checkpoint (no {CONFIG_NAME}, no rm_head.pth of the official release) "
-            + (f"and its config.json describes a {found!r} model, not one of {', '.join(SUPPORTED_BACKBONES)}" if found
-               else "and not a Qwen2.5-VL / Qwen3-VL checkpoint (no config.json)")
+            + (
+                f"and its config.json describes a {found!r} model, not one of {', '.join(SUPPORTED_BACKBONES)}"
+                if found
+                else "and not a Qwen2.5-VL / Qwen3-VL checkpoint (no config.json)"
+            )
         )
     model.eval()
     return model.to(device) if device is not None else model
@@ -105,8 +108,9 @@ def new_from_backbone(cls, path_or_id, dtype=None, name: str | None = None, over
     config = DeScoreConfig.from_dict({"backbone": name}, source=str(directory), overrides=overrides)
     processor = _load_processor(directory)
     if config.reward_token not in processor.tokenizer.get_vocab():
-        processor.tokenizer.add_special_tokens({"additional_special_tokens": [config.reward_token]},
-                                               replace_extra_special_tokens=False)
+        processor.tokenizer.add_special_tokens(
+            {"additional_special_tokens": [config.reward_token]}, replace_extra_special_tokens=False
+        )
     backbone = _load_backbone(directory, _parse_dtype(dtype))
     model = cls(config, backbone, processor, checkpoint_dir=directory)
     std = backbone.config.get_text_config().initializer_range
@@ -144,18 +148,25 @@ def load_official(cls, directory: Path, dtype, overrides: dict):
     """Official DeScore release: a peft LoRA adapter folder + `rm_head.pth` (key `rm_head.weight` or
     `base_model.model.rm_head.weight`), special token `<Reward>`. Read with weights_only=True (no unpickling of
     arbitrary objects). Scored in the official inference layout (layout="user")."""
-    adapter_dir = directory if (directory / "adapter_config.json").is_file() else next(
-        (p.parent for p in sorted(directory.glob("*/adapter_config.json"))), None
+    adapter_dir = (
+        directory
+        if (directory / "adapter_config.json").is_file()
+        else next((p.parent for p in sorted(directory.glob("*/adapter_config.json"))), None)
     )
     if adapter_dir is None and "backbone" not in overrides:
-        raise FileNotFoundError(f"{directory}: has rm_head.pth but no LoRA adapter (adapter_config.json) and no backbone= override")
+        raise FileNotFoundError(
+            f"{directory}: has rm_head.pth but no LoRA adapter (adapter_config.json) and no backbone= override"
+        )
     base = overrides.pop("backbone", None)
     if base is None:
         base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     if "prompt_template" not in overrides:
-        warnings.warn(f"{directory}: an official DeScore checkpoint, scored here with the package's own judge instruction; "
-                      "it was trained with the official one: pass prompt_template= (a file holding the instruction "
-                      "of the official inference script, see docs/scoring.md)", stacklevel=3)
+        warnings.warn(
+            f"{directory}: an official DeScore checkpoint, scored here with the package's own judge instruction; "
+            "it was trained with the official one: pass prompt_template= (a file holding the instruction "
+            "of the official inference script, see docs/scoring.md)",
+            stacklevel=3,
+        )
     official = {"backbone": base, "reward_token": "<Reward>", "layout": "user"}
     config = DeScoreConfig.from_dict(official, source=str(directory), overrides=overrides)
     has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
@@ -171,7 +182,9 @@ def load_official(cls, directory: Path, dtype, overrides: dict):
     state = torch.load(directory / "rm_head.pth", map_location="cpu", weights_only=True)
     key = next((k for k in ("rm_head.weight", "base_model.model.rm_head.weight") if k in state), None)
     if key is None:
-        raise KeyError(f"{directory / 'rm_head.pth'}: expected key 'rm_head.weight' or 'base_model.model.rm_head.weight', found {sorted(state)}")
+        raise KeyError(
+            f"{directory / 'rm_head.pth'}: expected key 'rm_head.weight' or 'base_model.model.rm_head.weight', found {sorted(state)}"
+        )
     model._load_head(state[key], directory / "rm_head.pth")
     if adapter_dir is not None:
         from peft import PeftModel
@@ -186,7 +199,11 @@ def save_model(model, save_directory, save_backbone: bool | None = None, state_d
     config = copy.deepcopy(model.config)
     config.prompt_template = model.template
     if save_backbone is None:
-        save_backbone = config.lora_rank == 0 and any(p.requires_grad for p in model.vlm.parameters()) or config.backbone == BACKBONE_DIR
+        save_backbone = (
+            config.lora_rank == 0
+            and any(p.requires_grad for p in model.vlm.parameters())
+            or config.backbone == BACKBONE_DIR
+        )
     with atomic_directory(save_directory) as tmp:
         if state_dict is None:
             head, row = model.head.weight, model.reward_token_embedding()
@@ -231,12 +248,20 @@ def _substate(root: nn.Module, state_dict: dict, module: nn.Module) -> dict:
     """The entries of `root`'s state dict that belong to its submodule `module`, keyed relative to it."""
     prefix = next(name for name, sub in root.named_modules() if sub is module)
     prefix = f"{prefix}." if prefix else ""
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 # ---------------------------------------------------------------------- helpers
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def _parse_dtype(dtype):
@@ -269,7 +294,9 @@ def _resolve(path_or_id) -> Path:
     try:
         return Path(snapshot_download(str(path_or_id)))
     except Exception as error:  # offline, missing repo, no access: say which
-        raise FileNotFoundError(f"{path_or_id}: not a local directory, and downloading it from the hub failed: {error}") from None
+        raise FileNotFoundError(
+            f"{path_or_id}: not a local directory, and downloading it from the hub failed: {error}"
+        ) from None
 
 
 def _relative(directory: Path, path: str) -> str:
@@ -288,5 +315,7 @@ def _load_backbone(path, dtype):
 
     config = AutoConfig.from_pretrained(path)
     if config.model_type not in SUPPORTED_BACKBONES:
-        raise ValueError(f"backbone {path!r} is a {config.model_type!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}")
+        raise ValueError(
+            f"backbone {path!r} is a {config.model_type!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}"
+        )
     return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)

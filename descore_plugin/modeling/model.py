@@ -34,14 +34,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from descore_plugin.utils.device import to_device
-from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
 from descore_plugin.data.video import Video, load_video, resize_frames, split_videos
 from descore_plugin.modeling import loading
-from descore_plugin.modeling.config import DeScoreConfig  # noqa: F401 (public: descore_plugin.modeling.model.DeScoreConfig)
-from descore_plugin.modeling.loading import (ADAPTER_DIR, BACKBONE_DIR, CONFIG_NAME, HEAD_NAME,  # noqa: F401 (public)
-                                             SUPPORTED_BACKBONES, _load_backbone, _parse_dtype, quiet_embedding_resize,
-                                             quiet_peft)
+from descore_plugin.modeling.config import (
+    DeScoreConfig,  # noqa: F401 (public: descore_plugin.modeling.model.DeScoreConfig)
+)
+from descore_plugin.modeling.loading import (  # noqa: F401 (public)
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    CONFIG_NAME,
+    HEAD_NAME,
+    SUPPORTED_BACKBONES,
+    _load_backbone,
+    _parse_dtype,
+    quiet_embedding_resize,
+    quiet_peft,
+)
+from descore_plugin.modeling.prompt import build_instruction, load_template, parse_answer, video_content
+from descore_plugin.utils.device import to_device
 
 
 @dataclass
@@ -79,7 +89,9 @@ class DeScoreReward(nn.Module):
                 f"backbone {config.backbone!r} is a {family!r} model; DeScore supports {', '.join(SUPPORTED_BACKBONES)}"
             )
         self.family = family
-        self.reward_token_id = _reward_token_id(self.tokenizer, config.reward_token, source=str(checkpoint_dir or "tokenizer"))
+        self.reward_token_id = _reward_token_id(
+            self.tokenizer, config.reward_token, source=str(checkpoint_dir or "tokenizer")
+        )
         if backbone.get_input_embeddings().num_embeddings <= self.reward_token_id:
             with quiet_embedding_resize():  # the official way to add <Reward>; loading.py says why it is quiet
                 backbone.resize_token_embeddings(len(self.tokenizer))  # new rows at the mean of the others
@@ -93,7 +105,11 @@ class DeScoreReward(nn.Module):
         # Tokens the CoT must never contain: vision placeholders and the reward token break the next forward.
         special = [processor.video_token, "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", config.reward_token]
         self.suppressed_token_ids = sorted(
-            {i for i in self.tokenizer.convert_tokens_to_ids(special) if i is not None and i != self.tokenizer.unk_token_id}
+            {
+                i
+                for i in self.tokenizer.convert_tokens_to_ids(special)
+                if i is not None and i != self.tokenizer.unk_token_id
+            }
         )
         if self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id not in self._eos_ids():
             self.suppressed_token_ids.append(self.tokenizer.pad_token_id)
@@ -114,8 +130,9 @@ class DeScoreReward(nn.Module):
         return [i for i in eos if i is not None] or [self.tokenizer.eos_token_id]
 
     # ------------------------------------------------------------------ inputs
-    def encode_prompts(self, videos: list[Video], prompts: list[str], instructions: list | None = None,
-                       stage: str = "inference") -> dict:
+    def encode_prompts(
+        self, videos: list[Video], prompts: list[str], instructions: list | None = None, stage: str = "inference"
+    ) -> dict:
         """Chat-template the instruction around each video and run the real processor. Left padding, so that the
         batch can go straight into `generate`.
 
@@ -129,15 +146,21 @@ class DeScoreReward(nn.Module):
             raise ValueError(f"got {len(videos)} videos but {len(prompts)} prompts: pass one prompt per video")
         instructions = [None] * len(prompts) if instructions is None else list(instructions)
         if len(instructions) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(instructions)} instructions: pass one (or None) per video")
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(instructions)} instructions: pass one (or None) per video"
+            )
         min_pixels, max_pixels = self.config.pixel_budget(stage)
         factor = self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
         videos = [resize_frames(v, factor, min_pixels, max_pixels) for v in videos]
         if stage == "rollout":  # the official stage-2 data loader trims the instruction (its prompt template: `| trim`)
             instructions = [None if text is None else text.strip() for text in instructions]
-        texts = [self.chat_text(prompt, instruction, name=f"prompts[{i}]")
-                 for i, (prompt, instruction) in enumerate(zip(prompts, instructions))]
-        options = {"cap_pixels_per_frame": False} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
+        texts = [
+            self.chat_text(prompt, instruction, name=f"prompts[{i}]")
+            for i, (prompt, instruction) in enumerate(zip(prompts, instructions))
+        ]
+        options = (
+            {"cap_pixels_per_frame": False} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
+        )
         batch = self.processor(
             text=texts,
             videos=[v.frames for v in videos],
@@ -170,14 +193,16 @@ class DeScoreReward(nn.Module):
         the `<Reward>` column the end-of-turn token, because that is what the policy wrote (or must learn to write)
         after the CoT. `ended[i]` False (a rollout cut at max_new_tokens) leaves that end token unsupervised."""
         if with_labels and self.config.layout == "user":
-            raise ValueError("next-token labels (stage-2 log-probs, the CoT LM loss) need the CoT in the assistant turn, "
-                             "where it was generated; this model has layout='user' (load it with layout='assistant')")
+            raise ValueError(
+                "next-token labels (stage-2 log-probs, the CoT LM loss) need the CoT in the assistant turn, "
+                "where it was generated; this model has layout='user' (load it with layout='assistant')"
+            )
         rows, types, labels = [], [], []
         end_id = self._eos_ids()[0]
         cut = len(self.generation_suffix_ids) if self.config.layout == "user" else 0
         for i, cot in enumerate(cots):
             keep = batch["attention_mask"][i].bool()
-            keep[len(keep) - cut:] = False  # "user" layout: drop the end of the user turn and the assistant header
+            keep[len(keep) - cut :] = False  # "user" layout: drop the end of the user turn and the assistant header
             prompt_ids = batch["input_ids"][i][keep]
             if isinstance(cot, torch.Tensor):  # token ids (e.g. a generated CoT), used as they are
                 cot_ids = cot.to(prompt_ids.device)
@@ -212,8 +237,17 @@ class DeScoreReward(nn.Module):
         var = probs @ self.score_bins.square() - mean.square()
         return {"rewards": mean, "logits": logits, "probs": probs, "uncertainty": var.clamp_min(0).sqrt()}
 
-    def forward(self, input_ids, attention_mask, mm_token_type_ids, pixel_values_videos=None, video_grid_thw=None,
-                second_per_grid_ts=None, labels=None, **_) -> dict:
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        mm_token_type_ids,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+        labels=None,
+        **_,
+    ) -> dict:
         """Full (uncached) forward over rows that contain `<Reward>`. The head reads the last hidden state at the
         reward token; if a row holds it more than once the positions are averaged (official inference).
 
@@ -235,7 +269,9 @@ class DeScoreReward(nn.Module):
         counts = is_reward.sum(-1)
         if (counts == 0).any():
             row = int((counts == 0).nonzero()[0])
-            raise ValueError(f"row {row} of the batch holds no {self.config.reward_token!r} token; the head has nothing to read")
+            raise ValueError(
+                f"row {row} of the batch holds no {self.config.reward_token!r} token; the head has nothing to read"
+            )
         pooled = (hidden * is_reward.unsqueeze(-1)).sum(1) / counts.unsqueeze(-1).to(hidden.dtype)  # (B, H)
         out = self.head_outputs(pooled)
         if labels is not None:
@@ -266,17 +302,20 @@ class DeScoreReward(nn.Module):
             use_cache=True,
             **generation,
         )
-        generated = out.sequences[:, batch["input_ids"].shape[1]:]  # (B, G)
+        generated = out.sequences[:, batch["input_ids"].shape[1] :]  # (B, G)
         is_end = torch.isin(generated, torch.tensor(self._eos_ids(), device=generated.device))
         ended = is_end.any(-1)
-        cot_lengths = torch.where(ended, is_end.float().argmax(-1).long(), torch.full_like(ended, generated.shape[1], dtype=torch.long))
+        cot_lengths = torch.where(
+            ended, is_end.float().argmax(-1).long(), torch.full_like(ended, generated.shape[1], dtype=torch.long)
+        )
         return out, generated, cot_lengths, ended
 
     @torch.no_grad()
     def sample_cots(self, batch: dict, max_new_tokens: int, temperature: float = 1.0, **generation) -> dict:
         """Sampled rollouts (stage 2): {"cot_ids": list of 1-D tensors, "ended": list of bool}."""
-        _, generated, lengths, ended = self._generate(batch, max_new_tokens, do_sample=True, temperature=temperature,
-                                                       top_k=0, top_p=1.0, **generation)
+        _, generated, lengths, ended = self._generate(
+            batch, max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, **generation
+        )
         return {"cot_ids": [generated[i, : lengths[i]] for i in range(len(lengths))], "ended": ended.tolist()}
 
     @torch.no_grad()
@@ -367,10 +406,21 @@ class DeScoreReward(nn.Module):
 
     # ------------------------------------------------------------------ public scoring API
     @torch.no_grad()
-    def score(self, videos, prompts, think: bool = True, cots: list | None = None, batch_size: int = 8,
-              max_new_tokens: int | None = None, seed: int | None = None, video_fps: float | None = None,
-              fps: float | None = None, num_frames: int | None = None, instructions: list | None = None,
-              **generation) -> RewardOutput:
+    def score(
+        self,
+        videos,
+        prompts,
+        think: bool = True,
+        cots: list | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        video_fps: float | None = None,
+        fps: float | None = None,
+        num_frames: int | None = None,
+        instructions: list | None = None,
+        **generation,
+    ) -> RewardOutput:
         """Score videos against their prompts.
 
         videos: a list of paths, lists of PIL frames or (F, C, H, W) / (F, H, W, C) arrays, or the (B, F, C, H, W)
@@ -403,32 +453,43 @@ class DeScoreReward(nn.Module):
         if len(prompts) != len(video_list):
             raise ValueError(f"got {len(video_list)} videos but {len(prompts)} prompts: pass one prompt per video")
         if cots is not None and (isinstance(cots, str) or len(cots) != len(video_list)):
-            raise ValueError(f"got {len(video_list)} videos but cots={_short(cots)}: pass a list with one CoT (or None) per video")
+            raise ValueError(
+                f"got {len(video_list)} videos but cots={_short(cots)}: pass a list with one CoT (or None) per video"
+            )
         if instructions is not None and (isinstance(instructions, str) or len(instructions) != len(video_list)):
-            raise ValueError(f"got {len(video_list)} videos but instructions={_short(instructions)}: pass a list with one "
-                             "instruction (or None) per video")
+            raise ValueError(
+                f"got {len(video_list)} videos but instructions={_short(instructions)}: pass a list with one "
+                "instruction (or None) per video"
+            )
         max_new_tokens = self.config.cot_token_limit() if max_new_tokens is None else max_new_tokens
         instructions = [None] * len(video_list) if instructions is None else list(instructions)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if seed is not None:  # repeatable sampling without touching the caller's random state
                 torch.manual_seed(seed)
-            return self._score(video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens, generation)
+            return self._score(
+                video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens, generation
+            )
 
-    def _score(self, video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens,
-               generation) -> RewardOutput:
+    def _score(
+        self, video_list, prompts, instructions, sampling, think, cots, batch_size, max_new_tokens, generation
+    ) -> RewardOutput:
         parts, texts = [], []
         for start in range(0, len(video_list), batch_size):
             chunk = slice(start, start + batch_size)
-            decoded = [load_video(source, name=f"videos[{start + i}]", **sampling)
-                       for i, source in enumerate(video_list[chunk])]
+            decoded = [
+                load_video(source, name=f"videos[{start + i}]", **sampling)
+                for i, source in enumerate(video_list[chunk])
+            ]
             batch = to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk]), self.device)
             two_pass = self.config.pixel_budget("cot") != self.config.pixel_budget("inference")
             if cots is None and think and two_pass:
                 # The official pipeline: the CoT from its own encoding of the video, then a full scoring pass.
-                cot_batch = to_device(self.encode_prompts(decoded, prompts[chunk], instructions[chunk], stage="cot"),
-                                      self.device)
-                _, generated, lengths, _ = self._generate(cot_batch, self._cap_new_tokens(max_new_tokens, cot_batch),
-                                                          **generation)
+                cot_batch = to_device(
+                    self.encode_prompts(decoded, prompts[chunk], instructions[chunk], stage="cot"), self.device
+                )
+                _, generated, lengths, _ = self._generate(
+                    cot_batch, self._cap_new_tokens(max_new_tokens, cot_batch), **generation
+                )
                 cot_ids = [generated[i, : lengths[i]] for i in range(len(lengths))]
                 result = self(**self.append_cots(batch, cot_ids))
                 texts += self.tokenizer.batch_decode(cot_ids, skip_special_tokens=True)
@@ -459,11 +520,16 @@ class DeScoreReward(nn.Module):
         context = self.vlm.config.get_text_config().max_position_embeddings
         left = context - batch["input_ids"].shape[1] - 1
         if left < 1:
-            raise ValueError(f"the prompt takes {batch['input_ids'].shape[1]} tokens of the model's {context}-token context: "
-                             "nothing is left for a CoT; use fewer frames, fewer pixels or a shorter instruction")
+            raise ValueError(
+                f"the prompt takes {batch['input_ids'].shape[1]} tokens of the model's {context}-token context: "
+                "nothing is left for a CoT; use fewer frames, fewer pixels or a shorter instruction"
+            )
         if max_new_tokens > left:
-            warnings.warn(f"max_new_tokens={max_new_tokens} exceeds the {left} tokens the model's {context}-token context "
-                          f"has left after the prompt; generating at most {left}", stacklevel=4)
+            warnings.warn(
+                f"max_new_tokens={max_new_tokens} exceeds the {left} tokens the model's {context}-token context "
+                f"has left after the prompt; generating at most {left}",
+                stacklevel=4,
+            )
             return left
         return max_new_tokens
 
@@ -511,8 +577,10 @@ class DeScoreReward(nn.Module):
 
     def _load_head(self, weight: torch.Tensor, source):
         if tuple(weight.shape) != tuple(self.head.weight.shape):
-            raise ValueError(f"{source}: head weight has shape {tuple(weight.shape)}, the model expects {tuple(self.head.weight.shape)} "
-                             f"(head={self.config.head!r}, hidden size {self.head.in_features})")
+            raise ValueError(
+                f"{source}: head weight has shape {tuple(weight.shape)}, the model expects {tuple(self.head.weight.shape)} "
+                f"(head={self.config.head!r}, hidden size {self.head.in_features})"
+            )
         with torch.no_grad():
             self.head.weight.copy_(weight.to(self.head.weight.dtype))
 
@@ -522,8 +590,14 @@ class DeScoreReward(nn.Module):
             embeddings[self.reward_token_id] = row.reshape(-1).to(embeddings.dtype)
 
     # ------------------------------------------------------------------ LoRA
-    def add_lora(self, rank: int, alpha: int | None = None, dropout: float | None = None, target_modules: str | None = None,
-                 train_reward_token: bool = True):
+    def add_lora(
+        self,
+        rank: int,
+        alpha: int | None = None,
+        dropout: float | None = None,
+        target_modules: str | None = None,
+        train_reward_token: bool = True,
+    ):
         """Wrap the backbone in a peft LoRA on the language model's linears (official: r 64, alpha 128, dropout 0.05).
         `train_reward_token` makes only the `<Reward>` embedding row trainable (peft `trainable_token_indices`)."""
         from peft import LoraConfig, get_peft_model
@@ -552,16 +626,18 @@ def left_pad(rows: list, pad_value: int):
     padded = torch.full((len(rows), length), pad_value, dtype=rows[0].dtype, device=rows[0].device)
     mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)
     for i, row in enumerate(rows):
-        padded[i, length - len(row):] = row
-        mask[i, length - len(row):] = 1
+        padded[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = 1
     return padded, mask
 
 
 def _reward_token_id(tokenizer, token: str, source: str) -> int:
     matches = [tid for text, tid in tokenizer.get_vocab().items() if text == token]
     if not matches:
-        raise ValueError(f"{source}: the tokenizer has no {token!r} token; add it as a special token "
-                         f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})) before training")
+        raise ValueError(
+            f"{source}: the tokenizer has no {token!r} token; add it as a special token "
+            f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})) before training"
+        )
     ids = tokenizer(token, add_special_tokens=False).input_ids
     if len(ids) != 1:
         raise ValueError(f"{source}: {token!r} tokenizes into {len(ids)} pieces {ids}; it must be one special token")
@@ -583,8 +659,10 @@ def _check_generation_kwargs(generation: dict, generating: bool):
     known = set(GenerationConfig().to_dict()) | _GENERATE_ARGUMENTS
     unknown = sorted(set(generation) - known)
     if unknown:
-        raise TypeError(f"score() got unexpected argument(s) {unknown}: not DeScore options and not generation settings "
-                        "(video sampling: fps=, num_frames=, video_fps=)")
+        raise TypeError(
+            f"score() got unexpected argument(s) {unknown}: not DeScore options and not generation settings "
+            "(video sampling: fps=, num_frames=, video_fps=)"
+        )
     if generation and not generating:
         raise ValueError(f"score(): {sorted(generation)} only apply when a CoT is generated (think=True, cots=None)")
 

@@ -37,10 +37,14 @@ def load_template(template: str | None) -> str:
         return default_template()
     if not isinstance(template, (str, Path)):
         raise TypeError(f"prompt template: expected text or a path, got {type(template).__name__}")
-    if isinstance(template, Path) or ("\n" not in template and "{" not in template and OFFICIAL_PLACEHOLDER not in template):
+    if isinstance(template, Path) or (
+        "\n" not in template and "{" not in template and OFFICIAL_PLACEHOLDER not in template
+    ):
         path = Path(template)
         if not path.is_file():
-            raise FileNotFoundError(f"prompt template: {template} is neither a file nor template text with a {{prompt}} field")
+            raise FileNotFoundError(
+                f"prompt template: {template} is neither a file nor template text with a {{prompt}} field"
+            )
         template = path.read_text()
     if "{prompt}" not in template and OFFICIAL_PLACEHOLDER in template:
         return template
@@ -52,8 +56,10 @@ def load_template(template: str | None) -> str:
             f"text with the official placeholder {OFFICIAL_PLACEHOLDER}; formatting it failed with {error!r}"
         ) from None
     if "{prompt}" not in template:
-        raise ValueError(f"prompt template: has no {{prompt}} field (nor {OFFICIAL_PLACEHOLDER}), so the judge would "
-                         "never see the text prompt")
+        raise ValueError(
+            f"prompt template: has no {{prompt}} field (nor {OFFICIAL_PLACEHOLDER}), so the judge would "
+            "never see the text prompt"
+        )
     return template
 
 
@@ -73,7 +79,9 @@ def video_content(instruction: str, name: str = "instruction") -> list[dict]:
     if len(parts) == 1:
         return [{"type": "video"}, {"type": "text", "text": instruction}]
     if len(parts) > 2:
-        raise ValueError(f"{name}: the instruction holds {VIDEO_MARKER} {len(parts) - 1} times; DeScore judges one video")
+        raise ValueError(
+            f"{name}: the instruction holds {VIDEO_MARKER} {len(parts) - 1} times; DeScore judges one video"
+        )
     before, after = parts
     return [{"type": "text", "text": before}, {"type": "video"}, {"type": "text", "text": after}]
 
@@ -117,7 +125,9 @@ def parse_answer(text: str) -> ParsedAnswer:
     for name in DIMENSIONS:
         value = normalize_dimension_score(scores.get(name))
         if value is None:
-            return ParsedAnswer(None, _overall(answer), f"dimension '{name}' is {scores.get(name)!r}, expected 0, 1, 2 or \"N/A\"")
+            return ParsedAnswer(
+                None, _overall(answer), f"dimension '{name}' is {scores.get(name)!r}, expected 0, 1, 2 or \"N/A\""
+            )
         dims[name] = value
     overall = _overall(answer)
     if overall is None:
@@ -188,7 +198,9 @@ def answer_agreement(text: str, truth: dict, parser: str = "official") -> dict:
     if parser == "lenient":
         predicted = parse_answer(text).dimensional_scores
         dims = [name for name in DIMENSIONS if name in truth]
-        matched = sum(predicted is not None and predicted[name] == normalize_dimension_score(truth[name]) for name in dims)
+        matched = sum(
+            predicted is not None and predicted[name] == normalize_dimension_score(truth[name]) for name in dims
+        )
         return {"accuracy": matched / len(dims) if dims else 0.0, "format": float(predicted is not None)}
     raise ValueError(f"answer parser {parser!r}: expected one of {', '.join(ANSWER_PARSERS)}")
 

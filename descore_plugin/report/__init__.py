@@ -41,24 +41,74 @@ from pathlib import Path
 
 from descore_plugin.report.checks import missing_checks, score_samples
 from descore_plugin.report.evaluation import evaluation_page
-from descore_plugin.report.flags import (Change, Flag, change, dimension_drop_flags, hacking_flags,
-                                         independent_check_flags, low_score_phrases, phrase_flags, primary_name,
-                                         run_series, uncertainty_flags)
+from descore_plugin.report.flags import (
+    Change,
+    Flag,
+    change,
+    dimension_drop_flags,
+    hacking_flags,
+    independent_check_flags,
+    low_score_phrases,
+    phrase_flags,
+    primary_name,
+    run_series,
+    uncertainty_flags,
+)
 from descore_plugin.report.html import Media, svg_histogram, svg_lines
-from descore_plugin.report.inputs import (KINDS, ReportInputError, detect_kind, load_evaluation, load_model_record,
-                                          load_run, load_scored_set, training_curves)
+from descore_plugin.report.inputs import (
+    KINDS,
+    ReportInputError,
+    detect_kind,
+    load_evaluation,
+    load_model_record,
+    load_run,
+    load_scored_set,
+    training_curves,
+)
 from descore_plugin.report.run import run_page
 from descore_plugin.report.scores import judge_warnings, prompt_ranks, scores_page
 
-__all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "Flag", "Change",
-           "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags", "phrase_flags",
-           "low_score_phrases", "hacking_flags", "run_series", "primary_name", "svg_lines", "svg_histogram",
-           "judge_warnings", "prompt_ranks", "load_model_record", "score_samples", "training_curves", "write_report",
-           "KINDS"]
+__all__ = [
+    "ReportInputError",
+    "detect_kind",
+    "load_scored_set",
+    "load_evaluation",
+    "load_run",
+    "Flag",
+    "Change",
+    "change",
+    "dimension_drop_flags",
+    "independent_check_flags",
+    "uncertainty_flags",
+    "phrase_flags",
+    "low_score_phrases",
+    "hacking_flags",
+    "run_series",
+    "primary_name",
+    "svg_lines",
+    "svg_histogram",
+    "judge_warnings",
+    "prompt_ranks",
+    "load_model_record",
+    "score_samples",
+    "training_curves",
+    "write_report",
+    "KINDS",
+]
 
 
-def write_report(path, output_dir, kind: str | None = None, reward: str | None = None, checks=None,
-                 z: float = 3.0, min_change: float = 0.0, model=None, device=None, dtype=None) -> Path:
+def write_report(
+    path,
+    output_dir,
+    kind: str | None = None,
+    reward: str | None = None,
+    checks=None,
+    z: float = 3.0,
+    min_change: float = 0.0,
+    model=None,
+    device=None,
+    dtype=None,
+) -> Path:
     """Write OUTPUT_DIR/index.html for `path` (kind detected unless given) and return its path. `reward` and
     `checks`: for a run, the optimised reward and the independent checks (see `hacking_flags`). `model`: the
     DeScore model that scored a scored set (named on the page; the range its folder records flags out-of-domain
@@ -73,8 +123,13 @@ def write_report(path, output_dir, kind: str | None = None, reward: str | None =
     if kind == "scores":
         rows = load_scored_set(path)
         named = next((row["model"] for row in rows if row["model"]), None)  # a `model` field of the rows
-        record = load_model_record(model) if model is not None else \
-            load_model_record(named) if named and (Path(named) / "descore_config.json").is_file() else None
+        record = (
+            load_model_record(model)
+            if model is not None
+            else load_model_record(named)
+            if named and (Path(named) / "descore_config.json").is_file()
+            else None
+        )
         page = scores_page(rows, media, path, record)
     elif kind == "evaluation":
         page = evaluation_page(load_evaluation(path), media, path)

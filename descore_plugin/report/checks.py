@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 def missing_checks(run: dict, names) -> list[str]:
     """The names of `names` that no sample (nor eval row) of the run carries: those to compute."""
     logged = {name for sample in run["samples"] for name in sample["scores"]}
-    logged |= {key[len("eval/"):] for row in run["evals"] for key in row if key.startswith("eval/")}
+    logged |= {key[len("eval/") :] for row in run["evals"] for key in row if key.startswith("eval/")}
     return [name for name in names or [] if name not in logged]
 
 
@@ -36,8 +36,9 @@ def _frames(path):
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def score_samples(run: dict, names: list[str], model=None, device=None, dtype=None, output_dir=None,
-                  batch_size: int = 8) -> None:
+def score_samples(
+    run: dict, names: list[str], model=None, device=None, dtype=None, output_dir=None, batch_size: int = 8
+) -> None:
     """Score every saved sample video of `run` (`load_run`) with the rewards `names` (reward names of
     descore_plugin.rewards: analytic:brightness, analytic:redness, descore, descore:<dimension>, ...; a descore
     name needs `model`, a DeScore folder, hub id or server URL) and add the scores to the samples in place; a
@@ -51,19 +52,26 @@ def score_samples(run: dict, names: list[str], model=None, device=None, dtype=No
     if not names:
         return
     if not run["samples"]:
-        raise ReportInputError(f"--check {names[0]}: {run['path']} saved no sample videos (samples/step-N/) to score "
-                               "after the fact; a check can only be one of the scores its metrics.jsonl logged")
+        raise ReportInputError(
+            f"--check {names[0]}: {run['path']} saved no sample videos (samples/step-N/) to score "
+            "after the fact; a check can only be one of the scores its metrics.jsonl logged"
+        )
     known = reward_lib.DESCORE_NAMES + tuple(ANALYTIC_REWARDS)
     for name in names:
         if name not in known:
             logged = sorted({n for s in run["samples"] for n in s["scores"]})
-            raise ReportInputError(f"--check {name}: the run logged no such score ({', '.join(logged)}) and it is not "
-                                   f"a reward to compute on its samples ({', '.join(known)})")
+            raise ReportInputError(
+                f"--check {name}: the run logged no such score ({', '.join(logged)}) and it is not "
+                f"a reward to compute on its samples ({', '.join(known)})"
+            )
         if name.startswith("descore") and model is None:
-            raise ReportInputError(f"--check {name}: scoring the run's samples with a DeScore judge needs --model "
-                                   "(its folder, hub id or http://host:port of `descore serve`)")
-    rewards = reward_lib.reward_set(names, reward_model=model, device=device or "cpu", dtype=dtype,
-                                    batch_size=batch_size)
+            raise ReportInputError(
+                f"--check {name}: scoring the run's samples with a DeScore judge needs --model "
+                "(its folder, hub id or http://host:port of `descore serve`)"
+            )
+    rewards = reward_lib.reward_set(
+        names, reward_model=model, device=device or "cpu", dtype=dtype, batch_size=batch_size
+    )
     samples = [s for s in run["samples"] if s["path"] is not None]
     for sample in run["samples"]:
         sample["scores"].update({name: math.nan for name in names})
@@ -86,9 +94,16 @@ def score_samples(run: dict, names: list[str], model=None, device=None, dtype=No
                         sample["scores"].update({name: float(scores[name][row]) for name in names})
             bar.update(len(chunk))
     if output_dir is not None:
-        lines = [{"step": s["step"], "index": s["index"], "prompt": s["prompt"], "video": str(s["path"]),
-                  "scores": {name: None if math.isnan(s["scores"][name]) else s["scores"][name] for name in names}}
-                 for s in run["samples"]]
+        lines = [
+            {
+                "step": s["step"],
+                "index": s["index"],
+                "prompt": s["prompt"],
+                "video": str(s["path"]),
+                "scores": {name: None if math.isnan(s["scores"][name]) else s["scores"][name] for name in names},
+            }
+            for s in run["samples"]
+        ]
         (output_dir / CHECK_SCORES_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     run["computed_checks"] = list(names)
     logger.info("scored %d saved samples with %s", len(samples), ", ".join(names))

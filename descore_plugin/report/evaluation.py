@@ -33,15 +33,20 @@ def truth_table(row: dict) -> str:
     lines = []
     for name in names:
         mark = ' class="differs"' if name in differing else ""
-        lines.append(f'<tr{mark}><td>{esc(name)}</td><td class="num">{esc(truth_a.get(name, "–"))}</td>'
-                     f'<td class="num">{esc(truth_b.get(name, "–"))}</td><td class="num">'
-                     f'{esc(judged["a"].get(name, "–"))}</td><td class="num">{esc(judged["b"].get(name, "–"))}'
-                     '</td></tr>')
+        lines.append(
+            f'<tr{mark}><td>{esc(name)}</td><td class="num">{esc(truth_a.get(name, "–"))}</td>'
+            f'<td class="num">{esc(truth_b.get(name, "–"))}</td><td class="num">'
+            f'{esc(judged["a"].get(name, "–"))}</td><td class="num">{esc(judged["b"].get(name, "–"))}'
+            "</td></tr>"
+        )
     said = ", ".join(f"{name}: A {truth_a.get(name, '–')}, B {truth_b.get(name, '–')}" for name in differing)
-    return (f'<div class="truth"><div><b>Truth</b> (from the data): '
-            + (f"the videos differ in {esc(said)}" if differing else "the videos have the same scores") +
-            '</div><table><tr><th>dimension</th><th>truth A</th><th>truth B</th><th>judge A</th><th>judge B</th></tr>'
-            + "".join(lines) + "</table></div>")
+    return (
+        '<div class="truth"><div><b>Truth</b> (from the data): '
+        + (f"the videos differ in {esc(said)}" if differing else "the videos have the same scores")
+        + "</div><table><tr><th>dimension</th><th>truth A</th><th>truth B</th><th>judge A</th><th>judge B</th></tr>"
+        + "".join(lines)
+        + "</table></div>"
+    )
 
 
 def evaluation_page(evaluation: dict, media: Media, source: Path) -> str:
@@ -56,25 +61,34 @@ def evaluation_page(evaluation: dict, media: Media, source: Path) -> str:
     if evaluation.get("accuracy_ties_as_errors") is not None:
         items.append(("official figure (ties as errors)", fmt(evaluation["accuracy_ties_as_errors"])))
     items += [
-        ("pairs", f'{evaluation["num_pairs"]} ({evaluation.get("num_pairs_without_ties", "?")} without ties)'),
+        ("pairs", f"{evaluation['num_pairs']} ({evaluation.get('num_pairs_without_ties', '?')} without ties)"),
         ("scored with", "own CoT" if think else "no CoT"),
     ]
     rate, cots, unparsed = (evaluation.get(k) for k in ("cot_parse_rate", "num_cots", "num_cots_unparsed"))
     if think:
         items.append(("max_new_tokens", evaluation.get("max_new_tokens") or "not recorded"))
-        items.append(("CoTs parsed", f"{cots - unparsed} of {cots} ({rate:.0%})" if rate is not None and cots
-                      else "not recorded", bool(unparsed)))
+        items.append(
+            (
+                "CoTs parsed",
+                f"{cots - unparsed} of {cots} ({rate:.0%})" if rate is not None and cots else "not recorded",
+                bool(unparsed),
+            )
+        )
     items.append(("wrong pairs", len(wrong)))
     body = tiles(items)
     if think and rate is not None and rate < PARSE_WARNING_RATE:
-        body += (f'<div class="flag" data-kind="parse"><b>CoTs not parsed</b> — only {rate:.0%} of the CoTs parse: '
-                 f'the '
-                 f'judge mostly does not write its answer format here (out of its domain, or not taught to write it, '
-                 f'or cut by max_new_tokens {evaluation.get("max_new_tokens")}), so these accuracies are not those of '
-                 f'a judge that thinks</div>')
+        body += (
+            f'<div class="flag" data-kind="parse"><b>CoTs not parsed</b> — only {rate:.0%} of the CoTs parse: '
+            f"the "
+            f"judge mostly does not write its answer format here (out of its domain, or not taught to write it, "
+            f"or cut by max_new_tokens {evaluation.get('max_new_tokens')}), so these accuracies are not those of "
+            f"a judge that thinks</div>"
+        )
     if any(isinstance(row.get("scores_a"), dict) for row in wrong):
-        body += ('<p class="muted">Each wrong pair below shows the truth the data carries (per-dimension scores) '
-                 'next to what the judge\'s CoT said.</p>')
+        body += (
+            '<p class="muted">Each wrong pair below shows the truth the data carries (per-dimension scores) '
+            "next to what the judge's CoT said.</p>"
+        )
     slices = evaluation.get("accuracy_without_ties_by_slice") or {}
     if slices:
         counts = Counter(row.get("slice") or "untagged" for row in rows if row["correct"] is not None)
@@ -83,13 +97,16 @@ def evaluation_page(evaluation: dict, media: Media, source: Path) -> str:
             count = sum(counts.values()) if name == "all" else counts.get(name, "")
             body += f'<tr><td>{esc(name)}</td><td class="num">{fmt(value)}</td><td class="num">{count}</td></tr>'
         body += "</table>"
-    groups = {"right": [r["margin"] if r["label"] == "A" else -r["margin"] for r in rows if r["correct"] is True],
-              "wrong": [r["margin"] if r["label"] == "A" else -r["margin"] for r in rows if r["correct"] is False]}
+    groups = {
+        "right": [r["margin"] if r["label"] == "A" else -r["margin"] for r in rows if r["correct"] is True],
+        "wrong": [r["margin"] if r["label"] == "A" else -r["margin"] for r in rows if r["correct"] is False],
+    }
     ties = [abs(r["margin"]) for r in rows if r["correct"] is None]
     if ties:
         groups["human tie (|margin|)"] = ties
     body += "<h2>Reward margins</h2>" + svg_histogram(
-        "reward(preferred) - reward(other); right of 0 = the model agrees", groups)
+        "reward(preferred) - reward(other); right of 0 = the model agrees", groups
+    )
     body += f"<h2>Pairs the model got wrong ({len(wrong)})</h2>"
     if not wrong:
         body += '<div class="ok">The model ranks every non-tie pair the way humans did.</div>'
@@ -104,10 +121,15 @@ def evaluation_page(evaluation: dict, media: Media, source: Path) -> str:
                 f'<div class="reward">{fmt(row[f"reward_{side}"], 4)}</div>'
                 + (f'<div class="parse-error">CoT not parsed: {esc(error)}</div>' if error else "")
                 + (f'<div class="cot">{esc(cot.strip())}</div>' if cot else '<div class="muted">no CoT</div>')
-                + "</div></div>")
-        body += (f'<div class="pair"><div class="prompt">{esc(row["prompt"])}</div><div class="muted">human choice '
-                 f'{esc(row["label"])}, slice {esc(row.get("slice") or "–")}, margin A - B = {fmt(row["margin"], 4)}'
-                 f'</div><div class="sides">{"".join(sides)}</div>{truth_table(row)}</div>')
-    named = [f"model: {evaluation['model']}" if evaluation.get("model") else "model not recorded",
-             f"pairs: {evaluation['pairs']}" if evaluation.get("pairs") else "pairs not recorded"]
+                + "</div></div>"
+            )
+        body += (
+            f'<div class="pair"><div class="prompt">{esc(row["prompt"])}</div><div class="muted">human choice '
+            f"{esc(row['label'])}, slice {esc(row.get('slice') or '–')}, margin A - B = {fmt(row['margin'], 4)}"
+            f'</div><div class="sides">{"".join(sides)}</div>{truth_table(row)}</div>'
+        )
+    named = [
+        f"model: {evaluation['model']}" if evaluation.get("model") else "model not recorded",
+        f"pairs: {evaluation['pairs']}" if evaluation.get("pairs") else "pairs not recorded",
+    ]
     return page("DeScore evaluation", " — ".join([str(source)] + named), body)

@@ -10,8 +10,19 @@ from collections import Counter
 
 from descore_plugin.report.inputs import DIMENSION_PREFIX, OVERALL, UNCERTAINTY, ReportInputError
 
-__all__ = ["Flag", "Change", "change", "dimension_drop_flags", "independent_check_flags", "uncertainty_flags",
-           "phrase_flags", "low_score_phrases", "run_series", "primary_name", "hacking_flags"]
+__all__ = [
+    "Flag",
+    "Change",
+    "change",
+    "dimension_drop_flags",
+    "independent_check_flags",
+    "uncertainty_flags",
+    "phrase_flags",
+    "low_score_phrases",
+    "run_series",
+    "primary_name",
+    "hacking_flags",
+]
 
 
 @dataclasses.dataclass
@@ -72,38 +83,60 @@ def _sustained(steps: list, holds: list[bool]) -> list:
     return [steps[i + 1] for i, ok in enumerate(holds) if ok and (i + 1 == len(holds) or holds[i + 1])]
 
 
-def dimension_drop_flags(steps: list, total: list, dimensions: dict, z: float = 3.0, min_change: float = 0.0) -> list[Flag]:
+def dimension_drop_flags(
+    steps: list, total: list, dimensions: dict, z: float = 3.0, min_change: float = 0.0
+) -> list[Flag]:
     """(a) A dimension falling while the total rises. `total` and each `dimensions[name]` hold one entry per step in
     `steps` (steps[0] = the base model): a mean or a list of per-video values."""
     total_changes = _changes(total, z, min_change)
     flags = []
     for name, series in dimensions.items():
-        hits = _sustained(steps, [t.direction > 0 and d.direction < 0
-                                  for t, d in zip(total_changes, _changes(series, z, min_change))])
+        hits = _sustained(
+            steps, [t.direction > 0 and d.direction < 0 for t, d in zip(total_changes, _changes(series, z, min_change))]
+        )
         if hits:
-            flags.append(Flag("dimension_drop", name, hits,
-                              f"{name} falls while the total reward rises (from the base, at step(s) "
-                              f"{_steps_text(hits)})"))
+            flags.append(
+                Flag(
+                    "dimension_drop",
+                    name,
+                    hits,
+                    f"{name} falls while the total reward rises (from the base, at step(s) {_steps_text(hits)})",
+                )
+            )
     return flags
 
 
-def independent_check_flags(steps: list, total: list, checks: dict, z: float = 3.0, min_change: float = 0.0) -> list[Flag]:
+def independent_check_flags(
+    steps: list, total: list, checks: dict, z: float = 3.0, min_change: float = 0.0
+) -> list[Flag]:
     """(b) The reward rising while an independent check (a second reward, the no-CoT student, an analytic reward)
     stays flat or falls; same data layout as `dimension_drop_flags`."""
     total_changes = _changes(total, z, min_change)
     flags = []
     for name, series in checks.items():
-        hits = _sustained(steps, [t.direction > 0 and c.direction <= 0 and math.isfinite(c.delta)
-                                  for t, c in zip(total_changes, _changes(series, z, min_change))])
+        hits = _sustained(
+            steps,
+            [
+                t.direction > 0 and c.direction <= 0 and math.isfinite(c.delta)
+                for t, c in zip(total_changes, _changes(series, z, min_change))
+            ],
+        )
         if hits:
-            flags.append(Flag("independent_check", name, hits,
-                              f"the reward rises but the independent check {name} does not (flat or falling at "
-                              f"step(s) {_steps_text(hits)})"))
+            flags.append(
+                Flag(
+                    "independent_check",
+                    name,
+                    hits,
+                    f"the reward rises but the independent check {name} does not (flat or falling at "
+                    f"step(s) {_steps_text(hits)})",
+                )
+            )
     return flags
 
 
-def uncertainty_flags(steps: list, uncertainty: list, z: float = 3.0, min_change: float = 0.0,
-                      name: str = UNCERTAINTY) -> list[Flag]:
+def uncertainty_flags(
+    steps: list, uncertainty: list, z: float = 3.0, min_change: float = 0.0, name: str = UNCERTAINTY
+) -> list[Flag]:
     """(c) The judge's uncertainty rising from the base."""
     hits = _sustained(steps, [c.direction > 0 for c in _changes(uncertainty, z, min_change)])
     if not hits:
@@ -162,7 +195,9 @@ def low_score_phrases(base: list, checkpoint: list, fraction: float = 1 / 3, siz
     return kept
 
 
-def phrase_flags(per_step: dict, fraction: float = 1 / 3, min_rise: float = 0.5, sizes=(2, 3)) -> tuple[list[Flag], dict]:
+def phrase_flags(
+    per_step: dict, fraction: float = 1 / 3, min_rise: float = 0.5, sizes=(2, 3)
+) -> tuple[list[Flag], dict]:
     """(d) For every checkpoint, the phrases of its low-scoring CoTs against the base's (the smallest step of
     `per_step`, a {step: [(score, CoT) or (score, CoT, prompt), ...]}); flags each phrase whose share rises by at least `min_rise`.
     Returns (flags, {step: low_score_phrases table})."""
@@ -185,8 +220,15 @@ def phrase_flags(per_step: dict, fraction: float = 1 / 3, min_rise: float = 0.5,
     for hits, grams in by_steps.items():
         for words in _merge_overlapping(grams):
             phrase = " ".join(words)
-            flags.append(Flag("phrases", phrase, list(hits), f"low-scoring CoTs say \"{phrase}\" far more often than "
-                              f"the base's (step(s) {_steps_text(list(hits))})"))
+            flags.append(
+                Flag(
+                    "phrases",
+                    phrase,
+                    list(hits),
+                    f'low-scoring CoTs say "{phrase}" far more often than '
+                    f"the base's (step(s) {_steps_text(list(hits))})",
+                )
+            )
     flags.sort(key=lambda f: (f.steps, f.series))
     return flags, tables
 
@@ -201,7 +243,7 @@ def _merge_overlapping(grams: list[list[str]]) -> list[list[str]]:
         for i, a in enumerate(spans):
             for j, b in enumerate(spans):
                 k = min(len(a), len(b)) - 1  # overlap of all but one word of the shorter n-gram
-                if i != j and k >= 1 and a[len(a) - k:] == b[:k]:
+                if i != j and k >= 1 and a[len(a) - k :] == b[:k]:
                     spans[i] = a + b[k:]
                     del spans[j]
                     merged = True
@@ -231,12 +273,16 @@ def run_series(run: dict) -> tuple[list, dict]:
     names = []
     for row in run["evals"]:
         for key in row:
-            if (key == "eval_reward" or key.startswith("eval/")) and not key.endswith("_std") \
-                    and key != "eval/num_items" and key not in names:
+            if (
+                (key == "eval_reward" or key.startswith("eval/"))
+                and not key.endswith("_std")
+                and key != "eval/num_items"
+                and key not in names
+            ):
                 names.append(key)
     series = {}
     for key in names:
-        label = "reward" if key == "eval_reward" else key[len("eval/"):]
+        label = "reward" if key == "eval_reward" else key[len("eval/") :]
         series[label] = [row.get(key, math.nan) for row in run["evals"]]
     return steps, series
 
@@ -250,8 +296,15 @@ def primary_name(names: list, primary: str | None = None) -> str:
     return "descore" if "descore" in names else names[0]
 
 
-def hacking_flags(run: dict, primary: str | None = None, independent=None, z: float = 3.0, min_change: float = 0.0,
-                  phrase_fraction: float = 1 / 3, phrase_min_rise: float = 0.5) -> dict:
+def hacking_flags(
+    run: dict,
+    primary: str | None = None,
+    independent=None,
+    z: float = 3.0,
+    min_change: float = 0.0,
+    phrase_fraction: float = 1 / 3,
+    phrase_min_rise: float = 0.5,
+) -> dict:
     """All four flags of a loaded run (`load_run`). `primary`: the optimised reward (default: the first --reward of
     its run_args.json, else "descore", else the first score); `independent`: names of the independent checks
     (default: every score that is not a trained reward, not a `descore:` sub-score and not the uncertainty).
@@ -264,15 +317,23 @@ def hacking_flags(run: dict, primary: str | None = None, independent=None, z: fl
     if primary is None and trained and trained[0] in series:
         primary = trained[0]
     primary = primary_name(list(series), primary)
-    dimensions = {n: v for n, v in series.items()
-                  if n.startswith(DIMENSION_PREFIX) and n not in (UNCERTAINTY, OVERALL) and n != primary}
+    dimensions = {
+        n: v
+        for n, v in series.items()
+        if n.startswith(DIMENSION_PREFIX) and n not in (UNCERTAINTY, OVERALL) and n != primary
+    }
     if independent is None:
-        independent = [n for n in series if n != primary and n not in trained and not n.startswith(DIMENSION_PREFIX)
-                       and n != UNCERTAINTY]
+        independent = [
+            n
+            for n in series
+            if n != primary and n not in trained and not n.startswith(DIMENSION_PREFIX) and n != UNCERTAINTY
+        ]
     else:
         unknown = [n for n in independent if n not in series]
         if unknown:
-            raise ReportInputError(f"--check {', '.join(unknown)}: the run has no such score (it has {', '.join(series)})")
+            raise ReportInputError(
+                f"--check {', '.join(unknown)}: the run has no such score (it has {', '.join(series)})"
+            )
     flags = []
     if len(steps) >= 2:
         flags += dimension_drop_flags(steps, series[primary], dimensions, z, min_change)
@@ -283,7 +344,15 @@ def hacking_flags(run: dict, primary: str | None = None, independent=None, z: fl
     for sample in run["samples"]:
         if sample["cot"]:
             per_step.setdefault(sample["step"], []).append(
-                (sample["scores"].get(primary, math.nan), sample["cot"], sample["prompt"]))
+                (sample["scores"].get(primary, math.nan), sample["cot"], sample["prompt"])
+            )
     phrase_hits, tables = phrase_flags(per_step, phrase_fraction, phrase_min_rise) if per_step else ([], {})
-    return {"steps": steps, "series": series, "primary": primary, "independent": list(independent),
-            "dimensions": list(dimensions), "flags": flags + phrase_hits, "phrases": tables}
+    return {
+        "steps": steps,
+        "series": series,
+        "primary": primary,
+        "independent": list(independent),
+        "dimensions": list(dimensions),
+        "flags": flags + phrase_hits,
+        "phrases": tables,
+    }

@@ -54,11 +54,10 @@ def _browser_playable(path: Path) -> bool:
 
 
 def _reencode(source: Path, target: Path) -> None:
+    import av
     import numpy as np
 
     from descore_plugin.data.video import write_video
-
-    import av
 
     frames, fps = [], 8.0
     with av.open(str(source)) as container:
@@ -157,15 +156,17 @@ def video_tag(src: str | None, original: str, size: str = "") -> str:
     if src is None:
         return f'<div class="missing">video not found:<br>{esc(original)}</div>'
     # playing in a loop, controls only under the pointer (they would hide a third of a small video)
-    return (f'<video src="{esc(src)}" autoplay loop muted playsinline preload="auto" title="{esc(original)}" '
-            f'onmouseenter="this.controls=true" onmouseleave="this.controls=false"{size}></video>')
+    return (
+        f'<video src="{esc(src)}" autoplay loop muted playsinline preload="auto" title="{esc(original)}" '
+        f'onmouseenter="this.controls=true" onmouseleave="this.controls=false"{size}></video>'
+    )
 
 
 def page(title: str, subtitle: str, body: str, script: str = "") -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-        "<link rel=\"icon\" href=\"data:,\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        '<link rel="icon" href="data:,">'
         f"<style>{_CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>"
         f"<main>{body}<footer>Written by descore report. Static page: the videos are in media/ next to it.</footer>"
         f"</main>{f'<script>{script}</script>' if script else ''}</body></html>\n"
@@ -175,9 +176,19 @@ def page(title: str, subtitle: str, body: str, script: str = "") -> str:
 PALETTE = ["#2f6fdf", "#d9632b", "#1f8a4c", "#8e44ad", "#c8372d", "#0f9aa8", "#b26b00", "#5f6b7a", "#d63384"]
 
 
-def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: int = 240, y_label: str = "",
-              bands: dict | None = None, y_range: tuple | None = None, note: str = "", markers: bool = True,
-              thin: dict | None = None) -> str:
+def svg_lines(
+    title: str,
+    steps: list,
+    lines: dict,
+    width: int = 400,
+    height: int = 240,
+    y_label: str = "",
+    bands: dict | None = None,
+    y_range: tuple | None = None,
+    note: str = "",
+    markers: bool = True,
+    thin: dict | None = None,
+) -> str:
     """An inline SVG line chart: `lines` = {name: [mean per step]} (NaN gaps are skipped).
 
     bands: {name: [standard error per step]}: a shaded band of mean +- 1 SE (and the axis holds it);
@@ -186,8 +197,9 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: in
     note: a line under the chart (e.g. the change in standard errors); thin: {name: [values]} drawn as a faint
         line under the others (e.g. per-step values under their rolling mean)."""
     bands, thin = bands or {}, thin or {}
-    points = [v for values in list(lines.values()) + list(thin.values()) for v in values
-              if v is not None and math.isfinite(v)]
+    points = [
+        v for values in list(lines.values()) + list(thin.values()) for v in values if v is not None and math.isfinite(v)
+    ]
     for name, errors in bands.items():
         for v, e in zip(lines.get(name, []), errors):
             if v is not None and e is not None and math.isfinite(v) and math.isfinite(e):
@@ -213,24 +225,34 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: in
         return top + (hi - value) / (hi - lo) * (height - top - bottom)
 
     extra = 18 * ((len(lines) + 2) // 3) + (16 if note else 0)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + extra}"'
-             f' role="img" aria-label="{esc(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{esc(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + extra}"'
+        f' role="img" aria-label="{esc(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{esc(title)}</text>',
+    ]
     # enough decimals that neighbouring ticks differ (a quarter of the range apart), whatever the scale
     decimals = max(0, 1 - math.floor(math.log10((hi - lo) / 4)))
     for i in range(5):
         value = lo + (hi - lo) * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e6e9ee"/>')
-        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">'
-                     f'{value:.{decimals}f}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e6e9ee"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end" fill="#5f6b7a">'
+            f"{value:.{decimals}f}</text>"
+        )
     every = max(1, math.ceil(len(steps) / 8))  # at most ~8 step labels, the last one always (its neighbour
-    last = len(steps) - 1                       # label dropped when the two would touch)
+    last = len(steps) - 1  # label dropped when the two would touch)
     for i, step in enumerate(steps):
         if i == last or (i % every == 0 and (last - i >= every / 2 or i == 0)):
-            parts.append(f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
-                         f'fill="#5f6b7a">{step}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - bottom + 30}" font-size="11" '
-                 f'text-anchor="middle" fill="#5f6b7a">step{" — " + esc(y_label) if y_label else ""}</text>')
+            parts.append(
+                f'<text x="{x(step):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
+                f'fill="#5f6b7a">{step}</text>'
+            )
+    parts.append(
+        f'<text x="{(left + width - right) / 2:.1f}" y="{height - bottom + 30}" font-size="11" '
+        f'text-anchor="middle" fill="#5f6b7a">step{" — " + esc(y_label) if y_label else ""}</text>'
+    )
     for index, (name, values) in enumerate(lines.items()):
         colour = PALETTE[index % len(PALETTE)]
         if name in thin:
@@ -239,18 +261,25 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: in
                 path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(faint))
                 parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-opacity="0.3" stroke-width="1"/>')
         if name in bands:
-            band = [(s, v, e) for s, v, e in zip(steps, values, bands[name]) if v is not None and e is not None
-                    and math.isfinite(v) and math.isfinite(e)]
+            band = [
+                (s, v, e)
+                for s, v, e in zip(steps, values, bands[name])
+                if v is not None and e is not None and math.isfinite(v) and math.isfinite(e)
+            ]
             if band:
                 upper = [f"{x(s):.1f},{y(v + e):.1f}" for s, v, e in band]
                 lower = [f"{x(s):.1f},{y(v - e):.1f}" for s, v, e in reversed(band)]
                 if len(band) == 1:  # one point: an error bar
                     s, v, e = band[0]
-                    parts.append(f'<line class="se-bar" x1="{x(s):.1f}" x2="{x(s):.1f}" y1="{y(v + e):.1f}" '
-                                 f'y2="{y(v - e):.1f}" stroke="{colour}" stroke-width="2"/>')
+                    parts.append(
+                        f'<line class="se-bar" x1="{x(s):.1f}" x2="{x(s):.1f}" y1="{y(v + e):.1f}" '
+                        f'y2="{y(v - e):.1f}" stroke="{colour}" stroke-width="2"/>'
+                    )
                 else:
-                    parts.append(f'<polygon class="se-band" points="{" ".join(upper + lower)}" fill="{colour}" '
-                                 f'fill-opacity="0.18" stroke="none"/>')
+                    parts.append(
+                        f'<polygon class="se-band" points="{" ".join(upper + lower)}" fill="{colour}" '
+                        f'fill-opacity="0.18" stroke="none"/>'
+                    )
         coords = [(x(s), y(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(v)]
         if len(coords) > 1:
             path = " ".join(f"{'M' if i == 0 else 'L'}{cx:.1f},{cy:.1f}" for i, (cx, cy) in enumerate(coords))
@@ -259,11 +288,14 @@ def svg_lines(title: str, steps: list, lines: dict, width: int = 400, height: in
             for cx, cy in coords:
                 parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}"/>')
         lx, ly = left + (index % 3) * ((width - left) / 3), height + 4 + 18 * (index // 3)
-        parts.append(f'<rect x="{lx:.1f}" y="{ly}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{lx + 14:.1f}" y="{ly + 9}" font-size="11" fill="#1d232b">{esc(name[:28])}</text>')
+        parts.append(
+            f'<rect x="{lx:.1f}" y="{ly}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{lx + 14:.1f}" y="{ly + 9}" font-size="11" fill="#1d232b">{esc(name[:28])}</text>'
+        )
     if note:
-        parts.append(f'<text class="note" x="{left}" y="{height + extra - 4}" font-size="11" fill="#39424e">'
-                     f'{esc(note)}</text>')
+        parts.append(
+            f'<text class="note" x="{left}" y="{height + extra - 4}" font-size="11" fill="#39424e">{esc(note)}</text>'
+        )
     parts.append("</svg>")
     return '<div class="chart">' + "".join(parts) + "</div>"
 
@@ -285,9 +317,11 @@ def svg_histogram(title: str, groups: dict, bins: int = 20, width: int = 560, he
     peak = max(sum(counts[n][i] for n in groups) for i in range(bins)) or 1
     left, right, top, bottom = 40, 12, 28, 46
     plot_w, plot_h = width - left - right, height - top - bottom
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{esc(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{esc(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{esc(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#1d232b">{esc(title)}</text>',
+    ]
     for i in range(bins):
         base = 0
         for index, name in enumerate(groups):
@@ -296,31 +330,44 @@ def svg_histogram(title: str, groups: dict, bins: int = 20, width: int = 560, he
                 continue
             bar_h = count / peak * plot_h
             y = top + plot_h - (base + count) / peak * plot_h
-            parts.append(f'<rect x="{left + i * plot_w / bins + 1:.1f}" y="{y:.1f}" width="{plot_w / bins - 2:.1f}" '
-                         f'height="{bar_h:.1f}" fill="{PALETTE[index % len(PALETTE)]}"><title>{esc(name)}: '
-                         f'{count}</title></rect>')
+            parts.append(
+                f'<rect x="{left + i * plot_w / bins + 1:.1f}" y="{y:.1f}" width="{plot_w / bins - 2:.1f}" '
+                f'height="{bar_h:.1f}" fill="{PALETTE[index % len(PALETTE)]}"><title>{esc(name)}: '
+                f"{count}</title></rect>"
+            )
             base += count
     if lo < 0 < hi:
         zx = left + (0 - lo) / (hi - lo) * plot_w
-        parts.append(f'<line x1="{zx:.1f}" x2="{zx:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#1d232b" '
-                     f'stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<line x1="{zx:.1f}" x2="{zx:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#1d232b" '
+            f'stroke-dasharray="4 3"/>'
+        )
     for i in range(5):
         value = lo + (hi - lo) * i / 4
-        parts.append(f'<text x="{left + i * plot_w / 4:.1f}" y="{top + plot_h + 14}" font-size="10" '
-                     f'text-anchor="middle" fill="#5f6b7a">{value:.3g}</text>')
+        parts.append(
+            f'<text x="{left + i * plot_w / 4:.1f}" y="{top + plot_h + 14}" font-size="10" '
+            f'text-anchor="middle" fill="#5f6b7a">{value:.3g}</text>'
+        )
     parts.append(f'<text x="{left - 6}" y="{top + 8}" font-size="10" text-anchor="end" fill="#5f6b7a">{peak}</text>')
     parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#5f6b7a"/>')
     for index, name in enumerate(groups):
         lx = left + index * 170
-        parts.append(f'<rect x="{lx}" y="{height - 14}" width="10" height="10" fill="{PALETTE[index % len(PALETTE)]}"/>'
-                     f'<text x="{lx + 14}" y="{height - 5}" font-size="11" fill="#1d232b">{esc(name)}</text>')
+        parts.append(
+            f'<rect x="{lx}" y="{height - 14}" width="10" height="10" fill="{PALETTE[index % len(PALETTE)]}"/>'
+            f'<text x="{lx + 14}" y="{height - 5}" font-size="11" fill="#1d232b">{esc(name)}</text>'
+        )
     parts.append("</svg>")
     return '<div class="chart">' + "".join(parts) + "</div>"
 
 
 def tiles(items) -> str:
     """Headline numbers: (label, value) or (label, value, True) for a value that reports a failure (shown in red)."""
-    return '<div class="tiles">' + "".join(
-        f'<div class="tile{" bad" if len(item) > 2 and item[2] else ""}"><div class="v">{esc(item[1])}</div>'
-        f'<div class="k">{esc(item[0])}</div></div>' for item in items
-    ) + "</div>"
+    return (
+        '<div class="tiles">'
+        + "".join(
+            f'<div class="tile{" bad" if len(item) > 2 and item[2] else ""}"><div class="v">{esc(item[1])}</div>'
+            f'<div class="k">{esc(item[0])}</div></div>'
+            for item in items
+        )
+        + "</div>"
+    )

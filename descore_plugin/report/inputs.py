@@ -12,8 +12,16 @@ from pathlib import Path
 from descore_plugin.utils.errors import UserError
 from descore_plugin.utils.jsonl import read_jsonl
 
-__all__ = ["ReportInputError", "detect_kind", "load_scored_set", "load_evaluation", "load_run", "load_model_record",
-           "training_curves", "KINDS"]
+__all__ = [
+    "ReportInputError",
+    "detect_kind",
+    "load_scored_set",
+    "load_evaluation",
+    "load_run",
+    "load_model_record",
+    "training_curves",
+    "KINDS",
+]
 
 KINDS = ("scores", "evaluation", "run")
 DIMENSION_PREFIX = "descore:"
@@ -32,7 +40,7 @@ class ReportInputError(UserError):
 
 
 def detect_kind(path) -> str:
-    """"scores" (a JSONL / JSON-lines file), "evaluation" (a directory with accuracy.json and pairs_scored.csv) or
+    """ "scores" (a JSONL / JSON-lines file), "evaluation" (a directory with accuracy.json and pairs_scored.csv) or
     "run" (a directory with metrics.jsonl); anything else raises ReportInputError saying what each kind holds."""
     path = Path(path)
     if not path.exists():
@@ -75,7 +83,7 @@ def _number(value, where: str, field: str, optional: bool = True):
 
 def _resolve_video(video: str, base: Path) -> Path | None:
     candidate = Path(video)
-    for path in ([candidate] if candidate.is_absolute() else [base / candidate, candidate]):
+    for path in [candidate] if candidate.is_absolute() else [base / candidate, candidate]:
         if path.is_file():
             return path.resolve()
     return None
@@ -105,14 +113,22 @@ def load_scored_set(path) -> list[dict]:
         cot = row.get("cot")
         if cot is not None and not isinstance(cot, str):
             raise ReportInputError(f"{where}, field 'cot': expected text, got {cot!r}")
-        rows.append({
-            "line": number, "video": row["video"], "prompt": row["prompt"], "reward": reward, "cot": cot,
-            "dimensional_scores": scores, "overall_score": _number(row.get("overall_score"), where, "overall_score"),
-            "uncertainty": _number(row.get("uncertainty"), where, "uncertainty"),
-            "parse_error": row.get("parse_error"), "error": row.get("error"),
-            "model": row.get("model") if isinstance(row.get("model"), str) else None,
-            "path": _resolve_video(row["video"], path.parent),
-        })
+        rows.append(
+            {
+                "line": number,
+                "video": row["video"],
+                "prompt": row["prompt"],
+                "reward": reward,
+                "cot": cot,
+                "dimensional_scores": scores,
+                "overall_score": _number(row.get("overall_score"), where, "overall_score"),
+                "uncertainty": _number(row.get("uncertainty"), where, "uncertainty"),
+                "parse_error": row.get("parse_error"),
+                "error": row.get("error"),
+                "model": row.get("model") if isinstance(row.get("model"), str) else None,
+                "path": _resolve_video(row["video"], path.parent),
+            }
+        )
     if not rows:
         raise ReportInputError(f"{path}: no rows (expected one JSON object per scored video)")
     return rows
@@ -132,7 +148,9 @@ def load_evaluation(path) -> dict:
     rows = []
     with open(path / "pairs_scored.csv", encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = {"video_a", "video_b", "prompt", "label", "reward_a", "reward_b", "margin"} - set(reader.fieldnames or [])
+        missing = {"video_a", "video_b", "prompt", "label", "reward_a", "reward_b", "margin"} - set(
+            reader.fieldnames or []
+        )
         if missing:
             raise ReportInputError(f"{path / 'pairs_scored.csv'}: missing column(s) {', '.join(sorted(missing))}")
         for number, row in enumerate(reader, 2):
@@ -154,8 +172,9 @@ def load_evaluation(path) -> dict:
                     try:
                         parsed[f"scores_{side}"] = json.loads(text)
                     except json.JSONDecodeError:
-                        raise ReportInputError(f"{where}, column 'scores_{side}': expected a JSON object of "
-                                               f"dimension scores, got {text!r}") from None
+                        raise ReportInputError(
+                            f"{where}, column 'scores_{side}': expected a JSON object of dimension scores, got {text!r}"
+                        ) from None
             parsed["path_a"] = _resolve_video(row["video_a"], path)
             parsed["path_b"] = _resolve_video(row["video_b"], path)
             rows.append(parsed)
@@ -169,8 +188,11 @@ def _sample_scores(row: dict, where: str) -> dict:
             raise ReportInputError(f"{where}, field 'scores': expected an object of named scores")
         items = row["scores"].items()
     else:
-        items = [(k, v) for k, v in row.items()
-                 if k not in ("step", "index", "seed") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        items = [
+            (k, v)
+            for k, v in row.items()
+            if k not in ("step", "index", "seed") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
     scores = {}
     for name, value in items:
         if value is None:
@@ -215,8 +237,13 @@ def load_run(path) -> dict:
     for number, row in _read_json_lines(path / "metrics.jsonl"):
         kind = row.get("kind")
         if kind is None:
-            kind = "eval" if any(key.startswith("eval/") for key in row) else \
-                "train" if any(key.startswith(VOCABULARY) for key in row) else None
+            kind = (
+                "eval"
+                if any(key.startswith("eval/") for key in row)
+                else "train"
+                if any(key.startswith(VOCABULARY) for key in row)
+                else None
+            )
         if kind in ("eval", "train") and "step" not in row:
             raise ReportInputError(f"{path / 'metrics.jsonl'}, line {number}: a {kind} row without 'step'")
         if kind == "eval":
@@ -243,11 +270,17 @@ def load_run(path) -> dict:
             step = row.get("step", folder_step)
             if step is None:
                 raise ReportInputError(f"{where}: no 'step' (and the folder is not named step-N)")
-            samples.append({
-                "step": int(step), "video": row["video"], "prompt": row["prompt"],
-                "index": row.get("index"), "scores": _sample_scores(row, where), "cot": _sample_cot(row),
-                "path": _resolve_video(str(row["video"]), jsonl.parent),
-            })
+            samples.append(
+                {
+                    "step": int(step),
+                    "video": row["video"],
+                    "prompt": row["prompt"],
+                    "index": row.get("index"),
+                    "scores": _sample_scores(row, where),
+                    "cot": _sample_cot(row),
+                    "path": _resolve_video(str(row["video"]), jsonl.parent),
+                }
+            )
     args = {}
     for name in ("run_args.json", "args.json"):
         if (path / name).is_file():

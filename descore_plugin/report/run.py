@@ -86,7 +86,7 @@ def standard_errors(run: dict, steps: list, series: dict) -> dict:
 
 
 def change_in_se(steps: list, means: list, errors: list) -> str:
-    """"step A -> step B: +0.123 (4.1 SE)": the change of the mean from the first to the last step, in standard
+    """ "step A -> step B: +0.123 (4.1 SE)": the change of the mean from the first to the last step, in standard
     errors of the difference of the two means (sqrt(SE_A^2 + SE_B^2))."""
     if len(steps) < 2 or not (math.isfinite(means[0]) and math.isfinite(means[-1])):
         return ""
@@ -95,7 +95,7 @@ def change_in_se(steps: list, means: list, errors: list) -> str:
     first, last = errors[0] if errors else None, errors[-1] if errors else None
     if first is None or last is None:
         return text + " (no standard error logged)"
-    se = math.sqrt(first ** 2 + last ** 2)
+    se = math.sqrt(first**2 + last**2)
     if se <= 1e-9 * (1 + abs(means[0]) + abs(means[-1])):  # rounding noise of equal values, not a spread
         return text + " (no spread: SE 0)"
     return text + f" ({delta / se:+.1f} SE)"
@@ -118,38 +118,63 @@ def rolling(values: list, window: int) -> tuple[list, list]:
 def _score_chart(title: str, name: str, steps: list, means: list, errors: list, y_label: str = "") -> str:
     bands = {name: errors} if any(e is not None for e in errors) else {}
     y_range = axis_range(name) or _se_range(means, errors)
-    return svg_lines(title, steps, {name: means}, bands=bands, y_range=y_range, y_label=y_label,
-                     note=change_in_se(steps, means, errors))
+    return svg_lines(
+        title,
+        steps,
+        {name: means},
+        bands=bands,
+        y_range=y_range,
+        y_label=y_label,
+        note=change_in_se(steps, means, errors),
+    )
 
 
 def _training_section(run: dict) -> str:
     curves = training_curves(run)
     if not curves:
-        return ('<h2>Training curves</h2><div class="muted">metrics.jsonl holds no training rows (train/..., '
-                'reward/..., time/...).</div>')
+        return (
+            '<h2>Training curves</h2><div class="muted">metrics.jsonl holds no training rows (train/..., '
+            "reward/..., time/...).</div>"
+        )
     timing = {name: values for name, values in curves.items() if name.startswith("time/")}
     charts = []
-    ordered = sorted((n for n in curves if not n.startswith("time/")),
-                     key=lambda n: (not n.startswith("train/"), "loss" not in n, "accuracy" not in n, n))
+    ordered = sorted(
+        (n for n in curves if not n.startswith("time/")),
+        key=lambda n: (not n.startswith("train/"), "loss" not in n, "accuracy" not in n, n),
+    )
     for name in ordered:
         points = curves[name]
         steps, values = [s for s, _ in points], [v for _, v in points]
         window = max(1, round(len(values) / 10)) if len(values) >= 20 else 1
         if window > 1:
             means, errors = rolling(values, window)
-            chart = svg_lines(name, steps, {name: means}, bands={name: errors}, thin={name: values}, markers=False,
-                              y_range=axis_range(name), note=f"rolling mean of {window} steps +- 1 SE; faint: "
-                                                               f"each step")
+            chart = svg_lines(
+                name,
+                steps,
+                {name: means},
+                bands={name: errors},
+                thin={name: values},
+                markers=False,
+                y_range=axis_range(name),
+                note=f"rolling mean of {window} steps +- 1 SE; faint: each step",
+            )
         else:
             chart = svg_lines(name, steps, {name: values}, y_range=axis_range(name), note="each step")
         charts.append(chart)
-    html = ("<h2>Training curves</h2><p class=\"muted\">train/... are the training quantities (the Flow-DPO loss and "
-            "implicit accuracy, the GRPO policy loss and KL, ...), reward/... the rewards of the training samples.</p>"
-            '<div class="charts" id="training-curves">' + "".join(charts) + "</div>")
+    html = (
+        '<h2>Training curves</h2><p class="muted">train/... are the training quantities (the Flow-DPO loss and '
+        "implicit accuracy, the GRPO policy loss and KL, ...), reward/... the rewards of the training samples.</p>"
+        '<div class="charts" id="training-curves">' + "".join(charts) + "</div>"
+    )
     if timing:
-        html += ("<table><tr><th>time per step</th><th>mean seconds</th></tr>" + "".join(
-            f'<tr><td>{esc(name)}</td><td class="num">{sum(v for _, v in points) / len(points):.3g}</td></tr>'
-            for name, points in timing.items()) + "</table>")
+        html += (
+            "<table><tr><th>time per step</th><th>mean seconds</th></tr>"
+            + "".join(
+                f'<tr><td>{esc(name)}</td><td class="num">{sum(v for _, v in points) / len(points):.3g}</td></tr>'
+                for name, points in timing.items()
+            )
+            + "</table>"
+        )
     return html
 
 
@@ -159,65 +184,104 @@ def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
     means = {name: [_mean(v) for v in values] for name, values in series.items()}
     errors = standard_errors(run, steps, series)
     args = run["args"]
-    described = ", ".join(f"{k} {args[k]}" for k in ("reward_model", "reward", "max_steps", "learning_rate")
-                          if k in args and args[k] is not None)
+    described = ", ".join(
+        f"{k} {args[k]}"
+        for k in ("reward_model", "reward", "max_steps", "learning_rate")
+        if k in args and args[k] is not None
+    )
     first, last = means[primary][0], means[primary][-1]
     se_first, se_last = errors[primary][0], errors[primary][-1]
     moved = change_in_se(steps, means[primary], errors[primary]).partition(": ")[2] or "–"
-    summary = tiles([("optimised reward", primary),
-                     (f"at step {steps[0]} (base)", fmt(first, 4) + (f" ± {fmt(se_first, 3)}" if se_first else "")),
-                     (f"at step {steps[-1]}", fmt(last, 4) + (f" ± {fmt(se_last, 3)}" if se_last else "")),
-                     ("change", moved), ("checkpoints", max(0, len(steps) - 1)),
-                     ("hacking flags", len(flags), bool(flags))])
+    summary = tiles(
+        [
+            ("optimised reward", primary),
+            (f"at step {steps[0]} (base)", fmt(first, 4) + (f" ± {fmt(se_first, 3)}" if se_first else "")),
+            (f"at step {steps[-1]}", fmt(last, 4) + (f" ± {fmt(se_last, 3)}" if se_last else "")),
+            ("change", moved),
+            ("checkpoints", max(0, len(steps) - 1)),
+            ("hacking flags", len(flags), bool(flags)),
+        ]
+    )
     body = summary + "<h2>Reward-hacking flags</h2>"
     if flags:
-        names = {"dimension_drop": "dimension falls while the reward rises",
-                 "independent_check": "independent check disagrees", "uncertainty": "uncertainty rises",
-                 "phrases": "new phrase in low-scoring CoTs"}
+        names = {
+            "dimension_drop": "dimension falls while the reward rises",
+            "independent_check": "independent check disagrees",
+            "uncertainty": "uncertainty rises",
+            "phrases": "new phrase in low-scoring CoTs",
+        }
         body += "".join(f'<div class="flag"><b>{esc(names[f.kind])}</b> — {esc(f.message)}</div>' for f in flags)
     else:
-        body += ('<div class="ok">No flag: no dimension falls while the reward rises, no independent check disagrees, '
-                 'the uncertainty does not rise, and no new phrase dominates the low-scoring CoTs.</div>')
+        body += (
+            '<div class="ok">No flag: no dimension falls while the reward rises, no independent check disagrees, '
+            "the uncertainty does not rise, and no new phrase dominates the low-scoring CoTs.</div>"
+        )
     checked = analysis["independent"]
     computed = run.get("computed_checks") or []
     if checked:
-        body += (f'<p class="muted" id="checks">Compared with the base model (step {steps[0]}) at each checkpoint. '
-                 f'Independent checks: {esc(", ".join(checked))}'
-                 + (f' ({esc(", ".join(computed))} scored now by descore report on the saved samples, see '
-                    f'check_scores.jsonl)' if computed else "") + ".</p>")
+        body += (
+            f'<p class="muted" id="checks">Compared with the base model (step {steps[0]}) at each checkpoint. '
+            f"Independent checks: {esc(', '.join(checked))}"
+            + (
+                f" ({esc(', '.join(computed))} scored now by descore report on the saved samples, see "
+                f"check_scores.jsonl)"
+                if computed
+                else ""
+            )
+            + ".</p>"
+        )
     else:
-        body += ('<div class="note" id="checks">No independent check: nothing tells whether the optimised reward '
-                 'rose because the videos got better. Name one: `descore report RUN --check analytic:brightness` (or '
-                 '--check descore... with --model DIR, a second judge) scores the saved samples now; the Wan recipes '
-                 'take --check NAME at training time.</div>')
-    charts = [_score_chart(f"{primary} (optimised)", primary, steps, means[primary], errors[primary],
-                           y_label="mean of the fixed prompts ± 1 SE")]
+        body += (
+            '<div class="note" id="checks">No independent check: nothing tells whether the optimised reward '
+            "rose because the videos got better. Name one: `descore report RUN --check analytic:brightness` (or "
+            "--check descore... with --model DIR, a second judge) scores the saved samples now; the Wan recipes "
+            "take --check NAME at training time.</div>"
+        )
+    charts = [
+        _score_chart(
+            f"{primary} (optimised)",
+            primary,
+            steps,
+            means[primary],
+            errors[primary],
+            y_label="mean of the fixed prompts ± 1 SE",
+        )
+    ]
     for name in analysis["dimensions"]:  # the 0-2 rubric, one chart each: their bands would overlap
-        charts.append(_score_chart(f"dimension {name[len(DIMENSION_PREFIX):]}", name, steps, means[name], errors[name]))
+        charts.append(
+            _score_chart(f"dimension {name[len(DIMENSION_PREFIX) :]}", name, steps, means[name], errors[name])
+        )
     for name in checked:  # one chart each: the checks have their own scales
         charts.append(_score_chart(f"{name} (independent check)", name, steps, means[name], errors[name]))
     if UNCERTAINTY in means:
         charts.append(_score_chart("judge uncertainty", UNCERTAINTY, steps, means[UNCERTAINTY], errors[UNCERTAINTY]))
-    body += ("<h2>Evaluation curves</h2><p class=\"muted\">Mean over the fixed prompts at each evaluation, the band "
-             "± 1 standard error; scores with a known scale keep it, the others span at least "
-             f"{MIN_SPAN_SE:g} standard errors; under each chart, the change from the base in standard errors "
-             "(about 3 or more is a real change).</p><div class=\"charts\" id=\"eval-curves\">"
-             + "".join(charts) + "</div>")
+    body += (
+        '<h2>Evaluation curves</h2><p class="muted">Mean over the fixed prompts at each evaluation, the band '
+        "± 1 standard error; scores with a known scale keep it, the others span at least "
+        f"{MIN_SPAN_SE:g} standard errors; under each chart, the change from the base in standard errors "
+        '(about 3 or more is a real change).</p><div class="charts" id="eval-curves">' + "".join(charts) + "</div>"
+    )
     body += _training_section(run)
     samples = run["samples"]
     if samples:
         body += "<h2>Fixed-prompt samples: base model and checkpoints</h2>" + _grid(samples, steps, primary, media)
     else:
-        body += ('<h2>Fixed-prompt samples</h2><div class="muted">This run wrote no sample videos (only the mean '
-                 'rewards in metrics.jsonl), so there is no grid and no CoT phrases.</div>')
+        body += (
+            '<h2>Fixed-prompt samples</h2><div class="muted">This run wrote no sample videos (only the mean '
+            "rewards in metrics.jsonl), so there is no grid and no CoT phrases.</div>"
+        )
     if analysis["phrases"]:
-        body += "<h2>Phrases of the low-scoring CoTs, against the base model's</h2><div class=\"charts\">"
+        body += '<h2>Phrases of the low-scoring CoTs, against the base model\'s</h2><div class="charts">'
         for step, table in analysis["phrases"].items():
-            body += (f'<table><tr><th colspan="3">step {step}</th></tr><tr><th>phrase</th><th>share</th>'
-                     f'<th>base</th></tr>')
+            body += (
+                f'<table><tr><th colspan="3">step {step}</th></tr><tr><th>phrase</th><th>share</th><th>base</th></tr>'
+            )
             risen = [r for r in table if r["rise"] > 0][:6]
-            body += "".join(f'<tr><td>{esc(r["phrase"])}</td><td class="num">{r["share"]:.0%}</td>'
-                            f'<td class="num">{r["base_share"]:.0%}</td></tr>' for r in risen)
+            body += "".join(
+                f'<tr><td>{esc(r["phrase"])}</td><td class="num">{r["share"]:.0%}</td>'
+                f'<td class="num">{r["base_share"]:.0%}</td></tr>'
+                for r in risen
+            )
             if not risen:
                 body += '<tr><td colspan="3" class="muted">no phrase more frequent than in the base</td></tr>'
             body += "</table>"
@@ -233,24 +297,34 @@ def _mean(values):
 
 
 def _grid(samples: list, steps: list, primary: str, media: Media) -> str:
-    keys = list(dict.fromkeys((s["index"] if s["index"] is not None else s["prompt"], s["prompt"])
-                              for s in sorted(samples, key=lambda s: (s["step"], str(s["index"])))))
+    keys = list(
+        dict.fromkeys(
+            (s["index"] if s["index"] is not None else s["prompt"], s["prompt"])
+            for s in sorted(samples, key=lambda s: (s["step"], str(s["index"])))
+        )
+    )
     cell = {(s["index"] if s["index"] is not None else s["prompt"], s["step"]): s for s in samples}
     head = "".join(f"<th>{'base' if i == 0 else 'step ' + str(step)}</th>" for i, step in enumerate(steps))
     repeated = Counter(prompt for _, prompt in keys)
     rows = []
     for key, prompt in keys:
-        label = f"{esc(prompt)} <span class=\"muted\">(noise {key})</span>" if repeated[prompt] > 1 else esc(prompt)
+        label = f'{esc(prompt)} <span class="muted">(noise {key})</span>' if repeated[prompt] > 1 else esc(prompt)
         cells = []
         for step in steps:
             sample = cell.get((key, step))
             if sample is None:
-                cells.append("<td class=\"muted\">–</td>")
+                cells.append('<td class="muted">–</td>')
                 continue
             score = sample["scores"].get(primary)
-            cot = (f'<details><summary class="muted">CoT</summary><div class="cot" style="text-align:left;'
-                   f'max-width:260px">{esc(sample["cot"].strip())}</div></details>' if sample["cot"] else "")
-            cells.append(f'<td>{video_tag(media.add(sample["path"]), sample["video"])}<div>{esc(primary)} '
-                         f'<b>{fmt(score, 3)}</b></div>{cot}</td>')
+            cot = (
+                f'<details><summary class="muted">CoT</summary><div class="cot" style="text-align:left;'
+                f'max-width:260px">{esc(sample["cot"].strip())}</div></details>'
+                if sample["cot"]
+                else ""
+            )
+            cells.append(
+                f"<td>{video_tag(media.add(sample['path']), sample['video'])}<div>{esc(primary)} "
+                f"<b>{fmt(score, 3)}</b></div>{cot}</td>"
+            )
         rows.append(f'<tr><td style="text-align:left;max-width:180px"><b>{label}</b></td>{"".join(cells)}</tr>')
     return f'<div class="grid"><table><tr><th>prompt</th>{head}</tr>{"".join(rows)}</table></div>'

@@ -90,26 +90,42 @@ def judge_warnings(rows: list, record: dict | None) -> list[tuple[str, str]]:
     with_cot = [row for row in rows if not row["error"] and (row["cot"] is not None or row["parse_error"])]
     unparsed = [row for row in with_cot if row["parse_error"]]
     if unparsed:
-        warnings.append(("parse", f"{len(unparsed)} of {len(with_cot)} CoTs did not parse: no dimension scores for "
-                                  f"those videos, and the reward was read after an answer the judge did not write "
-                                  f"in its format"))
+        warnings.append(
+            (
+                "parse",
+                f"{len(unparsed)} of {len(with_cot)} CoTs did not parse: no dimension scores for "
+                f"those videos, and the reward was read after an answer the judge did not write "
+                f"in its format",
+            )
+        )
     if with_cot and len(unparsed) / len(with_cot) > PARSE_FAILURE_SHARE:
-        warnings.append(("out_of_domain", f"the judge is probably out of its domain: {len(unparsed)} of "
-                                          f"{len(with_cot)} of its CoTs do not parse (a judge writes its answer "
-                                          f"format on videos like those it was trained on); do not trust these "
-                                          f"rewards"))
+        warnings.append(
+            (
+                "out_of_domain",
+                f"the judge is probably out of its domain: {len(unparsed)} of "
+                f"{len(with_cot)} of its CoTs do not parse (a judge writes its answer "
+                f"format on videos like those it was trained on); do not trust these "
+                f"rewards",
+            )
+        )
     stats = (record or {}).get("reward_range")
-    rewards = [row["reward"] for row in rows if not row["error"] and row["reward"] is not None
-               and math.isfinite(row["reward"])]
+    rewards = [
+        row["reward"] for row in rows if not row["error"] and row["reward"] is not None and math.isfinite(row["reward"])
+    ]
     if stats and stats["std"] > 0 and rewards:
         far = [r for r in rewards if abs(r - stats["mean"]) > FAR_SD * stats["std"]]
         if len(far) / len(rewards) > FAR_SHARE:
             data = f" ({stats['data']})" if stats.get("data") else ""
-            warnings.append(("out_of_domain", f"the judge is probably out of its domain: {len(far)} of {len(rewards)} "
-                                              f"rewards ({min(rewards):.3g} .. {max(rewards):.3g}) lie more than "
-                                              f"{FAR_SD:g} standard deviations from the mean of the "
-                                              f"{stats.get('num_videos', '?')} videos it was evaluated on{data}: "
-                                              f"{stats['mean']:.3g} ± {stats['std']:.3g}"))
+            warnings.append(
+                (
+                    "out_of_domain",
+                    f"the judge is probably out of its domain: {len(far)} of {len(rewards)} "
+                    f"rewards ({min(rewards):.3g} .. {max(rewards):.3g}) lie more than "
+                    f"{FAR_SD:g} standard deviations from the mean of the "
+                    f"{stats.get('num_videos', '?')} videos it was evaluated on{data}: "
+                    f"{stats['mean']:.3g} ± {stats['std']:.3g}",
+                )
+            )
     return warnings
 
 
@@ -137,35 +153,59 @@ def _dims_html(scores: dict) -> str:
     chips = []
     for name, value in scores.items():
         level = f" s{int(value)}" if value is not None and float(value).is_integer() and 0 <= value <= 2 else ""
-        chips.append(f'<span class="dim{level}">{esc(name)} {fmt(value, 2) if not float(value).is_integer() else int(value)}</span>'
-                     if value is not None else f'<span class="dim">{esc(name)} –</span>')
+        chips.append(
+            f'<span class="dim{level}">{esc(name)} {fmt(value, 2) if not float(value).is_integer() else int(value)}</span>'
+            if value is not None
+            else f'<span class="dim">{esc(name)} –</span>'
+        )
     return '<div class="dims">' + "".join(chips) + "</div>"
 
 
 def _card(row: dict, rank, group: str, keys: list, media: Media) -> str:
-    data = {"reward": row["reward"], "uncertainty": row["uncertainty"], **row["dimensional_scores"],
-            "difference to the prompt's best": rank[2] if rank else None}
+    data = {
+        "reward": row["reward"],
+        "uncertainty": row["uncertainty"],
+        **row["dimensional_scores"],
+        "difference to the prompt's best": rank[2] if rank else None,
+    }
     attributes = " ".join(f'data-{_data_name(k)}="{"" if data.get(k) is None else data[k]}"' for k in keys)
     video = video_tag(media.add(row["path"]), row["video"])
     if row["error"]:
         body = f'<div class="reward" style="color:var(--bad)">failed</div><div>{esc(row["error"])}</div>'
     else:
-        uncertainty = (f' <span class="muted">± {fmt(row["uncertainty"])}</span>' if row["uncertainty"] is not None
-                       else "")
-        parse = (f'<div class="parse-error">CoT not parsed: {esc(row["parse_error"])}</div>' if row["parse_error"]
-                 else "")
-        place = (f'<div class="rank">rank {rank[0]} of {rank[1]}' + (f', {fmt(rank[2], 4)} from the best' if rank[0] > 1
-                 else ", the prompt's best") + "</div>") if rank else ""
-        body = (f'<div class="reward">{fmt(row["reward"], 4)}{uncertainty}</div>{place}'
-                f'{_dims_html(row["dimensional_scores"])}{parse}'
-                + (f'<div class="cot">{esc(row["cot"].strip())}</div>' if row["cot"] else
-                   '<div class="muted">scored without a CoT</div>'))
-    classes = "card" + (" error" if row["error"] else "") + \
-        (" unparsed" if row["parse_error"] and not row["error"] else "")
-    return (f'<div class="{classes}" data-group="{group}" {attributes}>{video}<div class="meta">'
-            f'<div class="prompt card-prompt">{esc(row["prompt"])}</div>'
-            f'<div class="muted" title="{esc(row["video"])}">{esc(Path(row["video"]).name)}</div>'
-            f'{body}</div></div>')
+        uncertainty = (
+            f' <span class="muted">± {fmt(row["uncertainty"])}</span>' if row["uncertainty"] is not None else ""
+        )
+        parse = (
+            f'<div class="parse-error">CoT not parsed: {esc(row["parse_error"])}</div>' if row["parse_error"] else ""
+        )
+        place = (
+            (
+                f'<div class="rank">rank {rank[0]} of {rank[1]}'
+                + (f", {fmt(rank[2], 4)} from the best" if rank[0] > 1 else ", the prompt's best")
+                + "</div>"
+            )
+            if rank
+            else ""
+        )
+        body = (
+            f'<div class="reward">{fmt(row["reward"], 4)}{uncertainty}</div>{place}'
+            f"{_dims_html(row['dimensional_scores'])}{parse}"
+            + (
+                f'<div class="cot">{esc(row["cot"].strip())}</div>'
+                if row["cot"]
+                else '<div class="muted">scored without a CoT</div>'
+            )
+        )
+    classes = (
+        "card" + (" error" if row["error"] else "") + (" unparsed" if row["parse_error"] and not row["error"] else "")
+    )
+    return (
+        f'<div class="{classes}" data-group="{group}" {attributes}>{video}<div class="meta">'
+        f'<div class="prompt card-prompt">{esc(row["prompt"])}</div>'
+        f'<div class="muted" title="{esc(row["video"])}">{esc(Path(row["video"]).name)}</div>'
+        f"{body}</div></div>"
+    )
 
 
 def _data_folders(rows: list) -> str:
@@ -192,52 +232,86 @@ def scores_page(rows: list, media: Media, source: Path, record: dict | None = No
     for prompt in prompts:
         members = [(i, row) for i, row in enumerate(rows) if row["prompt"] == prompt]
         cards = "".join(_card(row, ranks.get(i), group_ids[prompt], keys, media) for i, row in members)
-        groups.append(f'<div class="group" id="{group_ids[prompt]}" data-prompt="{esc(prompt)}"><div class="prompt">'
-                      f'{esc(prompt)} <span class="muted">({len(members)} video{"s" if len(members) > 1 else ""})'
-                      f'</span></div><div class="row">{cards}</div></div>')
+        groups.append(
+            f'<div class="group" id="{group_ids[prompt]}" data-prompt="{esc(prompt)}"><div class="prompt">'
+            f'{esc(prompt)} <span class="muted">({len(members)} video{"s" if len(members) > 1 else ""})'
+            f'</span></div><div class="row">{cards}</div></div>'
+        )
     warnings = judge_warnings(rows, record)
     failed = sum(1 for row in rows if row["error"])
     with_cot = sum(1 for row in rows if not row["error"] and (row["cot"] is not None or row["parse_error"]))
     unparsed = sum(1 for row in rows if not row["error"] and row["parse_error"])
     rewards = [row["reward"] for row in rows if not row["error"] and row["reward"] is not None]
-    items = [("videos", len(rows)), ("prompts", len(prompts)), ("videos that failed", failed, failed > 0),
-             ("CoTs not parsed", f"{unparsed} of {with_cot}" if with_cot else "no CoTs", unparsed > 0)]
+    items = [
+        ("videos", len(rows)),
+        ("prompts", len(prompts)),
+        ("videos that failed", failed, failed > 0),
+        ("CoTs not parsed", f"{unparsed} of {with_cot}" if with_cot else "no CoTs", unparsed > 0),
+    ]
     if head == "distribution" and rewards:
         items.append(("mean score (1-5 rubric)", fmt(sum(rewards) / len(rewards), 3)))
     summary = tiles(items)
     names = {"failed": "videos failed", "parse": "CoTs not parsed", "out_of_domain": "judge out of its domain"}
-    body = summary + '<div id="warnings">' + "".join(
-        f'<div class="flag" data-kind="{kind}"><b>{esc(names[kind])}</b> — {esc(message)}</div>'
-        for kind, message in warnings) + "</div>"
+    body = (
+        summary
+        + '<div id="warnings">'
+        + "".join(
+            f'<div class="flag" data-kind="{kind}"><b>{esc(names[kind])}</b> — {esc(message)}</div>'
+            for kind, message in warnings
+        )
+        + "</div>"
+    )
     if head == "scalar":
-        body += ('<div class="note" id="no-mean">No mean reward: ' + ("this judge has" if head_known else
-                 "this judge seems to have (no uncertainty in the rows; name it with --model to be sure)") +
-                 " a Bradley-Terry head, trained only on reward differences between two videos of one prompt, so "
-                 "its rewards have an arbitrary offset and scale and their average says nothing. Compare videos of "
-                 "the same prompt: each card gives its rank within its prompt and its distance from the prompt's "
-                 "best.</div>")
+        body += (
+            '<div class="note" id="no-mean">No mean reward: '
+            + (
+                "this judge has"
+                if head_known
+                else "this judge seems to have (no uncertainty in the rows; name it with --model to be sure)"
+            )
+            + " a Bradley-Terry head, trained only on reward differences between two videos of one prompt, so "
+            "its rewards have an arbitrary offset and scale and their average says nothing. Compare videos of "
+            "the same prompt: each card gives its rank within its prompt and its distance from the prompt's "
+            "best.</div>"
+        )
     if record is None:
         who = "The judge's folder is not at hand" if model else "The judge is not named"
-        body += (f'<p class="muted">{who} (pass --model DIR to `descore report`): its training range is unknown, so '
-                 'only CoTs that do not parse can flag it as out of its domain.</p>')
+        body += (
+            f'<p class="muted">{who} (pass --model DIR to `descore report`): its training range is unknown, so '
+            "only CoTs that do not parse can flag it as out of its domain.</p>"
+        )
     elif record.get("reward_range") is None:
-        body += (f'<p class="muted">{esc(record["name"])} records no reward range (MODEL/evaluation/accuracy.json of '
-                 'recipes/eval_rm.py), so only CoTs that do not parse can flag it as out of its domain.</p>')
+        body += (
+            f'<p class="muted">{esc(record["name"])} records no reward range (MODEL/evaluation/accuracy.json of '
+            "recipes/eval_rm.py), so only CoTs that do not parse can flag it as out of its domain.</p>"
+        )
     options = "".join(f'<option value="{_data_key(k)}">{esc(k)}</option>' for k in keys)
     controls = (
         '<div class="controls"><label><input type="checkbox" id="group-by-prompt" checked> videos of one prompt '
-        'side by side</label><label>sort by</label><select id="sort-key">' + options + '</select>'
+        'side by side</label><label>sort by</label><select id="sort-key">' + options + "</select>"
         '<select id="sort-order"><option value="desc">highest first</option><option value="asc">lowest first</option>'
-        '</select><label>filter</label><select id="filter-key">' + options + '</select>'
+        '</select><label>filter</label><select id="filter-key">' + options + "</select>"
         '<input id="filter-min" type="number" step="any" placeholder="min" size="6">'
         '<input id="filter-max" type="number" step="any" placeholder="max" size="6">'
         '<input id="filter-text" type="search" placeholder="search prompt or CoT">'
         '<span class="muted" id="shown"></span></div>'
     )
-    body += ("<h2>Videos, by prompt</h2>" + controls + '<div id="cards">' + "".join(groups) +
-             '<div class="group" id="flat"><div class="row wrap"></div></div></div>')
-    subtitle = " — ".join(part for part in (f"{source}", f"{len(rows)} videos from {_data_folders(rows)}",
-                                           f"judge: {model}" if model else "judge not named") if part)
+    body += (
+        "<h2>Videos, by prompt</h2>"
+        + controls
+        + '<div id="cards">'
+        + "".join(groups)
+        + '<div class="group" id="flat"><div class="row wrap"></div></div></div>'
+    )
+    subtitle = " — ".join(
+        part
+        for part in (
+            f"{source}",
+            f"{len(rows)} videos from {_data_folders(rows)}",
+            f"judge: {model}" if model else "judge not named",
+        )
+        if part
+    )
     return page("DeScore scores", subtitle, body, _SCORES_JS)
 
 

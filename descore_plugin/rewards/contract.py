@@ -33,13 +33,13 @@ reward function) are thin wrappers over `descore_reward_function` (named apart f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
-from descore_plugin.utils.errors import UserError
 from descore_plugin.modeling.prompt import DIMENSIONS
+from descore_plugin.utils.errors import UserError
 
 Reward = Callable[[object, Sequence[str]], "dict[str, torch.Tensor]"]
 
@@ -103,24 +103,34 @@ class DeScoreRewardFunction:
     `last_output` is the RewardOutput of the latest call (CoTs, parse errors), for loops that store the CoTs.
     """
 
-    def __init__(self, scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                 **score_kwargs):
+    def __init__(
+        self, scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None, **score_kwargs
+    ):
         if not hasattr(scorer, "score"):
-            raise RewardError(f"descore_reward_function: {type(scorer).__name__} has no "
-                              f".score(videos, prompts, think=...)")
+            raise RewardError(
+                f"descore_reward_function: {type(scorer).__name__} has no .score(videos, prompts, think=...)"
+            )
         self.scorer, self.think, self.batch_size = scorer, think, batch_size
         self.score_kwargs = dict(score_kwargs, max_new_tokens=max_new_tokens) if max_new_tokens else score_kwargs
         self.last_output = None
 
     def __call__(self, videos, prompts: Sequence[str], **score_kwargs) -> dict[str, torch.Tensor]:
         """score_kwargs: passed to `.score` for this call only (e.g. cots=[...] to score given CoTs)."""
-        self.last_output = self.scorer.score(videos, list(prompts), think=self.think, batch_size=self.batch_size,
-                                             **{**self.score_kwargs, **score_kwargs})
+        self.last_output = self.scorer.score(
+            videos, list(prompts), think=self.think, batch_size=self.batch_size, **{**self.score_kwargs, **score_kwargs}
+        )
         return scores_from_output(self.last_output)
 
 
-def descore_reward_function(model_or_scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None,
-                            device="cpu", dtype=None, **score_kwargs) -> DeScoreRewardFunction:
+def descore_reward_function(
+    model_or_scorer,
+    think: bool = True,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    device="cpu",
+    dtype=None,
+    **score_kwargs,
+) -> DeScoreRewardFunction:
     """DeScore as a reward of the contract.
 
     model_or_scorer: anything with `.score(videos, prompts, think=...) -> RewardOutput` (a DeScoreReward, a
@@ -131,8 +141,9 @@ def descore_reward_function(model_or_scorer, think: bool = True, batch_size: int
     scorer = model_or_scorer
     if isinstance(scorer, (str, bytes)) or hasattr(scorer, "__fspath__"):
         scorer = load_reward_model(str(scorer), device=device, dtype=dtype)
-    return DeScoreRewardFunction(scorer, think=think, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 **score_kwargs)
+    return DeScoreRewardFunction(
+        scorer, think=think, batch_size=batch_size, max_new_tokens=max_new_tokens, **score_kwargs
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,8 +176,11 @@ def world_truth(videos, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     return measure(videos, prompts)
 
 
-ANALYTIC_REWARDS: dict[str, Reward] = {"analytic:brightness": brightness, "analytic:redness": redness,
-                                       "world:truth": world_truth}
+ANALYTIC_REWARDS: dict[str, Reward] = {
+    "analytic:brightness": brightness,
+    "analytic:redness": redness,
+    "world:truth": world_truth,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,8 +198,10 @@ def call_reward(reward: Reward, videos, prompts: Sequence[str]) -> dict[str, tor
     for name, value in result.items():
         value = torch.as_tensor(value.detach().cpu() if torch.is_tensor(value) else value, dtype=torch.float32)
         if value.shape != (len(prompts),):
-            raise RewardError(f"reward {label}: {name!r} has shape {tuple(value.shape)}, expected ({len(prompts)},) "
-                              f"(one score per video)")
+            raise RewardError(
+                f"reward {label}: {name!r} has shape {tuple(value.shape)}, expected ({len(prompts)},) "
+                f"(one score per video)"
+            )
         if torch.isinf(value).any():
             row = int(torch.isinf(value).nonzero()[0])
             raise RewardError(f"reward {label}: {name!r} is infinite for videos[{row}] (NaN means no score)")
@@ -194,7 +210,7 @@ def call_reward(reward: Reward, videos, prompts: Sequence[str]) -> dict[str, tor
 
 
 def parse_reward_spec(spec: str, known: Sequence[str] = DESCORE_NAMES + tuple(ANALYTIC_REWARDS)) -> tuple[str, float]:
-    """"NAME[=WEIGHT]" -> (name, weight); the weight defaults to 1; NAME must be one of `known`."""
+    """ "NAME[=WEIGHT]" -> (name, weight); the weight defaults to 1; NAME must be one of `known`."""
     name, _, weight = str(spec).partition("=")
     name = name.strip()
     try:
@@ -244,8 +260,9 @@ class RewardSet:
         return sum(weight * scores[name] for name, weight in self.weights.items())
 
 
-def check_rewards(specs: Sequence[str], reward_model=None, think: bool = True,
-                  extra: dict[str, Reward] | None = None) -> dict[str, float]:
+def check_rewards(
+    specs: Sequence[str], reward_model=None, think: bool = True, extra: dict[str, Reward] | None = None
+) -> dict[str, float]:
     """Validate `--reward NAME[=WEIGHT]` flags without loading anything: {name: weight}, in order."""
     known = DESCORE_NAMES + tuple(ANALYTIC_REWARDS) + tuple(extra or {})
     weights = {}
@@ -258,18 +275,28 @@ def check_rewards(specs: Sequence[str], reward_model=None, think: bool = True,
         raise RewardError("--reward: no reward given (e.g. --reward descore or --reward analytic:redness)")
     judged = [name for name in weights if name.startswith("descore")]
     if judged and reward_model is None:
-        raise RewardError(f"--reward {judged[0]}: needs a DeScore model: pass --reward-model DIR, hub id or "
-                          f"http://host:port")
+        raise RewardError(
+            f"--reward {judged[0]}: needs a DeScore model: pass --reward-model DIR, hub id or http://host:port"
+        )
     answer = [name for name in judged if name not in ("descore", "descore:uncertainty")]
     if answer and not think:
-        raise RewardError(f"--reward {answer[0]}: reads the judge's <answer> block, which exists only with "
-                          f"think=True (drop --no-think)")
+        raise RewardError(
+            f"--reward {answer[0]}: reads the judge's <answer> block, which exists only with "
+            f"think=True (drop --no-think)"
+        )
     return weights
 
 
-def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, device="cpu", dtype=None,
-               batch_size: int = 8, max_new_tokens: int | None = None, extra: dict[str, Reward] | None = None
-               ) -> RewardSet:
+def reward_set(
+    specs: Sequence[str],
+    reward_model=None,
+    think: bool = True,
+    device="cpu",
+    dtype=None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    extra: dict[str, Reward] | None = None,
+) -> RewardSet:
     """Build the rewards of `--reward NAME[=WEIGHT]` flags (repeatable); see `check_rewards`.
 
     reward_model: a `--reward-model` value or a loaded scorer; needed only when a `descore*` reward is asked for.
@@ -279,8 +306,16 @@ def reward_set(specs: Sequence[str], reward_model=None, think: bool = True, devi
     weights = check_rewards(specs, reward_model, think, extra)
     rewards: list[Reward] = []
     if any(name.startswith("descore") for name in weights):
-        rewards.append(descore_reward_function(reward_model, think=think, device=device, dtype=dtype,
-                                               batch_size=batch_size, max_new_tokens=max_new_tokens))
+        rewards.append(
+            descore_reward_function(
+                reward_model,
+                think=think,
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+            )
+        )
     rewards += [ANALYTIC_REWARDS[name] for name in weights if name in ANALYTIC_REWARDS]
     rewards += [extra[name] for name in weights if name in extra]
     return RewardSet(weights=weights, rewards=rewards)

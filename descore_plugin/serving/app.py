@@ -99,23 +99,30 @@ class Service:
         else:
             supplied = prefix_options(request).get("key") or request.query_params.get("api_key", "")
         if not secrets.compare_digest(supplied.encode(), self.config.api_key.encode()):
-            raise RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY', or put "
-                                    "it in the URL (?api_key=KEY, or the path prefix /key/KEY)")
+            raise RequestError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY', or put "
+                "it in the URL (?api_key=KEY, or the path prefix /key/KEY)",
+            )
 
     async def read_body(self, request) -> bytes:
         from starlette.requests import ClientDisconnect
 
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            raise RequestError(413, f"request body of {int(declared)} bytes; this server takes at most {self.limit} "
-                                    f"(--max-request-mb {self.config.max_request_mb:g})")
+            raise RequestError(
+                413,
+                f"request body of {int(declared)} bytes; this server takes at most {self.limit} "
+                f"(--max-request-mb {self.config.max_request_mb:g})",
+            )
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.limit:
-                    raise RequestError(413, f"request body over {self.limit} bytes (--max-request-mb "
-                                            f"{self.config.max_request_mb:g})")
+                    raise RequestError(
+                        413, f"request body over {self.limit} bytes (--max-request-mb {self.config.max_request_mb:g})"
+                    )
                 chunks.append(chunk)
         except ClientDisconnect:
             raise RequestError(400, "the client disconnected before sending the whole body") from None
@@ -185,8 +192,18 @@ class Service:
         add(spec)
         return h.hexdigest()
 
-    async def score_videos(self, request, specs, prompts, mode, cots=None, max_new_tokens=None, decode=None,
-                           instructions=None, video_fps=None) -> list[dict]:
+    async def score_videos(
+        self,
+        request,
+        specs,
+        prompts,
+        mode,
+        cots=None,
+        max_new_tokens=None,
+        decode=None,
+        instructions=None,
+        video_fps=None,
+    ) -> list[dict]:
         """Score every video of a request; one result dict per video (with "error" set where it failed).
 
         The videos go half a window at a time: digests (an identical video queued or recently scored is reused),
@@ -198,8 +215,11 @@ class Service:
         config, batcher = self.config, self.batcher
         count = len(specs)
         if count > config.max_videos_per_request:
-            raise RequestError(413, f"{count} videos in one request; this server takes at most "
-                                    f"{config.max_videos_per_request} (--max-videos-per-request)")
+            raise RequestError(
+                413,
+                f"{count} videos in one request; this server takes at most "
+                f"{config.max_videos_per_request} (--max-videos-per-request)",
+            )
         if len(prompts) != count:
             raise RequestError(422, f"got {count} videos but {len(prompts)} prompts: send one prompt per video")
         for i, prompt in enumerate(prompts):
@@ -218,8 +238,11 @@ class Service:
             step = max(1, self.window // 2)  # decode the next half-window while the queue holds the previous one
             for start in range(0, count, step):
                 rows = range(start, min(count, start + step))
-                digests = await run_in_threadpool(lambda rows=rows: [
-                    self._digest(specs[i], prompts[i], cots[i], instructions[i], video_fps[i], key) for i in rows])
+                digests = await run_in_threadpool(
+                    lambda rows=rows: [
+                        self._digest(specs[i], prompts[i], cots[i], instructions[i], video_fps[i], key) for i in rows
+                    ]
+                )
                 todo = []
                 for i, digest in zip(rows, digests):
                     if (hit := batcher.cached(digest)) is not None:
@@ -229,8 +252,11 @@ class Service:
                         held.append(digest)
                     else:
                         todo.append((i, digest))
-                decoded = await run_in_threadpool(lambda todo=todo: [
-                    self.decoder.decode_one(specs[i], f"videos[{i}]", video_fps[i], decode) for i, _ in todo])
+                decoded = await run_in_threadpool(
+                    lambda todo=todo: [
+                        self.decoder.decode_one(specs[i], f"videos[{i}]", video_fps[i], decode) for i, _ in todo
+                    ]
+                )
                 good = []
                 for (i, digest), video in zip(todo, decoded):
                     if isinstance(video, str):
@@ -238,9 +264,14 @@ class Service:
                     else:
                         good.append((i, digest, video))
                 if good:
-                    queued = batcher.submit(key, [v for _, _, v in good], [prompts[i] for i, _, _ in good],
-                                            [cots[i] for i, _, _ in good], [instructions[i] for i, _, _ in good],
-                                            [d for _, d, _ in good])
+                    queued = batcher.submit(
+                        key,
+                        [v for _, _, v in good],
+                        [prompts[i] for i, _, _ in good],
+                        [cots[i] for i, _, _ in good],
+                        [instructions[i] for i, _, _ in good],
+                        [d for _, d, _ in good],
+                    )
                     for (i, digest, _), future in zip(good, queued):
                         futures[i] = future
                         if digest is not None:
@@ -297,8 +328,11 @@ def create_app(model, config: ServeConfig | None = None):
             logger.info("a client went away; %s", error.message)
         else:  # some clients show only the status (Flow-Factory, OpenRLHF): the reason is in the server's log too
             logger.warning("%s %s: %d %s", request.method, request.url.path, error.status, error.message)
-        return JSONResponse({"detail": error.message, "error": error.message}, status_code=error.status,
-                            headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
+        return JSONResponse(
+            {"detail": error.message, "error": error.message},
+            status_code=error.status,
+            headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None,
+        )
 
     @app.get("/health")
     async def health():
@@ -308,18 +342,30 @@ def create_app(model, config: ServeConfig | None = None):
     async def info(request: Request):
         service.check_key(request)
         return {
-            "head": service.model.config.head, "fps": service.model.config.fps,
-            "num_frames": service.model.config.num_frames, "max_new_tokens": service.cot_cap,
-            "think": config.think, "on_bad_video": config.on_bad_video,
+            "head": service.model.config.head,
+            "fps": service.model.config.fps,
+            "num_frames": service.model.config.num_frames,
+            "max_new_tokens": service.cot_cap,
+            "think": config.think,
+            "on_bad_video": config.on_bad_video,
             "replicas": [str(getattr(m, "device", "cpu")) for m in service.models],
-            "max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms, "window": service.window,
-            "videos_scored": batcher.videos_scored, "replica_videos": batcher.replica_videos,
-            "videos_dropped": batcher.videos_dropped, "duplicates_merged": batcher.duplicates_merged,
-            "peak_queued": batcher.peak_queued, "queued": batcher.queued,
+            "max_batch_size": config.max_batch_size,
+            "max_wait_ms": config.max_wait_ms,
+            "window": service.window,
+            "videos_scored": batcher.videos_scored,
+            "replica_videos": batcher.replica_videos,
+            "videos_dropped": batcher.videos_dropped,
+            "duplicates_merged": batcher.duplicates_merged,
+            "peak_queued": batcher.peak_queued,
+            "queued": batcher.queued,
             "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())},
-            "limits": {"max_request_mb": config.max_request_mb, "max_videos_per_request": config.max_videos_per_request,
-                       "max_frames": config.max_frames, "max_frame_pixels": config.max_frame_pixels,
-                       "dedupe_seconds": config.dedupe_seconds},
+            "limits": {
+                "max_request_mb": config.max_request_mb,
+                "max_videos_per_request": config.max_videos_per_request,
+                "max_frames": config.max_frames,
+                "max_frame_pixels": config.max_frame_pixels,
+                "dedupe_seconds": config.dedupe_seconds,
+            },
         }
 
     protocols.add_native(app, service)

@@ -64,8 +64,9 @@ class MicroBatcher:
         self.peak_queued = 0  # most videos queued at once (large requests are fed in by windows)
         self.inflight: dict[str, _Pending] = {}  # digest -> the queued or scoring item
         self.recent: OrderedDict = OrderedDict()  # digest -> (finished at, result)
-        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"descore-score-{i}")
-                           for i in range(len(self.models))]
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"descore-score-{i}") for i in range(len(self.models))
+        ]
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
@@ -118,8 +119,15 @@ class MicroBatcher:
         self.duplicates_merged += 1
         return item.future
 
-    def submit(self, key: tuple, videos: list, prompts: list, cots: list, instructions: list | None = None,
-               digests: list | None = None) -> list:
+    def submit(
+        self,
+        key: tuple,
+        videos: list,
+        prompts: list,
+        cots: list,
+        instructions: list | None = None,
+        digests: list | None = None,
+    ) -> list:
         """Queue videos (each with its prompt, CoT, judge instruction (None = the template) and content digest);
         returns one future per video, resolved with a result dict. A digest already queued is joined instead."""
         if self._closing:
@@ -226,8 +234,11 @@ class MicroBatcher:
         model = self.models[replica]
         try:
             out = model.score(
-                [item.video for item in batch], [item.prompt for item in batch], think=mode == "think",
-                cots=[item.cot for item in batch] if mode == "cots" else None, batch_size=len(batch),
+                [item.video for item in batch],
+                [item.prompt for item in batch],
+                think=mode == "think",
+                cots=[item.cot for item in batch] if mode == "cots" else None,
+                batch_size=len(batch),
                 max_new_tokens=max_new_tokens,
                 instructions=[item.instruction for item in batch] if any(item.instruction for item in batch) else None,
             )
@@ -240,8 +251,12 @@ class MicroBatcher:
         for i in range(len(batch)):
             result = {"reward": float(out.rewards[i]), "error": None}
             if out.cots is not None:
-                result.update(cot=out.cots[i], dimensional_scores=out.dimensional_scores[i],
-                              overall_score=out.overall_scores[i], parse_error=out.parse_errors[i])
+                result.update(
+                    cot=out.cots[i],
+                    dimensional_scores=out.dimensional_scores[i],
+                    overall_score=out.overall_scores[i],
+                    parse_error=out.parse_errors[i],
+                )
             if out.uncertainty is not None:
                 result.update(uncertainty=float(out.uncertainty[i]), bin_probs=out.bin_probs[i].tolist())
             results.append(result)

@@ -65,8 +65,10 @@ def encode_video(source, name: str) -> dict:
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         frames = _to_uint8(_check_frame_array(source, name)).numpy()  # (F, 3, H, W), rounded like load_video
     else:
-        raise VideoInputError(f"{name} has unsupported type {type(source).__name__}; pass a path, a list of PIL "
-                              "images, or an array/tensor of shape (F, 3, H, W) or (F, H, W, 3).")
+        raise VideoInputError(
+            f"{name} has unsupported type {type(source).__name__}; pass a path, a list of PIL "
+            "images, or an array/tensor of shape (F, 3, H, W) or (F, H, W, 3)."
+        )
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(frames), allow_pickle=False)
     return {"npy": base64.b64encode(buffer.getvalue()).decode("ascii")}
@@ -89,8 +91,9 @@ class RemoteReward:
         self.urls = _split_urls(url)
         api_key = api_key if api_key is not None else os.environ.get("DESCORE_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(headers=headers, timeout=timeout,
-                                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self._client = httpx.Client(
+            headers=headers, timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        )
         self.max_concurrency = max_concurrency or 2 * len(self.urls)
 
     def __repr__(self):
@@ -143,10 +146,22 @@ class RemoteReward:
             raise RemoteError(f"{url}: {type(error).__name__}: {error}") from None
         return self._check(url, response).json()
 
-    def score(self, videos, prompts, think: bool = True, cots: list | None = None, batch_size: int = 8,
-              max_new_tokens: int | None = None, seed: int | None = None, video_fps: float | None = None,
-              fps: float | None = None, num_frames: int | None = None, instructions: list | None = None,
-              on_error: str = "raise", **generation) -> RewardOutput:
+    def score(
+        self,
+        videos,
+        prompts,
+        think: bool = True,
+        cots: list | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        video_fps: float | None = None,
+        fps: float | None = None,
+        num_frames: int | None = None,
+        instructions: list | None = None,
+        on_error: str = "raise",
+        **generation,
+    ) -> RewardOutput:
         """Score videos on the server(s); same arguments and `RewardOutput` as `DeScoreReward.score`.
 
         batch_size: videos per request (the server batches requests together on its own).
@@ -159,12 +174,16 @@ class RemoteReward:
             gets reward NaN, and its reason in `parse_errors`).
         generation: sampling options are not served (the server generates greedily); passing any raises."""
         if generation:
-            raise TypeError(f"RemoteReward.score: {sorted(generation)} not supported: the server generates CoTs "
-                            "greedily (the official setting); score in-process to sample")
+            raise TypeError(
+                f"RemoteReward.score: {sorted(generation)} not supported: the server generates CoTs "
+                "greedily (the official setting); score in-process to sample"
+            )
         overrides = [name for name, value in (("fps", fps), ("num_frames", num_frames)) if value is not None]
         if overrides:
-            raise TypeError(f"RemoteReward.score: {overrides} not served: the server samples frames with its model's "
-                            "settings (serve a model configured so, or score in-process)")
+            raise TypeError(
+                f"RemoteReward.score: {overrides} not served: the server samples frames with its model's "
+                "settings (serve a model configured so, or score in-process)"
+            )
         if on_error not in ("raise", "nan"):
             raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'nan'")
         sources = split_videos(videos)
@@ -174,8 +193,10 @@ class RemoteReward:
         if cots is not None and len(cots) != len(sources):
             raise ValueError(f"got {len(sources)} videos but {len(cots)} cots: pass one CoT (or None) per video")
         if instructions is not None and (isinstance(instructions, str) or len(instructions) != len(sources)):
-            raise ValueError(f"got {len(sources)} videos but {len(instructions)} instructions: pass a list with one "
-                             "instruction (or None) per video")
+            raise ValueError(
+                f"got {len(sources)} videos but {len(instructions)} instructions: pass a list with one "
+                "instruction (or None) per video"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
         names = [str(s) if isinstance(s, (str, Path)) else None for s in sources]
@@ -212,11 +233,13 @@ class RemoteReward:
                 if error is not None:  # the server names videos by their place in its request: rename them here
                     prefix, i = f"videos[{j}]", start + j
                     label = f"videos[{i}]" + (f" ({names[i]})" if names[i] else "")
-                    error = label + error[len(prefix):] if error.startswith(prefix) else f"{label}: {error}"
+                    error = label + error[len(prefix) :] if error.startswith(prefix) else f"{label}: {error}"
                 errors.append(error)
         failed = [e for e in errors if e is not None]
         if failed and on_error == "raise":
-            raise VideoInputError(failed[0] + (f" (and {len(failed) - 1} more failed videos)" if len(failed) > 1 else ""))
+            raise VideoInputError(
+                failed[0] + (f" (and {len(failed) - 1} more failed videos)" if len(failed) > 1 else "")
+            )
         rewards = torch.tensor([math.nan if r is None else r for r in gather("rewards")], dtype=torch.float32)
         out = RewardOutput(rewards=rewards)
         cots = gather("cots")
@@ -231,23 +254,35 @@ class RemoteReward:
         if uncertainty is not None:
             out.uncertainty = torch.tensor([math.nan if u is None else u for u in uncertainty], dtype=torch.float32)
             width = next((len(p) for p in gather("bin_probs") if p is not None), 0)
-            out.bin_probs = torch.tensor([p if p is not None else [math.nan] * width for p in gather("bin_probs")],
-                                         dtype=torch.float32)
+            out.bin_probs = torch.tensor(
+                [p if p is not None else [math.nan] * width for p in gather("bin_probs")], dtype=torch.float32
+            )
         return out
 
     def reward(self, videos, prompts, metadata=None, think: bool = True, **kwargs):
         """The Flow-GRPO signature, as `DeScoreReward.reward`."""
         out = self.score(videos, prompts, think=think, **kwargs)
-        info = {"cots": out.cots, "dimensional_scores": out.dimensional_scores, "overall_scores": out.overall_scores,
-                "parse_errors": out.parse_errors}
+        info = {
+            "cots": out.cots,
+            "dimensional_scores": out.dimensional_scores,
+            "overall_scores": out.overall_scores,
+            "parse_errors": out.parse_errors,
+        }
         if out.uncertainty is not None:
             info["uncertainty"] = out.uncertainty.tolist()
         return out.rewards.tolist(), info
 
 
-def descore_reward_remote(url, think: bool = True, batch_size: int = 8, api_key: str | None = None,
-                          max_new_tokens: int | None = None, on_error: str = "nan", timeout: float = 600.0,
-                          name: str = "descore"):
+def descore_reward_remote(
+    url,
+    think: bool = True,
+    batch_size: int = 8,
+    api_key: str | None = None,
+    max_new_tokens: int | None = None,
+    on_error: str = "nan",
+    timeout: float = 600.0,
+    name: str = "descore",
+):
     """Flow-GRPO reward factory for a served DeScore: `fn(images, prompts, metadata) -> (scores, info)`, the
     in-process factory (`integrations.flow_grpo.descore_reward`) over a `RemoteReward`: the same `name` choice and
     the same `info` (every named score, the CoTs, the parse errors). `images`, the (B, F, C, H, W) float tensor in
@@ -256,5 +291,12 @@ def descore_reward_remote(url, think: bool = True, batch_size: int = 8, api_key:
     from descore_plugin.integrations.flow_grpo import descore_reward
 
     client = RemoteReward(url, api_key=api_key, timeout=timeout)
-    return descore_reward(None, model=client, think=think, batch_size=batch_size, name=name,
-                          max_new_tokens=max_new_tokens, on_error=on_error)
+    return descore_reward(
+        None,
+        model=client,
+        think=think,
+        batch_size=batch_size,
+        name=name,
+        max_new_tokens=max_new_tokens,
+        on_error=on_error,
+    )

@@ -66,16 +66,17 @@ class ServeConfig:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size={self.max_batch_size}: must be at least 1")
         if self.max_wait_ms < 0 or self.dedupe_seconds < 0:
-            raise ValueError(f"max_wait_ms={self.max_wait_ms:g} / dedupe_seconds={self.dedupe_seconds:g}: "
-                             "must be >= 0")
+            raise ValueError(f"max_wait_ms={self.max_wait_ms:g} / dedupe_seconds={self.dedupe_seconds:g}: must be >= 0")
         if self.max_videos_per_request < 1:
             raise ValueError(f"max_videos_per_request={self.max_videos_per_request}: must be at least 1")
 
 
 def check_bind(host: str, api_key: str | None):
     if host not in LOOPBACK_HOSTS and not api_key:
-        raise ValueError(f"--host {host} exposes the server beyond this machine: pass --api-key KEY (or set "
-                         "DESCORE_API_KEY); clients then send 'Authorization: Bearer KEY'")
+        raise ValueError(
+            f"--host {host} exposes the server beyond this machine: pass --api-key KEY (or set "
+            "DESCORE_API_KEY); clients then send 'Authorization: Bearer KEY'"
+        )
 
 
 def default_api_key() -> str | None:

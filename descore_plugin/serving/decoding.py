@@ -38,8 +38,9 @@ def per_video_fps(value, count: int, name: str = "video_fps") -> list:
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) != count:
             raise RequestError(422, f"{name}: a list of {len(value)} frame rates for {count} videos")
-        return [check_video_fps(v.item() if isinstance(v, np.generic) else v, f"{name}[{i}]")
-                for i, v in enumerate(value)]
+        return [
+            check_video_fps(v.item() if isinstance(v, np.generic) else v, f"{name}[{i}]") for i, v in enumerate(value)
+        ]
     value = value.item() if isinstance(value, np.generic) else value
     return [check_video_fps(value, name)] * count
 
@@ -62,17 +63,25 @@ class VideoDecoder:
 
     def _check_frames(self, name: str, frames: int, height: int, width: int):
         if frames > self.config.max_frames:
-            raise RequestError(413, f"{name}: {frames} frames; this server takes at most {self.config.max_frames} "
-                                    "frames per video (--max-frames)")
+            raise RequestError(
+                413,
+                f"{name}: {frames} frames; this server takes at most {self.config.max_frames} "
+                "frames per video (--max-frames)",
+            )
         if height * width > self.config.max_frame_pixels:
-            raise RequestError(413, f"{name}: frames of {height}x{width}; this server takes at most "
-                                    f"{self.config.max_frame_pixels} pixels per frame (--max-frame-pixels)")
+            raise RequestError(
+                413,
+                f"{name}: frames of {height}x{width}; this server takes at most "
+                f"{self.config.max_frame_pixels} pixels per frame (--max-frame-pixels)",
+            )
 
     @staticmethod
     def _no_rate_for_files(name: str, video_fps):
         if video_fps is not None:
-            raise VideoInputError(f"{name}: video_fps is only for uploaded frames (.npy, frame lists); a video file "
-                                  "carries its own frame rate.")
+            raise VideoInputError(
+                f"{name}: video_fps is only for uploaded frames (.npy, frame lists); a video file "
+                "carries its own frame rate."
+            )
 
     def from_npy(self, raw: bytes, name: str, video_fps=None) -> Video:
         try:
@@ -101,8 +110,11 @@ class VideoDecoder:
 
     def from_path(self, path: str, name: str, video_fps=None) -> Video:
         if not self.allowed:
-            raise RequestError(403, f"{name}: server-side paths are disabled; send the video's bytes, or start the "
-                                    "server with --allow-paths DIR")
+            raise RequestError(
+                403,
+                f"{name}: server-side paths are disabled; send the video's bytes, or start the "
+                "server with --allow-paths DIR",
+            )
         resolved = Path(path).resolve()  # follows symlinks and `..` before the check
         if not any(resolved == folder or folder in resolved.parents for folder in self.allowed):
             raise RequestError(403, f"{name}: {path} is outside the folders this server may read (--allow-paths)")
@@ -152,8 +164,11 @@ class VideoDecoder:
             return self.from_path(spec, name, video_fps)
         kinds = [key for key in ("mp4", "npy", "path") if isinstance(spec, dict) and key in spec]
         if len(kinds) != 1 or set(spec) - {kinds[0], "video_fps"}:
-            raise RequestError(422, f"{name}: expected one of {{\"mp4\": base64}}, {{\"npy\": base64}}, "
-                                    f"{{\"path\": str}} (with an optional \"video_fps\"); got {_describe(spec)}")
+            raise RequestError(
+                422,
+                f'{name}: expected one of {{"mp4": base64}}, {{"npy": base64}}, '
+                f'{{"path": str}} (with an optional "video_fps"); got {_describe(spec)}',
+            )
         kind = kinds[0]
         value = spec[kind]
         if "video_fps" in spec:
@@ -255,14 +270,28 @@ def _latin1(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-_GLOBALS = {"ndarray": _NdarrayToken, "_reconstruct": _reconstruct, "dtype": _dtype, "scalar": _numpy_scalar,
-            "_frombuffer": _frombuffer}
-_NUMPY_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                  "numpy._core.numeric"}
+_GLOBALS = {
+    "ndarray": _NdarrayToken,
+    "_reconstruct": _reconstruct,
+    "dtype": _dtype,
+    "scalar": _numpy_scalar,
+    "_frombuffer": _frombuffer,
+}
+_NUMPY_MODULES = {
+    "numpy",
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy.core.numeric",
+    "numpy._core.numeric",
+}
 # (module, name) -> what the pickle gets: numpy's own reconstruction helpers (numpy 1.x and 2.x module names, pickle
 # protocols 2-5), each wrapped to refuse object dtypes and any class but ndarray.
-_SAFE = {(module, name): _GLOBALS[name] for module in _NUMPY_MODULES for name in _GLOBALS
-         if (name in ("ndarray", "dtype")) == (module == "numpy")}
+_SAFE = {
+    (module, name): _GLOBALS[name]
+    for module in _NUMPY_MODULES
+    for name in _GLOBALS
+    if (name in ("ndarray", "dtype")) == (module == "numpy")
+}
 _SAFE[("_codecs", "encode")] = _latin1  # how protocol 2 carries bytes
 
 

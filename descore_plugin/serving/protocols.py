@@ -37,8 +37,10 @@ def _failures(results: list, rename=None) -> list[str]:
 
 def _bad_input_message(failed: list[str], total: int) -> str:
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return (f"{failed[0]}{more}: {len(failed)} of {total} samples could not be scored, so this request gets no "
-            "rewards (--on-bad-video error; the server's --on-bad-video nan answers NaN for them instead)")
+    return (
+        f"{failed[0]}{more}: {len(failed)} of {total} samples could not be scored, so this request gets no "
+        "rewards (--on-bad-video error; the server's --on-bad-video nan answers NaN for them instead)"
+    )
 
 
 # ---------------------------------------------------------------------- native JSON: RemoteReward
@@ -76,25 +78,31 @@ def add_native(app, service):
             if any(c is not None and not isinstance(c, str) for c in cots):
                 raise RequestError(422, "cots: every entry must be a string or null")
         instructions = data.get("instructions")
-        if instructions is not None and (not isinstance(instructions, list) or len(instructions) != len(specs)
-                                         or any(i is not None and not isinstance(i, str) for i in instructions)):
+        if instructions is not None and (
+            not isinstance(instructions, list)
+            or len(instructions) != len(specs)
+            or any(i is not None and not isinstance(i, str) for i in instructions)
+        ):
             raise RequestError(422, f"instructions: expected a list of {len(specs)} strings (or nulls), one per video")
         video_fps = service.video_fps(request, data.get("video_fps"), len(specs))
         mode = "cots" if cots is not None else ("think" if think else "no-think")
-        results = await service.score_videos(request, specs, prompts, mode, cots, max_new_tokens,
-                                             instructions=instructions, video_fps=video_fps)
+        results = await service.score_videos(
+            request, specs, prompts, mode, cots, max_new_tokens, instructions=instructions, video_fps=video_fps
+        )
         with_cots = mode != "no-think"
         distribution = service.model.config.head == "distribution"
-        return JSONResponse({
-            "rewards": [r.get("reward") for r in results],
-            "errors": [r["error"] for r in results],
-            "cots": [r.get("cot") for r in results] if with_cots else None,
-            "dimensional_scores": [r.get("dimensional_scores") for r in results] if with_cots else None,
-            "overall_scores": [r.get("overall_score") for r in results] if with_cots else None,
-            "parse_errors": [r.get("parse_error") for r in results] if with_cots else None,
-            "uncertainty": [r.get("uncertainty") for r in results] if distribution else None,
-            "bin_probs": [r.get("bin_probs") for r in results] if distribution else None,
-        })
+        return JSONResponse(
+            {
+                "rewards": [r.get("reward") for r in results],
+                "errors": [r["error"] for r in results],
+                "cots": [r.get("cot") for r in results] if with_cots else None,
+                "dimensional_scores": [r.get("dimensional_scores") for r in results] if with_cots else None,
+                "overall_scores": [r.get("overall_score") for r in results] if with_cots else None,
+                "parse_errors": [r.get("parse_error") for r in results] if with_cots else None,
+                "uncertainty": [r.get("uncertainty") for r in results] if distribution else None,
+                "bin_probs": [r.get("bin_probs") for r in results] if distribution else None,
+            }
+        )
 
 
 # ---------------------------------------------------------------------- Flow-Factory
@@ -114,8 +122,9 @@ def add_flow_factory(app, service):
         data = await service.read_json(request)
         videos, prompts = data.get("video"), data.get("prompt")
         if not videos:
-            message = ("DeScore scores videos: send 'video' (a list of videos, each a list of base64 frames)"
-                       + ("; 'image' inputs are not scored" if data.get("image") else ""))
+            message = "DeScore scores videos: send 'video' (a list of videos, each a list of base64 frames)" + (
+                "; 'image' inputs are not scored" if data.get("image") else ""
+            )
             raise RequestError(422, message)
         if not isinstance(videos, list) or not isinstance(prompts, list):
             raise RequestError(422, "video and prompt must be lists")
@@ -125,22 +134,46 @@ def add_flow_factory(app, service):
         think = service.think(request, kwargs.get("think"), "kwargs.think")
         rate = data.get("video_fps", kwargs.get("video_fps"))
         video_fps = service.video_fps(request, rate, len(videos))
-        results = await service.score_videos(request, videos, prompts, "think" if think else "no-think",
-                                             decode=service.decoder.from_frames, video_fps=video_fps)
+        results = await service.score_videos(
+            request,
+            videos,
+            prompts,
+            "think" if think else "no-think",
+            decode=service.decoder.from_frames,
+            video_fps=video_fps,
+        )
         failed = _failures(results)
         if failed and service.config.on_bad_video == "error":
             message = _bad_input_message(failed, len(results))
             logger.warning("/compute: %s", message)
             return _nan_json({"rewards": None, "error": message, "errors": [r["error"] for r in results]})
-        return _nan_json({"rewards": [r.get("reward", math.nan) for r in results], "error": None,
-                          "errors": [r["error"] for r in results]})
+        return _nan_json(
+            {
+                "rewards": [r.get("reward", math.nan) for r in results],
+                "error": None,
+                "errors": [r["error"] for r in results],
+            }
+        )
 
 
 # ---------------------------------------------------------------------- OpenRLHF
 # End-of-turn and end-of-text tokens of the common chat templates: the policy's own one ends its response in
 # `query` (OpenRLHF decodes with skip_special_tokens=False), and padding may follow it.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_turn>",
-               "<eos>", "<|end|>", "<|END_OF_TURN_TOKEN|>", "<｜end▁of▁sentence｜>", "<|return|>", "<|im_sep|>")
+END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+    "<end_of_turn>",
+    "<eos>",
+    "<|end|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<｜end▁of▁sentence｜>",
+    "<|return|>",
+    "<|im_sep|>",
+)
 PADDING = ("<|endoftext|>", "<pad>", "<|finetune_right_pad_id|>", "<|end_of_text|>", "<|pad|>", "[PAD]")
 
 
@@ -166,14 +199,16 @@ class ResponseLocator:
             return None, "no prompt came with this sample, so its response cannot be told apart from the prompt"
         start = query.find(prompt)
         if start < 0:
-            return None, ("its prompt is not a verbatim part of its query (truncated by the trainer, or decoded "
-                          "differently), so its response cannot be located")
-        response = query[start + len(prompt):]
+            return None, (
+                "its prompt is not a verbatim part of its query (truncated by the trainer, or decoded "
+                "differently), so its response cannot be located"
+            )
+        response = query[start + len(prompt) :]
         stops = [i for i in (response.find(t) for t in self.ends) if i >= 0]
         if stops:
-            response = response[:min(stops)]
+            response = response[: min(stops)]
         while response.endswith(self.pads):
-            response = response[:-len(next(t for t in self.pads if response.endswith(t)))]
+            response = response[: -len(next(t for t in self.pads if response.endswith(t)))]
         return response, None
 
 
@@ -195,8 +230,11 @@ def add_openrlhf(app, service):
         data = await service.read_json(request)
         queries, prompts, labels = data.get("query"), data.get("prompts"), data.get("labels")
         if not isinstance(queries, list) or not isinstance(labels, list) or len(labels) != len(queries):
-            raise RequestError(422, "query and labels must be lists of equal length; each label holds the video and "
-                                    "its text prompt: {\"video\": ..., \"prompt\": ...}")
+            raise RequestError(
+                422,
+                "query and labels must be lists of equal length; each label holds the video and "
+                'its text prompt: {"video": ..., "prompt": ...}',
+            )
         if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)):
             raise RequestError(422, "prompts must be a list as long as query")
         count = len(queries)
@@ -209,8 +247,7 @@ def add_openrlhf(app, service):
                 except ValueError:
                     raise RequestError(422, f"labels[{i}]: not a JSON object: {label[:80]!r}") from None
             if not isinstance(label, dict) or "video" not in label or not isinstance(label.get("prompt"), str):
-                raise RequestError(422, f"labels[{i}]: expected {{\"video\": ..., \"prompt\": str}}, got "
-                                        f"{describe(label)}")
+                raise RequestError(422, f'labels[{i}]: expected {{"video": ..., "prompt": str}}, got {describe(label)}')
             if not isinstance(query, str):
                 raise RequestError(422, f"query[{i}]: expected a string")
             response, why = locate(query, prompts[i] if prompts is not None else None)
@@ -227,8 +264,12 @@ def add_openrlhf(app, service):
             scored = await service.score_videos(request, specs, texts, "cots", cots, video_fps=rates)
             for i, j, result in zip(located, range(len(located)), scored):
                 if result.get("error") is not None:  # name the sample as OpenRLHF knows it
-                    result = dict(result, error=f"labels[{i}].video" + result["error"][len(f"videos[{j}]"):]
-                                  if result["error"].startswith(f"videos[{j}]") else result["error"])
+                    result = dict(
+                        result,
+                        error=f"labels[{i}].video" + result["error"][len(f"videos[{j}]") :]
+                        if result["error"].startswith(f"videos[{j}]")
+                        else result["error"],
+                    )
                 results[i] = result
         failed = _failures(results)
         if failed and service.config.on_bad_video == "error":
@@ -236,9 +277,14 @@ def add_openrlhf(app, service):
             logger.warning("/get_reward: %s", message)
             raise RequestError(422, message)
         rewards = [r.get("reward", math.nan) for r in results]
-        return _nan_json({"rewards": rewards, "scores": rewards,
-                          "extra_logs": {"descore_failed": [float(r["error"] is not None) for r in results]},
-                          "errors": [r["error"] for r in results]})
+        return _nan_json(
+            {
+                "rewards": rewards,
+                "scores": rewards,
+                "extra_logs": {"descore_failed": [float(r["error"] is not None) for r in results]},
+                "errors": [r["error"] for r in results],
+            }
+        )
 
 
 # ---------------------------------------------------------------------- yifan123/reward-server (flow_grpo)
@@ -273,11 +319,17 @@ def add_reward_server(app, service):
         except Exception as error:
             return _text(400, f"refused: {error}")
         if isinstance(data, dict) and "images" in data and "videos" not in data:
-            return _text(422, "DeScore scores videos, not images: send 'videos' (per video: mp4 bytes, .npy bytes, or "
-                              "a list of JPEG/PNG frame bytes) instead of 'images'")
+            return _text(
+                422,
+                "DeScore scores videos, not images: send 'videos' (per video: mp4 bytes, .npy bytes, or "
+                "a list of JPEG/PNG frame bytes) instead of 'images'",
+            )
         if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
-            return _text(422, "expected a pickled dict with 'videos' (per video: mp4 bytes, .npy bytes, or a list of "
-                              f"JPEG/PNG frame bytes) and 'prompts'; got {describe(data)}")
+            return _text(
+                422,
+                "expected a pickled dict with 'videos' (per video: mp4 bytes, .npy bytes, or a list of "
+                f"JPEG/PNG frame bytes) and 'prompts'; got {describe(data)}",
+            )
         videos, prompts = data["videos"], data.get("prompts")
         if isinstance(prompts, np.ndarray):
             prompts = prompts.tolist() if prompts.dtype.kind in "US" else None
@@ -285,13 +337,17 @@ def add_reward_server(app, service):
         if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
             return _text(422, "'prompts' must be a string, a list of strings or a numpy array of str")
         if not all(isinstance(v, (bytes, bytearray)) or (isinstance(v, list) and v) for v in videos):
-            return _text(422, "every entry of 'videos' must be bytes (an mp4 file or a .npy array) or a non-empty list "
-                              "of JPEG/PNG frame bytes")
+            return _text(
+                422,
+                "every entry of 'videos' must be bytes (an mp4 file or a .npy array) or a non-empty list "
+                "of JPEG/PNG frame bytes",
+            )
         try:
             think = service.think(request, data.get("think"))
             video_fps = service.video_fps(request, data.get("video_fps"), len(videos))
-            results = await service.score_videos(request, videos, list(prompts), "think" if think else "no-think",
-                                                 video_fps=video_fps)
+            results = await service.score_videos(
+                request, videos, list(prompts), "think" if think else "no-think", video_fps=video_fps
+            )
         except RequestError as error:
             return _text(error.status, error.message)
         failed = _failures(results)
@@ -300,6 +356,10 @@ def add_reward_server(app, service):
             logger.warning("POST /: %s", message)
             return _text(422, message)
         scores = [r.get("reward", math.nan) for r in results]
-        reply = {"outputs": scores, "scores": scores, "cots": [r.get("cot") for r in results],
-                 "errors": [r["error"] for r in results]}
+        reply = {
+            "outputs": scores,
+            "scores": scores,
+            "cots": [r.get("cot") for r in results],
+            "errors": [r["error"] for r in results],
+        }
         return Response(pickle.dumps(reply), media_type="application/octet-stream")

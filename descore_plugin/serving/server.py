@@ -28,8 +28,21 @@ from descore_plugin.serving.batching import MicroBatcher
 from descore_plugin.serving.config import LOOPBACK_HOSTS, ServeConfig, check_bind, default_api_key
 from descore_plugin.serving.decoding import NPY_MAGIC, RequestError, VideoDecoder, safe_unpickle
 
-__all__ = ["BackgroundServer", "LOOPBACK_HOSTS", "MicroBatcher", "NPY_MAGIC", "RequestError", "ServeConfig",
-           "Service", "VideoDecoder", "check_bind", "create_app", "default_api_key", "safe_unpickle", "serve"]
+__all__ = [
+    "BackgroundServer",
+    "LOOPBACK_HOSTS",
+    "MicroBatcher",
+    "NPY_MAGIC",
+    "RequestError",
+    "ServeConfig",
+    "Service",
+    "VideoDecoder",
+    "check_bind",
+    "create_app",
+    "default_api_key",
+    "safe_unpickle",
+    "serve",
+]
 
 
 # ---------------------------------------------------------------------- running it
@@ -43,8 +56,17 @@ def _uvicorn_server(app, config: ServeConfig, log_level: str):
             app.state.batcher.drain()
             await super().shutdown(sockets=sockets)
 
-    return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-                                 lifespan="on", timeout_graceful_shutdown=None))
+    return Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=None,
+        )
+    )
 
 
 def serve(model, config: ServeConfig, log_level: str = "info"):
@@ -92,4 +114,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc):
         self.stop()
-

@@ -35,8 +35,16 @@ def annotator_cot_accuracy(model, pairs: list[Pair], load, batch_size: int = 16)
     return out
 
 
-def mean_rollout_reward(model, pairs: list[Pair], load, rollouts: int = 4, max_new_tokens: int | None = None,
-                        seed: int = 0, limit: int | None = None, batch_size: int = 16) -> float:
+def mean_rollout_reward(
+    model,
+    pairs: list[Pair],
+    load,
+    rollouts: int = 4,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> float:
     """Mean rule-based reward (DeScore Sec. 3.3, `losses.rollout_reward` against each video's per-dimension truth) of
     `rollouts` CoTs sampled at temperature 1 for every unique video of `pairs` (the first `limit` in sorted order),
     as stage 2 samples them. `seed` fixes the sampling noise, so two models compare on the same random draws; the
@@ -57,10 +65,12 @@ def mean_rollout_reward(model, pairs: list[Pair], load, rollouts: int = 4, max_n
     with torch.no_grad(), torch.random.fork_rng(devices=devices):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
         for start in range(0, len(keys), batch_size):
-            rows = [key for key in keys[start:start + batch_size] for _ in range(rollouts)]
+            rows = [key for key in keys[start : start + batch_size] for _ in range(rollouts)]
             batch = model.encode_prompts([load(path) for path, _ in rows], [prompt for _, prompt in rows])
             batch = to_device(batch, model.device)
-            cot_ids = model.sample_cots(batch, max_new_tokens or model.config.max_new_tokens, temperature=1.0)["cot_ids"]
+            cot_ids = model.sample_cots(batch, max_new_tokens or model.config.max_new_tokens, temperature=1.0)[
+                "cot_ids"
+            ]
             texts = model.tokenizer.batch_decode(cot_ids, skip_special_tokens=True)
             rewards += [rollout_reward(text, truth[key])["reward"] for text, key in zip(texts, rows)]
     model.train(was_training)

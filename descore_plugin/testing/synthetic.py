@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from descore_plugin.data.pairs import Pair, save_pairs
+from descore_plugin.data.video import write_video
 from descore_plugin.modeling.prompt import DIMENSIONS, format_answer
 from descore_plugin.testing.clips import (  # the world's definitions, re-exported (see __all__)
     _EDGE_MARGIN,
@@ -30,7 +31,6 @@ from descore_plugin.testing.clips import (  # the world's definitions, re-export
     make_clip,
     overall_score,
 )
-from descore_plugin.data.video import write_video
 
 __all__ = [
     "COLOURS",
@@ -442,7 +442,7 @@ def vocabulary_texts(world: WorldConfig = WorldConfig()) -> list[str]:
         scene = scenes[0]
         clip = Clip(scene, scene.colour, scene.shape, motion, "steady", scene.background, None, "steady", seed=0)
         texts.append(write_cot(clip))
-    for combination in range(3**len(DIMENSIONS)):
+    for combination in range(3 ** len(DIMENSIONS)):
         digits = [(combination // 3**position) % 3 for position in range(len(DIMENSIONS))]
         scores = dict(zip(DIMENSIONS, digits))
         texts.append(format_answer(scores, overall_score(scores)))

@@ -14,7 +14,15 @@ import torch
 
 from descore_plugin.utils.files import follow_umask
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 # ChatML, as the Qwen-VL instruct models use it (videos as <|vision_start|><|video_pad|><|vision_end|>).
 CHAT_TEMPLATE = (
@@ -54,11 +62,19 @@ def build_tokenizer(vocab_size: int = 2000, reward_token: bool = True):
     )
     bpe.train_from_iterator(tokenizer_corpus(), trainer)
     state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]  # Qwen2Tokenizer wants tuples
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]
+    ]  # Qwen2Tokenizer wants tuples
     tokenizer = Qwen2Tokenizer(
-        vocab=state["vocab"], merges=merges, unk_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + (["<Reward>"] if reward_token else [])})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": SPECIAL_TOKENS[1:] + (["<Reward>"] if reward_token else [])}
+    )
     return tokenizer
 
 
@@ -85,18 +101,35 @@ def build_processor(backbone: str, tokenizer, patch_size: int = 14):
     raise ValueError(f"backbone {backbone!r}: expected 'qwen2_5_vl' or 'qwen3_vl'")
 
 
-def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, vision_hidden: int = 64,
-                   vision_depth: int = 2, patch_size: int = 14, seed: int = 0):
+def build_backbone(
+    backbone: str,
+    tokenizer,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_hidden: int = 64,
+    vision_depth: int = 2,
+    patch_size: int = 14,
+    seed: int = 0,
+):
     """A randomly initialised Qwen-VL model of the real architecture (4 heads; mrope sections sum to head_dim / 2)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     token_ids = dict(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
     )
     torch.manual_seed(seed)
     if backbone == "qwen2_5_vl":
@@ -106,20 +139,46 @@ def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, 
         temporal = max(1, half // 4)
         section = [temporal, (half - temporal + 1) // 2, (half - temporal) // 2]
         text["rope_parameters"] = dict(rope_type="default", mrope_section=section, rope_theta=10000.0)
-        vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=4,
-                      out_hidden_size=hidden, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
-                      window_size=4 * patch_size, fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
+        vision = dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=4,
+            out_hidden_size=hidden,
+            patch_size=patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=4 * patch_size,
+            fullatt_block_indexes=[vision_depth - 1],
+            tokens_per_second=2,
+        )
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)
         model = Qwen2_5_VLForConditionalGeneration(config)
     elif backbone == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
         half = hidden // 8  # interleaved sections like the real [24, 20, 20]: half temporal
-        text.update(head_dim=hidden // 4, rope_parameters=dict(rope_type="default", mrope_section=[half // 2, half // 4, half - half // 2 - half // 4],
-                                                               mrope_interleaved=True, rope_theta=10000.0))
-        vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=4,
-                      out_hidden_size=hidden, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
-                      num_position_embeddings=64, deepstack_visual_indexes=[vision_depth - 1])
+        text.update(
+            head_dim=hidden // 4,
+            rope_parameters=dict(
+                rope_type="default",
+                mrope_section=[half // 2, half // 4, half - half // 2 - half // 4],
+                mrope_interleaved=True,
+                rope_theta=10000.0,
+            ),
+        )
+        vision = dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=4,
+            out_hidden_size=hidden,
+            patch_size=patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[vision_depth - 1],
+        )
         config = Qwen3VLConfig(text_config=text, vision_config=vision, **token_ids)
         model = Qwen3VLForConditionalGeneration(config)
     else:
@@ -131,7 +190,11 @@ def build_backbone(backbone: str, tokenizer, hidden: int = 64, layers: int = 2, 
 
 
 def init_tiny(
-    out_dir, backbone: str = "qwen2_5_vl", head: str = "scalar", seed: int = 0, prompt_template: str | None = None,
+    out_dir,
+    backbone: str = "qwen2_5_vl",
+    head: str = "scalar",
+    seed: int = 0,
+    prompt_template: str | None = None,
     **sizes,
 ):
     """Write a tiny DeScore model to `out_dir` and return it. Defaults fit the synthetic world: 8 frames of 56x56,
@@ -147,9 +210,19 @@ def init_tiny(
     vlm = build_backbone(backbone, tokenizer, seed=seed, **sizes)
     template = prompt_template or resources.files("descore_plugin").joinpath("templates/judge_compact.txt").read_text()
     config = DeScoreConfig(
-        backbone=BACKBONE_DIR, head=head, prompt_template=template, fps=None, num_frames=8,
-        max_pixels=56 * 56, min_pixels=28 * 28, stage1_max_pixels=56 * 56, stage1_min_pixels=28 * 28,
-        rollout_max_pixels=56 * 56, rollout_min_pixels=28 * 28, max_new_tokens=256, repetition_penalty=1.0,
+        backbone=BACKBONE_DIR,
+        head=head,
+        prompt_template=template,
+        fps=None,
+        num_frames=8,
+        max_pixels=56 * 56,
+        min_pixels=28 * 28,
+        stage1_max_pixels=56 * 56,
+        stage1_min_pixels=28 * 28,
+        rollout_max_pixels=56 * 56,
+        rollout_min_pixels=28 * 28,
+        max_new_tokens=256,
+        repetition_penalty=1.0,
     )
     torch.manual_seed(seed + 1)
     model = DeScoreReward(config, vlm, processor)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from descore_plugin.utils.files import follow_umask
 from descore_plugin.integrations.wan import WanGenerationConfig
+from descore_plugin.utils.files import follow_umask
 
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
 
@@ -157,4 +157,3 @@ def write_tiny_wan(out_dir: str | Path, seed: int = 0) -> Path:
     (out_dir / GENERATION_DEFAULTS_FILE).write_text(json.dumps(asdict(config.generation), indent=2) + "\n")
     follow_umask(out_dir)  # safetensors writes private files
     return out_dir
-

@@ -25,17 +25,15 @@ loads. What is this project's choice, and why:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from descore_plugin.utils.args import help_field
 from descore_plugin.testing.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, Clip, Scene, WorldConfig
+from descore_plugin.utils.args import help_field
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +215,9 @@ class NoisyClip:
         return self.caption.prompt
 
 
-def sample_noisy_clips(scenes: list[Scene], noise: CaptionNoise, seed: int = 0,
-                       world: WorldConfig = WORLD) -> list[NoisyClip]:
+def sample_noisy_clips(
+    scenes: list[Scene], noise: CaptionNoise, seed: int = 0, world: WorldConfig = WORLD
+) -> list[NoisyClip]:
     """One example per caption scene, whose clip departs from the caption by `noise` (exact shares; which clips,
     and the replacement colour / direction / background, drawn with `seed`)."""
     noise.check()
@@ -246,8 +245,17 @@ def sample_noisy_clips(scenes: list[Scene], noise: CaptionNoise, seed: int = 0,
             second = _other(world.backgrounds, caption.background, rng)
         # The clip's own scene carries the direction it is rendered along (the caption's, or the other axis).
         shown = Scene(caption.colour, caption.shape, direction, caption.background)
-        clip = Clip(shown, colour, shape, shown_motion, camera[index] or "steady", background, second,
-                    light[index] or "steady", int(rng.integers(2**31)))
+        clip = Clip(
+            shown,
+            colour,
+            shape,
+            shown_motion,
+            camera[index] or "steady",
+            background,
+            second,
+            light[index] or "steady",
+            int(rng.integers(2**31)),
+        )
         examples.append(NoisyClip(caption, clip))
     return examples
 
@@ -264,8 +272,19 @@ def sample_vae_clips(count: int, seed: int = 0, world: WorldConfig = WORLD) -> l
         camera = ["steady", "steady", "slight shake", "shake"][int(rng.integers(4))]
         light = ["steady", "steady", "noise", "flicker"][int(rng.integers(4))]
         second = _other(world.backgrounds, scene.background, rng) if rng.random() < 0.15 else None
-        clips.append(Clip(scene, scene.colour, scene.shape, motion, camera, scene.background, second, light,
-                          int(rng.integers(2**31))))
+        clips.append(
+            Clip(
+                scene,
+                scene.colour,
+                scene.shape,
+                motion,
+                camera,
+                scene.background,
+                second,
+                light,
+                int(rng.integers(2**31)),
+            )
+        )
     return clips
 
 
@@ -278,27 +297,39 @@ class VaeConfig:
     """The shallow real `AutoencoderKLWan` configuration (see the module docstring for why it is shallow)."""
 
     base_dim: int = _help("AutoencoderKLWan base_dim (channels of the first level; Wan-2.1: 96)", 16)
-    dim_mult: list[int] = _help("channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)",
-                                [1, 2])
-    temperal_downsample: list[bool] = _help("which downsamples also halve time (diffusers' spelling; Wan-2.1: "
-                                            "false true true)", [True], check=_bool_text)
+    dim_mult: list[int] = _help(
+        "channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)", [1, 2]
+    )
+    temperal_downsample: list[bool] = _help(
+        "which downsamples also halve time (diffusers' spelling; Wan-2.1: false true true)", [True], check=_bool_text
+    )
     num_res_blocks: int = _help("residual blocks per level (Wan-2.1: 2)", 1)
     z_dim: int = _help("latent channels (16, as the pipeline's latents_mean / latents_std)", 16)
-    initial_logvar: float = _help("the posterior log-variance the VAE starts from (quant_conv's log-variance "
-                                  "outputs start constant: weights 0, this bias); -18 (std 1e-4) lets the decoder "
-                                  "see the posterior mean from the first step, where a random start (std ~1) "
-                                  "drowned it: PSNR 17 dB and no shape after 250 steps", -18.0)
+    initial_logvar: float = _help(
+        "the posterior log-variance the VAE starts from (quant_conv's log-variance "
+        "outputs start constant: weights 0, this bias); -18 (std 1e-4) lets the decoder "
+        "see the posterior mean from the first step, where a random start (std ~1) "
+        "drowned it: PSNR 17 dB and no shape after 250 steps",
+        -18.0,
+    )
 
     def build_kwargs(self) -> dict:
         levels = len(self.dim_mult) - 1
         if len(self.temperal_downsample) != levels:
-            raise ValueError(f"VaeConfig: temperal_downsample {self.temperal_downsample} needs one entry per "
-                             f"downsample ({levels} for dim_mult {self.dim_mult})")
-        return dict(base_dim=self.base_dim, z_dim=self.z_dim, dim_mult=list(self.dim_mult),
-                    num_res_blocks=self.num_res_blocks, attn_scales=[],
-                    temperal_downsample=[bool(flag) for flag in self.temperal_downsample],
-                    scale_factor_temporal=2 ** sum(bool(flag) for flag in self.temperal_downsample),
-                    scale_factor_spatial=2**levels)
+            raise ValueError(
+                f"VaeConfig: temperal_downsample {self.temperal_downsample} needs one entry per "
+                f"downsample ({levels} for dim_mult {self.dim_mult})"
+            )
+        return dict(
+            base_dim=self.base_dim,
+            z_dim=self.z_dim,
+            dim_mult=list(self.dim_mult),
+            num_res_blocks=self.num_res_blocks,
+            attn_scales=[],
+            temperal_downsample=[bool(flag) for flag in self.temperal_downsample],
+            scale_factor_temporal=2 ** sum(bool(flag) for flag in self.temperal_downsample),
+            scale_factor_spatial=2**levels,
+        )
 
 
 def build_vae(config: VaeConfig | None = None, seed: int = 0):
@@ -350,8 +381,9 @@ class VaeTrainConfig:
     warmup_steps: int = _help("linear warm-up steps of the VAE learning rate", 50)
     grad_clip: float = _help("gradient-norm clipping of the VAE", 1.0)
     kl_weight: float = _help("weight of the KL term (per latent element, against a per-pixel reconstruction)", 1e-6)
-    object_weight: float = _help("extra loss weight of the pixels that depart from their row's background (the "
-                                 "shape)", 4.0)
+    object_weight: float = _help(
+        "extra loss weight of the pixels that depart from their row's background (the shape)", 4.0
+    )
     train_clips: int = _help("rendered clips the VAE trains on (uint8 in memory)", 3000)
     validation_clips: int = _help("clips that select the kept VAE (best validation PSNR)", 64)
     eval_every: int = _help("validate the VAE (and save its state) every N steps", 50)
@@ -365,12 +397,11 @@ def object_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1.0 + object_weight * far.float()
 
 
-def vae_loss(vae, pixels: torch.Tensor, config: "VaeTrainConfig", generator=None):
+def vae_loss(vae, pixels: torch.Tensor, config: VaeTrainConfig, generator=None):
     """Weighted L1 + MSE reconstruction of a posterior sample (`object_weights`, means over pixels) + kl_weight x
     the mean KL to N(0, I) per latent element."""
     reconstruction, mu, logvar = vae_forward(vae, pixels, generator=generator)
-    weights = (object_weights(pixels, config.object_weight) if config.object_weight
-               else torch.ones_like(pixels[:, :1]))
+    weights = object_weights(pixels, config.object_weight) if config.object_weight else torch.ones_like(pixels[:, :1])
     error = reconstruction - pixels
     l1 = (error.abs() * weights).mean()
     mse = (error.pow(2) * weights).mean()
@@ -467,7 +498,7 @@ def read_attributes(frames: np.ndarray) -> dict:
     background_name = list(BACKGROUNDS)[int(np.argmax((distance < 60.0).sum(axis=(1, 2, 3))))]
     mask = distance.min(axis=0) > 90.0  # (T, H, W): far from every background
     padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
-    neighbours = (padded[:, :-2, 1:-1].astype(int) + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:])
+    neighbours = padded[:, :-2, 1:-1].astype(int) + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
     mask &= neighbours >= 2  # drop isolated noise pixels
     colours, centres, fills = [], [], []
     for index in range(count):
@@ -479,8 +510,14 @@ def read_attributes(frames: np.ndarray) -> dict:
         box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
         fills.append(len(ys) / box)
     if len(colours) < 2:
-        return {"colour": "none", "shape": "none", "direction": "none", "background": background_name,
-                "flicker": flicker, "shake": False}
+        return {
+            "colour": "none",
+            "shape": "none",
+            "direction": "none",
+            "background": background_name,
+            "flicker": flicker,
+            "shake": False,
+        }
     mean_colour = np.median(colours, axis=0)
     colour = list(COLOURS)[int(np.argmin(np.abs(_COLOUR_TABLE - mean_colour).sum(axis=1)))]
     shape = "square" if np.median(fills) > 0.89 else "circle"  # a disc fills about pi/4 of its box
@@ -494,19 +531,32 @@ def read_attributes(frames: np.ndarray) -> dict:
     # Camera shake moves the shape across its motion too; the motion (even in stutters) does not.
     across = centres[:, 2] if abs(travel_y) > abs(travel_x) else centres[:, 1]
     shake = bool(np.mean(np.abs(np.diff(across))) > 3.0)
-    return {"colour": colour, "shape": shape, "direction": direction, "background": background_name,
-            "flicker": flicker, "shake": shake}
+    return {
+        "colour": colour,
+        "shape": shape,
+        "direction": direction,
+        "background": background_name,
+        "flicker": flicker,
+        "shake": shake,
+    }
 
 
 def clip_attributes(clip: Clip) -> dict:
     """The attributes `read_attributes` should read from a rendered clip, from its truth."""
-    direction = {"smooth": clip.scene.direction, "stutter": clip.scene.direction,
-                 "reverse": {"right": "left", "left": "right", "up": "down", "down": "up"}[clip.scene.direction],
-                 "jump": None}[clip.motion]
-    return {"colour": clip.colour, "shape": clip.shape, "direction": direction,
-            "background": clip.background if clip.second_background is None else None,
-            "flicker": clip.light == "flicker",
-            "shake": None if clip.camera == "slight shake" or clip.motion == "jump" else clip.camera == "shake"}
+    direction = {
+        "smooth": clip.scene.direction,
+        "stutter": clip.scene.direction,
+        "reverse": {"right": "left", "left": "right", "up": "down", "down": "up"}[clip.scene.direction],
+        "jump": None,
+    }[clip.motion]
+    return {
+        "colour": clip.colour,
+        "shape": clip.shape,
+        "direction": direction,
+        "background": clip.background if clip.second_background is None else None,
+        "flicker": clip.light == "flicker",
+        "shake": None if clip.camera == "slight shake" or clip.motion == "jump" else clip.camera == "shake",
+    }
 
 
 def attribute_agreement(first: list[dict], second: list[dict]) -> dict:
@@ -541,9 +591,17 @@ def _warmup_lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
 
-def train_vae(vae, train_frames: np.ndarray, validation_frames: np.ndarray, config: VaeTrainConfig,
-              state_dir: str | Path, seed: int = 0, resume: bool = False, stop_after: int | None = None,
-              progress: bool = True) -> dict:
+def train_vae(
+    vae,
+    train_frames: np.ndarray,
+    validation_frames: np.ndarray,
+    config: VaeTrainConfig,
+    state_dir: str | Path,
+    seed: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train `vae` on uint8 clips (N, T, 3, H, W); keep the weights of the best validation PSNR (loaded into `vae`
     at the end). Batch i and its posterior noise depend only on (seed, i), and the state (weights, optimiser, best
     weights, history) is saved atomically to `state_dir` every `eval_every` steps, so a resumed run equals an
@@ -594,10 +652,23 @@ def train_vae(vae, train_frames: np.ndarray, validation_frames: np.ndarray, conf
             history["seconds"] = round(history["seconds"] + time.time() - began, 1)
             began = time.time()
             bar.set_postfix(psnr=f"{value:.2f}", best=f"{history['best_psnr']:.2f}")
-            logger.info("VAE step %d: validation PSNR %.2f dB (best %.2f at %d)", done, value,
-                        history["best_psnr"], history["best_step"])
-            _save_state(state_dir, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "history": history, "best": best_state, "step": done})
+            logger.info(
+                "VAE step %d: validation PSNR %.2f dB (best %.2f at %d)",
+                done,
+                value,
+                history["best_psnr"],
+                history["best_step"],
+            )
+            _save_state(
+                state_dir,
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "best": best_state,
+                    "step": done,
+                },
+            )
     if best_state is not None and end == config.steps:
         vae.load_state_dict(best_state)
     vae.eval()
@@ -621,8 +692,9 @@ class GeneratorConfig:
     text_d_model: int = _help("UMT5 encoder width = the transformer's text_dim (UMT5-XXL: 4096)", 64)
     text_layers: int = _help("UMT5 encoder layers", 2)
     text_heads: int = _help("UMT5 heads", 4)
-    flow_shift: float = _help("flow shift of the UniPC scheduler and of the training timesteps (Wan-2.1 480p: 3.0)",
-                              3.0)
+    flow_shift: float = _help(
+        "flow shift of the UniPC scheduler and of the training timesteps (Wan-2.1 480p: 3.0)", 3.0
+    )
     max_sequence_length: int = _help("text tokens per prompt (a world prompt is 9 words + </s>)", 16)
 
 
@@ -671,15 +743,17 @@ def build_scheduler(config: GeneratorConfig):
     """The scheduler type and settings Wan-AI ships for Wan-2.1 T2V: UniPC, flow prediction, flow sigmas."""
     from diffusers import UniPCMultistepScheduler
 
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                   flow_shift=config.flow_shift, num_train_timesteps=1000)
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=config.flow_shift, num_train_timesteps=1000
+    )
 
 
 def build_pipeline(tokenizer, text_encoder, vae, transformer, scheduler):
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=transformer)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -687,8 +761,15 @@ def build_pipeline(tokenizer, text_encoder, vae, transformer, scheduler):
 def encode_prompts(text_encoder, tokenizer, prompts: list[str], max_sequence_length: int) -> torch.Tensor:
     """(B, L, D) UMT5 embeddings exactly as `WanPipeline._get_t5_prompt_embeds` computes them (positions after the
     prompt zeroed), but differentiable, so the text encoder trains with the transformer."""
-    inputs = tokenizer(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
-                       add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    inputs = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     hidden = text_encoder(inputs.input_ids, inputs.attention_mask).last_hidden_state
     return hidden * inputs.attention_mask[:, :, None].to(hidden.dtype)
 
@@ -700,16 +781,22 @@ def sample_shifted_t(batch_size: int, shift: float, generator: torch.Generator |
     return shift * u / (1 + (shift - 1) * u)
 
 
-def flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: torch.Tensor, shift: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def flow_matching_loss(
+    transformer,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    shift: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Rectified-flow loss: x_t = (1 - t) x0 + t eps, the transformer predicts v = eps - x0 (the convention of
     integrations/wan.py), timestep = 1000 t; mean squared error."""
     t = sample_shifted_t(latents.shape[0], shift, generator)
     noise = torch.randn(latents.shape, generator=generator)
     view = t.view(-1, 1, 1, 1, 1)
     noisy = (1 - view) * latents + view * noise
-    prediction = transformer(hidden_states=noisy, timestep=t * 1000, encoder_hidden_states=prompt_embeds,
-                             return_dict=False)[0]
+    prediction = transformer(
+        hidden_states=noisy, timestep=t * 1000, encoder_hidden_states=prompt_embeds, return_dict=False
+    )[0]
     return (prediction.float() - (noise - latents)).pow(2).mean()
 
 
@@ -726,9 +813,19 @@ class GeneratorTrainConfig:
     gen_eval_samples: int = _help("held-out samples per fidelity measurement", 16)
 
 
-def train_generator(pipe, latents: torch.Tensor, prompts: list[str], config: GeneratorTrainConfig,
-                    generator_config: GeneratorConfig, state_dir: str | Path, seed: int = 0, resume: bool = False,
-                    stop_after: int | None = None, progress: bool = True, evaluate=None) -> dict:
+def train_generator(
+    pipe,
+    latents: torch.Tensor,
+    prompts: list[str],
+    config: GeneratorTrainConfig,
+    generator_config: GeneratorConfig,
+    state_dir: str | Path,
+    seed: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    evaluate=None,
+) -> dict:
     """Train `pipe.transformer` and `pipe.text_encoder` jointly with flow matching on normalised latents
     (N, 16, F, h, w) captioned by `prompts`. Batch i, its caption dropout, t and noise depend only on (seed, i);
     the state is saved atomically to `state_dir` every `gen_eval_every` steps (resume equals an uninterrupted
@@ -759,10 +856,10 @@ def train_generator(pipe, latents: torch.Tensor, prompts: list[str], config: Gen
         for group in optimizer.param_groups:
             group["lr"] = _warmup_lr(step, config.gen_learning_rate, config.gen_warmup_steps)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch_prompts,
-                                generator_config.max_sequence_length)
-        loss = flow_matching_loss(pipe.transformer, latents[index].float(), embeds, generator_config.flow_shift,
-                                  generator)
+        embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch_prompts, generator_config.max_sequence_length)
+        loss = flow_matching_loss(
+            pipe.transformer, latents[index].float(), embeds, generator_config.flow_shift, generator
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), config.gen_grad_clip)
@@ -778,27 +875,42 @@ def train_generator(pipe, latents: torch.Tensor, prompts: list[str], config: Gen
                 result = evaluate(pipe)
                 modules.train()
                 history["eval"].append({"step": done, **result})
-                bar.set_postfix({key: f"{value:.2f}" for key, value in result.items()
-                                 if isinstance(value, float)})
+                bar.set_postfix({key: f"{value:.2f}" for key, value in result.items() if isinstance(value, float)})
                 logger.info("generator step %d: loss %.4f, %s", done, history["loss"][-1], result)
             history["seconds"] = round(history["seconds"] + time.time() - began, 1)
             began = time.time()
-            _save_state(state_dir, {"model": modules.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "history": history, "step": done})
+            _save_state(
+                state_dir,
+                {"model": modules.state_dict(), "optimizer": optimizer.state_dict(), "history": history, "step": done},
+            )
     modules.eval()
     return history
 
 
 @torch.no_grad()
-def generate_clips(pipe, prompts: list[str], num_inference_steps: int, guidance_scale: float, seed: int = 0,
-                   batch_size: int = 16, world: WorldConfig = WORLD) -> np.ndarray:
+def generate_clips(
+    pipe,
+    prompts: list[str],
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int = 0,
+    batch_size: int = 16,
+    world: WorldConfig = WORLD,
+) -> np.ndarray:
     """uint8 clips (N, T, 3, H, W) drawn by `pipe` (the real `WanPipeline.__call__`) for `prompts`."""
     out = []
     for start in range(0, len(prompts), batch_size):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        video = pipe(prompt=prompts[start : start + batch_size], num_frames=world.num_frames, height=world.height,
-                     width=world.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                     generator=generator, output_type="pt").frames  # (B, F, C, H, W) in [0, 1]
+        video = pipe(
+            prompt=prompts[start : start + batch_size],
+            num_frames=world.num_frames,
+            height=world.height,
+            width=world.width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).frames  # (B, F, C, H, W) in [0, 1]
         out.append((video.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
     return np.concatenate(out)
 
@@ -809,9 +921,14 @@ def prompt_fidelity(frames: np.ndarray, scenes: list[Scene]) -> dict:
     result = {}
     for name in ("colour", "direction", "shape", "background"):
         result[name] = float(np.mean([read[name] == getattr(scene, name) for read, scene in zip(reads, scenes)]))
-    result["colour_and_direction"] = float(np.mean(
-        [read["colour"] == scene.colour and read["direction"] == scene.direction for read, scene in zip(reads, scenes)]
-    ))
+    result["colour_and_direction"] = float(
+        np.mean(
+            [
+                read["colour"] == scene.colour and read["direction"] == scene.direction
+                for read, scene in zip(reads, scenes)
+            ]
+        )
+    )
     return result
 
 
@@ -832,11 +949,11 @@ def write_model_card(record: dict, generation: dict) -> str:
         "",
         "```python",
         "from diffusers import WanPipeline",
-        "pipe = WanPipeline.from_pretrained(\"recipes/world_wan\")",
-        f"video = pipe(\"a red square moving right on a dark background\", num_frames={generation['num_frames']}, "
+        'pipe = WanPipeline.from_pretrained("recipes/world_wan")',
+        f'video = pipe("a red square moving right on a dark background", num_frames={generation["num_frames"]}, '
         f"height={generation['height']}, width={generation['width']},",
         f"             num_inference_steps={generation['num_inference_steps']}, "
-        f"guidance_scale={generation['guidance_scale']}, output_type=\"pt\").frames",
+        f'guidance_scale={generation["guidance_scale"]}, output_type="pt").frames',
         "```",
         "",
         "`generation_defaults.json` records the size, steps and guidance it was trained and measured for; "
@@ -864,7 +981,8 @@ def write_model_card(record: dict, generation: dict) -> str:
         f"latent clips, caption dropout {settings['generator_train']['caption_dropout']} for classifier-free "
         f"guidance.",
         f"- Imperfect on purpose: its {settings['generator_train']['gen_clips']} pre-training clips have web-like "
-        f"noisy captions: " + ", ".join(f"{name.replace('_', ' ')} {value:.0%}" for name, value in noise.items())
+        f"noisy captions: "
+        + ", ".join(f"{name.replace('_', ' ')} {value:.0%}" for name, value in noise.items())
         + " of the clips. The "
         f"{len(held_out_scenes())} held-out scenes (colour x shape x direction x background combinations) never "
         f"appear in its captions.",
@@ -873,10 +991,12 @@ def write_model_card(record: dict, generation: dict) -> str:
         "",
         f"- VAE reconstructions: validation PSNR {vae.get('validation_psnr')} dB; attributes read back the same as "
         f"from the original clips (a pixel probe, `world_wan.read_attributes`): "
-        + ", ".join(f"{name} {value:.2f}" for name, value in agreement.items()) + ".",
+        + ", ".join(f"{name} {value:.2f}" for name, value in agreement.items())
+        + ".",
         f"- Generator on held-out prompts ({settings['recipe']['final_eval_samples']} samples, "
         f"{generation['num_inference_steps']} steps, guidance {generation['guidance_scale']}): the asked "
-        + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in fidelity.items()) + ".",
+        + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in fidelity.items())
+        + ".",
         f"- Training time: VAE {vae.get('seconds')} s, generator {gen.get('seconds')} s (a 2-core CPU shared with "
         f"other jobs).",
         "",

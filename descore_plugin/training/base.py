@@ -34,8 +34,8 @@ from descore_plugin.training.config import RM_CHANGEABLE_ON_RESUME, TrainConfig
 from descore_plugin.training.embedding_rows import TrainableRow
 from descore_plugin.training.full_state import gather_state, load_state
 from descore_plugin.training.runs import Run
-from descore_plugin.utils.errors import checkpoint_hint, set_resume_hint
 from descore_plugin.utils.device import to_device as _to  # noqa: F401 (the trainers import it from here)
+from descore_plugin.utils.errors import checkpoint_hint, set_resume_hint
 from descore_plugin.utils.seeding import torch_seed as _mix
 
 __all__ = ["RewardModelTrainer", "merge_adapter", "plot_rm_curves", "LABEL_SIGN"]
@@ -81,9 +81,15 @@ class RewardModelTrainer:
             self._check_videos(*sampling)
 
         # Opened once the data checked out (a data error leaves no run behind), before the slow model load.
-        self.run = Run.open(self.output_dir, _jsonable(config), resume=resume, overwrite=overwrite,
-                            may_change=RM_CHANGEABLE_ON_RESUME, main_process=self.accelerator.is_main_process,
-                            wait_for_everyone=self.accelerator.wait_for_everyone)
+        self.run = Run.open(
+            self.output_dir,
+            _jsonable(config),
+            resume=resume,
+            overwrite=overwrite,
+            may_change=RM_CHANGEABLE_ON_RESUME,
+            main_process=self.accelerator.is_main_process,
+            wait_for_everyone=self.accelerator.wait_for_everyone,
+        )
         if sampling is not None and not creates_run:
             self._check_videos(*sampling)
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
@@ -167,9 +173,15 @@ class RewardModelTrainer:
         """Decode every distinct video of the training and evaluation pairs as training will (datacheck.py); a bad
         one stops here naming file, row and field, or with --skip-bad-rows its rows are left out and listed."""
         self.train_pairs, self.eval_pairs, self.skipped_rows = check_training_videos(
-            self.train_pairs, self.eval_pairs, lambda path: load_video(path, fps=fps, num_frames=num_frames),
-            train_data=self.config.train_data, eval_data=self.config.eval_data, skip=self.config.skip_bad_rows,
-            report_path=self.output_dir / SKIPPED_ROWS_FILE, main_process=self.accelerator.is_main_process)
+            self.train_pairs,
+            self.eval_pairs,
+            lambda path: load_video(path, fps=fps, num_frames=num_frames),
+            train_data=self.config.train_data,
+            eval_data=self.config.eval_data,
+            skip=self.config.skip_bad_rows,
+            report_path=self.output_dir / SKIPPED_ROWS_FILE,
+            main_process=self.accelerator.is_main_process,
+        )
 
     def _load_train(self, path) -> list:
         """The training pairs. Rows without a decided verdict (ties where the loss has no term for them, rows labelled
@@ -182,25 +194,43 @@ class RewardModelTrainer:
         keep = pairs if config.undecided_rows == "zero_loss" else [p for p in pairs if p.label not in no_term]
         invalid, ties = sum(p.label == "invalid" for p in undecided), sum(p.label == "tie" for p in undecided)
         if not keep or (self.needs_decided_pairs and len(undecided) == len(pairs)):
-            raise DataError(f"{path}: no usable pairs for training (of {len(pairs)}: {invalid} labelled 'invalid', "
-                            f"{ties} ties, which --loss bt has no term for; --loss bt_ties trains on ties)")
+            raise DataError(
+                f"{path}: no usable pairs for training (of {len(pairs)}: {invalid} labelled 'invalid', "
+                f"{ties} ties, which --loss bt has no term for; --loss bt_ties trains on ties)"
+            )
         if undecided and self.accelerator.is_main_process:
-            reasons = " and ".join(([f"{invalid} labelled 'invalid' (no verdict)"] if invalid else []) +
-                                   ([f"{ties} ties (--loss bt has no term for a tie; --loss bt_ties has)"] if ties else []))
+            reasons = " and ".join(
+                ([f"{invalid} labelled 'invalid' (no verdict)"] if invalid else [])
+                + ([f"{ties} ties (--loss bt has no term for a tie; --loss bt_ties has)"] if ties else [])
+            )
             if config.undecided_rows == "drop":
-                logger.warning("training on %d of %d pairs of %s: dropped %s (--undecided-rows drop)", len(keep),
-                               len(pairs), path, reasons)
+                logger.warning(
+                    "training on %d of %d pairs of %s: dropped %s (--undecided-rows drop)",
+                    len(keep),
+                    len(pairs),
+                    path,
+                    reasons,
+                )
             else:
-                logger.warning("training on all %d pairs of %s: %s stay as rows of loss 0 that count in the batch "
-                               "mean, as officially (--undecided-rows drop leaves them out)", len(pairs), path, reasons)
+                logger.warning(
+                    "training on all %d pairs of %s: %s stay as rows of loss 0 that count in the batch "
+                    "mean, as officially (--undecided-rows drop leaves them out)",
+                    len(pairs),
+                    path,
+                    reasons,
+                )
         return keep
 
     def _set_trainable(self, model: DeScoreReward):
         config = self.config
         model.requires_grad_(False)
         if config.lora_rank > 0:
-            model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout,
-                           train_reward_token=config.train_embeddings == "reward_token")
+            model.add_lora(
+                config.lora_rank,
+                config.lora_alpha,
+                config.lora_dropout,
+                train_reward_token=config.train_embeddings == "reward_token",
+            )
         else:
             model.vlm.model.language_model.requires_grad_(True)
             # The output head learns only where a loss reads the logits (stage 2's policy, the CoT next-token loss):
@@ -232,28 +262,46 @@ class RewardModelTrainer:
                 groups["embeddings"].append(param)
             else:
                 groups["other"].append(param)
-        rates = {"head": config.head_learning_rate, "vision": config.vision_learning_rate,
-                 "embeddings": config.embedding_learning_rate, "other": None}
+        rates = {
+            "head": config.head_learning_rate,
+            "vision": config.vision_learning_rate,
+            "embeddings": config.embedding_learning_rate,
+            "other": None,
+        }
         return [{"params": params, "lr": rates[name] or lr, "name": name} for name, params in groups.items() if params]
 
     # ------------------------------------------------------------------ data
     def _collator(self) -> PairCollator:
         config = self.config
         encodes = self.loader_builds_inputs  # stage 1 gets its whole input from the workers; 2 and 3 decoded videos
-        return PairCollator(self.encoder if encodes else None, self.accelerator.num_processes, config.seed,
-                            config.cot_mask_prob if encodes else 0.0, with_labels=config.lm_loss_weight > 0)
+        return PairCollator(
+            self.encoder if encodes else None,
+            self.accelerator.num_processes,
+            config.seed,
+            config.cot_mask_prob if encodes else 0.0,
+            with_labels=config.lm_loss_weight > 0,
+        )
 
     def train_loader(self, start_micro_step: int):
         """This process's batches from `start_micro_step` to the end of training, prepared by accelerate (each rank
         its shard, tensors on the device). The order is a function of (seed, micro_step, rank) (dataset.py)."""
         config, accelerator = self.config, self.accelerator
         model = accelerator.unwrap_model(self.model)
-        loader = pair_loader(self.train_pairs, fps=model.config.fps, num_frames=model.config.num_frames,
-                             batch_size=config.batch_size, seed=config.seed, start_micro_step=start_micro_step,
-                             stop_micro_step=self._last_micro_step(),
-                             num_processes=accelerator.num_processes, collate=self._collator(),
-                             num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
-                             cache_bytes=config.video_cache_bytes, pin_memory=accelerator.device.type == "cuda")
+        loader = pair_loader(
+            self.train_pairs,
+            fps=model.config.fps,
+            num_frames=model.config.num_frames,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            start_micro_step=start_micro_step,
+            stop_micro_step=self._last_micro_step(),
+            num_processes=accelerator.num_processes,
+            collate=self._collator(),
+            num_workers=config.num_workers,
+            prefetch_factor=config.prefetch_factor,
+            cache_bytes=config.video_cache_bytes,
+            pin_memory=accelerator.device.type == "cuda",
+        )
         return accelerator.prepare(loader)
 
     def _last_micro_step(self) -> int:
@@ -266,20 +314,31 @@ class RewardModelTrainer:
         dataset = PairDataset(self.train_pairs, model.config.fps, model.config.num_frames)
         order = PairOrder(len(self.train_pairs), config.seed)
         g = micro_step * self.accelerator.num_processes + self.accelerator.process_index
-        return self._collator()([dataset[(g, order[g * config.batch_size + slot])] for slot in range(config.batch_size)])
+        return self._collator()(
+            [dataset[(g, order[g * config.batch_size + slot])] for slot in range(config.batch_size)]
+        )
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
         """Run from self.step to max_steps, write the final checkpoint and publish the model, then evaluate it."""
         config, accelerator = self.config, self.accelerator
-        accelerator.init_trackers("descore", config={k: v for k, v in dataclasses.asdict(config).items()
-                                                     if isinstance(v, (int, float, str, bool))})
-        bar = tqdm(total=config.max_steps, initial=self.step, desc=f"stage {config.stage}",
-                   disable=not accelerator.is_main_process)
+        accelerator.init_trackers(
+            "descore",
+            config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))},
+        )
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc=f"stage {config.stage}",
+            disable=not accelerator.is_main_process,
+        )
         last_logs = {}
         latest = self.run.latest_checkpoint()
-        set_resume_hint(checkpoint_hint(latest) if latest else
-                        "no checkpoint yet; run the same command with --resume to start again")
+        set_resume_hint(
+            checkpoint_hint(latest)
+            if latest
+            else "no checkpoint yet; run the same command with --resume to start again"
+        )
         batches = iter(self.train_loader(self.step * self.accumulation))
         while self.step < config.max_steps:
             step_logs = []
@@ -313,8 +372,12 @@ class RewardModelTrainer:
             bar.set_postfix(loss=f"{last_logs['loss']:.4f}")
             if config.save_steps and self.step % config.save_steps == 0 and self.step < config.max_steps:
                 self.save_checkpoint()
-            if config.eval_steps and self.step % config.eval_steps == 0 and self.eval_pairs and \
-                    self.step < config.max_steps:
+            if (
+                config.eval_steps
+                and self.step % config.eval_steps == 0
+                and self.eval_pairs
+                and self.step < config.max_steps
+            ):
                 evaluation = self.evaluate()
                 self._log(evaluation)
                 last_logs.update(evaluation)
@@ -349,8 +412,10 @@ class RewardModelTrainer:
     def _diverged(self, logs: dict):
         last = self.run.latest_checkpoint()
         keep = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
-        raise FloatingPointError(f"step {self.step + 1}: the loss is not finite ({logs}); training stopped{keep}. "
-                                 f"Lower the learning rate or check the data, then --resume")
+        raise FloatingPointError(
+            f"step {self.step + 1}: the loss is not finite ({logs}); training stopped{keep}. "
+            f"Lower the learning rate or check the data, then --resume"
+        )
 
     def _log(self, logs: dict):
         self.accelerator.log(logs, step=self.step)
@@ -361,11 +426,19 @@ class RewardModelTrainer:
         """Held-out preference accuracy (with and without ties, the official ties-as-errors figure, per slice) of the
         current model, with a progress bar; the CoT parse rate when it thinks (a warning when no CoT parses)."""
         model = self.accelerator.unwrap_model(self.model)
-        result = evaluate_pairs(model, self.eval_pairs, think=self.config.eval_think, batch_size=16,
-                                max_new_tokens=self.config.eval_max_new_tokens,
-                                progress=self.accelerator.is_main_process, num_workers=self.config.num_workers)
-        logs = {"eval_accuracy_with_ties": result["accuracy_with_ties"],
-                "eval_accuracy_ties_as_errors": result["accuracy_ties_as_errors"]}
+        result = evaluate_pairs(
+            model,
+            self.eval_pairs,
+            think=self.config.eval_think,
+            batch_size=16,
+            max_new_tokens=self.config.eval_max_new_tokens,
+            progress=self.accelerator.is_main_process,
+            num_workers=self.config.num_workers,
+        )
+        logs = {
+            "eval_accuracy_with_ties": result["accuracy_with_ties"],
+            "eval_accuracy_ties_as_errors": result["accuracy_ties_as_errors"],
+        }
         if result["accuracy_without_ties"] is not None:
             logs["eval_accuracy_without_ties"] = result["accuracy_without_ties"]
         for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
@@ -375,9 +448,13 @@ class RewardModelTrainer:
             cots = [cot for row in result["rows"] for cot in (row["cot_a"], row["cot_b"])]
             logs["eval_cot_parse_rate"] = float(np.mean([parse_answer(c).error is None for c in cots]))
             if logs["eval_cot_parse_rate"] == 0 and self.accelerator.is_main_process:
-                logger.warning("step %d: none of the %d CoTs the model wrote for the evaluation pairs parses (no "
-                               "<answer> JSON with an overall score): it has not learnt to write the answer format; "
-                               "stage 1 teaches it with --lm-loss-weight > 0 and CoTs in the data", self.step, len(cots))
+                logger.warning(
+                    "step %d: none of the %d CoTs the model wrote for the evaluation pairs parses (no "
+                    "<answer> JSON with an overall score): it has not learnt to write the answer format; "
+                    "stage 1 teaches it with --lm-loss-weight > 0 and CoTs in the data",
+                    self.step,
+                    len(cots),
+                )
         return logs
 
     # ------------------------------------------------------------------ checkpoints
@@ -485,7 +562,11 @@ def plot_rm_curves(metrics_path: Path, png_path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()] if Path(metrics_path).exists() else []
+    records = (
+        [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
+        if Path(metrics_path).exists()
+        else []
+    )
     keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in ("step", "final", "lr")]
     if not keys:
         return
@@ -497,9 +578,8 @@ def plot_rm_curves(metrics_path: Path, png_path: Path):
         ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
         ax.set_title(key)
         ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
     plt.close(fig)
-

@@ -70,8 +70,14 @@ class DistillationTrainer(RewardModelTrainer):
                 return dict(zip(keys, stored["targets"]))
         teacher = DeScoreReward.from_pretrained(config.teacher, device=self.accelerator.device).eval()
         samples, targets = config.num_cot_samples, []
-        chunks = stream_videos([path for path, *_ in keys], fps=teacher.config.fps, num_frames=teacher.config.num_frames,
-                               chunk_size=8, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor)
+        chunks = stream_videos(
+            [path for path, *_ in keys],
+            fps=teacher.config.fps,
+            num_frames=teacher.config.num_frames,
+            chunk_size=8,
+            num_workers=config.num_workers,
+            prefetch_factor=config.prefetch_factor,
+        )
         bar = tqdm(total=len(keys), desc="teacher CoTs", disable=not self.accelerator.is_main_process)
         for start, items in zip(range(0, len(keys), 8), chunks):
             chunk = keys[start : start + 8]
@@ -81,9 +87,19 @@ class DistillationTrainer(RewardModelTrainer):
             videos = [item.video for item in items for _ in range(samples)]
             prompts = [key[1] for key in chunk for _ in range(samples)]
             instructions = [key[2] or None for key in chunk for _ in range(samples)]  # the official CSV's `problem`
-            out = teacher.score(videos, prompts, instructions=instructions, think=True, batch_size=len(videos), do_sample=True,
-                                temperature=config.teacher_temperature, top_k=0, top_p=1.0,
-                                seed=_mix(config.seed, start), max_new_tokens=config.teacher_max_new_tokens)
+            out = teacher.score(
+                videos,
+                prompts,
+                instructions=instructions,
+                think=True,
+                batch_size=len(videos),
+                do_sample=True,
+                temperature=config.teacher_temperature,
+                top_k=0,
+                top_p=1.0,
+                seed=_mix(config.seed, start),
+                max_new_tokens=config.teacher_max_new_tokens,
+            )
             per_sample = out.bin_probs if out.bin_probs is not None else out.rewards.unsqueeze(-1)  # (c*S, K)
             targets.append(per_sample.view(len(chunk), samples, -1).mean(1))
             bar.update(len(chunk))
@@ -94,4 +110,3 @@ class DistillationTrainer(RewardModelTrainer):
             save_file({"targets": targets.contiguous()}, path)
             follow_umask(path)  # safetensors writes private files
         return dict(zip(keys, targets))
-

@@ -80,7 +80,7 @@ class TrainableRow:
             local.zero_()
         else:
             local[:index].zero_()
-            local[index + 1:].zero_()
+            local[index + 1 :].zero_()
 
     @torch.no_grad()
     def _decay(self):

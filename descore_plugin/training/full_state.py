@@ -48,8 +48,7 @@ def gather_state(model: torch.nn.Module, optimizer, main_process: bool = True) -
             return None
         trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         return CheckpointState(model=None, trainable=trainable, optimizer=optimizer.state_dict())
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors on rank 0's CPU only
     full = get_model_state_dict(model, options=options)
@@ -74,19 +73,23 @@ def load_state(model: torch.nn.Module, optimizer, directory: Path) -> None:
         optimizer.load_state_dict(optim)
         return
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     first = dist.get_rank() == 0
     trainable = load_file(directory / "trainable.safetensors") if first else {}
     optim = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True) if first else {}
     # The names of the parameters with optimizer state, from rank 0 to all (None: numbered, an unsharded run's).
-    names = [(sorted(optim.get("state", {})) if all(isinstance(k, str) for k in optim.get("state", {})) else None)
-             if first else None]
+    names = [
+        (sorted(optim.get("state", {})) if all(isinstance(k, str) for k in optim.get("state", {})) else None)
+        if first
+        else None
+    ]
     dist.broadcast_object_list(names, src=0)
     if names[0] is None:  # on every process, so that none is left waiting in a collective
-        raise ValueError(f"{directory / 'optimizer.pt'}: written by an unsharded run (parameters numbered, not "
-                         f"named); a sharded (FSDP) run resumes only from a checkpoint written under FSDP")
+        raise ValueError(
+            f"{directory / 'optimizer.pt'}: written by an unsharded run (parameters numbered, not "
+            f"named); a sharded (FSDP) run resumes only from a checkpoint written under FSDP"
+        )
     # Not strict: the file holds only the trainable parameters, and AdamW has no state for a parameter that never
     # got a gradient (e.g. lm_head when the loss reads only the head), as torch's own load_state_dict allows.
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
@@ -108,6 +111,9 @@ def _numbered(model: torch.nn.Module, optimizer, optim: dict) -> dict:
     for group in optimizer.param_groups:
         for param in group["params"]:
             index[names[id(param)]] = len(index)
-    return {"state": {index[name]: value for name, value in optim["state"].items()},
-            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
-                             for group in optim["param_groups"]]}
+    return {
+        "state": {index[name]: value for name, value in optim["state"].items()},
+        "param_groups": [
+            {**group, "params": [index[name] for name in group["params"]]} for group in optim["param_groups"]
+        ],
+    }

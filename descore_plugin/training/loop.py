@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -55,8 +56,9 @@ LOOP_MAY_CHANGE = ("max_steps", "eval_every", "checkpoint_every", "keep_last")
 class LoopConfig:
     """The run directory and the cadence of a training run."""
 
-    output_dir: str = _help("the run directory (refused if it holds a run, unless --resume or --overwrite)",
-                            required=True)
+    output_dir: str = _help(
+        "the run directory (refused if it holds a run, unless --resume or --overwrite)", required=True
+    )
     max_steps: int = _help("training steps", required=True)
     checkpoint_every: int = _help("write checkpoint-N every N steps (and at the end)", default=100)
     eval_every: int = _help("evaluate every N steps (0: at the start, at checkpoints and at the end only)", default=0)
@@ -82,7 +84,7 @@ class Method(Protocol):
     name: str
     curve_names: Sequence[str]
 
-    def setup(self, loop: "RunLoop") -> None: ...  # build models, data, optimiser (the run directory exists)
+    def setup(self, loop: RunLoop) -> None: ...  # build models, data, optimiser (the run directory exists)
 
     def train_step(self, step: int) -> dict[str, float]: ...  # step: 0-based; returns this process's metrics
 
@@ -135,18 +137,30 @@ class RunLoop:
     # ------------------------------------------------------------------ the run
     def run(self) -> RunResult:
         method, config, accelerator = self.method, self.config, self.accelerator
-        arguments = {**getattr(method, "arguments", {}), "max_steps": config.max_steps,
-                     "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every}
+        arguments = {
+            **getattr(method, "arguments", {}),
+            "max_steps": config.max_steps,
+            "eval_every": config.eval_every,
+            "checkpoint_every": config.checkpoint_every,
+        }
         may_change = tuple(getattr(method, "may_change_on_resume", ())) + LOOP_MAY_CHANGE
-        self.run_dir = Run.open(config.output_dir, arguments, resume=config.resume, overwrite=config.overwrite,
-                                may_change=may_change, main_process=accelerator.is_main_process,
-                                wait_for_everyone=accelerator.wait_for_everyone)
+        self.run_dir = Run.open(
+            config.output_dir,
+            arguments,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            may_change=may_change,
+            main_process=accelerator.is_main_process,
+            wait_for_everyone=accelerator.wait_for_everyone,
+        )
         method.setup(self)
         self.step = self._resume() if config.resume else 0
         self.evaluated = {r["step"] for r in self.run_dir.metrics() if r.get("kind") == "eval"}  # read by all
         accelerator.wait_for_everyone()
         start = self.step > 0 or getattr(method, "evaluate_at_start", True)
-        if start and self.step < config.max_steps and self.step not in self.evaluated:  # the start, or an interrupted one
+        if (
+            start and self.step < config.max_steps and self.step not in self.evaluated
+        ):  # the start, or an interrupted one
             self._evaluate(self.step)
         final = {}
         try:
@@ -166,8 +180,14 @@ class RunLoop:
             if self.progress is not None:
                 self.progress.close()
             latest = self.run_dir.latest_checkpoint()
-            errors.set_resume_hint(f"at step {self.step}; " + (errors.checkpoint_hint(latest) if latest else
-                                   "no checkpoint yet; run the same command with --resume to start again"))
+            errors.set_resume_hint(
+                f"at step {self.step}; "
+                + (
+                    errors.checkpoint_hint(latest)
+                    if latest
+                    else "no checkpoint yet; run the same command with --resume to start again"
+                )
+            )
             raise
         accelerator.wait_for_everyone()
         return RunResult(self.output_dir, self.step, final)
@@ -176,8 +196,12 @@ class RunLoop:
         from tqdm.auto import tqdm
 
         config = self.config
-        self.progress = tqdm(total=config.max_steps, initial=self.step, desc=self.method.name,
-                             disable=not self.accelerator.is_main_process)
+        self.progress = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc=self.method.name,
+            disable=not self.accelerator.is_main_process,
+        )
         while self.step < config.max_steps:
             started = time.perf_counter()
             metrics = self.method.train_step(self.step)
@@ -218,15 +242,21 @@ class RunLoop:
             self.log(row)
         self.evaluated.add(step)
         if metrics and self.accelerator.is_main_process:
-            logger.info("step %d: %s", step, ", ".join(f"{k} = {v:.5g}" for k, v in metrics.items()
-                                                      if isinstance(v, float) and not k.endswith("_std")))
+            logger.info(
+                "step %d: %s",
+                step,
+                ", ".join(
+                    f"{k} = {v:.5g}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_std")
+                ),
+            )
         return row
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         state = self.method.state_dict()  # every process: a sharded method gathers here
-        self.run_dir.save_checkpoint(self.step, lambda directory: save_state(state, directory),
-                                     keep_last=self.config.keep_last)
+        self.run_dir.save_checkpoint(
+            self.step, lambda directory: save_state(state, directory), keep_last=self.config.keep_last
+        )
         self.accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
@@ -242,8 +272,11 @@ class RunLoop:
 
 # ---------------------------------------------------------------------------------------------------- state files
 def _is_tensor_dict(value) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+    )
 
 
 def save_state(state: dict, directory: Path) -> None:
@@ -284,28 +317,47 @@ def write_curves(rows: list[dict], path: Path, curve_names: Sequence[str] = ()) 
     rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    names = list(dict.fromkeys(k[len("eval/"):] for r in evals for k in r if k.startswith("eval/")
-                               and not k.endswith("_std") and k != "eval/num_items"))
+    names = list(
+        dict.fromkeys(
+            k[len("eval/") :]
+            for r in evals
+            for k in r
+            if k.startswith("eval/") and not k.endswith("_std") and k != "eval/num_items"
+        )
+    )
     curves = [k for k in curve_names if any(k in r for r in train)]
     panels = len(names) + len(curves) or 1
     columns = min(panels, 4)
-    figure, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(4.5 * columns,
-                                3.5 * ((panels + columns - 1) // columns)), squeeze=False)
+    figure, axes = plt.subplots(
+        (panels + columns - 1) // columns,
+        columns,
+        figsize=(4.5 * columns, 3.5 * ((panels + columns - 1) // columns)),
+        squeeze=False,
+    )
     flat = list(axes.flat)
     for axis, name in zip(flat, names):
         if any(f"reward/{name}" in r for r in train):
-            axis.plot([r["step"] for r in train], [r.get(f"reward/{name}", math.nan) for r in train], alpha=0.5,
-                      label="training samples")
+            axis.plot(
+                [r["step"] for r in train],
+                [r.get(f"reward/{name}", math.nan) for r in train],
+                alpha=0.5,
+                label="training samples",
+            )
         steps = [r["step"] for r in evals]
         mean = [r.get(f"eval/{name}", math.nan) for r in evals]
         axis.plot(steps, mean, "o-", label="evaluation")
         if all(f"eval/{name}_std" in r and "eval/num_items" in r for r in evals):
             se = [r[f"eval/{name}_std"] / math.sqrt(max(r["eval/num_items"], 1)) for r in evals]
-            axis.fill_between(steps, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)], alpha=0.25,
-                              label="± 1 standard error")
+            axis.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, se)],
+                [m + s for m, s in zip(mean, se)],
+                alpha=0.25,
+                label="± 1 standard error",
+            )
         axis.set(title=name, xlabel="step")
         axis.legend(fontsize=7)
-    for axis, key in zip(flat[len(names):], curves):
+    for axis, key in zip(flat[len(names) :], curves):
         axis.plot([r["step"] for r in train], [r.get(key, math.nan) for r in train])
         axis.set(title=key, xlabel="step")
     for axis in flat[panels:]:
@@ -316,5 +368,15 @@ def write_curves(rows: list[dict], path: Path, curve_names: Sequence[str] = ()) 
     return Path(path)
 
 
-__all__ = ["LoopConfig", "Method", "RunLoop", "RunResult", "VOCABULARY", "LOOP_MAY_CHANGE", "check_vocabulary",
-           "save_state", "load_state", "write_curves"]
+__all__ = [
+    "LoopConfig",
+    "Method",
+    "RunLoop",
+    "RunResult",
+    "VOCABULARY",
+    "LOOP_MAY_CHANGE",
+    "check_vocabulary",
+    "save_state",
+    "load_state",
+    "write_curves",
+]

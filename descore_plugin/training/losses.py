@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from descore_plugin.modeling.prompt import answer_agreement
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Stage 1 and the stage-2 auxiliary loss (DeScore Sec. 3.2): -log sigmoid(r_chosen - r_rejected), mean.
     mask (0/1 per row): the official cold start's `loss * nontied_mask` before the mean, so a row without a verdict
     is a row of loss 0 that still counts in the mean (the gradient is scaled by the decided fraction)."""
@@ -19,8 +21,9 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: t
     return rows.mean() if mask is None else (rows * mask).mean()
 
 
-def bradley_terry_ties_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor, k: float = 5.0,
-                            mask: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_ties_loss(
+    r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor, k: float = 5.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Bradley-Terry with ties (Rao-Kupper, theta = k = 5), as VideoAlign trains
     (its reward-model trainer: Rao and Kupper 1967 with theta = 5).
 
@@ -45,8 +48,9 @@ def length_reward(text: str, thresholds=(500, 1000, 1500, 2000), values=(0.0, 0.
     return values[-1]
 
 
-def rollout_reward(text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thresholds=(500, 1000, 1500, 2000),
-                   parser: str = "official") -> dict:
+def rollout_reward(
+    text: str, truth: dict, weights=(0.7, 0.1, 0.2), length_thresholds=(500, 1000, 1500, 2000), parser: str = "official"
+) -> dict:
     """Rule-based reward of one stage-2 rollout (DeScore Sec. 3.3, official defaults):
         0.7 * sub-dimension accuracy (fraction of ground-truth dimensions whose predicted value is == to the truth;
               a missing one counts as wrong)
@@ -76,8 +80,14 @@ def kl_low_variance(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (delta.exp() - delta - 1).clamp(-10, 10)
 
 
-def ppo_dual_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2,
-                       clip_high: float = 0.3, clip_dual: float = 3.0) -> dict:
+def ppo_dual_clip_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.3,
+    clip_dual: float = 3.0,
+) -> dict:
     """Per-token PPO policy loss with an asymmetric clip and dual clip (verl's "default" policy loss, as the official
     stage 2 runs it). logp, old_logp: (N, T); advantages: (N,). With log r = logp - old_logp:
         ratio = exp(clamp(log r, -20, 20)),  clipped = exp(clamp(log r, ln(1 - clip_low), ln(1 + clip_high)))
@@ -95,9 +105,18 @@ def ppo_dual_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
     return {"loss": loss, "ratio": ratio, "clipped": loss != unclipped_loss}
 
 
-def grpo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                     ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, clip_low: float = 0.2,
-                     clip_high: float = 0.3, clip_dual: float = 3.0, num_tokens: float | None = None) -> dict:
+def grpo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.3,
+    clip_dual: float = 3.0,
+    num_tokens: float | None = None,
+) -> dict:
     """Stage-2 policy loss with token-level aggregation (DAPO style, as officially): the per-token dual-clip PPO loss
     plus kl_coef x the low-variance KL to the reference, summed over the supervised tokens of `mask` (N, T) and
     divided by `num_tokens` (the token count of the whole mini-batch when this is one of its micro-batches; default:
@@ -107,12 +126,18 @@ def grpo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: tor
     per_token = ppo["loss"] + kl_coef * kl
     own = mask.sum().clamp_min(1)
     num_tokens = own if num_tokens is None else num_tokens
-    return {"loss": (per_token * mask).sum() / num_tokens, "kl": (kl * mask).sum() / own,
-            "ratio": (ppo["ratio"] * mask).sum() / own, "clip_fraction": (ppo["clipped"].float() * mask).sum() / own}
+    return {
+        "loss": (per_token * mask).sum() / num_tokens,
+        "kl": (kl * mask).sum() / own,
+        "ratio": (ppo["ratio"] * mask).sum() / own,
+        "clip_fraction": (ppo["clipped"].float() * mask).sum() / own,
+    }
 
 
 # ---------------------------------------------------------------------- score distributions (Z-Reward, our reading)
-def pointwise_distribution_loss(logits: torch.Tensor, target_scores: torch.Tensor, bins: torch.Tensor, sigma: float = 0.25) -> torch.Tensor:
+def pointwise_distribution_loss(
+    logits: torch.Tensor, target_scores: torch.Tensor, bins: torch.Tensor, sigma: float = 0.25
+) -> torch.Tensor:
     """Direct pointwise supervision of the score distribution (Z-Reward GDSO, arXiv 2606.09076; exact formula not
     published, this is our reading): cross-entropy between the predicted bin distribution and a Gaussian-smoothed
     one-hot at the labelled score (std `sigma`, in score units). logits (B, K), target_scores (B,), bins (K,)."""

@@ -23,11 +23,11 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from descore_plugin.utils.files import atomic_directory
 from descore_plugin.utils.errors import UserError, checkpoint_hint, set_resume_hint
+from descore_plugin.utils.files import atomic_directory
 
 ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.jsonl"
@@ -59,8 +59,9 @@ def _jsonable(value):
 
 
 def _looks_like_run(path: Path) -> bool:
-    return any((path / name).exists() for name in (ARGS_FILE, METRICS_FILE, "args.json")) or \
-        any(path.glob("checkpoint-*"))
+    return any((path / name).exists() for name in (ARGS_FILE, METRICS_FILE, "args.json")) or any(
+        path.glob("checkpoint-*")
+    )
 
 
 class Run:
@@ -73,9 +74,17 @@ class Run:
         self.main_process = main_process
 
     @classmethod
-    def open(cls, output_dir, arguments: dict, *, resume: bool = False, overwrite: bool = False,
-             may_change: Iterable[str] = (), main_process: bool = True,
-             wait_for_everyone: Callable[[], None] | None = None) -> "Run":
+    def open(
+        cls,
+        output_dir,
+        arguments: dict,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        may_change: Iterable[str] = (),
+        main_process: bool = True,
+        wait_for_everyone: Callable[[], None] | None = None,
+    ) -> Run:
         """Check `output_dir` against the rules and record `arguments` (a dict of argument name -> value).
 
         may_change: argument names that may differ on --resume (e.g. "max_steps", "eval_every").
@@ -91,15 +100,20 @@ class Run:
         if resume:
             saved_path = output_dir / ARGS_FILE
             if not saved_path.is_file():
-                raise RunError(f"--resume: {output_dir} holds no run to continue (no {ARGS_FILE}); "
-                               f"drop --resume to start one")
+                raise RunError(
+                    f"--resume: {output_dir} holds no run to continue (no {ARGS_FILE}); drop --resume to start one"
+                )
             _check_changes(json.loads(saved_path.read_text()), arguments, set(may_change), output_dir)
         elif exists and not overwrite:
-            raise RunError(f"{output_dir} already holds a run; pass --resume to continue it or --overwrite to delete "
-                           f"it and start again (or choose another --output-dir)")
+            raise RunError(
+                f"{output_dir} already holds a run; pass --resume to continue it or --overwrite to delete "
+                f"it and start again (or choose another --output-dir)"
+            )
         elif exists and overwrite and not _looks_like_run(output_dir):
-            raise RunError(f"--overwrite: {output_dir} is not empty and holds no run ({ARGS_FILE}, {METRICS_FILE}, "
-                           f"checkpoint-N); refusing to delete it: choose another --output-dir")
+            raise RunError(
+                f"--overwrite: {output_dir} is not empty and holds no run ({ARGS_FILE}, {METRICS_FILE}, "
+                f"checkpoint-N); refusing to delete it: choose another --output-dir"
+            )
         if wait_for_everyone is not None:
             wait_for_everyone()
         if main_process:
@@ -196,7 +210,9 @@ def _check_changes(saved: dict, new: dict, may_change: set[str], output_dir: Pat
     for name in sorted(set(saved) | set(new)):
         if name in may_change or saved.get(name) == new.get(name):
             continue
-        raise RunError(f"--resume: {flag(name)} was {saved.get(name)!r} in the run in {output_dir}, now "
-                       f"{new.get(name)!r}; it cannot change in a run under way. Drop it to continue the run, "
-                       f"or pass --overwrite (or another --output-dir) to start a new one. Changeable on --resume: "
-                       f"{', '.join(flag(n) for n in sorted(may_change)) or 'nothing'}")
+        raise RunError(
+            f"--resume: {flag(name)} was {saved.get(name)!r} in the run in {output_dir}, now "
+            f"{new.get(name)!r}; it cannot change in a run under way. Drop it to continue the run, "
+            f"or pass --overwrite (or another --output-dir) to start a new one. Changeable on --resume: "
+            f"{', '.join(flag(n) for n in sorted(may_change)) or 'nothing'}"
+        )

@@ -35,6 +35,9 @@ def prepare_frozen(accelerator, module: torch.nn.Module) -> torch.nn.Module:
     plugin = accelerator.state.fsdp_plugin
     policy = fsdp2_prepare_auto_wrap_policy(plugin, module) or (lambda submodule: False)
     mixed_precision = plugin.mixed_precision_policy
-    return shard_module(module, policy, reshard_after_forward=plugin.reshard_after_forward,
-                        mp_policy=mixed_precision if isinstance(mixed_precision, MixedPrecisionPolicy)
-                        else MixedPrecisionPolicy())
+    return shard_module(
+        module,
+        policy,
+        reshard_after_forward=plugin.reshard_after_forward,
+        mp_policy=mixed_precision if isinstance(mixed_precision, MixedPrecisionPolicy) else MixedPrecisionPolicy(),
+    )

@@ -8,8 +8,12 @@ import torch
 from descore_plugin.modeling.model import DeScoreReward
 from descore_plugin.modeling.prompt import parse_answer
 from descore_plugin.training.base import LABEL_SIGN, RewardModelTrainer, _to
-from descore_plugin.training.losses import (bradley_terry_loss, bradley_terry_ties_loss, pointwise_distribution_loss,
-                                            score_gap_loss)
+from descore_plugin.training.losses import (
+    bradley_terry_loss,
+    bradley_terry_ties_loss,
+    pointwise_distribution_loss,
+    score_gap_loss,
+)
 
 __all__ = ["ColdStartTrainer"]
 
@@ -53,8 +57,12 @@ class ColdStartTrainer(RewardModelTrainer):
             bt = bradley_terry_loss(chosen, rejected, mask=decided)
         loss = bt
         correct = ((r_a - r_b) * signs > 0).float()
-        logs = {"bt_loss": bt.item(), "masked_fraction": float(masked.mean()), "decided_fraction": decided.mean().item(),
-                "train_accuracy": (correct.sum() / decided.sum()).item() if decided.any() else float("nan")}
+        logs = {
+            "bt_loss": bt.item(),
+            "masked_fraction": float(masked.mean()),
+            "decided_fraction": decided.mean().item(),
+            "train_accuracy": (correct.sum() / decided.sum()).item() if decided.any() else float("nan"),
+        }
         if config.lm_loss_weight > 0:
             loss = loss + config.lm_loss_weight * out["lm_loss"]
             logs["lm_loss"] = out["lm_loss"].item()
@@ -68,13 +76,15 @@ class ColdStartTrainer(RewardModelTrainer):
         (annotator CoTs end in an <answer> with overall_score): pointwise on each video, score gap on each pair."""
         config, n = self.config, len(pairs)
         device = out["rewards"].device
-        targets = torch.tensor([_overall(p.cot_a) for p in pairs] + [_overall(p.cot_b) for p in pairs],
-                               dtype=torch.float32, device=device)  # (2n,), NaN where unknown
+        targets = torch.tensor(
+            [_overall(p.cot_a) for p in pairs] + [_overall(p.cot_b) for p in pairs], dtype=torch.float32, device=device
+        )  # (2n,), NaN where unknown
         known = ~targets.isnan()
         total = torch.zeros((), device=device)
         if known.any():
-            pointwise = pointwise_distribution_loss(out["logits"][known], targets[known], model.score_bins,
-                                                    config.distribution_sigma)
+            pointwise = pointwise_distribution_loss(
+                out["logits"][known], targets[known], model.score_bins, config.distribution_sigma
+            )
             total = total + config.distribution_loss_weight * pointwise
             logs["distribution_loss"] = pointwise.item()
         both = known[:n] & known[n:]
@@ -89,4 +99,3 @@ def _overall(cot) -> float:
     """The overall score of a CoT's <answer> block, NaN when there is none."""
     score = parse_answer(cot).overall_score if cot else None
     return float("nan") if score is None else score
-

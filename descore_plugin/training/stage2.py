@@ -17,8 +17,12 @@ from descore_plugin.data.video import load_video
 from descore_plugin.modeling.model import DeScoreReward
 from descore_plugin.training.base import LABEL_SIGN, RewardModelTrainer, _mix, _to
 from descore_plugin.training.config import TrainConfig
-from descore_plugin.training.losses import (bradley_terry_loss, group_advantages_unbiased, grpo_policy_loss,
-                                            rollout_reward)
+from descore_plugin.training.losses import (
+    bradley_terry_loss,
+    group_advantages_unbiased,
+    grpo_policy_loss,
+    rollout_reward,
+)
 from descore_plugin.training.sharding import prepare_frozen
 from descore_plugin.utils.errors import UserError
 
@@ -93,16 +97,24 @@ class DualObjectiveTrainer(RewardModelTrainer):
         pairs, videos = batch["pairs"], batch["videos"]
         prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
         rows = [i for i in range(len(videos)) for _ in range(k)]
-        prompt = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows],
-                                      [instructions[i] for i in rows], stage="rollout")
+        prompt = model.encode_prompts(
+            [videos[i] for i in rows], [prompts[i] for i in rows], [instructions[i] for i in rows], stage="rollout"
+        )
         longest = int(prompt["attention_mask"].sum(-1).max())
         if longest > OFFICIAL_PROMPT_TOKENS and not self._warned_prompt_cap:
             self._warned_prompt_cap = True
-            logger.warning("stage 2: a prompt of %d tokens (video and instruction) is longer than the %d tokens the "
-                           "official stage 2 keeps (it right-truncates); here every prompt is kept whole", longest,
-                           OFFICIAL_PROMPT_TOKENS)
-        return {"pairs": pairs, "prompt": prompt, "rows": rows,
-                "truths": [p.scores_a for p in pairs] + [p.scores_b for p in pairs]}
+            logger.warning(
+                "stage 2: a prompt of %d tokens (video and instruction) is longer than the %d tokens the "
+                "official stage 2 keeps (it right-truncates); here every prompt is kept whole",
+                longest,
+                OFFICIAL_PROMPT_TOKENS,
+            )
+        return {
+            "pairs": pairs,
+            "prompt": prompt,
+            "rows": rows,
+            "truths": [p.scores_a for p in pairs] + [p.scores_b for p in pairs],
+        }
 
     def _stage2_batch(self, micro_step: int, batches) -> dict:
         """This process's processed batch of `micro_step`. At the first micro-step of a rollout batch (or the first
@@ -111,8 +123,10 @@ class DualObjectiveTrainer(RewardModelTrainer):
         per_batch = self.steps_per_rollout * self.accumulation
         index = micro_step // per_batch
         if self._inputs is None or self._inputs["index"] != index:
-            self._inputs = {"index": index, "batches": {m: self.stage2_inputs(next(batches))
-                                                        for m in range(micro_step, (index + 1) * per_batch)}}
+            self._inputs = {
+                "index": index,
+                "batches": {m: self.stage2_inputs(next(batches)) for m in range(micro_step, (index + 1) * per_batch)},
+            }
         if self.rollouts is None or self.rollouts["index"] != index:
             self.rollouts = self._rollout_batch(index, self._inputs["batches"])
         return self._inputs["batches"].pop(micro_step)
@@ -131,11 +145,17 @@ class DualObjectiveTrainer(RewardModelTrainer):
             torch.manual_seed(_mix(config.seed, micro_step, self.accelerator.process_index, 1))
             entry = (inputs or {}).get(micro_step) or self.stage2_inputs(self.batch_for(micro_step))
             batch, rows, truths = _to(entry["prompt"], self.accelerator.device), entry["rows"], entry["truths"]
-            rollouts = model.sample_cots(batch, self.rollout_tokens, temperature=config.rollout_temperature,
-                                         repetition_penalty=config.rollout_repetition_penalty)
+            rollouts = model.sample_cots(
+                batch,
+                self.rollout_tokens,
+                temperature=config.rollout_temperature,
+                repetition_penalty=config.rollout_repetition_penalty,
+            )
             texts = model.tokenizer.batch_decode(rollouts["cot_ids"], skip_special_tokens=True)
-            scored = [rollout_reward(t, truths[i], config.reward_weights, config.length_thresholds, config.rule_parser)
-                      for t, i in zip(texts, rows)]
+            scored = [
+                rollout_reward(t, truths[i], config.reward_weights, config.length_thresholds, config.rule_parser)
+                for t, i in zip(texts, rows)
+            ]
             rewards = torch.tensor([s["reward"] for s in scored]).view(-1, config.num_rollouts)  # (2n, k)
             full = model.append_cots(batch, rollouts["cot_ids"], with_labels=True, ended=rollouts["ended"])
             old = model(**full)
@@ -146,23 +166,38 @@ class DualObjectiveTrainer(RewardModelTrainer):
                 else:
                     with model.backbone.disable_adapter():
                         ref = model(**full)["token_logprobs"].cpu()
-            micros.append({"cot_ids": [c.cpu() for c in rollouts["cot_ids"]], "ended": rollouts["ended"],
-                           "advantages": group_advantages_unbiased(rewards).view(-1), "rewards": rewards.view(-1),
-                           "old_logp": old["token_logprobs"].cpu(), "ref_logp": ref,
-                           "tokens": int(old["label_mask"].sum()),
-                           "accuracy": torch.tensor([s["accuracy"] for s in scored]),
-                           "format": torch.tensor([s["format"] for s in scored])})
+            micros.append(
+                {
+                    "cot_ids": [c.cpu() for c in rollouts["cot_ids"]],
+                    "ended": rollouts["ended"],
+                    "advantages": group_advantages_unbiased(rewards).view(-1),
+                    "rewards": rewards.view(-1),
+                    "old_logp": old["token_logprobs"].cpu(),
+                    "ref_logp": ref,
+                    "tokens": int(old["label_mask"].sum()),
+                    "accuracy": torch.tensor([s["accuracy"] for s in scored]),
+                    "format": torch.tensor([s["format"] for s in scored]),
+                }
+            )
         model.train()
         # Token counts per mini-batch over all processes: each micro-batch's policy loss is a share of that mean.
         accumulation = self.accumulation
-        local = torch.tensor([sum(m["tokens"] for m in micros[j * accumulation:(j + 1) * accumulation])
-                              for j in range(self.steps_per_rollout)], device=self.accelerator.device)
+        local = torch.tensor(
+            [
+                sum(m["tokens"] for m in micros[j * accumulation : (j + 1) * accumulation])
+                for j in range(self.steps_per_rollout)
+            ],
+            device=self.accelerator.device,
+        )
         mini_tokens = self.accelerator.reduce(local, reduction="sum").cpu()
         best = torch.stack([m["rewards"].max() for m in micros]).max().to(self.accelerator.device)
         if self.accelerator.reduce(best, reduction="max").item() == 0 and self.accelerator.is_main_process:
-            logger.warning("stage 2, rollout batch %d: every rollout's rule reward is 0 (no readable <answer>, under "
-                           "500 characters): the policy has nothing to learn from this batch; a starting model that "
-                           "writes the answer format is needed (stage 1 with --lm-loss-weight > 0)", index)
+            logger.warning(
+                "stage 2, rollout batch %d: every rollout's rule reward is 0 (no readable <answer>, under "
+                "500 characters): the policy has nothing to learn from this batch; a starting model that "
+                "writes the answer format is needed (stage 1 with --lm-loss-weight > 0)",
+                index,
+            )
         return {"index": index, "micro": micros, "mini_tokens": mini_tokens}
 
     def stage2_loss(self, micro_step: int, batch: dict) -> dict:
@@ -177,17 +212,27 @@ class DualObjectiveTrainer(RewardModelTrainer):
         position = micro_step % per_batch
         micro = self.rollouts["micro"][position]
         pairs = batch["pairs"]
-        full = _to(model.append_cots(batch["prompt"], micro["cot_ids"], with_labels=True, ended=micro["ended"]),
-                   self.accelerator.device)
+        full = _to(
+            model.append_cots(batch["prompt"], micro["cot_ids"], with_labels=True, ended=micro["ended"]),
+            self.accelerator.device,
+        )
         out = self.model(**full)
         device = out["rewards"].device
         ref = micro["ref_logp"].to(device) if micro["ref_logp"] is not None else None
         # Token mean over the whole mini-batch on all processes; x num_processes undoes the gradient averaging of DDP.
         num_tokens = self.rollouts["mini_tokens"][position // accumulation].clamp_min(1).item()
-        policy = grpo_policy_loss(out["token_logprobs"], micro["old_logp"].to(device), micro["advantages"].to(device),
-                                  out["label_mask"].float(), ref, config.kl_coef, config.clip_ratio_low,
-                                  config.clip_ratio_high, config.clip_ratio_dual,
-                                  num_tokens=num_tokens / self.accelerator.num_processes)
+        policy = grpo_policy_loss(
+            out["token_logprobs"],
+            micro["old_logp"].to(device),
+            micro["advantages"].to(device),
+            out["label_mask"].float(),
+            ref,
+            config.kl_coef,
+            config.clip_ratio_low,
+            config.clip_ratio_high,
+            config.clip_ratio_dual,
+            num_tokens=num_tokens / self.accelerator.num_processes,
+        )
 
         n, k = len(pairs), config.num_rollouts
         head = out["rewards"].view(2 * n, k)
@@ -199,10 +244,17 @@ class DualObjectiveTrainer(RewardModelTrainer):
             s = signs[decided].unsqueeze(-1)
             bt = bradley_terry_loss(torch.where(s > 0, r_a, r_b).reshape(-1), torch.where(s > 0, r_b, r_a).reshape(-1))
         loss = policy["loss"] + config.bt_weight * bt
-        logs = {"loss": loss.item(), "policy_loss": policy["loss"].item(), "kl": policy["kl"].item(),
-                "ratio": policy["ratio"].item(), "clip_fraction": policy["clip_fraction"].item(),
-                "bt_loss": bt.item(), "rollout_reward": micro["rewards"].mean().item(),
-                "rollout_accuracy": micro["accuracy"].mean().item(), "rollout_format": micro["format"].mean().item()}
+        logs = {
+            "loss": loss.item(),
+            "policy_loss": policy["loss"].item(),
+            "kl": policy["kl"].item(),
+            "ratio": policy["ratio"].item(),
+            "clip_fraction": policy["clip_fraction"].item(),
+            "bt_loss": bt.item(),
+            "rollout_reward": micro["rewards"].mean().item(),
+            "rollout_accuracy": micro["accuracy"].mean().item(),
+            "rollout_format": micro["format"].mean().item(),
+        }
         # accelerate divides each micro-batch's loss by the accumulation count; the official loss SUMS micro-batches
         # (the policy term is already a share of the mini-batch mean, and the BT term counts once per micro-batch).
         return {"loss": loss * accumulation, "logs": logs}
@@ -214,26 +266,45 @@ class DualObjectiveTrainer(RewardModelTrainer):
         are read with --rule-parser; none readable stops here (the run directory, if this made it, goes too)."""
         config = self.config
         pairs = self.train_pairs[:PROBE_PAIRS]
-        videos = [load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)
-                  for p in pairs for path in p.videos]
-        prompts, instructions = [p.prompt for p in pairs for _ in p.videos], [p.instruction for p in pairs for _ in p.videos]
+        videos = [
+            load_video(path, fps=model.config.fps, num_frames=model.config.num_frames)
+            for p in pairs
+            for path in p.videos
+        ]
+        prompts, instructions = (
+            [p.prompt for p in pairs for _ in p.videos],
+            [p.instruction for p in pairs for _ in p.videos],
+        )
         model.eval()
-        out = model.score(videos, prompts, think=True, batch_size=len(videos), max_new_tokens=self.rollout_tokens,
-                          **({"instructions": instructions} if any(instructions) else {}))
+        out = model.score(
+            videos,
+            prompts,
+            think=True,
+            batch_size=len(videos),
+            max_new_tokens=self.rollout_tokens,
+            **({"instructions": instructions} if any(instructions) else {}),
+        )
         model.train()
         truths = [s for p in pairs for s in (p.scores_a, p.scores_b)]
-        readable = [rollout_reward(cot, truth, parser=config.rule_parser)["format"] for cot, truth in zip(out.cots, truths)]
+        readable = [
+            rollout_reward(cot, truth, parser=config.rule_parser)["format"] for cot, truth in zip(out.cots, truths)
+        ]
         if any(readable):
-            logger.info("stage 2: the starting model's CoTs hold a readable <answer> for %d of %d probe videos",
-                        int(sum(readable)), len(readable))
+            logger.info(
+                "stage 2: the starting model's CoTs hold a readable <answer> for %d of %d probe videos",
+                int(sum(readable)),
+                len(readable),
+            )
             return
         if creates_run and self.accelerator.is_main_process:
             shutil.rmtree(self.output_dir, ignore_errors=True)
         example = " ".join(out.cots[0].split())[:60]
-        raise UserError(f"--stage 2: the starting model {config.model} wrote no readable <answer> JSON in its CoTs "
-                        f"for the first {len(readable)} training videos (e.g. {example!r}), so no rollout would earn "
-                        f"the accuracy or format reward and stage 2 would learn next to nothing; train stage 1 with "
-                        f"the CoT loss first (--lm-loss-weight > 0, docs/training.md), or pass --allow-unparsed-cots")
+        raise UserError(
+            f"--stage 2: the starting model {config.model} wrote no readable <answer> JSON in its CoTs "
+            f"for the first {len(readable)} training videos (e.g. {example!r}), so no rollout would earn "
+            f"the accuracy or format reward and stage 2 would learn next to nothing; train stage 1 with "
+            f"the CoT loss first (--lm-loss-weight > 0, docs/training.md), or pass --allow-unparsed-cots"
+        )
 
 
 def stage2_geometry(config: TrainConfig, num_processes: int) -> tuple[int, int]:
@@ -243,19 +314,26 @@ def stage2_geometry(config: TrainConfig, num_processes: int) -> tuple[int, int]:
     global batches on any number of processes."""
     pairs_per_step, per_micro = config.actor_batch_size // 2, config.batch_size * num_processes
     if pairs_per_step % per_micro:
-        raise UserError(f"--actor-batch-size {config.actor_batch_size} ({pairs_per_step} pairs per optimiser step) is "
-                        f"not a multiple of --batch-size {config.batch_size} x {num_processes} process(es): lower "
-                        f"--batch-size or raise --actor-batch-size")
+        raise UserError(
+            f"--actor-batch-size {config.actor_batch_size} ({pairs_per_step} pairs per optimiser step) is "
+            f"not a multiple of --batch-size {config.batch_size} x {num_processes} process(es): lower "
+            f"--batch-size or raise --actor-batch-size"
+        )
     accumulation = pairs_per_step // per_micro
     if config.gradient_accumulation_steps is not None and config.gradient_accumulation_steps != accumulation:
-        logger.warning("--gradient-accumulation-steps %d does not apply to stage 2: an optimiser step holds "
-                       "--actor-batch-size %d videos, i.e. %d micro-batch(es) of --batch-size %d pair(s) on each of %d "
-                       "process(es)", config.gradient_accumulation_steps, config.actor_batch_size, accumulation,
-                       config.batch_size, num_processes)
+        logger.warning(
+            "--gradient-accumulation-steps %d does not apply to stage 2: an optimiser step holds "
+            "--actor-batch-size %d videos, i.e. %d micro-batch(es) of --batch-size %d pair(s) on each of %d "
+            "process(es)",
+            config.gradient_accumulation_steps,
+            config.actor_batch_size,
+            accumulation,
+            config.batch_size,
+            num_processes,
+        )
     return accumulation, 2 * config.rollout_batch_size // config.actor_batch_size
 
 
 def _bt_label(pair, source: str) -> str:
     """The verdict the stage-2 BT term reads: the answer JSON's (official) where the row has one, else the label."""
     return pair.answer_label if source == "answer" and pair.answer_label is not None else pair.label
-

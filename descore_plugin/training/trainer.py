@@ -11,16 +11,37 @@ Each is a `base.RewardModelTrainer`; every flag is a field of `config.TrainConfi
 import logging
 
 from descore_plugin.training.base import RewardModelTrainer, merge_adapter, plot_rm_curves
-from descore_plugin.training.config import (RM_CHANGEABLE_ON_RESUME, STAGE_DEFAULTS, RewardModelRunArguments,
-                                            TrainConfig, argument_parser, parse_train_args)
+from descore_plugin.training.config import (
+    RM_CHANGEABLE_ON_RESUME,
+    STAGE_DEFAULTS,
+    RewardModelRunArguments,
+    TrainConfig,
+    argument_parser,
+    parse_train_args,
+)
 from descore_plugin.training.distill import DistillationTrainer
 from descore_plugin.training.stage1 import ColdStartTrainer
 from descore_plugin.training.stage2 import DualObjectiveTrainer, stage2_geometry
 from descore_plugin.utils.errors import UserError, report
 
-__all__ = ["Trainer", "TRAINERS", "run_training", "TrainConfig", "RewardModelRunArguments", "argument_parser",
-           "parse_train_args", "RewardModelTrainer", "ColdStartTrainer", "DualObjectiveTrainer", "DistillationTrainer",
-           "merge_adapter", "plot_rm_curves", "stage2_geometry", "RM_CHANGEABLE_ON_RESUME", "STAGE_DEFAULTS"]
+__all__ = [
+    "Trainer",
+    "TRAINERS",
+    "run_training",
+    "TrainConfig",
+    "RewardModelRunArguments",
+    "argument_parser",
+    "parse_train_args",
+    "RewardModelTrainer",
+    "ColdStartTrainer",
+    "DualObjectiveTrainer",
+    "DistillationTrainer",
+    "merge_adapter",
+    "plot_rm_curves",
+    "stage2_geometry",
+    "RM_CHANGEABLE_ON_RESUME",
+    "STAGE_DEFAULTS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,4 +73,3 @@ def run_training(config: TrainConfig, run_args: RewardModelRunArguments, name: s
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))  # lr 2e-6 stays visible
     logger.info("done: %s\nmodel: %s", summary, config.output_dir)
     return 0
-

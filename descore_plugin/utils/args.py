@@ -29,13 +29,29 @@ from types import MappingProxyType
 
 from transformers import HfArgumentParser
 
-from descore_plugin.utils.errors import (DEVICE_HELP, DTYPE_HELP, USAGE_EXIT_STATUS, UserError, device_name, dtype_name,
-                                         one_line)
+from descore_plugin.utils.errors import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    USAGE_EXIT_STATUS,
+    UserError,
+    device_name,
+    dtype_name,
+    one_line,
+)
 
 __all__ = ["help_field", "HelpFormatter", "ConfigParser", "parse_config", "DeviceArguments"]
 
-def help_field(help: str, default=None, *, default_factory=None, required: bool = False, check=None,
-               positional: bool = False, **argparse_kwargs) -> dataclasses.Field:
+
+def help_field(
+    help: str,
+    default=None,
+    *,
+    default_factory=None,
+    required: bool = False,
+    check=None,
+    positional: bool = False,
+    **argparse_kwargs,
+) -> dataclasses.Field:
     """A dataclass field that is a documented flag.
 
     help: the flag's meaning (its default is added by the help formatter). default: the value when the flag is not
@@ -107,8 +123,9 @@ class ConfigParser(HfArgumentParser):
 
     def error(self, message):
         # "argument --batch_size/--batch-size: ..." names the flag once, as it is written: "argument --batch-size: ..."
-        message = re.sub(r"--(\w+)/--([\w-]+)", lambda m: f"--{m[2]}" if m[1].replace("_", "-") == m[2] else m[0],
-                         str(message))
+        message = re.sub(
+            r"--(\w+)/--([\w-]+)", lambda m: f"--{m[2]}" if m[1].replace("_", "-") == m[2] else m[0], str(message)
+        )
         self.exit(USAGE_EXIT_STATUS, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
     def parse_args_into_dataclasses(self, args=None, **kwargs) -> tuple:
@@ -125,8 +142,9 @@ class ConfigParser(HfArgumentParser):
         return tuple(outputs)
 
 
-def parse_config(dataclass_types, argv=None, *, prog: str | None = None, description: str | None = None,
-                 defaults: dict | None = None) -> tuple:
+def parse_config(
+    dataclass_types, argv=None, *, prog: str | None = None, description: str | None = None, defaults: dict | None = None
+) -> tuple:
     """Parse `argv` (default: sys.argv[1:]) into instances of `dataclass_types` (one class or a list), in order.
 
     defaults: {field name: value} shown in --help and used when the flag is not given (a script's own defaults

@@ -32,9 +32,29 @@ import contextlib
 import os
 import sys
 
-__all__ = ["UserError", "ArgumentParser", "one_line_errors", "run_main", "report", "one_line", "blame", "positive_int", "non_negative_int",
-           "positive_float", "dtype_name", "device_name", "add_device_arguments", "DTYPE_ALIASES", "USAGE_EXIT_STATUS",
-           "INTERRUPTED_EXIT_STATUS", "set_resume_hint", "resume_hint", "checkpoint_hint", "interrupted", "prepare_output_dir"]
+__all__ = [
+    "UserError",
+    "ArgumentParser",
+    "one_line_errors",
+    "run_main",
+    "report",
+    "one_line",
+    "blame",
+    "positive_int",
+    "non_negative_int",
+    "positive_float",
+    "dtype_name",
+    "device_name",
+    "add_device_arguments",
+    "DTYPE_ALIASES",
+    "USAGE_EXIT_STATUS",
+    "INTERRUPTED_EXIT_STATUS",
+    "set_resume_hint",
+    "resume_hint",
+    "checkpoint_hint",
+    "interrupted",
+    "prepare_output_dir",
+]
 
 USAGE_EXIT_STATUS = 2  # what argparse and the shell conventions use for "the command was called wrongly"
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
@@ -102,8 +122,11 @@ def interrupted(prog: str) -> int:
     """Print the one line of a Ctrl-C (`prog: interrupted; <resume hint>`, on stderr) and return 130."""
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
     where = f"[rank {rank}] " if world != "1" and rank != "0" else ""
-    print(f"{where}{prog}: interrupted; {_resume_hint or 'nothing was saved to continue from'}", file=sys.stderr,
-          flush=True)
+    print(
+        f"{where}{prog}: interrupted; {_resume_hint or 'nothing was saved to continue from'}",
+        file=sys.stderr,
+        flush=True,
+    )
     return INTERRUPTED_EXIT_STATUS
 
 
@@ -111,8 +134,9 @@ def interrupted(prog: str) -> int:
 # Output folders: one rule for every command
 
 
-def prepare_output_dir(path, *, resume: bool | None = False, overwrite: bool = False, what: str = "--output-dir",
-                       ours=None) -> bool:
+def prepare_output_dir(
+    path, *, resume: bool | None = False, overwrite: bool = False, what: str = "--output-dir", ours=None
+) -> bool:
     """Apply the rule for an existing output (a folder, or a file such as OUT.jsonl): refused unless `resume`
     (continue it: returns True) or `overwrite` (delete it and start again). A missing or empty folder is simply
     used. Returns whether there is something to continue.
@@ -137,12 +161,17 @@ def prepare_output_dir(path, *, resume: bool | None = False, overwrite: bool = F
     if resume:
         return True
     if not overwrite:
-        how = "pass --overwrite to replace it" if resume is None else \
-            "pass --resume to continue it or --overwrite to replace it"
+        how = (
+            "pass --overwrite to replace it"
+            if resume is None
+            else "pass --resume to continue it or --overwrite to replace it"
+        )
         raise UserError(f"{what}: {path} already exists; {how} (or choose another output)")
     if ours is not None and not ours(path):
-        raise UserError(f"{what}: --overwrite, but {path} was not written by this command; refusing to delete it: "
-                        "choose another output")
+        raise UserError(
+            f"{what}: --overwrite, but {path} was not written by this command; refusing to delete it: "
+            "choose another output"
+        )
     if path.is_dir():
         shutil.rmtree(path)
     else:
@@ -181,7 +210,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The same one-line error for a parser built elsewhere (e.g. transformers' HfArgumentParser); returns it."""
     parser.error = lambda message: parser.exit(
-        USAGE_EXIT_STATUS, f"{parser.prog}: error: {one_line(message)} (see {parser.prog} --help)\n")
+        USAGE_EXIT_STATUS, f"{parser.prog}: error: {one_line(message)} (see {parser.prog} --help)\n"
+    )
     return parser
 
 
@@ -222,9 +252,16 @@ def _int(text: str) -> int:
 
 # Names people use for the three floating-point types, mapped to torch's attribute names.
 DTYPE_ALIASES = {
-    "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16", "f16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "f32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "f16": "float16",
 }
 
 
@@ -233,7 +270,8 @@ def dtype_name(text: str) -> str:
     key = str(text).strip().lower().removeprefix("torch.")
     if key not in DTYPE_ALIASES:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a dtype; use float32 (fp32), bfloat16 (bf16) or float16 (fp16)")
+            f"{text!r} is not a dtype; use float32 (fp32), bfloat16 (bf16) or float16 (fp16)"
+        )
     return DTYPE_ALIASES[key]
 
 
@@ -249,11 +287,13 @@ def device_name(text: str) -> str:
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(
                 f"{text}: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False); "
-                "use --device cpu, or leave --device out to pick cuda only when there is one")
+                "use --device cpu, or leave --device out to pick cuda only when there is one"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(
-                f"{text}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
+                f"{text}: this machine has {count} CUDA device(s), numbered 0..{count - 1}"
+            )
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise argparse.ArgumentTypeError(f"{text}: the MPS backend is not available here; use --device cpu")
     return text

@@ -33,8 +33,9 @@ def read_jsonl(path, error: type[Exception] = UserError, *, name: str | None = N
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as decode_error:
-                raise error(f"{name}, line {number}: malformed JSON ({decode_error.msg} at char "
-                            f"{decode_error.pos})") from None
+                raise error(
+                    f"{name}, line {number}: malformed JSON ({decode_error.msg} at char {decode_error.pos})"
+                ) from None
             if not isinstance(row, dict):
                 raise error(f"{name}, line {number}: expected a JSON object per line, got {type(row).__name__}")
             rows.append((number, row))

@@ -42,10 +42,14 @@ def _module(name: str, **attributes) -> types.ModuleType:
 
 
 def _openrlhf_logging() -> dict:
-    utils = _module("openrlhf.utils", logging_utils=_module("openrlhf.utils.logging_utils",
-                                                             init_logger=logging.getLogger))
-    return {"openrlhf": _module("openrlhf", utils=utils), "openrlhf.utils": utils,
-            "openrlhf.utils.logging_utils": utils.logging_utils}
+    utils = _module(
+        "openrlhf.utils", logging_utils=_module("openrlhf.utils.logging_utils", init_logger=logging.getLogger)
+    )
+    return {
+        "openrlhf": _module("openrlhf", utils=utils),
+        "openrlhf.utils": utils,
+        "openrlhf.utils.logging_utils": utils.logging_utils,
+    }
 
 
 class _RayRemote:
@@ -91,14 +95,25 @@ class RewardModelOutput:
 
 def flow_factory():
     """src/flow_factory/rewards/my_reward_remote.py: `RemoteRewardClient`, `RemotePointwiseRewardModel`."""
-    abc = _module("flow_factory.rewards.abc", PointwiseRewardModel=_RewardModelBase,
-                  GroupwiseRewardModel=_RewardModelBase, RewardModelOutput=RewardModelOutput)
+    abc = _module(
+        "flow_factory.rewards.abc",
+        PointwiseRewardModel=_RewardModelBase,
+        GroupwiseRewardModel=_RewardModelBase,
+        RewardModelOutput=RewardModelOutput,
+    )
     hparams = _module("flow_factory.hparams", RewardArguments=object)
     rewards = _module("flow_factory.rewards", abc=abc)
     accelerate = _module("accelerate", Accelerator=object)  # only a type annotation there
-    return _load("flow_factory_my_reward_remote.py", {
-        "flow_factory": _module("flow_factory", rewards=rewards, hparams=hparams), "flow_factory.rewards": rewards,
-        "flow_factory.rewards.abc": abc, "flow_factory.hparams": hparams, "accelerate": accelerate})
+    return _load(
+        "flow_factory_my_reward_remote.py",
+        {
+            "flow_factory": _module("flow_factory", rewards=rewards, hparams=hparams),
+            "flow_factory.rewards": rewards,
+            "flow_factory.rewards.abc": abc,
+            "flow_factory.hparams": hparams,
+            "accelerate": accelerate,
+        },
+    )
 
 
 def flow_grpo():
@@ -116,7 +131,7 @@ def redirect(prefix: str, url: str):
 
     def send(self, request, *args, **kwargs):
         if request.url.startswith(prefix):
-            request.url = url + request.url[len(prefix):]
+            request.url = url + request.url[len(prefix) :]
         return original(self, request, *args, **kwargs)
 
     HTTPAdapter.send = send
