@@ -54,7 +54,7 @@ def test_module_loggers_are_named_after_their_module():
         function = getattr(node, "func", None)
         name = getattr(function, "attr", getattr(function, "id", None))
         # a third-party logger looked up by its own name (to filter its messages) is not one of ours
-        first = node.args[0] if getattr(node, "args", None) else None
+        first = node.args[0] if isinstance(node, ast.Call) and node.args else None
         ours = isinstance(first, ast.Constant) and str(first.value).startswith("descore_plugin")
         return name in ("getLogger", "get_logger") and ours
 
