@@ -10,12 +10,15 @@ One step of `WanGRPOTrainer.step`, top to bottom:
   4. `updates_per_rollout` optimiser steps on the clipped policy loss + beta * KL to the reference
      (the same transformer with its LoRA adapters disabled: no second copy of the weights).
 
-The two algorithms differ in three decisions, each made in ONE function, and in their presets (`PRESETS`: the one
-place of both algorithms' settings, the algorithm's, the generation's and the LoRA's):
+The two algorithms differ in three decisions, each made in ONE function, and in their presets (`PRESETS` in
+`integrations/grpo_config.py`: the one place of both algorithms' settings, the algorithm's, the generation's and the
+LoRA's):
   shared initial noise      `group_noise`      Flow-GRPO: independent per video; LongCat: shared by a prompt's group
   which steps are SDE steps `sde_masks`        Flow-GRPO: every step, the first T-1 trained; LongCat: one critical step
   how advantages combine    `advantages`       Flow-GRPO: weighted reward sum, per-group z-score, clipped at 5;
                                                LongCat: per reward over the largest group std, then weighted sum
+(`group_noise` and `sde_masks` in `integrations/grpo_sampling.py`, `advantages` in `integrations/grpo_advantages.py`;
+this module keeps the loss weights, the trainer and the method, and exports every one of these names.)
 The per-step math (noise scale, SDE step, log-prob, KL, LongCat's weights, clipped surrogate) is in
 `integrations/flow_sde.py`; the formulas and their sources are in docs/post_training.md ("The math").
 `WanGRPO` is the method the run loop drives (`recipes/wan_flow_grpo.py`, `recipes/post_train.py flow_grpo|longcat`).
@@ -25,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -40,6 +41,15 @@ from descore_plugin.integrations.flow_sde import (
     noise_scale,
     sde_step,
 )
+from descore_plugin.integrations.grpo_advantages import (
+    AdvantageError,
+    advantages,
+    fill_missing_rewards,
+    group_advantages_population,
+    max_group_std_advantages,
+)
+from descore_plugin.integrations.grpo_config import PRESETS, WAN_PRESETS, WanGRPOConfig
+from descore_plugin.integrations.grpo_sampling import critical_steps, group_noise, sde_masks
 from descore_plugin.integrations.post_training import (
     LoraEMA,
     WanMethod,
@@ -49,176 +59,6 @@ from descore_plugin.integrations.post_training import (
     seed_of,
 )
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
-from descore_plugin.utils.errors import UserError
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------------------------
-
-PRESETS = {
-    # Flow-GRPO (arXiv 2505.05470) with the settings of flow_grpo's Wan-2.1 trainer and preset
-    # (scripts/train_wan2_1.py, config/grpo.py::general_ocr_wan2_1). ema, untrained_steps and mask_zero_advantages
-    # are that trainer's, not the paper's: options (off in longcat).
-    "flow_grpo": dict(
-        shared_noise=False,
-        noise_schedule="linear",
-        noise_level=1.0,
-        critical_steps=None,
-        diffusion_cap=None,
-        advantage="group",
-        adv_clip=5.0,
-        loss_weighting="uniform",
-        kl_beta=0.004,
-        updates_per_rollout=2,
-        ema=True,
-        untrained_steps=2,
-        mask_zero_advantages=True,
-    ),
-    # LongCat-GRPO (LongCat-Video report, arXiv 2510.22200, sec. 3.3 and app. A.1)
-    "longcat": dict(
-        shared_noise=True,
-        noise_schedule="sqrt",
-        noise_level=1.0,
-        critical_steps=6,
-        diffusion_cap=0.45,
-        advantage="max_group_std",
-        adv_clip=None,
-        loss_weighting="lambda",
-        kl_beta=3e-4,
-        updates_per_rollout=1,
-        ema=False,
-        untrained_steps=0,
-        mask_zero_advantages=False,
-    ),
-}
-"""Each algorithm's settings of `WanGRPOConfig`; WAN_PRESETS holds its generation, scheduler shift and LoRA."""
-
-WAN_PRESETS = {
-    # flow_grpo config/grpo.py general_ocr_wan2_1 (flow shift: the pipeline's)
-    "flow_grpo": dict(
-        generation=dict(num_frames=33, height=240, width=416, num_inference_steps=20, guidance_scale=4.5),
-        shift=None,
-        lora_rank=32,
-        lora_alpha=64.0,
-        lora_targets="attention",
-    ),
-    # arXiv 2510.22200 app. A.1 (16 steps, time shift 12, CFG 4, LoRA 128 / 64 on all linears); size: flow_grpo's
-    "longcat": dict(
-        generation=dict(num_frames=33, height=240, width=416, num_inference_steps=16, guidance_scale=4.0),
-        shift=12.0,
-        lora_rank=128,
-        lora_alpha=64.0,
-        lora_targets="all",
-    ),
-}
-
-
-@dataclass
-class WanGRPOConfig:
-    """The GRPO family. `algorithm` fills every field left at None with its preset (PRESETS); each field means the
-    same for both algorithms, so a LongCat run may e.g. use Flow-GRPO's noise schedule."""
-
-    algorithm: Literal["flow_grpo", "longcat"] = _help(
-        "preset for the fields left unset: flow_grpo (Flow-GRPO, flow_grpo's Wan trainer) or longcat (LongCat-GRPO)",
-        default="flow_grpo",
-    )
-    group_size: int = _help("videos sampled per prompt (both papers: 4)", default=4)
-    shared_noise: bool | None = _help(
-        "the videos of a prompt start from the same initial noise (flow_grpo: False; longcat: True)", default=None
-    )
-    noise_schedule: Literal["linear", "sqrt"] | None = _help(
-        "s_t of the SDE step: 'linear' = a (s_min + (s_max - s_min) t) with s_max = sigmas[1], s_min = sigmas[-1] "
-        "(flow_grpo's Wan trainer); 'sqrt' = a sqrt(t / (1 - t)) (Flow-GRPO paper, SD3; LongCat). flow_grpo: linear; "
-        "longcat: sqrt",
-        default=None,
-    )
-    noise_level: float | None = _help(
-        "a, the factor of the noise schedule (flow_grpo Wan: 1 with 'linear'; flow_grpo SD3 uses 0.7 with 'sqrt'; "
-        "longcat: 1)",
-        default=None,
-    )
-    sde_window: list[int] | None = _help(
-        "START END: SDE steps (trained) are START..END-1. Unset: flow_grpo samples every step with the SDE and trains "
-        "the first T-1 (its timestep_fraction 0.99); with --critical-steps one step per prompt instead",
-        default=None,
-    )
-    critical_steps: int | None = _help(
-        "T': one SDE step per prompt, drawn uniformly among the first T' steps, Euler elsewhere (longcat: 6, clamped "
-        "to the step count with a warning); 0 = off (flow_grpo)",
-        default=None,
-    )
-    diffusion_cap: float | None = _help(
-        "tau: the diffusion term s_t sqrt(|dt|) is capped at tau (longcat: 0.45); 0 = off (flow_grpo)", default=None
-    )
-    advantage: Literal["group", "max_group_std"] | None = _help(
-        "group: rewards summed with their weights, then (r - group mean) / (group std + 1e-4) (flow_grpo); "
-        "max_group_std: each reward's (r - group mean) / (largest group std on all processes), then the weighted sum "
-        "of these advantages (longcat)",
-        default=None,
-    )
-    adv_clip: float | None = _help("advantages clamped to +-adv_clip (flow_grpo: 5); 0 = off (longcat)", default=None)
-    loss_weighting: Literal["uniform", "lambda", "noise_over_sqrt_dt"] | None = _help(
-        "uniform: policy + beta KL (the Flow-GRPO paper, flow_grpo's SD3 trainer; flow_grpo preset); lambda: "
-        "lambda_policy policy + beta lambda_KL KL with lambda_KL = t / (|dt| (1 - t)), lambda_policy = "
-        "sqrt(lambda_KL) (longcat); noise_over_sqrt_dt: the policy term times s_t / sqrt(|dt|), as flow_grpo's Wan "
-        "trainer does",
-        default=None,
-    )
-    clip_range: float = _help(
-        "PPO clip of the probability ratio (flow_grpo Wan: 1e-3; longcat gives none)", default=1e-3
-    )
-    kl_beta: float | None = _help(
-        "weight of the KL to the reference (flow_grpo Wan: 0.004; longcat: 3e-4)", default=None
-    )
-    updates_per_rollout: int | None = _help(
-        "optimiser steps per rollout batch; the videos are split into that many parts, every update after the first "
-        "is off-policy (flow_grpo Wan: 2; longcat: 1)",
-        default=None,
-    )
-    max_grad_norm: float = _help("gradient clipping (flow_grpo: 1.0)", default=1.0)
-    ema: bool | None = _help(
-        "evaluate and publish an EMA of the LoRA weights (flow_grpo's Wan trainer: decay 0.9, updated every 8 "
-        "optimiser steps; not in the paper); flow_grpo: True; longcat: False",
-        default=None,
-    )
-    ema_decay: float = _help(
-        "the EMA's largest decay d: ema += (1 - min((1 + n) / (10 + n), d)) (w - ema) after "
-        "optimiser step n (flow_grpo: 0.9)",
-        default=0.9,
-    )
-    ema_interval: int = _help("the EMA is updated when (n + 1) %% interval == 0 (flow_grpo Wan: 8)", default=8)
-    untrained_steps: int | None = _help(
-        "the first N steps sample and score rollouts but do not train (flow_grpo's Wan trainer skips its first 2 "
-        "epochs; not in the paper); flow_grpo: 2; longcat: 0",
-        default=None,
-    )
-    mask_zero_advantages: bool | None = _help(
-        "videos whose advantage is exactly 0 (a group without spread) leave the loss, KL included, and the mean is "
-        "over the others (flow_grpo's Wan trainer; not in the paper); flow_grpo: True; longcat: False",
-        default=None,
-    )
-
-    def __post_init__(self):
-        if self.algorithm not in PRESETS:
-            raise ValueError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(PRESETS)}")
-        for name, value in PRESETS[self.algorithm].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        self.critical_steps = self.critical_steps or None  # 0 = off
-        self.diffusion_cap = self.diffusion_cap or None
-        self.adv_clip = self.adv_clip or None
-        if self.sde_window is not None:
-            self.sde_window = [int(v) for v in self.sde_window]
-            if len(self.sde_window) != 2:
-                raise ValueError(f"--sde-window {self.sde_window}: give START END")
-            if self.critical_steps is not None:
-                raise ValueError(
-                    "--sde-window and --critical-steps both choose the SDE steps: give one (with "
-                    "--algorithm longcat, --critical-steps 0 turns the critical step off)"
-                )
-        if self.group_size < 2:
-            raise ValueError(f"--group-size {self.group_size}: advantages compare the videos of a prompt, need >= 2")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The SDE-step loss weights (the step itself: `integrations/flow_sde.py`)
@@ -236,136 +76,6 @@ def loss_weights(config: WanGRPOConfig, sigma, sigma_next, scale, sigmas) -> tup
         dt = torch.as_tensor(sigma_next, dtype=torch.float32) - sigma
         return torch.as_tensor(scale, dtype=torch.float32).cpu().reshape(-1) / torch.sqrt(-dt), torch.ones(())
     return torch.ones(()), torch.ones(())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Advantages
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class AdvantageError(UserError):
-    """Rewards that cannot be split into prompt groups."""
-
-
-def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    if rewards.ndim != 1 or rewards.numel() % group_size != 0:
-        raise AdvantageError(
-            f"expected a 1-D tensor of rewards whose length is a multiple of the group size "
-            f"{group_size} (the samples of a prompt next to each other), got {tuple(rewards.shape)}"
-        )
-    return rewards.float().reshape(-1, group_size)
-
-
-def _nan_group_stats(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std (ddof 0, numpy's, as flow_grpo) of each row ignoring NaN; all-NaN rows give 0, 0."""
-    valid = ~torch.isnan(groups)
-    count = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = torch.where(valid, groups, 0.0).sum(dim=1, keepdim=True) / count
-    var = (torch.where(valid, groups - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / count
-    return mean, var.sqrt()
-
-
-def fill_missing_rewards(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """NaN (no score) -> the mean of the prompt's group, so it carries no signal in a weighted sum; all-NaN -> 0."""
-    groups = _groups(rewards, group_size)
-    mean, _ = _nan_group_stats(groups)
-    return torch.where(torch.isnan(groups), mean.expand_as(groups), groups).reshape(-1)
-
-
-def group_advantages_population(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, clip: float | None = 5.0):
-    """(r - group mean) / (group std + eps), clamped to +-clip (Flow-GRPO sec. 4; flow_grpo PerPromptStatTracker).
-    NaN rewards get 0. (N,)."""
-    groups = _groups(rewards, group_size)
-    mean, std = _nan_group_stats(groups)
-    advantages = (groups - mean) / (std + eps)
-    if clip is not None:
-        advantages = advantages.clamp(-clip, clip)
-    return torch.nan_to_num(advantages, nan=0.0).reshape(-1)
-
-
-def max_group_std_advantages(rewards: torch.Tensor, group_size: int, gather=None, eps: float = 1e-4):
-    """(r - group mean) / (sigma_max + eps), sigma_max = the largest group std over all groups on all processes
-    (LongCat-Video sec. 3.3; eps keeps a batch without spread finite). gather: `accelerator.gather` or None.
-    NaN rewards get 0. Returns (advantages (N,), sigma_max)."""
-    groups = _groups(rewards, group_size)
-    mean, std = _nan_group_stats(groups)
-    stds = std.reshape(-1)
-    sigma_max = (gather(stds.contiguous()) if gather is not None else stds).max()
-    return torch.nan_to_num((groups - mean) / (sigma_max + eps), nan=0.0).reshape(-1), sigma_max
-
-
-def advantages(config: WanGRPOConfig, scores: dict[str, torch.Tensor], weights: dict[str, float], gather=None):
-    """One advantage per video from the weighted named rewards, and statistics to log. HOW ADVANTAGES COMBINE.
-
-    group (Flow-GRPO; flow_grpo `multi_score`): r = sum_k w_k r_k with NaN first taking its group's mean, then
-        per-group z-scores clamped at adv_clip.
-    max_group_std (LongCat-Video sec. 3.3): A = sum_k w_k A_k, each A_k normalised by its largest group std on all
-        processes, NaN giving A_k = 0; clamped at adv_clip when set.
-    """
-    size, stats = config.group_size, {}
-    if config.advantage == "group":
-        total = sum(w * fill_missing_rewards(scores[name].cpu(), size) for name, w in weights.items())
-        return group_advantages_population(total, size, clip=config.adv_clip), stats
-    total = 0
-    for name, weight in weights.items():
-        advantage, sigma_max = max_group_std_advantages(scores[name].cpu(), size, gather=gather)
-        stats[f"sigma_max/{name}"] = float(sigma_max)
-        total = total + weight * advantage
-    if config.adv_clip is not None:
-        total = total.clamp(-config.adv_clip, config.adv_clip)
-    return total, stats
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Where the SDE runs
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def critical_steps(config: WanGRPOConfig, num_steps: int) -> int | None:
-    """T' clamped to the step count, with a warning (LongCat's default 6 with 4 sampling steps is 4)."""
-    if config.critical_steps is None:
-        return None
-    if config.critical_steps > num_steps:
-        warnings.warn(
-            f"--critical-steps {config.critical_steps} > --num-inference-steps {num_steps}: using "
-            f"{num_steps} (pass --critical-steps to choose)",
-            stacklevel=3,
-        )
-        return num_steps
-    return config.critical_steps
-
-
-def sde_masks(config: WanGRPOConfig, num_steps: int, num_prompts: int, generator=None):
-    """(sde, trained), each (num_prompts, num_steps) bool. WHICH STEPS ARE SDE STEPS, and which are trained.
-
-    critical_steps T' (LongCat-Video sec. 3.3): one SDE step per prompt, uniform among the first T', shared by the
-        prompt's group; Euler elsewhere; that step is trained.
-    sde_window [start, end): SDE and trained on those steps (flow_grpo's sde_window_range).
-    neither (flow_grpo's Wan trainer): SDE on every step; the first T-1 trained (timestep_fraction 0.99).
-    """
-    sde = torch.zeros(num_prompts, num_steps, dtype=torch.bool)
-    window = critical_steps(config, num_steps)
-    if window is not None:
-        sde[torch.arange(num_prompts), torch.randint(0, window, (num_prompts,), generator=generator)] = True
-        return sde, sde
-    if config.sde_window is not None:
-        start, end = config.sde_window
-        if not 0 <= start < end <= num_steps:
-            raise ValueError(f"sde_window={config.sde_window}: needs 0 <= start < end <= {num_steps} (the step count)")
-        sde[:, start:end] = True
-        return sde, sde
-    sde[:] = True
-    trained = sde.clone()
-    trained[:, max(1, int(num_steps * 0.99)) :] = False
-    return sde, trained
-
-
-def group_noise(config: WanGRPOConfig, pipe, num_prompts: int, generation, generator) -> torch.Tensor:
-    """Initial latents of the group_size videos of each prompt, group after group. SHARED INITIAL NOISE or not."""
-    if config.shared_noise:
-        noise = wan.initial_noise(pipe, num_prompts, generation, generator=generator)
-        return noise.repeat_interleave(config.group_size, dim=0)
-    return wan.initial_noise(pipe, num_prompts * config.group_size, generation, generator=generator)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -742,3 +452,23 @@ class WanGRPO(WanMethod):
 
     def load_extra_state(self, state: dict) -> None:
         self.trainer.optimizer_steps = int(state["optimizer_steps"])
+
+
+__all__ = [  # the family's public names, wherever they live (the settings, advantages and sampling decisions too)
+    "PRESETS",
+    "WAN_PRESETS",
+    "WanGRPOConfig",
+    "AdvantageError",
+    "advantages",
+    "fill_missing_rewards",
+    "group_advantages_population",
+    "max_group_std_advantages",
+    "critical_steps",
+    "sde_masks",
+    "group_noise",
+    "loss_weights",
+    "Rollout",
+    "WanGRPOTrainer",
+    "GRPOLoopConfig",
+    "WanGRPO",
+]

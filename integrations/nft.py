@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from descore_plugin.integrations import wan
-from descore_plugin.integrations.grpo import fill_missing_rewards
+from descore_plugin.integrations.grpo_advantages import fill_missing_rewards
 from descore_plugin.integrations.post_training import LoraEMA, RecipeError, WanMethod, epoch_order, seed_of
 from descore_plugin.utils.args import help_field as _help  # the package's one field-help helper
 
