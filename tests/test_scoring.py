@@ -192,11 +192,59 @@ def test_pair_files_of_every_training_format_score_each_video_once(world, tmp_pa
     files["official"] = tmp_path / "official.csv"
     files["ours"] = world["root"] / "data" / "pairs.jsonl"
     expected_keys = [(v, p.prompt) for p in pairs for v in p.videos]
+    instructions = [f"Judge <video> for {p.prompt}" for p in pairs for _ in p.videos]  # the official rows' `problem`
     model = DeScoreReward.from_pretrained(world["model"])
-    expected = model.score([v for v, _ in expected_keys], [p for _, p in expected_keys], think=False).rewards
+    videos, prompts = [v for v, _ in expected_keys], [p for _, p in expected_keys]
+    expected = model.score(videos, prompts, think=False).rewards
+    with_problem = model.score(videos, prompts, think=False, instructions=instructions).rewards
     for name, path in files.items():
         out = tmp_path / f"{name}.scores.jsonl"
         assert run(world, path, "--output", out, "--no-think") == 0, name
         rows = rows_of(out)
         assert [(r["video"], r["prompt"]) for r in rows] == expected_keys, name
-        torch.testing.assert_close(torch.tensor([r["reward"] for r in rows]), expected, atol=1e-5, rtol=0)
+        assert [r.get("instruction") for r in rows] == (instructions if name == "official" else [None] * 6), name
+        want = with_problem if name == "official" else expected  # the official CSV: scored with each row's problem
+        torch.testing.assert_close(torch.tensor([r["reward"] for r in rows]), want, atol=1e-5, rtol=0)
+    assert not torch.allclose(with_problem, expected, atol=1e-3)  # the instruction changes what the model sees
+
+
+def test_official_csv_rows_are_scored_with_their_own_problem(world, tmp_path, capsys, monkeypatch):
+    """The official CSV's `problem` (its full judge instruction, `<video>` where the video goes) is what reaches the
+    model's prompt for that row's videos, not the model's template or --prompt-template; the same video under two
+    problems is two rows, and --resume recognises both."""
+    import csv
+
+    from descore_plugin.data.pairs import load_pairs
+
+    pairs = load_pairs(world["root"] / "data" / "pairs.jsonl")[:2]
+    problems = ["ROW-ONE asks: is <video> a faithful render of the prompt?", "<video> ROW-TWO: rate it 1-5."]
+    path = tmp_path / "official.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["videos", "problem", "prompt", "CoT_A", "CoT_B", "GSB"])
+        for problem in problems:  # both rows: the same two videos and prompt, each row its own problem
+            w.writerow([json.dumps([pairs[0].video_a, pairs[0].video_b]), problem, pairs[0].prompt, "", "", "A"])
+    seen = []
+    chat_text = DeScoreReward.chat_text
+
+    def spy(self, prompt, instruction=None, name="prompt"):
+        text = chat_text(self, prompt, instruction, name=name)
+        seen.append(text)
+        return text
+
+    monkeypatch.setattr(DeScoreReward, "chat_text", spy)
+    out = tmp_path / "scores.jsonl"
+    template = tmp_path / "template.txt"
+    template.write_text("TEMPLATE-TEXT for {prompt}")
+    assert run(world, path, "--output", out, "--no-think", "--prompt-template", template) == 0
+    rows = rows_of(out)
+    videos = [pairs[0].video_a, pairs[0].video_b]
+    assert [(r["video"], r["instruction"]) for r in rows] == [(v, p) for p in problems for v in videos]
+    assert len(seen) == 4 and not any("TEMPLATE-TEXT" in text for text in seen)
+    for problem in problems:  # each row's problem reached the prompt of its two videos, around the video
+        before, after = problem.split("<video>")
+        assert sum(before.strip() in text and after.strip() in text for text in seen) == 2
+    assert rows[0]["reward"] != pytest.approx(rows[2]["reward"], abs=1e-4)  # same video, other problem
+    capsys.readouterr()
+    assert run(world, path, "--output", out, "--no-think", "--resume") == 0
+    assert "4 of 4 videos already scored, 0 to go" in capsys.readouterr().err and len(rows_of(out)) == 4

@@ -5,6 +5,7 @@
     descore score "videos/**/*.mp4" --prompt "..." --output scores.jsonl
     descore score table.csv --output scores.jsonl                 # CSV / JSONL with `video` and `prompt` columns
     descore score pairs.csv --output scores.jsonl                 # a pair file training reads: each video once
+                                                                  # (the official CSV: with its row's `problem`)
 
 Videos are decoded and sampled in DataLoader worker processes (`--num-workers`) a chunk (`--batch-size`) at a time
 ahead of the model (descore_plugin.data.loader.stream_videos), so memory does not grow with the number of videos. Each
@@ -13,8 +14,12 @@ row is appended to OUT.jsonl and flushed as soon as its chunk is scored:
     {"video", "prompt", "reward", "cot", "dimensional_scores", "overall_score", "parse_error", "uncertainty"}
     {"video", "prompt", "error"}                    a missing or corrupt video, an empty prompt: named, never scored
 
+A pair file's row that carries its own judge instruction (the official DeScore CSV's `problem`, our `instruction`) is
+scored with it, as training and evaluation use it (descore_plugin.data.pairs), instead of the model's template or
+--prompt-template; its rows then have an "instruction" field too.
+
 An existing OUT.jsonl is refused unless --resume (continue it) or --overwrite (start again), as every command treats
-its output. With --resume every (video, prompt) already in it is skipped, so no row is written twice (a
+its output. With --resume every (video, prompt, instruction) already in it is skipped, so no row is written twice (a
 half-written last line from a killed run is dropped first). To retry failed rows, delete them from the file.
 Exit status: 0 every row scored, 1 some row of the output failed (error rows), 2 a usage error (nothing scored).
 """
@@ -48,6 +53,19 @@ class ScoreItem:
     video: str  # the path as written in the output row
     prompt: str | None
     error: str | None = None  # known before decoding (a table row without a video or prompt)
+    instruction: str | None = None  # a pair file row's own judge instruction (official CSV `problem`), if any
+
+    @property
+    def key(self) -> tuple:
+        """What --resume recognises a scored row by."""
+        return self.video, self.prompt, self.instruction
+
+    def row(self, **fields) -> dict:
+        """An output row of this item: video, prompt, the instruction when it has one, then `fields`."""
+        head = {"video": self.video, "prompt": self.prompt}
+        if self.instruction is not None:
+            head["instruction"] = self.instruction
+        return {**head, **fields}
 
 
 def expand_inputs(inputs: list[str], prompts) -> list[ScoreItem]:
@@ -134,21 +152,23 @@ def _read_table(path: Path) -> list[ScoreItem]:
 
 def _read_pair_file(path: Path) -> list[ScoreItem]:
     """The videos of a pair file in any format training reads (descore-plugin, official DeScore CSV, VideoAlign /
-    VideoGen-RewardBench, GenAI-Bench), each (video, prompt) once, in the order of the file. A missing video is an
-    error row, as elsewhere."""
+    VideoGen-RewardBench, GenAI-Bench), each (video, prompt, instruction) once, in the order of the file, with the
+    row's own judge instruction where it has one (the official CSV's `problem`), as training and evaluation read it.
+    A missing video is an error row, as elsewhere."""
     from descore_plugin.data.pairs import load_pairs
 
     items, seen = [], set()
     for pair in load_pairs(path, check_videos=False):
         for video in pair.videos:
-            if (video, pair.prompt) not in seen:
-                seen.add((video, pair.prompt))
-                items.append(ScoreItem(video, pair.prompt))
+            item = ScoreItem(video, pair.prompt, instruction=pair.instruction)
+            if item.key not in seen:
+                seen.add(item.key)
+                items.append(item)
     return items
 
 
 def _done_rows(output: Path) -> tuple[set, int]:
-    """(video, prompt) keys already in `output` and how many of them are error rows. A last line cut by a kill is
+    """(video, prompt, instruction) keys already in `output` and how many of them are error rows. A last line cut by a kill is
     removed from the file."""
     if not output.exists():
         return set(), 0
@@ -163,7 +183,7 @@ def _done_rows(output: Path) -> tuple[set, int]:
             continue
         try:
             row = json.loads(line)
-            done.add((row["video"], row["prompt"]))
+            done.add((row["video"], row["prompt"], row.get("instruction")))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ScoreUsageError(
                 f"{output}, line {n}: not a row of `descore score` (JSON with video and prompt); "
@@ -199,7 +219,7 @@ def score_rows(
             item = items[position]
             position += 1
             bar.update(1)
-            yield {"video": item.video, "prompt": item.prompt, "error": errors[id(item)].error}
+            yield item.row(error=errors[id(item)].error)
 
     order = {id(item): i for i, item in enumerate(items)}
     chunks = stream_videos(
@@ -214,10 +234,12 @@ def score_rows(
         good = [(item, v.video) for item, v in decoded if v.error is None]
         out = None
         if good:
+            instructions = [item.instruction for item, _ in good]  # a pair file row's own (official `problem`)
             out = model.score(
                 [video for _, video in good],
                 [item.prompt for item, _ in good],
                 think=think,
+                **({"instructions": instructions} if any(i is not None for i in instructions) else {}),
                 batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
             )
@@ -227,10 +249,10 @@ def score_rows(
             position += 1
             bar.update(1)
             if video_item.error is not None:
-                yield {"video": item.video, "prompt": item.prompt, "error": video_item.error}
+                yield item.row(error=video_item.error)
                 continue
             k = scored[id(item)]
-            row = {"video": item.video, "prompt": item.prompt, "reward": float(out.rewards[k])}
+            row = item.row(reward=float(out.rewards[k]))
             if out.cots is not None:
                 row.update(
                     cot=out.cots[k],
@@ -285,7 +307,7 @@ def score_command(args) -> int:
         elif resume or overwrite:
             raise ScoreUsageError("--resume / --overwrite apply to an --output file; there is none")
         done, failed = _done_rows(output) if output else (set(), 0)
-        todo = [item for item in items if (item.video, item.prompt) not in done]
+        todo = [item for item in items if item.key not in done]
         model = _load_model(args) if any(item.error is None for item in todo) else None
     except (ValueError, FileNotFoundError) as error:
         print(f"descore score: error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -306,7 +328,7 @@ def score_command(args) -> int:
             progress=True if output else None,
         )
         if model is not None
-        else ({"video": item.video, "prompt": item.prompt, "error": item.error} for item in todo)
+        else (item.row(error=item.error) for item in todo)
     )
     if output is None:
         for row in rows:
