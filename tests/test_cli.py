@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import stat
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import numpy as np
 import PIL.Image
@@ -391,25 +391,15 @@ def test_eval_rm_checks_every_video_before_scoring(world, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ Ctrl-C: one line, not a traceback
-def _interrupt_when(command: list, ready, cwd) -> "subprocess.CompletedProcess":
+def _interrupt_when(command: list, ready, cwd) -> CompletedProcess:
     """Start `command`, wait until `ready()` holds (at most 4 minutes), then press Ctrl-C: SIGINT to its whole process
     group, as a terminal does (data-loader workers included)."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    from helpers.run import offline_env
+    from helpers.run import start_python
 
-    process = subprocess.Popen(
-        [sys.executable, *map(str, command)],
-        cwd=cwd,
-        env=offline_env(),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = start_python(command, cwd=cwd, start_new_session=True)
     try:
         deadline = time.time() + 240
         while not ready() and process.poll() is None and time.time() < deadline:
@@ -421,7 +411,7 @@ def _interrupt_when(command: list, ready, cwd) -> "subprocess.CompletedProcess":
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _assert_one_interrupted_line(result, prog: str, *fragments) -> str:
@@ -492,3 +482,38 @@ def test_ctrl_c_on_training_names_the_last_checkpoint(world, tmp_path):
         key=lambda p: int(p.name.split("-")[1]),
     )
     assert named == newest
+
+
+# ----------------------------------------------------------------------- long work shows a progress bar, never a stall
+def test_every_evaluation_and_scoring_run_shows_a_progress_bar(world, tmp_path, capsys):
+    """The work that can take minutes on a CPU draws a tqdm bar on stderr, counted in videos: eval_rm.py, `descore
+    score --output` on a pair file, and a training run's final evaluation."""
+    import importlib.util
+
+    from descore_plugin.cli import main
+
+    def recipe(name):
+        spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    pairs, model = str(world["root"] / "data" / "pairs.jsonl"), str(world["model"])
+    capsys.readouterr()
+    eval_argv = [pairs, "--model", model, "--output-dir", str(tmp_path / "ev"), "--max-new-tokens", "4"]
+    assert recipe("eval_rm").main(eval_argv) == 0
+    assert "scoring videos: 100%" in capsys.readouterr().err.replace("\r", "\n")  # 4 pairs: 8 videos
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", pairs, "--model", model, "--output", str(out), "--no-think", "--num-workers", "0"]) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "scoring: 100%" in err and "8/8" in err
+    train_argv = [
+        *("--stage", "1", "--model", model, "--train-data", pairs, "--eval-data", pairs),
+        *("--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--gradient-accumulation-steps", "1"),
+        *("--eval-max-new-tokens", "4", "--log-with", "none", "--lora-rank", "2"),
+    ]
+    assert recipe("train_rm").main(train_argv) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert err.count("scoring videos:   0%") == 1 and "scoring videos: 100%" in err, err[-3000:]  # the final one
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if row["kind"] == "eval"] == [1]  # the evaluation it drew the bar for
