@@ -248,3 +248,37 @@ def test_official_csv_rows_are_scored_with_their_own_problem(world, tmp_path, ca
     capsys.readouterr()
     assert run(world, path, "--output", out, "--no-think", "--resume") == 0
     assert "4 of 4 videos already scored, 0 to go" in capsys.readouterr().err and len(rows_of(out)) == 4
+
+
+def test_pair_files_without_a_usable_label_are_scored_all_the_same(world, tmp_path):
+    """Scoring needs no label: a VideoAlign CSV without `Overall` (only VQ / MQ / TA), which training refuses without
+    --label-column, and GenAI-Bench rows with a vote type outside the benchmark's four are scored like any pair file."""
+    import csv
+
+    from descore_plugin.data.pairs import DataError, load_pairs
+
+    pairs = load_pairs(world["root"] / "data" / "pairs.jsonl")
+    aspects = tmp_path / "aspects.csv"
+    with open(aspects, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path_A", "path_B", "prompt", "VQ", "MQ", "TA"])
+        for p in pairs:
+            w.writerow([p.video_a, p.video_b, p.prompt, "A", "B", "same"])
+    with pytest.raises(DataError, match="--label-column"):  # training still asks which column is the label
+        load_pairs(aspects)
+    genai = tmp_path / "genai.jsonl"
+    genai.write_text(
+        "".join(
+            json.dumps({"left_video": p.video_a, "right_video": p.video_b, "prompt": p.prompt, "vote_type": vote})
+            + "\n"
+            for p, vote in zip(pairs, ["leftvote", "skipped", "rightvote"])
+        )
+    )
+    with pytest.raises(DataError, match="vote_type"):
+        load_pairs(genai)
+    expected = [(v, p.prompt) for p in pairs for v in p.videos]
+    for path in (aspects, genai):
+        out = tmp_path / f"{path.stem}.scores.jsonl"
+        assert run(world, path, "--output", out, "--no-think") == 0
+        assert [(r["video"], r["prompt"]) for r in rows_of(out)] == expected
+        assert all(isinstance(r["reward"], float) for r in rows_of(out))

@@ -154,11 +154,12 @@ def _read_pair_file(path: Path) -> list[ScoreItem]:
     """The videos of a pair file in any format training reads (descore-plugin, official DeScore CSV, VideoAlign /
     VideoGen-RewardBench, GenAI-Bench), each (video, prompt, instruction) once, in the order of the file, with the
     row's own judge instruction where it has one (the official CSV's `problem`), as training and evaluation read it.
-    A missing video is an error row, as elsewhere."""
+    A missing video is an error row, as elsewhere. Labels are not needed to score: a file without its label column
+    (a VideoAlign CSV with only VQ / MQ / TA) or with an unreadable label is scored all the same."""
     from descore_plugin.data.pairs import load_pairs
 
     items, seen = [], set()
-    for pair in load_pairs(path, check_videos=False):
+    for pair in load_pairs(path, check_videos=False, require_labels=False):
         for video in pair.videos:
             item = ScoreItem(video, pair.prompt, instruction=pair.instruction)
             if item.key not in seen:

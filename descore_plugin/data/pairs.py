@@ -106,7 +106,12 @@ class Pair:
 
 
 def load_pairs(
-    path, *, require_scores: bool = False, check_videos: bool = True, label_column: str | None = None
+    path,
+    *,
+    require_scores: bool = False,
+    check_videos: bool = True,
+    label_column: str | None = None,
+    require_labels: bool = True,
 ) -> list[Pair]:
     """Read and validate a pair file (.csv or .jsonl) in any format of the module docstring.
 
@@ -114,6 +119,9 @@ def load_pairs(
     check_videos: every video path must be an existing file.
     label_column: VideoAlign / VideoGen-RewardBench files only: the column holding the label (default `Overall`;
         e.g. `TA`, `VQ` or `MQ` for one aspect, or for a file that has no `Overall`).
+    require_labels: False for readers that use only videos, prompts and instructions (`descore score`): a row whose
+        label is missing or unreadable (a VideoAlign file without `Overall`, an official row without `GSB` or verdict)
+        is read with the label "invalid" (never trained) instead of stopping; everything else is checked as usual.
     Raises DataError naming file, row and field for the first problem found.
     """
     path = Path(path)
@@ -130,7 +138,7 @@ def load_pairs(
         raise DataError(f"{path}: has no data rows")
     pairs = []
     for where, record in records:
-        pair = _parse_record(record, where, path.parent, label_column)
+        pair = _parse_record(record, where, path.parent, label_column, require_labels)
         if require_scores and (pair.scores_a is None or pair.scores_b is None):
             missing = "scores_a" if pair.scores_a is None else "scores_b"
             raise DataError(
@@ -230,7 +238,9 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path.name}, line {line_number}", record) for line_number, record in rows]
 
 
-def _parse_record(record: dict, where: str, folder: Path, label_column: str | None = None) -> Pair:
+def _parse_record(
+    record: dict, where: str, folder: Path, label_column: str | None = None, require_labels: bool = True
+) -> Pair:
     videoalign = "path_A" in record or "path_B" in record
     if label_column is not None and not videoalign:
         raise DataError(
@@ -238,13 +248,19 @@ def _parse_record(record: dict, where: str, folder: Path, label_column: str | No
             "(path_A, path_B, ...); this file's format has a fixed label field"
         )
     if "video_a" in record or "video_b" in record:
-        return _parse_native(record, where, folder)
-    if "videos" in record:
-        return _parse_official(record, where, folder)
-    if videoalign:
-        return _parse_videoalign(record, where, folder, label_column or "Overall", label_column is None)
-    if "left_video" in record or "right_video" in record:
-        return _parse_genai(record, where, folder)
+        parse = _parse_native
+    elif "videos" in record:
+        parse = _parse_official
+    elif videoalign:
+        return _parse_videoalign(
+            record, where, folder, label_column or "Overall", label_column is None, require_labels=require_labels
+        )
+    elif "left_video" in record or "right_video" in record:
+        parse = _parse_genai
+    else:
+        parse = None
+    if parse is not None:
+        return parse(record, where, folder, require_labels=require_labels)
     raise DataError(
         f"{where}: cannot tell the format from the fields {sorted(record)}; expected video_a/video_b "
         "(descore-plugin), videos (official DeScore), path_A/path_B (VideoAlign, VideoGen-RewardBench) "
@@ -252,13 +268,16 @@ def _parse_record(record: dict, where: str, folder: Path, label_column: str | No
     )
 
 
-def _parse_native(record: dict, where: str, folder: Path) -> Pair:
+def _parse_native(record: dict, where: str, folder: Path, require_labels: bool = True) -> Pair:
     unknown = sorted(set(record) - set(FIELDS))
     if unknown:
         raise DataError(f"{where}: unknown fields {unknown}; the descore-plugin format has {list(FIELDS)}")
-    label = _required_text(record, "label", where)
+    label = record.get("label") if not require_labels else _required_text(record, "label", where)
     if label not in LABELS:
-        raise DataError(f"{where}, field 'label': {label!r} is not one of {', '.join(LABELS)}")
+        if not require_labels:
+            label = "invalid"
+        else:
+            raise DataError(f"{where}, field 'label': {label!r} is not one of {', '.join(LABELS)}")
     return Pair(
         video_a=_video_path(record, "video_a", where, folder),
         video_b=_video_path(record, "video_b", where, folder),
@@ -274,7 +293,7 @@ def _parse_native(record: dict, where: str, folder: Path) -> Pair:
     )
 
 
-def _parse_official(record: dict, where: str, folder: Path) -> Pair:
+def _parse_official(record: dict, where: str, folder: Path, require_labels: bool = True) -> Pair:
     videos = record["videos"]
     if isinstance(videos, str):
         try:
@@ -302,11 +321,13 @@ def _parse_official(record: dict, where: str, folder: Path) -> Pair:
         verdict = _gsb_result(truth) if "gsb_result" in truth else _verdict(truth)
     gsb = record.get("GSB")
     if gsb not in (None, ""):
-        if gsb not in _OFFICIAL_LABELS:
+        if gsb not in _OFFICIAL_LABELS and require_labels:
             raise DataError(f"{where}, field 'GSB': {gsb!r} is not one of {', '.join(_OFFICIAL_LABELS)}")
-        label = _OFFICIAL_LABELS[gsb]
+        label = _OFFICIAL_LABELS.get(gsb, "invalid")
     elif verdict is not None:
         label = verdict
+    elif not require_labels:
+        label = "invalid"
     else:
         raise DataError(
             f"{where}, field 'GSB': missing, and no verdict ('Video 1 is better', 'Video 2 is better', ... same) "
@@ -328,8 +349,12 @@ def _parse_official(record: dict, where: str, folder: Path) -> Pair:
     )
 
 
-def _parse_videoalign(record: dict, where: str, folder: Path, column: str = "Overall", default: bool = True) -> Pair:
-    if column not in record:
+def _parse_videoalign(
+    record: dict, where: str, folder: Path, column: str = "Overall", default: bool = True, require_labels: bool = True
+) -> Pair:
+    if not require_labels and record.get(column) not in _VIDEOALIGN_LABELS:
+        record = {**record, column: "invalid"}  # read as "invalid" below: the caller does not use labels
+    elif column not in record:
         others = [name for name in record if name not in ("path_A", "path_B", "prompt")]
         raise DataError(
             f"{where}: no label column '{column}' (columns: {', '.join(others)}); "
@@ -340,27 +365,27 @@ def _parse_videoalign(record: dict, where: str, folder: Path, column: str = "Ove
             )
         )
     label = _required_text(record, column, where)
-    if label not in _VIDEOALIGN_LABELS:
+    if label not in _VIDEOALIGN_LABELS and require_labels:
         raise DataError(f"{where}, field '{column}': {label!r} is not one of {', '.join(_VIDEOALIGN_LABELS)}")
     return Pair(
         video_a=_video_path(record, "path_A", where, folder),
         video_b=_video_path(record, "path_B", where, folder),
         prompt=_required_text(record, "prompt", where),
-        label=_VIDEOALIGN_LABELS[label],
+        label=_VIDEOALIGN_LABELS.get(label, "invalid"),
         origin=where,
         video_fields=("path_A", "path_B"),
     )
 
 
-def _parse_genai(record: dict, where: str, folder: Path) -> Pair:
-    vote = _required_text(record, "vote_type", where)
-    if vote not in _GENAI_LABELS:
+def _parse_genai(record: dict, where: str, folder: Path, require_labels: bool = True) -> Pair:
+    vote = _required_text(record, "vote_type", where) if require_labels else record.get("vote_type")
+    if vote not in _GENAI_LABELS and require_labels:
         raise DataError(f"{where}, field 'vote_type': {vote!r} is not one of {', '.join(_GENAI_LABELS)}")
     return Pair(
         video_a=_video_path(record, "left_video", where, folder),
         video_b=_video_path(record, "right_video", where, folder),
         prompt=_required_text(record, "prompt", where),
-        label=_GENAI_LABELS[vote],
+        label=_GENAI_LABELS.get(vote, "invalid"),
         origin=where,
         video_fields=("left_video", "right_video"),
     )
