@@ -198,7 +198,7 @@ def rollout_reward_of(trainer: Trainer, args, seed: int) -> float:
 
 def evaluate(trainer: Trainer, think: bool) -> dict:
     trainer.config.eval_think = think
-    return {key.replace("eval_", ""): value for key, value in trainer.evaluate().items()}
+    return {key.replace("eval/", ""): value for key, value in trainer.evaluate().items()}
 
 
 def run_seed(args, seed: int) -> dict:
@@ -289,7 +289,7 @@ def print_table(rows: list[dict]):
         print(f"{row['run']:<11} {row['scored_with']:<13} " + " ".join(cells) + f" {row['seconds']:>8.0f}")
 
 
-SMOOTHED = ("bt_loss", "lm_loss", "rollout_reward")
+SMOOTHED = ("train/bt_loss", "train/lm_loss", "reward/rollout")
 
 
 def plot(per_seed: dict, png: Path):
@@ -301,12 +301,12 @@ def plot(per_seed: dict, png: Path):
     import matplotlib.pyplot as plt
 
     panels = [
-        ("eval_accuracy_without_ties", "held-out accuracy (no ties)"),
-        ("eval_accuracy_subject", "held-out: wrong-colour pairs"),
-        ("bt_loss", "Bradley-Terry loss"),
-        ("lm_loss", "CoT next-token loss"),
-        ("rollout_reward", "stage-2 rollout reward (training batches)"),
-        ("eval_cot_parse_rate", "generated CoTs that parse"),
+        ("eval/accuracy_without_ties", "held-out accuracy (no ties)"),
+        ("eval/accuracy_subject", "held-out: wrong-colour pairs"),
+        ("train/bt_loss", "Bradley-Terry loss"),
+        ("train/lm_loss", "CoT next-token loss"),
+        ("reward/rollout", "stage-2 rollout reward (training batches)"),
+        ("eval/cot_parse_rate", "generated CoTs that parse"),
     ]
     colours = dict(zip(RUNS, ("tab:grey", "tab:blue", "tab:green", "tab:red")))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
@@ -314,7 +314,7 @@ def plot(per_seed: dict, png: Path):
         for seed, seed_results in per_seed.items():
             for run, result in seed_results.items():
                 records = [json.loads(line) for line in Path(result["metrics"]).read_text().splitlines()]
-                points = [(r["step"], r[key]) for r in records if key in r and not r.get("final")]
+                points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
                 if run == "stage2":  # stage 2 continues after stage 1: plot it from cot's last step
                     points = [(stage1_last_step(per_seed) + step, value) for step, value in points]
                 if key in SMOOTHED and len(points) > 20:  # per-step training values: running mean

@@ -118,7 +118,7 @@ def see_small_videos_at_trained_size(model_dir: Path) -> None:
 
 def _eval_records(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row for row in rows if "eval_accuracy_without_ties" in row]
+    return [row for row in rows if "eval/accuracy_without_ties" in row]
 
 
 def train_judge(
@@ -201,7 +201,7 @@ def ship(
     from descore_plugin.training.trainer import TrainConfig, Trainer
 
     validation = {
-        row["step"]: row["eval_accuracy_without_ties"]
+        row["step"]: row["eval/accuracy_without_ties"]
         for row in _eval_records(work_dir / "stage1")
         if row["step"] <= stage1["max_steps"]
     }

@@ -1,11 +1,10 @@
 """Score distributions and distillation of a CoT teacher into a no-CoT student (Z-Reward's ideas)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.run import run_python
 from safetensors.torch import load_file
 
 from descore_plugin import DeScoreReward
@@ -56,7 +55,7 @@ def test_stage1_trains_the_distribution_head(setup, tmp_path):
         log_with=None,
     )
     logs = Trainer(config).train()
-    assert {"distribution_loss", "score_gap_loss", "bt_loss"} <= set(logs)
+    assert {"train/distribution_loss", "train/score_gap_loss", "train/bt_loss"} <= set(logs)
     assert DeScoreReward.from_pretrained(tmp_path / "s1").config.head == "distribution"
 
 
@@ -83,9 +82,9 @@ def test_student_learns_the_teacher_distribution_without_cot(setup, tmp_path):
     targets = load_file(tmp_path / "student" / "teacher_targets.safetensors")["targets"]
     assert targets.shape == (12, 9)  # 6 pairs x 2 videos, 9 score bins
     torch.testing.assert_close(targets.sum(-1), torch.ones(12))
-    first = trainer.distill_loss(trainer.batch_for(0), None)["logs"]["distill_loss"]
+    first = trainer.distill_loss(trainer.batch_for(0), None)["logs"]["train/distill_loss"]
     logs = trainer.train()
-    assert logs["distill_loss"] < 0.5 * first, (first, logs["distill_loss"])
+    assert logs["train/distill_loss"] < 0.5 * first, (first, logs["train/distill_loss"])
     student = DeScoreReward.from_pretrained(tmp_path / "student")
     out = student.score(
         [p for p in []] or [str(x) for x in sorted((root / "data" / "videos").glob("*.mp4"))[:2]],
@@ -98,8 +97,7 @@ def test_student_learns_the_teacher_distribution_without_cot(setup, tmp_path):
 def test_distill_recipe_command_line(setup, tmp_path):
     root, data = setup
     args = [
-        sys.executable,
-        str(RECIPE),
+        RECIPE,
         "--teacher",
         str(root / "teacher"),
         "--student",
@@ -127,8 +125,8 @@ def test_distill_recipe_command_line(setup, tmp_path):
         "--log-with",
         "none",
     ]
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = run_python(args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert DeScoreReward.from_pretrained(tmp_path / "cli").vlm.config.text_config.hidden_size == 32
-    missing = subprocess.run(args[:2] + args[4:], capture_output=True, text=True)  # no --teacher
+    missing = run_python(args[:1] + args[3:])  # no --teacher
     assert missing.returncode == 2 and "needs --teacher" in missing.stderr

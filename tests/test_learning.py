@@ -107,8 +107,8 @@ def command_line(args: dict) -> list:
 def final_eval(output_dir) -> dict:
     """The held-out metrics of a finished run: the last record of its metrics.jsonl that has them."""
     records = [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
-    last = [record for record in records if "eval_accuracy_with_ties" in record][-1]
-    return {key: value for key, value in last.items() if key.startswith("eval_")}
+    last = [record for record in records if "eval/accuracy_with_ties" in record][-1]
+    return {key: value for key, value in last.items() if key.startswith("eval/")}
 
 
 def evaluate(trainer: Trainer, think: bool) -> dict:
@@ -149,7 +149,7 @@ def trainings(world):
     torch.set_num_threads(1)
     try:
         trainer = Trainer(TrainConfig(**stage1_args(world, "cot", COT_STEPS, 0.0, LM_LOSS_WEIGHT, eval_think=True)))
-        own_cot = {key: value for key, value in trainer.train().items() if key.startswith("eval_")}
+        own_cot = {key: value for key, value in trainer.train().items() if key.startswith("eval/")}
         cot = {
             "trainer": trainer,
             "own_cot": own_cot,
@@ -196,22 +196,22 @@ def stage2(world, trainings):
     )
     trainer = Trainer(config)
     logs = trainer.train()  # ends with the held-out evaluation, scored with the model's own CoT
-    held_out = {key: value for key, value in logs.items() if key.startswith("eval_")}
-    return {"own_cot": held_out, "rollout_reward": mean_rollout_reward(trainer), "kl": logs["kl"]}
+    held_out = {key: value for key, value in logs.items() if key.startswith("eval/")}
+    return {"own_cot": held_out, "rollout_reward": mean_rollout_reward(trainer), "kl": logs["train/kl"]}
 
 
 def visual_accuracy(held_out: dict) -> float:
     """The lowest held-out accuracy over the visual-defect slices."""
-    return min(held_out[f"eval_accuracy_{name}"] for name in VISUAL)
+    return min(held_out[f"eval/accuracy_{name}"] for name in VISUAL)
 
 
 def test_own_cot_reaches_095_and_parses(trainings):
     """(a): stage 1 with the CoT next-token loss, scored with the model's OWN generated CoT: >= 0.95 held-out
     accuracy without ties, every slice (the wrong colour included) >= 0.85, and its CoTs parse."""
     own = trainings["cot"]["own_cot"]
-    assert own["eval_accuracy_without_ties"] >= 0.95, own
-    assert own["eval_accuracy_subject"] >= 0.85 and visual_accuracy(own) >= 0.85, own
-    assert own["eval_cot_parse_rate"] >= 0.9, own
+    assert own["eval/accuracy_without_ties"] >= 0.95, own
+    assert own["eval/accuracy_subject"] >= 0.85 and visual_accuracy(own) >= 0.85, own
+    assert own["eval/cot_parse_rate"] >= 0.9, own
 
 
 @pytest.mark.xfail(
@@ -224,7 +224,7 @@ def test_think_then_score_beats_the_discriminative_baseline_on_prompt_alignment(
     discriminative baseline, trained as many steps on the same pairs, by at least 20 points; the baseline did
     learn the visual defects (so it is a fair baseline), and the head reads an annotator's CoT right too."""
     own, baseline = trainings["cot"]["own_cot"], trainings["baseline"]
-    assert own["eval_accuracy_subject"] - baseline["eval_accuracy_subject"] >= 0.20, (own, baseline)
+    assert own["eval/accuracy_subject"] - baseline["eval/accuracy_subject"] >= 0.20, (own, baseline)
     assert visual_accuracy(baseline) >= 0.9, baseline
     assert trainings["cot"]["annotator_cot"]["accuracy_subject"] >= 0.95, trainings["cot"]["annotator_cot"]
 
@@ -234,7 +234,7 @@ def test_masked_training_keeps_the_no_cot_path(trainings):
     >= 0.80 held out, with every visual slice >= 0.9. NB a colour-blind model scores up to 0.875 on this world
     (three of four slices are visual), which is why (b) asserts the wrong-colour slice on its own."""
     masked = trainings["masked"]
-    assert masked["eval_accuracy_without_ties"] >= 0.80, masked
+    assert masked["eval/accuracy_without_ties"] >= 0.80, masked
     assert visual_accuracy(masked) >= 0.9, masked
 
 
@@ -245,7 +245,7 @@ def test_stage2_raises_rollout_reward_and_keeps_accuracy(trainings, stage2):
     cot = trainings["cot"]
     assert stage2["kl"] > 0, stage2  # the policy moved away from the reference
     assert stage2["rollout_reward"] > cot["rollout_reward"], (cot["rollout_reward"], stage2["rollout_reward"])
-    before = cot["own_cot"]["eval_accuracy_without_ties"]
-    after = stage2["own_cot"]["eval_accuracy_without_ties"]
+    before = cot["own_cot"]["eval/accuracy_without_ties"]
+    after = stage2["own_cot"]["eval/accuracy_without_ties"]
     assert after >= before - 0.02, (cot["own_cot"], stage2["own_cot"])
-    assert stage2["own_cot"]["eval_cot_parse_rate"] >= 0.8, stage2["own_cot"]
+    assert stage2["own_cot"]["eval/cot_parse_rate"] >= 0.8, stage2["own_cot"]

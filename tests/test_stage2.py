@@ -152,7 +152,7 @@ def test_stage2_from_stage1_checkpoint(stage1, start, lora_rank, tmp_path):
     torch.testing.assert_close(reference, expected, atol=1e-5, rtol=0)
 
     logs = trainer.train()
-    assert logs["ratio"] == 1.0 and logs["kl"] == 0.0  # the policy starts AT the reference
+    assert logs["train/ratio"] == 1.0 and logs["train/kl"] == 0.0  # the policy starts AT the reference
     trained = DeScoreReward.from_pretrained(tmp_path / "s2")
     assert (tmp_path / "s2" / "backbone").is_dir()  # the merged / fine-tuned weights are saved, not only an adapter
     assert trained.config.lora_rank == (0 if lora_rank is None else 4)
@@ -281,7 +281,7 @@ def test_rollout_batch_gives_off_policy_updates_and_resumes_exactly(stage1, tmp_
     straight.train()
     assert len(calls) == 2 and all(c["repetition_penalty"] == 1.0 for c in calls)  # 2 micro-batches, one sampling
     logs = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert logs[0]["ratio"] == 1.0 and logs[1]["ratio"] != 1.0
+    assert logs[0]["train/ratio"] == 1.0 and logs[1]["train/ratio"] != 1.0
 
     killed = Trainer(stage2_config(stage1, "full", tmp_path / "killed", **{**settings, "max_steps": 1}))
     killed.train()
@@ -291,6 +291,28 @@ def test_rollout_batch_gives_off_policy_updates_and_resumes_exactly(stage1, tmp_
     expected = {n: p for n, p in straight.accelerator.unwrap_model(straight.model).named_parameters()}
     for name, param in resumed.accelerator.unwrap_model(resumed.model).named_parameters():
         torch.testing.assert_close(param, expected[name], atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_each_video_is_processed_once_and_its_rows_equal_encoding_every_rollout(stage1, tiny_dirs, family):
+    """Stage 2 runs the processor on each video of a micro-batch once and repeats its rows per rollout
+    (`expand_rows`): bit-identical to processing every rollout's copy of the video (the former inputs), while the
+    stored rollout batch holds 1/num_rollouts of the pixels."""
+    from descore_plugin.data.video import load_video
+    from descore_plugin.training.stage2 import expand_rows
+
+    model = DeScoreReward.from_pretrained(tiny_dirs[family])
+    pairs = load_pairs(stage1["data"])[:2]
+    videos = [load_video(v, fps=model.config.fps, num_frames=model.config.num_frames) for p in pairs for v in p.videos]
+    prompts = [p.prompt for p in pairs for _ in p.videos]
+    rows = [i for i in range(len(videos)) for _ in range(3)]
+    once = model.encode_prompts(videos, prompts, stage="rollout")
+    every = model.encode_prompts([videos[i] for i in rows], [prompts[i] for i in rows], stage="rollout")
+    expanded = expand_rows(once, rows)
+    assert sorted(expanded) == sorted(every)
+    for key in every:
+        assert torch.equal(expanded[key], every[key]), key
+    assert every["pixel_values_videos"].numel() == 3 * once["pixel_values_videos"].numel()
 
 
 def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, tmp_path):
@@ -313,9 +335,9 @@ def test_stage2_reduction_token_mean_over_mini_batch_bt_per_micro_batch(stage1, 
     for m, t, result in zip(micros, tokens, results):
         logs = result["logs"]
         expected = -float((m["advantages"] * t).sum()) / total
-        assert expected != 0 and logs["policy_loss"] == pytest.approx(expected, abs=1e-6)
-        assert logs["loss"] == pytest.approx(logs["policy_loss"] + 0.5 * logs["bt_loss"], abs=1e-6)
-        assert result["loss"].item() == pytest.approx(2 * logs["loss"], abs=1e-6)
+        assert expected != 0 and logs["train/policy_loss"] == pytest.approx(expected, abs=1e-6)
+        assert logs["train/loss"] == pytest.approx(logs["train/policy_loss"] + 0.5 * logs["train/bt_loss"], abs=1e-6)
+        assert result["loss"].item() == pytest.approx(2 * logs["train/loss"], abs=1e-6)
 
 
 def test_rollout_reward_official_parser_by_default_lenient_as_option():
@@ -341,29 +363,10 @@ GEOMETRY_WORKER = Path(__file__).resolve().parent / "stage2_geometry_worker.py"
 
 
 def _geometry_run(model, pairs, out, processes: int) -> list[dict]:
-    import os
-    import socket
-    import subprocess
-    import sys
+    from helpers.run import offline_env, run_python, torchrun
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(processes),
-        "--master_port",
-        str(port),
-        str(GEOMETRY_WORKER),
-        str(model),
-        str(pairs),
-        str(out),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    command = torchrun(processes, GEOMETRY_WORKER, model, pairs, out)
+    done = run_python(command, env=offline_env(ACCELERATE_USE_CPU="true"))
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank.{r}.json").read_text()) for r in range(processes)]
 
@@ -620,4 +623,4 @@ def test_runs_that_cannot_learn_are_flagged(stage1, tmp_path, caplog):
     )
     with caplog.at_level("WARNING"):
         logs = Trainer(config).train()
-    assert logs["eval_cot_parse_rate"] == 0.0 and "none of the 12 CoTs the model wrote" in caplog.text
+    assert logs["eval/cot_parse_rate"] == 0.0 and "none of the 12 CoTs the model wrote" in caplog.text

@@ -123,7 +123,7 @@ def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
     from descore_plugin.utils.errors import resume_hint  # what recipes' one Ctrl-C line says
 
-    assert resume_hint().startswith("at step 2; last checkpoint: ") and "checkpoint-2" in resume_hint()
+    assert resume_hint().startswith("at step 3; last checkpoint: ") and "checkpoint-2" in resume_hint()
     resumed = Trainer(make_config(world, tmp_path / "killed", num_workers=num_workers), resume=True)
     assert resumed.resumed and resumed.step == 2
     resumed.train()
@@ -157,7 +157,7 @@ def test_stage1_trains_every_trainable_group(world, tmp_path):
     after = trainable_state(trainer)
     unchanged = [n for n in before if torch.equal(before[n], after[n])]
     assert unchanged == [], unchanged
-    assert 0.0 <= logs["eval_accuracy_without_ties"] <= 1.0 and logs["masked_fraction"] == 0.0
+    assert 0.0 <= logs["eval/accuracy_without_ties"] <= 1.0 and logs["train/masked_fraction"] == 0.0
 
 
 def test_full_fine_tuning_moves_only_the_reward_embedding_row(world, tmp_path):
@@ -229,8 +229,8 @@ def test_stage2_first_step_is_on_policy(world, tmp_path):
     )
     assert trainer.config.train_vision is False and trainer.config.weight_decay == 1e-2
     logs = trainer.train()
-    assert logs["ratio"] == 1.0 and logs["kl"] == 0.0
-    assert 0.0 <= logs["rollout_reward"] <= 1.0 and math.isfinite(logs["bt_loss"])
+    assert logs["train/ratio"] == 1.0 and logs["train/kl"] == 0.0
+    assert 0.0 <= logs["reward/rollout"] <= 1.0 and math.isfinite(logs["train/bt_loss"])
     assert DeScoreReward.from_pretrained(tmp_path / "s2").config.lora_rank == 4
 
 
@@ -449,8 +449,8 @@ def test_same_file_for_training_and_evaluation_keeps_ties_in_evaluation(tmp_path
     model = trainer.accelerator.unwrap_model(trainer.model)
     expected = evaluate_pairs(model, load_pairs(path), think=False, progress=False)
     assert expected["num_pairs"] == len(pairs) - 1
-    assert logs["eval_accuracy_with_ties"] == pytest.approx(expected["accuracy_with_ties"])
-    assert logs["eval_accuracy_ties_as_errors"] == pytest.approx(expected["accuracy_ties_as_errors"])
+    assert logs["eval/accuracy_with_ties"] == pytest.approx(expected["accuracy_with_ties"])
+    assert logs["eval/accuracy_ties_as_errors"] == pytest.approx(expected["accuracy_ties_as_errors"])
     # the official figure: ties and the invalid row count as errors, so it is at most the decided share
     assert expected["accuracy_ties_as_errors"] <= (len(pairs) - 1 - ties) / len(pairs)
 
@@ -489,8 +489,8 @@ def test_stage1_tie_is_a_zero_row_in_the_mean_or_dropped(world, tmp_path):
     assert [p.label for p in batch["pairs"]] == ["A", "tie"] or [p.label for p in batch["pairs"]] == ["tie", "A"]
     dropped, grad_dropped, batch = _stage1_step_gradient(world, tmp_path, "drop", ["A", "tie"])
     assert [p.label for p in batch["pairs"]] == ["A"]
-    assert kept["logs"]["decided_fraction"] == 0.5 and dropped["logs"]["decided_fraction"] == 1.0
-    assert kept["logs"]["bt_loss"] == pytest.approx(dropped["logs"]["bt_loss"] / 2, rel=1e-5)
+    assert kept["logs"]["train/decided_fraction"] == 0.5 and dropped["logs"]["train/decided_fraction"] == 1.0
+    assert kept["logs"]["train/bt_loss"] == pytest.approx(dropped["logs"]["train/bt_loss"] / 2, rel=1e-5)
     torch.testing.assert_close(grad_kept, grad_dropped / 2, rtol=1e-4, atol=1e-9)
 
 
@@ -513,9 +513,8 @@ def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(wor
 
     raw_head, raw_actor = norm(head).item(), norm(actor).item()
     logs = trainer._clip_gradients()
-    assert logs["head_grad_norm"] == pytest.approx(raw_head, rel=1e-5) and logs["grad_norm"] == pytest.approx(
-        raw_actor, rel=1e-5
-    )
+    assert logs["train/head_grad_norm"] == pytest.approx(raw_head, rel=1e-5)
+    assert logs["train/grad_norm"] == pytest.approx(raw_actor, rel=1e-5)
     assert norm(head).item() == pytest.approx(1e-6, rel=1e-3) and norm(actor).item() == pytest.approx(1e-6, rel=1e-3)
     trainer.config.grad_norm_groups = "joint"  # ours: one norm over both, so the two parts keep their proportion
     for p in model.parameters():
@@ -523,6 +522,6 @@ def test_stage1_defaults_clip_nothing_stage2_clips_actor_and_head_separately(wor
             p.grad.mul_(1e6)
     ratio, whole = norm(head).item() / norm(actor).item(), math.hypot(norm(head).item(), norm(actor).item())
     joint = trainer._clip_gradients()
-    assert joint["grad_norm"] == pytest.approx(whole, rel=1e-4)
+    assert joint["train/grad_norm"] == pytest.approx(whole, rel=1e-4)
     assert norm(head).item() / norm(actor).item() == pytest.approx(ratio, rel=1e-4)
     assert math.hypot(norm(head).item(), norm(actor).item()) == pytest.approx(1e-6, rel=1e-3)

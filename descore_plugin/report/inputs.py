@@ -236,6 +236,8 @@ def load_run(path) -> dict:
     evals, train = [], []
     for number, row in _read_json_lines(path / "metrics.jsonl"):
         kind = row.get("kind")
+        if kind is None and not any(key.startswith(VOCABULARY) for key in row):
+            kind, row = _legacy_reward_model_row(row)
         if kind is None:
             kind = (
                 "eval"
@@ -292,6 +294,22 @@ def load_run(path) -> dict:
 
 
 _FLAT_TRAIN_KEYS = ("kind", "step", "epoch", "final", "round")
+_LEGACY_EVAL_PREFIXES = ("eval_accuracy", "eval_cot_parse_rate")
+
+
+def _legacy_reward_model_row(row: dict) -> tuple[str | None, dict]:
+    """A row of a reward-model run written before the run loop's vocabulary: an evaluation holds
+    eval_accuracy_* / eval_cot_parse_rate (read as eval/accuracy_*, eval/cot_parse_rate), a training step holds
+    `loss` (its flat names become train/... in `training_curves`). Other rows are left as they are."""
+    if any(key.startswith(_LEGACY_EVAL_PREFIXES) for key in row):
+        renamed = {
+            ("eval/" + key[len("eval_") :] if key.startswith(_LEGACY_EVAL_PREFIXES) else key): value
+            for key, value in row.items()
+        }
+        return "eval", renamed
+    if "loss" in row and "eval_reward" not in row:
+        return "train", row
+    return None, row
 
 
 def training_curves(run: dict) -> dict:

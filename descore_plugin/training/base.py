@@ -1,13 +1,19 @@
-"""What every reward-model trainer shares (DeScore Sec. 3.2-3.3): `RewardModelTrainer` owns the accelerator, the
-run directory, the data, the model and its optimizer, the optimiser-step loop with gradient accumulation and
-clipping, evaluation, checkpoints, exact resume and the final publish. A method (stage1.ColdStartTrainer,
-stage2.DualObjectiveTrainer, distill.DistillationTrainer) says what one micro-batch's loss is, which weights train
-and what else it keeps, through the hooks of the "what a method says" section.
+"""What every reward-model trainer shares (DeScore Sec. 3.2-3.3): `RewardModelTrainer` is a `Method` of the one run
+loop (`descore_plugin.training.loop.RunLoop`, which owns the run directory, resume, the checkpoint and evaluation
+cadence, metric logging, the progress bar, curves and the final publish, as for post-training). This file adds
+what a reward model needs: the accelerator with its trackers, the data and its check, the model and its optimizer,
+one optimiser step with gradient accumulation and clipping, the divergence guard, the held-out evaluation and the
+checkpoint layout (`model/` that loads with from_pretrained, gathered in full under FSDP). A method
+(stage1.ColdStartTrainer, stage2.DualObjectiveTrainer, distill.DistillationTrainer) says what one micro-batch's loss
+is, which weights train and what else it keeps, through the hooks of the "what a method says" section.
 
 Runs single-process on a CPU and under `accelerate launch` on many GPUs (DDP, DeepSpeed or FSDP from accelerate's
 config); there is no hand-written distributed code. Resuming is exact: the data order and every random draw are
 functions of (seed, step), and checkpoints hold the trainable weights, optimizer, scheduler and each process's
 method state (stage 2: the rollouts of the current rollout batch).
+
+Metrics (docs/training.md, "Logged metrics"): train/... (losses, accuracy on the batch, gradient norms, learning
+rate), reward/... (stage 2's rule rewards of the rollouts), eval/... (held-out accuracy, CoT parse rate), time/step.
 """
 
 import dataclasses
@@ -21,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from descore_plugin.data.check import SKIPPED_ROWS_FILE, check_training_videos, sampling_settings, write_skipped_rows
 from descore_plugin.data.loader import InputEncoder, PairCollator, PairDataset, PairOrder, VideoCache, pair_loader
@@ -32,27 +37,46 @@ from descore_plugin.modeling.model import BACKBONE_DIR, DeScoreReward
 from descore_plugin.modeling.prompt import parse_answer
 from descore_plugin.training.config import RM_CHANGEABLE_ON_RESUME, TrainConfig
 from descore_plugin.training.embedding_rows import TrainableRow
-from descore_plugin.training.full_state import gather_state, load_state
-from descore_plugin.training.runs import Run
+from descore_plugin.training.full_state import gather_state, is_sharded, load_state
+from descore_plugin.training.loop import LoopConfig, RunLoop
 from descore_plugin.utils.device import to_device as _to  # noqa: F401 (the trainers import it from here)
-from descore_plugin.utils.errors import checkpoint_hint, set_resume_hint
 from descore_plugin.utils.seeding import torch_seed as _mix
 
-__all__ = ["RewardModelTrainer", "merge_adapter", "plot_rm_curves", "LABEL_SIGN"]
+__all__ = ["RewardModelTrainer", "merge_adapter", "loop_config", "LABEL_SIGN"]
 
 LABEL_SIGN = {"A": 1, "B": -1, "tie": 0, "invalid": 0}
-PROCESS_STATE = "rollouts"
-"""checkpoint-N/<this>-<rank>.pt: each process's `process_state()` (the name stage 2's rollout files always had)."""
 logger = logging.getLogger(__name__)
 
 
+def loop_config(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> LoopConfig:
+    """The run loop's settings of a reward-model run: --save-steps is the checkpoint cadence (0: only the final
+    one), --eval-steps the evaluation cadence (0: only the final evaluation), --save-total-limit checkpoints kept."""
+    return LoopConfig(
+        output_dir=str(config.output_dir),
+        max_steps=config.max_steps,
+        checkpoint_every=config.save_steps,
+        eval_every=config.eval_steps,
+        resume=resume,
+        overwrite=overwrite,
+        keep_last=config.save_total_limit or None,
+    )
+
+
 class RewardModelTrainer:
-    """One reward-model training run; subclasses are the methods (see the module docstring)."""
+    """One reward-model training run, a `loop.Method`; subclasses are the methods (see the module docstring).
+
+    `Trainer(config)` leaves it set up: data checked, run directory open, model loaded and prepared, and with
+    `resume` the newest checkpoint loaded (`step`, `resumed`); `train()` runs the loop to `max_steps`."""
+
+    evaluate_at_start = False  # the start model's accuracy is what eval_rm.py is for; a run evaluates what it trains
+    evaluate_at_checkpoints = False  # --eval-steps alone says when (a CoT per video is slow)
+    curve_names = ("train/loss",)
 
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
-        """Open the run directory (`runs.Run`: an existing run needs `resume` or `overwrite`; `resume` refuses a
-        changed flag other than RM_CHANGEABLE_ON_RESUME), load data and model, and continue from the newest
-        checkpoint when `resume` is set (`self.step` is then its step)."""
+        """Check the data (before the run directory is opened when that creates it: a data error leaves no run
+        behind), open the run directory (`runs.Run`: an existing run needs `resume` or `overwrite`; `resume` refuses
+        a changed flag other than RM_CHANGEABLE_ON_RESUME), load the model, and continue from the newest checkpoint
+        when `resume` is set."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -75,26 +99,49 @@ class RewardModelTrainer:
         # Every distinct video is decoded before the model loads (datacheck.py), with the checkpoint's sampling
         # settings when its config tells them: before the run directory is opened when that creates it (a bad video
         # leaves no run behind), else after the run directory's own checks (a refused re-run decodes nothing).
-        sampling = sampling_settings(config.model)  # (fps, num_frames), None when known only once loaded
-        creates_run = not (self.output_dir.is_dir() and any(self.output_dir.iterdir()))
-        if sampling is not None and creates_run:
-            self._check_videos(*sampling)
+        self.sampling = sampling_settings(config.model)  # (fps, num_frames), None when known only once loaded
+        self.creates_run = not (self.output_dir.is_dir() and any(self.output_dir.iterdir()))
+        if self.sampling is not None and self.creates_run:
+            self._check_videos(*self.sampling)
+        self.loop = RunLoop(self, loop_config(config, resume, overwrite), self.accelerator)
+        self.loop.start()  # opens the run directory, calls setup, resumes
 
-        # Opened once the data checked out (a data error leaves no run behind), before the slow model load.
-        self.run = Run.open(
-            self.output_dir,
-            _jsonable(config),
-            resume=resume,
-            overwrite=overwrite,
-            may_change=RM_CHANGEABLE_ON_RESUME,
-            main_process=self.accelerator.is_main_process,
-            wait_for_everyone=self.accelerator.wait_for_everyone,
-        )
-        if sampling is not None and not creates_run:
-            self._check_videos(*sampling)
+    # ------------------------------------------------------------------ the loop's view
+    @property
+    def name(self) -> str:
+        return f"stage {self.config.stage}"
+
+    @property
+    def arguments(self) -> dict:
+        return _jsonable(self.config)
+
+    may_change_on_resume = RM_CHANGEABLE_ON_RESUME
+
+    @property
+    def tracker_config(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self.config).items() if isinstance(v, (int, float, str, bool))}
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps done (during a step: its 0-based index)."""
+        return self.loop.step
+
+    @property
+    def resumed(self) -> bool:
+        return self.loop.resumed
+
+    @property
+    def run(self):
+        return self.loop.run_dir
+
+    def setup(self, loop: RunLoop) -> None:
+        """Called by the loop once the run directory is open: load and prepare the model, optimizer and scheduler."""
+        config = self.config
+        if self.sampling is not None and not self.creates_run:
+            self._check_videos(*self.sampling)
         torch.manual_seed(config.seed)  # the LoRA initialisation draws from the global generator
         model = merge_adapter(DeScoreReward.from_pretrained(config.model))
-        if sampling != (model.config.fps, model.config.num_frames):  # known only now (e.g. a hub id)
+        if self.sampling != (model.config.fps, model.config.num_frames):  # known only now (e.g. a hub id)
             self._check_videos(model.config.fps, model.config.num_frames)
         self._record_cot_length(model)
         if config.pure_bf16:  # the official stage-2 numerics: no float32 copy anywhere (see TrainConfig.pure_bf16)
@@ -116,9 +163,9 @@ class RewardModelTrainer:
             weight = self.accelerator.unwrap_model(self.model).vlm.get_input_embeddings().weight  # a DTensor if sharded
             self.trainable_row = TrainableRow(weight, model.reward_token_id, self.optimizer.optimizer)
         self._after_prepare()
-        self.step = 0
-        self.resumed = resume and self._resume()
-        self._before_first_step(creates_run)
+        self._batches = None  # the loader's iterator, started at the first step this process runs
+        resuming = loop.config.resume and loop.run_dir.latest_checkpoint() is not None
+        self._before_first_step(self.creates_run, resuming)
 
     # ------------------------------------------------------------------ what a method says
     requires_scores = False
@@ -150,8 +197,8 @@ class RewardModelTrainer:
     def _after_prepare(self):
         """Called once the model, optimizer and scheduler are prepared."""
 
-    def _before_first_step(self, creates_run: bool):
-        """Called at the end of set-up, after a resume (`self.resumed`)."""
+    def _before_first_step(self, creates_run: bool, resuming: bool):
+        """Called at the end of set-up; `resuming`: the loop will load a checkpoint next."""
 
     def next_batch(self, micro_step: int, batches) -> dict:
         """This process's batch of `micro_step` from the loader iterator `batches`."""
@@ -161,12 +208,13 @@ class RewardModelTrainer:
         """{"loss": tensor, "logs": {name: float}} of one micro-batch."""
         raise NotImplementedError
 
-    def process_state(self):
-        """What this process keeps across a checkpoint beyond the weights (None: nothing)."""
+    def process_state(self) -> dict | None:
+        """{name: object} this process keeps across a checkpoint beyond the weights (the loop writes
+        checkpoint-N/<name>-<rank>.pt); None: nothing."""
         return None
 
-    def load_process_state(self, state):
-        pass
+    def load_process_state(self, state: dict):
+        """What `process_state` returned, read back on resume."""
 
     # ------------------------------------------------------------------ set-up
     def _check_videos(self, fps, num_frames):
@@ -318,80 +366,49 @@ class RewardModelTrainer:
             [dataset[(g, order[g * config.batch_size + slot])] for slot in range(config.batch_size)]
         )
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ one step
     def train(self) -> dict:
-        """Run from self.step to max_steps, write the final checkpoint and publish the model, then evaluate it."""
+        """Run the loop from `step` to max_steps: checkpoints, the final checkpoint and publish (the model in
+        output_dir itself), then the final evaluation. Returns the last training row's metrics with the final
+        evaluation's (train/..., reward/..., time/..., eval/...)."""
+        loop, config = self.loop.config, self.config
+        loop.max_steps, loop.checkpoint_every, loop.eval_every = config.max_steps, config.save_steps, config.eval_steps
+        loop.keep_last = config.save_total_limit or None
+        result = self.loop.run()
+        return {k: v for row in (result.train, result.metrics) for k, v in row.items() if k not in ("kind", "step")}
+
+    def train_step(self, step: int) -> dict:
+        """One optimiser step: `accumulation` micro-batches (each seeded by (seed, micro-step, rank)), gradient
+        clipping, the optimizer and the schedule. Returns the step's mean of each micro-batch metric, the gradient
+        norms before clipping and the learning rate."""
         config, accelerator = self.config, self.accelerator
-        accelerator.init_trackers(
-            "descore",
-            config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))},
-        )
-        bar = tqdm(
-            total=config.max_steps,
-            initial=self.step,
-            desc=f"stage {config.stage}",
-            disable=not accelerator.is_main_process,
-        )
-        last_logs = {}
-        latest = self.run.latest_checkpoint()
-        set_resume_hint(
-            checkpoint_hint(latest)
-            if latest
-            else "no checkpoint yet; run the same command with --resume to start again"
-        )
-        batches = iter(self.train_loader(self.step * self.accumulation))
-        while self.step < config.max_steps:
-            step_logs = []
-            for micro in range(self.accumulation):
-                micro_step = self.step * self.accumulation + micro
-                # first: starting the loader draws its workers' base seed from torch's RNG
-                batch = self.next_batch(micro_step, batches)
-                torch.manual_seed(_mix(config.seed, micro_step, accelerator.process_index))  # dropout, sampling
-                rng = np.random.default_rng([config.seed, micro_step, accelerator.process_index])
-                with accelerator.accumulate(self.model):
-                    result = self.loss(micro_step, batch, rng)
-                    if not torch.isfinite(result["loss"]):
-                        self._diverged(result["logs"])
-                    accelerator.backward(result["loss"])
-                    clip_logs = {}
-                    if accelerator.sync_gradients:
-                        if self.trainable_row is not None:
-                            self.trainable_row.mask_gradient()  # before clipping: the frozen rows count for nothing
-                        clip_logs = self._clip_gradients()
-                    self.optimizer.step()
-                    if accelerator.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad()
-                step_logs.append(result["logs"])
-            self.step += 1
-            last_logs = {key: _mean([logs[key] for logs in step_logs]) for key in step_logs[0]}
-            last_logs.update(clip_logs)
-            last_logs["lr"] = self.scheduler.get_last_lr()[0]
-            self._log(last_logs)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_logs['loss']:.4f}")
-            if config.save_steps and self.step % config.save_steps == 0 and self.step < config.max_steps:
-                self.save_checkpoint()
-            if (
-                config.eval_steps
-                and self.step % config.eval_steps == 0
-                and self.eval_pairs
-                and self.step < config.max_steps
-            ):
-                evaluation = self.evaluate()
-                self._log(evaluation)
-                last_logs.update(evaluation)
-        bar.close()
-        # The model is safe on disk before the final evaluation, which can be long (a CoT per video).
-        self.save_checkpoint()
-        self._publish_final()
-        final = self.evaluate() if self.eval_pairs else {}
-        if final:
-            self._log({**final, "final": 1})
-        if accelerator.is_main_process:
-            plot_rm_curves(self.run.metrics_path, self.output_dir / "curves.png")
-        accelerator.end_training()
-        return {**last_logs, **final}
+        if self._batches is None:
+            self._batches = iter(self.train_loader(step * self.accumulation))
+        step_logs, clip_logs = [], {}
+        for micro in range(self.accumulation):
+            micro_step = step * self.accumulation + micro
+            # first: starting the loader draws its workers' base seed from torch's RNG
+            batch = self.next_batch(micro_step, self._batches)
+            torch.manual_seed(_mix(config.seed, micro_step, accelerator.process_index))  # dropout, sampling
+            rng = np.random.default_rng([config.seed, micro_step, accelerator.process_index])
+            with accelerator.accumulate(self.model):
+                result = self.loss(micro_step, batch, rng)
+                if not torch.isfinite(result["loss"]):
+                    self._diverged(result["logs"])
+                accelerator.backward(result["loss"])
+                if accelerator.sync_gradients:
+                    if self.trainable_row is not None:
+                        self.trainable_row.mask_gradient()  # before clipping: the frozen rows count for nothing
+                    clip_logs = self._clip_gradients()
+                self.optimizer.step()
+                if accelerator.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad()
+            step_logs.append(result["logs"])
+        logs = {key: _mean([entry[key] for entry in step_logs]) for key in step_logs[0]}
+        logs.update(clip_logs)
+        logs["train/lr"] = self.scheduler.get_last_lr()[0]
+        return logs
 
     def _clip_gradients(self) -> dict:
         """Clip to --max-grad-norm: the head's gradient and the rest's each on its own (official stage 2 under FSDP),
@@ -400,13 +417,15 @@ class RewardModelTrainer:
         if not config.max_grad_norm:
             return {}
         if config.grad_norm_groups == "joint":
-            return {"grad_norm": _float(accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm))}
+            return {
+                "train/grad_norm": _float(accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm))
+            }
         head = {id(p) for p in accelerator.unwrap_model(self.model).head.parameters()}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         actor, head_params = [p for p in trainable if id(p) not in head], [p for p in trainable if id(p) in head]
-        logs = {"head_grad_norm": _float(accelerator.clip_grad_norm_(head_params, config.max_grad_norm))}
+        logs = {"train/head_grad_norm": _float(accelerator.clip_grad_norm_(head_params, config.max_grad_norm))}
         if actor:
-            logs["grad_norm"] = _float(accelerator.clip_grad_norm_(actor, config.max_grad_norm))
+            logs["train/grad_norm"] = _float(accelerator.clip_grad_norm_(actor, config.max_grad_norm))
         return logs
 
     def _diverged(self, logs: dict):
@@ -417,14 +436,16 @@ class RewardModelTrainer:
             f"Lower the learning rate or check the data, then --resume"
         )
 
-    def _log(self, logs: dict):
-        self.accelerator.log(logs, step=self.step)
-        self.run.log({"step": self.step, **logs})
-
+    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Held-out preference accuracy (with and without ties, the official ties-as-errors figure, per slice) of the
-        current model, with a progress bar; the CoT parse rate when it thinks (a warning when no CoT parses)."""
+    def evaluate(self, step: int | None = None) -> dict:
+        """Held-out preference accuracy of the current model (with and without ties, the official ties-as-errors
+        figure, per slice), with a progress bar; the CoT parse rate when it thinks (a warning when no CoT parses).
+        eval/num_items counts the decided pairs behind eval/accuracy_without_ties, whose eval/..._std is the sample
+        std of their 0/1 correctness (std / sqrt(num_items) is its standard error). {} without --eval-data."""
+        if not self.eval_pairs:
+            return {}
+        step = self.step if step is None else step
         model = self.accelerator.unwrap_model(self.model)
         result = evaluate_pairs(
             model,
@@ -436,76 +457,74 @@ class RewardModelTrainer:
             num_workers=self.config.num_workers,
         )
         logs = {
-            "eval_accuracy_with_ties": result["accuracy_with_ties"],
-            "eval_accuracy_ties_as_errors": result["accuracy_ties_as_errors"],
+            "eval/accuracy_with_ties": result["accuracy_with_ties"],
+            "eval/accuracy_ties_as_errors": result["accuracy_ties_as_errors"],
         }
-        if result["accuracy_without_ties"] is not None:
-            logs["eval_accuracy_without_ties"] = result["accuracy_without_ties"]
+        decided, accuracy = result["num_pairs_without_ties"], result["accuracy_without_ties"]
+        if accuracy is not None:
+            logs["eval/accuracy_without_ties"] = accuracy
+            logs["eval/num_items"] = float(decided)
+            if decided > 1:  # the sample std of n values of 0 and 1 with mean p: sqrt(p (1 - p) n / (n - 1))
+                logs["eval/accuracy_without_ties_std"] = math.sqrt(accuracy * (1 - accuracy) * decided / (decided - 1))
         for name, value in result.get("accuracy_without_ties_by_slice", {}).items():
             if name != "all":
-                logs[f"eval_accuracy_{name}"] = value
+                logs[f"eval/accuracy_{name}"] = value
         if self.config.eval_think:
             cots = [cot for row in result["rows"] for cot in (row["cot_a"], row["cot_b"])]
-            logs["eval_cot_parse_rate"] = float(np.mean([parse_answer(c).error is None for c in cots]))
-            if logs["eval_cot_parse_rate"] == 0 and self.accelerator.is_main_process:
+            logs["eval/cot_parse_rate"] = float(np.mean([parse_answer(c).error is None for c in cots]))
+            if logs["eval/cot_parse_rate"] == 0 and self.accelerator.is_main_process:
                 logger.warning(
                     "step %d: none of the %d CoTs the model wrote for the evaluation pairs parses (no "
                     "<answer> JSON with an overall score): it has not learnt to write the answer format; "
                     "stage 1 teaches it with --lm-loss-weight > 0 and CoTs in the data",
-                    self.step,
+                    step,
                     len(cots),
                 )
         return logs
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self):
-        """checkpoint-N/: the model in the DeScore format (loads with from_pretrained), the trainable weights,
-        optimizer and scheduler state, and `process_state()` when a method keeps one (one file per process; stage 2:
-        the current rollout batch, so that a resumed run makes the same off-policy updates). Written atomically; older ones beyond the limit removed."""
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        model = accelerator.unwrap_model(self.model)
-        # Under FSDP every process holds shards: gathered (collectively) into full tensors on the main process.
-        state = gather_state(model, self.optimizer, main_process=accelerator.is_main_process)
+    # ------------------------------------------------------------------ checkpoints (the loop's hooks)
+    def state_dict(self) -> dict:
+        """The model's trainable weights and optimizer state (under FSDP gathered in full on the main process: a
+        collective, every process calls it), the whole model for checkpoint-N/model, and the scheduler."""
+        model = self.accelerator.unwrap_model(self.model)
+        gathered = gather_state(model, self.optimizer, main_process=self.accelerator.is_main_process)
+        return {"gathered": gathered, "scheduler": self.scheduler.state_dict()}
 
-        def write(tmp: Path):
-            model.save_pretrained(tmp / "model", state_dict=state.model)
-            save_file(state.trainable, tmp / "trainable.safetensors")
-            torch.save(state.optimizer, tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            if self.process_state() is not None:
-                torch.save(self.process_state(), tmp / f"{PROCESS_STATE}-0.pt")
+    def write_checkpoint(self, directory: Path, state: dict) -> None:
+        """checkpoint-N/: the model in the DeScore format (loads with from_pretrained), trainable.safetensors,
+        optimizer.pt, scheduler.pt (the loop adds each process's `process_state`, stage 2: rollouts-<rank>.pt)."""
+        gathered, model = state["gathered"], self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(directory / "model", state_dict=gathered.model)
+        save_file(gathered.trainable, directory / "trainable.safetensors")
+        torch.save(gathered.optimizer, directory / "optimizer.pt")
+        torch.save(state["scheduler"], directory / "scheduler.pt")
 
-        path = self.run.save_checkpoint(self.step, write, keep_last=self.config.save_total_limit)
-        set_resume_hint(f"at step {self.step}; {checkpoint_hint(path)}")  # what a Ctrl-C from now on says
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process and self.process_state() is not None:
-            torch.save(self.process_state(), path / f"{PROCESS_STATE}-{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
+    def read_checkpoint(self, directory: Path) -> None:
+        """Load what `write_checkpoint` wrote (collective under FSDP: rank 0 reads, every process keeps its shards)."""
+        load_state(self.accelerator.unwrap_model(self.model), self.optimizer, directory)
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", map_location="cpu", weights_only=True))
 
-    def _resume(self) -> bool:
-        """Load the newest checkpoint of the run (metrics past it are dropped). False when there is none."""
-        self.step = self.run.resume_step()
-        latest = self.run.latest_checkpoint()
-        if latest is None:
-            return False
-        load_state(self.accelerator.unwrap_model(self.model), self.optimizer, latest)  # collective under FSDP
-        self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", map_location="cpu", weights_only=True))
-        own = latest / f"{PROCESS_STATE}-{self.accelerator.process_index}.pt"
-        if own.is_file():
-            self.load_process_state(torch.load(own, map_location="cpu", weights_only=True))
-        return True
+    def load_state_dict(self, state: dict) -> None:
+        """Put back a `state_dict()` of this process (an unsharded model; a sharded one resumes from its files)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if is_sharded(model):
+            raise ValueError("a sharded (FSDP) trainer loads its state from a checkpoint directory (read_checkpoint)")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["gathered"].trainable.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["gathered"].optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
 
-    def _publish_final(self):
-        """Copy the last checkpoint's model to output_dir itself, file by file with atomic renames, the config
-        last: a reader sees descore_config.json only once everything else is in place."""
-        if not self.accelerator.is_main_process:
-            return
+    def save_pretrained(self, directory: Path) -> None:
+        """The final publish: the last checkpoint's model copied to `directory` (output_dir), file by file with
+        atomic renames, the config last: a reader sees descore_config.json only once everything else is in place."""
+        directory = Path(directory)
         source = self.output_dir / f"checkpoint-{self.step}" / "model"
         entries = sorted(source.iterdir(), key=lambda p: p.name == "descore_config.json")
         for entry in entries:
-            target = self.output_dir / entry.name
-            tmp = self.output_dir / f".{entry.name}.tmp"
+            target = directory / entry.name
+            tmp = directory / f".{entry.name}.tmp"
             if entry.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
                 shutil.copytree(entry, tmp)
@@ -553,33 +572,3 @@ def _tracker_available(name: str) -> bool:
         except ImportError:
             return False
     return True
-
-
-def plot_rm_curves(metrics_path: Path, png_path: Path):
-    """A PNG of every logged curve (loss, accuracy, rollout reward, ...) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = (
-        [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
-        if Path(metrics_path).exists()
-        else []
-    )
-    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in ("step", "final", "lr")]
-    if not keys:
-        return
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)

@@ -19,7 +19,9 @@ __all__ = ["DistillationTrainer"]
 class DistillationTrainer(RewardModelTrainer):
     """`--stage 3`: the teacher's targets for every training video are computed once (and stored in output_dir)."""
 
-    def _before_first_step(self, creates_run: bool):
+    curve_names = ("train/loss", "train/distill_loss", "train/bt_loss", "train/grad_norm")
+
+    def _before_first_step(self, creates_run: bool, resuming: bool):
         self.teacher_targets = self._teacher_targets()
 
     def loss(self, micro_step: int, batch: dict, rng: np.random.Generator) -> dict:
@@ -43,7 +45,7 @@ class DistillationTrainer(RewardModelTrainer):
         else:
             expected = target @ model.score_bins if target.shape[-1] > 1 else target[:, 0]
             loss = (out["rewards"] - expected).square().mean()
-        logs = {"distill_loss": loss.item()}
+        logs = {"train/distill_loss": loss.item()}
         if config.distill_bt_weight > 0:
             n = len(pairs)
             signs = torch.tensor([LABEL_SIGN.get(p.label, 0) for p in pairs], device=device)
@@ -53,8 +55,8 @@ class DistillationTrainer(RewardModelTrainer):
                 s = signs[decided]
                 bt = bradley_terry_loss(torch.where(s > 0, r_a, r_b), torch.where(s > 0, r_b, r_a))
                 loss = loss + config.distill_bt_weight * bt
-                logs["bt_loss"] = bt.item()
-        logs["loss"] = loss.item()
+                logs["train/bt_loss"] = bt.item()
+        logs["train/loss"] = loss.item()
         return {"loss": loss, "logs": logs}
 
     @torch.no_grad()

@@ -2,16 +2,19 @@
 `RunLoop` does everything around them, the same way for the reward-model trainers and for post-training.
 
     loop = RunLoop(method, LoopConfig(output_dir="out", max_steps=100), accelerator=None)
-    result = loop.run()          # -> RunResult(output_dir, step, metrics of the final evaluation)
+    result = loop.run()          # -> RunResult(output_dir, step, metrics of the final evaluation, last train row)
 
 What the loop owns (the method never does these):
 - the run directory (`descore_plugin.training.runs.Run`): run_args.json, refused re-runs, --resume / --overwrite;
 - resume from the newest atomic checkpoint-N (the method's `state_dict()`, RNG streams included, comes back through
   `load_state_dict`), so a resumed run equals an uninterrupted one;
-- the cadence: a checkpoint every `checkpoint_every` steps and at the end, an evaluation at the start, every
-  `eval_every` steps and at every checkpoint (an evaluation interrupted after its checkpoint is re-run on resume);
+- the cadence: a checkpoint every `checkpoint_every` steps (0: only at the end) and at the end, an evaluation at the
+  start, every `eval_every` steps and at every checkpoint (a method opts out of the first and of the checkpoint ones
+  with `evaluate_at_start` / `evaluate_at_checkpoints` False); an evaluation that was due at the step a run resumes
+  from and has no row (interrupted after its checkpoint) is run again on resume;
 - metrics: the method returns this process's numbers; the loop averages them over the processes (NaN-aware, one
-  `accelerator.gather`) and appends one row per step to metrics.jsonl, in ONE vocabulary:
+  `accelerator.gather`) and appends one row per step to metrics.jsonl (and to the accelerator's trackers, e.g.
+  TensorBoard, when it was made with `log_with`), in ONE vocabulary:
       train/<name>   training quantities (loss, KL, accuracy, gradient norm, ...)
       eval/<name>    evaluation results (eval/<name>_std its spread over the evaluated items)
       reward/<name>  rewards of the training samples
@@ -25,7 +28,17 @@ What the loop owns (the method never does these):
 
 Checkpoint files: `state_dict()` is called on EVERY process (a sharded method gathers its full state there); the
 main process writes each top-level entry that is a flat {name: tensor} dict as `<entry>.safetensors` and everything
-else (optimizer state, RNG states, counters) in `state.pt`; every process reads them back on resume.
+else (optimizer state, RNG states, counters) in `state.pt`; every process reads them back on resume. Optional
+method hooks change that:
+- `write_checkpoint(directory, state)` (main process, inside the atomic checkpoint directory) and
+  `read_checkpoint(directory)` (every process, instead of `load_state_dict`): a method with its own checkpoint
+  layout (the reward-model trainers: `model/` that loads with from_pretrained, trainable.safetensors,
+  optimizer.pt, scheduler.pt);
+- `process_state() -> {name: object} | None` and `load_process_state({name: object})`: what each process keeps on
+  its own (stage 2: its share of the current rollout batch), written as checkpoint-N/<name>-<rank>.pt.
+
+`start()` opens the run directory, sets the method up and resumes; `run()` does that when it was not done yet, then
+trains: a caller may look at the set-up method (its model, its first batch) before the first step.
 """
 
 from __future__ import annotations
@@ -60,16 +73,17 @@ class LoopConfig:
         "the run directory (refused if it holds a run, unless --resume or --overwrite)", required=True
     )
     max_steps: int = _help("training steps", required=True)
-    checkpoint_every: int = _help("write checkpoint-N every N steps (and at the end)", default=100)
+    checkpoint_every: int = _help("write checkpoint-N every N steps (and at the end; 0: only at the end)", default=100)
     eval_every: int = _help("evaluate every N steps (0: at the start, at checkpoints and at the end only)", default=0)
     resume: bool = _help("continue the run in --output-dir from its newest checkpoint", default=False)
     overwrite: bool = _help("delete the run in --output-dir and start again", default=False)
     keep_last: int | None = _help("keep only the newest N checkpoints (unset: keep all)")
 
     def check(self) -> None:
-        for name in ("max_steps", "checkpoint_every"):
-            if getattr(self, name) is None or getattr(self, name) < 1:
-                raise errors.UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is None or self.max_steps < 1:
+            raise errors.UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint_every is None or self.checkpoint_every < 0:
+            raise errors.UserError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.eval_every < 0:
             raise errors.UserError(f"--eval-every must be >= 0, got {self.eval_every}")
 
@@ -78,8 +92,10 @@ class LoopConfig:
 class Method(Protocol):
     """What a trainer is, to the loop. Attributes: `name` (the progress bar's label), `curve_names` (train/... keys
     drawn in curves.png), `arguments` (a dict recorded in run_args.json and compared on --resume),
-    `may_change_on_resume` (argument names that may differ on --resume) and `evaluate_at_start` (default True: an
-    evaluation before the first step)."""
+    `may_change_on_resume` (argument names that may differ on --resume), `evaluate_at_start` (default True: an
+    evaluation before the first step), `evaluate_at_checkpoints` (default True: one after every checkpoint) and
+    `tracker_config` (scalars for the accelerator's trackers). Optional hooks: `write_checkpoint` /
+    `read_checkpoint`, `process_state` / `load_process_state` (see the module docstring)."""
 
     name: str
     curve_names: Sequence[str]
@@ -102,6 +118,7 @@ class RunResult:
     output_dir: Path
     step: int
     metrics: dict = field(default_factory=dict)  # the final evaluation's row
+    train: dict = field(default_factory=dict)  # the last training row of this run (empty when it trained no step)
 
 
 def check_vocabulary(metrics: dict, where: str) -> None:
@@ -125,6 +142,8 @@ class RunLoop:
         self.step = 0
         self.progress = None
         self.evaluated: set[int] = set()  # steps with an eval row
+        self.resumed = False  # continued from a checkpoint
+        self.last_train: dict = {}
 
     @property
     def output_dir(self) -> Path:
@@ -135,7 +154,10 @@ class RunLoop:
         return self.accelerator.device
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> RunResult:
+    def start(self) -> RunLoop:
+        """Open the run directory, set the method up and resume from the newest checkpoint with --resume."""
+        if self.run_dir is not None:
+            return self
         method, config, accelerator = self.method, self.config, self.accelerator
         arguments = {
             **getattr(method, "arguments", {}),
@@ -157,11 +179,15 @@ class RunLoop:
         self.step = self._resume() if config.resume else 0
         self.evaluated = {r["step"] for r in self.run_dir.metrics() if r.get("kind") == "eval"}  # read by all
         accelerator.wait_for_everyone()
-        start = self.step > 0 or getattr(method, "evaluate_at_start", True)
-        if (
-            start and self.step < config.max_steps and self.step not in self.evaluated
-        ):  # the start, or an interrupted one
-            self._evaluate(self.step)
+        return self
+
+    def run(self) -> RunResult:
+        self.start()
+        method, config, accelerator = self.method, self.config, self.accelerator
+        if accelerator.log_with:  # trackers (TensorBoard, W&B, ...): the main process only
+            accelerator.init_trackers("descore", config=getattr(method, "tracker_config", None))
+        if self.step < config.max_steps and self.step not in self.evaluated and self._due_at_start():
+            self._evaluate(self.step)  # the start, or an evaluation interrupted after its checkpoint
         final = {}
         try:
             self._train()
@@ -176,9 +202,11 @@ class RunLoop:
                 final = self._evaluate(self.step)
             if accelerator.is_main_process:
                 write_curves(self.run_dir.metrics(), self.output_dir / "curves.png", method.curve_names)
-        except KeyboardInterrupt:
+        except BaseException as error:  # a Ctrl-C, a diverged loss, ...: the bar ends before the message
             if self.progress is not None:
                 self.progress.close()
+            if not isinstance(error, KeyboardInterrupt):
+                raise
             latest = self.run_dir.latest_checkpoint()
             errors.set_resume_hint(
                 f"at step {self.step}; "
@@ -189,8 +217,18 @@ class RunLoop:
                 )
             )
             raise
+        if accelerator.log_with:
+            accelerator.end_training()
         accelerator.wait_for_everyone()
-        return RunResult(self.output_dir, self.step, final)
+        return RunResult(self.output_dir, self.step, final, self.last_train)
+
+    def _due_at_start(self) -> bool:
+        """An evaluation is due before training: at step 0 unless the method opts out; at a resumed checkpoint when
+        the cadence evaluates there."""
+        method, every = self.method, self.config.eval_every
+        if self.step == 0:
+            return getattr(method, "evaluate_at_start", True)
+        return getattr(method, "evaluate_at_checkpoints", True) or bool(every and self.step % every == 0)
 
     def _train(self) -> None:
         from tqdm.auto import tqdm
@@ -202,21 +240,25 @@ class RunLoop:
             desc=self.method.name,
             disable=not self.accelerator.is_main_process,
         )
+        at_checkpoints = getattr(self.method, "evaluate_at_checkpoints", True)
         while self.step < config.max_steps:
             started = time.perf_counter()
             metrics = self.method.train_step(self.step)
             check_vocabulary(metrics, f"{type(self.method).__name__}.train_step")
             metrics = self.reduce({**metrics, "time/step": time.perf_counter() - started})
             self.step += 1
-            self.log({"kind": "train", "step": self.step, **metrics})
+            self.last_train = {"kind": "train", "step": self.step, **metrics}
+            self.log(self.last_train)
             shown = [k for k in self.method.curve_names if k in metrics][:3]
             self.progress.update(1)
             self.progress.set_postfix({k.split("/", 1)[1]: f"{metrics[k]:.4g}" for k in shown}, refresh=False)
             done = self.step
-            checkpoint = done == config.max_steps or done % config.checkpoint_every == 0
+            every = config.checkpoint_every
+            checkpoint = done == config.max_steps or bool(every and done % every == 0)
             if checkpoint:
                 self._checkpoint()  # before the evaluation: a Ctrl-C in the evaluation loses no training
-            if done < config.max_steps and (checkpoint or (config.eval_every and done % config.eval_every == 0)):
+            scheduled = bool(config.eval_every and done % config.eval_every == 0)
+            if done < config.max_steps and ((checkpoint and at_checkpoints) or scheduled):
                 self._evaluate(done)
 
     # ------------------------------------------------------------------ metrics
@@ -231,6 +273,9 @@ class RunLoop:
 
     def log(self, row: dict) -> None:
         self.run_dir.log(row)
+        if self.accelerator.log_with:
+            numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+            self.accelerator.log(numbers, step=row["step"])
         if self.accelerator.is_main_process:
             logger.debug("%s", row)
 
@@ -253,20 +298,48 @@ class RunLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
-        state = self.method.state_dict()  # every process: a sharded method gathers here
-        self.run_dir.save_checkpoint(
-            self.step, lambda directory: save_state(state, directory), keep_last=self.config.keep_last
-        )
-        self.accelerator.wait_for_everyone()
+        method, accelerator = self.method, self.accelerator
+        state = method.state_dict()  # every process: a sharded method gathers here
+        own = method.process_state() if hasattr(method, "process_state") else None
+        rank = accelerator.process_index
+
+        def write(directory: Path) -> None:
+            if hasattr(method, "write_checkpoint"):
+                method.write_checkpoint(directory, state)
+            else:
+                save_state(state, directory)
+            for name, value in (own or {}).items():  # the main process's own share, inside the atomic directory
+                torch.save(value, directory / f"{name}-{rank}.pt")
+
+        accelerator.wait_for_everyone()
+        path = self.run_dir.save_checkpoint(self.step, write, keep_last=self.config.keep_last)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process and own:
+            for name, value in own.items():
+                torch.save(value, path / f"{name}-{rank}.pt")
+        accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
+        method, accelerator = self.method, self.accelerator
         latest = self.run_dir.latest_checkpoint()
         step = self.run_dir.resume_step()
         if latest is not None:
-            self.method.load_state_dict(load_state(latest))
-            if self.accelerator.is_main_process:
+            if hasattr(method, "read_checkpoint"):
+                method.read_checkpoint(latest)
+            else:
+                method.load_state_dict(load_state(latest))
+            if hasattr(method, "load_process_state"):
+                suffix = f"-{accelerator.process_index}.pt"
+                own = {
+                    path.name[: -len(suffix)]: torch.load(path, map_location="cpu", weights_only=False)
+                    for path in sorted(latest.glob(f"*{suffix}"))
+                }
+                if own:
+                    method.load_process_state(own)
+            self.resumed = True
+            if accelerator.is_main_process:
                 logger.info("resumed from %s (step %d)", latest, checkpoint_step(latest))
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return step
 
 

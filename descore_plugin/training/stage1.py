@@ -23,6 +23,7 @@ class ColdStartTrainer(RewardModelTrainer):
 
     needs_decided_pairs = True
     loader_builds_inputs = True
+    curve_names = ("train/loss", "train/bt_loss", "train/accuracy", "train/lm_loss", "train/grad_norm")
 
     def labels_without_loss_term(self) -> set:
         return {"invalid"} | ({"tie"} if self.config.loss == "bt" else set())
@@ -58,17 +59,17 @@ class ColdStartTrainer(RewardModelTrainer):
         loss = bt
         correct = ((r_a - r_b) * signs > 0).float()
         logs = {
-            "bt_loss": bt.item(),
-            "masked_fraction": float(masked.mean()),
-            "decided_fraction": decided.mean().item(),
-            "train_accuracy": (correct.sum() / decided.sum()).item() if decided.any() else float("nan"),
+            "train/bt_loss": bt.item(),
+            "train/masked_fraction": float(masked.mean()),
+            "train/decided_fraction": decided.mean().item(),
+            "train/accuracy": (correct.sum() / decided.sum()).item() if decided.any() else float("nan"),
         }
         if config.lm_loss_weight > 0:
             loss = loss + config.lm_loss_weight * out["lm_loss"]
-            logs["lm_loss"] = out["lm_loss"].item()
+            logs["train/lm_loss"] = out["lm_loss"].item()
         if model.config.head == "distribution":
             loss = loss + self._distribution_losses(model, out, pairs, logs)
-        logs["loss"] = loss.item()
+        logs["train/loss"] = loss.item()
         return {"loss": loss, "logs": logs}
 
     def _distribution_losses(self, model, out, pairs, logs) -> torch.Tensor:
@@ -86,12 +87,12 @@ class ColdStartTrainer(RewardModelTrainer):
                 out["logits"][known], targets[known], model.score_bins, config.distribution_sigma
             )
             total = total + config.distribution_loss_weight * pointwise
-            logs["distribution_loss"] = pointwise.item()
+            logs["train/distribution_loss"] = pointwise.item()
         both = known[:n] & known[n:]
         if both.any():
             gap = score_gap_loss(out["rewards"][:n][both], out["rewards"][n:][both], (targets[:n] - targets[n:])[both])
             total = total + config.score_gap_loss_weight * gap
-            logs["score_gap_loss"] = gap.item()
+            logs["train/score_gap_loss"] = gap.item()
         return total
 
 

@@ -26,7 +26,7 @@ from descore_plugin.training.losses import (
 from descore_plugin.training.sharding import prepare_frozen
 from descore_plugin.utils.errors import UserError
 
-__all__ = ["DualObjectiveTrainer", "stage2_geometry", "OFFICIAL_PROMPT_TOKENS"]
+__all__ = ["DualObjectiveTrainer", "stage2_geometry", "expand_rows", "OFFICIAL_PROMPT_TOKENS"]
 
 OFFICIAL_PROMPT_TOKENS = 6200
 """The official stage 2's prompt cap (data.max_prompt_length), which it right-truncates; here a warning only."""
@@ -39,6 +39,16 @@ class DualObjectiveTrainer(RewardModelTrainer):
     """`--stage 2`. State beyond the weights: the current rollout batch (`self.rollouts`, saved per process)."""
 
     requires_scores = True
+    curve_names = (
+        "train/loss",
+        "reward/rollout",
+        "train/kl",
+        "train/policy_loss",
+        "train/bt_loss",
+        "train/clip_fraction",
+        "train/ratio",
+        "reward/rollout_format",
+    )
 
     def micro_batches_per_step(self, num_processes: int) -> int:
         self.accumulation, self.steps_per_rollout = stage2_geometry(self.config, num_processes)
@@ -68,8 +78,8 @@ class DualObjectiveTrainer(RewardModelTrainer):
         if self.reference is not None:  # sharded like the policy under FSDP2 (accelerate shards only with an optimizer)
             self.reference = prepare_frozen(self.accelerator, self.reference)
 
-    def _before_first_step(self, creates_run: bool):
-        if not self.resumed and not self.config.allow_unparsed_cots:
+    def _before_first_step(self, creates_run: bool, resuming: bool):
+        if not resuming and not self.config.allow_unparsed_cots:
             self._check_starting_cots(self.accelerator.unwrap_model(self.model), creates_run)
 
     def _last_micro_step(self) -> int:
@@ -84,22 +94,25 @@ class DualObjectiveTrainer(RewardModelTrainer):
     def loss(self, micro_step: int, batch: dict, rng: np.random.Generator) -> dict:
         return self.stage2_loss(micro_step, batch)
 
-    def process_state(self):
-        return self.rollouts
+    def process_state(self) -> dict | None:
+        """This process's share of the current rollout batch (checkpoint-N/rollouts-<rank>.pt), so that a resumed run
+        makes the same off-policy updates."""
+        return None if self.rollouts is None else {"rollouts": self.rollouts}
 
-    def load_process_state(self, state):
-        self.rollouts = state
+    def load_process_state(self, state: dict):
+        self.rollouts = state.get("rollouts")
 
     def stage2_inputs(self, batch: dict) -> dict:
-        """A stage-2 micro-batch processed once for its rollouts AND its update (DeScore Sec. 3.3): the prompt batch
-        (CPU tensors; video i's rollout j is row i * num_rollouts + j, videos A then B), its pairs and ground truths."""
+        """A stage-2 micro-batch processed once for its rollouts AND its update (DeScore Sec. 3.3), each video once:
+        `prompt` is the processed batch of its videos (CPU tensors, videos A then B), `rows` the video of each
+        sequence (video i's rollout j is sequence i * num_rollouts + j; `expand_rows(prompt, rows)` is the batch of
+        the sequences), with its pairs and ground truths. The processor and the stored rollout batch see each video
+        once, not num_rollouts times."""
         model, k = self.accelerator.unwrap_model(self.model), self.config.num_rollouts
         pairs, videos = batch["pairs"], batch["videos"]
         prompts, instructions = [p.prompt for p in pairs] * 2, [p.instruction for p in pairs] * 2
         rows = [i for i in range(len(videos)) for _ in range(k)]
-        prompt = model.encode_prompts(
-            [videos[i] for i in rows], [prompts[i] for i in rows], [instructions[i] for i in rows], stage="rollout"
-        )
+        prompt = model.encode_prompts(videos, prompts, instructions, stage="rollout")
         longest = int(prompt["attention_mask"].sum(-1).max())
         if longest > OFFICIAL_PROMPT_TOKENS and not self._warned_prompt_cap:
             self._warned_prompt_cap = True
@@ -123,10 +136,17 @@ class DualObjectiveTrainer(RewardModelTrainer):
         per_batch = self.steps_per_rollout * self.accumulation
         index = micro_step // per_batch
         if self._inputs is None or self._inputs["index"] != index:
-            self._inputs = {
-                "index": index,
-                "batches": {m: self.stage2_inputs(next(batches)) for m in range(micro_step, (index + 1) * per_batch)},
-            }
+            from tqdm.auto import tqdm
+
+            steps = range(micro_step, (index + 1) * per_batch)
+            bar = tqdm(
+                steps,
+                desc=f"rollout batch {index}: reading videos",
+                unit="micro-batch",
+                leave=False,
+                disable=not self.accelerator.is_main_process or len(steps) < 2,
+            )
+            self._inputs = {"index": index, "batches": {m: self.stage2_inputs(next(batches)) for m in bar}}
         if self.rollouts is None or self.rollouts["index"] != index:
             self.rollouts = self._rollout_batch(index, self._inputs["batches"])
         return self._inputs["batches"].pop(micro_step)
@@ -137,14 +157,24 @@ class DualObjectiveTrainer(RewardModelTrainer):
         current policy samples, their rule rewards and group advantages, and the per-token log-probs of the sampling
         policy ("old") and of the reference, all computed once, before any update on them (as verl does).
         inputs: micro-step -> `stage2_inputs`, those already processed; others are built here."""
+        from tqdm.auto import tqdm
+
         config, model = self.config, self.accelerator.unwrap_model(self.model)
         per_batch = self.steps_per_rollout * self.accumulation
         micros = []
         model.eval()
+        bar = tqdm(  # sampling a rollout batch is the long part of stage 2: it shows, one micro-batch at a time
+            total=per_batch,
+            desc=f"rollout batch {index}: sampling",
+            unit="micro-batch",
+            leave=False,
+            disable=not self.accelerator.is_main_process,
+        )
         for micro_step in range(index * per_batch, (index + 1) * per_batch):
             torch.manual_seed(_mix(config.seed, micro_step, self.accelerator.process_index, 1))
             entry = (inputs or {}).get(micro_step) or self.stage2_inputs(self.batch_for(micro_step))
-            batch, rows, truths = _to(entry["prompt"], self.accelerator.device), entry["rows"], entry["truths"]
+            rows, truths = entry["rows"], entry["truths"]
+            batch = expand_rows(_to(entry["prompt"], self.accelerator.device), rows)
             rollouts = model.sample_cots(
                 batch,
                 self.rollout_tokens,
@@ -179,6 +209,8 @@ class DualObjectiveTrainer(RewardModelTrainer):
                     "format": torch.tensor([s["format"] for s in scored]),
                 }
             )
+            bar.update(1)
+        bar.close()
         model.train()
         # Token counts per mini-batch over all processes: each micro-batch's policy loss is a share of that mean.
         accumulation = self.accumulation
@@ -212,10 +244,8 @@ class DualObjectiveTrainer(RewardModelTrainer):
         position = micro_step % per_batch
         micro = self.rollouts["micro"][position]
         pairs = batch["pairs"]
-        full = _to(
-            model.append_cots(batch["prompt"], micro["cot_ids"], with_labels=True, ended=micro["ended"]),
-            self.accelerator.device,
-        )
+        prompt = expand_rows(_to(batch["prompt"], self.accelerator.device), batch["rows"])
+        full = model.append_cots(prompt, micro["cot_ids"], with_labels=True, ended=micro["ended"])
         out = self.model(**full)
         device = out["rewards"].device
         ref = micro["ref_logp"].to(device) if micro["ref_logp"] is not None else None
@@ -245,15 +275,15 @@ class DualObjectiveTrainer(RewardModelTrainer):
             bt = bradley_terry_loss(torch.where(s > 0, r_a, r_b).reshape(-1), torch.where(s > 0, r_b, r_a).reshape(-1))
         loss = policy["loss"] + config.bt_weight * bt
         logs = {
-            "loss": loss.item(),
-            "policy_loss": policy["loss"].item(),
-            "kl": policy["kl"].item(),
-            "ratio": policy["ratio"].item(),
-            "clip_fraction": policy["clip_fraction"].item(),
-            "bt_loss": bt.item(),
-            "rollout_reward": micro["rewards"].mean().item(),
-            "rollout_accuracy": micro["accuracy"].mean().item(),
-            "rollout_format": micro["format"].mean().item(),
+            "train/loss": loss.item(),
+            "train/policy_loss": policy["loss"].item(),
+            "train/kl": policy["kl"].item(),
+            "train/ratio": policy["ratio"].item(),
+            "train/clip_fraction": policy["clip_fraction"].item(),
+            "train/bt_loss": bt.item(),
+            "reward/rollout": micro["rewards"].mean().item(),  # the rule reward (Sec. 3.3) of the sampled CoTs
+            "reward/rollout_accuracy": micro["accuracy"].mean().item(),
+            "reward/rollout_format": micro["format"].mean().item(),
         }
         # accelerate divides each micro-batch's loss by the accumulation count; the official loss SUMS micro-batches
         # (the policy term is already a share of the mini-batch mean, and the BT term counts once per micro-batch).
@@ -305,6 +335,26 @@ class DualObjectiveTrainer(RewardModelTrainer):
             f"the accuracy or format reward and stage 2 would learn next to nothing; train stage 1 with "
             f"the CoT loss first (--lm-loss-weight > 0, docs/training.md), or pass --allow-unparsed-cots"
         )
+
+
+PER_VIDEO_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")
+"""Entries of a processed prompt batch with one row per video; pixel_values_videos holds each video's patches."""
+
+
+def expand_rows(batch: dict, rows: list[int]) -> dict:
+    """The processed batch of one row per video (`encode_prompts`) as the batch of sequences `rows` (row r is video
+    rows[r]'s), on the batch's device: exactly what encoding each sequence's video again would give (the padding
+    length is the longest video's either way), without running the processor or storing the copies."""
+    index = torch.tensor(rows, device=batch["input_ids"].device)
+    unknown = set(batch) - set(PER_VIDEO_KEYS) - {"pixel_values_videos"}
+    if unknown:
+        raise ValueError(f"expand_rows: the processed batch holds {sorted(unknown)}, which it does not know to repeat")
+    out = {key: batch[key].index_select(0, index) for key in PER_VIDEO_KEYS if key in batch}
+    if "pixel_values_videos" in batch:
+        patches = batch["video_grid_thw"].prod(-1).tolist()  # patches of each video, in order
+        chunks = batch["pixel_values_videos"].split(patches)
+        out["pixel_values_videos"] = torch.cat([chunks[i] for i in rows])
+    return out
 
 
 def stage2_geometry(config: TrainConfig, num_processes: int) -> tuple[int, int]:

@@ -5,12 +5,13 @@
     stage 2  stage2.DualObjectiveTrainer   dual-objective RL (Sec. 3.3)
     stage 3  distill.DistillationTrainer   a no-CoT student of a CoT teacher (Z-Reward's RISD, our reading)
 
-Each is a `base.RewardModelTrainer`; every flag is a field of `config.TrainConfig`.
+Each is a `base.RewardModelTrainer`, a method of the one run loop (`loop.RunLoop`, shared with post-training);
+every flag is a field of `config.TrainConfig`.
 """
 
 import logging
 
-from descore_plugin.training.base import RewardModelTrainer, merge_adapter, plot_rm_curves
+from descore_plugin.training.base import RewardModelTrainer, merge_adapter
 from descore_plugin.training.config import (
     RM_CHANGEABLE_ON_RESUME,
     STAGE_DEFAULTS,
@@ -37,7 +38,6 @@ __all__ = [
     "DualObjectiveTrainer",
     "DistillationTrainer",
     "merge_adapter",
-    "plot_rm_curves",
     "stage2_geometry",
     "RM_CHANGEABLE_ON_RESUME",
     "STAGE_DEFAULTS",
@@ -70,6 +70,6 @@ def run_training(config: TrainConfig, run_args: RewardModelRunArguments, name: s
     except FloatingPointError as error:
         logger.error("%s: %s", name, error)
         return 1
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))  # lr 2e-6 stays visible
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))  # train/lr 2e-6 shows
     logger.info("done: %s\nmodel: %s", summary, config.output_dir)
     return 0
