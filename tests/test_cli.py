@@ -486,8 +486,8 @@ def test_ctrl_c_on_training_names_the_last_checkpoint(world, tmp_path):
 
 # ----------------------------------------------------------------------- long work shows a progress bar, never a stall
 def test_every_evaluation_and_scoring_run_shows_a_progress_bar(world, tmp_path, capsys):
-    """The work that can take minutes on a CPU draws a tqdm bar on stderr, counted in videos: eval_rm.py, `descore
-    score --output` on a pair file, and a training run's final evaluation."""
+    """The work that can take minutes on a CPU draws a tqdm bar on stderr: eval_rm.py and `descore score --output` on
+    a pair file (in videos), `descore annotate` (in pairs), and a training run's final evaluation."""
     import importlib.util
 
     from descore_plugin.cli import main
@@ -507,6 +507,10 @@ def test_every_evaluation_and_scoring_run_shows_a_progress_bar(world, tmp_path, 
     assert main(["score", pairs, "--model", model, "--output", str(out), "--no-think", "--num-workers", "0"]) == 0
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "scoring: 100%" in err and "8/8" in err
+    annotated = str(tmp_path / "cots.jsonl")
+    assert main(["annotate", pairs, "--teacher", model, "--output", annotated, "--max-new-tokens", "4"]) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "annotating: 100%" in err and "4/4" in err  # a random tiny teacher: counted, none kept
     train_argv = [
         *("--stage", "1", "--model", model, "--train-data", pairs, "--eval-data", pairs),
         *("--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--gradient-accumulation-steps", "1"),
