@@ -5,10 +5,6 @@ run; torch's fully_shard itself runs on 2 CPU processes (gloo), which shards the
 a full fine-tuning step in recipes/bench_data.py."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +12,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_multi_gpu_env
+from helpers.run import offline_env, run_python, torchrun
 from torch.distributed.fsdp import CPUOffloadPolicy
 
 from descore_plugin import DeScoreReward
@@ -68,24 +65,8 @@ def test_frozen_reference_is_sharded_over_two_cpu_processes(tiny_dirs, tmp_path)
         video, (torch.rand(8, 3, 56, 56, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8), fps=8
     )
     args, _ = launch_args("fsdp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(WORKER),
-        str(tiny_dirs["qwen3_vl"]),
-        str(video),
-        str(tmp_path / "rank"),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    env = offline_env(**{**prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1"})  # 2 gloo processes on the CPU
+    done = run_python(torchrun(2, WORKER, tiny_dirs["qwen3_vl"], video, tmp_path / "rank"), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]
     model = DeScoreReward.from_pretrained(tiny_dirs["qwen3_vl"])

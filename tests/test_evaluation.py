@@ -3,12 +3,11 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers.run import run_python
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import Pair, load_pairs
@@ -168,10 +167,9 @@ def test_recipe_on_a_genai_bench_file_with_think(dataset, tiny_dirs, tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     out = tmp_path / "eval"
-    run = subprocess.run(
+    run = run_python(
         [
-            sys.executable,
-            str(ROOT / "recipes" / "eval_rm.py"),
+            ROOT / "recipes" / "eval_rm.py",
             str(genai),
             "--model",
             str(tiny_dirs["qwen2_5_vl"]),
@@ -181,10 +179,7 @@ def test_recipe_on_a_genai_bench_file_with_think(dataset, tiny_dirs, tmp_path):
             "4",
             "--batch-size",
             "2",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        ]
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "accuracy.json").read_text())
@@ -203,20 +198,16 @@ def test_recipe_on_a_genai_bench_file_with_think(dataset, tiny_dirs, tmp_path):
 def test_recipe_reports_a_bad_pair_file(tiny_dirs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"video_a": "a.mp4", "video_b": "b.mp4", "prompt": "x", "label": "C"}) + "\n")
-    run = subprocess.run(
+    run = run_python(
         [
-            sys.executable,
-            str(ROOT / "recipes" / "eval_rm.py"),
+            ROOT / "recipes" / "eval_rm.py",
             str(bad),
             "--model",
             str(tiny_dirs["qwen2_5_vl"]),
             "--output-dir",
             str(tmp_path / "eval"),
             "--no-think",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        ]
     )
     assert run.returncode == 2 and "bad.jsonl, line 1, field 'label'" in run.stderr
     assert not (tmp_path / "eval").exists()

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from helpers.run import accelerate_cpu, offline_env, run_python
 from safetensors.torch import load_file
 
 from descore_plugin.integrations import flow_dpo, wan
@@ -399,24 +399,8 @@ def test_accelerate_two_processes_keep_lora_identical(tiny_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(tiny_wan.TINY_CORPUS[:4]) + "\n")
     out = tmp_path / "ddp"
-    command = [
-        # torchrun launcher on the CPU; ACCELERATE_USE_CPU selects gloo DDP (accelerate's MULTI_CPU). The `--cpu`
-        # flag would instead go through mpirun, which needs a hostfile. The test helper records each process's
-        # weights after every optimiser step.
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
+    command = accelerate_cpu(  # 2 gloo processes; the test helper records each process's weights after every step
+        2,
         str(ROOT / "tests" / "ddp_checksums.py"),
         str(tmp_path / "checksums"),
         str(RECIPE),
@@ -444,9 +428,8 @@ def test_accelerate_two_processes_keep_lora_identical(tiny_dir, tmp_path):
         "2",
         "--eval-videos-per-prompt",
         "1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    )
+    result = run_python(command, cwd=tmp_path, env=offline_env(ACCELERATE_USE_CPU="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     checksums = {
         rank: [

@@ -3,14 +3,11 @@ tensors on the main process and hands them back to the shards on resume. Two CPU
 Qwen3-VL with fsdp.yaml's wrap policy (tests/full_state_worker.py) and train it next to an unsharded copy."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from accelerate.utils.launch import prepare_multi_gpu_env
+from helpers.run import offline_env, run_python, torchrun
 from safetensors.torch import load_file
 from test_accelerate_configs import launch_args
 
@@ -20,24 +17,9 @@ WORKER = Path(__file__).resolve().parent / "full_state_worker.py"
 
 
 def test_fsdp_checkpoint_holds_full_tensors_and_resumes_the_shards(tiny_dirs, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     args, _ = launch_args("fsdp")
-    env = {**os.environ, **prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(WORKER),
-        str(tiny_dirs["qwen3_vl"]),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    env = offline_env(**{**prepare_multi_gpu_env(args), "OMP_NUM_THREADS": "1"})  # 2 gloo processes on the CPU
+    done = run_python(torchrun(2, WORKER, tiny_dirs["qwen3_vl"], tmp_path), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(2)]
     for rank in ranks:

@@ -4,14 +4,12 @@ ratio 1, proofs of effect against an analytic reward, the recipe under `accelera
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from helpers.run import accelerate_cpu, offline_env, run_python
 
 from descore_plugin.integrations import grpo, wan
 from descore_plugin.integrations.flow_sde import (
@@ -540,29 +538,10 @@ def run_recipe(tiny_dir, tmp_path, algorithm, *extra, processes=1, output="out",
     ]
     if checksums is not None:  # the test helper records each process's weights after every optimiser step
         args = [str(ROOT / "tests" / "ddp_checksums.py"), str(checksums), *args]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     if processes == 1:
-        command = [sys.executable, *args]
+        result = run_python(args, timeout=300)
     else:  # torchrun launcher on the CPU: ACCELERATE_USE_CPU selects gloo DDP (accelerate's MULTI_CPU)
-        env["ACCELERATE_USE_CPU"] = "1"
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--num_cpu_threads_per_process",
-            "1",
-            *args,
-        ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        result = run_python(accelerate_cpu(processes, *args), env=offline_env(ACCELERATE_USE_CPU="1"), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / output
 
@@ -669,13 +648,7 @@ def test_recipe_flags_errors_and_help(tiny_dir, tmp_path):
     assert recipe.main([*base, "--algorithm", "longcat", "--sde-window", "0", "2"]) == 2  # one line, no traceback
     assert recipe.main([*base, "--reward", "descore:subject=2", "analytic:redness"]) == 2  # needs --reward-model
     assert not (tmp_path / "o").exists()  # refused before the run directory exists
-    result = subprocess.run(
-        [sys.executable, str(RECIPE), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    result = run_python([RECIPE, "--help"], timeout=120)
     flags = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")]
     assert len(flags) > 40 and "--critical_steps" in flags and "--tau" not in result.stdout
     blocks = result.stdout.split("\n  --")[1:]

@@ -1,12 +1,11 @@
 """The reward-model core on tiny real Qwen2.5-VL and Qwen3-VL models."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import BACKBONES, PROMPTS
+from helpers.run import run_python
 from safetensors.torch import load_file
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -320,7 +319,7 @@ def test_cli_init_tiny_and_score_json(tmp_path):
     write_video(tmp_path / "b.mp4", clip.flip(0), fps=8)
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "descore_plugin.cli", *args], capture_output=True, text=True)
+        return run_python(["-m", "descore_plugin.cli", *args])
 
     made = run("init-tiny", str(tmp_path / "m"), "--backbone", "qwen3_vl", "--prompt-template", 'Judge "{prompt}".')
     assert made.returncode == 0, made.stderr

@@ -3,13 +3,11 @@ resume equal to an uninterrupted run, and a proof of effect against an analytic 
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.run import accelerate_cpu, offline_env, run_python
 from safetensors.torch import load_file
 
 from descore_plugin.integrations import nft, wan
@@ -237,21 +235,8 @@ def test_nft_raises_the_reward_of_fresh_samples(tiny_dir, tmp_path):
 def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
     """accelerate launch with 2 gloo processes: the old adapter switches on the unwrapped model, gradients sync
     through DDP; both processes hold the same LoRA after every optimiser step, and it changes at each."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
+    command = accelerate_cpu(
+        2,
         str(ROOT / "tests" / "ddp_checksums.py"),
         str(tmp_path / "ck"),
         str(RECIPE),
@@ -270,9 +255,8 @@ def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
             "--learning-rate",
             "1e-2",
         ),
-    ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    )
+    result = run_python(command, env=offline_env(ACCELERATE_USE_CPU="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [
         [json.loads(line)["sha256"] for line in (tmp_path / "ck" / f"rank{r}.jsonl").read_text().splitlines()]
@@ -284,20 +268,11 @@ def test_two_processes_keep_identical_lora_weights(tiny_dir, tmp_path):
 
 def test_recipe_flags_and_one_line_errors(tiny_dir, tmp_path):
     base = argv(tiny_dir, tmp_path, "o", "--max-steps", "1")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    bad = subprocess.run(
-        [sys.executable, str(RECIPE), *base, "--decay-type", "3"], capture_output=True, text=True, env=env, timeout=300
-    )
+    bad = run_python([RECIPE, *base, "--decay-type", "3"], timeout=300)
     assert (
         bad.returncode == 2
         and bad.stderr.strip().splitlines()[-1] == "wan_nft.py: error: --decay-type must be 0, 1 or 2, got 3"
     )
-    both = subprocess.run(
-        [sys.executable, str(RECIPE), *base, "--check", "analytic:redness"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    both = run_python([RECIPE, *base, "--check", "analytic:redness"], timeout=300)
     assert both.returncode == 2 and "--check analytic:redness: also a trained --reward" in both.stderr
     assert not (tmp_path / "o").exists()  # refused before the run directory exists

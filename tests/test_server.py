@@ -10,8 +10,6 @@ import pickle
 import random
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +20,7 @@ import pytest
 import requests
 import torch
 from conftest import PROMPTS
+from helpers.run import free_port, offline_env, run_python, start_python
 
 from descore_plugin import DeScoreReward, RemoteReward
 from descore_plugin.data.video import VideoInputError, write_video
@@ -431,21 +430,16 @@ def test_graceful_shutdown_finishes_queued_requests(model):
 
 
 def test_cli_serves_the_tiny_model_and_refuses_open_binds():
-    command = [sys.executable, "-m", "descore_plugin.cli", "serve"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = ["-m", "descore_plugin.cli", "serve"]
+    env = offline_env()
     env.pop("DESCORE_MODEL", None)
     env.pop("DESCORE_API_KEY", None)
-    refused = subprocess.run(command + ["--host", "0.0.0.0"], capture_output=True, text=True, env=env, timeout=120)
+    refused = run_python(command + ["--host", "0.0.0.0"], env=env, timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--api-key" in refused.stderr
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # two replicas (one per listed device) behind the one port
-    process = subprocess.Popen(
-        command + ["--port", str(port), "--log-level", "warning", "--devices", "cpu,cpu"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    process = start_python(
+        command + ["--port", str(port), "--log-level", "warning", "--devices", "cpu,cpu"], env=env, stdout=None
     )
     try:
         deadline = time.monotonic() + 120
