@@ -560,3 +560,40 @@ def test_a_model_named_in_the_rows_is_read_like_model(tmp_path):
     page = report.write_report(source, tmp_path / "out2").read_text()
     assert "judge: org/some-hub-judge" in page and "40 videos it was evaluated on" not in page
     assert "folder is not at hand" in page
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_reward_model_run_page_reads_the_loop_vocabulary_and_old_flat_rows(tmp_path, flat):
+    """A recipes/train_rm.py run folder: held-out accuracy with its standard error (std / sqrt(num_items)), the
+    CoT parse rate flagged under half, the training curves; a run written before the vocabulary (flat names,
+    "final": 1) renders the same numbers."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_args.json").write_text(json.dumps({"stage": 1, "train_data": "t.jsonl", "eval_data": "e.jsonl"}))
+    if flat:
+        rows = [
+            {"step": 1, "loss": 0.7, "bt_loss": 0.7, "lr": 1e-3},
+            {"step": 2, "loss": 0.5, "bt_loss": 0.5, "lr": 1e-3},
+            {"step": 2, "eval_accuracy_without_ties": 0.75, "eval_cot_parse_rate": 0.25, "final": 1},
+        ]
+    else:
+        rows = [
+            {"kind": "train", "step": 1, "train/loss": 0.7, "train/lr": 1e-3, "time/step": 1.0},
+            {"kind": "train", "step": 2, "train/loss": 0.5, "train/lr": 1e-3, "time/step": 1.0},
+            {
+                "kind": "eval",
+                "step": 2,
+                "eval/accuracy_without_ties": 0.75,
+                "eval/accuracy_without_ties_std": 0.5,
+                "eval/num_items": 16.0,
+                "eval/cot_parse_rate": 0.25,
+            },
+        ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    loaded = report.load_run(run)
+    assert [r["step"] for r in loaded["evals"]] == [2] and len(loaded["train"]) == 2
+    assert report.training_curves(loaded)["train/loss"] == [(1, 0.7), (2, 0.5)]
+    html = report.write_report(run, tmp_path / "out").read_text()
+    assert "Reward-model run" in html and "Reward-hacking flags" not in html
+    assert ("0.750 ± 0.125" in html) is not flat  # 0.5 / sqrt(16); the flat rows logged no spread
+    assert "0.750" in html and "CoTs do not parse" in html and "25%" in html

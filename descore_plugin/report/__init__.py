@@ -65,7 +65,7 @@ from descore_plugin.report.inputs import (
     load_scored_set,
     training_curves,
 )
-from descore_plugin.report.run import run_page
+from descore_plugin.report.run import is_reward_model_run, reward_model_run_page, run_page
 from descore_plugin.report.scores import judge_warnings, prompt_ranks, scores_page
 
 __all__ = [
@@ -135,8 +135,12 @@ def write_report(
         page = evaluation_page(load_evaluation(path), media, path)
     else:
         run = load_run(path)
-        score_samples(run, missing_checks(run, checks), model=model, device=device, dtype=dtype, output_dir=output_dir)
-        page = run_page(run, hacking_flags(run, reward, checks, z=z, min_change=min_change), media, path)
+        if is_reward_model_run(run):  # recipes/train_rm.py: held-out accuracy, no samples to hack
+            page = reward_model_run_page(run, path)
+        else:
+            missing = missing_checks(run, checks)
+            score_samples(run, missing, model=model, device=device, dtype=dtype, output_dir=output_dir)
+            page = run_page(run, hacking_flags(run, reward, checks, z=z, min_change=min_change), media, path)
     index = output_dir / "index.html"
     tmp = output_dir / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")

@@ -18,7 +18,16 @@ from descore_plugin.report.flags import _clean
 from descore_plugin.report.html import Media, esc, fmt, page, svg_lines, tiles, video_tag
 from descore_plugin.report.inputs import DIMENSION_PREFIX, OVERALL, UNCERTAINTY, training_curves
 
-__all__ = ["run_page", "standard_errors", "axis_range", "change_in_se", "rolling", "MIN_SPAN_SE"]
+__all__ = [
+    "run_page",
+    "reward_model_run_page",
+    "is_reward_model_run",
+    "standard_errors",
+    "axis_range",
+    "change_in_se",
+    "rolling",
+    "MIN_SPAN_SE",
+]
 
 MIN_SPAN_SE = 6.0
 """An evaluated score's axis spans at least this many of its largest standard error: a wobble of +-1 SE never fills
@@ -287,6 +296,72 @@ def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
             body += "</table>"
         body += "</div>"
     return page("Post-training run", f"{source}" + (f" — {described}" if described else ""), body)
+
+
+def is_reward_model_run(run: dict) -> bool:
+    """A run of recipes/train_rm.py (its run_args.json names --stage and --train-data), or one whose evaluations are
+    held-out preference accuracies (eval/accuracy_...): no generated samples, no reward to hack."""
+    if "stage" in run["args"] and "train_data" in run["args"]:
+        return True
+    return any(key.startswith("eval/accuracy_") for row in run["evals"] for key in row)
+
+
+REWARD_MODEL_HEADLINE = "accuracy_without_ties"
+
+
+def reward_model_run_page(run: dict, source: Path) -> str:
+    """The page of a reward-model run: what it trained on what, the held-out accuracy at each evaluation (the
+    headline without ties, with its standard error where logged: eval/<name>_std / sqrt(eval/num_items)), the CoT
+    parse rate (flagged when under half), every evaluated slice and the training curves."""
+    args, evals = run["args"], run["evals"]
+    steps = [row["step"] for row in evals]
+    names = list(
+        dict.fromkeys(
+            key[len("eval/") :]
+            for row in evals
+            for key in row
+            if key.startswith("eval/") and not key.endswith("_std") and key != "eval/num_items"
+        )
+    )
+    names.sort(key=lambda name: (name != REWARD_MODEL_HEADLINE, name != "cot_parse_rate", name))
+    series = {name: [_number(row.get(f"eval/{name}")) for row in evals] for name in names}
+    errors = standard_errors(run, steps, series)
+    described = ", ".join(
+        f"{k.replace('_', ' ')} {args[k]}" for k in ("stage", "model", "max_steps", "learning_rate") if args.get(k)
+    )
+    items = [("training data", args.get("train_data") or "–"), ("held-out data", args.get("eval_data") or "–")]
+    body = ""
+    if names:
+        headline = names[0]
+        last, se = series[headline][-1], errors[headline][-1]
+        value = fmt(last, 3) + (f" ± {fmt(se, 3)}" if se else "")
+        items.append((f"held-out {headline.replace('_', ' ')} at step {steps[-1]}", value))
+        parse = series.get("cot_parse_rate")
+        if parse:
+            items.append(("CoTs that parse", f"{parse[-1]:.0%}", not parse[-1] >= 0.5))
+            if not parse[-1] >= 0.5:
+                body += (
+                    f'<div class="flag"><b>CoTs do not parse</b> — at step {steps[-1]} {parse[-1]:.0%} of the CoTs '
+                    "the model wrote for the held-out videos end in a readable &lt;answer&gt;: it has not learnt the "
+                    "answer format (stage 1 teaches it with --lm-loss-weight &gt; 0 and CoTs in the data).</div>"
+                )
+        charts = [
+            _score_chart(name.replace("_", " "), name, steps, series[name], errors[name], y_label="held-out pairs")
+            for name in names
+        ]
+        body += (
+            '<h2>Evaluation curves</h2><p class="muted">Held-out preference accuracy at each evaluation (the band ± 1 '
+            "standard error where logged); accuracies and rates keep their 0-1 scale; under each chart, the change "
+            'from the first evaluation in standard errors.</p><div class="charts" id="eval-curves">'
+            + "".join(charts)
+            + "</div>"
+        )
+    body = tiles(items) + body + _training_section(run)
+    return page("Reward-model run", f"{source}" + (f" — {described}" if described else ""), body)
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _mean(values):
