@@ -192,3 +192,40 @@ def test_curves_draw_evaluations_rewards_and_training_curves(tmp_path):
         {"kind": "eval", "step": 1, "eval/r": None, "eval/r_std": None, "eval/num_items": 4},
     ]
     assert write_curves(rows_, tmp_path / "c.png", ["train/loss", "train/absent"]).stat().st_size > 1000
+
+
+def test_hooks_of_the_reward_model_trainers(tmp_path):
+    """What the reward-model trainers use: start() before run(), checkpoint_every 0 (only the final checkpoint),
+    no evaluation at checkpoints (eval_every alone), per-process state files <name>-<rank>.pt read back on resume,
+    and a method's own checkpoint layout (write_checkpoint / read_checkpoint)."""
+
+    class Own(Regression):
+        evaluate_at_start = False
+        evaluate_at_checkpoints = False
+
+        def process_state(self):
+            return {"rollouts": {"drawn": len(self.calls)}}
+
+        def load_process_state(self, state):
+            self.restored = state
+
+        def write_checkpoint(self, directory, state):
+            torch.save(state, directory / "own.pt")
+
+        def read_checkpoint(self, directory):
+            self.load_state_dict(torch.load(directory / "own.pt", weights_only=False))
+
+    method = Own()
+    loop = RunLoop(method, LoopConfig(output_dir=str(tmp_path), max_steps=4, checkpoint_every=0, eval_every=2))
+    assert loop.start() is loop and method.loop is loop and loop.step == 0  # set up, nothing trained yet
+    result = loop.run()
+    assert [c for c in method.calls if c[0] == "eval"] == [("eval", 2), ("eval", 4)]
+    assert result.train["step"] == 4 and "train/loss" in result.train
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4"]
+    files = sorted(p.name for p in (tmp_path / "checkpoint-4").iterdir())
+    assert files == ["own.pt", "rollouts-0.pt", "run_state.json"]
+    resumed = Own()
+    loop = RunLoop(resumed, LoopConfig(output_dir=str(tmp_path), max_steps=5, checkpoint_every=0, resume=True))
+    loop.run()
+    assert loop.resumed and resumed.restored == {"rollouts": {"drawn": 5}}  # 4 steps and step 2's evaluation
+    assert resumed.calls[0] == ("train", 4)  # eval_every 0 now: step 4 is not due again, and it was evaluated

@@ -153,7 +153,16 @@ def test_stage1_trains_every_trainable_group(world, tmp_path):
     before = trainable_state(trainer)
     groups = {g["name"] for g in trainer.optimizer.param_groups}
     assert groups == {"head", "vision", "embeddings", "other"}
+    seen, evaluate = [], trainer.evaluate
+
+    def evaluate_after_the_publish(step=None):  # the final checkpoint and the model are on disk before it runs
+        out = tmp_path / "s1"
+        seen.append((step, (out / "checkpoint-2" / "model").is_dir(), (out / "adapter").is_dir()))
+        return evaluate(step)
+
+    trainer.evaluate = evaluate_after_the_publish
     logs = trainer.train()
+    assert seen == [(2, True, True)]  # no evaluation at the start, one at the end
     after = trainable_state(trainer)
     unchanged = [n for n in before if torch.equal(before[n], after[n])]
     assert unchanged == [], unchanged
@@ -211,8 +220,9 @@ def test_output_head_trains_only_where_a_loss_reads_the_logits(world, tmp_path, 
     assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.requires_grad
 
 
-def test_stage2_first_step_is_on_policy(world, tmp_path):
-    """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step."""
+def test_stage2_first_step_is_on_policy(world, tmp_path, capsys):
+    """With LoRA B = 0 the policy IS the reference: ratio exactly 1 and KL exactly 0 on the first step; sampling the
+    rollout batch shows a progress bar."""
     trainer = Trainer(
         make_config(
             world,
@@ -231,6 +241,7 @@ def test_stage2_first_step_is_on_policy(world, tmp_path):
     logs = trainer.train()
     assert logs["train/ratio"] == 1.0 and logs["train/kl"] == 0.0
     assert 0.0 <= logs["reward/rollout"] <= 1.0 and math.isfinite(logs["train/bt_loss"])
+    assert "rollout batch 0: sampling" in capsys.readouterr().err
     assert DeScoreReward.from_pretrained(tmp_path / "s2").config.lora_rank == 4
 
 
