@@ -13,9 +13,10 @@ recipes/train_rm.py (TrainConfig), with --student as another name of --model and
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from descore_plugin.training.trainer import TrainConfig, parse_train_args, run_training
+from descore_plugin.utils.args import help_field
 from descore_plugin.utils.errors import run_main
 
 
@@ -23,20 +24,12 @@ from descore_plugin.utils.errors import run_main
 class DistillConfig(TrainConfig):
     """TrainConfig with the distillation defaults."""
 
-    model: str = field(
-        default="",
-        metadata={
-            "help": "The student checkpoint to start from (also --student).",
-            "aliases": ["--student"],
-            "required": True,
-        },
+    model: str = help_field(
+        "The student checkpoint to start from (also --student).", required=True, aliases=["--student"]
     )
-    stage: int = field(default=3, metadata={"help": "3: distillation (the reason for this recipe).", "choices": [3]})
-    cot_mask_prob: float = field(
-        default=1.0,
-        metadata={
-            "help": "Unused in distillation (the student never sees a CoT); kept at 1 so that stage-1 tools agree."
-        },
+    stage: int = help_field("3: distillation (the reason for this recipe).", 3, choices=[3])
+    cot_mask_prob: float = help_field(
+        "Unused in distillation (the student never sees a CoT); kept at 1 so that stage-1 tools agree.", 1.0
     )
 
 
