@@ -17,7 +17,6 @@ from descore_plugin.testing.synthetic import Clip, Scene, WorldConfig, make_clip
 
 GENERATOR_WORLD = WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)
 """The world recipes/world_wan draws (descore_plugin/testing/world_wan.py: 9 frames of 32x32, a 10 px shape)."""
-ATTRIBUTES = ("colour", "shape", "direction", "motion", "background", "second_background", "light", "camera")
 
 
 def random_clips(count: int, seed: int, world: WorldConfig, defect_rate: float = 0.35) -> list[Clip]:
@@ -67,24 +66,6 @@ def low_resolution(videos: np.ndarray, factor: int = 2) -> np.ndarray:
     return y.reshape(n, t, c, h, w).clamp(0, 255).round().to(torch.uint8).numpy()
 
 
-def recovery(clips, videos, world) -> dict:
-    """Per attribute, the share of clips read right (over the clips where the pixels can tell it), and the share of
-    clips with every such attribute right."""
-    readings = world_truth.read_videos(videos, world)
-    right = {name: [] for name in ATTRIBUTES}
-    every = []
-    for clip, reading in zip(clips, readings):
-        expected = world_truth.expected_reading(clip, world)
-        ok = True
-        for name in ATTRIBUTES:
-            if name in expected["unobservable"]:
-                continue
-            right[name].append(getattr(reading, name) == expected[name])
-            ok &= right[name][-1]
-        every.append(ok)
-    return {"every": float(np.mean(every)), **{name: float(np.mean(values)) for name, values in right.items()}}
-
-
 @pytest.mark.parametrize(
     "world,variants",
     [
@@ -105,9 +86,9 @@ def test_recovers_every_attribute_of_rendered_clips(world, variants):
     unobservable = sum(bool(world_truth.expected_reading(clip, world)["unobservable"]) for clip in clips)
     assert unobservable < 0.35 * len(clips)  # the validation is not hollowed out by what it excuses
     for variant in variants:
-        figures = recovery(clips, degrade[variant](videos), world)
+        figures = world_truth.recovery(clips, degrade[variant](videos), world)
         assert figures["every"] >= 0.95, (variant, figures)
-        for name in ATTRIBUTES:
+        for name in world_truth.ATTRIBUTES:
             assert figures[name] >= 0.95, (variant, name, figures)
 
 
@@ -241,5 +222,5 @@ def test_recovers_the_attributes_through_the_shipped_vae():
             [vae.decode(vae.encode(pixels[i : i + 16]).latent_dist.mode()).sample for i in range(0, len(pixels), 16)]
         )
     reconstructions = decoded.permute(0, 2, 1, 3, 4).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    figures = recovery(clips, reconstructions, GENERATOR_WORLD)
+    figures = world_truth.recovery(clips, reconstructions, GENERATOR_WORLD)
     assert figures["every"] >= 0.95, figures

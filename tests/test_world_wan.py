@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from descore_plugin.testing import world_vae as wv
 from descore_plugin.testing import world_wan as ww
-from descore_plugin.testing.synthetic import Clip, render_clips
+from descore_plugin.testing.synthetic import render_clips
 
 SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "world_wan"
 
@@ -69,23 +70,12 @@ def test_caption_noise_shares_are_exact():
         ww.CaptionNoise(wrong_colour=0.8, wrong_shape=0.3).check()
 
 
-def test_attribute_probe_reads_rendered_clips():
-    scenes = ww.all_scenes()
-    clips = [
-        Clip(scene, scene.colour, scene.shape, "smooth", "steady", scene.background, None, light, seed=i)
-        for i, (scene, light) in enumerate(zip(scenes[::3], ["steady", "flicker"] * 30))
-    ]
-    reads = [ww.read_attributes(frames) for frames in render_clips(clips, ww.WORLD)]
-    truth = [ww.clip_attributes(clip) for clip in clips]
-    assert ww.attribute_agreement(reads, truth)["all"] == 1.0
-
-
 def test_vae_forward_is_the_chunked_vae():
     """Two calls (first frame, the rest) give what diffusers' chunked encode / decode give."""
-    vae = ww.build_vae(ww.VaeConfig(base_dim=4), seed=0).eval()
+    vae = wv.build_vae(wv.VaeConfig(base_dim=4), seed=0).eval()
     pixels = torch.rand(2, 3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        reconstruction, mu, _ = ww.vae_forward(vae, pixels, sample=False)
+        reconstruction, mu, _ = wv.vae_forward(vae, pixels, sample=False)
         expected_mu = vae.encode(pixels).latent_dist.mode()
         expected = vae.decode(expected_mu).sample
     assert mu.shape == (2, 16, 5, 16, 16)
@@ -94,10 +84,10 @@ def test_vae_forward_is_the_chunked_vae():
 
 
 def _tiny_vae_run(tmp_path, name, stop_after=None, resume=False):
-    frames = render_clips(ww.sample_vae_clips(12, seed=0), ww.WORLD)
-    vae = ww.build_vae(ww.VaeConfig(base_dim=4), seed=0)
-    config = ww.VaeTrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=2)
-    history = ww.train_vae(
+    frames = render_clips(wv.sample_vae_clips(12, seed=0), ww.WORLD)
+    vae = wv.build_vae(wv.VaeConfig(base_dim=4), seed=0)
+    config = wv.VaeTrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=2)
+    history = wv.train_vae(
         vae,
         frames[:8],
         frames[8:],
@@ -135,7 +125,7 @@ def _tiny_generator_run(tmp_path, name, stop_after=None, resume=False):
     pipe = ww.build_pipeline(
         tokenizer,
         ww.build_text_encoder(tokenizer, config),
-        ww.build_vae(ww.VaeConfig(base_dim=4)),
+        wv.build_vae(wv.VaeConfig(base_dim=4)),
         ww.build_transformer(config),
         ww.build_scheduler(config),
     )

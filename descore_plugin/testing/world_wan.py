@@ -6,17 +6,14 @@ loads. What is this project's choice, and why:
 
 - The world is smaller than the judge's default one (`WORLD`: 9 frames of 32x32, a 10 px shape moving 2 px per
   frame): a Wan-valid size (4k + 1 frames, sides multiples of 16) that two CPU cores can train on.
-- The VAE is a shallower configuration of the real `AutoencoderKLWan` (`VaeConfig`): two levels, whose one
-  downsample halves space and time (9x32x32 frames -> 5x16x16 latents), base_dim 16, one residual block per level,
-  and the 16 latent channels the pipeline's `latents_mean` / `latents_std` expect. Wan-2.1's (8x space, 4x time,
-  base_dim 96) took 17-28 s per training step here and never got past a blurry background; three levels (4x space)
-  learnt about half as fast per step as two; a VAE without temporal compression does not fit `WanPipeline`, which
-  rounds num_frames to (a multiple of the temporal factor) + 1.
+- The VAE (`world_vae.py`) is a shallower configuration of the real `AutoencoderKLWan`: one downsample that halves
+  space and time (9x32x32 frames -> 5x16x16 latents), base_dim 16, one residual block per level, and the 16 latent
+  channels the pipeline's `latents_mean` / `latents_std` expect. Wan-2.1's (8x space, 4x time, base_dim 96) took
+  17-28 s per training step here and never got past a blurry background; a VAE without temporal compression would
+  learn faster but does not fit `WanPipeline`, which rounds num_frames to (a multiple of the temporal factor) + 1
+  (with a factor of 1 it asks for one frame more than requested).
 - The transformer reads the 16x16 latents in 4x4 patches (Wan-2.1: 2x2 over 8x-compressed latents, i.e. 16x16
   pixels per token, here 8x8 pixels): 80 tokens per clip.
-- Training runs the VAE's encoder and decoder in two calls each (`vae_forward`: the first frame, then the rest)
-  instead of diffusers' one call per chunk; the causal convolutions' feature caches make it the same function
-  (checked by `tests/test_world_wan.py`) in fewer, larger calls.
 - The text vocabulary has one token per world word (`world_tokenizer`), so a prompt is 9 tokens + `</s>`.
 - The generator is imperfect on purpose: its pre-training captions are web-like noisy (`CaptionNoise`: a share of
   clips whose colour, shape, motion or background departs from the caption, flicker, grain and shake), so its samples
@@ -47,15 +44,6 @@ __all__ = [
     "CaptionNoise",
     "NoisyClip",
     "sample_noisy_clips",
-    "sample_vae_clips",
-    "VaeConfig",
-    "build_vae",
-    "vae_forward",
-    "VaeTrainConfig",
-    "vae_loss",
-    "psnr",
-    "set_latent_statistics",
-    "encode_clips",
     "GeneratorConfig",
     "build_text_encoder",
     "build_transformer",
@@ -64,8 +52,9 @@ __all__ = [
     "encode_prompts",
     "flow_matching_loss",
     "sample_shifted_t",
-    "read_attributes",
-    "attribute_agreement",
+    "train_generator",
+    "generate_clips",
+    "prompt_fidelity",
 ]
 
 WORLD = WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)
@@ -260,317 +249,6 @@ def sample_noisy_clips(
     return examples
 
 
-def sample_vae_clips(count: int, seed: int = 0, world: WorldConfig = WORLD) -> list[Clip]:
-    """Clips covering everything the VAE must reconstruct: every scene, and each defect (wrong colour / shape,
-    stutter, jump, reverse, shake, half background, grain, flicker) in about a third of the clips."""
-    rng = np.random.default_rng(seed)
-    scenes = all_scenes(world)
-    clips = []
-    for _ in range(count):
-        scene = scenes[int(rng.integers(len(scenes)))]
-        motion = ["smooth", "smooth", "stutter", "jump", "reverse"][int(rng.integers(5))]
-        camera = ["steady", "steady", "slight shake", "shake"][int(rng.integers(4))]
-        light = ["steady", "steady", "noise", "flicker"][int(rng.integers(4))]
-        second = _other(world.backgrounds, scene.background, rng) if rng.random() < 0.15 else None
-        clips.append(
-            Clip(
-                scene,
-                scene.colour,
-                scene.shape,
-                motion,
-                camera,
-                scene.background,
-                second,
-                light,
-                int(rng.integers(2**31)),
-            )
-        )
-    return clips
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# VAE
-
-
-@dataclass
-class VaeConfig:
-    """The shallow real `AutoencoderKLWan` configuration (see the module docstring for why it is shallow)."""
-
-    base_dim: int = _help("AutoencoderKLWan base_dim (channels of the first level; Wan-2.1: 96)", 16)
-    dim_mult: list[int] = _help(
-        "channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)", [1, 2]
-    )
-    temperal_downsample: list[bool] = _help(
-        "which downsamples also halve time (diffusers' spelling; Wan-2.1: false true true)", [True], check=_bool_text
-    )
-    num_res_blocks: int = _help("residual blocks per level (Wan-2.1: 2)", 1)
-    z_dim: int = _help("latent channels (16, as the pipeline's latents_mean / latents_std)", 16)
-    initial_logvar: float = _help(
-        "the posterior log-variance the VAE starts from (quant_conv's log-variance "
-        "outputs start constant: weights 0, this bias); -18 (std 1e-4) lets the decoder "
-        "see the posterior mean from the first step, where a random start (std ~1) "
-        "drowned it: PSNR 17 dB and no shape after 250 steps",
-        -18.0,
-    )
-
-    def build_kwargs(self) -> dict:
-        levels = len(self.dim_mult) - 1
-        if len(self.temperal_downsample) != levels:
-            raise ValueError(
-                f"VaeConfig: temperal_downsample {self.temperal_downsample} needs one entry per "
-                f"downsample ({levels} for dim_mult {self.dim_mult})"
-            )
-        return dict(
-            base_dim=self.base_dim,
-            z_dim=self.z_dim,
-            dim_mult=list(self.dim_mult),
-            num_res_blocks=self.num_res_blocks,
-            attn_scales=[],
-            temperal_downsample=[bool(flag) for flag in self.temperal_downsample],
-            scale_factor_temporal=2 ** sum(bool(flag) for flag in self.temperal_downsample),
-            scale_factor_spatial=2**levels,
-        )
-
-
-def build_vae(config: VaeConfig | None = None, seed: int = 0):
-    from diffusers import AutoencoderKLWan
-
-    config = config or VaeConfig()
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**config.build_kwargs())
-    with torch.no_grad():  # quant_conv's outputs are (mu, logvar): start logvar constant
-        vae.quant_conv.weight[config.z_dim :].zero_()
-        vae.quant_conv.bias[config.z_dim :].fill_(config.initial_logvar)
-    return vae
-
-
-def vae_forward(vae, pixels: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True):
-    """Encode and decode (B, 3, F, H, W) pixels in [-1, 1], differentiably. Returns (reconstruction unclamped,
-    mu, logvar).
-
-    The same function as `vae.encode` / `vae.decode` (the feature caches of the causal convolutions carry the
-    previous frames across calls exactly as in diffusers' chunked loops), in two calls each instead of one per
-    chunk: the first frame, then all the others (diffusers encodes chunks of 4 frames and decodes one latent frame
-    at a time; any chunk whose length is a multiple of the temporal factor gives the same result).
-    """
-    encoder_cache = [None] * vae._cached_conv_counts["encoder"]
-    first = vae.encoder(pixels[:, :, :1], feat_cache=encoder_cache, feat_idx=[0])
-    parts = [first]
-    if pixels.shape[2] > 1:
-        parts.append(vae.encoder(pixels[:, :, 1:], feat_cache=encoder_cache, feat_idx=[0]))
-    moments = vae.quant_conv(torch.cat(parts, dim=2))
-    mu, logvar = moments.chunk(2, dim=1)
-    logvar = logvar.clamp(-30.0, 20.0)  # as DiagonalGaussianDistribution
-    z = mu
-    if sample:
-        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
-        z = mu + torch.exp(0.5 * logvar) * noise
-    x = vae.post_quant_conv(z)
-    decoder_cache = [None] * vae._cached_conv_counts["decoder"]
-    out = [vae.decoder(x[:, :, :1], feat_cache=decoder_cache, feat_idx=[0], first_chunk=True)]
-    if x.shape[2] > 1:
-        out.append(vae.decoder(x[:, :, 1:], feat_cache=decoder_cache, feat_idx=[0]))
-    return torch.cat(out, dim=2), mu, logvar
-
-
-@dataclass
-class VaeTrainConfig:
-    steps: int = _help("VAE optimiser steps", 800)
-    batch_size: int = _help("clips per VAE step (> 1: torch's batch-1 Conv3d falls back to a slow kernel)", 4)
-    learning_rate: float = _help("AdamW learning rate of the VAE (constant after a linear warm-up)", 1e-3)
-    warmup_steps: int = _help("linear warm-up steps of the VAE learning rate", 50)
-    grad_clip: float = _help("gradient-norm clipping of the VAE", 1.0)
-    kl_weight: float = _help("weight of the KL term (per latent element, against a per-pixel reconstruction)", 1e-6)
-    object_weight: float = _help(
-        "extra loss weight of the pixels that depart from their row's background (the shape)", 4.0
-    )
-    train_clips: int = _help("rendered clips the VAE trains on (uint8 in memory)", 3000)
-    validation_clips: int = _help("clips that select the kept VAE (best validation PSNR)", 64)
-    eval_every: int = _help("validate the VAE (and save its state) every N steps", 50)
-
-
-def object_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """(B, 1, F, H, W) per-pixel loss weights: 1 + object_weight where a pixel departs from its row's median (the
-    shape, about a tenth of the frame, which a plain pixel loss lets the VAE blur into the background)."""
-    median = pixels.median(dim=-1, keepdim=True).values  # (B, 3, F, H, 1): the background of each row
-    far = (pixels - median).abs().sum(dim=1, keepdim=True) > 0.6  # 0.6 of [-1, 1] = about 75 uint8 levels
-    return 1.0 + object_weight * far.float()
-
-
-def vae_loss(vae, pixels: torch.Tensor, config: VaeTrainConfig, generator=None):
-    """Weighted L1 + MSE reconstruction of a posterior sample (`object_weights`, means over pixels) + kl_weight x
-    the mean KL to N(0, I) per latent element."""
-    reconstruction, mu, logvar = vae_forward(vae, pixels, generator=generator)
-    weights = object_weights(pixels, config.object_weight) if config.object_weight else torch.ones_like(pixels[:, :1])
-    error = reconstruction - pixels
-    l1 = (error.abs() * weights).mean()
-    mse = (error.pow(2) * weights).mean()
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    return l1 + mse + config.kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
-
-
-def to_pixels(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) -> float (B, 3, T, H, W) in [-1, 1], the VAE's input layout."""
-    frames = torch.as_tensor(frames)
-    return frames.permute(0, 2, 1, 3, 4).float().div(127.5).sub(1.0)
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """float (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, 3, H, W)."""
-    frames = ((pixels.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return frames.permute(0, 2, 1, 3, 4).contiguous().numpy()
-
-
-def psnr(original: np.ndarray, reconstruction: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB over all uint8 values (peak 255)."""
-    mse = np.mean((original.astype(np.float64) - reconstruction.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
-
-
-@torch.no_grad()
-def reconstruct(vae, frames: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """uint8 clips (B, T, 3, H, W) through the VAE (posterior mode), back as uint8."""
-    out = []
-    for start in range(0, len(frames), batch_size):
-        reconstruction, _, _ = vae_forward(vae, to_pixels(frames[start : start + batch_size]), sample=False)
-        out.append(to_uint8(reconstruction))
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def encode_clips(vae, frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-    """Posterior means (B, z, F, h, w) of uint8 clips, un-normalised."""
-    out = []
-    for start in range(0, len(frames), batch_size):
-        _, mu, _ = vae_forward(vae, to_pixels(frames[start : start + batch_size]), sample=False)
-        out.append(mu)
-    return torch.cat(out)
-
-
-def set_latent_statistics(vae, latents: torch.Tensor) -> tuple[list, list]:
-    """Write the per-channel mean and std of un-normalised latents (B, z, F, h, w) into the VAE config, where
-    WanPipeline reads them to normalise: (z - latents_mean) / latents_std is what the transformer sees."""
-    mean = latents.transpose(0, 1).flatten(1).mean(dim=1)
-    std = latents.transpose(0, 1).flatten(1).std(dim=1).clamp(min=1e-4)
-    mean_list, std_list = [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
-    vae.register_to_config(latents_mean=mean_list, latents_std=std_list)
-    return mean_list, std_list
-
-
-def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape)
-    std = torch.tensor(vae.config.latents_std).view(shape)
-    return (latents - mean) / std
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# A simple attribute probe (colour, shape, direction, background, flicker, shake), read from pixels
-
-
-_COLOUR_TABLE = np.array([COLOURS[name] for name in COLOURS], dtype=np.float32)
-_BACKGROUND_TOPS = np.array([BACKGROUNDS[name][0] for name in BACKGROUNDS], dtype=np.float32)
-_BACKGROUND_BOTTOMS = np.array([BACKGROUNDS[name][1] for name in BACKGROUNDS], dtype=np.float32)
-
-
-def _background_rows(name: str, height: int) -> np.ndarray:
-    top, bottom = (np.asarray(colour, dtype=np.float32) for colour in BACKGROUNDS[name])
-    return top + np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None] * (bottom - top)  # (H, 3)
-
-
-def read_attributes(frames: np.ndarray) -> dict:
-    """What one uint8 clip (T, 3, H, W) shows, read from its pixels: colour, shape, direction ("right" / "left" /
-    "up" / "down" / "none"), background, flicker (bool), shake (bool).
-
-    A probe of this world's palette for checking a VAE (the reading of a reconstruction must agree with the reading
-    of its original), not the world-truth measure: the light level of each frame is its median pixel, the
-    background the world background most pixels are close to, the shape the pixels far from every background.
-    """
-    video = frames.astype(np.float32).transpose(0, 2, 3, 1)  # (T, H, W, 3)
-    count, height = video.shape[:2]
-    level = np.median(video.reshape(count, -1), axis=1)  # (T,) flicker alternates it by 45-80 levels
-    steps = np.diff(level)
-    flicker = bool(len(steps) > 1 and np.median(np.abs(steps)) > 30.0 and np.mean(steps[1:] * steps[:-1] < 0) > 0.7)
-    steady = np.median((level[1:] + level[:-1]) / 2) if flicker else np.median(level)  # offsets alternate in sign
-    video = video - (level - steady)[:, None, None, None]
-    candidates = np.stack([_background_rows(name, height) for name in BACKGROUNDS])  # (4, H, 3)
-    distance = np.abs(video[None] - candidates[:, None, :, None, :]).sum(axis=4)  # (4, T, H, W)
-    background_name = list(BACKGROUNDS)[int(np.argmax((distance < 60.0).sum(axis=(1, 2, 3))))]
-    mask = distance.min(axis=0) > 90.0  # (T, H, W): far from every background
-    padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
-    neighbours = padded[:, :-2, 1:-1].astype(int) + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
-    mask &= neighbours >= 2  # drop isolated noise pixels
-    colours, centres, fills = [], [], []
-    for index in range(count):
-        ys, xs = np.nonzero(mask[index])
-        if len(ys) < 8:
-            continue
-        colours.append(video[index][mask[index]].mean(axis=0))
-        centres.append((index, ys.mean(), xs.mean()))
-        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-        fills.append(len(ys) / box)
-    if len(colours) < 2:
-        return {
-            "colour": "none",
-            "shape": "none",
-            "direction": "none",
-            "background": background_name,
-            "flicker": flicker,
-            "shake": False,
-        }
-    mean_colour = np.median(colours, axis=0)
-    colour = list(COLOURS)[int(np.argmin(np.abs(_COLOUR_TABLE - mean_colour).sum(axis=1)))]
-    shape = "square" if np.median(fills) > 0.89 else "circle"  # a disc fills about pi/4 of its box
-    centres = np.array(centres, dtype=np.float64)
-    slope_y, slope_x = (np.polyfit(centres[:, 0], centres[:, axis], 1)[0] for axis in (1, 2))
-    travel_y, travel_x = slope_y * (count - 1), slope_x * (count - 1)
-    direction = "none"
-    if max(abs(travel_y), abs(travel_x)) >= 6.0:
-        vertical = abs(travel_y) > abs(travel_x)
-        direction = ("down" if travel_y > 0 else "up") if vertical else ("right" if travel_x > 0 else "left")
-    # Camera shake moves the shape across its motion too; the motion (even in stutters) does not.
-    across = centres[:, 2] if abs(travel_y) > abs(travel_x) else centres[:, 1]
-    shake = bool(np.mean(np.abs(np.diff(across))) > 3.0)
-    return {
-        "colour": colour,
-        "shape": shape,
-        "direction": direction,
-        "background": background_name,
-        "flicker": flicker,
-        "shake": shake,
-    }
-
-
-def clip_attributes(clip: Clip) -> dict:
-    """The attributes `read_attributes` should read from a rendered clip, from its truth."""
-    direction = {
-        "smooth": clip.scene.direction,
-        "stutter": clip.scene.direction,
-        "reverse": {"right": "left", "left": "right", "up": "down", "down": "up"}[clip.scene.direction],
-        "jump": None,
-    }[clip.motion]
-    return {
-        "colour": clip.colour,
-        "shape": clip.shape,
-        "direction": direction,
-        "background": clip.background if clip.second_background is None else None,
-        "flicker": clip.light == "flicker",
-        "shake": None if clip.camera == "slight shake" or clip.motion == "jump" else clip.camera == "shake",
-    }
-
-
-def attribute_agreement(first: list[dict], second: list[dict]) -> dict:
-    """Per attribute, the share of clips whose two readings agree (None in `second` = not checked), and "all"."""
-    names = ["colour", "shape", "direction", "background", "flicker", "shake"]
-    result, every = {}, np.ones(len(first), dtype=bool)
-    for name in names:
-        same = np.array([b[name] is None or a[name] == b[name] for a, b in zip(first, second)])
-        result[name] = float(same.mean())
-        every &= same
-    result["all"] = float(every.mean())
-    return result
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Resumable training loops (shared by the VAE and the generator phases)
 
@@ -589,90 +267,6 @@ def _load_state(path: Path) -> dict | None:
 
 def _warmup_lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
-
-
-def train_vae(
-    vae,
-    train_frames: np.ndarray,
-    validation_frames: np.ndarray,
-    config: VaeTrainConfig,
-    state_dir: str | Path,
-    seed: int = 0,
-    resume: bool = False,
-    stop_after: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train `vae` on uint8 clips (N, T, 3, H, W); keep the weights of the best validation PSNR (loaded into `vae`
-    at the end). Batch i and its posterior noise depend only on (seed, i), and the state (weights, optimiser, best
-    weights, history) is saved atomically to `state_dir` every `eval_every` steps, so a resumed run equals an
-    uninterrupted one. `stop_after`: stop (with the state saved) after that many steps of this call (tests).
-    Returns the history {"step": [...], "psnr": [...], "best_step", "best_psnr", "seconds"}."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    state_dir = Path(state_dir)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    history = {"step": [], "psnr": [], "loss": [], "best_step": 0, "best_psnr": -1.0, "seconds": 0.0}
-    best_state, start = None, 0
-    state = _load_state(state_dir) if resume else None
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best_state, start = state["history"], state["best"], state["step"]
-        logger.info("VAE: resumed at step %d (best PSNR %.2f dB)", start, history["best_psnr"])
-    vae.train()
-    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
-    began, losses = time.time(), []
-    bar = tqdm(range(start, end), desc="VAE", disable=not progress, initial=start, total=config.steps)
-    for step in bar:
-        rng = np.random.default_rng([seed, step])
-        batch = to_pixels(train_frames[rng.choice(len(train_frames), config.batch_size, replace=False)])
-        for group in optimizer.param_groups:
-            group["lr"] = _warmup_lr(step, config.learning_rate, config.warmup_steps)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        loss, parts = vae_loss(vae, batch, config, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        done = step + 1
-        if done % config.eval_every == 0 or done == end:
-            vae.eval()
-            value = psnr(validation_frames, reconstruct(vae, validation_frames))
-            vae.train()
-            history["step"].append(done)
-            history["psnr"].append(round(value, 3))
-            history["loss"].append(round(float(np.mean(losses)), 5))
-            losses = []
-            if value > history["best_psnr"]:
-                history["best_psnr"], history["best_step"] = round(value, 3), done
-                best_state = {name: tensor.detach().clone() for name, tensor in vae.state_dict().items()}
-            history["seconds"] = round(history["seconds"] + time.time() - began, 1)
-            began = time.time()
-            bar.set_postfix(psnr=f"{value:.2f}", best=f"{history['best_psnr']:.2f}")
-            logger.info(
-                "VAE step %d: validation PSNR %.2f dB (best %.2f at %d)",
-                done,
-                value,
-                history["best_psnr"],
-                history["best_step"],
-            )
-            _save_state(
-                state_dir,
-                {
-                    "model": vae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                    "best": best_state,
-                    "step": done,
-                },
-            )
-    if best_state is not None and end == config.steps:
-        vae.load_state_dict(best_state)
-    vae.eval()
-    return history
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -916,20 +510,12 @@ def generate_clips(
 
 
 def prompt_fidelity(frames: np.ndarray, scenes: list[Scene]) -> dict:
-    """Shares of clips showing the asked colour, direction, shape and background (by `read_attributes`)."""
-    reads = [read_attributes(clip) for clip in frames]
-    result = {}
-    for name in ("colour", "direction", "shape", "background"):
-        result[name] = float(np.mean([read[name] == getattr(scene, name) for read, scene in zip(reads, scenes)]))
-    result["colour_and_direction"] = float(
-        np.mean(
-            [
-                read["colour"] == scene.colour and read["direction"] == scene.direction
-                for read, scene in zip(reads, scenes)
-            ]
-        )
-    )
-    return result
+    """The world-truth columns (`evaluation.world_truth.vbench_columns`: subject, colour, dynamics, direction,
+    background, ..., all_as_asked) of generated clips against the scenes their prompts asked for, as fractions."""
+    from descore_plugin.evaluation import world_truth
+
+    columns = world_truth.vbench_columns(frames, [scene.prompt for scene in scenes], WORLD)
+    return {name: round(value["mean"], 4) for name, value in columns.items() if name != "num_videos"}
 
 
 def write_model_card(record: dict, generation: dict) -> str:
@@ -937,7 +523,7 @@ def write_model_card(record: dict, generation: dict) -> str:
     vae, gen = record["vae"], record["generator"]
     settings = record["settings"]
     fidelity = gen.get("held_out_fidelity", {})
-    agreement = vae.get("attribute_agreement", {})
+    agreement = vae.get("recovery", {})
     noise = settings["caption_noise"]
     lines = [
         "# world_wan: a tiny Wan-2.1 that draws the synthetic world, imperfectly",
@@ -968,7 +554,7 @@ def write_model_card(record: dict, generation: dict) -> str:
         f"{2 ** (len(settings['vae']['dim_mult']) - 1)}, temporal factor "
         f"{2 ** sum(bool(v) for v in settings['vae']['temperal_downsample'])}), z_dim 16, {vae.get('parameters')} "
         f"parameters; a shallower configuration than Wan-2.1's (8x space, 4x time), which did not train on two "
-        f"CPU cores. {settings['vae_train']['steps']} steps of {settings['vae_train']['batch_size']} clips, AdamW lr "
+        f"CPU cores (`descore_plugin/testing/world_vae.py`). {settings['vae_train']['steps']} steps of {settings['vae_train']['batch_size']} clips, AdamW lr "
         f"{settings['vae_train']['learning_rate']}, weighted L1 + MSE + KL {settings['vae_train']['kl_weight']}; "
         f"the checkpoint of the best validation PSNR is kept (step {vae['history'].get('best_step')}). "
         f"`latents_mean` / `latents_std` are measured on its training latents.",
@@ -989,8 +575,9 @@ def write_model_card(record: dict, generation: dict) -> str:
         "",
         "## Measured",
         "",
-        f"- VAE reconstructions: validation PSNR {vae.get('validation_psnr')} dB; attributes read back the same as "
-        f"from the original clips (a pixel probe, `world_wan.read_attributes`): "
+        f"- VAE reconstructions of {vae.get('recovery_clips', 64)} rendered clips with known defects: validation "
+        f"PSNR {vae.get('validation_psnr')} dB; share of clips whose every attribute the world-truth measure still "
+        f"reads right (`world_truth.recovery`): "
         + ", ".join(f"{name} {value:.2f}" for name, value in agreement.items())
         + ".",
         f"- Generator on held-out prompts ({settings['recipe']['final_eval_samples']} samples, "
@@ -1003,7 +590,7 @@ def write_model_card(record: dict, generation: dict) -> str:
         "## Targets",
         "",
         f"- VAE: every attribute kept in >= 0.95 of reconstructions: "
-        f"{'met' if agreement.get('all', 0) >= 0.95 else 'MISSED'} ({agreement.get('all', 0):.2f}).",
+        f"{'met' if agreement.get('every', 0) >= 0.95 else 'MISSED'} ({agreement.get('every', 0):.2f}).",
         f"- Generator: the asked colour in 30-85% of held-out samples: "
         f"{'met' if 0.3 <= fidelity.get('colour', 0) <= 0.85 else 'MISSED'} ({fidelity.get('colour', 0):.2f}); "
         f"the asked direction in 30-85%: "
