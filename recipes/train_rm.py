@@ -7,6 +7,8 @@ Every flag is a field of `descore_plugin.training.config.TrainConfig` (--help li
 --stage picks the trainer (descore_plugin.training.trainer.TRAINERS: stage1, stage2, distill).
 The final model is written to --output-dir itself (DeScoreReward.from_pretrained(DIR) loads it); checkpoints go to
 --output-dir/checkpoint-N; --resume continues exactly from the newest one, --overwrite starts the run again.
+The run loop is the one post-training uses (descore_plugin.training.loop): metrics.jsonl (train/..., reward/...,
+eval/..., time/...: docs/training.md, "Logged metrics") and curves.png; `descore report OUT --output-dir PAGE` draws it.
 """
 
 import sys

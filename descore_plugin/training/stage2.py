@@ -163,23 +163,23 @@ class DualObjectiveTrainer(RewardModelTrainer):
         per_batch = self.steps_per_rollout * self.accumulation
         micros = []
         model.eval()
-        bar = tqdm(  # sampling a rollout batch is the long part of stage 2: it shows, one micro-batch at a time
-            total=per_batch,
-            desc=f"rollout batch {index}: sampling",
-            unit="micro-batch",
-            leave=False,
-            disable=not self.accelerator.is_main_process,
-        )
+        shown = self.accelerator.is_main_process
+        # Sampling a rollout batch is the long part of stage 2: one bar counts its micro-batches, one the tokens of
+        # the micro-batch being sampled (a CoT of thousands of tokens takes minutes on a CPU).
+        bar = tqdm(total=per_batch, desc=f"rollout batch {index}: sampling", unit="micro-batch", disable=not shown)
+        tokens = tqdm(total=self.rollout_tokens, desc="tokens", unit="token", leave=False, disable=not shown)
         for micro_step in range(index * per_batch, (index + 1) * per_batch):
             torch.manual_seed(_mix(config.seed, micro_step, self.accelerator.process_index, 1))
             entry = (inputs or {}).get(micro_step) or self.stage2_inputs(self.batch_for(micro_step))
             rows, truths = entry["rows"], entry["truths"]
             batch = expand_rows(_to(entry["prompt"], self.accelerator.device), rows)
+            tokens.reset()
             rollouts = model.sample_cots(
                 batch,
                 self.rollout_tokens,
                 temperature=config.rollout_temperature,
                 repetition_penalty=config.rollout_repetition_penalty,
+                streamer=TokenProgress(tokens) if shown else None,  # draws nothing: the samples are unchanged
             )
             texts = model.tokenizer.batch_decode(rollouts["cot_ids"], skip_special_tokens=True)
             scored = [
@@ -210,6 +210,7 @@ class DualObjectiveTrainer(RewardModelTrainer):
                 }
             )
             bar.update(1)
+        tokens.close()
         bar.close()
         model.train()
         # Token counts per mini-batch over all processes: each micro-batch's policy loss is a share of that mean.
@@ -335,6 +336,22 @@ class DualObjectiveTrainer(RewardModelTrainer):
             f"the accuracy or format reward and stage 2 would learn next to nothing; train stage 1 with "
             f"the CoT loss first (--lm-loss-weight > 0, docs/training.md), or pass --allow-unparsed-cots"
         )
+
+
+class TokenProgress:
+    """A transformers streamer that moves a progress bar by one per generated token (its first `put` is the
+    prompt)."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        self.bar.refresh()
 
 
 PER_VIDEO_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")
