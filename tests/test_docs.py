@@ -10,12 +10,12 @@ SUBSTITUTIONS: model and pipeline names become the tiny ones, step counts and da
 
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.run import offline_env, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -188,29 +188,14 @@ def test_doc_commands_run_on_the_tiny_models(tmp_path):
     ):
         (tools / name).write_text(f'#!/bin/sh\nexec {sys.executable} {"-m " + module if module else ""} "$@"\n')
         (tools / name).chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = offline_env(PATH=f"{tools}{os.pathsep}{os.environ['PATH']}")
     ran, seconds = [], {}
     for page, line, command in all_commands():
         if _reason(command) is not None:
             continue
         command = _substitute(command)
         started = time.perf_counter()
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = run_command(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env, timeout=600)
         seconds[f"{page}:{line}"] = time.perf_counter() - started
         assert done.returncode == 0, f"{page}:{line}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
         ran.append(command)
