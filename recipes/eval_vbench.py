@@ -21,7 +21,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from descore_plugin.data.video import write_video
 from descore_plugin.integrations import wan
 from descore_plugin.integrations.post_training import parse_arguments, pipeline_generation_defaults
+from descore_plugin.utils.args import help_field
 from descore_plugin.utils.errors import UserError, prepare_output_dir, run_main
 from descore_plugin.utils.seeding import seed_of
 
@@ -98,72 +99,44 @@ class VBenchInputError(UserError):
 class VBenchArguments:
     """What to generate and how to score it (generation settings: wan.WanGenerationConfig's flags)."""
 
-    pipeline: str = field(
-        default=None, metadata={"help": f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})", "required": True}
+    pipeline: str = help_field(f"WanPipeline directory or hub id ({wan.WAN_1_3B_ID})", required=True)
+    prompts: str = help_field("prompt file, one per line (e.g. VBench's all_dimension.txt)", required=True)
+    output_dir: str = help_field(
+        "videos/, vbench_results/ and vbench_table.{md,json} go here; an existing one needs --resume or --overwrite",
+        required=True,
     )
-    prompts: str = field(
-        default=None, metadata={"help": "prompt file, one per line (e.g. VBench's all_dimension.txt)", "required": True}
+    resume: bool = help_field(
+        "continue an existing --output-dir: its videos are kept, only the missing ones are generated", False
     )
-    output_dir: str = field(
-        default=None,
-        metadata={
-            "help": "videos/, vbench_results/ and vbench_table.{md,json} go "
-            "here; an existing one needs --resume or --overwrite",
-            "required": True,
-        },
+    overwrite: bool = help_field("delete an existing --output-dir (one this script wrote) and start again", False)
+    lora: str | None = help_field(
+        "directory with pytorch_lora_weights.safetensors (the --output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"
     )
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue an existing --output-dir: its videos are kept, only the missing ones are generated"
-        },
+    videos_per_prompt: int = help_field("videos per prompt (VBench standard: 5)", 5)
+    seed: int = help_field("video i of prompt p starts from noise seeded by (seed, p, i)", 0)
+    fps: float = help_field("frame rate written in the mp4 (Wan-2.1: 16)", 16.0)
+    batch_size: int = help_field("videos per sampling batch", 4)
+    device: str | None = help_field("generation device (unset: cuda when available)")
+    dtype: str | None = help_field(
+        "transformer dtype (unset: bfloat16 on CUDA, float32 elsewhere)", choices=["float32", "bfloat16"]
     )
-    overwrite: bool = field(
-        default=False, metadata={"help": "delete an existing --output-dir (one this script wrote) and start again"}
+    vbench_python: str = help_field(
+        "python of the environment where vbench is installed ($VBENCH_PYTHON, else this interpreter)",
+        os.environ.get("VBENCH_PYTHON", sys.executable),
     )
-    lora: str | None = field(
-        default=None,
-        metadata={
-            "help": "directory with pytorch_lora_weights.safetensors (the "
-            "--output-dir of wan_flow_dpo.py / wan_flow_grpo.py)"
-        },
+    vbench_device: str | None = help_field("device VBench scores on (unset: cuda if available)")
+    vbench_mode: str = help_field(
+        "custom_input works for any prompt file (the five dimensions ignore prompts); vbench_standard needs the VBench "
+        "prompt suite",
+        "custom_input",
+        choices=["custom_input", "vbench_standard"],
     )
-    videos_per_prompt: int = field(default=5, metadata={"help": "videos per prompt (VBench standard: 5)"})
-    seed: int = field(default=0, metadata={"help": "video i of prompt p starts from noise seeded by (seed, p, i)"})
-    fps: float = field(default=16.0, metadata={"help": "frame rate written in the mp4 (Wan-2.1: 16)"})
-    batch_size: int = field(default=4, metadata={"help": "videos per sampling batch"})
-    device: str | None = field(default=None, metadata={"help": "generation device (unset: cuda when available)"})
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "transformer dtype (unset: bfloat16 on CUDA, float32 elsewhere)",
-            "choices": ["float32", "bfloat16"],
-        },
+    full_info_json: str | None = help_field("VBench_full_info.json (unset: vbench's own)")
+    dimensions: list[str] = help_field(
+        "VBench dimensions to score", default_factory=lambda: list(DIMENSIONS), choices=DIMENSIONS
     )
-    vbench_python: str = field(
-        default=os.environ.get("VBENCH_PYTHON", sys.executable),
-        metadata={
-            "help": "python of the environment where vbench is installed ($VBENCH_PYTHON, else this interpreter)"
-        },
-    )
-    vbench_device: str | None = field(
-        default=None, metadata={"help": "device VBench scores on (unset: cuda if available)"}
-    )
-    vbench_mode: str = field(
-        default="custom_input",
-        metadata={
-            "help": "custom_input works for any prompt file (the five dimensions ignore prompts); vbench_standard needs "
-            "the VBench prompt suite",
-            "choices": ["custom_input", "vbench_standard"],
-        },
-    )
-    full_info_json: str | None = field(default=None, metadata={"help": "VBench_full_info.json (unset: vbench's own)"})
-    dimensions: list[str] = field(
-        default_factory=lambda: list(DIMENSIONS), metadata={"help": "VBench dimensions to score", "choices": DIMENSIONS}
-    )
-    vbench_download: bool = field(
-        default=False,
-        metadata={"help": "let VBench download missing weights itself (needs internet on the scoring machine)"},
+    vbench_download: bool = help_field(
+        "let VBench download missing weights itself (needs internet on the scoring machine)", False
     )
 
 
