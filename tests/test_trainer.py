@@ -105,7 +105,10 @@ def trainable_state(trainer):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_kill_and_resume_equals_uninterrupted_run(world, tmp_path, num_workers):
     """Bitwise equal, with the input built in the training process or in 2 loader workers."""
+    from descore_plugin.training.loop import Method
+
     straight = Trainer(make_config(world, tmp_path / "straight", num_workers=num_workers))
+    assert isinstance(straight, Method)  # a method of the one run loop, like the post-training methods
     straight.train()
     expected = trainable_state(straight)
 
