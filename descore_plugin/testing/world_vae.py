@@ -142,7 +142,7 @@ def vae_forward(vae, pixels: torch.Tensor, generator: torch.Generator | None = N
 
 @dataclass
 class VaeTrainConfig:
-    steps: int = _help("VAE optimiser steps", 2000)
+    steps: int = _help("VAE optimiser steps", 1200)
     batch_size: int = _help("clips per VAE step (> 1: torch's batch-1 Conv3d falls back to a slow kernel)", 4)
     learning_rate: float = _help("AdamW peak learning rate of the VAE (after a linear warm-up)", 1e-3)
     lr_schedule: str = _help(
