@@ -20,7 +20,7 @@ LoRA's):
 (`group_noise` and `sde_masks` in `integrations/grpo_sampling.py`, `advantages` in `integrations/grpo_advantages.py`;
 this module keeps the loss weights, the trainer and the method, and exports every one of these names.)
 The per-step math (noise scale, SDE step, log-prob, KL, LongCat's weights, clipped surrogate) is in
-`integrations/flow_sde.py`; the formulas and their sources are in docs/post_training.md ("The math").
+`integrations/flow_sde.py`; the formulas and their sources are in docs/post_train.md ("The math").
 `WanGRPO` is the method the run loop drives (`recipes/wan_flow_grpo.py`, `recipes/post_train.py flow_grpo|longcat`).
 """
 

@@ -13,7 +13,7 @@ The diffusers glue a post-training loop needs around `diffusers.WanPipeline`, in
 5. `flow_grid` / `predict_velocity` / `sample` / `generate`: the scheduler's sigma grid, the CFG velocity, and the
    ODE sampler (GRPO writes its own loop with SDE steps from these pieces).
 
-Conventions (docs/post_training.md, "The math"): x_t = (1 - t) x0 + t eps, t = sigma in [0, 1] (1 = noise),
+Conventions (docs/post_train.md, "The math"): x_t = (1 - t) x0 + t eps, t = sigma in [0, 1] (1 = noise),
 the transformer predicts v = eps - x0, sampling runs from sigma = 1 to 0. Latents are (B, C=16, F', H/8, W/8) and
 normalised; videos are (B, F, C=3, H, W) floats in [0, 1], as `WanPipeline(..., output_type="pt")` returns them.
 """

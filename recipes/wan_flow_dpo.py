@@ -7,7 +7,7 @@ r"""Flow-DPO post-training of Wan-2.1 with video rewards (DeScore, analytic rewa
     accelerate launch recipes/wan_flow_dpo.py ...          # many processes: prompts split across them, DDP sync
 
 The same as `python recipes/post_train.py flow_dpo ...` (the method: integrations/flow_dpo.py `FlowDPO`; the loss
-and the meaning of --beta: docs/post_training.md).
+and the meaning of --beta: docs/post_train.md).
 1. Pairs: --videos-per-prompt videos per prompt from the base model (adapter disabled), scored by the --reward set
    (weighted sum; a video without a score is never in a pair), best vs worst (or every pair over --pair-margin);
    latents, every named score and the CoTs under OUTPUT/cache/pairs-<key>/round_0000, resumable, keyed by what

@@ -6,7 +6,7 @@ r"""GRPO post-training of Wan-2.1 with video rewards: Flow-GRPO or LongCat-GRPO 
     accelerate launch recipes/wan_flow_grpo.py ...         # many processes: prompts split across them, DDP sync
 
 The same as `python recipes/post_train.py flow_grpo|longcat ...` (the method: integrations/grpo.py `WanGRPO`;
-formulas and sources: docs/post_training.md). One step:
+formulas and sources: docs/post_train.md). One step:
 1. Rollouts: each process takes --prompts-per-step of ITS prompts and samples --group-size videos per prompt.
    flow_grpo: independent initial noise, the SDE on every step with flow_grpo's Wan noise schedule (std growing
    linearly with t), the first T-1 steps trained. longcat: shared initial noise per prompt, ONE critical SDE step
