@@ -1,4 +1,5 @@
-"""The reward contract of post-training: named per-video scores from a judge or an analytic reward."""
+"""The reward contract of post-training: named per-video scores from a judge, an analytic reward or the synthetic
+world's truth (`world:truth`)."""
 
 from descore_plugin.rewards.contract import (  # noqa: F401
     DESCORE_NAMES,

@@ -1,1 +1,2 @@
-"""Tiny real-architecture models built in-process, the synthetic world and the learning measurements."""
+"""Tiny real-architecture models built in-process (Qwen-VL judges, Wan pipelines), the synthetic world, the world Wan
+that draws it (`world_wan`, `world_vae`) and the learning measurements."""
