@@ -396,13 +396,13 @@ def flow_matching_loss(
 
 @dataclass
 class GeneratorTrainConfig:
-    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 200)
+    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 1500)
     gen_batch_size: int = _help("latent clips per generator step", 16)
     gen_learning_rate: float = _help("AdamW learning rate of the transformer and text encoder", 1e-3)
     gen_warmup_steps: int = _help("linear warm-up steps of the generator learning rate", 20)
     gen_grad_clip: float = _help("gradient-norm clipping of the generator", 1.0)
     caption_dropout: float = _help("share of captions replaced by the empty prompt (classifier-free guidance)", 0.1)
-    gen_clips: int = _help("pre-training clips (noisy captions; encoded once by the VAE)", 400)
+    gen_clips: int = _help("pre-training clips (noisy captions; encoded once by the VAE)", 1600)
     gen_eval_every: int = _help("measure held-out fidelity every N generator steps", 100)
     gen_eval_samples: int = _help("held-out samples per fidelity measurement", 16)
 
