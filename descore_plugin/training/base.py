@@ -71,6 +71,7 @@ class RewardModelTrainer:
     evaluate_at_start = False  # the start model's accuracy is what eval_rm.py is for; a run evaluates what it trains
     evaluate_at_checkpoints = False  # --eval-steps alone says when (a CoT per video is slow)
     curve_names = ("train/loss",)
+    may_change_on_resume = RM_CHANGEABLE_ON_RESUME
 
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
         """Check the data (before the run directory is opened when that creates it: a data error leaves no run
@@ -114,8 +115,6 @@ class RewardModelTrainer:
     @property
     def arguments(self) -> dict:
         return _jsonable(self.config)
-
-    may_change_on_resume = RM_CHANGEABLE_ON_RESUME
 
     @property
     def tracker_config(self) -> dict:
