@@ -6,9 +6,10 @@ where a field is left None. `argument_parser` / `parse_train_args` build the com
 HfArgumentParser and the one-line error contract.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from descore_plugin.utils.args import help_field
 from descore_plugin.utils.errors import UserError
 
 __all__ = [
@@ -57,10 +58,6 @@ STAGE_DEFAULTS = {
 """Each stage's defaults of the fields left None."""
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class TrainConfig:
     """One training run: every field is a command-line flag of recipes/train_rm.py (`max_steps` is `--max-steps`).
@@ -68,361 +65,258 @@ class TrainConfig:
     None takes its stage's default (see `resolve`)."""
 
     # --- what to train, on what ---
-    model: str = field(
-        default="",
-        metadata=_help(
-            "Checkpoint directory or hub id to start from: `descore init-tiny`, a stage-1 run (LoRA or full), or any "
-            "DeScore checkpoint. An adapter it holds is merged into the backbone first.",
-            required=True,
-        ),
+    model: str = help_field(
+        "Checkpoint directory or hub id to start from: `descore init-tiny`, a stage-1 run (LoRA or full), or any "
+        "DeScore checkpoint. An adapter it holds is merged into the backbone first.",
+        required=True,
     )
-    train_data: str = field(
-        default="",
-        metadata=_help(
-            "Pair file (CSV / JSONL: our format, the official DeScore CSV or VideoAlign columns; see data.py).",
-            required=True,
-        ),
+    train_data: str = help_field(
+        "Pair file (CSV / JSONL: our format, the official DeScore CSV or VideoAlign columns; see data.py).",
+        required=True,
     )
-    output_dir: str = field(
-        default="",
-        metadata=_help(
-            "Run directory: the final model (loads with DeScoreReward.from_pretrained), checkpoint-N/, metrics.jsonl, "
-            "curves.png. An existing run is refused unless --resume or --overwrite.",
-            required=True,
-        ),
+    output_dir: str = help_field(
+        "Run directory: the final model (loads with DeScoreReward.from_pretrained), checkpoint-N/, metrics.jsonl, "
+        "curves.png. An existing run is refused unless --resume or --overwrite.",
+        required=True,
     )
-    eval_data: str | None = field(
-        default=None,
-        metadata=_help("Held-out pair file for accuracy during and after training; every pair counts (ties too)."),
+    eval_data: str | None = help_field(
+        "Held-out pair file for accuracy during and after training; every pair counts (ties too).",
     )
-    label_column: str | None = field(
-        default=None,
-        metadata=_help(
-            "VideoAlign / VideoGen-RewardBench files: the column holding the A / B / same label (default Overall; e.g. "
-            "TA for text alignment, or for a file without Overall)."
-        ),
+    label_column: str | None = help_field(
+        "VideoAlign / VideoGen-RewardBench files: the column holding the A / B / same label (default Overall; e.g. "
+        "TA for text alignment, or for a file without Overall).",
     )
-    skip_bad_rows: bool = field(
-        default=False,
-        metadata=_help(
-            "Every distinct video is decoded before step 1, and a row whose video fails (corrupt, an image, too few "
-            "frames) stops the run naming file, row and field. With this flag such rows are left out instead and "
-            "listed in --output-dir/skipped_rows.jsonl."
-        ),
+    skip_bad_rows: bool = help_field(
+        "Every distinct video is decoded before step 1, and a row whose video fails (corrupt, an image, too few "
+        "frames) stops the run naming file, row and field. With this flag such rows are left out instead and "
+        "listed in --output-dir/skipped_rows.jsonl.",
+        False,
     )
-    stage: int = field(
-        default=1,
-        metadata=_help(
-            "1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil --teacher into a no-CoT student.",
-            choices=[1, 2, 3],
-        ),
+    stage: int = help_field(
+        "1: cold start (Bradley-Terry), 2: dual-objective RL, 3: distil --teacher into a no-CoT student.",
+        1,
+        choices=[1, 2, 3],
     )
 
     # --- optimisation ---
-    max_steps: int = field(
-        default=1000,
-        metadata=_help("Optimiser steps (official stage 1: 4 epochs of ~22k pairs at an effective batch of 4)."),
+    max_steps: int = help_field(
+        "Optimiser steps (official stage 1: 4 epochs of ~22k pairs at an effective batch of 4).",
+        1000,
     )
-    batch_size: int = field(
-        default=1,
-        metadata=_help(
-            "Pairs per process per micro-batch (official: 1). In stage 2 each pair gives 2 x num_rollouts sequences."
-        ),
+    batch_size: int = help_field(
+        "Pairs per process per micro-batch (official: 1). In stage 2 each pair gives 2 x num_rollouts sequences.",
+        1,
     )
-    gradient_accumulation_steps: int | None = field(
-        default=None,
-        metadata=_help(
-            "Stages 1 and 3: micro-batches per optimiser step (None: 4, official stage 1). Stage 2 derives it from the "
-            "global --actor-batch-size: (actor_batch_size / 2) pairs / (--batch-size x processes); a value given for "
-            "stage 2 is ignored with a warning."
-        ),
+    gradient_accumulation_steps: int | None = help_field(
+        "Stages 1 and 3: micro-batches per optimiser step (None: 4, official stage 1). Stage 2 derives it from the "
+        "global --actor-batch-size: (actor_batch_size / 2) pairs / (--batch-size x processes); a value given for "
+        "stage 2 is ignored with a warning.",
     )
-    learning_rate: float | None = field(
-        default=None, metadata=_help("None: stage 1 2e-6 (all groups), stage 2 1e-6 (official).")
+    learning_rate: float | None = help_field("None: stage 1 2e-6 (all groups), stage 2 1e-6 (official).")
+    head_learning_rate: float | None = help_field("Learning rate of the head (None: --learning-rate).")
+    vision_learning_rate: float | None = help_field(
+        "Learning rate of the vision tower when it trains (None: --learning-rate).",
     )
-    head_learning_rate: float | None = field(
-        default=None, metadata=_help("Learning rate of the head (None: --learning-rate).")
+    embedding_learning_rate: float | None = help_field(
+        "Learning rate of the trainable embedding rows (None: --learning-rate).",
     )
-    vision_learning_rate: float | None = field(
-        default=None, metadata=_help("Learning rate of the vision tower when it trains (None: --learning-rate).")
+    weight_decay: float | None = help_field(
+        "AdamW weight decay. None: stage 1 0 (not set officially, so the AdamW default of transformers' Trainer), "
+        "stage 2 1e-2 (official).",
     )
-    embedding_learning_rate: float | None = field(
-        default=None, metadata=_help("Learning rate of the trainable embedding rows (None: --learning-rate).")
+    warmup_ratio: float | None = help_field(
+        "Linear warm-up over this fraction of max_steps, then constant. None: stage 1 0.05, stage 2 0 (official).",
     )
-    weight_decay: float | None = field(
-        default=None,
-        metadata=_help(
-            "AdamW weight decay. None: stage 1 0 (not set officially, so the AdamW default of transformers' Trainer), "
-            "stage 2 1e-2 (official)."
-        ),
+    max_grad_norm: float | None = help_field(
+        "Gradient clipping norm (0 = off). None: stage 1 0 (official: its DeepSpeed config sets no clipping and "
+        "accelerate does not clip under DeepSpeed), stage 2 1.0 (official), stage 3 1.0 (ours).",
     )
-    warmup_ratio: float | None = field(
-        default=None,
-        metadata=_help(
-            "Linear warm-up over this fraction of max_steps, then constant. None: stage 1 0.05, stage 2 0 (official)."
-        ),
+    grad_norm_groups: Literal["actor_and_head", "joint"] = help_field(
+        "What --max-grad-norm bounds: actor_and_head (official stage 2, under FSDP: the head's gradient and the "
+        "rest's are each clipped to the bound on their own); joint: one norm over every trainable weight (ours).",
+        "actor_and_head",
     )
-    max_grad_norm: float | None = field(
-        default=None,
-        metadata=_help(
-            "Gradient clipping norm (0 = off). None: stage 1 0 (official: its DeepSpeed config sets no clipping and "
-            "accelerate does not clip under DeepSpeed), stage 2 1.0 (official), stage 3 1.0 (ours)."
-        ),
+    pure_bf16: bool = help_field(
+        "Reproduction mode: weights, gradients and AdamW states in bfloat16, as the official stage-2 actor and head "
+        "(no float32 master copy). At lr 1e-6 most updates then round away (docs/training.md gives the measured "
+        "share). Off: float32 weights (with --mixed-precision bf16 on GPUs).",
+        False,
     )
-    grad_norm_groups: Literal["actor_and_head", "joint"] = field(
-        default="actor_and_head",
-        metadata=_help(
-            "What --max-grad-norm bounds: actor_and_head (official stage 2, under FSDP: the head's gradient and the "
-            "rest's are each clipped to the bound on their own); joint: one norm over every trainable weight (ours)."
-        ),
+    mixed_precision: str = help_field(
+        "accelerate mixed precision: bf16 on GPUs (official), no on CPUs.",
+        "no",
+        choices=["no", "fp16", "bf16"],
     )
-    pure_bf16: bool = field(
-        default=False,
-        metadata=_help(
-            "Reproduction mode: weights, gradients and AdamW states in bfloat16, as the official stage-2 actor and head "
-            "(no float32 master copy). At lr 1e-6 most updates then round away (docs/training.md gives the measured "
-            "share). Off: float32 weights (with --mixed-precision bf16 on GPUs)."
-        ),
-    )
-    mixed_precision: str = field(
-        default="no",
-        metadata=_help(
-            "accelerate mixed precision: bf16 on GPUs (official), no on CPUs.", choices=["no", "fp16", "bf16"]
-        ),
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata=_help("Recompute activations in backward (official on GPUs: on; saves memory, costs time)."),
+    gradient_checkpointing: bool = help_field(
+        "Recompute activations in backward (official on GPUs: on; saves memory, costs time).",
+        False,
     )
 
     # --- what trains ---
-    lora_rank: int | None = field(
-        default=None,
-        metadata=_help(
-            "None: the stage's official choice. Stage 1: 64 (LoRA on every LLM linear). Stage 2: 0 = every LLM weight "
-            "trains against a frozen reference copy (official; a second model copy in memory); > 0 in stage 2 is our "
-            "memory-saving option: a fresh adapter on the merged stage-1 model, reference = adapter off. 0 in stage "
-            "1: full fine-tuning."
-        ),
+    lora_rank: int | None = help_field(
+        "None: the stage's official choice. Stage 1: 64 (LoRA on every LLM linear). Stage 2: 0 = every LLM weight "
+        "trains against a frozen reference copy (official; a second model copy in memory); > 0 in stage 2 is our "
+        "memory-saving option: a fresh adapter on the merged stage-1 model, reference = adapter off. 0 in stage "
+        "1: full fine-tuning.",
     )
-    lora_alpha: int = field(default=128, metadata=_help("LoRA alpha (official 128)."))
-    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (official 0.05)."))
-    train_vision: bool | None = field(
-        default=None,
-        metadata=_help("Vision tower trainable. None: stage 1 yes, stage 2 no (official).", nargs="?", const=True),
+    lora_alpha: int = help_field("LoRA alpha (official 128).", 128)
+    lora_dropout: float = help_field("LoRA dropout (official 0.05).", 0.05)
+    train_vision: bool | None = help_field(
+        "Vision tower trainable. None: stage 1 yes, stage 2 no (official).",
+        nargs="?",
+        const=True,
     )
-    train_embeddings: Literal["reward_token", "all"] | None = field(
-        default=None,
-        metadata=_help(
-            "Input-embedding rows that train. reward_token: only the <Reward> row; all: every row. None: stage 1 "
-            "reward_token (official cold start); stage 2 all with --lora-rank 0 (official: the stage-2 actor trains "
-            "every row and the output head) and reward_token with a stage-2 adapter (the adapter-off reference must "
-            "stay the start model)."
-        ),
+    train_embeddings: Literal["reward_token", "all"] | None = help_field(
+        "Input-embedding rows that train. reward_token: only the <Reward> row; all: every row. None: stage 1 "
+        "reward_token (official cold start); stage 2 all with --lora-rank 0 (official: the stage-2 actor trains "
+        "every row and the output head) and reward_token with a stage-2 adapter (the adapter-off reference must "
+        "stay the start model).",
     )
 
     # --- stage 1 ---
-    loss: Literal["bt", "bt_ties"] = field(
-        default="bt",
-        metadata=_help(
-            "bt: Bradley-Terry, no term for a tie (official); bt_ties: Rao-Kupper ties with k = --ties-k (VideoAlign)."
-        ),
+    loss: Literal["bt", "bt_ties"] = help_field(
+        "bt: Bradley-Terry, no term for a tie (official); bt_ties: Rao-Kupper ties with k = --ties-k (VideoAlign).",
+        "bt",
     )
-    undecided_rows: Literal["zero_loss", "drop"] = field(
-        default="zero_loss",
-        metadata=_help(
-            "Rows without a decided verdict (ties under --loss bt in stage 1, rows labelled 'invalid'). zero_loss "
-            "(official): they stay in the data as rows of loss 0 that count in the batch mean and the epoch, so the BT "
-            "gradient is scaled by the decided fraction (in stage 2 their rollouts still train the policy); drop (ours): "
-            "they are left out of training."
-        ),
+    undecided_rows: Literal["zero_loss", "drop"] = help_field(
+        "Rows without a decided verdict (ties under --loss bt in stage 1, rows labelled 'invalid'). zero_loss "
+        "(official): they stay in the data as rows of loss 0 that count in the batch mean and the epoch, so the BT "
+        "gradient is scaled by the decided fraction (in stage 2 their rollouts still train the policy); drop (ours): "
+        "they are left out of training.",
+        "zero_loss",
     )
-    ties_k: float = field(default=5.0, metadata=_help("Rao-Kupper tie parameter of --loss bt_ties (VideoAlign 5)."))
-    cot_mask_prob: float = field(
-        default=0.5, metadata=_help("Probability that a PAIR loses both CoTs (official, hard-coded 0.5).")
-    )
-    lm_loss_weight: float = field(
-        default=0.0,
-        metadata=_help(
-            "Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT: a tiny "
-            "model from random weights learnt the prompt-alignment verdict with 4, not with 1, tests/test_learning.py)."
-        ),
+    ties_k: float = help_field("Rao-Kupper tie parameter of --loss bt_ties (VideoAlign 5).", 5.0)
+    cot_mask_prob: float = help_field("Probability that a PAIR loses both CoTs (official, hard-coded 0.5).", 0.5)
+    lm_loss_weight: float = help_field(
+        "Weight of the next-token loss on the CoT text (official 0; > 0 teaches the model to write the CoT: a tiny "
+        "model from random weights learnt the prompt-alignment verdict with 4, not with 1, tests/test_learning.py).",
+        0.0,
     )
 
     # --- distribution head (model head "distribution"; Z-Reward, arXiv 2606.09076, our reading) ---
-    distribution_loss_weight: float = field(
-        default=1.0,
-        metadata=_help(
-            "Weight of the cross-entropy to a Gaussian-smoothed one-hot at the overall score of the pair's CoT answer "
-            "(where it parses). Ours."
-        ),
+    distribution_loss_weight: float = help_field(
+        "Weight of the cross-entropy to a Gaussian-smoothed one-hot at the overall score of the pair's CoT answer "
+        "(where it parses). Ours.",
+        1.0,
     )
-    score_gap_loss_weight: float = field(
-        default=0.1,
-        metadata=_help("Weight of (E[s_A] - E[s_B] - (s_A - s_B))^2 on each pair whose CoTs give both scores. Ours."),
+    score_gap_loss_weight: float = help_field(
+        "Weight of (E[s_A] - E[s_B] - (s_A - s_B))^2 on each pair whose CoTs give both scores. Ours.",
+        0.1,
     )
-    distribution_sigma: float = field(
-        default=0.25, metadata=_help("Width (score units) of the smoothed target distribution. Ours.")
-    )
+    distribution_sigma: float = help_field("Width (score units) of the smoothed target distribution. Ours.", 0.25)
 
     # --- stage 3: distillation of a CoT teacher into a no-CoT student (Z-Reward RISD, our reading) ---
-    teacher: str | None = field(
-        default=None,
-        metadata=_help(
-            "Stage 3: teacher checkpoint (scores WITH CoT); the student is --model and learns to score without one."
-        ),
+    teacher: str | None = help_field(
+        "Stage 3: teacher checkpoint (scores WITH CoT); the student is --model and learns to score without one.",
     )
-    num_cot_samples: int = field(
-        default=4,
-        metadata=_help(
-            "Stage 3: sampled teacher CoTs per video; their CoT-conditioned score distributions are averaged. Ours."
-        ),
+    num_cot_samples: int = help_field(
+        "Stage 3: sampled teacher CoTs per video; their CoT-conditioned score distributions are averaged. Ours.",
+        4,
     )
-    teacher_temperature: float = field(
-        default=0.7,
-        metadata=_help(
-            "Stage 3: sampling temperature of the teacher's CoTs (ours: 1.0 gives tiny teachers off-distribution CoTs)."
-        ),
+    teacher_temperature: float = help_field(
+        "Stage 3: sampling temperature of the teacher's CoTs (ours: 1.0 gives tiny teachers off-distribution CoTs).",
+        0.7,
     )
-    teacher_max_new_tokens: int | None = field(
-        default=None, metadata=_help("Stage 3: teacher CoT length limit (None: the teacher's max_new_tokens).")
+    teacher_max_new_tokens: int | None = help_field(
+        "Stage 3: teacher CoT length limit (None: the teacher's max_new_tokens).",
     )
-    distill_bt_weight: float = field(
-        default=0.0,
-        metadata=_help(
-            "Stage 3: weight of a Bradley-Terry term on the pair labels added to the distillation loss (0: pure)."
-        ),
+    distill_bt_weight: float = help_field(
+        "Stage 3: weight of a Bradley-Terry term on the pair labels added to the distillation loss (0: pure).",
+        0.0,
     )
 
     # --- stage 2 ---
-    num_rollouts: int = field(
-        default=8, metadata=_help("Stage 2: sampled CoTs per video, one GRPO group (official 8).")
+    num_rollouts: int = help_field("Stage 2: sampled CoTs per video, one GRPO group (official 8).", 8)
+    rollout_temperature: float = help_field("Stage 2: sampling temperature (official 1.0).", 1.0)
+    rollout_repetition_penalty: float = help_field(
+        "Stage 2: repetition penalty while sampling rollouts (official 1.0: the log-probs the loss uses must be those "
+        "of the distribution that sampled; scoring keeps the model's own, 1.05 officially).",
+        1.0,
     )
-    rollout_temperature: float = field(default=1.0, metadata=_help("Stage 2: sampling temperature (official 1.0)."))
-    rollout_repetition_penalty: float = field(
-        default=1.0,
-        metadata=_help(
-            "Stage 2: repetition penalty while sampling rollouts (official 1.0: the log-probs the loss uses must be those "
-            "of the distribution that sampled; scoring keeps the model's own, 1.05 officially)."
-        ),
+    max_new_tokens: int | None = help_field(
+        "Stage 2: rollout length limit (None: the model's CoT limit, official 4096; a model that records the CoT "
+        "length it was trained on gets twice that).",
     )
-    max_new_tokens: int | None = field(
-        default=None,
-        metadata=_help(
-            "Stage 2: rollout length limit (None: the model's CoT limit, official 4096; a model that records the CoT "
-            "length it was trained on gets twice that)."
-        ),
+    rollout_batch_size: int = help_field(
+        "Stage 2: video PAIRS per rollout batch over all processes (official 128: 256 videos x --num-rollouts 8 = "
+        "2,048 sequences). Their rollouts are sampled at once with their old log-probs, then 2 x rollout_batch_size "
+        "/ --actor-batch-size optimiser steps follow (official 32), the later ones off-policy.",
+        128,
     )
-    rollout_batch_size: int = field(
-        default=128,
-        metadata=_help(
-            "Stage 2: video PAIRS per rollout batch over all processes (official 128: 256 videos x --num-rollouts 8 = "
-            "2,048 sequences). Their rollouts are sampled at once with their old log-probs, then 2 x rollout_batch_size "
-            "/ --actor-batch-size optimiser steps follow (official 32), the later ones off-policy."
-        ),
+    actor_batch_size: int = help_field(
+        "Stage 2: VIDEOS per optimiser step over all processes (official actor global batch 8: 4 pairs, 8 x 8 = 64 "
+        "sequences). Even; divides 2 x --rollout-batch-size; actor_batch_size / 2 is a multiple of --batch-size x "
+        "processes.",
+        8,
     )
-    actor_batch_size: int = field(
-        default=8,
-        metadata=_help(
-            "Stage 2: VIDEOS per optimiser step over all processes (official actor global batch 8: 4 pairs, 8 x 8 = 64 "
-            "sequences). Even; divides 2 x --rollout-batch-size; actor_batch_size / 2 is a multiple of --batch-size x "
-            "processes."
-        ),
+    clip_ratio_low: float = help_field("Stage 2: PPO ratio clipped below at 1 - this (official 0.2).", 0.2)
+    clip_ratio_high: float = help_field(
+        "Stage 2: PPO ratio clipped above at 1 + this (official 0.3, asymmetric as in DAPO).",
+        0.3,
     )
-    clip_ratio_low: float = field(
-        default=0.2, metadata=_help("Stage 2: PPO ratio clipped below at 1 - this (official 0.2).")
+    clip_ratio_dual: float = help_field(
+        "Stage 2: dual-clip bound c: for negative advantages the loss is at most -A * c (official 3.0).",
+        3.0,
     )
-    clip_ratio_high: float = field(
-        default=0.3,
-        metadata=_help("Stage 2: PPO ratio clipped above at 1 + this (official 0.3, asymmetric as in DAPO)."),
+    kl_coef: float = help_field(
+        "Stage 2: weight of the low-variance KL to the reference, per token (official 1e-5; 0 = no reference).",
+        1e-5,
     )
-    clip_ratio_dual: float = field(
-        default=3.0,
-        metadata=_help(
-            "Stage 2: dual-clip bound c: for negative advantages the loss is at most -A * c (official 3.0)."
-        ),
+    bt_weight: float = help_field(
+        "Stage 2: weight of the auxiliary Bradley-Terry loss on the head, added per micro-batch (official 5e-3).",
+        5e-3,
     )
-    kl_coef: float = field(
-        default=1e-5,
-        metadata=_help(
-            "Stage 2: weight of the low-variance KL to the reference, per token (official 1e-5; 0 = no reference)."
-        ),
+    bt_label: Literal["answer", "label"] = help_field(
+        "Stage 2: the verdict the auxiliary BT loss reads. answer (official): `gsb_result` in the row's ground-truth "
+        "`answer` JSON ('Video 1 is better' or 'A', 'Video 2 is better' or 'B'; anything else: no BT term), the "
+        "pair's label where the row has no such JSON; label: the pair's label (the GSB column) always.",
+        "answer",
     )
-    bt_weight: float = field(
-        default=5e-3,
-        metadata=_help(
-            "Stage 2: weight of the auxiliary Bradley-Terry loss on the head, added per micro-batch (official 5e-3)."
-        ),
+    allow_unparsed_cots: bool = help_field(
+        "Stage 2 first has the starting model write CoTs for a few training videos and refuses to start when none "
+        "holds a readable <answer> (every rule reward would be 0: nothing to learn). This flag starts anyway.",
+        False,
     )
-    bt_label: Literal["answer", "label"] = field(
-        default="answer",
-        metadata=_help(
-            "Stage 2: the verdict the auxiliary BT loss reads. answer (official): `gsb_result` in the row's ground-truth "
-            "`answer` JSON ('Video 1 is better' or 'A', 'Video 2 is better' or 'B'; anything else: no BT term), the "
-            "pair's label where the row has no such JSON; label: the pair's label (the GSB column) always."
-        ),
+    rule_parser: Literal["official", "lenient"] = help_field(
+        "Stage 2: how the rollout reward reads a CoT's <answer>. official: the first closed <answer> block, its JSON "
+        'compared by exact equality ("2" != 2); lenient: our scoring parser (tolerant of fences, string digits).',
+        "official",
     )
-    allow_unparsed_cots: bool = field(
-        default=False,
-        metadata=_help(
-            "Stage 2 first has the starting model write CoTs for a few training videos and refuses to start when none "
-            "holds a readable <answer> (every rule reward would be 0: nothing to learn). This flag starts anyway."
-        ),
+    reward_weights: list[float] = help_field(
+        "Stage 2: weights of sub-dimension accuracy, format and length in the rollout reward (official).",
+        [0.7, 0.1, 0.2],
     )
-    rule_parser: Literal["official", "lenient"] = field(
-        default="official",
-        metadata=_help(
-            "Stage 2: how the rollout reward reads a CoT's <answer>. official: the first closed <answer> block, its JSON "
-            'compared by exact equality ("2" != 2); lenient: our scoring parser (tolerant of fences, string digits).'
-        ),
-    )
-    reward_weights: list[float] = field(
-        default_factory=lambda: [0.7, 0.1, 0.2],
-        metadata=_help(
-            "Stage 2: weights of sub-dimension accuracy, format and length in the rollout reward (official)."
-        ),
-    )
-    length_thresholds: list[int] = field(
-        default_factory=lambda: [500, 1000, 1500, 2000],
-        metadata=_help("Stage 2: character counts of the length reward's steps (official)."),
+    length_thresholds: list[int] = help_field(
+        "Stage 2: character counts of the length reward's steps (official).",
+        [500, 1000, 1500, 2000],
     )
 
     # --- input pipeline (descore_plugin/dataset.py) ---
-    num_workers: int = field(
-        default=2,
-        metadata=_help(
-            "DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the "
-            "training step (0: all of it in the training process). Ours."
-        ),
+    num_workers: int = help_field(
+        "DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the "
+        "training step (0: all of it in the training process). Ours.",
+        2,
     )
-    prefetch_factor: int = field(default=2, metadata=_help("Batches each worker prepares ahead of the step."))
-    video_cache_bytes: int = field(
-        default=0,
-        metadata=_help(
-            "Keep up to this many bytes of decoded, sampled frames per process, least recently used dropped first (0: "
-            "decode every time). Each worker holds its own cache."
-        ),
+    prefetch_factor: int = help_field("Batches each worker prepares ahead of the step.", 2)
+    video_cache_bytes: int = help_field(
+        "Keep up to this many bytes of decoded, sampled frames per process, least recently used dropped first (0: "
+        "decode every time). Each worker holds its own cache.",
+        0,
     )
 
     # --- evaluation, checkpoints, logging ---
-    eval_steps: int = field(
-        default=0,
-        metadata=_help("Evaluate every N steps (0: only at the end), after that step's checkpoint is written."),
+    eval_steps: int = help_field(
+        "Evaluate every N steps (0: only at the end), after that step's checkpoint is written.",
+        0,
     )
-    eval_think: bool = field(
-        default=True, metadata=_help("Evaluate with generated CoTs (--no-eval-think: the no-CoT fast path).")
-    )
-    eval_max_new_tokens: int | None = field(
-        default=None, metadata=_help("CoT length limit during evaluation (None: the model's).")
-    )
-    save_steps: int = field(default=500, metadata=_help("Write checkpoint-N every N steps (0: only the final one)."))
-    save_total_limit: int = field(default=2, metadata=_help("Keep this many checkpoint-N folders (oldest go first)."))
-    seed: int = field(default=0, metadata=_help("Seed of the data order, LoRA initialisation, masking and sampling."))
-    log_with: str = field(
-        default="tensorboard",
-        metadata=_help(
-            "accelerate tracker (tensorboard, wandb, ...) or none; metrics.jsonl and curves.png are always written."
-        ),
+    eval_think: bool = help_field("Evaluate with generated CoTs (--no-eval-think: the no-CoT fast path).", True)
+    eval_max_new_tokens: int | None = help_field("CoT length limit during evaluation (None: the model's).")
+    save_steps: int = help_field("Write checkpoint-N every N steps (0: only the final one).", 500)
+    save_total_limit: int = help_field("Keep this many checkpoint-N folders (oldest go first).", 2)
+    seed: int = help_field("Seed of the data order, LoRA initialisation, masking and sampling.", 0)
+    log_with: str = help_field(
+        "accelerate tracker (tensorboard, wandb, ...) or none; metrics.jsonl and curves.png are always written.",
+        "tensorboard",
     )
 
     def resolve(self) -> "TrainConfig":
@@ -511,14 +405,12 @@ RM_CHANGEABLE_ON_RESUME = (
 class RewardModelRunArguments:
     """How to open the run directory (not part of what the run is, so never compared on --resume)."""
 
-    resume: bool = field(
-        default=False,
-        metadata=_help(
-            "Continue the run in --output-dir from its newest checkpoint (exactly: same data order and random draws). "
-            f"Only {', '.join('--' + n.replace('_', '-') for n in RM_CHANGEABLE_ON_RESUME)} may differ from the saved run."
-        ),
+    resume: bool = help_field(
+        "Continue the run in --output-dir from its newest checkpoint (exactly: same data order and random draws). "
+        f"Only {', '.join('--' + n.replace('_', '-') for n in RM_CHANGEABLE_ON_RESUME)} may differ from the saved run.",
+        False,
     )
-    overwrite: bool = field(default=False, metadata=_help("Delete the run in --output-dir and start again."))
+    overwrite: bool = help_field("Delete the run in --output-dir and start again.", False)
 
 
 def argument_parser(config_class=TrainConfig, description: str = "", prog: str | None = None):
