@@ -54,7 +54,7 @@ class DemoArguments:
     output_dir: str = help_field("held-out data, results and reports go here", "outputs/demo")
     judge: str = help_field("the judge's checkpoint directory", str(SHIPPED_JUDGE))
     train_judge: bool = help_field(
-        "train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~15 min)", False
+        "train a fresh judge into OUTPUT_DIR/judge (recipes/train_demo_judge.py, ~35 min on 2 cores)", False
     )
     held_out_pairs: int = help_field("held-out pairs scored with the judge's CoT", 100, check=positive_int)
     num_samples: int = help_field("sample pairs scored and printed (2 videos each)", 6, check=positive_int)

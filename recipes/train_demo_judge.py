@@ -6,8 +6,10 @@
 The settings are the ones the learning proof (tests/test_learning.py) found to make the tiny model write its own
 CoT right, colour included: full fine-tuning from random weights, AdamW lr 1e-3 with a 120-step warm-up, 16 pairs a
 step, Bradley-Terry + next-token loss on the annotator CoTs with weight 4 and no CoT masking, and a one-line judge
-instruction; one world of one shape, direction and background and four colours, pairs that differ in one dimension
-(wrong colour, motion, camera shake or flicker). These tiny runs are chaotic (the own-CoT colour verdict switches on
+instruction; pairs that differ in one dimension (wrong colour, motion, camera shake or flicker) of the world the
+generator recipes/world_wan draws (four colours, two shapes, four directions and backgrounds, 9 frames of 32x32),
+2,000 steps on 1,000 pairs (the judge has to judge that generator's videos; `--world demo` is the small world of one
+square moving right on a dark background that the first shipped judge learnt in 1,400 steps). These tiny runs are chaotic (the own-CoT colour verdict switches on
 and off between checkpoints), so the run validates every --select-every steps on validation pairs, with the model's
 own CoT, and ships the best checkpoint: the most accurate, then the one whose CoTs name the colour and motion the
 validation videos show most often, then the earliest; the held-out pairs are used once, at the end.
@@ -31,11 +33,15 @@ from descore_plugin.utils.args import help_field, parse_config
 from descore_plugin.utils.errors import non_negative_int, positive_int
 
 SHIPPED = Path(__file__).resolve().parent / "demo_judge"
-WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
-"""The demo's world: four colours, one shape moving right on a dark background."""
-WORLDS = {"demo": WORLD, "generator": WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)}
-"""--world: the demo's, or the whole world recipes/world_wan draws (9 frames of 32x32, both shapes, four directions
-and backgrounds: descore_plugin/testing/world_wan.py), seen upscaled to 56x56 (see_small_videos_at_trained_size)."""
+DEMO_WORLD = WorldConfig(shapes=("square",), directions=("right",), backgrounds=("dark",))
+"""The small world: four colours, one square moving right on a dark background, 8 frames of 56x56."""
+GENERATOR_WORLD = WorldConfig(num_frames=9, height=32, width=32, object_size=10, speed=2)
+"""The whole world recipes/world_wan draws (9 frames of 32x32, both shapes, four directions and backgrounds:
+descore_plugin/testing/world_wan.py), seen upscaled to 56x56 (see_small_videos_at_trained_size)."""
+WORLDS = {"generator": GENERATOR_WORLD, "demo": DEMO_WORLD}
+WORLD = GENERATOR_WORLD
+"""The world of the shipped judge: the generator's, so that it can judge what recipes/world_wan draws (the demo's
+post-training and recipes/vbench_mini.py); on the small world it still ranks 0.92 of held-out pairs."""
 DEFECTS = ("subject", "dynamics", "camera", "style")
 """The one dimension each pair's videos differ in: wrong colour, motion, camera shake, flicker."""
 TEMPLATE = 'Judge the video against "{prompt}".\n'
@@ -79,22 +85,22 @@ def naming_rate(model_dir, pairs) -> float:
 class JudgeArguments:
     output_dir: str = help_field("where the trained judge goes (replaced)", str(SHIPPED))
     work_dir: str | None = help_field("data and the training runs (default: a temporary dir)")
-    steps: int = help_field("stage-1 steps", 1400, check=positive_int)
+    steps: int = help_field("stage-1 steps", 2000, check=positive_int)
     select_every: int = help_field(
         "validate (own CoT) and keep a checkpoint every N stage-1 steps; the best one is shipped",
-        200,
+        250,
         check=positive_int,
     )
     stage2_steps: int = help_field("stage-2 steps after the selected checkpoint", 0, check=non_negative_int)
-    train_pairs: int = help_field("synthetic training pairs", 600, check=positive_int)
+    train_pairs: int = help_field("synthetic training pairs", 1000, check=positive_int)
     validation_pairs: int = help_field("pairs the checkpoint is selected on", 100, check=positive_int)
     held_out_pairs: int = help_field("held-out pairs evaluated at the end", 200, check=positive_int)
     seed: int = help_field("model initialisation and training seed", 0)
     world: str = help_field(
-        "demo: four colours, one square moving right on a dark background, 8 frames of 56x56 (the "
-        "shipped judge); generator: the world recipes/world_wan draws (9 frames of 32x32, both "
-        "shapes, four directions and backgrounds)",
-        "demo",
+        "generator: the world recipes/world_wan draws (9 frames of 32x32, both shapes, four directions "
+        "and backgrounds; the shipped judge); demo: four colours, one square moving right on a dark "
+        "background, 8 frames of 56x56",
+        "generator",
         choices=list(WORLDS),
     )
 
@@ -124,14 +130,14 @@ def _eval_records(run_dir: Path) -> list[dict]:
 def train_judge(
     output_dir,
     work_dir,
-    steps: int = 1400,
-    select_every: int = 200,
+    steps: int = 2000,
+    select_every: int = 250,
     stage2_steps: int = 0,
-    train_pairs: int = 600,
+    train_pairs: int = 1000,
     validation_pairs: int = 100,
     held_out_pairs: int = 200,
     seed: int = 0,
-    world: str = "demo",
+    world: str = "generator",
 ) -> dict:
     """Train the judge in `work_dir` and copy the selected model to `output_dir`; returns what judge.json holds."""
     from descore_plugin.training.trainer import TrainConfig, Trainer
@@ -191,7 +197,7 @@ def ship(
     stage1: dict,
     stage2_steps: int = 0,
     seed: int = 0,
-    world: str = "demo",
+    world: str = "generator",
 ) -> dict:
     """Select the stage-1 checkpoint on validation, optionally run stage 2 from it, evaluate on the held-out pairs
     and copy the model to `output_dir` with judge.json."""
