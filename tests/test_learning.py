@@ -22,14 +22,12 @@ runs the ablation on another data set.
 """
 
 import json
-import os
-import shlex
-import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.run import offline_env, run_python
 
 from descore_plugin.testing import measurements
 from descore_plugin.testing.synthetic import WorldConfig, write_dataset
@@ -91,8 +89,8 @@ def stage1_args(world, name: str, steps: int, cot_mask_prob: float, lm_loss_weig
 
 
 def command_line(args: dict) -> list:
-    """The train_rm.py command line of a TrainConfig's fields."""
-    argv = [sys.executable, str(TRAIN_RM)]
+    """The train_rm.py command line (the arguments of `python`) of a TrainConfig's fields."""
+    argv = [TRAIN_RM]
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -136,15 +134,27 @@ def mean_rollout_reward(trainer: Trainer) -> float:
     )
 
 
+def train_in_turn(commands: list, log_path: Path) -> int:
+    """Run each `python` command line after the previous one succeeded (one thread each), their output written to
+    `log_path`; the first non-zero exit status, or 0."""
+    with open(log_path, "w") as log:
+        for argv in commands:
+            done = run_python(argv, env=offline_env(MKL_NUM_THREADS="1"), timeout=3 * 3600)
+            log.write(done.stdout + done.stderr)
+            log.flush()
+            if done.returncode:
+                return done.returncode
+    return 0
+
+
 @pytest.fixture(scope="module")
 def trainings(world):
     """`baseline` then `masked` in a train_rm.py subprocess, `cot` here meanwhile; one thread each."""
     baseline_args = stage1_args(world, "baseline", COT_STEPS, cot_mask_prob=1.0, lm_loss_weight=0.0, eval_think=False)
     masked_args = stage1_args(world, "masked", MASKED_STEPS, 0.5, LM_LOSS_WEIGHT, eval_think=False)
-    script = " && ".join(shlex.join(command_line(args)) for args in (baseline_args, masked_args))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = open(world["root"] / "subprocess.log", "w")
-    process = subprocess.Popen(script, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    background = ThreadPoolExecutor(max_workers=1)
+    commands = [command_line(args) for args in (baseline_args, masked_args)]
+    runs = background.submit(train_in_turn, commands, world["root"] / "subprocess.log")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -158,8 +168,8 @@ def trainings(world):
         }
     finally:
         torch.set_num_threads(threads)
-        returncode = process.wait()
-        log.close()
+        returncode = runs.result()
+        background.shutdown()
     assert returncode == 0, (world["root"] / "subprocess.log").read_text()[-3000:]
     return {
         "cot": cot,

@@ -3,12 +3,11 @@
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.run import run_python
 
 from descore_plugin import DeScoreReward
 from descore_plugin.data.pairs import DataError, load_pairs, save_pairs
@@ -282,8 +281,7 @@ def test_data_errors_before_training(world, tmp_path):
 def test_recipe_command_line(world, tmp_path):
     out = tmp_path / "cli"
     args = [
-        sys.executable,
-        str(RECIPE),
+        RECIPE,
         "--stage",
         "1",
         "--model",
@@ -308,7 +306,7 @@ def test_recipe_command_line(world, tmp_path):
         "--log-with",
         "tensorboard",
     ]
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = run_python(args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"^done: .*\blr=1e-05\b", done.stdout, re.MULTILINE), done.stdout[-500:]  # small values shown
     assert (out / "descore_config.json").is_file() and sorted(p.name for p in out.glob("checkpoint-*")) == [
@@ -316,7 +314,7 @@ def test_recipe_command_line(world, tmp_path):
         "checkpoint-2",
     ]
     assert list((out / "logs").rglob("events.out.tfevents*"))
-    again = subprocess.run(args + ["--resume", "--max-steps", "3"], capture_output=True, text=True)
+    again = run_python(args + ["--resume", "--max-steps", "3"])
     assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-2000:]
 
 
