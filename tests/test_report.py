@@ -473,6 +473,7 @@ def test_run_page_reads_the_run_loops_vocabulary(tmp_path):
         assert f'aria-label="{name}"' in page
     assert 'class="se-band"' in page and "rolling mean of 3 steps" in page and "<td>time/step</td>" in page
     assert 'id="checks"' in page and "No independent check" in page  # and it says how to get one
+    assert "the Flow-DPO loss and implicit accuracy" in page and "of the reward model" not in page  # its caption
 
 
 def test_older_flat_names_and_rows_without_kind(tmp_path):
@@ -597,3 +598,13 @@ def test_reward_model_run_page_reads_the_loop_vocabulary_and_old_flat_rows(tmp_p
     assert "Reward-model run" in html and "Reward-hacking flags" not in html
     assert ("0.750 ± 0.125" in html) is not flat  # 0.5 / sqrt(16); the flat rows logged no spread
     assert "0.750" in html and "CoTs do not parse" in html and "25%" in html
+    # the training curves' caption names the stage's quantities, not post-training's
+    assert "the Bradley-Terry loss on the head, the CoT next-token loss" in html
+    assert "Flow-DPO" not in html and "GRPO" not in html and "rule reward" not in html
+    if not flat:  # stage 2: its GRPO quantities and the rule reward of its rollouts
+        (run / "run_args.json").write_text(json.dumps({"stage": 2, "train_data": "t.jsonl"}))
+        with open(run / "metrics.jsonl", "a") as rows_file:
+            rows_file.write(json.dumps({"kind": "train", "step": 3, "train/policy_loss": 0.1, "reward/rollout": 0.5}))
+        html = report.write_report(run, tmp_path / "out2").read_text()
+        assert "the GRPO policy loss on the sampled CoTs" in html and "rule reward of the CoTs sampled" in html
+        assert "Flow-DPO" not in html and "the CoT next-token loss" not in html

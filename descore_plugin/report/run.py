@@ -138,7 +138,35 @@ def _score_chart(title: str, name: str, steps: list, means: list, errors: list, 
     )
 
 
-def _training_section(run: dict) -> str:
+_REWARD_MODEL_QUANTITIES = {
+    "1": "the Bradley-Terry loss on the head, the CoT next-token loss, the pair accuracy of the batch, the learning "
+    "rate and the gradient norm",
+    "2": "the GRPO policy loss on the sampled CoTs, their KL to the reference, the probability ratio and clipped "
+    "fraction, the auxiliary Bradley-Terry loss on the head",
+    "3": "the distillation loss to the score distributions of the teacher and the optional Bradley-Terry term",
+}
+"""What the train/... curves of a reward-model run are, by the --stage in its run_args.json."""
+
+
+def _training_caption(run: dict, curves: dict, reward_model: bool) -> str:
+    """What the training curves of this kind of run are: those of a reward-model stage, or of post-training."""
+    if not reward_model:
+        return (
+            "train/... are the training quantities (the Flow-DPO loss and implicit accuracy, the GRPO or DiffusionNFT "
+            "policy loss and KL, ...), reward/... the rewards of the training samples."
+        )
+    stage = str(run["args"].get("stage", ""))
+    quantities = _REWARD_MODEL_QUANTITIES.get(stage) or "; ".join(
+        f"stage {key}: {text}" for key, text in _REWARD_MODEL_QUANTITIES.items()
+    )
+    caption = f"train/... are the training quantities of the reward model ({quantities}, ...)"
+    if any(name.startswith("reward/") for name in curves):
+        caption += ", reward/... the rule reward of the CoTs sampled in stage 2 (the total, its accuracy and format)"
+    return caption + "."
+
+
+def _training_section(run: dict, reward_model: bool = False) -> str:
+    """The training curves of a post-training run or, with `reward_model`, of a reward-model run."""
     curves = training_curves(run)
     if not curves:
         return (
@@ -171,8 +199,7 @@ def _training_section(run: dict) -> str:
             chart = svg_lines(name, steps, {name: values}, y_range=axis_range(name), note="each step")
         charts.append(chart)
     html = (
-        '<h2>Training curves</h2><p class="muted">train/... are the training quantities (the Flow-DPO loss and '
-        "implicit accuracy, the GRPO policy loss and KL, ...), reward/... the rewards of the training samples.</p>"
+        f'<h2>Training curves</h2><p class="muted">{esc(_training_caption(run, curves, reward_model))}</p>'
         '<div class="charts" id="training-curves">' + "".join(charts) + "</div>"
     )
     if timing:
@@ -356,7 +383,7 @@ def reward_model_run_page(run: dict, source: Path) -> str:
             + "".join(charts)
             + "</div>"
         )
-    body = tiles(items) + body + _training_section(run)
+    body = tiles(items) + body + _training_section(run, reward_model=True)
     return page("Reward-model run", f"{source}" + (f" — {described}" if described else ""), body)
 
 
