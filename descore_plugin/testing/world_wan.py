@@ -543,11 +543,18 @@ def write_model_card(record: dict, generation: dict) -> str:
         "",
         "```python",
         "from diffusers import WanPipeline",
+        "",
         'pipe = WanPipeline.from_pretrained("recipes/world_wan")',
-        f'video = pipe("a red square moving right on a dark background", num_frames={generation["num_frames"]}, '
-        f"height={generation['height']}, width={generation['width']},",
-        f"             num_inference_steps={generation['num_inference_steps']}, "
-        f'guidance_scale={generation["guidance_scale"]}, output_type="pt").frames',
+        "video = pipe(",
+        '    "a red square moving right on a dark background",',
+        f"    num_frames={generation['num_frames']},",
+        f"    height={generation['height']},",
+        f"    width={generation['width']},",
+        f"    num_inference_steps={generation['num_inference_steps']},",
+        f"    guidance_scale={generation['guidance_scale']},",
+        f"    max_sequence_length={generation['max_sequence_length']},  # the prompt length it was trained at",
+        '    output_type="pt",',
+        ").frames",
         "```",
         "",
         "`generation_defaults.json` records the size, steps and guidance it was trained and measured for; "
