@@ -25,7 +25,7 @@ ORDER = [
     "scoring",
     "training",
     "distillation",
-    "post_training",
+    "post_train",
     "serving",
     "scale",
     "reports",
