@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from descore_plugin.testing.synthetic import Clip, WorldConfig
-from descore_plugin.testing.world_wan import (
+from descore_plugin.testing.world_wan import (  # the world and the resumable-state helpers both phases share
     WORLD,
     _bool_text,
-    _help,
     _load_state,
     _other,
     _save_state,
     _warmup_lr,
     all_scenes,
 )
+from descore_plugin.utils.args import help_field as _help
 
 logger = logging.getLogger(__name__)
 
