@@ -304,6 +304,24 @@ def test_write_dataset_round_trips_through_the_pair_format(tmp_path):
     assert '"video_a": "videos/00000_a.mp4"' in jsonl.read_text()  # relative: the folder can move
 
 
+def test_write_dataset_writes_what_the_transform_makes_of_the_rendered_clips(tmp_path):
+    """`transform` (the judge recipe's VAE pass) gets every rendered clip in one batch, in pair order (a then b),
+    and the videos written are its output; the labels and CoTs stay those of the rendered clips."""
+    seen = []
+
+    def negative(frames):
+        seen.append(frames.shape)
+        return 255 - frames
+
+    jsonl = write_dataset(tmp_path / "neg", 3, seed=4, progress=False, transform=negative)
+    assert seen == [(6, *render_clip(sample_pairs(1, seed=4)[0].clip_a).shape)]  # one call, six clips
+    for pair, spec in zip(load_pairs(jsonl, require_scores=True), sample_pairs(3, seed=4)):
+        assert pair.cot_a == write_cot(spec.clip_a) and pair.label == spec.label
+        for path, clip in ((pair.video_a, spec.clip_a), (pair.video_b, spec.clip_b)):
+            decoded = load_video(path).frames.numpy().astype(np.int64)
+            assert np.abs(decoded - (255 - render_clip(clip).astype(np.int64))).mean() < 6
+
+
 def test_vocabulary_covers_every_word_the_world_writes():
     vocabulary = {word for text in vocabulary_texts() for word in text.split()}
     batch = generate_pairs(300, seed=11, tie_rate=0.1, mild_rate=0.5, shared_defect_rate=0.5)

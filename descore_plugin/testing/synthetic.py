@@ -370,12 +370,16 @@ def write_dataset(
     crf: int = 10,
     write_csv: bool = False,
     progress: bool = True,
+    transform=None,
 ) -> Path:
     """Write a synthetic pair dataset: `videos/NNNNN_a.mp4`, `videos/NNNNN_b.mp4` and `pairs.jsonl` (plus
     `pairs.csv` when write_csv) in the descore-plugin pair format, with CoTs, per-dimension truth (scores_a /
     scores_b, for stage 2) and the slice tag. Returns the path of pairs.jsonl.
 
     crf: x264 quality of the mp4s; 10 (near-lossless, about 3 KB per default clip) is this project's choice.
+    transform: None, or a function from a batch of rendered clips (N, T, 3, H, W) uint8 to what is written instead,
+        the same shape and dtype (recipes/train_demo_judge.py passes the world generator's VAE: the judge then
+        learns on what that generator can draw), labels and CoTs still those of the rendered clips.
     The other arguments are those of `sample_pairs`.
     """
     out_dir = Path(out_dir)
@@ -389,12 +393,17 @@ def write_dataset(
         world=world,
     )
     width = max(5, len(str(num_pairs - 1)))
+    transformed = None
+    if transform is not None:  # one batched call over every clip (a VAE is slow one clip at a time)
+        frames = transform(render_clips([clip for spec in specs for clip in (spec.clip_a, spec.clip_b)], world))
+        transformed = iter(np.asarray(frames, dtype=np.uint8))
     pairs = []
     for index, spec in enumerate(tqdm(specs, desc="writing synthetic pairs", disable=not progress)):
         paths = []
         for side, clip in (("a", spec.clip_a), ("b", spec.clip_b)):
             path = out_dir / "videos" / f"{index:0{width}d}_{side}.mp4"
-            write_video(path, render_clip(clip, world), world.fps, crf=crf)
+            frames = render_clip(clip, world) if transformed is None else next(transformed)
+            write_video(path, frames, world.fps, crf=crf)
             paths.append(str(path))
         pairs.append(
             Pair(
