@@ -263,6 +263,17 @@ def _latent_statistics(vae, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, inverse_std
 
 
+def pipeline_num_frames(pipe, frames: int) -> int:
+    """The `num_frames` to pass `WanPipeline.__call__` for videos of `frames` frames (4k + 1).
+
+    diffusers rounds a count whose `num_frames - 1` its VAE's temporal factor does not divide to
+    `num_frames // factor * factor + 1`; with a VAE that does not compress time (factor 1, the world generator of
+    recipes/world_wan) that rule fires for every count and adds a frame, so such a pipeline is asked for one frame
+    fewer. Wan-2.1 (factor 4) and every 4k + 1 count: `frames` itself. This package's own sampler (post-training
+    rollouts, `latent_shape`) makes exactly `frames` frames either way."""
+    return frames - 1 if pipe.vae_scale_factor_temporal == 1 and frames > 1 else frames
+
+
 def latent_shape(pipe, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
     """Shape of the normalised latents of (num_frames, height, width) videos, as `WanPipeline.prepare_latents`."""
     check_video_size(num_frames, height, width)

@@ -107,10 +107,10 @@ class JudgeArguments:
     )
     videos: str = help_field(
         "what the judge sees: rendered = the clips as rendered (the shipped judge); vae = every rendered clip "
-        "encoded and decoded by --vae, labels and CoTs of the rendered clip (the colour shifts, blur and smeared "
-        "motion of what the world generator can draw at best: the shipped judge ranks 0.93 of 100 rendered "
-        "held-out pairs but 0.71 of the same pairs through that VAE; a judge trained with --videos vae ranks "
-        "0.91 of 200 such pairs; --world generator only)",
+        "encoded and decoded by --vae, labels and CoTs of the rendered clip (the blur and colour shifts of what "
+        "the world generator can draw at best; --world generator only). Measured on 100 held-out pairs: the "
+        "shipped judge ranks 0.93 rendered and 0.91 through the shipped VAE, but 0.71 through the first, "
+        "time-compressing one, where a judge trained with --videos vae ranked 0.91 of 200",
         "rendered",
         choices=["vae", "rendered"],
     )

@@ -4,7 +4,7 @@
     python recipes/train_world_wan.py --phase vae                      # the VAE only (into --work-dir)
     python recipes/train_world_wan.py --phase transformer --resume     # the generator, continuing a killed run
 
-Phase `vae`: a shallow real AutoencoderKLWan (two 2x spatial levels and one 2x temporal one instead of Wan-2.1's
+Phase `vae`: a shallow real AutoencoderKLWan (one 2x spatial level and no temporal compression instead of Wan-2.1's
 8x space and 4x time; 16 latent channels) learns to reconstruct rendered world clips (every scene, every defect); the weights of the best validation PSNR are
 kept and its latent mean / std (what WanPipeline normalises with) measured on the training clips.
 Phase `transformer`: a WanTransformer3DModel and a UMT5 encoder learn prompt -> clip jointly with flow matching on

@@ -159,6 +159,7 @@ def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_si
     """videos_per_prompt videos per prompt, (N, F, C, H, W) in [0, 1]; video k of prompt i starts from the noise of
     seed (seed, i, k), so every run is measured on the same noises."""
     from descore_plugin.integrations.post_training import seed_of
+    from descore_plugin.integrations.wan import pipeline_num_frames
 
     generation = pipe.bench_generation
     jobs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(videos_per_prompt)]
@@ -169,7 +170,7 @@ def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_si
         result = pipe(
             prompt=[p for _, _, p in chunk],
             negative_prompt=[generation.negative_prompt] * len(chunk),
-            num_frames=generation.num_frames,
+            num_frames=pipeline_num_frames(pipe, generation.num_frames),
             height=generation.height,
             width=generation.width,
             num_inference_steps=generation.num_inference_steps,

@@ -162,20 +162,46 @@ def test_generator_training_resume_equals_uninterrupted(tmp_path):
 def test_shipped_world_wan_loads_with_plain_diffusers_and_generates():
     from diffusers import WanPipeline
 
+    from descore_plugin.integrations.wan import (
+        PromptCache,
+        WanGenerationConfig,
+        generate,
+        initial_noise,
+        pipeline_num_frames,
+    )
+
     generation = json.loads((SHIPPED / "generation_defaults.json").read_text())
     pipe = WanPipeline.from_pretrained(SHIPPED)
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         "a red square moving right on a dark background",
-        num_frames=generation["num_frames"],
+        num_frames=pipeline_num_frames(pipe, generation["num_frames"]),  # diffusers' rounding, see the helper
         height=generation["height"],
         width=generation["width"],
         num_inference_steps=2,
         guidance_scale=generation["guidance_scale"],
         output_type="pt",
         generator=torch.Generator().manual_seed(0),
+        max_sequence_length=generation["max_sequence_length"],
     ).frames
     assert frames.shape == (1, generation["num_frames"], 3, generation["height"], generation["width"])
+    # The package's own sampler (post-training rollouts) draws the same video from the same noise, at the same size.
+    config = WanGenerationConfig(**{**generation, "num_inference_steps": 2})
+    noise = initial_noise(pipe, 1, config, generator=torch.Generator().manual_seed(0))
+    expected = pipe(
+        ["a red square moving right on a dark background"],
+        num_frames=pipeline_num_frames(pipe, generation["num_frames"]),
+        height=generation["height"],
+        width=generation["width"],
+        num_inference_steps=2,
+        guidance_scale=generation["guidance_scale"],
+        latents=noise.clone(),
+        max_sequence_length=generation["max_sequence_length"],
+        output_type="pt",
+    ).frames
+    cache = PromptCache(pipe, generation["max_sequence_length"])
+    videos, _ = generate(pipe, cache, ["a red square moving right on a dark background"], config, latents=noise.clone())
+    torch.testing.assert_close(videos, expected, rtol=0, atol=1e-5)
     assert (generation["num_frames"], generation["height"], generation["width"]) == (
         ww.WORLD.num_frames,
         ww.WORLD.height,

@@ -68,7 +68,12 @@ class VaeConfig:
         "channel multiplier per level; len - 1 spatial 2x downsamples (Wan-2.1: 1 2 4 4)", [1, 2]
     )
     temperal_downsample: list[bool] = _help(
-        "which downsamples also halve time (diffusers' spelling; Wan-2.1: false true true)", [True], check=_bool_text
+        "which downsamples also halve time (diffusers' spelling; Wan-2.1: false true true). false: no temporal "
+        "compression, this project's choice: with it (true) 1,200 steps reached 20.5 dB and kept every attribute of "
+        "0.11 of the validation clips (colour 0.73); without it 1,000 steps reached 23.2 dB (colour 1.00). "
+        "WanPipeline then adds a frame to the num_frames it is given (integrations.wan.pipeline_num_frames)",
+        [False],
+        check=_bool_text,
     )
     num_res_blocks: int = _help("residual blocks per level (Wan-2.1: 2)", 1)
     z_dim: int = _help("latent channels (16, as the pipeline's latents_mean / latents_std)", 16)
@@ -142,7 +147,7 @@ def vae_forward(vae, pixels: torch.Tensor, generator: torch.Generator | None = N
 
 @dataclass
 class VaeTrainConfig:
-    steps: int = _help("VAE optimiser steps", 1200)
+    steps: int = _help("VAE optimiser steps", 1500)
     batch_size: int = _help("clips per VAE step (> 1: torch's batch-1 Conv3d falls back to a slow kernel)", 4)
     learning_rate: float = _help("AdamW peak learning rate of the VAE (after a linear warm-up)", 1e-3)
     lr_schedule: str = _help(
@@ -159,7 +164,7 @@ class VaeTrainConfig:
     )
     train_clips: int = _help("rendered clips the VAE trains on (uint8 in memory)", 3000)
     validation_clips: int = _help("clips that select the kept VAE (best validation PSNR)", 64)
-    eval_every: int = _help("validate the VAE (and save its state) every N steps", 50)
+    eval_every: int = _help("validate the VAE (and save its state) every N steps", 100)
 
 
 def object_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:

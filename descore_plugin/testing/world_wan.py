@@ -400,14 +400,14 @@ def flow_matching_loss(
 
 @dataclass
 class GeneratorTrainConfig:
-    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 1500)
+    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 2500)
     gen_batch_size: int = _help("latent clips per generator step", 16)
     gen_learning_rate: float = _help("AdamW learning rate of the transformer and text encoder", 1e-3)
     gen_warmup_steps: int = _help("linear warm-up steps of the generator learning rate", 20)
     gen_grad_clip: float = _help("gradient-norm clipping of the generator", 1.0)
     caption_dropout: float = _help("share of captions replaced by the empty prompt (classifier-free guidance)", 0.1)
     gen_clips: int = _help("pre-training clips (noisy captions; encoded once by the VAE)", 1600)
-    gen_eval_every: int = _help("measure held-out fidelity every N generator steps", 100)
+    gen_eval_every: int = _help("measure held-out fidelity (and save the state) every N generator steps", 500)
     gen_eval_samples: int = _help("held-out samples per fidelity measurement", 16)
 
 
@@ -499,12 +499,14 @@ def generate_clips(
     """uint8 clips (N, T, 3, H, W) drawn by `pipe` (the real `WanPipeline.__call__`) for `prompts`, with the prompt
     length the generator was trained at (GeneratorConfig.max_sequence_length; WanPipeline's default, 512, pads 10 world tokens with 500 zero vectors
     that the cross-attention then attends to: samples the generator never learnt to draw)."""
+    from descore_plugin.integrations.wan import pipeline_num_frames
+
     out = []
     for start in range(0, len(prompts), batch_size):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         video = pipe(
             prompt=prompts[start : start + batch_size],
-            num_frames=world.num_frames,
+            num_frames=pipeline_num_frames(pipe, world.num_frames),
             height=world.height,
             width=world.width,
             num_inference_steps=num_inference_steps,
@@ -547,7 +549,11 @@ def write_model_card(record: dict, generation: dict) -> str:
         'pipe = WanPipeline.from_pretrained("recipes/world_wan")',
         "video = pipe(",
         '    "a red square moving right on a dark background",',
-        f"    num_frames={generation['num_frames']},",
+        (
+            f"    num_frames={generation['num_frames']},"
+            if any(settings["vae"]["temperal_downsample"])
+            else f"    num_frames={generation['num_frames'] - 1},  # diffusers adds one: the VAE does not compress time"
+        ),
         f"    height={generation['height']},",
         f"    width={generation['width']},",
         f"    num_inference_steps={generation['num_inference_steps']},",
