@@ -399,7 +399,11 @@ def _interrupt_when(command: list, ready, cwd) -> CompletedProcess:
 
     from helpers.run import start_python
 
-    process = start_python(command, cwd=cwd, start_new_session=True)
+    # A shell running a command in the background (`nohup make test &`) starts it with SIGINT ignored, and children
+    # inherit that; a terminal's foreground command has the default handler, which is what Ctrl-C is tested against.
+    process = start_python(
+        command, cwd=cwd, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
     try:
         deadline = time.time() + 240
         while not ready() and process.poll() is None and time.time() < deadline:
