@@ -60,7 +60,9 @@ class RecipeArguments:
     seed: int = help_field("seed of the data, the initial weights and every batch", 0)
     num_inference_steps: int = help_field("sampler steps recorded in generation_defaults.json and used to measure", 10)
     guidance_scale: float = help_field("CFG scale recorded in generation_defaults.json and used to measure", 3.0)
-    final_eval_samples: int = help_field("held-out samples of the final fidelity measurement", 32)
+    final_eval_samples: int = help_field(
+        "held-out samples of the final fidelity measurement (128: a standard error of at most 0.044)", 128
+    )
     progress: bool = help_field("tqdm progress bars", True)
 
 

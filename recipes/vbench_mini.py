@@ -106,7 +106,8 @@ def method_flags(method: str) -> list[str]:
         # Learning rate 2e-4 and every pair over a margin (not only best vs worst): at 1e-3 on one best-worst pair per
         # prompt the policy separates its 16 pairs by raising the error of winner AND loser (mean squared error of
         # both about doubled by step 30) and draws worse videos, even with the world:truth reward itself (held-out
-        # world:truth 0.449 -> 0.375, one seed); at 2e-4 with margin pairs it stays near the base (0.480).
+        # world:truth 0.449 -> 0.375, one seed, the 2,500-step generator); at 2e-4 with margin pairs it stays near the
+        # base (0.480; the shipped 5,000-step generator: 0.520 -> 0.511). docs/vbench_mini.md has the table.
         return common + [
             "--pair-selection",
             "margin",

@@ -400,7 +400,7 @@ def flow_matching_loss(
 
 @dataclass
 class GeneratorTrainConfig:
-    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 2500)
+    gen_steps: int = _help("generator (transformer + text encoder) optimiser steps", 5000)
     gen_batch_size: int = _help("latent clips per generator step", 16)
     gen_learning_rate: float = _help("AdamW learning rate of the transformer and text encoder", 1e-3)
     gen_warmup_steps: int = _help("linear warm-up steps of the generator learning rate", 20)
@@ -605,8 +605,9 @@ def write_model_card(record: dict, generation: dict) -> str:
         f"{generation['num_inference_steps']} steps, guidance {generation['guidance_scale']}): the asked "
         + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in fidelity.items())
         + ".",
-        f"- Training time: VAE {vae.get('seconds')} s, generator {gen.get('seconds')} s (a 2-core CPU shared with "
-        f"other jobs).",
+        f"- Training time: VAE {vae.get('seconds')} s, generator "
+        f"{gen.get('history', {}).get('seconds') or gen.get('seconds')} s of training, summed over resumed runs "
+        f"(a 2-core CPU shared with other jobs).",
         "",
         "## Targets",
         "",
