@@ -250,3 +250,21 @@ def test_judge_recipe_can_train_on_what_the_shipped_vae_draws(tmp_path):
     with pytest.raises(SystemExit, match="--videos rendered"):
         recipe["parse_args"](["--world", "demo", "--videos", "vae"])
     assert recipe["parse_args"]([]).videos == "rendered"  # the shipped judge's recipe
+
+
+def test_word_use_shows_which_prompt_words_the_shipped_denoiser_uses():
+    """world_wan.word_use: the loss with the true prompt, then with one word swapped. The shipped generator draws the
+    asked colour, so swapping the colour word must raise its loss at high noise; the figures for the direction word
+    are in docs/vbench_mini.md."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(SHIPPED)
+    scenes = ww.held_out_scenes()
+    result = ww.word_use(pipe, scenes, timesteps=(0.95,))
+    losses = result[0.95]
+    assert set(losses) == {"true", "direction", "colour", "empty"}
+    assert losses["colour"] > losses["true"] + 0.002
+    assert losses["empty"] > losses["true"] + 0.002
+    # The same noise for every prompt: the true prompt's loss is flow_matching_loss at that t and noise.
+    again = ww.word_use(pipe, scenes, timesteps=(0.95,))
+    assert again == result
