@@ -254,8 +254,8 @@ def test_judge_recipe_can_train_on_what_the_shipped_vae_draws(tmp_path):
 
 def test_word_use_shows_which_prompt_words_the_shipped_denoiser_uses():
     """world_wan.word_use: the loss with the true prompt, then with one word swapped. The shipped generator draws the
-    asked colour, so swapping the colour word must raise its loss at high noise; the figures for the direction word
-    are in docs/vbench_mini.md."""
+    asked colour, so swapping the colour word must raise its loss at high noise; the direction word is the one it
+    ignores (docs/vbench_mini.md)."""
     from diffusers import WanPipeline
 
     pipe = WanPipeline.from_pretrained(SHIPPED)
@@ -265,6 +265,6 @@ def test_word_use_shows_which_prompt_words_the_shipped_denoiser_uses():
     assert set(losses) == {"true", "direction", "colour", "empty"}
     assert losses["colour"] > losses["true"] + 0.002
     assert losses["empty"] > losses["true"] + 0.002
-    # The same noise for every prompt: the true prompt's loss is flow_matching_loss at that t and noise.
-    again = ww.word_use(pipe, scenes, timesteps=(0.95,))
-    assert again == result
+    # Pins the figure docs/vbench_mini.md quotes: a retrained generator that binds the direction word fails this,
+    # and that page's diagnosis must then be measured again.
+    assert abs(losses["direction"] - losses["true"]) < 0.001
