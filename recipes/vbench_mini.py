@@ -9,8 +9,8 @@ Runs are named `<method>/<reward>` (methods flow_dpo, longcat, nft; rewards judg
 paper; judge_no_cot = the same judge's masked-CoT path; student = a distilled no-CoT student (--student);
 discriminative = a no-CoT Bradley-Terry judge trained on the same world pairs (--discriminative); truth = the
 world:truth reward itself, an upper bound; redness = analytic:redness, a control that should NOT improve fidelity),
-plus `base`, the generator as shipped. Each post-training run is the public recipe's own code, called in-process with
-the flags a user would give it:
+plus `base`, the generator as shipped. Each post-training run is the public recipe's own code, called with the flags a
+user would give it (in a worker process of this script, --workers of them at once, or in this process):
 
     accelerate launch recipes/wan_flow_dpo.py --pipeline recipes/world_wan --reward-model recipes/demo_judge \
         --prompts OUT/prompts/train.txt --output-dir OUT/runs/flow_dpo_judge/seed-0 ...   (`command` in results.json)
@@ -91,6 +91,15 @@ class BenchArguments:
     eval_prompts: int = help_field("prompts of each run's own evaluations (steps to level)", 8)
     overwrite: bool = help_field(
         "redo runs whose results exist (default: reuse them, so a killed benchmark resumes)", False
+    )
+    workers: int = help_field(
+        "post-training runs done at once, each in its own process (`--one-run`) with one thread, while this process "
+        "measures the base (2: the two CPU cores the benchmark is sized for; 1: one after another, in this process)",
+        2,
+    )
+    one_run: str | None = help_field(
+        "do only this run, METHOD/REWARD:SEED, and write its record to its run directory (what --workers starts)",
+        None,
     )
 
 
@@ -503,12 +512,72 @@ def planned_runs(args: BenchArguments) -> list[str]:
     return ["base"] + [f"{m}/{r}" for m in METHODS for r in REWARDS]
 
 
+RECORD_FILE = "vbench_record.json"
+"""A worker's record of its run (the parent collects it into results.json)."""
+
+
+class _Workers:
+    """Runs (name, seed) jobs in `--workers` child processes of this script (`--one-run NAME:SEED`, one thread each),
+    at most that many at once; each child's output goes to OUT/runs/<run>/seed-S.log."""
+
+    def __init__(self, argv, args: BenchArguments, out: Path):
+        self.base_argv = list(argv if argv is not None else sys.argv[1:])
+        if args.discriminative:  # trained by the parent when it was not given
+            self.base_argv += ["--discriminative", args.discriminative]
+        self.size, self.out = args.workers, out
+        self.pending: list = []
+        self.running: dict = {}
+
+    def start(self, jobs: list) -> None:
+        self.pending = list(jobs)
+        self._fill()
+
+    def _fill(self) -> None:
+        import subprocess
+
+        while self.pending and len(self.running) < self.size:
+            name, seed = self.pending.pop(0)
+            method, reward = name.split("/")
+            log = self.out / "runs" / f"{method}_{reward}" / f"seed-{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            handle = log.open("w")
+            command = [sys.executable, str(Path(__file__).resolve()), *self.base_argv, "--one-run", f"{name}:{seed}"]
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            print(f"{name} seed {seed}: started in its own process (log: {log})", flush=True)
+            self.running[process] = (name, seed, log, handle)
+
+    def results(self):
+        """Yields (name, seed, record) as the children finish; a failed child stops the benchmark naming its log."""
+        while self.running:
+            for process in list(self.running):
+                if process.poll() is None:
+                    continue
+                name, seed, log, handle = self.running.pop(process)
+                handle.close()
+                if process.returncode != 0:
+                    self.stop()
+                    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
+                    raise SystemExit(f"vbench_mini.py: error: run {name} seed {seed} failed (log: {log}):\n{tail}")
+                method, reward = name.split("/")
+                record_file = self.out / "runs" / f"{method}_{reward}" / f"seed-{seed}" / RECORD_FILE
+                yield name, seed, json.loads(record_file.read_text())
+                self._fill()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in self.running:
+            process.kill()
+        self.pending = []
+
+
 def main(argv=None) -> int:
     (args,) = parse_config(BenchArguments, argv, prog="vbench_mini.py", description=__doc__)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # the tiny models are overhead-bound: one thread is as fast, faster on a busy machine
     from descore_plugin import DeScoreReward
     from descore_plugin.report import write_report
+    from descore_plugin.utils.files import atomic_write_text
 
     started = time.time()
     out = Path(args.output_dir)
@@ -518,10 +587,11 @@ def main(argv=None) -> int:
         args.train_prompts, args.held_out_prompts = min(args.train_prompts, 8), min(args.held_out_prompts, 8)
         args.videos_per_prompt = min(args.videos_per_prompt, 4)
     train, held_out = prompt_sets(args.train_prompts, args.held_out_prompts)
-    (out / "prompts").mkdir(exist_ok=True)
     prompts_file = out / "prompts" / "train.txt"
-    prompts_file.write_text("\n".join(train) + "\n")
-    (out / "prompts" / "held_out.txt").write_text("\n".join(held_out) + "\n")
+    if not args.one_run:  # a worker reads the files its parent wrote
+        (out / "prompts").mkdir(exist_ok=True)
+        atomic_write_text(prompts_file, "\n".join(train) + "\n")
+        atomic_write_text(out / "prompts" / "held_out.txt", "\n".join(held_out) + "\n")
     judge = DeScoreReward.from_pretrained(args.judge)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     results = {
@@ -538,29 +608,46 @@ def main(argv=None) -> int:
             "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge),
         }
 
+    def post_train_and_measure(name: str, seed: int) -> dict:
+        method, reward = name.split("/")
+        run_dir = out / "runs" / f"{method}_{reward}" / f"seed-{seed}"
+        argv_run = run_argv(method, reward_flags(reward, args), args, prompts_file, run_dir, seed)
+        began = time.time()
+        print(f"\n{name} seed {seed}: accelerate launch {RECIPES[method]} {shlex.join(argv_run)}", flush=True)
+        post_train_run(method, argv_run)
+        seconds = time.time() - began
+        pipe = load_generator(args.pipeline, str(run_dir))
+        record = {
+            **measure_both(pipe, seed),
+            "lora": str(run_dir),
+            "train_seconds": seconds,
+            "steps_to_level": steps_to_level(run_dir),
+            "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}",
+        }
+        trained = {
+            "judge": "descore",
+            "judge_no_cot": "descore",
+            "student": "descore",
+            "discriminative": "descore",
+            "truth": "world:truth",
+            "redness": "analytic:redness",
+        }[reward]
+        checks = None if trained == "world:truth" else ["world:truth"]
+        record["report"] = str(
+            write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}", reward=trained, checks=checks)
+        )
+        return record
+
+    if args.one_run:  # a worker: one run, its record written beside its LoRA for the parent to collect
+        name, _, seed = args.one_run.rpartition(":")
+        record = post_train_and_measure(name, int(seed))
+        atomic_write_text(Path(record["lora"]) / RECORD_FILE, json.dumps(record, default=float) + "\n")
+        return 0
+
+    jobs = []  # (name, seed) post-training runs to do
     for name in planned_runs(args):
         entry = results["runs"].setdefault(name, {"seeds": {}})
         if name == "base":
-            pipe = load_generator(args.pipeline)
-            for seed in seeds:
-                old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
-                entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
-                print(
-                    f"base seed {seed}: held-out all as asked "
-                    f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}"
-                )
-            samples = [
-                row
-                for seed in seeds
-                for split in ("train", "held_out")
-                for row in entry["seeds"][str(seed)][split]["per_video"]
-            ]
-            results["judge_on_base_samples"] = judge_pair_accuracy(samples)
-            print(
-                f"the judge on pairs of the base generator's samples that differ in colour or motion: "
-                f"{results['judge_on_base_samples']}"
-            )
-            write_results(out, results)
             continue
         method, reward = name.split("/")
         if reward == "discriminative" and not args.discriminative:
@@ -569,45 +656,57 @@ def main(argv=None) -> int:
         flags = reward_flags(reward, args)
         if isinstance(flags, str):
             results["runs"][name] = {"not_run": flags}
-            write_results(out, results)
             continue
         for seed in seeds:
             run_dir = out / "runs" / f"{method}_{reward}" / f"seed-{seed}"
             old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
             if old and not args.overwrite and (run_dir / "pytorch_lora_weights.safetensors").is_file():
                 entry["seeds"][str(seed)] = old
-                continue
-            argv_run = run_argv(method, flags, args, prompts_file, run_dir, seed)
-            began = time.time()
-            print(f"\n{name} seed {seed}: accelerate launch {RECIPES[method]} {shlex.join(argv_run)}")
-            post_train_run(method, argv_run)
-            seconds = time.time() - began
-            pipe = load_generator(args.pipeline, str(run_dir))
-            record = {
-                **measure_both(pipe, seed),
-                "lora": str(run_dir),
-                "train_seconds": seconds,
-                "steps_to_level": steps_to_level(run_dir),
-                "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}",
-            }
-            trained = {
-                "judge": "descore",
-                "judge_no_cot": "descore",
-                "student": "descore",
-                "discriminative": "descore",
-                "truth": "world:truth",
-                "redness": "analytic:redness",
-            }[reward]
-            checks = None if trained == "world:truth" else ["world:truth"]
-            record["report"] = str(
-                write_report(
-                    run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}", reward=trained, checks=checks
-                )
+            else:
+                jobs.append((name, seed))
+
+    def finish(name: str, seed: int, record: dict) -> None:
+        results["runs"][name]["seeds"][str(seed)] = record
+        fidelity = record["held_out"]["columns"]["all_as_asked"]["mean"]
+        print(
+            f"{name} seed {seed}: held-out all as asked {fidelity:.3f} in {record['train_seconds']:.0f} s of post-training"
+        )
+        write_results(out, results)
+
+    workers = _Workers(argv, args, out) if args.workers > 1 and jobs else None
+    if workers is not None:
+        workers.start(jobs)  # while this process measures the base
+    if "base" in results["runs"]:
+        entry = results["runs"]["base"]
+        pipe = load_generator(args.pipeline)
+        for seed in seeds:
+            old = previous.get("runs", {}).get("base", {}).get("seeds", {}).get(str(seed))
+            entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
+            print(
+                f"base seed {seed}: held-out all as asked "
+                f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}"
             )
-            entry["seeds"][str(seed)] = record
-            fidelity = record["held_out"]["columns"]["all_as_asked"]["mean"]
-            print(f"{name} seed {seed}: held-out all as asked {fidelity:.3f} in {seconds:.0f} s of post-training")
-            write_results(out, results)
+        samples = [
+            row
+            for seed in seeds
+            for split in ("train", "held_out")
+            for row in entry["seeds"][str(seed)][split]["per_video"]
+        ]
+        results["judge_on_base_samples"] = judge_pair_accuracy(samples)
+        print(
+            f"the judge on pairs of the base generator's samples that differ in colour or motion: "
+            f"{results['judge_on_base_samples']}"
+        )
+        write_results(out, results)
+    if workers is not None:
+        try:
+            for name, seed, record in workers.results():
+                finish(name, seed, record)
+        finally:
+            workers.stop()
+    else:
+        for name, seed in jobs:
+            finish(name, seed, post_train_and_measure(name, seed))
     results["wall_seconds"] = time.time() - started
     write_results(out, results)
     print("\n" + markdown(results))

@@ -85,6 +85,22 @@ def test_results_layout_and_figures(bench_run):
     assert [step for step, _ in run["steps_to_level"]["curve"]] == [0, 1, 2]
     assert Path(run["report"]).is_file() and "flow_dpo/truth" in (out / "results.md").read_text()
     assert "judge_on_base_samples" in results
+    # --workers 2 (the default): the run was done by a worker process of the benchmark, which logged it and left its
+    # record beside its LoRA
+    assert (out / "runs" / "flow_dpo_truth" / "seed-0.log").stat().st_size > 0
+    assert json.loads((Path(run["lora"]) / bench.RECORD_FILE).read_text())["lora"] == run["lora"]
+
+
+def test_a_failing_worker_stops_the_benchmark_naming_its_log(tiny_wan_dir, tmp_path):
+    bench = _recipe("vbench_mini")
+    missing = tmp_path / "no-such-student"
+    argv = ["--output-dir", str(tmp_path / "out"), "--pipeline", str(tiny_wan_dir), "--seeds", "0"]
+    small = ["--train-prompts", "1", "--held-out-prompts", "1", "--videos-per-prompt", "1", "--steps", "1"]
+    with pytest.raises(SystemExit) as error:
+        bench.main(argv + small + ["--runs", "flow_dpo/student", "--student", str(missing)])
+    message = str(error.value)
+    assert "run flow_dpo/student seed 0 failed" in message and "seed-0.log" in message
+    assert "no-such-student" in message  # the recipe's own error, from the tail of the worker's log
 
 
 def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
