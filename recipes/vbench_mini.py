@@ -512,6 +512,11 @@ def planned_runs(args: BenchArguments) -> list[str]:
     return ["base"] + [f"{m}/{r}" for m in METHODS for r in REWARDS]
 
 
+def run_dir_of(out: Path, name: str, seed: int) -> Path:
+    """Where run NAME (METHOD/REWARD) of SEED writes its LoRA: OUT/runs/<method>_<reward>/seed-S."""
+    return out / "runs" / name.replace("/", "_") / f"seed-{seed}"
+
+
 RECORD_FILE = "vbench_record.json"
 """A worker's record of its run (the parent collects it into results.json)."""
 
@@ -537,8 +542,7 @@ class _Workers:
 
         while self.pending and len(self.running) < self.size:
             name, seed = self.pending.pop(0)
-            method, reward = name.split("/")
-            log = self.out / "runs" / f"{method}_{reward}" / f"seed-{seed}.log"
+            log = run_dir_of(self.out, name, seed).with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             handle = log.open("w")
             command = [sys.executable, str(Path(__file__).resolve()), *self.base_argv, "--one-run", f"{name}:{seed}"]
@@ -559,9 +563,7 @@ class _Workers:
                     self.stop()
                     tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
                     raise SystemExit(f"vbench_mini.py: error: run {name} seed {seed} failed (log: {log}):\n{tail}")
-                method, reward = name.split("/")
-                record_file = self.out / "runs" / f"{method}_{reward}" / f"seed-{seed}" / RECORD_FILE
-                yield name, seed, json.loads(record_file.read_text())
+                yield name, seed, json.loads((run_dir_of(self.out, name, seed) / RECORD_FILE).read_text())
                 self._fill()
             time.sleep(0.5)
 
@@ -610,7 +612,7 @@ def main(argv=None) -> int:
 
     def post_train_and_measure(name: str, seed: int) -> dict:
         method, reward = name.split("/")
-        run_dir = out / "runs" / f"{method}_{reward}" / f"seed-{seed}"
+        run_dir = run_dir_of(out, name, seed)
         argv_run = run_argv(method, reward_flags(reward, args), args, prompts_file, run_dir, seed)
         began = time.time()
         print(f"\n{name} seed {seed}: accelerate launch {RECIPES[method]} {shlex.join(argv_run)}", flush=True)
@@ -658,7 +660,7 @@ def main(argv=None) -> int:
             results["runs"][name] = {"not_run": flags}
             continue
         for seed in seeds:
-            run_dir = out / "runs" / f"{method}_{reward}" / f"seed-{seed}"
+            run_dir = run_dir_of(out, name, seed)
             old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
             if old and not args.overwrite and (run_dir / "pytorch_lora_weights.safetensors").is_file():
                 entry["seeds"][str(seed)] = old
