@@ -72,9 +72,17 @@ class FlowDPOConfig:
     )
     logit_mean: float = _help("mean of the logit-normal draw", 0.0)
     logit_std: float = _help("std of the logit-normal draw", 1.0)
+    sft_weight: float = _help(
+        "weight w of the winners' own flow-matching error added to the loss, loss = DPO + w * mse_theta(x0_w) (0: the "
+        "paper's Flow-DPO; > 0: DPO + SFT on the winners, as RPO adds the chosen answer's NLL, so that the policy "
+        "cannot separate its pairs by denoising both worse; DPO's pull on mse_w starts at beta / 4)",
+        0.0,
+    )
     num_train_timesteps: int = _help("transformer timestep = t * num_train_timesteps (the Wan schedulers' scale)", 1000)
 
     def check(self) -> None:
+        if self.sft_weight < 0:
+            raise PairStoreError(f"--sft-weight must be >= 0, got {self.sft_weight}")
         if self.timestep_schedule not in ("shifted", "logit_normal"):
             raise PairStoreError(f"--timestep-schedule must be shifted or logit_normal, got {self.timestep_schedule!r}")
         if self.timestep_schedule == "shifted" and not self.timestep_shift:
@@ -118,7 +126,7 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 @dataclass
 class DPOOutput:
-    loss: torch.Tensor  # scalar, mean over pairs of -log sigmoid(inside)
+    loss: torch.Tensor  # scalar, mean over pairs of -log sigmoid(inside) (+ sft_weight * mean mse_w)
     inside: torch.Tensor  # (B,) -beta/2 * delta, detached
     implicit_accuracy: float  # fraction of pairs with inside > 0
     mse_w: float  # mean policy error on winners (and the reference's below)
@@ -136,13 +144,17 @@ def flow_dpo_loss(
     target_w: torch.Tensor,
     target_l: torch.Tensor,
     beta: float,
+    sft_weight: float = 0.0,
 ) -> DPOOutput:
     """-log sigmoid(-beta/2 [(mse_w - mse_w_ref) - (mse_l - mse_l_ref)]) with per-sample mean MSE (arXiv 2501.13918,
-    Flow-DPO with constant beta). Inputs: velocity predictions and targets, each (B, C, F', h, w)."""
+    Flow-DPO with constant beta), plus sft_weight * mse_w (the winners' flow-matching loss; 0 by default: the paper's
+    loss). Inputs: velocity predictions and targets, each (B, C, F', h, w)."""
     mse_w, mse_l = per_sample_mse(policy_w, target_w), per_sample_mse(policy_l, target_l)
     ref_mse_w, ref_mse_l = per_sample_mse(reference_w, target_w), per_sample_mse(reference_l, target_l)
     inside = -0.5 * beta * ((mse_w - ref_mse_w) - (mse_l - ref_mse_l))
     loss = -F.logsigmoid(inside).mean()
+    if sft_weight:
+        loss = loss + sft_weight * mse_w.mean()
     return DPOOutput(
         loss=loss,
         inside=inside.detach(),
@@ -197,6 +209,7 @@ def flow_dpo_step(
         target_w,
         target_l,
         config.beta,
+        config.sft_weight,
     )
     output.timesteps = t.detach().cpu()
     return output

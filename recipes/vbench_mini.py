@@ -85,6 +85,13 @@ class BenchArguments:
     held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
     videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
     steps: int | None = help_field("post-training steps of every run (unset: each method's default here)", None)
+    flow_dpo_args: str = help_field(
+        "more flags for every flow_dpo run, after this benchmark's own (a later flag wins), in quotes: "
+        "--flow-dpo-args '--sft-weight 100'",
+        "",
+    )
+    longcat_args: str = help_field("more flags for every longcat run, as --flow-dpo-args", "")
+    nft_args: str = help_field("more flags for every nft run, as --flow-dpo-args", "")
     eval_every: int = help_field(
         "the runs evaluate world:truth on their first --eval-prompts prompts every N steps", 10
     )
@@ -381,6 +388,7 @@ def run_argv(
         *check,
         *reward_args,
         *method_flags(method),
+        *shlex.split(getattr(args, f"{method}_args")),
     ]
 
 

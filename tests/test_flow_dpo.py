@@ -115,6 +115,15 @@ def test_loss_formula_with_per_sample_mean_mse():
     assert output.implicit_accuracy == 0.5  # sample 0 prefers the winner, sample 1 is a tie (inside 0)
     assert output.mse_w == 1.0 and output.ref_mse_w == 4.0 and output.mse_l == 5.0
 
+    # --sft-weight w adds w * mean mse_w (the winners' flow-matching loss): here 3 * 1.0 on top of the same DPO loss,
+    # and its gradient reaches the winners' prediction only.
+    policy_w = ones.clone().requires_grad_(True)
+    with_sft = flow_dpo.flow_dpo_loss(policy_w, loser_policy, 2 * ones, 2 * ones, target, target, 0.5, sft_weight=3.0)
+    assert with_sft.loss.item() == pytest.approx(output.loss.item() + 3.0, rel=1e-6)
+    torch.testing.assert_close(with_sft.inside, output.inside)
+    with pytest.raises(flow_dpo.PairStoreError, match="--sft-weight"):
+        flow_dpo.FlowDPOConfig(sft_weight=-1.0).check()
+
 
 def test_timesteps_logit_normal_and_shifted_like_flow_grpo_dpo():
     t = flow_dpo.sample_timesteps(

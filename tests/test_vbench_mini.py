@@ -124,3 +124,25 @@ def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
     pipe = WanPipeline.from_pretrained(results["arguments"]["pipeline"])
     pipe.load_lora_weights(run["lora"])  # diffusers' own loader
     assert any("lora" in name for name, _ in pipe.transformer.named_parameters())
+
+
+def test_method_args_reach_the_recipe_after_the_benchmarks_own_flags(tmp_path):
+    """--flow-dpo-args goes to every flow_dpo run, after the benchmark's settings, so that a flag given twice takes the
+    user's value: here the learning rate, and --sft-weight (the DPO + SFT option of integrations/flow_dpo.py)."""
+    from descore_plugin.integrations.flow_dpo import FlowDPOConfig
+    from descore_plugin.integrations.post_training import config_from_argv
+    from descore_plugin.utils.args import parse_config
+
+    bench = _recipe("vbench_mini")
+    (args,) = parse_config(
+        bench.BenchArguments,
+        ["--output-dir", str(tmp_path), "--flow-dpo-args", "--sft-weight 50 --learning-rate 1e-5"],
+    )
+    argv = bench.run_argv("flow_dpo", ["--reward", "world:truth"], args, tmp_path / "p.txt", tmp_path / "run", 0)
+    assert argv[-4:] == ["--sft-weight", "50", "--learning-rate", "1e-5"]
+    config = config_from_argv("flow_dpo", argv)
+    assert config.get(FlowDPOConfig).sft_weight == 50.0
+    assert config.adapter.learning_rate == 1e-5  # the benchmark's own 2e-4 came earlier: the user's value wins
+    longcat = bench.run_argv("longcat", ["--reward", "world:truth"], args, tmp_path / "p.txt", tmp_path / "run", 0)
+    assert "--sft-weight" not in longcat
+

@@ -7,13 +7,15 @@ loads. What is this project's choice, and why:
 - The world is smaller than the judge's default one (`WORLD`: 9 frames of 32x32, a 10 px shape moving 2 px per
   frame): a Wan-valid size (4k + 1 frames, sides multiples of 16) that two CPU cores can train on.
 - The VAE (`world_vae.py`) is a shallower configuration of the real `AutoencoderKLWan`: one downsample that halves
-  space and time (9x32x32 frames -> 5x16x16 latents), base_dim 16, one residual block per level, and the 16 latent
-  channels the pipeline's `latents_mean` / `latents_std` expect. Wan-2.1's (8x space, 4x time, base_dim 96) took
-  17-28 s per training step here and never got past a blurry background; a VAE without temporal compression would
-  learn faster but does not fit `WanPipeline`, which rounds num_frames to (a multiple of the temporal factor) + 1
-  (with a factor of 1 it asks for one frame more than requested).
-- The transformer reads the 16x16 latents in 4x4 patches (Wan-2.1: 2x2 over 8x-compressed latents, i.e. 16x16
-  pixels per token, here 8x8 pixels): 80 tokens per clip.
+  space and not time (9x32x32 frames -> 9x16x16 latents), base_dim 16, one residual block per level, and the 16
+  latent channels the pipeline's `latents_mean` / `latents_std` expect. Wan-2.1's (8x space, 4x time, base_dim 96)
+  took 17-28 s per training step here and never got past a blurry background; one that also halved time decoded two
+  frames from each latent frame and made smooth motion jitter (docs/vbench_mini.md has the measurements). Without
+  temporal compression `WanPipeline` rounds num_frames to num_frames + 1 (`integrations.wan.pipeline_num_frames`
+  says which count to ask for).
+- The transformer reads the 16x16 latents in 2x2 patches (as Wan-2.1 reads its 8x-compressed latents; here a token
+  covers 4x4 pixels): 9 x 8 x 8 = 576 tokens per clip. 4x4 patches (80 tokens over the first VAE's 5 latent
+  frames) drew textured noise.
 - The text vocabulary has one token per world word (`world_tokenizer`), so a prompt is 9 tokens + `</s>`.
 - The generator is imperfect on purpose: its pre-training captions are web-like noisy (`CaptionNoise`: a share of
   clips whose colour, shape, motion or background departs from the caption, flicker, grain and shake), so its samples
