@@ -145,4 +145,3 @@ def test_method_args_reach_the_recipe_after_the_benchmarks_own_flags(tmp_path):
     assert config.adapter.learning_rate == 1e-5  # the benchmark's own 2e-4 came earlier: the user's value wins
     longcat = bench.run_argv("longcat", ["--reward", "world:truth"], args, tmp_path / "p.txt", tmp_path / "run", 0)
     assert "--sft-weight" not in longcat
-
