@@ -21,6 +21,7 @@ normalised; videos are (B, F, C=3, H, W) floats in [0, 1], as `WanPipeline(..., 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -272,6 +273,27 @@ def pipeline_num_frames(pipe, frames: int) -> int:
     fewer. Wan-2.1 (factor 4) and every 4k + 1 count: `frames` itself. This package's own sampler (post-training
     rollouts, `latent_shape`) makes exactly `frames` frames either way."""
     return frames - 1 if pipe.vae_scale_factor_temporal == 1 and frames > 1 else frames
+
+
+class _DropFrameRounding(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has to be divisible by 1." not in record.getMessage()
+
+
+@contextmanager
+def frames_as_asked(pipe):
+    """Call `pipe` inside this with `num_frames=pipeline_num_frames(pipe, frames)`: for a VAE that does not compress
+    time, WanPipeline warns on every call that it rounds `num_frames` up by one, the rounding that
+    `pipeline_num_frames` counts on; the warning is dropped for that VAE only (Wan-2.1's stays as diffusers says it)."""
+    if pipe.vae_scale_factor_temporal != 1:
+        yield
+        return
+    wan_logger, drop = logging.getLogger(type(pipe).__module__), _DropFrameRounding()
+    wan_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        wan_logger.removeFilter(drop)
 
 
 def latent_shape(pipe, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:

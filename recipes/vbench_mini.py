@@ -182,7 +182,7 @@ def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_si
     """videos_per_prompt videos per prompt, (N, F, C, H, W) in [0, 1]; video k of prompt i starts from the noise of
     seed (seed, i, k), so every run is measured on the same noises."""
     from descore_plugin.integrations.post_training import seed_of
-    from descore_plugin.integrations.wan import pipeline_num_frames
+    from descore_plugin.integrations.wan import frames_as_asked, pipeline_num_frames
 
     generation = pipe.bench_generation
     jobs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(videos_per_prompt)]
@@ -190,18 +190,19 @@ def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_si
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed_of(seed, "vbench_mini", i, k)) for i, k, _ in chunk]
-        result = pipe(
-            prompt=[p for _, _, p in chunk],
-            negative_prompt=[generation.negative_prompt] * len(chunk),
-            num_frames=pipeline_num_frames(pipe, generation.num_frames),
-            height=generation.height,
-            width=generation.width,
-            num_inference_steps=generation.num_inference_steps,
-            guidance_scale=generation.guidance_scale,
-            max_sequence_length=generation.max_sequence_length,
-            generator=generators,
-            output_type="pt",
-        )
+        with frames_as_asked(pipe):
+            result = pipe(
+                prompt=[p for _, _, p in chunk],
+                negative_prompt=[generation.negative_prompt] * len(chunk),
+                num_frames=pipeline_num_frames(pipe, generation.num_frames),
+                height=generation.height,
+                width=generation.width,
+                num_inference_steps=generation.num_inference_steps,
+                guidance_scale=generation.guidance_scale,
+                max_sequence_length=generation.max_sequence_length,
+                generator=generators,
+                output_type="pt",
+            )
         out.append(result.frames.float().clamp(0, 1))
     return torch.cat(out)
 

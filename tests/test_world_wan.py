@@ -209,6 +209,26 @@ def test_shipped_world_wan_loads_with_plain_diffusers_and_generates():
         ww.WORLD.width,
     )
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    # Plain diffusers warns that it rounds num_frames up (on every call: this VAE does not compress time); inside
+    # frames_as_asked, where the package calls the pipeline with pipeline_num_frames, that one warning is dropped.
+    import logging
+
+    from descore_plugin.integrations.wan import frames_as_asked
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    wan_logger = logging.getLogger(type(pipe).__module__)
+    wan_logger.addHandler(handler)
+    try:
+        ask = dict(num_frames=pipeline_num_frames(pipe, generation["num_frames"]), height=32, width=32)
+        pipe("a red square", num_inference_steps=1, output_type="latent", max_sequence_length=16, **ask)
+        assert sum("divisible by 1" in r.getMessage() for r in seen) == 1
+        with frames_as_asked(pipe):
+            drawn = pipe("a red square", num_inference_steps=1, output_type="pt", max_sequence_length=16, **ask)
+        assert drawn.frames.shape[1] == generation["num_frames"] and len(seen) == 1
+    finally:
+        wan_logger.removeHandler(handler)
     # The tokenizer shipped is the world's: every world word one token.
     assert pipe.tokenizer.tokenize("a blue circle moving up on a gradient background") == [
         "▁a",

@@ -502,22 +502,23 @@ def generate_clips(
     """uint8 clips (N, T, 3, H, W) drawn by `pipe` (the real `WanPipeline.__call__`) for `prompts`, with the prompt
     length the generator was trained at (GeneratorConfig.max_sequence_length; WanPipeline's default, 512, pads 10 world tokens with 500 zero vectors
     that the cross-attention then attends to: samples the generator never learnt to draw)."""
-    from descore_plugin.integrations.wan import pipeline_num_frames
+    from descore_plugin.integrations.wan import frames_as_asked, pipeline_num_frames
 
     out = []
     for start in range(0, len(prompts), batch_size):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        video = pipe(
-            prompt=prompts[start : start + batch_size],
-            num_frames=pipeline_num_frames(pipe, world.num_frames),
-            height=world.height,
-            width=world.width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            output_type="pt",
-            max_sequence_length=max_sequence_length,
-        ).frames  # (B, F, C, H, W) in [0, 1]
+        with frames_as_asked(pipe):
+            video = pipe(
+                prompt=prompts[start : start + batch_size],
+                num_frames=pipeline_num_frames(pipe, world.num_frames),
+                height=world.height,
+                width=world.width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type="pt",
+                max_sequence_length=max_sequence_length,
+            ).frames  # (B, F, C, H, W) in [0, 1]
         out.append((video.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
     return np.concatenate(out)
 
