@@ -12,6 +12,10 @@ Two halves, used in this order by recipes/wan_flow_dpo.py (this module exports t
         delta   = (mse_theta(x0_w) - mse_ref(x0_w)) - (mse_theta(x0_l) - mse_ref(x0_l))
         loss    = -log sigmoid(-beta / 2 * delta)                    (arXiv 2501.13918, Flow-DPO, constant beta)
 
+    Our option (FlowDPOConfig.sft_weight, 0 by default): loss += sft_weight * mse_theta(x0_w), the winners' own
+    flow-matching loss (DPO + SFT, as RPO adds the chosen answer's NLL): the DPO term alone can fall while winner AND
+    loser are denoised worse, which is what a small generator does (docs/post_train.md has the measurement).
+
     The derivation gives beta_t = beta (1 - t)^2; the paper keeps beta CONSTANT because the time-dependent weight
     reward-hacks, and so do we. Meaning of the default beta = 500 with the MEAN reduction: the loss is ln 2 at the
     start (policy = reference), and falls to -log sigmoid(1) = 0.31 once the policy has lowered the winner's error
