@@ -275,11 +275,6 @@ def pipeline_num_frames(pipe, frames: int) -> int:
     return frames - 1 if pipe.vae_scale_factor_temporal == 1 and frames > 1 else frames
 
 
-class _DropFrameRounding(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "has to be divisible by 1." not in record.getMessage()
-
-
 @contextmanager
 def frames_as_asked(pipe):
     """Call `pipe` inside this with `num_frames=pipeline_num_frames(pipe, frames)`: for a VAE that does not compress
@@ -288,7 +283,11 @@ def frames_as_asked(pipe):
     if pipe.vae_scale_factor_temporal != 1:
         yield
         return
-    wan_logger, drop = logging.getLogger(type(pipe).__module__), _DropFrameRounding()
+    wan_logger = logging.getLogger(type(pipe).__module__)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "has to be divisible by 1." not in record.getMessage()
+
     wan_logger.addFilter(drop)
     try:
         yield
