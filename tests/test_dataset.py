@@ -1,4 +1,4 @@
-"""Streaming input (descore_plugin/dataset.py): data order, sharding by accelerate, worker == in-process, the collated
+"""Streaming input (descore_plugin/data/loader.py): data order, sharding by accelerate, worker == in-process, the collated
 inputs equal the model's own encoding, the byte-bounded cache, and bad videos named by file and row."""
 
 import numpy as np

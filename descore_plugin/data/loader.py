@@ -198,6 +198,15 @@ class PairCollator:
         return batch
 
 
+def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGINT. A terminal's Ctrl-C reaches the whole process group; the main process
+    turns it into one `interrupted` line and shuts its workers down, while a worker hit in the middle of a decoder's
+    `__del__` would print an "Exception ignored ... KeyboardInterrupt" traceback and carry on."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def pair_loader(
     pairs: list[Pair],
     *,
@@ -225,6 +234,7 @@ def pair_loader(
         num_workers=num_workers,
         prefetch_factor=prefetch_factor if num_workers else None,
         pin_memory=pin_memory,
+        worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )
 
 
@@ -287,5 +297,6 @@ def stream_videos(
         collate_fn=_items,
         num_workers=num_workers,
         prefetch_factor=prefetch_factor if num_workers else None,
+        worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )
     yield from loader

@@ -291,7 +291,7 @@ class TrainConfig:
         [500, 1000, 1500, 2000],
     )
 
-    # --- input pipeline (descore_plugin/dataset.py) ---
+    # --- input pipeline (descore_plugin/data/loader.py) ---
     num_workers: int = help_field(
         "DataLoader worker processes that decode the videos, sample frames and run the processor ahead of the "
         "training step (0: all of it in the training process). Ours.",
