@@ -304,17 +304,21 @@ def test_write_dataset_round_trips_through_the_pair_format(tmp_path):
     assert '"video_a": "videos/00000_a.mp4"' in jsonl.read_text()  # relative: the folder can move
 
 
-def test_write_dataset_writes_what_the_transform_makes_of_the_rendered_clips(tmp_path):
-    """`transform` (the judge recipe's VAE pass) gets every rendered clip in one batch, in pair order (a then b),
-    and the videos written are its output; the labels and CoTs stay those of the rendered clips."""
+def test_write_dataset_writes_what_the_transform_makes_of_the_rendered_clips(tmp_path, monkeypatch):
+    """`transform` (the judge recipe's VAE pass) gets the rendered clips in batches of TRANSFORM_CHUNK, in pair
+    order (a then b), and the videos written are its output; the labels and CoTs stay those of the rendered clips."""
+    from descore_plugin.testing import synthetic
+
     seen = []
 
     def negative(frames):
         seen.append(frames.shape)
         return 255 - frames
 
+    monkeypatch.setattr(synthetic, "TRANSFORM_CHUNK", 4)
     jsonl = write_dataset(tmp_path / "neg", 3, seed=4, progress=False, transform=negative)
-    assert seen == [(6, *render_clip(sample_pairs(1, seed=4)[0].clip_a).shape)]  # one call, six clips
+    clip_shape = render_clip(sample_pairs(1, seed=4)[0].clip_a).shape
+    assert seen == [(4, *clip_shape), (2, *clip_shape)]  # six clips, four at a time
     for pair, spec in zip(load_pairs(jsonl, require_scores=True), sample_pairs(3, seed=4)):
         assert pair.cot_a == write_cot(spec.clip_a) and pair.label == spec.label
         for path, clip in ((pair.video_a, spec.clip_a), (pair.video_b, spec.clip_b)):

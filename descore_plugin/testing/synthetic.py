@@ -357,6 +357,15 @@ def generate_pairs(
     )
 
 
+TRANSFORM_CHUNK = 256  # clips per call of write_dataset's transform (256 default clips: 7 MB of frames)
+
+
+def _transformed_clips(clips: list, world: WorldConfig, transform):
+    """Yield transform(rendered clips) one clip at a time, rendering and transforming TRANSFORM_CHUNK clips a call."""
+    for start in range(0, len(clips), TRANSFORM_CHUNK):
+        yield from np.asarray(transform(render_clips(clips[start : start + TRANSFORM_CHUNK], world)), dtype=np.uint8)
+
+
 def write_dataset(
     out_dir,
     num_pairs: int,
@@ -378,7 +387,7 @@ def write_dataset(
 
     crf: x264 quality of the mp4s; 10 (near-lossless, about 3 KB per default clip) is this project's choice.
     transform: None, or a function from a batch of rendered clips (N, T, 3, H, W) uint8 to what is written instead,
-        the same shape and dtype (recipes/train_demo_judge.py passes the world generator's VAE: the judge then
+        the same shape and dtype, called on TRANSFORM_CHUNK clips at a time in pair order (a then b) (recipes/train_demo_judge.py passes the world generator's VAE: the judge then
         learns on what that generator can draw), labels and CoTs still those of the rendered clips.
     The other arguments are those of `sample_pairs`.
     """
@@ -394,9 +403,10 @@ def write_dataset(
     )
     width = max(5, len(str(num_pairs - 1)))
     transformed = None
-    if transform is not None:  # one batched call over every clip (a VAE is slow one clip at a time)
-        frames = transform(render_clips([clip for spec in specs for clip in (spec.clip_a, spec.clip_b)], world))
-        transformed = iter(np.asarray(frames, dtype=np.uint8))
+    if transform is not None:  # batched calls (a VAE is slow one clip at a time), a chunk of clips in memory at once
+        transformed = _transformed_clips(
+            [clip for spec in specs for clip in (spec.clip_a, spec.clip_b)], world, transform
+        )
     pairs = []
     for index, spec in enumerate(tqdm(specs, desc="writing synthetic pairs", disable=not progress)):
         paths = []
