@@ -1,5 +1,5 @@
-"""Streaming input (descore_plugin/data/loader.py): data order, sharding by accelerate, worker == in-process, the collated
-inputs equal the model's own encoding, the byte-bounded cache, and bad videos named by file and row."""
+"""Streaming input (descore_plugin/data/loader.py): data order, sharding by accelerate, worker == in-process, the
+collated inputs equal the model's own encoding, the byte-bounded cache, and bad videos named by file and row."""
 
 import numpy as np
 import pytest

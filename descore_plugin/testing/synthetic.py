@@ -387,8 +387,9 @@ def write_dataset(
 
     crf: x264 quality of the mp4s; 10 (near-lossless, about 3 KB per default clip) is this project's choice.
     transform: None, or a function from a batch of rendered clips (N, T, 3, H, W) uint8 to what is written instead,
-        the same shape and dtype, called on TRANSFORM_CHUNK clips at a time in pair order (a then b) (recipes/train_demo_judge.py passes the world generator's VAE: the judge then
-        learns on what that generator can draw), labels and CoTs still those of the rendered clips.
+        the same shape and dtype, called on TRANSFORM_CHUNK clips at a time in pair order (a then b);
+        recipes/train_demo_judge.py passes the world generator's VAE (the judge then learns on what that generator
+        can draw). Labels and CoTs stay those of the rendered clips.
     The other arguments are those of `sample_pairs`.
     """
     out_dir = Path(out_dir)
