@@ -164,3 +164,26 @@ def test_score_decodes_chunk_by_chunk(world, monkeypatch):
     monkeypatch.undo()
     whole = model.score(paths, ["a red square"] * 3, think=False, batch_size=3).rewards
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
+
+
+def test_workers_leave_ctrl_c_and_dropped_connections_to_the_main_process():
+    """A worker ignores SIGINT and stays quiet about a connection the main process dropped (the fd hand-over thread of
+    `multiprocessing.resource_sharer` reports through `sys.excepthook`), but still reports any other error."""
+    import subprocess
+    import sys
+
+    script = """
+import signal, sys
+from descore_plugin.data.loader import _leave_ctrl_c_to_the_main_process
+_leave_ctrl_c_to_the_main_process(0)
+assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+for error in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"), EOFError()):
+    sys.excepthook(type(error), error, None)
+error = ValueError("a real worker error")
+sys.excepthook(type(error), error, None)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ValueError: a real worker error" in result.stderr
+    for quiet in ("ConnectionResetError", "BrokenPipeError", "EOFError"):
+        assert quiet not in result.stderr, result.stderr

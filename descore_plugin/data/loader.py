@@ -199,12 +199,27 @@ class PairCollator:
 
 
 def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
-    """DataLoader worker start: ignore SIGINT. A terminal's Ctrl-C reaches the whole process group; the main process
-    turns it into one `interrupted` line and shuts its workers down, while a worker hit in the middle of a decoder's
-    `__del__` would print an "Exception ignored ... KeyboardInterrupt" traceback and carry on."""
+    """DataLoader worker start: leave Ctrl-C to the main process, which turns it into one `interrupted` line and shuts
+    its workers down.
+
+    - A terminal's Ctrl-C reaches the whole process group: a worker hit in the middle of a decoder's `__del__` would
+      print an "Exception ignored ... KeyboardInterrupt" traceback and carry on, so workers ignore SIGINT.
+    - A worker hands each batch's tensors over by file descriptor, from a background thread of
+      `multiprocessing.resource_sharer`; a main process interrupted mid-handshake drops the connection, and that
+      thread prints the `ConnectionResetError` through `sys.excepthook`. A broken connection to the main process is
+      the main process's to report, so workers keep quiet about it.
+    """
     import signal
+    import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    report = sys.excepthook
+
+    def quiet_about_a_dropped_main_process(kind, value, traceback):
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            report(kind, value, traceback)
+
+    sys.excepthook = quiet_about_a_dropped_main_process
 
 
 def pair_loader(
