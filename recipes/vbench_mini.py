@@ -169,7 +169,7 @@ def load_generator(pipeline: str, lora: str | None = None):
 
     from descore_plugin.testing.tiny_wan import generation_defaults
 
-    pipe = WanPipeline.from_pretrained(pipeline, torch_dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(pipeline, dtype=torch.float32)
     if lora is not None:
         pipe.load_lora_weights(lora)
     pipe.set_progress_bar_config(disable=True)
