@@ -6,11 +6,12 @@ synthetic world's truth on training prompts and on HELD-OUT prompts (scenes neve
     python recipes/vbench_mini.py --output-dir OUT --seeds 0 --runs base flow_dpo/judge flow_dpo/truth
 
 Runs are named `<method>/<reward>` (methods flow_dpo, longcat, nft; rewards judge = DeScore with its CoT, as the
-paper; judge_no_cot = the same judge's masked-CoT path; student = a distilled no-CoT student (--student);
-discriminative = a no-CoT Bradley-Terry judge trained on the same world pairs (--discriminative); truth = the
-world:truth reward itself, an upper bound; redness = analytic:redness, a control that should NOT improve fidelity),
-plus `base`, the generator as shipped. Each post-training run is the public recipe's own code, called with the flags a
-user would give it (in a worker process of this script, --workers of them at once, or in this process):
+paper; judge_no_cot = the same judge's masked-CoT path; student = a no-CoT student distilled from the judge
+(--student, or distilled here); discriminative = a no-CoT Bradley-Terry judge of the same world pairs
+(--discriminative, or trained here); truth = the world:truth reward itself, an upper bound; redness =
+analytic:redness, a control that should NOT improve fidelity), plus `base`, the generator as shipped. Each
+post-training run is the public recipe's own code, called with the flags a user would give it (in a worker process of
+this script, --workers of them at once, or in this process):
 
     accelerate launch recipes/wan_flow_dpo.py --pipeline recipes/world_wan --reward-model recipes/demo_judge \
         --prompts OUT/prompts/train.txt --output-dir OUT/runs/flow_dpo_judge/seed-0 ...   (`command` in results.json)
@@ -25,7 +26,7 @@ same prompt: a collapse drives it to 0), and steps to reach each level (the run'
 
 Writes OUT/results.json, OUT/results.md (mean +- standard error over seeds), OUT/report/<run>/seed-S/index.html
 (`descore report` of each run: the base model's and the checkpoints' fixed-prompt sample grids, curves, flags).
-A run that cannot be run (no student given, ...) is listed as "not run" with its reason; nothing is invented.
+A run that cannot be run is listed as "not run" with its reason; nothing is invented.
 """
 
 from __future__ import annotations
@@ -74,13 +75,17 @@ class BenchArguments:
     pipeline: str = help_field("the world generator (a diffusers WanPipeline folder)", str(SHIPPED_PIPELINE))
     judge: str = help_field("the DeScore judge (checkpoint directory)", str(SHIPPED_JUDGE))
     student: str | None = help_field(
-        "a distilled no-CoT student (recipes/distill_student.py output); unset: the student rows are 'not run'", None
+        "a no-CoT student distilled from --judge (recipes/distill_student.py output); unset: distilled here "
+        "(--baseline-steps on the discriminative baseline's pairs, OUT/student) when a student run is asked for",
+        None,
     )
     discriminative: str | None = help_field(
         "a no-CoT Bradley-Terry judge of the world's pairs; unset: trained here "
-        "(600 steps, OUT/discriminative) when a discriminative run is asked for",
+        "(--baseline-steps, OUT/discriminative) when a discriminative run is asked for",
         None,
     )
+    baseline_steps: int = help_field("training steps of the student and the discriminative judge trained here", 600)
+    baseline_pairs: int = help_field("world pairs the student and the discriminative judge trained here learn from", 600)
     train_prompts: int = help_field("training prompts (scenes of pre-training) post-trained on and measured", 16)
     held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
     videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
@@ -293,7 +298,7 @@ def reward_flags(reward: str, args: BenchArguments) -> list[str] | str:
         model = getattr(args, reward)
         if not model:
             what = "student distilled from the judge" if reward == "student" else "BT judge of the world's pairs"
-            return f"no --{reward} given (a no-CoT {what}); not trained in this benchmark's time"
+            return f"no --{reward} given (a no-CoT {what}); a run without --one-run trains one"
         return ["--reward", "descore", "--reward-model", model, "--no-think"]
     if reward == "truth":
         return ["--reward", "world:truth"]
@@ -307,6 +312,30 @@ def train_discriminative(output_dir: Path, steps: int = 600, train_pairs: int = 
     without any CoT (every CoT masked, no next-token loss), on pairs of the world the generator draws (its size,
     shapes, directions, backgrounds; one dimension differing per pair), with the demo judge's optimiser settings.
     Returns the model directory (score it with think=False)."""
+    return _train_no_cot_judge(output_dir, steps, train_pairs, seed, stage=1)
+
+
+def train_student(
+    output_dir: Path, teacher: str, steps: int = 600, train_pairs: int = 600, seed: int = 0, num_cot_samples: int = 2
+) -> Path:
+    """The distilled no-CoT student (Z-Reward's RISD, stage 3 of recipes/distill_student.py): the judge's tiny
+    architecture, from the same initialisation and on the same world pairs as the discriminative baseline, learns to
+    give WITHOUT a CoT the score the teacher (the judge) gives with `num_cot_samples` sampled CoTs of its own. The two
+    baselines differ only in their targets: the pairs' labels, or the thinking teacher's scores. Returns the model
+    directory (score it with think=False)."""
+    return _train_no_cot_judge(
+        output_dir,
+        steps,
+        train_pairs,
+        seed,
+        stage=3,
+        teacher=teacher,
+        num_cot_samples=num_cot_samples,
+        teacher_max_new_tokens=JUDGE_MAX_NEW_TOKENS,
+    )
+
+
+def _train_no_cot_judge(output_dir: Path, steps: int, train_pairs: int, seed: int, **stage_flags) -> Path:
     from descore_plugin.testing import world_wan
     from descore_plugin.testing.synthetic import write_dataset
     from descore_plugin.testing.tiny import init_tiny
@@ -330,7 +359,6 @@ def train_discriminative(output_dir: Path, steps: int = 600, train_pairs: int = 
             model=str(output_dir / "init"),
             train_data=str(data),
             output_dir=str(output_dir / "run"),
-            stage=1,
             max_steps=steps,
             warmup_ratio=min(1.0, 120 / steps),
             batch_size=16,
@@ -342,6 +370,7 @@ def train_discriminative(output_dir: Path, steps: int = 600, train_pairs: int = 
             save_steps=steps,
             seed=seed,
             log_with=None,
+            **stage_flags,
         )
     ).train()
     import shutil
@@ -536,8 +565,9 @@ class _Workers:
 
     def __init__(self, argv, args: BenchArguments, out: Path):
         self.base_argv = list(argv if argv is not None else sys.argv[1:])
-        if args.discriminative:  # trained by the parent when it was not given
-            self.base_argv += ["--discriminative", args.discriminative]
+        for baseline in ("student", "discriminative"):  # trained by the parent when not given
+            if getattr(args, baseline):
+                self.base_argv += [f"--{baseline}", getattr(args, baseline)]
         self.size, self.out = args.workers, out
         self.pending: list = []
         self.running: dict = {}
@@ -663,7 +693,12 @@ def main(argv=None) -> int:
         method, reward = name.split("/")
         if reward == "discriminative" and not args.discriminative:
             print("training the discriminative baseline (no-CoT Bradley-Terry judge of the world's pairs) ...")
-            args.discriminative = str(train_discriminative(out / "discriminative"))
+            args.discriminative = str(
+                train_discriminative(out / "discriminative", args.baseline_steps, args.baseline_pairs)
+            )
+        if reward == "student" and not args.student:
+            print("distilling the judge into the no-CoT student (its score with a CoT, learnt without one) ...")
+            args.student = str(train_student(out / "student", args.judge, args.baseline_steps, args.baseline_pairs))
         flags = reward_flags(reward, args)
         if isinstance(flags, str):
             results["runs"][name] = {"not_run": flags}

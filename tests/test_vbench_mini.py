@@ -53,6 +53,10 @@ def bench_run(tiny_wan_dir, tmp_path_factory):
                 "2",
                 "--eval-prompts",
                 "2",
+                "--baseline-steps",
+                "2",
+                "--baseline-pairs",
+                "4",
             ]
         )
         == 0
@@ -63,13 +67,15 @@ def bench_run(tiny_wan_dir, tmp_path_factory):
 def test_results_layout_and_figures(bench_run):
     bench, out, results = bench_run
     assert list(results["runs"]) == ["base", "flow_dpo/truth", "flow_dpo/student"]
-    assert "not run" not in json.dumps(results["runs"]["flow_dpo/truth"])
-    assert (
-        set(results["runs"]["flow_dpo/student"]) == {"not_run"}
-        and "--student" in results["runs"]["flow_dpo/student"]["not_run"]
-    )
+    assert "not_run" not in json.dumps(results["runs"])
+    # no --student given: the benchmark distilled one from the judge, on the world's pairs, and post-trained with it
+    student = out / "student" / "model"
+    assert results["arguments"]["student"] is None and (student / "descore_config.json").is_file()
+    assert (out / "student" / "run" / "teacher_targets.safetensors").is_file()  # the thinking judge's scores
+    command = results["runs"]["flow_dpo/student"]["seeds"]["0"]["command"]
+    assert f"--reward-model {student} --no-think" in command
     assert results["prompts"]["held_out"] and not set(results["prompts"]["held_out"]) & set(results["prompts"]["train"])
-    for name in ("base", "flow_dpo/truth"):
+    for name in ("base", "flow_dpo/truth", "flow_dpo/student"):
         seed = results["runs"][name]["seeds"]["0"]
         for split in ("train", "held_out"):
             columns = seed[split]["columns"]
@@ -89,6 +95,13 @@ def test_results_layout_and_figures(bench_run):
     # record beside its LoRA
     assert (out / "runs" / "flow_dpo_truth" / "seed-0.log").stat().st_size > 0
     assert json.loads((Path(run["lora"]) / bench.RECORD_FILE).read_text())["lora"] == run["lora"]
+
+
+def test_a_worker_without_its_baseline_says_why_it_cannot_run():
+    bench = _recipe("vbench_mini")
+    (args,) = bench.parse_config(bench.BenchArguments, ["--output-dir", "unused", "--one-run", "flow_dpo/student:0"])
+    reason = bench.reward_flags("student", args)
+    assert isinstance(reason, str) and "no --student given" in reason
 
 
 def test_a_failing_worker_stops_the_benchmark_naming_its_log(tiny_wan_dir, tmp_path):
