@@ -50,6 +50,8 @@ SHIPPED_PIPELINE = ROOT / "world_wan"
 SHIPPED_JUDGE = ROOT / "demo_judge"
 METHODS = ("flow_dpo", "longcat", "nft")
 REWARDS = ("judge", "judge_no_cot", "student", "discriminative", "truth", "redness")
+BASELINES = ("student", "discriminative")
+"""The rewards that are no-CoT reward models trained for this benchmark (given, or trained here)."""
 QUICK_RUNS = ("base", "flow_dpo/judge", "longcat/judge")
 RECIPES = {
     "flow_dpo": "recipes/wan_flow_dpo.py",
@@ -85,7 +87,9 @@ class BenchArguments:
         None,
     )
     baseline_steps: int = help_field("training steps of the student and the discriminative judge trained here", 600)
-    baseline_pairs: int = help_field("world pairs the student and the discriminative judge trained here learn from", 600)
+    baseline_pairs: int = help_field(
+        "world pairs the student and the discriminative judge trained here learn from", 600
+    )
     train_prompts: int = help_field("training prompts (scenes of pre-training) post-trained on and measured", 16)
     held_out_prompts: int = help_field("held-out prompts (scenes never captioned in pre-training) measured", 16)
     videos_per_prompt: int = help_field("measured videos per prompt (each from its own fixed noise)", 4)
@@ -225,8 +229,9 @@ def diversity(videos: torch.Tensor, videos_per_prompt: int) -> float:
     return float(np.mean(values))
 
 
-def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge) -> dict:
-    """World-truth columns, the judge's reward and world:truth of the same videos, and diversity."""
+def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge, no_cot: dict | None = None) -> dict:
+    """World-truth columns, the judge's reward and world:truth of the same videos, and diversity. `no_cot` (name ->
+    DeScoreReward) also scores every video without a CoT, per video only (what `judge_pair_accuracy` ranks)."""
     from descore_plugin.evaluation import world_truth
 
     videos = sample(pipe, prompts, videos_per_prompt, seed)
@@ -244,14 +249,18 @@ def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge) 
         out["judge_reward_stderr"] = float(rewards.std() / math.sqrt(len(rewards))) if len(rewards) > 1 else math.nan
         for row, reward in zip(per_video, rewards.tolist()):
             row["judge"] = reward
+    for name, model in (no_cot or {}).items():
+        for row, reward in zip(per_video, model.score(videos, repeated, think=False, batch_size=16).rewards.tolist()):
+            row[name] = reward
     out["per_video"] = per_video
     return out
 
 
-def judge_pair_accuracy(per_video: list[dict]) -> dict:
-    """The judge's preference accuracy on pairs of the generator's own samples of the same prompt whose world-truth
-    labels differ in colour (one shows the asked colour, the other not) or in motion (one moves the asked way
-    smoothly, the other not), the other of the two agreeing; the video as asked should get the higher reward."""
+def judge_pair_accuracy(per_video: list[dict], reward: str = "judge") -> dict:
+    """A reward model's preference accuracy (`reward`: the key of its scores in `per_video`, the judge's by default) on
+    pairs of the generator's own samples of the same prompt whose world-truth labels differ in colour (one shows the
+    asked colour, the other not) or in motion (one moves the asked way smoothly, the other not), the other of the two
+    agreeing; the video as asked should get the higher reward."""
     slices = {"colour": lambda c: c["colour"], "motion": lambda c: c["direction"] and c["smooth"]}
     right = {name: [] for name in slices}
     by_prompt: dict[str, list[dict]] = {}
@@ -268,7 +277,7 @@ def judge_pair_accuracy(per_video: list[dict]) -> dict:
                     ):
                         continue
                     better, worse = (first, second) if asked(first["checks"]) else (second, first)
-                    right[name].append(better["judge"] > worse["judge"])
+                    right[name].append(better[reward] > worse[reward])
     every = right["colour"] + right["motion"]
     out = {"num_pairs": len(every), "accuracy": float(np.mean(every)) if every else math.nan}
     for name, values in right.items():
@@ -519,6 +528,21 @@ def markdown(results: dict) -> str:
             + " | ".join(fmt(summary.get(key, (math.nan, math.nan))) for key, _ in TABLE_COLUMNS)
             + f" | {', '.join(steps)} |"
         )
+    ranked = results.get("rewards_on_base_samples")
+    if ranked:
+        lines += [
+            "",
+            "Reward models on pairs of the base generator's samples of the same prompt that differ in colour or "
+            "motion (the sample as asked should win):",
+            "",
+            "| reward model | pairs | accuracy | colour pairs | colour | motion pairs | motion |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, f in ranked.items():
+            lines.append(
+                f"| {name} | {f['num_pairs']} | {fmt((f['accuracy'], math.nan))} | {f['colour_pairs']} | "
+                f"{fmt((f['colour_accuracy'], math.nan))} | {f['motion_pairs']} | {fmt((f['motion_accuracy'], math.nan))} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -565,7 +589,7 @@ class _Workers:
 
     def __init__(self, argv, args: BenchArguments, out: Path):
         self.base_argv = list(argv if argv is not None else sys.argv[1:])
-        for baseline in ("student", "discriminative"):  # trained by the parent when not given
+        for baseline in BASELINES:  # trained by the parent when not given
             if getattr(args, baseline):
                 self.base_argv += [f"--{baseline}", getattr(args, baseline)]
         self.size, self.out = args.workers, out
@@ -643,10 +667,10 @@ def main(argv=None) -> int:
         "runs": {},
     }
 
-    def measure_both(pipe, seed):
+    def measure_both(pipe, seed, no_cot=None):
         return {
-            "train": measure(pipe, train, args.videos_per_prompt, seed, judge),
-            "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge),
+            "train": measure(pipe, train, args.videos_per_prompt, seed, judge, no_cot),
+            "held_out": measure(pipe, held_out, args.videos_per_prompt, seed, judge, no_cot),
         }
 
     def post_train_and_measure(name: str, seed: int) -> dict:
@@ -719,6 +743,13 @@ def main(argv=None) -> int:
         )
         write_results(out, results)
 
+    # the base samples are also ranked by every no-CoT reward model of this benchmark (loaded before any run starts:
+    # a wrong --student or --discriminative stops here): which of them tell the generator's videos apart
+    no_cot = {"judge_no_cot": judge}
+    no_cot.update(
+        {name: DeScoreReward.from_pretrained(getattr(args, name)) for name in BASELINES if getattr(args, name)}
+    )
+
     workers = _Workers(argv, args, out) if args.workers > 1 and jobs else None
     if workers is not None:
         workers.start(jobs)  # while this process measures the base
@@ -727,7 +758,8 @@ def main(argv=None) -> int:
         pipe = load_generator(args.pipeline)
         for seed in seeds:
             old = previous.get("runs", {}).get("base", {}).get("seeds", {}).get(str(seed))
-            entry["seeds"][str(seed)] = old if old and not args.overwrite else measure_both(pipe, seed)
+            ranked = old and all(name in row for row in old["held_out"]["per_video"] for name in no_cot)
+            entry["seeds"][str(seed)] = old if ranked and not args.overwrite else measure_both(pipe, seed, no_cot)
             print(
                 f"base seed {seed}: held-out all as asked "
                 f"{entry['seeds'][str(seed)]['held_out']['columns']['all_as_asked']['mean']:.3f}"
@@ -739,10 +771,13 @@ def main(argv=None) -> int:
             for row in entry["seeds"][str(seed)][split]["per_video"]
         ]
         results["judge_on_base_samples"] = judge_pair_accuracy(samples)
-        print(
-            f"the judge on pairs of the base generator's samples that differ in colour or motion: "
-            f"{results['judge_on_base_samples']}"
-        )
+        results["rewards_on_base_samples"] = {name: judge_pair_accuracy(samples, name) for name in ("judge", *no_cot)}
+        print("reward models on pairs of the base generator's samples that differ in colour or motion:")
+        for name, figures in results["rewards_on_base_samples"].items():
+            print(
+                f"  {name}: {figures['accuracy']:.3f} of {figures['num_pairs']} pairs "
+                f"(colour {figures['colour_accuracy']:.3f}, motion {figures['motion_accuracy']:.3f})"
+            )
         write_results(out, results)
     if workers is not None:
         try:

@@ -91,6 +91,11 @@ def test_results_layout_and_figures(bench_run):
     assert [step for step, _ in run["steps_to_level"]["curve"]] == [0, 1, 2]
     assert Path(run["report"]).is_file() and "flow_dpo/truth" in (out / "results.md").read_text()
     assert "judge_on_base_samples" in results
+    # every reward model of the benchmark also ranks the base samples, the no-CoT ones without a CoT
+    assert set(results["rewards_on_base_samples"]) == {"judge", "judge_no_cot", "student"}
+    base_rows = results["runs"]["base"]["seeds"]["0"]["held_out"]["per_video"]
+    assert all(math.isfinite(row[name]) for row in base_rows for name in ("judge", "judge_no_cot", "student"))
+    assert "| student |" in (out / "results.md").read_text()
     # --workers 2 (the default): the run was done by a worker process of the benchmark, which logged it and left its
     # record beside its LoRA
     assert (out / "runs" / "flow_dpo_truth" / "seed-0.log").stat().st_size > 0
@@ -106,14 +111,24 @@ def test_a_worker_without_its_baseline_says_why_it_cannot_run():
 
 def test_a_failing_worker_stops_the_benchmark_naming_its_log(tiny_wan_dir, tmp_path):
     bench = _recipe("vbench_mini")
-    missing = tmp_path / "no-such-student"
+    missing = tmp_path / "no-such-model"
     argv = ["--output-dir", str(tmp_path / "out"), "--pipeline", str(tiny_wan_dir), "--seeds", "0"]
     small = ["--train-prompts", "1", "--held-out-prompts", "1", "--videos-per-prompt", "1", "--steps", "1"]
     with pytest.raises(SystemExit) as error:
-        bench.main(argv + small + ["--runs", "flow_dpo/student", "--student", str(missing)])
+        bench.main(
+            argv + small + ["--runs", "flow_dpo/truth", "--flow-dpo-args", f"--reward descore --reward-model {missing}"]
+        )
     message = str(error.value)
-    assert "run flow_dpo/student seed 0 failed" in message and "seed-0.log" in message
-    assert "no-such-student" in message  # the recipe's own error, from the tail of the worker's log
+    assert "run flow_dpo/truth seed 0 failed" in message and "seed-0.log" in message
+    assert "no-such-model" in message  # the recipe's own error, from the tail of the worker's log
+
+
+def test_a_missing_baseline_stops_the_benchmark_before_any_run(tiny_wan_dir, tmp_path):
+    bench = _recipe("vbench_mini")
+    argv = ["--output-dir", str(tmp_path / "out"), "--pipeline", str(tiny_wan_dir), "--seeds", "0"]
+    with pytest.raises(FileNotFoundError, match="no-such-student"):
+        bench.main(argv + ["--runs", "flow_dpo/student", "--student", str(tmp_path / "no-such-student")])
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_the_recorded_command_is_the_public_recipe(bench_run, tmp_path):
@@ -158,3 +173,28 @@ def test_method_args_reach_the_recipe_after_the_benchmarks_own_flags(tmp_path):
     assert config.adapter.learning_rate == 1e-5  # the benchmark's own 2e-4 came earlier: the user's value wins
     longcat = bench.run_argv("longcat", ["--reward", "world:truth"], args, tmp_path / "p.txt", tmp_path / "run", 0)
     assert "--sft-weight" not in longcat
+
+
+def test_pair_accuracy_ranks_pairs_that_differ_in_one_of_colour_or_motion_within_a_prompt():
+    bench = _recipe("vbench_mini")
+
+    def video(prompt, colour, motion, judge, other):
+        checks = {"colour": colour, "direction": motion, "smooth": motion}
+        return {"prompt": prompt, "checks": checks, "judge": judge, "other": other}
+
+    rows = [
+        video("a", True, True, 1.0, 0.0),
+        video("a", False, True, 0.0, 1.0),  # against the first: a colour pair
+        video("a", True, False, 0.5, 0.5),  # against the first: a motion pair; against the second: both differ, no pair
+        video("b", False, True, 9.0, 9.0),  # another prompt: paired with none of the above
+    ]
+    judge, other = bench.judge_pair_accuracy(rows), bench.judge_pair_accuracy(rows, "other")
+    assert judge == {
+        "num_pairs": 2,
+        "accuracy": 1.0,
+        "colour_pairs": 1,
+        "colour_accuracy": 1.0,
+        "motion_pairs": 1,
+        "motion_accuracy": 1.0,
+    }
+    assert (other["num_pairs"], other["accuracy"], other["colour_accuracy"], other["motion_accuracy"]) == (2, 0, 0, 0)
