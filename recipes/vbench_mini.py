@@ -352,6 +352,7 @@ def _train_no_cot_judge(output_dir: Path, steps: int, train_pairs: int, seed: in
 
     model = output_dir / "model"
     if (model / "descore_config.json").is_file():
+        print(f"  already trained: {model}")
         return model
     judge_recipe = _judge_recipe()
     init_tiny(output_dir / "init", seed=seed, prompt_template=judge_recipe.TEMPLATE)
