@@ -523,7 +523,8 @@ def markdown(results: dict) -> str:
         steps = []
         for seed in run["seeds"].values():
             first = seed.get("steps_to_level", {}).get("first_step", {})
-            steps.append(f"{first.get('+0.05')}/{first.get('+0.10')}" if first else "-")
+            reached = [first.get(level) for level in ("+0.05", "+0.10")]
+            steps.append("/".join("never" if step is None else str(step) for step in reached) if first else "-")
         lines.append(
             f"| {name} | {len(run['seeds'])} | "
             + " | ".join(fmt(summary.get(key, (math.nan, math.nan))) for key, _ in TABLE_COLUMNS)

@@ -198,3 +198,21 @@ def test_pair_accuracy_ranks_pairs_that_differ_in_one_of_colour_or_motion_within
         "motion_accuracy": 1.0,
     }
     assert (other["num_pairs"], other["accuracy"], other["colour_accuracy"], other["motion_accuracy"]) == (2, 0, 0, 0)
+
+
+def test_the_table_gives_mean_and_standard_error_over_seeds_and_the_steps_each_seed_took():
+    bench = _recipe("vbench_mini")
+
+    def seed(all_as_asked, first_step):
+        split = {"columns": {"num_videos": 4, "all_as_asked": {"mean": all_as_asked, "stderr": 0.0}}}
+        out = {"train": split, "held_out": split}
+        if first_step is not None:
+            out["steps_to_level"] = {"first_step": first_step}
+        return out
+
+    run = {"seeds": {"0": seed(0.1, {"+0.05": 10, "+0.10": None}), "1": seed(0.3, None)}}
+    run["summary"] = bench.summarise(run)
+    row = next(line for line in bench.markdown({"runs": {"flow_dpo/judge": run}}).splitlines() if "flow_dpo" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == ["flow_dpo/judge", "2", "0.200 ± 0.100"]  # std 0.141 (ddof 1) / sqrt(2)
+    assert cells[-1] == "10/never, -"  # seed 0 reached +0.05 at step 10 and never +0.10; seed 1 has no curve
