@@ -432,6 +432,31 @@ def run_argv(
     ]
 
 
+def recorded_command(method: str, argv: list[str]) -> str:
+    """The public command a run is recorded as (and compared by, when a benchmark resumes)."""
+    return f"accelerate launch {RECIPES[method]} {shlex.join(argv)}"
+
+
+def reusable(record: dict | None, command: str | None, train: list[str], held_out: list[str], per_prompt: int) -> bool:
+    """Whether a finished run's record (or the base's, command None) measured what this benchmark would measure now:
+    the same recipe command (steps, flags, seed, folders) and the same prompts with `per_prompt` videos each. A rerun
+    with other settings into the same --output-dir (say `--quick` first, then the full benchmark) redoes what changed
+    instead of showing old figures under new settings."""
+    if not record or (command is not None and record.get("command") != command):
+        return False
+    for split, prompts in (("train", train), ("held_out", held_out)):
+        asked = [prompt for prompt in prompts for _ in range(per_prompt)]
+        if [row["prompt"] for row in record.get(split, {}).get("per_video", [])] != asked:
+            return False
+    return True
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """The record a finished run wrote beside its LoRA (what a benchmark killed before collecting it resumes from)."""
+    path = run_dir / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() and (run_dir / LORA_FILE).is_file() else None
+
+
 def post_train_run(method: str, argv: list[str]):
     """The recipe's own entry: `post_train(config_from_argv(METHOD, argv))`, what recipes/wan_*.py run."""
     from descore_plugin.integrations.post_training import config_from_argv, post_train
@@ -582,7 +607,8 @@ def run_dir_of(out: Path, name: str, seed: int) -> Path:
 
 
 RECORD_FILE = "vbench_record.json"
-"""A worker's record of its run (the parent collects it into results.json)."""
+"""A run's record, written beside its LoRA when it finishes (the parent collects it into results.json)."""
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 class _Workers:
@@ -680,7 +706,7 @@ def main(argv=None) -> int:
         run_dir = run_dir_of(out, name, seed)
         argv_run = run_argv(method, reward_flags(reward, args), args, prompts_file, run_dir, seed)
         began = time.time()
-        print(f"\n{name} seed {seed}: accelerate launch {RECIPES[method]} {shlex.join(argv_run)}", flush=True)
+        print(f"\n{name} seed {seed}: {recorded_command(method, argv_run)}", flush=True)
         post_train_run(method, argv_run)
         seconds = time.time() - began
         pipe = load_generator(args.pipeline, str(run_dir))
@@ -689,7 +715,7 @@ def main(argv=None) -> int:
             "lora": str(run_dir),
             "train_seconds": seconds,
             "steps_to_level": steps_to_level(run_dir),
-            "command": f"accelerate launch {RECIPES[method]} {shlex.join(argv_run)}",
+            "command": recorded_command(method, argv_run),
         }
         trained = {
             "judge": "descore",
@@ -703,12 +729,12 @@ def main(argv=None) -> int:
         record["report"] = str(
             write_report(run_dir, out / "report" / f"{method}_{reward}" / f"seed-{seed}", reward=trained, checks=checks)
         )
+        atomic_write_text(run_dir / RECORD_FILE, json.dumps(record, default=float) + "\n")
         return record
 
     if args.one_run:  # a worker: one run, its record written beside its LoRA for the parent to collect
         name, _, seed = args.one_run.rpartition(":")
-        record = post_train_and_measure(name, int(seed))
-        atomic_write_text(Path(record["lora"]) / RECORD_FILE, json.dumps(record, default=float) + "\n")
+        post_train_and_measure(name, int(seed))
         return 0
 
     jobs = []  # (name, seed) post-training runs to do
@@ -731,8 +757,10 @@ def main(argv=None) -> int:
             continue
         for seed in seeds:
             run_dir = run_dir_of(out, name, seed)
-            old = previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed))
-            if old and not args.overwrite and (run_dir / "pytorch_lora_weights.safetensors").is_file():
+            command = recorded_command(method, run_argv(method, flags, args, prompts_file, run_dir, seed))
+            candidates = (previous.get("runs", {}).get(name, {}).get("seeds", {}).get(str(seed)), read_record(run_dir))
+            old = next((r for r in candidates if reusable(r, command, train, held_out, args.videos_per_prompt)), None)
+            if old and not args.overwrite and (run_dir / LORA_FILE).is_file():
                 entry["seeds"][str(seed)] = old
             else:
                 jobs.append((name, seed))
@@ -760,7 +788,9 @@ def main(argv=None) -> int:
         pipe = load_generator(args.pipeline)
         for seed in seeds:
             old = previous.get("runs", {}).get("base", {}).get("seeds", {}).get(str(seed))
-            ranked = old and all(name in row for row in old["held_out"]["per_video"] for name in no_cot)
+            ranked = reusable(old, None, train, held_out, args.videos_per_prompt) and all(
+                name in row for row in old["held_out"]["per_video"] for name in no_cot
+            )
             entry["seeds"][str(seed)] = old if ranked and not args.overwrite else measure_both(pipe, seed, no_cot)
             print(
                 f"base seed {seed}: held-out all as asked "

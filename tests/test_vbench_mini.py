@@ -216,3 +216,31 @@ def test_the_table_gives_mean_and_standard_error_over_seeds_and_the_steps_each_s
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[:3] == ["flow_dpo/judge", "2", "0.200 ± 0.100"]  # std 0.141 (ddof 1) / sqrt(2)
     assert cells[-1] == "10/never, -"  # seed 0 reached +0.05 at step 10 and never +0.10; seed 1 has no curve
+
+
+def test_a_rerun_reuses_a_finished_run_only_if_it_was_run_as_asked_now(tiny_wan_dir, tmp_path):
+    """Resuming: a run that finished is not redone, even when the benchmark was killed before it wrote results.json
+    (the record beside the LoRA is enough); a run measured with other settings (here fewer videos per prompt) is."""
+    bench = _recipe("vbench_mini")
+    out = tmp_path / "out"
+    argv = ["--output-dir", str(out), "--pipeline", str(tiny_wan_dir), "--seeds", "0", "--runs", "flow_dpo/truth"]
+    argv += ["--steps", "1", "--train-prompts", "1", "--held-out-prompts", "1", "--eval-prompts", "1", "--workers", "1"]
+    lora = out / "runs" / "flow_dpo_truth" / "seed-0" / bench.LORA_FILE
+
+    assert bench.main(argv + ["--videos-per-prompt", "1"]) == 0
+    written = lora.stat().st_mtime_ns
+    results = json.loads((out / "results.json").read_text())
+    record = results["runs"].pop("flow_dpo/truth")["seeds"]["0"]
+    (out / "results.json").write_text(json.dumps(results))  # as if killed after the run, before collecting it
+
+    assert bench.main(argv + ["--videos-per-prompt", "1"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert lora.stat().st_mtime_ns == written  # not post-trained again
+    assert again["runs"]["flow_dpo/truth"]["seeds"]["0"] == json.loads(json.dumps(record))
+    assert again["runs"]["base"] == results["runs"]["base"]
+
+    assert bench.main(argv + ["--videos-per-prompt", "2"]) == 0
+    changed = json.loads((out / "results.json").read_text())
+    assert lora.stat().st_mtime_ns != written  # the run's figures were of 1 video a prompt: redone
+    for name in ("base", "flow_dpo/truth"):
+        assert changed["runs"][name]["seeds"]["0"]["held_out"]["columns"]["num_videos"] == 2, name
