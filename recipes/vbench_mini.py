@@ -106,7 +106,8 @@ class BenchArguments:
     )
     eval_prompts: int = help_field("prompts of each run's own evaluations (steps to level)", 8)
     overwrite: bool = help_field(
-        "redo runs whose results exist (default: reuse those made with the same command, prompts and videos per prompt, so a killed benchmark resumes)",
+        "redo runs whose results exist (default: reuse those made with the same command, prompts and videos per "
+        "prompt, so a killed benchmark resumes)",
         False,
     )
     workers: int = help_field(
