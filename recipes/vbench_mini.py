@@ -790,9 +790,9 @@ def main(argv=None) -> int:
         pipe = load_generator(args.pipeline)
         for seed in seeds:
             old = previous.get("runs", {}).get("base", {}).get("seeds", {}).get(str(seed))
-            ranked = reusable(old, None, train, held_out, args.videos_per_prompt) and all(
-                name in row for row in old["held_out"]["per_video"] for name in no_cot
-            )
+            same_judge = previous.get("arguments", {}).get("judge") == args.judge  # the base's judge scores
+            ranked = same_judge and reusable(old, None, train, held_out, args.videos_per_prompt)
+            ranked = ranked and all(name in row for row in old["held_out"]["per_video"] for name in no_cot)
             entry["seeds"][str(seed)] = old if ranked and not args.overwrite else measure_both(pipe, seed, no_cot)
             print(
                 f"base seed {seed}: held-out all as asked "

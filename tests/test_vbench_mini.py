@@ -238,6 +238,14 @@ def test_a_rerun_reuses_a_finished_run_only_if_it_was_run_as_asked_now(tiny_wan_
     assert lora.stat().st_mtime_ns == written  # not post-trained again
     assert again["runs"]["flow_dpo/truth"]["seeds"]["0"] == json.loads(json.dumps(record))
     assert again["runs"]["base"] == results["runs"]["base"]
+    # a base scored by another judge (its marked score would survive a reuse) is measured again
+    again["arguments"]["judge"] = "another-judge"
+    again["runs"]["base"]["seeds"]["0"]["held_out"]["per_video"][0]["judge"] = 999.0
+    (out / "results.json").write_text(json.dumps(again))
+    assert bench.main(argv + ["--videos-per-prompt", "1"]) == 0
+    rescored = json.loads((out / "results.json").read_text())
+    assert rescored["runs"]["base"]["seeds"]["0"]["held_out"]["per_video"][0]["judge"] != 999.0
+    assert lora.stat().st_mtime_ns == written  # the run names its judge in its command: still reused
 
     assert bench.main(argv + ["--videos-per-prompt", "2"]) == 0
     changed = json.loads((out / "results.json").read_text())
