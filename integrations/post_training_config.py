@@ -49,6 +49,12 @@ class WanRunConfig:
         "DeScore writes its CoT before scoring (--no-think: the masked-CoT fast path, only the descore reward)",
         default=True,
     )
+    unparsed_cot: str = _help(
+        "the descore reward of a video whose CoT's <answer> block did not parse: score (the paper: the head scores "
+        "every CoT) or nan (no score: Flow-DPO makes no pair of it, GRPO and DiffusionNFT give it advantage 0)",
+        default="score",
+        choices=list(reward_lib.UNPARSED_CHOICES),
+    )
     reward_max_new_tokens: int | None = _help(
         "cap on the length of DeScore's CoT, in tokens (unset: the reward model's own limit); a small cap keeps a "
         "tiny or CPU judge from stalling a step"
@@ -150,6 +156,8 @@ def check_reward_flags(run: WanRunConfig) -> None:
     """--reward and --check, validated before anything is loaded."""
     specs, checks = run.reward or ["descore"], run.check or []
     trained = reward_lib.check_rewards(specs, run.reward_model, run.think)
+    if run.unparsed_cot == "nan" and not run.think:
+        raise RecipeError("--unparsed-cot nan: without a CoT (--no-think) nothing is parsed; drop one of the two")
     if checks:
         if any("=" in c for c in checks):
             raise RecipeError(f"--check {checks}: a check has no weight (it is never trained on); give NAME only")
@@ -167,7 +175,12 @@ def build_rewards(run: WanRunConfig, device, dtype) -> tuple[reward_lib.RewardSe
     if model is not None and any(n.startswith("descore") for n in specs + checks) and isinstance(model, str):
         model = reward_lib.load_reward_model(model, device=device, dtype=dtype)
     options = dict(
-        reward_model=model, think=run.think, device=device, dtype=dtype, max_new_tokens=run.reward_max_new_tokens
+        reward_model=model,
+        think=run.think,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=run.reward_max_new_tokens,
+        unparsed=run.unparsed_cot,
     )
     trained = reward_lib.reward_set(specs, **options)
     if not checks:

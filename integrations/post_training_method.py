@@ -23,6 +23,7 @@ from descore_plugin.integrations.post_training_config import (
     pipeline_generation_defaults,
     read_prompts,
 )
+from descore_plugin.modeling.prompt import parse_answer
 from descore_plugin.training.loop import RunLoop
 from descore_plugin.utils.seeding import seed_of
 
@@ -234,6 +235,9 @@ class WanMethod:
             metrics[f"eval/{name}"] = float(np.nanmean(values)) if count else math.nan
             # the sample std (ddof 1): eval/<name>_std / sqrt(eval/num_items) is the standard error of the mean
             metrics[f"eval/{name}_std"] = float(np.nanstd(values, ddof=1)) if count > 1 else math.nan
+        cots = [line["cot"] for line in lines if line.get("cot") is not None]
+        if cots:  # the share of the judge's CoTs that parse (a broken CoT's head score means little)
+            metrics["eval/cot_parse_rate"] = float(np.mean([parse_answer(cot).error is None for cot in cots]))
         if self.accelerator.is_main_process:
             (folder / "scores.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         self.transformer.train()

@@ -199,12 +199,16 @@ def _frames(prompt: str, wash: float, index: int, size: int = 32, frames: int = 
 
 
 def _cot(prompt: str, style: float, washed: bool) -> str:
+    """A judge's CoT; on a washed-out video its answer breaks (the overall score written twice, invalid JSON), as the
+    demo judge's does on videos far from its training clips."""
     light = "over-exposed washed-out frames" if washed else "steady light"
+    dimensions = {"subject": 2, "dynamics": 2, "camera": 2, "environment": 2, "style": int(round(style))}
+    overall = "3.0.3" if washed else "3.0"
     return (
         f"Expect: {prompt} moving right on a grey background, steady camera, steady light.\n"
         f"Seen: subject {prompt}: 2; dynamics moving right: 2; camera steady camera: 2; environment grey "
         f"background: 2; style {light}: {int(round(style))}.\n"
-        f'<answer>{{"dimensional_scores": {{"style": {int(round(style))}}}, "overall_score": 3.0}}</answer>'
+        f'<answer>{{"dimensional_scores": {json.dumps(dimensions)}, "overall_score": {overall}}}</answer>'
     )
 
 

@@ -212,6 +212,49 @@ def test_build_pairs_stores_cots_and_resumes(tiny_dir, tmp_path):
     assert len(again.scores) == 9 and again.scores[3:6] == entry["scores"]
 
 
+@torch.no_grad()
+def test_unparsed_cots_make_pairs_by_default_and_none_with_unparsed_cot_nan(tmp_path):
+    """--unparsed-cot on the shipped world Wan and demo judge, whose CoTs on the Wan's videos often break: by default
+    the head scores every video (the paper); with nan a video whose CoT did not parse has no score and is in no pair,
+    and every other video keeps exactly its score. The flag reaches the reward through the recipe's config."""
+    from descore_plugin.integrations.post_training import build_rewards, check_reward_flags, config_from_argv
+    from descore_plugin.modeling.prompt import parse_answer
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    pipe = wan.load_wan_pipeline(recipes / "world_wan")
+    generation = tiny_wan.generation_defaults(recipes / "world_wan")
+    cache = wan.PromptCache(pipe, generation.max_sequence_length)
+    prompts = ["a red square moving right on a dark background", "a blue circle moving down on a light background"]
+    argv = ["--pipeline", str(recipes / "world_wan"), "--prompts", "p.txt", "--output-dir", str(tmp_path / "run")]
+    argv += ["--reward-model", str(recipes / "demo_judge"), "--max-steps", "1"]
+    entries = {}
+    for mode in ("score", "nan"):
+        run = config_from_argv("flow_dpo", argv + ["--unparsed-cot", mode]).run
+        assert run.unparsed_cot == mode
+        rewards, _ = build_rewards(run, "cpu", torch.float32)
+        config = flow_dpo.PairConfig(videos_per_prompt=4, pair_selection="margin")
+        store = tmp_path / mode
+        records = flow_dpo.build_pairs(
+            pipe, pipe.transformer, cache, prompts, [0, 1], rewards, generation, config, store, seed=0, progress=False
+        )
+        entries[mode] = [json.loads((store / f"{i:06d}.json").read_text()) for i in (0, 1)], records
+    (by_default, default_pairs), (with_nan, nan_pairs) = entries["score"], entries["nan"]
+    cots = [cot for entry in by_default for cot in entry["cots"]]
+    assert cots == [cot for entry in with_nan for cot in entry["cots"]]  # the same videos, the same greedy CoTs
+    broken = [parse_answer(cot).error is not None for cot in cots]
+    assert 0 < sum(broken) < len(broken)
+    scored = [s for entry in by_default for s in entry["scores"]]
+    dropped = [s for entry in with_nan for s in entry["scores"]]
+    assert all(s is not None and math.isfinite(s) for s in scored)
+    for score, kept, is_broken in zip(scored, dropped, broken):
+        assert kept is None if is_broken else kept == pytest.approx(score, abs=1e-5)
+    in_pairs = {(r.prompt_id, i) for r in nan_pairs for i in (r.index_w, r.index_l)}
+    assert in_pairs and not any(broken[prompt * 4 + i] for prompt, i in in_pairs)
+    assert any(broken[r.prompt_id * 4 + i] for r in default_pairs for i in (r.index_w, r.index_l))
+    with pytest.raises(UserError, match="--unparsed-cot nan: without a CoT"):
+        check_reward_flags(config_from_argv("flow_dpo", argv + ["--unparsed-cot", "nan", "--no-think"]).run)
+
+
 @pytest.mark.slow
 def test_recipe_raises_reward_and_saves_a_loadable_lora(tiny_dir, prompts_file, tmp_path):
     """Flow-DPO against `analytic:redness` (optimum: pure red) raises the reward of FRESH samples of the pipeline

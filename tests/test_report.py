@@ -59,6 +59,16 @@ def test_uncertainty_flags_a_sustained_rise_only():
     assert report.uncertainty_flags(STEPS, [[0.1, 0.2, 0.1, 0.2], [0.1, 0.2, 0.2, 0.1], [0.2, 0.1, 0.1, 0.2]]) == []
 
 
+def test_cot_parse_flags_a_sustained_fall_of_the_parsed_share():
+    steps = [0, 50, 100]
+    # 7 of 8 parse at step 50: -0.125 against 3 SE = 0.375, not a change; 2 of 8 at step 100: -0.75 against 0.49
+    flags = report.cot_parse_flags(steps, [[1.0] * 8, [1.0] * 7 + [0.0], [0.0] * 6 + [1.0] * 2])
+    assert [(f.kind, f.series, f.steps) for f in flags] == [("cot_parse", "cot_parse_rate", [100])]
+    assert "(100% at step 0, 25% at step 100;" in flags[0].message and "--unparsed-cot nan" in flags[0].message
+    assert report.cot_parse_flags(steps, [[1.0] * 8, [0.0] * 8, [1.0] * 8]) == []  # undone at the next checkpoint
+    assert report.cot_parse_flags(steps, [[0.5] * 8, [1.0] * 8, [1.0] * 8]) == []  # more parse: no flag
+
+
 def test_phrase_flags_find_the_new_failure_and_ignore_prompt_words():
     def cot(light):
         return f'Seen: subject fine: 2; style {light}: 1.\n<answer>{{"overall_score": 1}}</answer>'
@@ -111,6 +121,7 @@ def test_hacked_run_raises_every_flag_and_the_clean_run_none(runs):
     assert [s for k, s in fired if k == "dimension_drop"] == ["descore:style"]  # the hacked dimension only
     assert ("independent_check", "student") in fired
     assert ("uncertainty", "descore:uncertainty") in fired
+    assert ("cot_parse", "cot_parse_rate") in fired  # the washed-out videos' CoTs break
     phrases = [s for k, s in fired if k == "phrases"]
     assert phrases and all("over-exposed" in p or "washed-out" in p for p in phrases), phrases
     clean = report.hacking_flags(report.load_run(runs["clean"]))

@@ -53,6 +53,27 @@ def test_descore_names_and_nan_for_unparsed_answers():
     assert math.isnan(no_cot["descore:overall"][0]) and "descore:uncertainty" not in no_cot
 
 
+def test_unparsed_cot_is_scored_by_default_and_nan_on_request():
+    """unparsed="score" (the paper) keeps the head's score of a CoT that did not parse; "nan" gives it no score, the
+    head's uncertainty included; a parsed CoT keeps its score either way, and a no-CoT output has nothing to drop."""
+    scored = descore_reward_function(FakeScorer())(torch.rand(2, 5, 3, 8, 8), ["a", "b"])
+    dropped = descore_reward_function(FakeScorer(), unparsed="nan")(torch.rand(2, 5, 3, 8, 8), ["a", "b"])
+    assert scored["descore"].tolist() == [0.5, -1.0] and scored["descore:uncertainty"].tolist() == pytest.approx(
+        [0.1, 0.2]
+    )
+    assert dropped["descore"][0].item() == 0.5 and math.isnan(dropped["descore"][1])
+    assert dropped["descore:uncertainty"][0].item() == pytest.approx(0.1) and math.isnan(
+        dropped["descore:uncertainty"][1]
+    )
+    assert scored["descore:overall"][0] == dropped["descore:overall"][0] == 4.0
+    no_cot = RewardOutput(rewards=torch.tensor([1.0, 2.0]))
+    assert scores_from_output(no_cot, unparsed="nan")["descore"].tolist() == [1.0, 2.0]
+    combined = reward_set(["descore"], reward_model=FakeScorer(), unparsed="nan")
+    assert math.isnan(combined.combined(combined(torch.rand(2, 5, 3, 8, 8), ["a", "b"]))[1])
+    with pytest.raises(RewardError, match="unparsed='drop': choose from score, nan"):
+        descore_reward_function(FakeScorer(), unparsed="drop")
+
+
 def test_reward_set_runs_the_judge_once_and_combines_with_weights():
     scorer = FakeScorer()
     rewards = reward_set(["descore:subject=2", "analytic:redness=0.5", "descore"], reward_model=scorer)

@@ -259,6 +259,7 @@ def test_reward_cot_cap_and_check_rewards_scored_only_at_evaluation(tiny_dir, ti
     train = [r for r in rows if r["kind"] == "train"]
     assert set(k for k in train[0] if k.startswith("reward/")) == {"reward/analytic:redness"}
     assert {"eval/descore", "eval/analytic:brightness", "eval/analytic:redness"} <= set(result.metrics)
+    assert result.metrics["eval/cot_parse_rate"] == 0.0  # 3 new tokens hold no <answer> block
     lines = [
         json.loads(line)
         for line in (result.output_dir / "samples" / "step-000001" / "scores.jsonl").read_text().splitlines()

@@ -27,7 +27,9 @@ The hacking flags compare every checkpoint with the base model on the same fixed
 (b) `independent_check_flags`: the reward rises while an independent check (a second reward, the no-CoT student,
     an analytic reward) stays flat or falls;
 (c) `uncertainty_flags`: the judge's uncertainty rises (the policy drifts where the judge has not seen data);
-(d) `phrase_flags`: phrases (word n-grams) that the CoTs of the lowest-scoring samples of a checkpoint use much more
+(d) `cot_parse_flags`: fewer of the judge's CoTs parse than on the base's samples (DeScore's head reads the CoT,
+    so the score of a broken one can be anything: the generator may be rewarded for breaking the judge's reasoning);
+(e) `phrase_flags`: phrases (word n-grams) that the CoTs of the lowest-scoring samples of a checkpoint use much more
     often than those of the base model's lowest-scoring samples (a new failure the judge keeps describing).
 Each compares every checkpoint with the base and lists the checkpoints where the condition holds and still holds at
 the next checkpoint (or at the last one). A change counts when it exceeds `z` (default 3: about one false alarm in 700 comparisons of a series that did not
@@ -45,6 +47,7 @@ from descore_plugin.report.flags import (
     Change,
     Flag,
     change,
+    cot_parse_flags,
     dimension_drop_flags,
     hacking_flags,
     independent_check_flags,
@@ -80,6 +83,7 @@ __all__ = [
     "dimension_drop_flags",
     "independent_check_flags",
     "uncertainty_flags",
+    "cot_parse_flags",
     "phrase_flags",
     "low_score_phrases",
     "hacking_flags",

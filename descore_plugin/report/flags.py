@@ -8,6 +8,7 @@ import math
 import re
 from collections import Counter
 
+from descore_plugin.modeling.prompt import parse_answer
 from descore_plugin.report.inputs import DIMENSION_PREFIX, OVERALL, UNCERTAINTY, ReportInputError
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "dimension_drop_flags",
     "independent_check_flags",
     "uncertainty_flags",
+    "cot_parse_flags",
     "phrase_flags",
     "low_score_phrases",
     "run_series",
@@ -27,7 +29,8 @@ __all__ = [
 
 @dataclasses.dataclass
 class Flag:
-    """One reward-hacking signal: `kind` is "dimension_drop", "independent_check", "uncertainty" or "phrases";
+    """One reward-hacking signal: `kind` is "dimension_drop", "independent_check", "uncertainty", "cot_parse" or
+    "phrases";
     `series` the score it is about; `steps` the checkpoints where it holds; `message` says it in words."""
 
     kind: str
@@ -144,6 +147,34 @@ def uncertainty_flags(
     return [Flag("uncertainty", name, hits, f"the judge's uncertainty rises (at step(s) {_steps_text(hits)})")]
 
 
+def cot_parse_flags(steps: list, parsed: list, z: float = 3.0, min_change: float = 0.0) -> list[Flag]:
+    """(d) Fewer of the judge's CoTs parsing than on the base model's samples. DeScore's head reads the CoT, so the
+    score of a CoT that broke can be anything (a generator can be rewarded for breaking the judge's reasoning).
+    `parsed`: per step, 1.0 for each CoT whose <answer> block parses, 0.0 for each that does not."""
+    hits = _sustained(steps, [c.direction < 0 for c in _changes(parsed, z, min_change)])
+    if not hits:
+        return []
+    share = {step: sum(values) / len(values) for step, values in zip(steps, parsed) if values}
+    return [
+        Flag(
+            "cot_parse",
+            "cot_parse_rate",
+            hits,
+            f"fewer of the judge's CoTs parse than on the base's samples ({share[steps[0]]:.0%} at step {steps[0]}, "
+            f"{share[hits[-1]]:.0%} at step {hits[-1]}; at step(s) {_steps_text(hits)}): the head's score of a broken "
+            f"CoT means little; look at the videos, and consider training with --unparsed-cot nan",
+        )
+    ]
+
+
+def parsed_cots_by_step(samples: list, steps: list) -> list:
+    """Per step, 1.0 / 0.0 for each sample's CoT that does / does not parse (samples without a CoT left out)."""
+    return [
+        [0.0 if parse_answer(s["cot"]).error else 1.0 for s in samples if s["step"] == step and s.get("cot")]
+        for step in steps
+    ]
+
+
 _ANSWER = re.compile(r"<answer>.*?(</answer>|$)", re.S)
 _WORD = re.compile(r"[a-z][a-z'-]*")
 
@@ -198,7 +229,7 @@ def low_score_phrases(base: list, checkpoint: list, fraction: float = 1 / 3, siz
 def phrase_flags(
     per_step: dict, fraction: float = 1 / 3, min_rise: float = 0.5, sizes=(2, 3)
 ) -> tuple[list[Flag], dict]:
-    """(d) For every checkpoint, the phrases of its low-scoring CoTs against the base's (the smallest step of
+    """(e) For every checkpoint, the phrases of its low-scoring CoTs against the base's (the smallest step of
     `per_step`, a {step: [(score, CoT) or (score, CoT, prompt), ...]}); flags each phrase whose share rises by at least `min_rise`.
     Returns (flags, {step: low_score_phrases table})."""
     steps = sorted(per_step)
@@ -276,7 +307,7 @@ def run_series(run: dict) -> tuple[list, dict]:
             if (
                 (key == "eval_reward" or key.startswith("eval/"))
                 and not key.endswith("_std")
-                and key != "eval/num_items"
+                and key not in ("eval/num_items", "eval/cot_parse_rate")  # counts, not scores
                 and key not in names
             ):
                 names.append(key)
@@ -305,7 +336,7 @@ def hacking_flags(
     phrase_fraction: float = 1 / 3,
     phrase_min_rise: float = 0.5,
 ) -> dict:
-    """All four flags of a loaded run (`load_run`). `primary`: the optimised reward (default: the first --reward of
+    """All five flags of a loaded run (`load_run`). `primary`: the optimised reward (default: the first --reward of
     its run_args.json, else "descore", else the first score); `independent`: names of the independent checks
     (default: every score that is not a trained reward, not a `descore:` sub-score and not the uncertainty).
     Returns {"steps", "series", "primary", "independent", "dimensions", "flags": [Flag], "phrases": {step: table}}."""
@@ -340,6 +371,9 @@ def hacking_flags(
         flags += independent_check_flags(steps, series[primary], {n: series[n] for n in independent}, z, min_change)
         if UNCERTAINTY in series:
             flags += uncertainty_flags(steps, series[UNCERTAINTY], z, min_change)
+        parsed = parsed_cots_by_step(run["samples"], steps)
+        if parsed[0]:
+            flags += cot_parse_flags(steps, parsed, z, min_change)
     per_step = {}
     for sample in run["samples"]:
         if sample["cot"]:

@@ -244,13 +244,15 @@ def run_page(run: dict, analysis: dict, media: Media, source: Path) -> str:
             "dimension_drop": "dimension falls while the reward rises",
             "independent_check": "independent check disagrees",
             "uncertainty": "uncertainty rises",
+            "cot_parse": "the judge's CoTs break more often",
             "phrases": "new phrase in low-scoring CoTs",
         }
         body += "".join(f'<div class="flag"><b>{esc(names[f.kind])}</b> — {esc(f.message)}</div>' for f in flags)
     else:
         body += (
             '<div class="ok">No flag: no dimension falls while the reward rises, no independent check disagrees, '
-            "the uncertainty does not rise, and no new phrase dominates the low-scoring CoTs.</div>"
+            "the uncertainty does not rise, the judge's CoTs parse as often as on the base's samples, and no new "
+            "phrase dominates the low-scoring CoTs.</div>"
         )
     checked = analysis["independent"]
     computed = run.get("computed_checks") or []

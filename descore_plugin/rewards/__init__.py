@@ -3,6 +3,7 @@ world's truth (`world:truth`)."""
 
 from descore_plugin.rewards.contract import (  # noqa: F401
     DESCORE_NAMES,
+    UNPARSED_CHOICES,
     DeScoreRewardFunction,
     RewardError,
     RewardSet,

@@ -21,6 +21,11 @@ from. Names:
 One call of a DeScore reward runs the judge ONCE and returns all its names; the loops pick the names they train
 on with `RewardSet` (a list of NAME[=WEIGHT]). A user's own reward is any callable of this shape.
 
+The head scores every CoT, parsed or not (the official inference does). `unparsed="nan"` (`--unparsed-cot nan` in
+the Wan recipes) gives `descore` (and `descore:uncertainty`) NaN for a video whose CoT's <answer> block did not parse:
+a deliberate difference, for a generator whose videos break the judge's reasoning and are scored high for it
+(docs/differences.md).
+
 NaN policy (the same in every loop): a NaN score carries no signal. Flow-DPO never makes a pair from a video whose
 combined score is NaN; GRPO gives it advantage 0 for that reward (Flow-GRPO: the video takes its group's mean
 before the weighted sum; LongCat: its per-reward advantage is 0). An infinite score is an error.
@@ -82,10 +87,24 @@ def _dimension_value(scores: dict | None, dimension: str) -> float:
     return 2.0 if value == "N/A" else float(value)
 
 
-def scores_from_output(output) -> dict[str, torch.Tensor]:
-    """A RewardOutput -> the named scores of the contract (see the module docstring)."""
-    rewards = output.rewards.detach().float().cpu().reshape(-1)
+UNPARSED_CHOICES = ("score", "nan")
+"""What the head's score is for a video whose CoT did not parse: score (the head's number, as the official inference
+gives it) or nan (no score)."""
+
+
+def scores_from_output(output, unparsed: str = "score") -> dict[str, torch.Tensor]:
+    """A RewardOutput -> the named scores of the contract (see the module docstring).
+
+    unparsed: "score" keeps the head's score of a CoT whose <answer> block did not parse (the paper); "nan" makes
+    `descore` and `descore:uncertainty` NaN there (no CoT, as with think=False, is never "unparsed").
+    """
+    if unparsed not in UNPARSED_CHOICES:
+        raise RewardError(f"unparsed={unparsed!r}: choose from {', '.join(UNPARSED_CHOICES)}")
+    rewards = output.rewards.detach().float().cpu().reshape(-1).clone()
     count = len(rewards)
+    broken = torch.tensor([error is not None for error in (output.parse_errors or [None] * count)], dtype=torch.bool)
+    if unparsed == "nan":
+        rewards[broken] = math.nan
     scores = {"descore": rewards}
     overall = output.overall_scores or [None] * count
     scores["descore:overall"] = torch.tensor([math.nan if s is None else float(s) for s in overall])
@@ -93,7 +112,10 @@ def scores_from_output(output) -> dict[str, torch.Tensor]:
     for dimension in DIMENSIONS:
         scores[f"descore:{dimension}"] = torch.tensor([_dimension_value(s, dimension) for s in dimensional])
     if output.uncertainty is not None:
-        scores["descore:uncertainty"] = output.uncertainty.detach().float().cpu().reshape(-1)
+        uncertainty = output.uncertainty.detach().float().cpu().reshape(-1).clone()
+        if unparsed == "nan":
+            uncertainty[broken] = math.nan
+        scores["descore:uncertainty"] = uncertainty
     return {name: value.float() for name, value in scores.items()}
 
 
@@ -101,16 +123,25 @@ class DeScoreRewardFunction:
     """DeScore in the reward contract: `fn(videos, prompts) -> {"descore": ..., "descore:overall": ..., ...}`.
 
     `last_output` is the RewardOutput of the latest call (CoTs, parse errors), for loops that store the CoTs.
+    unparsed: "score" (the paper) or "nan", see `scores_from_output`.
     """
 
     def __init__(
-        self, scorer, think: bool = True, batch_size: int = 8, max_new_tokens: int | None = None, **score_kwargs
+        self,
+        scorer,
+        think: bool = True,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        unparsed: str = "score",
+        **score_kwargs,
     ):
         if not hasattr(scorer, "score"):
             raise RewardError(
                 f"descore_reward_function: {type(scorer).__name__} has no .score(videos, prompts, think=...)"
             )
-        self.scorer, self.think, self.batch_size = scorer, think, batch_size
+        if unparsed not in UNPARSED_CHOICES:
+            raise RewardError(f"unparsed={unparsed!r}: choose from {', '.join(UNPARSED_CHOICES)}")
+        self.scorer, self.think, self.batch_size, self.unparsed = scorer, think, batch_size, unparsed
         self.score_kwargs = dict(score_kwargs, max_new_tokens=max_new_tokens) if max_new_tokens else score_kwargs
         self.last_output = None
 
@@ -119,7 +150,7 @@ class DeScoreRewardFunction:
         self.last_output = self.scorer.score(
             videos, list(prompts), think=self.think, batch_size=self.batch_size, **{**self.score_kwargs, **score_kwargs}
         )
-        return scores_from_output(self.last_output)
+        return scores_from_output(self.last_output, unparsed=self.unparsed)
 
 
 def descore_reward_function(
@@ -129,6 +160,7 @@ def descore_reward_function(
     max_new_tokens: int | None = None,
     device="cpu",
     dtype=None,
+    unparsed: str = "score",
     **score_kwargs,
 ) -> DeScoreRewardFunction:
     """DeScore as a reward of the contract.
@@ -137,12 +169,13 @@ def descore_reward_function(
         RemoteReward), or a `--reward-model` value (checkpoint directory, hub id, http(s):// server address)
         loaded with `load_reward_model(spec, device, dtype)`.
     think: generate the CoT first (the paper); False = the masked-CoT fast path (only `descore` is then a number).
+    unparsed: "score" (the paper: the head scores every CoT) or "nan" (no `descore` where the CoT did not parse).
     """
     scorer = model_or_scorer
     if isinstance(scorer, (str, bytes)) or hasattr(scorer, "__fspath__"):
         scorer = load_reward_model(str(scorer), device=device, dtype=dtype)
     return DeScoreRewardFunction(
-        scorer, think=think, batch_size=batch_size, max_new_tokens=max_new_tokens, **score_kwargs
+        scorer, think=think, batch_size=batch_size, max_new_tokens=max_new_tokens, unparsed=unparsed, **score_kwargs
     )
 
 
@@ -296,11 +329,13 @@ def reward_set(
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     extra: dict[str, Reward] | None = None,
+    unparsed: str = "score",
 ) -> RewardSet:
     """Build the rewards of `--reward NAME[=WEIGHT]` flags (repeatable); see `check_rewards`.
 
     reward_model: a `--reward-model` value or a loaded scorer; needed only when a `descore*` reward is asked for.
     extra: your own rewards {name: callable returning {name: scores}}; their names may be used in `specs`.
+    unparsed: the judge's score where its CoT did not parse, "score" or "nan" (see `scores_from_output`).
     """
     extra = dict(extra or {})
     weights = check_rewards(specs, reward_model, think, extra)
@@ -314,6 +349,7 @@ def reward_set(
                 dtype=dtype,
                 batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
+                unparsed=unparsed,
             )
         )
     rewards += [ANALYTIC_REWARDS[name] for name in weights if name in ANALYTIC_REWARDS]
