@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import numpy as np
 import torch
@@ -113,6 +113,16 @@ class WanMethod:
         for config in (self.run, self.adapter, self.evaluation, self.generation, *self.config.method_configs):
             recorded.update({f.name: getattr(config, f.name) for f in fields(config)})
         return recorded
+
+    @property
+    def argument_defaults(self) -> dict:
+        """Each recorded argument's default (an argument a run began without is taken at it on --resume)."""
+        return {
+            f.name: f.default if f.default is not MISSING else f.default_factory()
+            for config in (self.run, self.adapter, self.evaluation, self.generation, *self.config.method_configs)
+            for f in fields(config)
+            if f.default is not MISSING or f.default_factory is not MISSING
+        }
 
     # ------------------------------------------------------------------ set-up
     def setup(self, loop: RunLoop) -> None:

@@ -436,7 +436,11 @@ def test_rerun_is_refused_and_pairs_are_keyed_by_what_made_them(tiny_dir, tmp_pa
         == 2
     )
     assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "run" / "run_args.json").read_text())
+    del recorded["unparsed_cot"]  # as a run begun before the flag existed
+    (tmp_path / "run" / "run_args.json").write_text(json.dumps(recorded))
     _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 2, ["--resume"])  # --max-steps may change
+    assert json.loads((tmp_path / "run" / "run_args.json").read_text())["unparsed_cot"] == "score"  # its default
     with pytest.raises(AssertionError):  # another reward on --resume is refused, naming the flag
         _small_run(recipe, tiny_dir, prompts, tmp_path / "run", 3, ["--resume", "--reward", "analytic:brightness"])
     assert "--reward was ['analytic:redness']" in capsys.readouterr().err

@@ -39,6 +39,23 @@ def test_resume_refuses_changes_that_cannot_apply_and_takes_those_that_can(tmp_p
         Run.open(tmp_path / "empty", args, resume=True)
 
 
+def test_resume_takes_an_argument_added_since_the_run_began_at_its_default_only(tmp_path):
+    """A run begun before the package added a flag (run_args.json lacks it) resumes when the flag is at its default,
+    and is refused, naming the flag, when it is not: the run goes on as it began."""
+    Run.open(tmp_path, {"lora_rank": 64, "max_steps": 2})
+    defaults = {"unparsed_cot": "score", "lora_rank": 16}
+    new = {"lora_rank": 64, "max_steps": 2, "unparsed_cot": "score"}
+    assert Run.open(tmp_path, new, resume=True, defaults=defaults).resumed
+    assert json.loads((tmp_path / "run_args.json").read_text())["unparsed_cot"] == "score"
+    (tmp_path / "run_args.json").write_text(json.dumps({"lora_rank": 64, "max_steps": 2}))
+    with pytest.raises(RunError, match="--unparsed-cot was 'score' .* now 'nan'"):
+        Run.open(tmp_path, {**new, "unparsed_cot": "nan"}, resume=True, defaults=defaults)
+    with pytest.raises(RunError, match="--lora-rank was 64"):  # a recorded argument is compared as recorded
+        Run.open(tmp_path, {**new, "lora_rank": 16}, resume=True, defaults=defaults)
+    with pytest.raises(RunError, match="--unparsed-cot was None"):  # without defaults: refused as before
+        Run.open(tmp_path, new, resume=True)
+
+
 def test_checkpoints_are_atomic_and_resume_drops_later_metrics(tmp_path):
     run = Run.open(tmp_path, {"max_steps": 4})
     for step in (1, 2, 3):

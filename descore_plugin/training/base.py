@@ -117,6 +117,15 @@ class RewardModelTrainer:
         return _jsonable(self.config)
 
     @property
+    def argument_defaults(self) -> dict:
+        """Each config field's default (a field a run began without is taken at it on --resume)."""
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self.config)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+
+    @property
     def tracker_config(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self.config).items() if isinstance(v, (int, float, str, bool))}
 

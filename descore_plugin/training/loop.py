@@ -92,6 +92,7 @@ class LoopConfig:
 class Method(Protocol):
     """What a trainer is, to the loop. Attributes: `name` (the progress bar's label), `curve_names` (train/... keys
     drawn in curves.png), `arguments` (a dict recorded in run_args.json and compared on --resume),
+    `argument_defaults` (optional: their defaults, what an argument a run began without is taken as on --resume),
     `may_change_on_resume` (argument names that may differ on --resume), `evaluate_at_start` (default True: an
     evaluation before the first step), `evaluate_at_checkpoints` (default True: one after every checkpoint) and
     `tracker_config` (scalars for the accelerator's trackers). Optional hooks: `write_checkpoint` /
@@ -174,6 +175,7 @@ class RunLoop:
             may_change=may_change,
             main_process=accelerator.is_main_process,
             wait_for_everyone=accelerator.wait_for_everyone,
+            defaults=getattr(method, "argument_defaults", None),
         )
         method.setup(self)
         self.step = self._resume() if config.resume else 0

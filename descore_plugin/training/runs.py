@@ -84,10 +84,14 @@ class Run:
         may_change: Iterable[str] = (),
         main_process: bool = True,
         wait_for_everyone: Callable[[], None] | None = None,
+        defaults: dict | None = None,
     ) -> Run:
         """Check `output_dir` against the rules and record `arguments` (a dict of argument name -> value).
 
         may_change: argument names that may differ on --resume (e.g. "max_steps", "eval_every").
+        defaults: argument name -> default value. On --resume an argument the run's run_args.json does not hold (one
+            added to the package after the run began) counts as unchanged at its default: an upgrade does not strand
+            a run under way, and a run continues as it began.
         main_process: only the main process deletes and writes; every process checks.
         wait_for_everyone: `accelerator.wait_for_everyone` with several processes: every process checks before the
             main one writes, and all continue once it has.
@@ -103,7 +107,9 @@ class Run:
                 raise RunError(
                     f"--resume: {output_dir} holds no run to continue (no {ARGS_FILE}); drop --resume to start one"
                 )
-            _check_changes(json.loads(saved_path.read_text()), arguments, set(may_change), output_dir)
+            saved = json.loads(saved_path.read_text())
+            added = {k: _jsonable(v) for k, v in (defaults or {}).items() if k in arguments and k not in saved}
+            _check_changes({**added, **saved}, arguments, set(may_change), output_dir)
         elif exists and not overwrite:
             raise RunError(
                 f"{output_dir} already holds a run; pass --resume to continue it or --overwrite to delete "
