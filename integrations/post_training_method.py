@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from descore_plugin.integrations.post_training_config import (
 )
 from descore_plugin.modeling.prompt import parse_answer
 from descore_plugin.training.loop import RunLoop
+from descore_plugin.training.runs import field_defaults
 from descore_plugin.utils.seeding import seed_of
 
 LORA_STATE = "lora"  # checkpoint-N/lora.safetensors
@@ -117,12 +118,7 @@ class WanMethod:
     @property
     def argument_defaults(self) -> dict:
         """Each recorded argument's default (an argument a run began without is taken at it on --resume)."""
-        return {
-            f.name: f.default if f.default is not MISSING else f.default_factory()
-            for config in (self.run, self.adapter, self.evaluation, self.generation, *self.config.method_configs)
-            for f in fields(config)
-            if f.default is not MISSING or f.default_factory is not MISSING
-        }
+        return field_defaults(self.run, self.adapter, self.evaluation, self.generation, *self.config.method_configs)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, loop: RunLoop) -> None:

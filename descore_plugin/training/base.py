@@ -39,6 +39,7 @@ from descore_plugin.training.config import RM_CHANGEABLE_ON_RESUME, TrainConfig
 from descore_plugin.training.embedding_rows import TrainableRow
 from descore_plugin.training.full_state import gather_state, is_sharded, load_state
 from descore_plugin.training.loop import LoopConfig, RunLoop
+from descore_plugin.training.runs import field_defaults
 from descore_plugin.utils.device import to_device as _to  # noqa: F401 (the trainers import it from here)
 from descore_plugin.utils.seeding import torch_seed as _mix
 
@@ -119,11 +120,7 @@ class RewardModelTrainer:
     @property
     def argument_defaults(self) -> dict:
         """Each config field's default (a field a run began without is taken at it on --resume)."""
-        return {
-            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(self.config)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        }
+        return field_defaults(self.config)
 
     @property
     def tracker_config(self) -> dict:

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -56,6 +57,16 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def field_defaults(*configs) -> dict:
+    """{field name: default} of dataclass instances' fields that have one (`Run.open(defaults=)`)."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for config in configs
+        for f in dataclasses.fields(config)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
 
 
 def _looks_like_run(path: Path) -> bool:
