@@ -232,7 +232,8 @@ def diversity(videos: torch.Tensor, videos_per_prompt: int) -> float:
 
 
 def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge, no_cot: dict | None = None) -> dict:
-    """World-truth columns, the judge's reward and world:truth of the same videos, and diversity. `no_cot` (name ->
+    """World-truth columns, the judge's reward and world:truth of the same videos, the share of the judge's CoTs that
+    parse (a falling share is how a generator fools this judge: docs/vbench_mini.md), and diversity. `no_cot` (name ->
     DeScoreReward) also scores every video without a CoT, per video only (what `judge_pair_accuracy` ranks)."""
     from descore_plugin.evaluation import world_truth
 
@@ -247,10 +248,12 @@ def measure(pipe, prompts: list[str], videos_per_prompt: int, seed: int, judge, 
     if judge is not None:
         scored = judge.score(videos, repeated, think=True, batch_size=16, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
         rewards = scored.rewards.float()
+        parsed = [error is None for error in scored.parse_errors]  # the CoT's <answer> block parsed
         out["judge_reward"] = float(rewards.mean())
         out["judge_reward_stderr"] = float(rewards.std() / math.sqrt(len(rewards))) if len(rewards) > 1 else math.nan
-        for row, reward in zip(per_video, rewards.tolist()):
-            row["judge"] = reward
+        out["judge_cot_parse_rate"] = float(np.mean(parsed))
+        for row, reward, ok in zip(per_video, rewards.tolist(), parsed):
+            row["judge"], row["judge_parsed"] = reward, ok
     for name, model in (no_cot or {}).items():
         for row, reward in zip(per_video, model.score(videos, repeated, think=False, batch_size=16).rewards.tolist()):
             row[name] = reward
@@ -262,9 +265,12 @@ def judge_pair_accuracy(per_video: list[dict], reward: str = "judge") -> dict:
     """A reward model's preference accuracy (`reward`: the key of its scores in `per_video`, the judge's by default) on
     pairs of the generator's own samples of the same prompt whose world-truth labels differ in colour (one shows the
     asked colour, the other not) or in motion (one moves the asked way smoothly, the other not), the other of the two
-    agreeing; the video as asked should get the higher reward."""
+    agreeing; the video as asked should get the higher reward. Where the rows say whether the judge's CoT parsed
+    (`judge_parsed`), the accuracy is also given on the pairs whose two CoTs both parsed (`judge_parsed_*`)."""
     slices = {"colour": lambda c: c["colour"], "motion": lambda c: c["direction"] and c["smooth"]}
     right = {name: [] for name in slices}
+    both_parsed = []  # right or wrong, on the pairs of any slice whose two judge CoTs parsed
+    know_parse = all("judge_parsed" in row for row in per_video)
     by_prompt: dict[str, list[dict]] = {}
     for row in per_video:
         by_prompt.setdefault(row["prompt"], []).append(row)
@@ -280,11 +286,16 @@ def judge_pair_accuracy(per_video: list[dict], reward: str = "judge") -> dict:
                         continue
                     better, worse = (first, second) if asked(first["checks"]) else (second, first)
                     right[name].append(better[reward] > worse[reward])
+                    if know_parse and better["judge_parsed"] and worse["judge_parsed"]:
+                        both_parsed.append(right[name][-1])
     every = right["colour"] + right["motion"]
     out = {"num_pairs": len(every), "accuracy": float(np.mean(every)) if every else math.nan}
     for name, values in right.items():
         out[f"{name}_pairs"] = len(values)
         out[f"{name}_accuracy"] = float(np.mean(values)) if values else math.nan
+    if know_parse:
+        out["judge_parsed_pairs"] = len(both_parsed)
+        out["judge_parsed_accuracy"] = float(np.mean(both_parsed)) if both_parsed else math.nan
     return out
 
 
@@ -508,7 +519,7 @@ def summarise(run: dict) -> dict:
             if column == "num_videos":
                 continue
             summary[f"{split}/{column}"] = mean_stderr([s[split]["columns"][column]["mean"] for s in seeds])
-        for key in ("truth_reward", "judge_reward", "diversity"):
+        for key in ("truth_reward", "judge_reward", "judge_cot_parse_rate", "diversity"):
             summary[f"{split}/{key}"] = mean_stderr([s[split].get(key, math.nan) for s in seeds])
     return summary
 
@@ -532,6 +543,7 @@ TABLE_COLUMNS = [
     ("held_out/dynamic_degree", "dynamic degree"),
     ("train/all_as_asked", "train all as asked"),
     ("held_out/judge_reward", "judge reward (held-out)"),
+    ("held_out/judge_cot_parse_rate", "judge CoTs parsed"),
     ("held_out/truth_reward", "world:truth"),
     ("held_out/diversity", "diversity"),
 ]
@@ -564,13 +576,15 @@ def markdown(results: dict) -> str:
             "Reward models on pairs of the base generator's samples of the same prompt that differ in colour or "
             "motion (the sample as asked should win):",
             "",
-            "| reward model | pairs | accuracy | colour pairs | colour | motion pairs | motion |",
-            "|---|---|---|---|---|---|---|",
+            "| reward model | pairs | accuracy | colour pairs | colour | motion pairs | motion | "
+            "pairs whose judge CoTs both parse | accuracy on them |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, f in ranked.items():
             lines.append(
                 f"| {name} | {f['num_pairs']} | {fmt((f['accuracy'], math.nan))} | {f['colour_pairs']} | "
-                f"{fmt((f['colour_accuracy'], math.nan))} | {f['motion_pairs']} | {fmt((f['motion_accuracy'], math.nan))} |"
+                f"{fmt((f['colour_accuracy'], math.nan))} | {f['motion_pairs']} | {fmt((f['motion_accuracy'], math.nan))} | "
+                f"{f.get('judge_parsed_pairs', '-')} | {fmt((f.get('judge_parsed_accuracy', math.nan), math.nan))} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -769,9 +783,11 @@ def main(argv=None) -> int:
 
     def finish(name: str, seed: int, record: dict) -> None:
         results["runs"][name]["seeds"][str(seed)] = record
-        fidelity = record["held_out"]["columns"]["all_as_asked"]["mean"]
+        held_out = record["held_out"]
         print(
-            f"{name} seed {seed}: held-out all as asked {fidelity:.3f} in {record['train_seconds']:.0f} s of post-training"
+            f"{name} seed {seed}: held-out all as asked {held_out['columns']['all_as_asked']['mean']:.3f}, "
+            f"judge CoTs parsed {held_out['judge_cot_parse_rate']:.2f}, in {record['train_seconds']:.0f} s of "
+            "post-training"
         )
         write_results(out, results)
 
@@ -792,7 +808,9 @@ def main(argv=None) -> int:
             old = previous.get("runs", {}).get("base", {}).get("seeds", {}).get(str(seed))
             same_judge = previous.get("arguments", {}).get("judge") == args.judge  # the base's judge scores
             ranked = same_judge and reusable(old, None, train, held_out, args.videos_per_prompt)
-            ranked = ranked and all(name in row for row in old["held_out"]["per_video"] for name in no_cot)
+            ranked = ranked and all(
+                name in row for row in old["held_out"]["per_video"] for name in (*no_cot, "judge_parsed")
+            )
             entry["seeds"][str(seed)] = old if ranked and not args.overwrite else measure_both(pipe, seed, no_cot)
             print(
                 f"base seed {seed}: held-out all as asked "
@@ -810,7 +828,8 @@ def main(argv=None) -> int:
         for name, figures in results["rewards_on_base_samples"].items():
             print(
                 f"  {name}: {figures['accuracy']:.3f} of {figures['num_pairs']} pairs "
-                f"(colour {figures['colour_accuracy']:.3f}, motion {figures['motion_accuracy']:.3f})"
+                f"(colour {figures['colour_accuracy']:.3f}, motion {figures['motion_accuracy']:.3f}; "
+                f"{figures['judge_parsed_accuracy']:.3f} of the {figures['judge_parsed_pairs']} whose judge CoTs both parse)"
             )
         write_results(out, results)
     if workers is not None:

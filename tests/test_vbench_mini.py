@@ -86,6 +86,9 @@ def test_results_layout_and_figures(bench_run):
                     p = columns[key]["mean"]
                     assert 0.0 <= p <= 1.0 and columns[key]["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / 4))
             assert math.isfinite(seed[split]["judge_reward"]) and 0.0 <= seed[split]["truth_reward"] <= 1.0
+            # the share of the judge's CoTs that parsed, and which ones did
+            parsed = [row["judge_parsed"] for row in seed[split]["per_video"]]
+            assert len(parsed) == 4 and seed[split]["judge_cot_parse_rate"] == sum(parsed) / 4
             assert seed[split]["diversity"] > 0.0  # different noises, different videos
     run = results["runs"]["flow_dpo/truth"]["seeds"]["0"]
     assert [step for step, _ in run["steps_to_level"]["curve"]] == [0, 1, 2]
@@ -96,6 +99,10 @@ def test_results_layout_and_figures(bench_run):
     base_rows = results["runs"]["base"]["seeds"]["0"]["held_out"]["per_video"]
     assert all(math.isfinite(row[name]) for row in base_rows for name in ("judge", "judge_no_cot", "student"))
     assert "| student |" in (out / "results.md").read_text()
+    judged = results["rewards_on_base_samples"]["judge"]
+    assert 0 <= judged["judge_parsed_pairs"] <= judged["num_pairs"]
+    summary = results["runs"]["base"]["summary"]["held_out/judge_cot_parse_rate"]
+    assert summary[0] == results["runs"]["base"]["seeds"]["0"]["held_out"]["judge_cot_parse_rate"]
     # --workers 2 (the default): the run was done by a worker process of the benchmark, which logged it and left its
     # record beside its LoRA
     assert (out / "runs" / "flow_dpo_truth" / "seed-0.log").stat().st_size > 0
@@ -178,14 +185,15 @@ def test_method_args_reach_the_recipe_after_the_benchmarks_own_flags(tmp_path):
 def test_pair_accuracy_ranks_pairs_that_differ_in_one_of_colour_or_motion_within_a_prompt():
     bench = _recipe("vbench_mini")
 
-    def video(prompt, colour, motion, judge, other):
+    def video(prompt, colour, motion, judge, other, parsed=True):
         checks = {"colour": colour, "direction": motion, "smooth": motion}
-        return {"prompt": prompt, "checks": checks, "judge": judge, "other": other}
+        return {"prompt": prompt, "checks": checks, "judge": judge, "other": other, "judge_parsed": parsed}
 
     rows = [
         video("a", True, True, 1.0, 0.0),
         video("a", False, True, 0.0, 1.0),  # against the first: a colour pair
-        video("a", True, False, 0.5, 0.5),  # against the first: a motion pair; against the second: both differ, no pair
+        video("a", True, False, 0.5, 0.5, parsed=False),  # against the first: a motion pair, one CoT broken;
+        # against the second: both differ, no pair
         video("b", False, True, 9.0, 9.0),  # another prompt: paired with none of the above
     ]
     judge, other = bench.judge_pair_accuracy(rows), bench.judge_pair_accuracy(rows, "other")
@@ -196,8 +204,15 @@ def test_pair_accuracy_ranks_pairs_that_differ_in_one_of_colour_or_motion_within
         "colour_accuracy": 1.0,
         "motion_pairs": 1,
         "motion_accuracy": 1.0,
+        "judge_parsed_pairs": 1,  # the colour pair: both its CoTs parsed
+        "judge_parsed_accuracy": 1.0,
     }
     assert (other["num_pairs"], other["accuracy"], other["colour_accuracy"], other["motion_accuracy"]) == (2, 0, 0, 0)
+    assert (other["judge_parsed_pairs"], other["judge_parsed_accuracy"]) == (1, 0.0)
+    # rows that do not say whether the judge's CoT parsed (a no-CoT measure): no split
+    for row in rows:
+        del row["judge_parsed"]
+    assert "judge_parsed_pairs" not in bench.judge_pair_accuracy(rows)
 
 
 def test_the_table_gives_mean_and_standard_error_over_seeds_and_the_steps_each_seed_took():
