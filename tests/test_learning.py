@@ -226,7 +226,8 @@ def test_own_cot_reaches_095_and_parses(trainings):
 
 @pytest.mark.xfail(
     reason="measured 2026-12-03 after the stage-1 regime changes: own CoT 1.00 vs baseline 0.80 on the wrong-colour "
-    "slice, a 19.6-point margin against the 20-point target; the baseline now learns colour better (a missed target, kept visible here)",
+    "slice, a 19.6-point margin against the 20-point target; the baseline now learns colour better (a missed "
+    "target, kept visible here)",
     strict=False,
 )
 def test_think_then_score_beats_the_discriminative_baseline_on_prompt_alignment(trainings):
