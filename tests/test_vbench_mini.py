@@ -267,3 +267,34 @@ def test_a_rerun_reuses_a_finished_run_only_if_it_was_run_as_asked_now(tiny_wan_
     assert lora.stat().st_mtime_ns != written  # the run's figures were of 1 video a prompt: redone
     for name in ("base", "flow_dpo/truth"):
         assert changed["runs"][name]["seeds"]["0"]["held_out"]["columns"]["num_videos"] == 2, name
+
+
+def test_annotated_samples_of_the_world_generator_are_pairs_a_trainer_reads(tmp_path):
+    """recipes/annotate_world_samples.py on the shipped world generator: its samples, read by the world-truth measure
+    and written down by `world_truth.annotate`, make pairs whose CoTs parse to the scores that decide the label,
+    with the rendered world pairs mixed in; the file loads as every trainer loads pairs."""
+    from descore_plugin.data.pairs import load_pairs
+    from descore_plugin.modeling.prompt import parse_answer
+    from descore_plugin.testing.clips import overall_score
+
+    recipe = _recipe("annotate_world_samples")
+    out = tmp_path / "annotated"
+    argv = ["--output-dir", str(out), "--prompts", "3", "--videos-per-prompt", "3", "--world-pairs", "2"]
+    assert recipe.main(argv) == 0
+    summary = json.loads((out / "annotation.json").read_text())
+    assert (summary["prompts"], summary["samples"], summary["world_pairs"]) == (3, 9, 2)
+    pairs = load_pairs(out / "pairs.jsonl")
+    samples = [pair for pair in pairs if pair.slice == "generator"]
+    assert len(samples) == summary["sample_pairs"] > 0 and len(pairs) == len(samples) + 2
+    for pair in samples:
+        assert Path(pair.video_a).is_file() and Path(pair.video_b).is_file()
+        assert Path(pair.video_a).parent == out / "videos"
+        for cot, scores in ((pair.cot_a, pair.scores_a), (pair.cot_b, pair.scores_b)):
+            answer = parse_answer(cot)
+            assert answer.error is None and answer.dimensional_scores == scores
+            assert cot.startswith(f"Expect: {pair.prompt}, ")
+        overall_a, overall_b = overall_score(pair.scores_a), overall_score(pair.scores_b)
+        assert overall_a != overall_b and pair.label == ("A" if overall_a > overall_b else "B")
+    from descore_plugin.testing import world_wan
+
+    assert {pair.prompt for pair in samples} <= {scene.prompt for scene in world_wan.training_scenes()[:3]}

@@ -225,3 +225,35 @@ def test_recovers_the_attributes_through_the_shipped_vae():
     reconstructions = decoded.permute(0, 2, 1, 3, 4).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     figures = world_truth.recovery(clips, reconstructions, GENERATOR_WORLD)
     assert figures["every"] >= 0.95, figures
+
+
+def test_annotate_writes_a_rendered_clips_reading_as_that_clips_own_cot():
+    """The annotator of generated videos: where every attribute of a rendered clip is read right, the reading written
+    down is exactly the CoT and the scores the world's annotator gave that clip."""
+    from descore_plugin.testing.synthetic import write_cot
+
+    clips = random_clips(60, seed=5, world=GENERATOR_WORLD)
+    readings = world_truth.read_videos(render_clips(clips, GENERATOR_WORLD), GENERATOR_WORLD)
+    fields = ("colour", "shape", "direction", "motion", "background", "second_background", "light", "camera")
+    compared = set()
+    for clip, reading in zip(clips, readings):
+        expected = world_truth.expected_reading(clip, GENERATOR_WORLD)
+        if expected["unobservable"] or any(getattr(reading, name) != expected[name] for name in fields):
+            continue
+        assert world_truth.annotate(reading, clip.prompt) == (write_cot(clip), clip.scores), clip
+        compared.add(clip.motion)
+    assert compared == {"smooth", "stutter", "jump", "reverse"}  # every kind of motion was written down
+
+
+def test_annotate_names_what_the_world_cot_has_no_clip_for():
+    prompt = "a red square moving right on a dark background"
+    steady = dict(background="dark", second_background=None, light="steady", camera="steady")
+    sideways = world_truth.Reading("red", "square", "up", "smooth", True, **steady)
+    cot, scores = world_truth.annotate(sideways, prompt)
+    assert "dynamics moving up: 0 wrong direction;" in cot and scores["dynamics"] == 0 and scores["subject"] == 2
+    still = world_truth.Reading("red", "square", None, "static", False, **steady)
+    cot, scores = world_truth.annotate(still, prompt)
+    assert "dynamics jumping around: 0 erratic jumps;" in cot and scores["dynamics"] == 0
+    assert world_truth.annotate(world_truth.Reading(None, None, None, "none", False, **steady), prompt) is None
+    with pytest.raises(world_truth.WorldPromptError):
+        world_truth.annotate(sideways, "a red square")

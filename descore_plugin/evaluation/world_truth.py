@@ -23,7 +23,8 @@ imperfectly (blur, colour bleed, low resolution, VAE artefacts), so nothing here
 
 `read_videos` returns one `Reading` per video; `as_asked` compares a reading with a prompt's `Scene`;
 `vbench_columns` gives VBench-like fractions with standard errors for a set of videos and prompts, and
-`truth_scores` the per-video share of attributes as asked (the `world:truth` reward, descore_plugin.rewards.world).
+`truth_scores` the per-video share of attributes as asked (the `world:truth` reward, descore_plugin.rewards.world);
+`annotate` writes a reading down as the world's CoT and scores (an annotator of generated videos).
 Validated in tests/test_world_truth.py on rendered clips with known defects, blurred, colour-bled and downscaled.
 """
 
@@ -562,6 +563,45 @@ def as_asked(reading: Reading, scene: Scene) -> dict[str, bool]:
         "dynamic": reading.dynamic,
         "flicker_free": reading.light != "flicker",
     }
+
+
+def annotate(reading: Reading, prompt: str) -> tuple[str, dict] | None:
+    """A reading written down as an annotator of the world describes a video: the world's CoT (`synthetic.write_cot`
+    of the clip the reading describes, the format the judge learns) and its dimension scores (0 / 1 / 2); None where
+    no object was found (nothing to describe). What a rendered clip cannot show is mapped to the nearest words the
+    world's CoT has: a track the way the prompt asks is "moving <dir>" (smooth) or "in stutters", an erratic one
+    "jumping around"; a track another way is a dynamics failure named as seen ("moving up"); an object that does not
+    travel is a dynamics failure too, written "jumping around" (the world's CoT has no words for standing still).
+    On a rendered clip whose every attribute is read right it gives exactly the clip's own CoT and scores (a test)."""
+    from descore_plugin.testing.clips import Clip
+    from descore_plugin.testing.synthetic import write_cot
+
+    scene = parse_prompt(prompt)
+    if reading.colour is None or reading.shape is None:
+        return None
+    seen = None  # a direction of travel that is neither the asked one nor its opposite
+    if not reading.dynamic or reading.direction is None:
+        motion = "jump"
+    elif reading.direction == scene.direction:
+        motion = reading.motion if reading.motion in ("smooth", "stutter") else "jump"
+    else:
+        motion = "reverse"
+        seen = None if reading.direction == OPPOSITE[scene.direction] else reading.direction
+    clip = Clip(
+        scene,
+        reading.colour,
+        reading.shape,
+        motion,
+        reading.camera,
+        reading.background,
+        reading.second_background,
+        reading.light,
+        seed=0,
+    )
+    cot = write_cot(clip)
+    if seen is not None:
+        cot = cot.replace(f"dynamics moving {OPPOSITE[scene.direction]}:", f"dynamics moving {seen}:", 1)
+    return cot, clip.scores
 
 
 def expected_reading(clip, world: WorldConfig = WorldConfig()) -> dict:
