@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     prompts = [scene.prompt for scene in world_wan.training_scenes()][: args.prompts]
     pipe = bench.load_generator(args.pipeline)
     print(f"drawing {args.videos_per_prompt} samples of each of {len(prompts)} training scenes (seed {args.seed}) ...")
-    videos = bench.sample(pipe, prompts, args.videos_per_prompt, args.seed)
+    videos = bench.sample(pipe, prompts, args.videos_per_prompt, args.seed, progress=True)
     frames = videos.mul(255).round().to(torch.uint8).numpy()
     paths = []
     for index, clip in enumerate(frames):

@@ -189,16 +189,20 @@ def load_generator(pipeline: str, lora: str | None = None):
 
 
 @torch.no_grad()
-def sample(pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_size: int = 16) -> torch.Tensor:
+def sample(
+    pipe, prompts: list[str], videos_per_prompt: int, seed: int, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """videos_per_prompt videos per prompt, (N, F, C, H, W) in [0, 1]; video k of prompt i starts from the noise of
-    seed (seed, i, k), so every run is measured on the same noises."""
+    seed (seed, i, k), so every run is measured on the same noises. progress: a bar over the batches."""
+    from tqdm.auto import tqdm
+
     from descore_plugin.integrations.post_training import seed_of
     from descore_plugin.integrations.wan import frames_as_asked, pipeline_num_frames
 
     generation = pipe.bench_generation
     jobs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(videos_per_prompt)]
     out = []
-    for start in range(0, len(jobs), batch_size):
+    for start in tqdm(range(0, len(jobs), batch_size), desc="drawing samples", unit="batch", disable=not progress):
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed_of(seed, "vbench_mini", i, k)) for i, k, _ in chunk]
         with frames_as_asked(pipe):

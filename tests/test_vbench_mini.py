@@ -269,7 +269,7 @@ def test_a_rerun_reuses_a_finished_run_only_if_it_was_run_as_asked_now(tiny_wan_
         assert changed["runs"][name]["seeds"]["0"]["held_out"]["columns"]["num_videos"] == 2, name
 
 
-def test_annotated_samples_of_the_world_generator_are_pairs_a_trainer_reads(tmp_path):
+def test_annotated_samples_of_the_world_generator_are_pairs_a_trainer_reads(tmp_path, capsys):
     """recipes/annotate_world_samples.py on the shipped world generator: its samples, read by the world-truth measure
     and written down by `world_truth.annotate`, make pairs whose CoTs parse to the scores that decide the label,
     with the rendered world pairs mixed in; the file loads as every trainer loads pairs."""
@@ -281,6 +281,7 @@ def test_annotated_samples_of_the_world_generator_are_pairs_a_trainer_reads(tmp_
     out = tmp_path / "annotated"
     argv = ["--output-dir", str(out), "--prompts", "3", "--videos-per-prompt", "3", "--world-pairs", "2"]
     assert recipe.main(argv) == 0
+    assert "drawing samples: 100%" in capsys.readouterr().err.replace("\r", "\n")  # minutes at the default sizes
     summary = json.loads((out / "annotation.json").read_text())
     assert (summary["prompts"], summary["samples"], summary["world_pairs"]) == (3, 9, 2)
     pairs = load_pairs(out / "pairs.jsonl")
