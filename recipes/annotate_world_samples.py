@@ -14,7 +14,8 @@ and dimension scores; every two samples of the same prompt whose overall scores 
 winning (samples where the measure finds no object are left out). `--world-pairs` rendered world pairs, the data the
 demo judge first learnt on (recipes/train_demo_judge.py's training seed), are mixed in so that the judge does not
 forget the clean clips. The second command is the fine-tuning measured in docs/vbench_mini.md ("The judge on this
-generator's videos"): it ranks the benchmark's pairs of base samples 0.744 against the shipped judge's 0.674.
+generator's videos"): run on this recipe's default output, it gave a judge that ranks the benchmark's 800 pairs of
+base samples 0.761, against the shipped judge's 0.674.
 
 Writes OUT/pairs.jsonl (the descore-plugin pair format, loadable by every trainer), OUT/videos/ (the samples, mp4),
 OUT/world/ (the rendered pairs) and OUT/annotation.json (what was drawn, read and paired).
